@@ -1,0 +1,452 @@
+//! flannel's network configuration (`net-conf.json`, or `<prefix>/config` in
+//! etcd): parsing with Go's case-insensitive keys, flannel's defaults and
+//! validation messages (`CheckNetworkConfig`), and the vxlan backend section.
+//! The one deliberate difference: the default VXLAN port is 4789, not 8472.
+
+use super::json::Fields;
+use super::vxlan::Vni;
+use ipnet::{Ipv4Net, Ipv6Net};
+use serde_json::value::RawValue;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+/// weft's default VXLAN UDP port (IANA's). flannel leaves the kernel's 8472.
+pub const DEFAULT_PORT: u16 = 4789;
+/// Bytes VXLAN adds in front of an inner frame over IPv4: 14 + 8 + 8 + 20.
+pub const ENCAP_OVERHEAD: u32 = 50;
+
+/// Why a network configuration is refused. Messages are flannel's where flannel has one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("error parsing subnet config: {0}")]
+    Parse(String),
+    #[error("please define a correct Network parameter in the flannel config")]
+    MissingNetwork,
+    #[error("please define a correct IPv6Network parameter in the flannel config")]
+    MissingIpv6Network,
+    #[error("SubnetLen must be less than /31")]
+    SubnetLenTooLong,
+    #[error("SubnetLen must be less than /127")]
+    Ipv6SubnetLenTooLong,
+    #[error("network must be able to accommodate at least four subnets")]
+    TooFewSubnets,
+    #[error("network is too small. Minimum useful network prefix is /28")]
+    NetworkTooSmall,
+    #[error("IPv6Network is too small. Minimum useful network prefix is /124")]
+    Ipv6NetworkTooSmall,
+    #[error("SubnetMin is not in the range of the Network")]
+    SubnetMinOutside,
+    #[error("SubnetMax is not in the range of the Network")]
+    SubnetMaxOutside,
+    #[error("SubnetMin is not on a SubnetLen boundary: {0}")]
+    SubnetMinUnaligned(Ipv4Addr),
+    #[error("SubnetMax is not on a SubnetLen boundary: {0}")]
+    SubnetMaxUnaligned(Ipv4Addr),
+    #[error("IPv6SubnetMin is not in the range of the IPv6Network")]
+    Ipv6SubnetMinOutside,
+    #[error("IPv6SubnetMax is not in the range of the IPv6Network")]
+    Ipv6SubnetMaxOutside,
+    #[error("IPv6SubnetMin is not on a SubnetLen boundary: {0}")]
+    Ipv6SubnetMinUnaligned(Ipv6Addr),
+    #[error("IPv6SubnetMax is not on a SubnetLen boundary: {0}")]
+    Ipv6SubnetMaxUnaligned(Ipv6Addr),
+    #[error(
+        "weft implements only the vxlan backend, but the config selects {0:?}{hint}; set \"Backend\": {{\"Type\": \"vxlan\"}}",
+        hint = if .0 == "udp" { " (flannel's default when Backend is absent)" } else { "" }
+    )]
+    UnsupportedBackend(String),
+    #[error("error decoding VXLAN backend config: {0}")]
+    BadVxlanConfig(String),
+}
+
+/// The vxlan backend section (`Backend` with `Type: vxlan`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VxlanConfig {
+    pub vni: Vni,
+    pub port: u16,
+    /// Underlay MTU to derive the overlay MTU from; `None`: the interface's.
+    pub mtu: Option<u32>,
+    pub gbp: bool,
+    pub learning: bool,
+    pub direct_routing: bool,
+}
+
+impl Default for VxlanConfig {
+    fn default() -> Self {
+        VxlanConfig {
+            vni: Vni::new(1).expect("1 fits in 24 bits"),
+            port: DEFAULT_PORT,
+            mtu: None,
+            gbp: false,
+            learning: false,
+            direct_routing: false,
+        }
+    }
+}
+
+/// A checked network configuration with every default filled in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetConfig {
+    pub enable_ipv4: bool,
+    pub enable_ipv6: bool,
+    pub enable_nftables: bool,
+    pub network: Option<Ipv4Net>,
+    pub subnet_len: u8,
+    pub subnet_min: Ipv4Addr,
+    pub subnet_max: Ipv4Addr,
+    pub ipv6_network: Option<Ipv6Net>,
+    pub ipv6_subnet_len: u8,
+    pub ipv6_subnet_min: Ipv6Addr,
+    pub ipv6_subnet_max: Ipv6Addr,
+    pub backend_type: String,
+    pub vxlan: VxlanConfig,
+    /// Settings accepted but not acted on, for the agent to log.
+    pub warnings: Vec<String>,
+}
+
+impl NetConfig {
+    /// flannel's `ParseConfig` followed by `CheckNetworkConfig` (used by the
+    /// etcd and the embedded store; the Kubernetes manager skips the check).
+    pub fn parse_and_check(text: &str) -> Result<NetConfig, ConfigError> {
+        let mut config = NetConfig::parse(text)?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// flannel's `ParseConfig`: keys in any case, unknown keys ignored,
+    /// `EnableIPv4` true unless set, backend type `udp` when `Backend` is absent.
+    pub fn parse(text: &str) -> Result<NetConfig, ConfigError> {
+        let parse_err = |e: super::json::FieldError| ConfigError::Parse(e.to_string());
+        let fields = Fields::parse(text).map_err(parse_err)?;
+        let network = match fields.get::<String>("Network").map_err(parse_err)? {
+            None => None,
+            Some(s) if s.is_empty() => None,
+            Some(s) => Some(parse_v4_cidr(&s)?),
+        };
+        let ipv6_network = match fields.get::<String>("IPv6Network").map_err(parse_err)? {
+            None => None,
+            Some(s) if s.is_empty() => None,
+            Some(s) => Some(
+                s.parse::<Ipv6Net>()
+                    .map(|n| n.trunc())
+                    .map_err(|_| ConfigError::Parse(format!("invalid IPv6 CIDR format {s:?}")))?,
+            ),
+        };
+        let subnet_len = fields.get::<u8>("SubnetLen").map_err(parse_err)?.unwrap_or(0);
+        let ipv6_subnet_len = fields.get::<u8>("IPv6SubnetLen").map_err(parse_err)?.unwrap_or(0);
+        let v4_addr = |key: &str| -> Result<Ipv4Addr, ConfigError> {
+            match fields.get::<String>(key).map_err(parse_err)? {
+                None => Ok(Ipv4Addr::UNSPECIFIED),
+                Some(s) => s
+                    .parse()
+                    .map_err(|_| ConfigError::Parse(format!("{key}: {s:?} is not an IPv4 address"))),
+            }
+        };
+        let v6_addr = |key: &str| -> Result<Ipv6Addr, ConfigError> {
+            match fields.get::<String>(key).map_err(parse_err)? {
+                None => Ok(Ipv6Addr::UNSPECIFIED),
+                Some(s) => s
+                    .parse()
+                    .map_err(|_| ConfigError::Parse(format!("{key}: {s:?} is not an IPv6 address"))),
+            }
+        };
+        let backend = fields.raw("Backend").filter(|b| b.get() != "null");
+        let backend_type = match backend {
+            None => "udp".to_owned(),
+            Some(raw) => {
+                let section = Fields::from_raw(raw)
+                    .map_err(|e| ConfigError::Parse(format!("error decoding Backend property of config: {e}")))?;
+                section
+                    .get::<String>("Type")
+                    .map_err(|e| ConfigError::Parse(format!("error decoding Backend property of config: {e}")))?
+                    .unwrap_or_default()
+                    .to_ascii_lowercase()
+            }
+        };
+        let mut warnings = Vec::new();
+        let vxlan = match (backend_type.as_str(), backend) {
+            ("vxlan", Some(raw)) => parse_vxlan(raw, &mut warnings)?,
+            _ => VxlanConfig::default(),
+        };
+        Ok(NetConfig {
+            enable_ipv4: fields.get::<bool>("EnableIPv4").map_err(parse_err)?.unwrap_or(true),
+            enable_ipv6: fields.get::<bool>("EnableIPv6").map_err(parse_err)?.unwrap_or(false),
+            enable_nftables: fields.get::<bool>("EnableNFTables").map_err(parse_err)?.unwrap_or(false),
+            network,
+            subnet_len,
+            subnet_min: v4_addr("SubnetMin")?,
+            subnet_max: v4_addr("SubnetMax")?,
+            ipv6_network,
+            ipv6_subnet_len,
+            ipv6_subnet_min: v6_addr("IPv6SubnetMin")?,
+            ipv6_subnet_max: v6_addr("IPv6SubnetMax")?,
+            backend_type,
+            vxlan,
+            warnings,
+        })
+    }
+
+    /// flannel's `CheckNetworkConfig`: fills SubnetLen/Min/Max defaults and validates.
+    pub fn check(&mut self) -> Result<(), ConfigError> {
+        if self.enable_ipv4 {
+            let network = self.network.ok_or(ConfigError::MissingNetwork)?;
+            let prefix = network.prefix_len();
+            if self.subnet_len > 0 {
+                if self.subnet_len > 30 {
+                    return Err(ConfigError::SubnetLenTooLong);
+                }
+                if self.subnet_len < prefix + 2 {
+                    return Err(ConfigError::TooFewSubnets);
+                }
+            } else if prefix > 28 {
+                return Err(ConfigError::NetworkTooSmall);
+            } else if prefix <= 22 {
+                self.subnet_len = 24;
+            } else {
+                self.subnet_len = prefix + 2;
+            }
+            let size = 1u32 << (32 - self.subnet_len);
+            let base = u32::from(network.network());
+            if self.subnet_min.is_unspecified() {
+                self.subnet_min = Ipv4Addr::from(base + size);
+            } else if !network.contains(&self.subnet_min) {
+                return Err(ConfigError::SubnetMinOutside);
+            }
+            if self.subnet_max.is_unspecified() {
+                self.subnet_max = Ipv4Addr::from(u32::from(network.broadcast()) - size + 1);
+            } else if !network.contains(&self.subnet_max) {
+                return Err(ConfigError::SubnetMaxOutside);
+            }
+            if u32::from(self.subnet_min) % size != 0 {
+                return Err(ConfigError::SubnetMinUnaligned(self.subnet_min));
+            }
+            if u32::from(self.subnet_max) % size != 0 {
+                return Err(ConfigError::SubnetMaxUnaligned(self.subnet_max));
+            }
+        }
+        if self.enable_ipv6 {
+            let network = self.ipv6_network.ok_or(ConfigError::MissingIpv6Network)?;
+            let prefix = network.prefix_len();
+            if self.ipv6_subnet_len > 0 {
+                if self.ipv6_subnet_len > 126 {
+                    return Err(ConfigError::Ipv6SubnetLenTooLong);
+                }
+                if self.ipv6_subnet_len < prefix + 2 {
+                    return Err(ConfigError::TooFewSubnets);
+                }
+            } else if prefix > 124 {
+                return Err(ConfigError::Ipv6NetworkTooSmall);
+            } else if prefix <= 62 {
+                self.ipv6_subnet_len = 64;
+            } else {
+                self.ipv6_subnet_len = prefix + 2;
+            }
+            let size = 1u128 << (128 - self.ipv6_subnet_len);
+            let base = u128::from(network.network());
+            if self.ipv6_subnet_min.is_unspecified() {
+                self.ipv6_subnet_min = Ipv6Addr::from(base + size);
+            } else if !network.contains(&self.ipv6_subnet_min) {
+                return Err(ConfigError::Ipv6SubnetMinOutside);
+            }
+            if self.ipv6_subnet_max.is_unspecified() {
+                self.ipv6_subnet_max = Ipv6Addr::from(u128::from(network.broadcast()) - size + 1);
+            } else if !network.contains(&self.ipv6_subnet_max) {
+                return Err(ConfigError::Ipv6SubnetMaxOutside);
+            }
+            if u128::from(self.ipv6_subnet_min) % size != 0 {
+                return Err(ConfigError::Ipv6SubnetMinUnaligned(self.ipv6_subnet_min));
+            }
+            if u128::from(self.ipv6_subnet_max) % size != 0 {
+                return Err(ConfigError::Ipv6SubnetMaxUnaligned(self.ipv6_subnet_max));
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses configurations weft cannot run: other backends.
+    pub fn require_vxlan(&self) -> Result<(), ConfigError> {
+        if self.backend_type != "vxlan" {
+            return Err(ConfigError::UnsupportedBackend(self.backend_type.clone()));
+        }
+        Ok(())
+    }
+
+    /// Every IPv4 subnet from SubnetMin to SubnetMax, in order.
+    pub fn subnets(&self) -> impl Iterator<Item = Ipv4Net> + '_ {
+        let len = self.subnet_len;
+        let size = 1u64 << (32 - u32::from(len.min(32)));
+        let min = u64::from(u32::from(self.subnet_min));
+        let max = u64::from(u32::from(self.subnet_max));
+        (0..)
+            .map(move |i: u64| min + i * size)
+            .take_while(move |start| *start <= max)
+            .filter_map(move |start| Ipv4Net::new(Ipv4Addr::from(start as u32), len).ok())
+    }
+
+    /// Whether `subnet` is one this configuration could hand out (flannel's
+    /// test for reusing an existing lease).
+    pub fn fits(&self, subnet: Ipv4Net) -> bool {
+        self.network.is_some_and(|n| n.contains(&subnet))
+            && subnet.prefix_len() == self.subnet_len
+            && subnet.network() >= self.subnet_min
+            && subnet.network() <= self.subnet_max
+    }
+
+    /// The overlay MTU for an underlay interface MTU: (Backend.MTU or it) − 50.
+    pub fn overlay_mtu(&self, interface_mtu: u32) -> u32 {
+        self.vxlan.mtu.unwrap_or(interface_mtu).saturating_sub(ENCAP_OVERHEAD)
+    }
+}
+
+fn parse_v4_cidr(s: &str) -> Result<Ipv4Net, ConfigError> {
+    s.parse::<Ipv4Net>()
+        .map(|n| n.trunc())
+        .map_err(|_| ConfigError::Parse(format!("invalid IPv4 CIDR format {s:?}")))
+}
+
+fn parse_vxlan(raw: &RawValue, warnings: &mut Vec<String>) -> Result<VxlanConfig, ConfigError> {
+    let bad = |e: String| ConfigError::BadVxlanConfig(e);
+    let fields = Fields::from_raw(raw).map_err(|e| bad(e.to_string()))?;
+    let int = |key: &str| fields.get::<i64>(key).map_err(|e| bad(e.to_string()));
+    let flag = |key: &str| fields.get::<bool>(key).map_err(|e| bad(e.to_string()));
+    let mut config = VxlanConfig::default();
+    if let Some(vni) = int("VNI")? {
+        config.vni = u32::try_from(vni)
+            .ok()
+            .and_then(Vni::new)
+            .ok_or_else(|| bad(format!("VNI {vni} does not fit in 24 bits (0..16777215)")))?;
+    }
+    match int("Port")? {
+        None | Some(0) => {}
+        Some(port) => {
+            config.port = u16::try_from(port)
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| bad(format!("Port {port} is not a UDP port (1..65535)")))?;
+        }
+    }
+    match int("MTU")? {
+        None | Some(0) => {}
+        Some(mtu) => {
+            let min = 68 + i64::from(ENCAP_OVERHEAD);
+            if !(min..=65535).contains(&mtu) {
+                return Err(bad(format!("MTU {mtu} is out of range ({min}..65535)")));
+            }
+            config.mtu = Some(mtu as u32);
+        }
+    }
+    config.gbp = flag("GBP")?.unwrap_or(false);
+    if config.gbp {
+        return Err(bad(
+            "GBP (VXLAN group policy) is not implemented by weft; remove \"GBP\" or keep this cluster on flannel".into(),
+        ));
+    }
+    config.learning = flag("Learning")?.unwrap_or(false);
+    if config.learning {
+        warnings.push("Backend.Learning is ignored: weft never learns MACs from traffic, every entry comes from a lease".into());
+    }
+    config.direct_routing = flag("DirectRouting")?.unwrap_or(false);
+    if config.direct_routing {
+        warnings.push("Backend.DirectRouting is not supported: all traffic to other nodes is VXLAN-encapsulated".into());
+    }
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(text: &str) -> Result<NetConfig, String> {
+        NetConfig::parse_and_check(text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn default_manifest_config() {
+        let c = check(r#"{"Network":"10.244.0.0/16","EnableNFTables":false,"Backend":{"Type":"vxlan"}}"#).unwrap();
+        assert_eq!(c.subnet_len, 24);
+        assert_eq!(c.subnet_min, Ipv4Addr::new(10, 244, 1, 0));
+        assert_eq!(c.subnet_max, Ipv4Addr::new(10, 244, 255, 0));
+        assert_eq!(c.vxlan, VxlanConfig::default());
+        assert_eq!(c.vxlan.port, 4789);
+        assert!(c.enable_ipv4 && !c.enable_ipv6);
+        c.require_vxlan().unwrap();
+        assert_eq!(c.subnets().count(), 255);
+        assert_eq!(c.overlay_mtu(1500), 1450);
+    }
+
+    #[test]
+    fn documented_example_with_min_max_and_len() {
+        let c = check(r#"{"Network":"10.0.0.0/8","SubnetLen":20,"SubnetMin":"10.10.0.0","SubnetMax":"10.99.0.0","Backend":{"Type":"udp","Port":7890}}"#).unwrap();
+        assert_eq!(c.subnet_len, 20);
+        assert_eq!(c.backend_type, "udp");
+        assert!(c.require_vxlan().unwrap_err().to_string().contains("\"udp\""));
+        assert_eq!(c.subnets().next().unwrap().to_string(), "10.10.0.0/20");
+        assert_eq!(c.subnets().last().unwrap().to_string(), "10.99.0.0/20");
+    }
+
+    #[test]
+    fn keys_any_case_and_vxlan_options() {
+        let c = check(r#"{"network":"10.5.0.0/16","backend":{"type":"VXLAN","vni":42,"PORT":8472,"mtu":9000}}"#).unwrap();
+        assert_eq!(c.vxlan.vni.get(), 42);
+        assert_eq!(c.vxlan.port, 8472);
+        assert_eq!(c.overlay_mtu(1500), 8950);
+    }
+
+    #[test]
+    fn subnet_len_defaults_follow_prefix() {
+        assert_eq!(check(r#"{"Network":"10.0.0.0/23","Backend":{"Type":"vxlan"}}"#).unwrap().subnet_len, 25);
+        assert_eq!(check(r#"{"Network":"10.0.0.0/28","Backend":{"Type":"vxlan"}}"#).unwrap().subnet_len, 30);
+    }
+
+    #[test]
+    fn flannels_error_messages() {
+        let cases = [
+            (r#"{"Backend":{"Type":"vxlan"}}"#, "please define a correct Network parameter in the flannel config"),
+            (r#"{"Network":"10.0.0.0/16","SubnetLen":31}"#, "SubnetLen must be less than /31"),
+            (r#"{"Network":"10.0.0.0/16","SubnetLen":17}"#, "network must be able to accommodate at least four subnets"),
+            (r#"{"Network":"10.0.0.0/29"}"#, "network is too small. Minimum useful network prefix is /28"),
+            (r#"{"Network":"10.0.0.0/16","SubnetMin":"10.1.0.0"}"#, "SubnetMin is not in the range of the Network"),
+            (r#"{"Network":"10.0.0.0/16","SubnetMax":"11.0.0.0"}"#, "SubnetMax is not in the range of the Network"),
+            (r#"{"Network":"10.0.0.0/16","SubnetMin":"10.0.1.128"}"#, "SubnetMin is not on a SubnetLen boundary: 10.0.1.128"),
+            (r#"{"Network":"10.0.0.0/16","SubnetMax":"10.0.1.1"}"#, "SubnetMax is not on a SubnetLen boundary: 10.0.1.1"),
+            (r#"{"EnableIPv6":true,"Network":"10.0.0.0/16"}"#, "please define a correct IPv6Network parameter in the flannel config"),
+            (r#"{"EnableIPv6":true,"EnableIPv4":false,"IPv6Network":"fc00::/125"}"#, "IPv6Network is too small. Minimum useful network prefix is /124"),
+            (r#"{"EnableIPv6":true,"EnableIPv4":false,"IPv6Network":"fc00::/48","IPv6SubnetLen":127}"#, "SubnetLen must be less than /127"),
+        ];
+        for (text, want) in cases {
+            assert_eq!(check(text).unwrap_err(), want, "{text}");
+        }
+    }
+
+    #[test]
+    fn malformed_documents_are_parse_errors() {
+        for text in ["", "{", "[]", r#"{"Network":"10.0.0.0"}"#, r#"{"Network":"fc00::/64"}"#, r#"{"Network":5}"#, r#"{"Network":"10.0.0.0/16","SubnetLen":"24"}"#, r#"{"Network":"10.0.0.0/16","Backend":[1]}"#] {
+            let err = check(text).unwrap_err();
+            assert!(err.starts_with("error parsing subnet config"), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn bad_vxlan_sections() {
+        for text in [
+            r#"{"Network":"10.0.0.0/16","Backend":{"Type":"vxlan","VNI":16777216}}"#,
+            r#"{"Network":"10.0.0.0/16","Backend":{"Type":"vxlan","Port":70000}}"#,
+            r#"{"Network":"10.0.0.0/16","Backend":{"Type":"vxlan","MTU":100}}"#,
+            r#"{"Network":"10.0.0.0/16","Backend":{"Type":"vxlan","GBP":true}}"#,
+            r#"{"Network":"10.0.0.0/16","Backend":{"Type":"vxlan","VNI":"1"}}"#,
+        ] {
+            let err = check(text).unwrap_err();
+            assert!(err.starts_with("error decoding VXLAN backend config"), "{text}: {err}");
+        }
+        let c = check(r#"{"Network":"10.0.0.0/16","Backend":{"Type":"vxlan","DirectRouting":true}}"#).unwrap();
+        assert_eq!(c.warnings.len(), 1);
+    }
+
+    #[test]
+    fn fits_matches_flannels_reuse_rule() {
+        let c = check(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#).unwrap();
+        assert!(c.fits("10.244.7.0/24".parse().unwrap()));
+        assert!(!c.fits("10.244.0.0/24".parse().unwrap()));
+        assert!(!c.fits("10.244.7.0/25".parse().unwrap()));
+        assert!(!c.fits("10.245.7.0/24".parse().unwrap()));
+    }
+}

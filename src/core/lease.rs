@@ -1,0 +1,329 @@
+//! Leases as flannel stores them: the subnet key (`10.244.3.0-24`) and the
+//! attributes JSON, byte-compatible in both directions, plus the VXLAN
+//! backend data (`{"VNI":1,"VtepMAC":"…"}`) carried inside it.
+
+use super::json::Fields;
+use super::mac::MacAddr;
+use ipnet::{Ipv4Net, Ipv6Net};
+use serde_json::value::RawValue;
+use std::fmt;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::time::SystemTime;
+
+/// The backend type weft implements and programs.
+pub const BACKEND_VXLAN: &str = "vxlan";
+
+/// A lease record that cannot be used. The store skips it and counts it by [`LeaseError::kind`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LeaseError {
+    #[error("{0:?} is not a subnet key (want a.b.c.d-len, optionally &ipv6-len)")]
+    BadKey(String),
+    #[error("lease is not valid JSON: {0}")]
+    InvalidJson(String),
+    #[error("lease has no usable PublicIP: {0}")]
+    BadPublicIp(String),
+    #[error("backend type {0:?} is not vxlan")]
+    ForeignBackend(String),
+    #[error("vxlan BackendData is unusable: {0}")]
+    BadBackendData(String),
+}
+
+impl LeaseError {
+    /// A stable label for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LeaseError::BadKey(_) => "bad_key",
+            LeaseError::InvalidJson(_) => "invalid_json",
+            LeaseError::BadPublicIp(_) => "bad_public_ip",
+            LeaseError::ForeignBackend(_) => "foreign_backend",
+            LeaseError::BadBackendData(_) => "bad_backend_data",
+        }
+    }
+}
+
+/// flannel's subnet key: `10.5.34.0-24`, or `10.5.34.0-24&fc00::-64` in dual stack.
+pub fn subnet_key(subnet: Ipv4Net, ipv6: Option<Ipv6Net>) -> String {
+    let mut key = format!("{}-{}", subnet.addr(), subnet.prefix_len());
+    if let Some(v6) = ipv6 {
+        key.push_str(&format!("&{}-{}", v6.addr(), v6.prefix_len()));
+    }
+    key
+}
+
+/// Parses a subnet key. Host bits must be zero: such a subnet could not be routed.
+pub fn parse_subnet_key(key: &str) -> Result<(Ipv4Net, Option<Ipv6Net>), LeaseError> {
+    let bad = || LeaseError::BadKey(key.to_owned());
+    let (v4, v6) = match key.split_once('&') {
+        Some((v4, v6)) => (v4, Some(v6)),
+        None => (key, None),
+    };
+    let (addr, len) = v4.rsplit_once('-').ok_or_else(bad)?;
+    if !len.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let addr: Ipv4Addr = addr.parse().map_err(|_| bad())?;
+    let len: u8 = len.parse().map_err(|_| bad())?;
+    let subnet = Ipv4Net::new(addr, len).map_err(|_| bad())?;
+    if subnet.network() != addr {
+        return Err(bad());
+    }
+    let ipv6 = match v6 {
+        None => None,
+        Some(v6) => {
+            let (addr, len) = v6.rsplit_once('-').ok_or_else(bad)?;
+            let addr: Ipv6Addr = addr.parse().map_err(|_| bad())?;
+            let len: u8 = len.parse().map_err(|_| bad())?;
+            let net = Ipv6Net::new(addr, len).map_err(|_| bad())?;
+            if net.network() != addr {
+                return Err(bad());
+            }
+            Some(net)
+        }
+    };
+    Ok((subnet, ipv6))
+}
+
+/// flannel's `LeaseAttrs`. Backend data is kept as the raw JSON text it was given.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseAttrs {
+    pub public_ip: Ipv4Addr,
+    pub public_ipv6: Option<Ipv6Addr>,
+    pub backend_type: String,
+    pub backend_data: Option<String>,
+    pub backend_v6_data: Option<String>,
+}
+
+impl LeaseAttrs {
+    /// The attributes weft publishes for its own VTEP.
+    pub fn vxlan(public_ip: Ipv4Addr, data: &VxlanBackendData) -> LeaseAttrs {
+        LeaseAttrs {
+            public_ip,
+            public_ipv6: None,
+            backend_type: BACKEND_VXLAN.to_owned(),
+            backend_data: Some(data.to_json()),
+            backend_v6_data: None,
+        }
+    }
+
+    /// flannel's exact serialisation: field order `PublicIP`, `PublicIPv6` (null when
+    /// absent), `BackendType`, `BackendData`, `BackendV6Data` (the last three omitted when empty).
+    pub fn to_json(&self) -> String {
+        let mut out = String::with_capacity(160);
+        out.push_str("{\"PublicIP\":\"");
+        out.push_str(&self.public_ip.to_string());
+        out.push_str("\",\"PublicIPv6\":");
+        match self.public_ipv6 {
+            Some(ip) => {
+                out.push('"');
+                out.push_str(&ip.to_string());
+                out.push('"');
+            }
+            None => out.push_str("null"),
+        }
+        if !self.backend_type.is_empty() {
+            out.push_str(",\"BackendType\":");
+            out.push_str(&json_string(&self.backend_type));
+        }
+        if let Some(data) = &self.backend_data {
+            out.push_str(",\"BackendData\":");
+            out.push_str(data);
+        }
+        if let Some(data) = &self.backend_v6_data {
+            out.push_str(",\"BackendV6Data\":");
+            out.push_str(data);
+        }
+        out.push('}');
+        out
+    }
+
+    /// Reads flannel's lease JSON (keys in any case, unknown keys ignored).
+    pub fn from_json(text: &str) -> Result<LeaseAttrs, LeaseError> {
+        let fields = Fields::parse(text).map_err(|e| LeaseError::InvalidJson(e.to_string()))?;
+        let invalid = |e: super::json::FieldError| LeaseError::InvalidJson(e.to_string());
+        let public_ip: String = fields
+            .get("PublicIP")
+            .map_err(invalid)?
+            .ok_or_else(|| LeaseError::BadPublicIp("PublicIP is missing".into()))?;
+        let public_ip = public_ip
+            .parse()
+            .map_err(|_| LeaseError::BadPublicIp(format!("{public_ip:?} is not an IPv4 address")))?;
+        let public_ipv6 = match fields.get::<String>("PublicIPv6").map_err(invalid)? {
+            None => None,
+            Some(s) if s.is_empty() => None,
+            Some(s) => Some(
+                s.parse()
+                    .map_err(|_| LeaseError::BadPublicIp(format!("PublicIPv6 {s:?} is not an IPv6 address")))?,
+            ),
+        };
+        let backend_type = fields.get::<String>("BackendType").map_err(invalid)?.unwrap_or_default();
+        let raw = |key: &str| {
+            fields
+                .raw(key)
+                .filter(|r| r.get() != "null")
+                .map(|r| compact(r))
+        };
+        Ok(LeaseAttrs {
+            public_ip,
+            public_ipv6,
+            backend_type,
+            backend_data: raw("BackendData"),
+            backend_v6_data: raw("BackendV6Data"),
+        })
+    }
+
+    /// The VXLAN data of this lease; an error for other backends or unusable data.
+    pub fn vxlan_data(&self) -> Result<VxlanBackendData, LeaseError> {
+        if !self.backend_type.eq_ignore_ascii_case(BACKEND_VXLAN) {
+            return Err(LeaseError::ForeignBackend(self.backend_type.clone()));
+        }
+        let data = self
+            .backend_data
+            .as_deref()
+            .ok_or_else(|| LeaseError::BadBackendData("BackendData is missing".into()))?;
+        VxlanBackendData::from_json(data)
+    }
+}
+
+fn json_string(s: &str) -> String {
+    serde_json::Value::String(s.to_owned()).to_string()
+}
+
+/// Go's `json.Marshal` compacts a `RawMessage`; so do we.
+fn compact(raw: &RawValue) -> String {
+    serde_json::from_str::<serde_json::Value>(raw.get())
+        .map(|value| value.to_string())
+        .unwrap_or_else(|_| raw.get().to_owned())
+}
+
+/// The vxlan backend's lease data: `{"VNI":1,"VtepMAC":"12:c6:65:89:b4:e3"}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VxlanBackendData {
+    pub vni: u32,
+    pub vtep_mac: MacAddr,
+}
+
+impl VxlanBackendData {
+    pub fn to_json(&self) -> String {
+        format!("{{\"VNI\":{},\"VtepMAC\":\"{}\"}}", self.vni, self.vtep_mac)
+    }
+
+    pub fn from_json(text: &str) -> Result<VxlanBackendData, LeaseError> {
+        let bad = |e: String| LeaseError::BadBackendData(e);
+        let fields = Fields::parse(text).map_err(|e| bad(e.to_string()))?;
+        let vni = fields.get::<u32>("VNI").map_err(|e| bad(e.to_string()))?.unwrap_or(0);
+        let vtep_mac = fields
+            .get::<MacAddr>("VtepMAC")
+            .map_err(|e| bad(e.to_string()))?
+            .ok_or_else(|| bad("VtepMAC is missing".into()))?;
+        Ok(VxlanBackendData { vni, vtep_mac })
+    }
+}
+
+/// One node's claim on a subnet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    pub subnet: Ipv4Net,
+    pub ipv6_subnet: Option<Ipv6Net>,
+    pub attrs: LeaseAttrs,
+    /// When the store will forget the lease unless it is renewed; `None` for reservations.
+    pub expiration: Option<SystemTime>,
+}
+
+impl Lease {
+    /// The store key, as flannel names it.
+    pub fn key(&self) -> String {
+        subnet_key(self.subnet, self.ipv6_subnet)
+    }
+
+    /// Builds a lease from a store key and its JSON value.
+    pub fn from_record(key: &str, value: &str, expiration: Option<SystemTime>) -> Result<Lease, LeaseError> {
+        let (subnet, ipv6_subnet) = parse_subnet_key(key)?;
+        let attrs = LeaseAttrs::from_json(value)?;
+        Ok(Lease {
+            subnet,
+            ipv6_subnet,
+            attrs,
+            expiration,
+        })
+    }
+}
+
+impl fmt::Display for Lease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (public IP {})", self.subnet, self.attrs.public_ip)
+    }
+}
+
+/// What changed in the set of leases.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LeaseEvent {
+    /// A lease appeared or its attributes changed.
+    Added(Lease),
+    /// A lease is gone; it carries the attributes it had.
+    Removed(Lease),
+}
+
+impl LeaseEvent {
+    pub fn lease(&self) -> &Lease {
+        match self {
+            LeaseEvent::Added(l) | LeaseEvent::Removed(l) => l,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FLANNEL_DOC: &str = r#"{"PublicIP":"192.168.64.3","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}}"#;
+
+    #[test]
+    fn reads_and_writes_flannels_documented_lease_byte_for_byte() {
+        let attrs = LeaseAttrs::from_json(FLANNEL_DOC).unwrap();
+        assert_eq!(attrs.public_ip, Ipv4Addr::new(192, 168, 64, 3));
+        let data = attrs.vxlan_data().unwrap();
+        assert_eq!(data.vni, 1);
+        assert_eq!(data.vtep_mac.to_string(), "c6:d2:32:6f:8f:44");
+        assert_eq!(attrs.to_json(), FLANNEL_DOC);
+        assert_eq!(LeaseAttrs::vxlan(attrs.public_ip, &data).to_json(), FLANNEL_DOC);
+    }
+
+    #[test]
+    fn accepts_keys_in_any_case_and_spaced_backend_data() {
+        let doc = r#"{"publicip":"10.0.0.1","BACKENDTYPE":"vxlan","backenddata":{ "vni": 7, "vtepmac": "0e:00:00:00:00:01" },"Extra":1}"#;
+        let attrs = LeaseAttrs::from_json(doc).unwrap();
+        assert_eq!(attrs.backend_data.as_deref(), Some(r#"{"vni":7,"vtepmac":"0e:00:00:00:00:01"}"#));
+        assert_eq!(attrs.vxlan_data().unwrap().vni, 7);
+    }
+
+    #[test]
+    fn bad_records_are_classified() {
+        let kind = |doc: &str| LeaseAttrs::from_json(doc).and_then(|a| a.vxlan_data()).unwrap_err().kind();
+        assert_eq!(kind("{not json"), "invalid_json");
+        assert_eq!(kind(r#"{"PublicIP":"300.1.1.1","BackendType":"vxlan"}"#), "bad_public_ip");
+        assert_eq!(kind(r#"{"BackendType":"vxlan"}"#), "bad_public_ip");
+        assert_eq!(kind(r#"{"PublicIP":"10.0.0.1","BackendType":"host-gw"}"#), "foreign_backend");
+        assert_eq!(kind(r#"{"PublicIP":"10.0.0.1","BackendType":"vxlan"}"#), "bad_backend_data");
+        assert_eq!(
+            kind(r#"{"PublicIP":"10.0.0.1","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"zz"}}"#),
+            "bad_backend_data"
+        );
+    }
+
+    #[test]
+    fn subnet_keys_round_trip() {
+        let (v4, v6) = parse_subnet_key("10.5.34.0-24").unwrap();
+        assert_eq!(v4, "10.5.34.0/24".parse::<Ipv4Net>().unwrap());
+        assert_eq!(v6, None);
+        assert_eq!(subnet_key(v4, None), "10.5.34.0-24");
+        let (v4, v6) = parse_subnet_key("10.5.34.0-24&fc00::-64").unwrap();
+        assert_eq!(subnet_key(v4, v6), "10.5.34.0-24&fc00::-64");
+    }
+
+    #[test]
+    fn bad_subnet_keys_are_refused() {
+        for key in ["config", "10.5.34.0", "10.5.34.0-33", "10.5.34.1-24", "10.5.34.0-+4", "x10.5.34.0-24", "10.5.34.0-24&zz-64", ""] {
+            assert_eq!(parse_subnet_key(key).unwrap_err().kind(), "bad_key", "{key}");
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! The sans-IO core of weft: wire formats, tables, routing decisions, lease
+//! semantics and configuration. Nothing in here opens a file descriptor or
+//! reads a clock; callers pass bytes and `now` in and act on what comes back.
+
+pub mod arp;
+pub mod checksum;
+pub mod config;
+pub mod fdb;
+pub mod flow;
+pub(crate) mod json;
+pub mod lease;
+pub mod mac;
+pub mod router;
+pub mod subnet_env;
+pub mod vxlan;
+pub mod watcher;

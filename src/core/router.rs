@@ -1,0 +1,378 @@
+//! Routing decisions of the dataplane, without I/O.
+//!
+//! A frame the kernel wrote to the TAP is encapsulated towards the node that
+//! owns its destination MAC, answered (ARP for a remote gateway), or dropped.
+//! A datagram from the UDP socket is decapsulated onto the TAP only when the
+//! VXLAN header is valid for our VNI, the sender is a known node, the inner
+//! source MAC is that node's VTEP and the inner destination is us. Every drop
+//! has a [`DropReason`]; nothing is ever flooded.
+
+use super::arp::{ArpRefusal, ArpTable};
+use super::fdb::{Fdb, FdbMiss};
+use super::flow;
+use super::mac::MacAddr;
+use super::vxlan::{self, Vni};
+use ipnet::Ipv4Net;
+use std::net::Ipv4Addr;
+
+const ETH_LEN: usize = 14;
+const ETHERTYPE_ARP: u16 = 0x0806;
+
+/// Why a frame or datagram was not forwarded. Each reason is one metric label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DropReason {
+    /// Datagram shorter than a VXLAN header plus an Ethernet header, or a runt frame.
+    TooShort,
+    /// VXLAN I flag not set.
+    BadFlags,
+    /// VXLAN VNI is not ours.
+    WrongVni,
+    /// Outer source address is no lease's public IP.
+    UnknownVtep,
+    /// Inner source MAC is not the VTEP MAC of the sending node.
+    SpoofedSourceMac,
+    /// Inner destination MAC is not our VTEP MAC.
+    NotForUs,
+    /// Frame from the TAP to a unicast MAC no lease announces.
+    NoFdbEntry,
+    /// Frame from the TAP to a broadcast/multicast MAC (other than ARP): never flooded.
+    GroupDestination,
+    /// ARP request for an address that is no remote subnet's gateway.
+    ArpUnknownTarget,
+    /// ARP that is not a request, or not IPv4 over Ethernet.
+    ArpMalformed,
+    /// A frame or segment bigger than the underlay can carry.
+    TooBig,
+    /// An offload header (virtio-net) the dataplane cannot handle.
+    BadOffload,
+    /// The UDP socket refused a datagram.
+    SocketError,
+    /// The TAP refused a frame.
+    TapError,
+}
+
+impl DropReason {
+    /// Every reason, in label order.
+    pub const ALL: [DropReason; 14] = [
+        DropReason::TooShort,
+        DropReason::BadFlags,
+        DropReason::WrongVni,
+        DropReason::UnknownVtep,
+        DropReason::SpoofedSourceMac,
+        DropReason::NotForUs,
+        DropReason::NoFdbEntry,
+        DropReason::GroupDestination,
+        DropReason::ArpUnknownTarget,
+        DropReason::ArpMalformed,
+        DropReason::TooBig,
+        DropReason::BadOffload,
+        DropReason::SocketError,
+        DropReason::TapError,
+    ];
+
+    pub const COUNT: usize = Self::ALL.len();
+
+    /// The metric label and log name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DropReason::TooShort => "too_short",
+            DropReason::BadFlags => "bad_flags",
+            DropReason::WrongVni => "wrong_vni",
+            DropReason::UnknownVtep => "unknown_vtep",
+            DropReason::SpoofedSourceMac => "spoofed_source_mac",
+            DropReason::NotForUs => "not_for_us",
+            DropReason::NoFdbEntry => "no_fdb_entry",
+            DropReason::GroupDestination => "group_destination",
+            DropReason::ArpUnknownTarget => "arp_unknown_target",
+            DropReason::ArpMalformed => "arp_malformed",
+            DropReason::TooBig => "too_big",
+            DropReason::BadOffload => "bad_offload",
+            DropReason::SocketError => "socket_error",
+            DropReason::TapError => "tap_error",
+        }
+    }
+
+    /// Index into per-reason counter arrays.
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// How strictly the sender of a datagram is checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum SourceCheck {
+    /// Outer source must be a lease's public IP and the inner source MAC that node's VTEP.
+    #[default]
+    Strict,
+    /// For NATed underlays: any outer source, but the inner source MAC must be
+    /// some lease's VTEP MAC.
+    Relaxed,
+}
+
+/// This node's VTEP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LocalVtep {
+    pub vni: Vni,
+    pub mac: MacAddr,
+    pub public_ip: Ipv4Addr,
+}
+
+/// A remote node, as its lease describes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Peer {
+    pub subnet: Ipv4Net,
+    pub public_ip: Ipv4Addr,
+    pub vtep_mac: MacAddr,
+}
+
+impl Peer {
+    /// The address the kernel routes the peer's subnet through: `S.0`.
+    pub fn gateway(&self) -> Ipv4Addr {
+        self.subnet.network()
+    }
+}
+
+/// The tables the dataplane decides with, built from the set of peers.
+#[derive(Clone, Debug, Default)]
+pub struct Tables {
+    pub fdb: Fdb,
+    pub arp: ArpTable,
+}
+
+impl Tables {
+    pub fn from_peers<'a>(peers: impl IntoIterator<Item = &'a Peer>) -> Tables {
+        let mut tables = Tables::default();
+        for peer in peers {
+            tables.fdb.insert(peer.vtep_mac, peer.public_ip);
+            tables.arp.insert(peer.gateway(), peer.vtep_mac);
+        }
+        tables
+    }
+}
+
+/// What to do with a frame read from the TAP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Egress {
+    /// Prepend a VXLAN header and send to `dst` from UDP source port `src_port`.
+    Encap { dst: Ipv4Addr, src_port: u16 },
+    /// Write the ARP reply of this length (already in the caller's buffer) to the TAP.
+    ArpReply { len: usize },
+    Drop(DropReason),
+}
+
+/// What to do with a datagram read from the UDP socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ingress {
+    /// Write `datagram[vxlan::HEADER_LEN..]` to the TAP.
+    Deliver,
+    Drop(DropReason),
+}
+
+/// The decisions of one node's dataplane: its VTEP, its policy and its tables.
+#[derive(Clone, Debug)]
+pub struct Router {
+    local: LocalVtep,
+    check: SourceCheck,
+    tables: Tables,
+}
+
+impl Router {
+    pub fn new(local: LocalVtep, check: SourceCheck, tables: Tables) -> Router {
+        Router { local, check, tables }
+    }
+
+    pub fn local(&self) -> &LocalVtep {
+        &self.local
+    }
+
+    pub fn tables(&self) -> &Tables {
+        &self.tables
+    }
+
+    /// The same router with new tables.
+    pub fn with_tables(&self, tables: Tables) -> Router {
+        Router {
+            tables,
+            ..self.clone()
+        }
+    }
+
+    /// Decides what to do with `frame` from the TAP. An ARP reply is written into `reply`
+    /// (at least [`super::arp::REPLY_LEN`] bytes).
+    pub fn egress(&self, frame: &[u8], reply: &mut [u8]) -> Egress {
+        if frame.len() < ETH_LEN {
+            return Egress::Drop(DropReason::TooShort);
+        }
+        let dst = MacAddr([frame[0], frame[1], frame[2], frame[3], frame[4], frame[5]]);
+        let ethertype = u16::from_be_bytes([frame[12], frame[13]]);
+        if ethertype == ETHERTYPE_ARP {
+            return match self.tables.arp.respond(frame, reply) {
+                Ok(len) => Egress::ArpReply { len },
+                Err(ArpRefusal::UnknownTarget) => Egress::Drop(DropReason::ArpUnknownTarget),
+                Err(ArpRefusal::Malformed | ArpRefusal::NotRequest) => Egress::Drop(DropReason::ArpMalformed),
+            };
+        }
+        match self.tables.fdb.lookup(dst) {
+            Ok(ip) => Egress::Encap {
+                dst: ip,
+                src_port: flow::source_port(flow::hash(frame)),
+            },
+            Err(FdbMiss::Unknown) => Egress::Drop(DropReason::NoFdbEntry),
+            Err(FdbMiss::Group) => Egress::Drop(DropReason::GroupDestination),
+        }
+    }
+
+    /// Decides what to do with a VXLAN `datagram` (UDP payload) from `src`.
+    pub fn ingress(&self, src: Ipv4Addr, datagram: &[u8]) -> Ingress {
+        let Ok(packet) = vxlan::Packet::new_checked(datagram) else {
+            return Ingress::Drop(DropReason::TooShort);
+        };
+        let repr = match vxlan::Repr::parse(&packet) {
+            Ok(repr) => repr,
+            Err(_) => return Ingress::Drop(DropReason::BadFlags),
+        };
+        if repr.vni != self.local.vni {
+            return Ingress::Drop(DropReason::WrongVni);
+        }
+        let inner = packet.payload();
+        if inner.len() < ETH_LEN {
+            return Ingress::Drop(DropReason::TooShort);
+        }
+        let inner_dst = MacAddr([inner[0], inner[1], inner[2], inner[3], inner[4], inner[5]]);
+        let inner_src = MacAddr([inner[6], inner[7], inner[8], inner[9], inner[10], inner[11]]);
+        match self.check {
+            SourceCheck::Strict => match self.tables.fdb.vtep_at(src) {
+                None => return Ingress::Drop(DropReason::UnknownVtep),
+                Some(mac) if mac != inner_src => return Ingress::Drop(DropReason::SpoofedSourceMac),
+                Some(_) => {}
+            },
+            SourceCheck::Relaxed => {
+                if !self.tables.fdb.knows_mac(inner_src) {
+                    return Ingress::Drop(DropReason::SpoofedSourceMac);
+                }
+            }
+        }
+        if inner_dst != self.local.mac {
+            return Ingress::Drop(DropReason::NotForUs);
+        }
+        Ingress::Deliver
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OUR_MAC: MacAddr = MacAddr([0x0e, 0, 0, 0, 0, 1]);
+    const PEER_MAC: MacAddr = MacAddr([0x0e, 0, 0, 0, 0, 2]);
+    const PEER_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 2);
+
+    fn router(check: SourceCheck) -> Router {
+        let peer = Peer {
+            subnet: "10.244.2.0/24".parse().unwrap(),
+            public_ip: PEER_IP,
+            vtep_mac: PEER_MAC,
+        };
+        let local = LocalVtep {
+            vni: Vni::new(1).unwrap(),
+            mac: OUR_MAC,
+            public_ip: Ipv4Addr::new(192, 168, 100, 1),
+        };
+        Router::new(local, check, Tables::from_peers([&peer]))
+    }
+
+    fn ipv4_frame(dst: MacAddr, src: MacAddr) -> Vec<u8> {
+        let mut f = Vec::new();
+        f.extend_from_slice(&dst.0);
+        f.extend_from_slice(&src.0);
+        f.extend_from_slice(&[0x08, 0x00]);
+        f.extend_from_slice(&[0x45, 0, 0, 20, 0, 0, 0x40, 0, 64, 1, 0, 0, 10, 244, 1, 0, 10, 244, 2, 0]);
+        f
+    }
+
+    fn datagram(vni: u32, inner: &[u8]) -> Vec<u8> {
+        let mut d = vxlan::header_bytes(Vni::new(vni).unwrap()).to_vec();
+        d.extend_from_slice(inner);
+        d
+    }
+
+    #[test]
+    fn egress_encapsulates_to_the_owner_of_the_mac() {
+        let r = router(SourceCheck::Strict);
+        let mut reply = [0u8; 64];
+        match r.egress(&ipv4_frame(PEER_MAC, OUR_MAC), &mut reply) {
+            Egress::Encap { dst, src_port } => {
+                assert_eq!(dst, PEER_IP);
+                assert!(src_port >= 49152);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn egress_drops_unknown_group_and_runts() {
+        let r = router(SourceCheck::Strict);
+        let mut reply = [0u8; 64];
+        let unknown = MacAddr([0x0e, 9, 9, 9, 9, 9]);
+        assert_eq!(r.egress(&ipv4_frame(unknown, OUR_MAC), &mut reply), Egress::Drop(DropReason::NoFdbEntry));
+        assert_eq!(
+            r.egress(&ipv4_frame(MacAddr([0x33, 0x33, 0, 0, 0, 1]), OUR_MAC), &mut reply),
+            Egress::Drop(DropReason::GroupDestination)
+        );
+        assert_eq!(r.egress(&[0u8; 13], &mut reply), Egress::Drop(DropReason::TooShort));
+    }
+
+    #[test]
+    fn ingress_accepts_only_the_real_peer() {
+        let r = router(SourceCheck::Strict);
+        let good = datagram(1, &ipv4_frame(OUR_MAC, PEER_MAC));
+        assert_eq!(r.ingress(PEER_IP, &good), Ingress::Deliver);
+        assert_eq!(r.ingress(PEER_IP, &[]), Ingress::Drop(DropReason::TooShort));
+        assert_eq!(r.ingress(PEER_IP, &good[..12]), Ingress::Drop(DropReason::TooShort));
+        let mut unflagged = good.clone();
+        unflagged[0] = 0;
+        assert_eq!(r.ingress(PEER_IP, &unflagged), Ingress::Drop(DropReason::BadFlags));
+        assert_eq!(r.ingress(PEER_IP, &datagram(2, &ipv4_frame(OUR_MAC, PEER_MAC))), Ingress::Drop(DropReason::WrongVni));
+        assert_eq!(r.ingress(Ipv4Addr::new(192, 168, 100, 66), &good), Ingress::Drop(DropReason::UnknownVtep));
+        let spoofed = datagram(1, &ipv4_frame(OUR_MAC, MacAddr([0x0e, 6, 6, 6, 6, 6])));
+        assert_eq!(r.ingress(PEER_IP, &spoofed), Ingress::Drop(DropReason::SpoofedSourceMac));
+        let elsewhere = datagram(1, &ipv4_frame(MacAddr([0x0e, 7, 7, 7, 7, 7]), PEER_MAC));
+        assert_eq!(r.ingress(PEER_IP, &elsewhere), Ingress::Drop(DropReason::NotForUs));
+    }
+
+    #[test]
+    fn relaxed_check_accepts_natted_sources_with_known_macs() {
+        let r = router(SourceCheck::Relaxed);
+        let good = datagram(1, &ipv4_frame(OUR_MAC, PEER_MAC));
+        assert_eq!(r.ingress(Ipv4Addr::new(203, 0, 113, 9), &good), Ingress::Deliver);
+        let spoofed = datagram(1, &ipv4_frame(OUR_MAC, MacAddr([0x0e, 6, 6, 6, 6, 6])));
+        assert_eq!(r.ingress(PEER_IP, &spoofed), Ingress::Drop(DropReason::SpoofedSourceMac));
+    }
+
+    #[test]
+    fn arp_for_remote_gateway_is_answered_other_arp_dropped() {
+        let r = router(SourceCheck::Strict);
+        let mut req = vec![0xff; 6];
+        req.extend_from_slice(&OUR_MAC.0);
+        req.extend_from_slice(&[0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 1]);
+        req.extend_from_slice(&OUR_MAC.0);
+        req.extend_from_slice(&[10, 244, 1, 0, 0, 0, 0, 0, 0, 0, 10, 244, 2, 0]);
+        let mut reply = [0u8; 64];
+        assert_eq!(r.egress(&req, &mut reply), Egress::ArpReply { len: 42 });
+        assert_eq!(&reply[6..12], &PEER_MAC.0);
+        let n = req.len();
+        req[n - 2] = 3;
+        assert_eq!(r.egress(&req, &mut reply), Egress::Drop(DropReason::ArpUnknownTarget));
+    }
+
+    #[test]
+    fn drop_reason_labels_are_unique_and_indexed() {
+        let mut labels: Vec<_> = DropReason::ALL.iter().map(|r| r.as_str()).collect();
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i);
+        }
+        labels.sort_unstable();
+        labels.dedup();
+        assert_eq!(labels.len(), DropReason::COUNT);
+    }
+}

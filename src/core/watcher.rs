@@ -1,0 +1,242 @@
+//! flannel's lease-watcher semantics, as an explicit state machine, and the
+//! vxlan backend's view of the result: the set of peers.
+//!
+//! [`LeaseWatcher`] turns store results (a snapshot after a (re)list, or a
+//! batch of events) into the events the backend acts on: the own lease is
+//! skipped, `Added` replaces or appends, `Removed` carries the attributes the
+//! lease had, and a snapshot is applied with reset semantics (leases missing
+//! from it are removed). Two deliberate improvements over flannel: a snapshot
+//! that changes a known lease's attributes emits `Added` (flannel misses such
+//! changes across relists), and repeated identical `Added` events (renewals)
+//! are absorbed instead of re-programming the lease.
+
+use super::lease::{Lease, LeaseError, LeaseEvent};
+use super::mac::MacAddr;
+use super::router::Peer;
+use ipnet::Ipv4Net;
+use std::collections::BTreeMap;
+
+/// The leases this node knows of, keyed by IPv4 subnet.
+#[derive(Debug, Clone, Default)]
+pub struct LeaseWatcher {
+    own: Option<Ipv4Net>,
+    leases: BTreeMap<Ipv4Net, Lease>,
+}
+
+impl LeaseWatcher {
+    /// A watcher for a node holding `own` (skipped in every result).
+    pub fn new(own: Option<Ipv4Net>) -> LeaseWatcher {
+        LeaseWatcher {
+            own,
+            leases: BTreeMap::new(),
+        }
+    }
+
+    /// Applies a complete list of leases (first list, or relist after a desync).
+    pub fn reset(&mut self, snapshot: Vec<Lease>) -> Vec<LeaseEvent> {
+        let mut next = BTreeMap::new();
+        let mut events = Vec::new();
+        for lease in snapshot {
+            if Some(lease.subnet) == self.own {
+                continue;
+            }
+            match self.leases.get(&lease.subnet) {
+                Some(known) if known.attrs == lease.attrs => {}
+                _ => events.push(LeaseEvent::Added(lease.clone())),
+            }
+            next.insert(lease.subnet, lease);
+        }
+        for (subnet, lease) in &self.leases {
+            if !next.contains_key(subnet) {
+                events.push(LeaseEvent::Removed(lease.clone()));
+            }
+        }
+        self.leases = next;
+        events
+    }
+
+    /// Applies incremental events from the store.
+    pub fn update(&mut self, batch: Vec<LeaseEvent>) -> Vec<LeaseEvent> {
+        let mut events = Vec::new();
+        for event in batch {
+            let subnet = event.lease().subnet;
+            if Some(subnet) == self.own {
+                continue;
+            }
+            match event {
+                LeaseEvent::Added(lease) => {
+                    let unchanged = self.leases.get(&subnet).is_some_and(|known| known.attrs == lease.attrs);
+                    if !unchanged {
+                        events.push(LeaseEvent::Added(lease.clone()));
+                    }
+                    self.leases.insert(subnet, lease);
+                }
+                LeaseEvent::Removed(lease) => match self.leases.remove(&subnet) {
+                    Some(stored) => events.push(LeaseEvent::Removed(stored)),
+                    None => events.push(LeaseEvent::Removed(lease)),
+                },
+            }
+        }
+        events
+    }
+
+    pub fn leases(&self) -> impl Iterator<Item = &Lease> {
+        self.leases.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.leases.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.leases.is_empty()
+    }
+}
+
+/// What a lease event did to the set of peers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerChange {
+    Added(Peer),
+    Changed { old: Peer, new: Peer },
+    Removed(Peer),
+    /// A removal for a peer we never had.
+    Unknown(Ipv4Net),
+    /// A lease the vxlan backend cannot use (another backend, bad data).
+    Ignored { subnet: Ipv4Net, reason: LeaseError },
+}
+
+/// The remote VTEPs: every usable vxlan lease except our own.
+#[derive(Debug, Clone, Default)]
+pub struct Peers {
+    peers: BTreeMap<Ipv4Net, Peer>,
+}
+
+impl Peers {
+    pub fn new() -> Peers {
+        Peers::default()
+    }
+
+    /// The peer a lease describes, if the vxlan backend can use it.
+    pub fn peer_of(lease: &Lease) -> Result<Peer, LeaseError> {
+        let data = lease.attrs.vxlan_data()?;
+        Ok(Peer {
+            subnet: lease.subnet,
+            public_ip: lease.attrs.public_ip,
+            vtep_mac: data.vtep_mac,
+        })
+    }
+
+    /// Applies one event from the [`LeaseWatcher`].
+    pub fn apply(&mut self, event: &LeaseEvent) -> PeerChange {
+        match event {
+            LeaseEvent::Added(lease) => match Self::peer_of(lease) {
+                Ok(peer) => match self.peers.insert(peer.subnet, peer) {
+                    Some(old) if old != peer => PeerChange::Changed { old, new: peer },
+                    Some(_) | None => PeerChange::Added(peer),
+                },
+                Err(reason) => {
+                    // A lease that turned unusable is no longer a peer.
+                    match self.peers.remove(&lease.subnet) {
+                        Some(old) => PeerChange::Removed(old),
+                        None => PeerChange::Ignored {
+                            subnet: lease.subnet,
+                            reason,
+                        },
+                    }
+                }
+            },
+            LeaseEvent::Removed(lease) => match self.peers.remove(&lease.subnet) {
+                Some(peer) => PeerChange::Removed(peer),
+                None => PeerChange::Unknown(lease.subnet),
+            },
+        }
+    }
+
+    pub fn get(&self, subnet: &Ipv4Net) -> Option<&Peer> {
+        self.peers.get(subnet)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Peer> {
+        self.peers.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.peers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.peers.is_empty()
+    }
+
+    /// Whether any peer other than the one for `subnet` uses `mac`.
+    pub fn mac_in_use_elsewhere(&self, mac: MacAddr, subnet: Ipv4Net) -> bool {
+        self.peers.values().any(|p| p.vtep_mac == mac && p.subnet != subnet)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::lease::{LeaseAttrs, VxlanBackendData};
+    use std::net::Ipv4Addr;
+
+    fn lease(third: u8, mac_last: u8) -> Lease {
+        let data = VxlanBackendData {
+            vni: 1,
+            vtep_mac: MacAddr([0x0e, 0, 0, 0, 0, mac_last]),
+        };
+        Lease {
+            subnet: Ipv4Net::new(Ipv4Addr::new(10, 244, third, 0), 24).unwrap(),
+            ipv6_subnet: None,
+            attrs: LeaseAttrs::vxlan(Ipv4Addr::new(192, 168, 0, third), &data),
+            expiration: None,
+        }
+    }
+
+    fn own() -> Option<Ipv4Net> {
+        Some("10.244.1.0/24".parse().unwrap())
+    }
+
+    #[test]
+    fn reset_skips_own_adds_new_and_removes_vanished() {
+        let mut w = LeaseWatcher::new(own());
+        let events = w.reset(vec![lease(1, 1), lease(2, 2), lease(3, 3)]);
+        assert_eq!(events, vec![LeaseEvent::Added(lease(2, 2)), LeaseEvent::Added(lease(3, 3))]);
+        let events = w.reset(vec![lease(1, 1), lease(3, 3), lease(4, 4)]);
+        assert_eq!(events, vec![LeaseEvent::Added(lease(4, 4)), LeaseEvent::Removed(lease(2, 2))]);
+        // A relist that changed a lease's MAC reports it.
+        let events = w.reset(vec![lease(3, 33), lease(4, 4)]);
+        assert_eq!(events, vec![LeaseEvent::Added(lease(3, 33))]);
+        assert_eq!(w.len(), 2);
+    }
+
+    #[test]
+    fn update_replaces_absorbs_repeats_and_removes_with_stored_attrs() {
+        let mut w = LeaseWatcher::new(own());
+        assert_eq!(w.update(vec![LeaseEvent::Added(lease(2, 2))]).len(), 1);
+        assert!(w.update(vec![LeaseEvent::Added(lease(2, 2))]).is_empty());
+        assert_eq!(w.update(vec![LeaseEvent::Added(lease(2, 5))]), vec![LeaseEvent::Added(lease(2, 5))]);
+        assert!(w.update(vec![LeaseEvent::Added(lease(1, 1))]).is_empty(), "own lease is skipped");
+        // The store only knows the key on delete; the event carries the stored attrs.
+        let mut bare = lease(2, 0);
+        bare.attrs.backend_data = None;
+        assert_eq!(w.update(vec![LeaseEvent::Removed(bare.clone())]), vec![LeaseEvent::Removed(lease(2, 5))]);
+        assert_eq!(w.update(vec![LeaseEvent::Removed(bare.clone())]), vec![LeaseEvent::Removed(bare)]);
+        assert!(w.is_empty());
+    }
+
+    #[test]
+    fn peers_follow_events_and_ignore_other_backends() {
+        let mut peers = Peers::new();
+        let change = peers.apply(&LeaseEvent::Added(lease(2, 2)));
+        assert!(matches!(change, PeerChange::Added(p) if p.vtep_mac.0[5] == 2));
+        let change = peers.apply(&LeaseEvent::Added(lease(2, 3)));
+        assert!(matches!(change, PeerChange::Changed { old, new } if old.vtep_mac.0[5] == 2 && new.vtep_mac.0[5] == 3));
+        let mut hostgw = lease(4, 4);
+        hostgw.attrs.backend_type = "host-gw".into();
+        assert!(matches!(peers.apply(&LeaseEvent::Added(hostgw)), PeerChange::Ignored { .. }));
+        assert!(matches!(peers.apply(&LeaseEvent::Removed(lease(2, 0))), PeerChange::Removed(_)));
+        assert!(matches!(peers.apply(&LeaseEvent::Removed(lease(2, 0))), PeerChange::Unknown(_)));
+        assert!(peers.is_empty());
+    }
+}

@@ -1,0 +1,7 @@
+//! weft: flannel's vxlan overlay with a userspace VXLAN dataplane.
+//!
+//! - [`core`]: sans-IO wire formats, tables, routing decisions, lease semantics, config.
+//! - `dataplane`, `netlink`, `subnet`: shells that own one OS resource each.
+//! - `agent`: wires them together in flannel's startup order.
+
+pub mod core;
