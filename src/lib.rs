@@ -5,3 +5,6 @@
 //! - `agent`: wires them together in flannel's startup order.
 
 pub mod core;
+pub mod dataplane;
+pub mod netlink;
+pub mod subnet;

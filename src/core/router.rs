@@ -153,8 +153,9 @@ impl Tables {
 /// What to do with a frame read from the TAP.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Egress {
-    /// Prepend a VXLAN header and send to `dst` from UDP source port `src_port`.
-    Encap { dst: Ipv4Addr, src_port: u16 },
+    /// Prepend a VXLAN header and send to `dst`; `flow` is the inner flow's hash,
+    /// which picks the outer UDP source port (one flow, one port).
+    Encap { dst: Ipv4Addr, flow: u32 },
     /// Write the ARP reply of this length (already in the caller's buffer) to the TAP.
     ArpReply { len: usize },
     Drop(DropReason),
@@ -215,7 +216,7 @@ impl Router {
         match self.tables.fdb.lookup(dst) {
             Ok(ip) => Egress::Encap {
                 dst: ip,
-                src_port: flow::source_port(flow::hash(frame)),
+                flow: flow::hash(frame),
             },
             Err(FdbMiss::Unknown) => Egress::Drop(DropReason::NoFdbEntry),
             Err(FdbMiss::Group) => Egress::Drop(DropReason::GroupDestination),
@@ -301,10 +302,7 @@ mod tests {
         let r = router(SourceCheck::Strict);
         let mut reply = [0u8; 64];
         match r.egress(&ipv4_frame(PEER_MAC, OUR_MAC), &mut reply) {
-            Egress::Encap { dst, src_port } => {
-                assert_eq!(dst, PEER_IP);
-                assert!(src_port >= 49152);
-            }
+            Egress::Encap { dst, flow: _ } => assert_eq!(dst, PEER_IP),
             other => panic!("{other:?}"),
         }
     }

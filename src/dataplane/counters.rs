@@ -1,0 +1,157 @@
+//! Dataplane counters: one cache-line-aligned block of atomics per worker,
+//! bumped once per batch with relaxed adds (no locks, no sharing between
+//! workers), summed only when someone reads them (metrics, status).
+
+use crate::core::router::DropReason;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// One worker's counters.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub struct WorkerCounters {
+    pub encap_frames: AtomicU64,
+    pub encap_bytes: AtomicU64,
+    pub decap_frames: AtomicU64,
+    pub decap_bytes: AtomicU64,
+    pub arp_replies: AtomicU64,
+    /// Super-frames (TSO) read from the TAP and split.
+    pub tso_frames: AtomicU64,
+    /// Super-frames written to the TAP after coalescing.
+    pub gro_frames: AtomicU64,
+    /// ICMP "fragmentation needed" messages sent back into the TAP.
+    pub icmp_too_big: AtomicU64,
+    pub drops: [AtomicU64; DropReason::COUNT],
+}
+
+/// Plain numbers a worker accumulates during one batch.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct BatchTally {
+    pub encap_frames: u64,
+    pub encap_bytes: u64,
+    pub decap_frames: u64,
+    pub decap_bytes: u64,
+    pub arp_replies: u64,
+    pub tso_frames: u64,
+    pub gro_frames: u64,
+    pub icmp_too_big: u64,
+    pub drops: [u64; DropReason::COUNT],
+}
+
+impl BatchTally {
+    pub fn drop(&mut self, reason: DropReason) {
+        self.drops[reason.index()] += 1;
+    }
+}
+
+impl WorkerCounters {
+    /// Adds a batch's tally (the only write on the hot path).
+    pub fn add(&self, t: &BatchTally) {
+        let add = |c: &AtomicU64, v: u64| {
+            if v != 0 {
+                c.fetch_add(v, Relaxed);
+            }
+        };
+        add(&self.encap_frames, t.encap_frames);
+        add(&self.encap_bytes, t.encap_bytes);
+        add(&self.decap_frames, t.decap_frames);
+        add(&self.decap_bytes, t.decap_bytes);
+        add(&self.arp_replies, t.arp_replies);
+        add(&self.tso_frames, t.tso_frames);
+        add(&self.gro_frames, t.gro_frames);
+        add(&self.icmp_too_big, t.icmp_too_big);
+        for (c, v) in self.drops.iter().zip(t.drops) {
+            add(c, v);
+        }
+    }
+}
+
+/// All workers' counters.
+#[derive(Debug)]
+pub struct Counters {
+    workers: Box<[WorkerCounters]>,
+}
+
+/// A point-in-time sum over workers.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct CounterSnapshot {
+    pub encap_frames: u64,
+    pub encap_bytes: u64,
+    pub decap_frames: u64,
+    pub decap_bytes: u64,
+    pub arp_replies: u64,
+    pub tso_frames: u64,
+    pub gro_frames: u64,
+    pub icmp_too_big: u64,
+    #[serde(serialize_with = "serialize_drops")]
+    pub drops: [u64; DropReason::COUNT],
+}
+
+fn serialize_drops<S: serde::Serializer>(drops: &[u64; DropReason::COUNT], s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut map = s.serialize_map(Some(DropReason::COUNT))?;
+    for reason in DropReason::ALL {
+        map.serialize_entry(reason.as_str(), &drops[reason.index()])?;
+    }
+    map.end()
+}
+
+impl CounterSnapshot {
+    pub fn drop_count(&self, reason: DropReason) -> u64 {
+        self.drops[reason.index()]
+    }
+
+    pub fn total_drops(&self) -> u64 {
+        self.drops.iter().sum()
+    }
+}
+
+impl Counters {
+    pub fn new(workers: usize) -> Counters {
+        Counters {
+            workers: (0..workers.max(1)).map(|_| WorkerCounters::default()).collect(),
+        }
+    }
+
+    pub fn worker(&self, index: usize) -> &WorkerCounters {
+        &self.workers[index % self.workers.len()]
+    }
+
+    pub fn snapshot(&self) -> CounterSnapshot {
+        let mut s = CounterSnapshot::default();
+        for w in self.workers.iter() {
+            s.encap_frames += w.encap_frames.load(Relaxed);
+            s.encap_bytes += w.encap_bytes.load(Relaxed);
+            s.decap_frames += w.decap_frames.load(Relaxed);
+            s.decap_bytes += w.decap_bytes.load(Relaxed);
+            s.arp_replies += w.arp_replies.load(Relaxed);
+            s.tso_frames += w.tso_frames.load(Relaxed);
+            s.gro_frames += w.gro_frames.load(Relaxed);
+            s.icmp_too_big += w.icmp_too_big.load(Relaxed);
+            for (sum, c) in s.drops.iter_mut().zip(&w.drops) {
+                *sum += c.load(Relaxed);
+            }
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_sums_workers() {
+        let counters = Counters::new(2);
+        let mut t = BatchTally::default();
+        t.encap_frames = 3;
+        t.drop(DropReason::WrongVni);
+        counters.worker(0).add(&t);
+        counters.worker(1).add(&t);
+        let s = counters.snapshot();
+        assert_eq!(s.encap_frames, 6);
+        assert_eq!(s.drop_count(DropReason::WrongVni), 2);
+        assert_eq!(s.total_drops(), 2);
+        let json = serde_json::to_value(s).unwrap();
+        assert_eq!(json["drops"]["wrong_vni"], 2);
+    }
+}

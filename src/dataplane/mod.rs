@@ -1,0 +1,197 @@
+//! The dataplane shell: TAP queues and UDP sockets, and the workers that move
+//! frames between them using the core [`Router`]'s decisions.
+//!
+//! Each worker owns one TAP queue, one receiving UDP socket on the VXLAN port
+//! (`SO_REUSEPORT`), and a small pool of sending sockets bound to ports in
+//! 49152–65535 (the outer source port is chosen per inner flow by choosing the
+//! socket). The kernel keeps a flow on one TAP queue and one receiving socket,
+//! so a flow never spans workers and is never reordered.
+//!
+//! The router is read through an [`ArcSwap`]: the control plane builds a new
+//! one per lease change and swaps it in; workers load it once per batch,
+//! without locks or allocation.
+
+pub mod counters;
+pub mod offload;
+pub mod sys;
+pub mod tap;
+pub mod udp;
+mod worker;
+
+use crate::core::router::Router;
+use arc_swap::ArcSwap;
+pub use counters::{Counters, WorkerCounters};
+use std::net::SocketAddrV4;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// How the dataplane is built; see `tunables/dataplane.md`.
+#[derive(Debug, Clone)]
+pub struct DataplaneConfig {
+    /// Address and port the VXLAN socket listens on (the node's public IP, Backend.Port).
+    pub listen: SocketAddrV4,
+    /// Number of workers (TAP queues).
+    pub workers: usize,
+    /// Sending sockets per worker: distinct outer source ports.
+    pub source_ports: usize,
+    /// Frames or datagrams handled per batch.
+    pub batch: usize,
+    /// Socket receive and send buffer size in bytes.
+    pub socket_buffer: usize,
+    /// Offloads to use, if the kernel has them.
+    pub offloads: offload::OffloadConfig,
+}
+
+impl Default for DataplaneConfig {
+    fn default() -> Self {
+        DataplaneConfig {
+            listen: SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, crate::core::config::DEFAULT_PORT),
+            workers: 1,
+            source_ports: 16,
+            batch: 64,
+            socket_buffer: 4 << 20,
+            offloads: offload::OffloadConfig::default(),
+        }
+    }
+}
+
+/// A failure that stops the dataplane; the agent exits so its supervisor restarts it.
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error("cannot open TAP device {name}: {source} (is /dev/net/tun present, and does weftd run as root or with CAP_NET_ADMIN?)")]
+    OpenTap {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot configure TAP device {name}: {what}: {source}")]
+    ConfigureTap {
+        name: String,
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open the VXLAN UDP socket on {addr}: {source} (another VXLAN device or process may hold the port; flannel's kernel device uses it too)")]
+    Bind {
+        addr: SocketAddrV4,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot bind outer source ports in 49152-65535 on {ip}: {source}")]
+    SourcePorts {
+        ip: std::net::Ipv4Addr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the TAP device {name} failed: {source} (was it deleted?)")]
+    TapFailed {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the VXLAN socket failed: {source}")]
+    SocketFailed {
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// State shared by the workers and the control plane.
+#[derive(Debug)]
+pub struct Shared {
+    pub router: ArcSwap<Router>,
+    pub counters: Counters,
+    /// The VXLAN port of every node (Backend.Port).
+    pub port: u16,
+}
+
+/// The running dataplane.
+#[derive(Debug)]
+pub struct Dataplane {
+    shared: Arc<Shared>,
+    tasks: Vec<JoinHandle<()>>,
+    offloads: offload::ActiveOffloads,
+    source_ports: Vec<u16>,
+}
+
+impl Dataplane {
+    /// Starts one worker per queue of `tap`. Fatal errors are sent on `fatal`.
+    pub fn start(
+        tap: tap::Tap,
+        config: &DataplaneConfig,
+        router: Router,
+        fatal: mpsc::UnboundedSender<DataplaneError>,
+    ) -> Result<Dataplane, DataplaneError> {
+        let workers = tap.queues.len();
+        let shared = Arc::new(Shared {
+            router: ArcSwap::from_pointee(router),
+            counters: Counters::new(workers),
+            port: config.listen.port(),
+        });
+        let mut offloads = tap.offloads;
+        let mut sockets = Vec::with_capacity(workers);
+        let mut source_ports = Vec::new();
+        let mut used_ports = std::collections::BTreeSet::new();
+        for index in 0..workers {
+            let rx = udp::bind_listener(config.listen, config.socket_buffer, &mut offloads)?;
+            let pool = udp::bind_source_pool(*config.listen.ip(), config.source_ports, config.socket_buffer, index, &mut used_ports)?;
+            source_ports.extend(pool.iter().map(|s| s.port));
+            sockets.push((rx, pool));
+        }
+        if !udp::gso_works(&sockets[0].1[0].socket) {
+            offloads.udp_gso = false;
+        }
+        let mut tasks = Vec::new();
+        for (index, (queue, (rx, pool))) in tap.queues.into_iter().zip(sockets).enumerate() {
+            let spawned = worker::spawn(worker::WorkerSetup {
+                index,
+                tap_name: tap.name.clone(),
+                queue,
+                rx,
+                pool,
+                shared: shared.clone(),
+                batch: config.batch.max(1),
+                offloads,
+                fatal: fatal.clone(),
+            })?;
+            tasks.extend(spawned);
+        }
+        Ok(Dataplane {
+            shared,
+            tasks,
+            offloads,
+            source_ports,
+        })
+    }
+
+    /// Replaces the router (new tables after a lease change).
+    pub fn set_router(&self, router: Router) {
+        self.shared.router.store(Arc::new(router));
+    }
+
+    pub fn router(&self) -> Arc<Router> {
+        self.shared.router.load_full()
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    pub fn offloads(&self) -> offload::ActiveOffloads {
+        self.offloads
+    }
+
+    /// The outer UDP source ports in use.
+    pub fn source_ports(&self) -> &[u16] {
+        &self.source_ports
+    }
+}
+
+impl Drop for Dataplane {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}

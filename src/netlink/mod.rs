@@ -1,0 +1,318 @@
+//! The kernel's routing state, through rtnetlink: the VTEP link's MAC, MTU,
+//! address and state; the routes to remote subnets (`S via S.0 dev
+//! flannel.<VNI> onlink`); and what interface selection needs to know about
+//! links, addresses and the default route.
+
+use futures::TryStreamExt;
+use ipnet::Ipv4Net;
+use netlink_packet_route::AddressFamily;
+use netlink_packet_route::address::AddressAttribute;
+use netlink_packet_route::link::{LinkAttribute, LinkFlags};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol};
+use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
+use std::net::{IpAddr, Ipv4Addr};
+
+use crate::core::mac::MacAddr;
+
+/// A netlink request that failed, with what it was for.
+#[derive(Debug, thiserror::Error)]
+#[error("netlink: {what}: {source}")]
+pub struct NetlinkError {
+    pub what: String,
+    #[source]
+    pub source: rtnetlink::Error,
+}
+
+impl NetlinkError {
+    /// The kernel's errno, when the kernel refused the request.
+    pub fn errno(&self) -> Option<i32> {
+        match &self.source {
+            rtnetlink::Error::NetlinkError(msg) => msg.code.map(|c| -c.get()),
+            _ => None,
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, NetlinkError>;
+
+fn ctx(what: impl FnOnce() -> String) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
+    move |source| NetlinkError { what: what(), source }
+}
+
+/// What weft needs to know about a link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkInfo {
+    pub index: u32,
+    pub name: String,
+    pub mac: Option<MacAddr>,
+    pub mtu: u32,
+    pub up: bool,
+}
+
+/// An IPv4 address on a link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkAddr {
+    pub index: u32,
+    pub addr: Ipv4Addr,
+    pub prefix_len: u8,
+}
+
+/// A route on the VTEP device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VtepRoute {
+    pub dst: Ipv4Net,
+    pub gateway: Option<Ipv4Addr>,
+}
+
+/// A connection to rtnetlink.
+#[derive(Debug, Clone)]
+pub struct Netlink {
+    handle: Handle,
+}
+
+impl Netlink {
+    /// Opens a connection; its driver runs on the current tokio runtime.
+    pub fn connect() -> std::io::Result<Netlink> {
+        let (connection, handle, _) = rtnetlink::new_connection()?;
+        tokio::spawn(connection);
+        Ok(Netlink { handle })
+    }
+
+    fn link_info(msg: &netlink_packet_route::link::LinkMessage) -> LinkInfo {
+        let mut info = LinkInfo {
+            index: msg.header.index,
+            name: String::new(),
+            mac: None,
+            mtu: 0,
+            up: msg.header.flags.contains(LinkFlags::Up),
+        };
+        for attr in &msg.attributes {
+            match attr {
+                LinkAttribute::IfName(name) => info.name = name.clone(),
+                LinkAttribute::Address(bytes) => info.mac = MacAddr::from_slice(bytes),
+                LinkAttribute::Mtu(mtu) => info.mtu = *mtu,
+                _ => {}
+            }
+        }
+        info
+    }
+
+    /// Every link.
+    pub async fn links(&self) -> Result<Vec<LinkInfo>> {
+        let mut out = Vec::new();
+        let mut stream = self.handle.link().get().execute();
+        while let Some(msg) = stream.try_next().await.map_err(ctx(|| "list links".into()))? {
+            out.push(Self::link_info(&msg));
+        }
+        Ok(out)
+    }
+
+    /// The link called `name`, if it exists.
+    pub async fn link_by_name(&self, name: &str) -> Result<Option<LinkInfo>> {
+        let mut stream = self.handle.link().get().match_name(name.to_owned()).execute();
+        match stream.try_next().await {
+            Ok(Some(msg)) => Ok(Some(Self::link_info(&msg))),
+            Ok(None) => Ok(None),
+            Err(rtnetlink::Error::NetlinkError(msg)) if msg.code.is_some_and(|c| -c.get() == libc::ENODEV) => Ok(None),
+            Err(source) => Err(NetlinkError {
+                what: format!("look up link {name}"),
+                source,
+            }),
+        }
+    }
+
+    /// Sets the link's MAC address (if it differs), MTU, and brings it up.
+    pub async fn configure_link(&self, link: &LinkInfo, mac: MacAddr, mtu: u32) -> Result<()> {
+        if link.mac != Some(mac) {
+            self.handle
+                .link()
+                .set(LinkUnspec::new_with_index(link.index).address(mac.0.to_vec()).build())
+                .execute()
+                .await
+                .map_err(ctx(|| format!("set MAC {mac} on {}", link.name)))?;
+        }
+        if link.mtu != mtu {
+            self.handle
+                .link()
+                .set(LinkUnspec::new_with_index(link.index).mtu(mtu).build())
+                .execute()
+                .await
+                .map_err(ctx(|| format!("set MTU {mtu} on {}", link.name)))?;
+        }
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(link.index).up().build())
+            .execute()
+            .await
+            .map_err(ctx(|| format!("bring {} up", link.name)))?;
+        Ok(())
+    }
+
+    /// Every IPv4 address, or those on `index`.
+    pub async fn addresses(&self, index: Option<u32>) -> Result<Vec<LinkAddr>> {
+        let mut req = self.handle.address().get();
+        if let Some(index) = index {
+            req = req.set_link_index_filter(index);
+        }
+        let mut stream = req.execute();
+        let mut out = Vec::new();
+        while let Some(msg) = stream.try_next().await.map_err(ctx(|| "list addresses".into()))? {
+            if msg.header.family != AddressFamily::Inet {
+                continue;
+            }
+            let local = msg.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
+                _ => None,
+            });
+            let address = msg.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
+                _ => None,
+            });
+            if let Some(addr) = local.or(address) {
+                out.push(LinkAddr {
+                    index: msg.header.index,
+                    addr,
+                    prefix_len: msg.header.prefix_len,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Makes `addr/32` the only address from `network` on the link (flannel's
+    /// `EnsureV4AddressOnLink`): other addresses inside the network are removed.
+    pub async fn ensure_vtep_address(&self, link: &LinkInfo, addr: Ipv4Addr, network: Ipv4Net) -> Result<()> {
+        let mut present = false;
+        let mut stream = self.handle.address().get().set_link_index_filter(link.index).execute();
+        let mut stale = Vec::new();
+        while let Some(msg) = stream
+            .try_next()
+            .await
+            .map_err(ctx(|| format!("list addresses of {}", link.name)))?
+        {
+            let ip = msg.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Local(IpAddr::V4(ip)) | AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
+                _ => None,
+            });
+            let Some(ip) = ip else { continue };
+            if ip == addr && msg.header.prefix_len == 32 {
+                present = true;
+            } else if network.contains(&ip) {
+                stale.push(msg);
+            }
+        }
+        for msg in stale {
+            self.handle
+                .address()
+                .del(msg)
+                .execute()
+                .await
+                .map_err(ctx(|| format!("remove a stale address from {}", link.name)))?;
+        }
+        if !present {
+            self.handle
+                .address()
+                .add(link.index, IpAddr::V4(addr), 32)
+                .execute()
+                .await
+                .map_err(ctx(|| format!("add {addr}/32 to {}", link.name)))?;
+        }
+        Ok(())
+    }
+
+    fn vtep_route(index: u32, subnet: Ipv4Net) -> RouteMessage {
+        RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(subnet.network(), subnet.prefix_len())
+            .gateway(subnet.network())
+            .output_interface(index)
+            .protocol(RouteProtocol::Boot)
+            .onlink()
+            .build()
+    }
+
+    /// `ip route replace S via S.0 dev <index> onlink`.
+    pub async fn replace_route(&self, index: u32, subnet: Ipv4Net) -> Result<()> {
+        self.handle
+            .route()
+            .add(Self::vtep_route(index, subnet))
+            .replace()
+            .execute()
+            .await
+            .map_err(ctx(|| format!("add route {subnet} via {}", subnet.network())))
+    }
+
+    /// Removes the route to `subnet` on the link; a route that is already gone is fine.
+    pub async fn delete_route(&self, index: u32, subnet: Ipv4Net) -> Result<()> {
+        match self.handle.route().del(Self::vtep_route(index, subnet)).execute().await {
+            Ok(()) => Ok(()),
+            Err(rtnetlink::Error::NetlinkError(msg)) if msg.code.is_some_and(|c| -c.get() == libc::ESRCH) => Ok(()),
+            Err(source) => Err(NetlinkError {
+                what: format!("delete route {subnet}"),
+                source,
+            }),
+        }
+    }
+
+    /// IPv4 routes of the main table that leave through `index`.
+    pub async fn routes_via(&self, index: u32) -> Result<Vec<VtepRoute>> {
+        let mut out = Vec::new();
+        for msg in self.main_routes().await? {
+            let oif = msg.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Oif(i) => Some(*i),
+                _ => None,
+            });
+            if oif != Some(index) {
+                continue;
+            }
+            let dst = msg.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Destination(RouteAddress::Inet(ip)) => Some(*ip),
+                _ => None,
+            });
+            let gateway = msg.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Gateway(RouteAddress::Inet(ip)) => Some(*ip),
+                _ => None,
+            });
+            let dst = Ipv4Net::new(dst.unwrap_or(Ipv4Addr::UNSPECIFIED), msg.header.destination_prefix_length)
+                .unwrap_or_default();
+            out.push(VtepRoute { dst, gateway });
+        }
+        Ok(out)
+    }
+
+    async fn main_routes(&self) -> Result<Vec<RouteMessage>> {
+        let filter = RouteMessageBuilder::<Ipv4Addr>::new().build();
+        let mut stream = self.handle.route().get(filter).execute();
+        let mut out = Vec::new();
+        while let Some(msg) = stream.try_next().await.map_err(ctx(|| "list routes".into()))? {
+            let table = msg
+                .attributes
+                .iter()
+                .find_map(|a| match a {
+                    RouteAttribute::Table(t) => Some(*t),
+                    _ => None,
+                })
+                .unwrap_or(u32::from(msg.header.table));
+            if table == u32::from(netlink_packet_route::route::RouteHeader::RT_TABLE_MAIN) {
+                out.push(msg);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The interface of the first IPv4 default route, as flannel picks it.
+    pub async fn default_route_interface(&self) -> Result<Option<u32>> {
+        for msg in self.main_routes().await? {
+            if msg.header.destination_prefix_length != 0 {
+                continue;
+            }
+            let oif = msg.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Oif(i) => Some(*i),
+                _ => None,
+            });
+            if oif.is_some() {
+                return Ok(oif);
+            }
+        }
+        Ok(None)
+    }
+}

@@ -1,0 +1,527 @@
+//! The embedded lease store: one directory shared by every agent on a
+//! machine (a netns lab, a single-host test bed).
+//!
+//! Each lease is a file named like flannel's etcd key (`10.244.3.0-24`)
+//! holding flannel's lease JSON with one more member, `"Expiration"` (RFC
+//! 3339), so the file still reads as a flannel lease. Writers take an
+//! exclusive `flock` on `<dir>/.lock` to claim or renew, and write through a
+//! temporary file and `rename`, so readers never see half a lease and two
+//! agents never claim the same subnet. Agents poll the directory (every 200
+//! ms) to see changes, including an operator deleting a file.
+
+use super::{AcquireRequest, RenewPolicy, StoreError, StoreStats, StoreUpdate, UpdateSender, choose_free_subnet, renew_at};
+use crate::core::config::NetConfig;
+use crate::core::lease::{Lease, LeaseAttrs, LeaseError, LeaseEvent, parse_subnet_key, subnet_key};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::task::JoinHandle;
+
+/// How often the directory is read for changes.
+const POLL: Duration = Duration::from_millis(200);
+/// flannel's lease lifetime.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// The directory store.
+#[derive(Debug)]
+pub struct LocalStore {
+    dir: PathBuf,
+    net_config_path: PathBuf,
+    ttl: Duration,
+    stats: Arc<StoreStats>,
+}
+
+/// The valid leases in the directory, and the records that are not.
+#[derive(Debug, Default)]
+struct Scan {
+    leases: BTreeMap<String, Lease>,
+    bad: Vec<(String, LeaseError)>,
+}
+
+impl LocalStore {
+    /// Opens (creating) the store directory.
+    pub fn open(dir: &Path, net_config_path: &Path, ttl: Duration, stats: Arc<StoreStats>) -> Result<LocalStore, StoreError> {
+        fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+            what: format!("cannot create the lease directory {}", dir.display()),
+            source,
+        })?;
+        Ok(LocalStore {
+            dir: dir.to_owned(),
+            net_config_path: net_config_path.to_owned(),
+            ttl,
+            stats,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Reads and checks `net-conf.json`.
+    pub async fn network_config(&self) -> Result<NetConfig, StoreError> {
+        let path = self.net_config_path.clone();
+        let text = tokio::fs::read_to_string(&path).await.map_err(|source| StoreError::Io {
+            what: format!("failed to read net conf {}", path.display()),
+            source,
+        })?;
+        NetConfig::parse_and_check(&text).map_err(|error| StoreError::ConfigInvalid {
+            source_name: path.display().to_string(),
+            error,
+        })
+    }
+
+    /// The lease this public IP held before, if it is still in the store.
+    pub async fn find_own(&self, public_ip: Ipv4Addr, now: SystemTime) -> Result<Option<Lease>, StoreError> {
+        let dir = self.dir.clone();
+        let scan = blocking(move || scan(&dir, now)).await?;
+        Ok(scan.leases.into_values().find(|l| l.attrs.public_ip == public_ip))
+    }
+
+    /// Acquires a lease with flannel's rules: reuse this public IP's lease if it
+    /// fits the config (else delete it); else the previous subnet if free; else a
+    /// random free subnet among the first 100.
+    pub async fn acquire(&self, config: &NetConfig, req: &AcquireRequest, now: SystemTime) -> Result<Lease, StoreError> {
+        let dir = self.dir.clone();
+        let config = config.clone();
+        let req = req.clone();
+        let ttl = self.ttl;
+        blocking(move || {
+            let _lock = DirLock::take(&dir)?;
+            let scan = scan(&dir, now)?;
+            let expiration = Some(now + ttl);
+            let lease_for = |subnet| Lease {
+                subnet,
+                ipv6_subnet: None,
+                attrs: req.attrs.clone(),
+                expiration,
+            };
+            if let Some(mine) = scan.leases.values().find(|l| l.attrs.public_ip == req.attrs.public_ip) {
+                if config.fits(mine.subnet) {
+                    let lease = lease_for(mine.subnet);
+                    write_record(&dir, &lease)?;
+                    return Ok(lease);
+                }
+                remove_record(&dir, &mine.key())?;
+            }
+            let taken: Vec<_> = scan
+                .leases
+                .values()
+                .filter(|l| l.attrs.public_ip != req.attrs.public_ip)
+                .map(|l| l.subnet)
+                .collect();
+            let previous = req
+                .previous_subnet
+                .filter(|s| config.fits(*s) && !taken.iter().any(|t| t.contains(s) || s.contains(t)));
+            let subnet = match previous {
+                Some(s) => s,
+                None => choose_free_subnet(&config, &taken, &mut rand::rng()).ok_or(StoreError::OutOfSubnets)?,
+            };
+            let lease = lease_for(subnet);
+            write_record(&dir, &lease)?;
+            Ok(lease)
+        })
+        .await
+    }
+
+    /// Renews `lease` for another TTL; `Ok(None)` if its file is gone (revoked).
+    pub async fn renew(&self, lease: &Lease, now: SystemTime) -> Result<Option<Lease>, StoreError> {
+        let dir = self.dir.clone();
+        let mut lease = lease.clone();
+        let ttl = self.ttl;
+        blocking(move || {
+            let _lock = DirLock::take(&dir)?;
+            let path = dir.join(lease.key());
+            if !path.exists() {
+                return Ok(None);
+            }
+            lease.expiration = Some(now + ttl);
+            write_record(&dir, &lease)?;
+            Ok(Some(lease))
+        })
+        .await
+    }
+
+    /// Watches the directory and renews `own`, sending updates until the receiver goes away.
+    pub fn spawn(self: Arc<Self>, own: Lease, renew: RenewPolicy, tx: UpdateSender) -> JoinHandle<()> {
+        tokio::spawn(async move { self.run(own, renew, tx).await })
+    }
+
+    async fn run(&self, mut own: Lease, renew: RenewPolicy, tx: UpdateSender) {
+        let mut known: Option<BTreeMap<String, Lease>> = None;
+        let mut reported_bad: BTreeSet<(String, String)> = BTreeSet::new();
+        let mut next_renewal = renew_at(own.expiration, renew.margin, SystemTime::now());
+        let mut ticker = tokio::time::interval(POLL);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let now = SystemTime::now();
+            if now >= next_renewal {
+                match self.renew(&own, now).await {
+                    Ok(Some(renewed)) => {
+                        own = renewed;
+                        self.stats.renewals.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        next_renewal = renew_at(own.expiration, renew.margin, now);
+                        if tx.send(StoreUpdate::Renewed(own.clone())).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "failed to renew the lease; retrying in {:?}", renew.retry);
+                        self.stats.error(&e);
+                        next_renewal = now + renew.retry;
+                    }
+                }
+            }
+            let dir = self.dir.clone();
+            let scan = match blocking(move || scan(&dir, now)).await {
+                Ok(scan) => {
+                    self.stats.set_connected(true);
+                    scan
+                }
+                Err(e) => {
+                    self.stats.set_connected(false);
+                    self.stats.error(&e);
+                    tracing::warn!(error = %e, "cannot read the lease directory; keeping the last known leases");
+                    continue;
+                }
+            };
+            for (key, error) in &scan.bad {
+                if reported_bad.insert((key.clone(), error.to_string())) {
+                    self.stats.bad_record(error);
+                    tracing::warn!(key = %key, error = %error, "skipping a bad lease record");
+                }
+            }
+            reported_bad.retain(|(key, _)| scan.bad.iter().any(|(k, _)| k == key));
+            if !scan.leases.contains_key(&own.key()) {
+                let why = format!(
+                    "lease {} is gone from {} (deleted or expired)",
+                    own.key(),
+                    self.dir.display()
+                );
+                let _ = tx.send(StoreUpdate::OwnLeaseRevoked(why)).await;
+                return;
+            }
+            let update = match &known {
+                None => {
+                    self.stats.snapshots.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    Some(StoreUpdate::Snapshot(scan.leases.values().cloned().collect()))
+                }
+                Some(previous) => {
+                    let events = diff(previous, &scan.leases);
+                    (!events.is_empty()).then_some(StoreUpdate::Events(events))
+                }
+            };
+            known = Some(scan.leases);
+            if let Some(update) = update {
+                self.stats.event(now);
+                if tx.send(update).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The events that turn `before` into `after`.
+fn diff(before: &BTreeMap<String, Lease>, after: &BTreeMap<String, Lease>) -> Vec<LeaseEvent> {
+    let mut events = Vec::new();
+    for (key, lease) in after {
+        match before.get(key) {
+            Some(old) if old.attrs == lease.attrs => {}
+            _ => events.push(LeaseEvent::Added(lease.clone())),
+        }
+    }
+    for (key, lease) in before {
+        if !after.contains_key(key) {
+            events.push(LeaseEvent::Removed(lease.clone()));
+        }
+    }
+    events
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, StoreError> + Send + 'static) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Other(format!("lease store task failed: {e}")))?
+}
+
+/// An exclusive `flock` on `<dir>/.lock`, released on drop.
+struct DirLock(File);
+
+impl DirLock {
+    fn take(dir: &Path) -> Result<DirLock, StoreError> {
+        let path = dir.join(".lock");
+        let io = |what: &str, source| StoreError::Io {
+            what: format!("{what} {}", path.display()),
+            source,
+        };
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| io("cannot open", e))?;
+        file.lock().map_err(|e| io("cannot lock", e))?;
+        Ok(DirLock(file))
+    }
+}
+
+impl Drop for DirLock {
+    fn drop(&mut self) {
+        let _ = self.0.unlock();
+    }
+}
+
+/// The file content for a lease: flannel's JSON plus `"Expiration"`.
+pub fn render_record(lease: &Lease) -> String {
+    let mut json = lease.attrs.to_json();
+    if let Some(exp) = lease.expiration {
+        let ts = jiff::Timestamp::try_from(exp).map(|t| t.to_string()).unwrap_or_default();
+        json.pop();
+        json.push_str(&format!(",\"Expiration\":\"{ts}\"}}"));
+    }
+    json
+}
+
+/// Reads one record; expiration `None` means it never expires.
+pub fn parse_record(key: &str, text: &str) -> Result<Lease, LeaseError> {
+    let mut lease = Lease::from_record(key, text, None)?;
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| LeaseError::InvalidJson(e.to_string()))?;
+    let expiration = value
+        .as_object()
+        .and_then(|o| o.iter().find(|(k, _)| k.eq_ignore_ascii_case("expiration")))
+        .and_then(|(_, v)| v.as_str())
+        .map(|s| {
+            s.parse::<jiff::Timestamp>()
+                .map(SystemTime::from)
+                .map_err(|e| LeaseError::InvalidJson(format!("Expiration {s:?}: {e}")))
+        })
+        .transpose()?;
+    lease.expiration = expiration;
+    Ok(lease)
+}
+
+fn scan(dir: &Path, now: SystemTime) -> Result<Scan, StoreError> {
+    let entries = fs::read_dir(dir).map_err(|source| StoreError::Io {
+        what: format!("cannot read the lease directory {}", dir.display()),
+        source,
+    })?;
+    let mut out = Scan::default();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue;
+        }
+        if let Err(e) = parse_subnet_key(&name) {
+            out.bad.push((name, e));
+            continue;
+        }
+        let text = match fs::read_to_string(entry.path()) {
+            Ok(text) => text,
+            // Removed between listing and reading: it is simply gone.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                out.bad.push((name, LeaseError::InvalidJson(e.to_string())));
+                continue;
+            }
+        };
+        match parse_record(&name, &text) {
+            Ok(lease) if lease.expiration.is_some_and(|exp| exp <= now) => {}
+            Ok(lease) => {
+                out.leases.insert(name, lease);
+            }
+            Err(e) => out.bad.push((name, e)),
+        }
+    }
+    Ok(out)
+}
+
+fn write_record(dir: &Path, lease: &Lease) -> Result<(), StoreError> {
+    let key = subnet_key(lease.subnet, lease.ipv6_subnet);
+    let io = |what: String, source| StoreError::Io { what, source };
+    let tmp = dir.join(format!(".tmp-{key}-{}", std::process::id()));
+    let mut file = File::create(&tmp).map_err(|e| io(format!("cannot write {}", tmp.display()), e))?;
+    file.write_all(render_record(lease).as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|e| io(format!("cannot write {}", tmp.display()), e))?;
+    fs::rename(&tmp, dir.join(&key)).map_err(|e| io(format!("cannot install lease {key}"), e))?;
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+fn remove_record(dir: &Path, key: &str) -> Result<(), StoreError> {
+    match fs::remove_file(dir.join(key)) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(StoreError::Io {
+            what: format!("cannot remove lease {key}"),
+            source,
+        }),
+    }
+}
+
+/// A lease record for `attrs` on `subnet`, for tests and tools.
+pub fn record_for(subnet: ipnet::Ipv4Net, attrs: LeaseAttrs, expiration: Option<SystemTime>) -> String {
+    render_record(&Lease {
+        subnet,
+        ipv6_subnet: None,
+        attrs,
+        expiration,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::lease::VxlanBackendData;
+    use crate::core::mac::MacAddr;
+
+    fn attrs(last: u8) -> LeaseAttrs {
+        LeaseAttrs::vxlan(
+            Ipv4Addr::new(192, 168, 0, last),
+            &VxlanBackendData {
+                vni: 1,
+                vtep_mac: MacAddr([0x0e, 0, 0, 0, 0, last]),
+            },
+        )
+    }
+
+    fn config(text: &str) -> NetConfig {
+        NetConfig::parse_and_check(text).unwrap()
+    }
+
+    fn store(dir: &Path) -> LocalStore {
+        LocalStore::open(dir, &dir.join("net-conf.json"), DEFAULT_TTL, Arc::default()).unwrap()
+    }
+
+    #[test]
+    fn record_is_flannel_json_plus_expiration() {
+        let exp = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let text = record_for("10.244.3.0/24".parse().unwrap(), attrs(3), Some(exp));
+        assert_eq!(
+            text,
+            r#"{"PublicIP":"192.168.0.3","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:00:00:00:00:03"},"Expiration":"2027-01-15T08:00:00Z"}"#
+        );
+        let lease = parse_record("10.244.3.0-24", &text).unwrap();
+        assert_eq!(lease.expiration, Some(exp));
+        assert_eq!(lease.attrs, attrs(3));
+        assert!(parse_record("10.244.3.0-24", r#"{"PublicIP":"1.2.3.4","Expiration":"yesterday"}"#).is_err());
+    }
+
+    #[tokio::test]
+    async fn acquire_reuses_own_then_previous_then_random_and_runs_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let c = config(r#"{"Network":"10.0.0.0/28","Backend":{"Type":"vxlan"}}"#);
+        let now = SystemTime::now();
+        let req = |last, previous| AcquireRequest {
+            attrs: attrs(last),
+            previous_subnet: previous,
+        };
+        let a = s.acquire(&c, &req(1, Some("10.0.0.8/30".parse().unwrap())), now).await.unwrap();
+        assert_eq!(a.subnet.to_string(), "10.0.0.8/30", "previous subnet is reused when free");
+        let again = s.acquire(&c, &req(1, None), now).await.unwrap();
+        assert_eq!(again.subnet, a.subnet, "own lease is reused");
+        let b = s.acquire(&c, &req(2, Some(a.subnet)), now).await.unwrap();
+        assert_ne!(b.subnet, a.subnet, "a taken previous subnet is not reused");
+        let c3 = s.acquire(&c, &req(3, None), now).await.unwrap();
+        assert!(![a.subnet, b.subnet].contains(&c3.subnet));
+        let err = s.acquire(&c, &req(4, None), now).await.unwrap_err();
+        assert_eq!(err.to_string(), "out of subnets");
+        // An expired lease frees its subnet.
+        let later = now + DEFAULT_TTL + Duration::from_secs(1);
+        let d = s.acquire(&c, &req(4, None), later).await.unwrap();
+        assert!(c.fits(d.subnet));
+    }
+
+    #[tokio::test]
+    async fn own_lease_outside_a_new_config_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let now = SystemTime::now();
+        let req = AcquireRequest {
+            attrs: attrs(1),
+            previous_subnet: None,
+        };
+        let a = s.acquire(&config(r#"{"Network":"10.1.0.0/16","Backend":{"Type":"vxlan"}}"#), &req, now).await.unwrap();
+        let b = s.acquire(&config(r#"{"Network":"10.2.0.0/16","Backend":{"Type":"vxlan"}}"#), &req, now).await.unwrap();
+        assert!(b.subnet.to_string().starts_with("10.2."));
+        assert!(!dir.path().join(a.key()).exists());
+    }
+
+    #[test]
+    fn concurrent_claims_get_distinct_subnets() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = config(r#"{"Network":"10.0.0.0/24","SubnetLen":28,"Backend":{"Type":"vxlan"}}"#);
+        let threads: Vec<_> = (1..=12u8)
+            .map(|i| {
+                let path = dir.path().to_owned();
+                let c = c.clone();
+                std::thread::spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                    rt.block_on(async {
+                        store(&path)
+                            .acquire(
+                                &c,
+                                &AcquireRequest {
+                                    attrs: attrs(i),
+                                    previous_subnet: None,
+                                },
+                                SystemTime::now(),
+                            )
+                            .await
+                            .unwrap()
+                            .subnet
+                    })
+                })
+            })
+            .collect();
+        let subnets: BTreeSet<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        assert_eq!(subnets.len(), 12);
+    }
+
+    #[tokio::test]
+    async fn watch_sends_snapshot_then_changes_and_skips_bad_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let stats = Arc::new(StoreStats::default());
+        let s = Arc::new(LocalStore::open(dir.path(), &dir.path().join("n"), DEFAULT_TTL, stats.clone()).unwrap());
+        let c = config(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#);
+        let now = SystemTime::now();
+        let own = s
+            .acquire(&c, &AcquireRequest { attrs: attrs(1), previous_subnet: None }, now)
+            .await
+            .unwrap();
+        fs::write(dir.path().join("not-a-key"), "x").unwrap();
+        fs::write(dir.path().join("10.244.77.0-24"), "{garbage").unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+        let task = s.clone().spawn(own.clone(), RenewPolicy::default(), tx);
+        match rx.recv().await.unwrap() {
+            StoreUpdate::Snapshot(leases) => assert_eq!(leases, vec![own.clone()]),
+            other => panic!("{other:?}"),
+        }
+        let peer = "10.244.9.0/24".parse().unwrap();
+        fs::write(dir.path().join("10.244.9.0-24"), record_for(peer, attrs(9), None)).unwrap();
+        match rx.recv().await.unwrap() {
+            StoreUpdate::Events(events) => assert!(matches!(&events[..], [LeaseEvent::Added(l)] if l.subnet == peer)),
+            other => panic!("{other:?}"),
+        }
+        fs::remove_file(dir.path().join("10.244.9.0-24")).unwrap();
+        match rx.recv().await.unwrap() {
+            StoreUpdate::Events(events) => assert!(matches!(&events[..], [LeaseEvent::Removed(l)] if l.attrs == attrs(9))),
+            other => panic!("{other:?}"),
+        }
+        let bad = stats.snapshot().bad_records;
+        assert_eq!(bad.get("bad_key"), Some(&1));
+        assert_eq!(bad.get("invalid_json"), Some(&1));
+        fs::remove_file(dir.path().join(own.key())).unwrap();
+        assert!(matches!(rx.recv().await.unwrap(), StoreUpdate::OwnLeaseRevoked(_)));
+        task.await.unwrap();
+    }
+}

@@ -1,0 +1,238 @@
+//! Lease stores ("subnet managers" in flannel): where a node's subnet lease
+//! comes from and where it learns about the other nodes' leases.
+//!
+//! Every store does the same four things for the agent: read the network
+//! config, find this node's previous lease (to keep its VtepMAC), acquire a
+//! lease, and then run in the background — listing and watching the leases,
+//! renewing its own — sending [`StoreUpdate`]s to the agent.
+
+pub mod local;
+
+use crate::core::config::{ConfigError, NetConfig};
+use crate::core::lease::{Lease, LeaseAttrs, LeaseError};
+use ipnet::Ipv4Net;
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::SystemTime;
+use tokio::sync::mpsc;
+
+/// What a running store tells the agent.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreUpdate {
+    /// The complete set of leases (first list, or relist after a desync).
+    Snapshot(Vec<Lease>),
+    /// Changes since the last update.
+    Events(Vec<crate::core::lease::LeaseEvent>),
+    /// This node's lease was renewed; it now expires at the given time.
+    Renewed(Lease),
+    /// This node's lease was deleted by someone else: flannel exits so its supervisor restarts it.
+    OwnLeaseRevoked(String),
+}
+
+/// Why a store operation failed. `kind()` is the metric label.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0}")]
+    ConfigMissing(String),
+    #[error("invalid network config in {source_name}: {error}")]
+    ConfigInvalid {
+        source_name: String,
+        #[source]
+        error: ConfigError,
+    },
+    #[error("out of subnets")]
+    OutOfSubnets,
+    #[error("max retries reached trying to acquire a subnet")]
+    TooManyConflicts,
+    #[error("lease store unavailable: {0}")]
+    Unavailable(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Other(String),
+}
+
+impl StoreError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreError::ConfigMissing(_) => "config_missing",
+            StoreError::ConfigInvalid { .. } => "config_invalid",
+            StoreError::OutOfSubnets => "out_of_subnets",
+            StoreError::TooManyConflicts => "conflict",
+            StoreError::Unavailable(_) => "unavailable",
+            StoreError::Io { .. } => "io",
+            StoreError::Other(_) => "other",
+        }
+    }
+
+    /// Errors worth retrying (the store may come back), as opposed to bad config.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::ConfigMissing(_) | StoreError::Unavailable(_) | StoreError::Io { .. })
+    }
+}
+
+/// What the agent asks for when acquiring a lease.
+#[derive(Debug, Clone)]
+pub struct AcquireRequest {
+    pub attrs: LeaseAttrs,
+    /// The subnet of the previous `subnet.env`, reused if still free (flannel's rule).
+    pub previous_subnet: Option<Ipv4Net>,
+}
+
+/// Counters and state every store keeps for metrics and `weftd status`.
+#[derive(Debug, Default)]
+pub struct StoreStats {
+    pub connected: AtomicBool,
+    pub events_added: AtomicU64,
+    pub events_removed: AtomicU64,
+    pub snapshots: AtomicU64,
+    pub renewals: AtomicU64,
+    errors: Mutex<BTreeMap<&'static str, u64>>,
+    bad_records: Mutex<BTreeMap<&'static str, u64>>,
+    last_event: Mutex<Option<SystemTime>>,
+    last_error: Mutex<Option<String>>,
+}
+
+/// A copy of [`StoreStats`] for display.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct StoreStatsSnapshot {
+    pub connected: bool,
+    pub events_added: u64,
+    pub events_removed: u64,
+    pub snapshots: u64,
+    pub renewals: u64,
+    pub errors: BTreeMap<&'static str, u64>,
+    pub bad_records: BTreeMap<&'static str, u64>,
+    /// Seconds since the Unix epoch.
+    pub last_event: Option<u64>,
+    pub last_error: Option<String>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl StoreStats {
+    pub fn error(&self, error: &StoreError) {
+        *lock(&self.errors).entry(error.kind()).or_default() += 1;
+        *lock(&self.last_error) = Some(error.to_string());
+    }
+
+    pub fn bad_record(&self, error: &LeaseError) {
+        *lock(&self.bad_records).entry(error.kind()).or_default() += 1;
+    }
+
+    pub fn set_connected(&self, connected: bool) {
+        self.connected.store(connected, Relaxed);
+        if connected {
+            *lock(&self.last_error) = None;
+        }
+    }
+
+    pub fn event(&self, now: SystemTime) {
+        *lock(&self.last_event) = Some(now);
+    }
+
+    pub fn snapshot(&self) -> StoreStatsSnapshot {
+        StoreStatsSnapshot {
+            connected: self.connected.load(Relaxed),
+            events_added: self.events_added.load(Relaxed),
+            events_removed: self.events_removed.load(Relaxed),
+            snapshots: self.snapshots.load(Relaxed),
+            renewals: self.renewals.load(Relaxed),
+            errors: lock(&self.errors).clone(),
+            bad_records: lock(&self.bad_records).clone(),
+            last_event: lock(&self.last_event)
+                .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+                .map(|d| d.as_secs()),
+            last_error: lock(&self.last_error).clone(),
+        }
+    }
+}
+
+/// How to renew: flannel renews `margin` before expiry and retries every minute.
+#[derive(Debug, Clone, Copy)]
+pub struct RenewPolicy {
+    pub margin: std::time::Duration,
+    pub retry: std::time::Duration,
+}
+
+impl Default for RenewPolicy {
+    fn default() -> Self {
+        RenewPolicy {
+            margin: std::time::Duration::from_secs(60 * 60),
+            retry: std::time::Duration::from_secs(60),
+        }
+    }
+}
+
+/// When to renew a lease expiring at `expiration`: `margin` before, or now.
+pub fn renew_at(expiration: Option<SystemTime>, margin: std::time::Duration, now: SystemTime) -> SystemTime {
+    match expiration {
+        Some(exp) => exp.checked_sub(margin).filter(|t| *t > now).unwrap_or(now),
+        None => now + std::time::Duration::from_secs(24 * 3600),
+    }
+}
+
+/// Chooses among free subnets as flannel does: from the first (at most) 100
+/// subnets in SubnetMin..SubnetMax that overlap no taken subnet, one at random.
+pub fn choose_free_subnet<R: rand::Rng + ?Sized>(config: &NetConfig, taken: &[Ipv4Net], rng: &mut R) -> Option<Ipv4Net> {
+    use rand::RngExt;
+    let free: Vec<Ipv4Net> = config
+        .subnets()
+        .filter(|s| !taken.iter().any(|t| t.contains(s) || s.contains(t)))
+        .take(100)
+        .collect();
+    if free.is_empty() {
+        return None;
+    }
+    Some(free[rng.random_range(0..free.len())])
+}
+
+/// A channel end the running store sends on.
+pub type UpdateSender = mpsc::Sender<StoreUpdate>;
+
+/// The public IP of a lease, for logs.
+pub fn describe(lease: &Lease) -> (Ipv4Net, Ipv4Addr) {
+    (lease.subnet, lease.attrs.public_ip)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn choice_skips_taken_and_stays_in_first_hundred() {
+        let config = NetConfig::parse_and_check(r#"{"Network":"10.0.0.0/8","SubnetLen":24,"Backend":{"Type":"vxlan"}}"#).unwrap();
+        let taken: Vec<Ipv4Net> = vec!["10.0.1.0/24".parse().unwrap(), "10.0.2.0/23".parse().unwrap()];
+        let mut rng = rand::rng();
+        for _ in 0..200 {
+            let s = choose_free_subnet(&config, &taken, &mut rng).unwrap();
+            assert!(!taken.iter().any(|t| t.contains(&s)), "{s}");
+            let third = s.network().octets()[2];
+            assert!((4..=103).contains(&third), "{s}");
+        }
+    }
+
+    #[test]
+    fn full_network_has_no_choice() {
+        let config = NetConfig::parse_and_check(r#"{"Network":"10.0.0.0/28","Backend":{"Type":"vxlan"}}"#).unwrap();
+        let taken: Vec<Ipv4Net> = config.subnets().collect();
+        assert_eq!(taken.len(), 3);
+        assert_eq!(choose_free_subnet(&config, &taken, &mut rand::rng()), None);
+    }
+
+    #[test]
+    fn renewal_time() {
+        let now = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1000);
+        let exp = now + std::time::Duration::from_secs(7200);
+        assert_eq!(renew_at(Some(exp), std::time::Duration::from_secs(3600), now), now + std::time::Duration::from_secs(3600));
+        assert_eq!(renew_at(Some(now), std::time::Duration::from_secs(3600), now), now);
+    }
+}
