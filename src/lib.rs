@@ -8,3 +8,4 @@ pub mod core;
 pub mod dataplane;
 pub mod netlink;
 pub mod subnet;
+pub mod agent;

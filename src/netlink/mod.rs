@@ -316,3 +316,33 @@ impl Netlink {
         Ok(None)
     }
 }
+
+impl Netlink {
+    /// The interface the kernel would use to reach `ip` (`ip route get`).
+    pub async fn route_interface_to(&self, ip: Ipv4Addr) -> Result<Option<u32>> {
+        let query = RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(ip, 32).build();
+        let mut stream = self.handle.route().get(query).execute();
+        let msg = stream
+            .try_next()
+            .await
+            .map_err(ctx(|| format!("route get {ip}")))?;
+        Ok(msg.and_then(|m| {
+            m.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Oif(i) => Some(*i),
+                _ => None,
+            })
+        }))
+    }
+}
+
+impl Netlink {
+    /// Deletes a link (used to undo a device this run created when startup fails).
+    pub async fn delete_link(&self, index: u32) -> Result<()> {
+        self.handle
+            .link()
+            .del(index)
+            .execute()
+            .await
+            .map_err(ctx(|| format!("delete link {index}")))
+    }
+}

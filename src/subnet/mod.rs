@@ -236,3 +236,51 @@ mod tests {
         assert_eq!(renew_at(Some(now), std::time::Duration::from_secs(3600), now), now);
     }
 }
+
+/// The lease store this agent uses.
+#[derive(Debug, Clone)]
+pub enum Store {
+    Local(std::sync::Arc<local::LocalStore>),
+}
+
+impl Store {
+    /// `(kind, endpoint)` for status and logs.
+    pub fn describe(&self) -> (&'static str, String) {
+        match self {
+            Store::Local(s) => ("local", s.dir().display().to_string()),
+        }
+    }
+
+    /// Whether a missing or unreadable config should be retried (flannel retries
+    /// the etcd config key every second; a local file is the operator's to fix).
+    pub fn retries_config(&self) -> bool {
+        match self {
+            Store::Local(_) => false,
+        }
+    }
+
+    pub async fn network_config(&self) -> Result<NetConfig, StoreError> {
+        match self {
+            Store::Local(s) => s.network_config().await,
+        }
+    }
+
+    pub async fn find_own(&self, public_ip: Ipv4Addr) -> Result<Option<Lease>, StoreError> {
+        match self {
+            Store::Local(s) => s.find_own(public_ip, SystemTime::now()).await,
+        }
+    }
+
+    pub async fn acquire(&self, config: &NetConfig, req: &AcquireRequest) -> Result<Lease, StoreError> {
+        match self {
+            Store::Local(s) => s.acquire(config, req, SystemTime::now()).await,
+        }
+    }
+
+    /// Runs the store in the background: list, watch, renew.
+    pub fn spawn(&self, own: Lease, renew: RenewPolicy, tx: UpdateSender) -> tokio::task::JoinHandle<()> {
+        match self {
+            Store::Local(s) => s.clone().spawn(own, renew, tx),
+        }
+    }
+}

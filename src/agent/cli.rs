@@ -1,0 +1,165 @@
+//! weftd's command line: flanneld's flag names, each also read from
+//! `FLANNELD_<NAME>` (upper case, `-` → `_`) when not given on the command line.
+
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "weftd",
+    version,
+    about = "weft node agent: flannel's vxlan overlay with a userspace VXLAN dataplane",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show the running agent's lease, peers, counters and offloads.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The agent's status socket.
+    #[arg(long, env = "FLANNELD_STATUS_SOCKET", default_value = DEFAULT_STATUS_SOCKET)]
+    pub status_socket: PathBuf,
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub const DEFAULT_STATUS_SOCKET: &str = "/run/weft/weftd.sock";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A bool flag that is also `--flag=false`, as Go's flag package accepts.
+macro_rules! bool_flag {
+    () => {
+        ArgAction::Set
+    };
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct RunArgs {
+    /// Interface (name or IP address) to use for inter-node traffic; repeatable, tried in order.
+    #[arg(long, env = "FLANNELD_IFACE", value_delimiter = ',')]
+    pub iface: Vec<String>,
+    /// Regex matched against interface IPs, then names; repeatable, after --iface.
+    #[arg(long, env = "FLANNELD_IFACE_REGEX", value_delimiter = ',')]
+    pub iface_regex: Vec<String>,
+    /// Use the interface that routes to this address.
+    #[arg(long, env = "FLANNELD_IFACE_CAN_REACH")]
+    pub iface_can_reach: Option<Ipv4Addr>,
+    /// IP accessible by other nodes for inter-host communication (default: the interface's).
+    #[arg(long, env = "FLANNELD_PUBLIC_IP")]
+    pub public_ip: Option<Ipv4Addr>,
+    /// File the network information (FLANNEL_*) is written to.
+    #[arg(long, env = "FLANNELD_SUBNET_FILE", default_value = "/run/flannel/subnet.env")]
+    pub subnet_file: PathBuf,
+    /// Path to the network configuration (net-conf.json).
+    #[arg(long, env = "FLANNELD_NET_CONFIG_PATH", default_value = "/etc/kube-flannel/net-conf.json")]
+    pub net_config_path: PathBuf,
+    /// Set up IP masquerade for traffic leaving the cluster network.
+    #[arg(long, env = "FLANNELD_IP_MASQ", action = bool_flag!(), num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
+    pub ip_masq: bool,
+    /// Directory of the embedded lease store (used when no other store is selected).
+    #[arg(long, env = "FLANNELD_LOCAL_STORE", default_value = "/var/lib/weft/leases")]
+    pub local_store: PathBuf,
+    /// Lifetime of a lease in the embedded store, in seconds.
+    #[arg(long, env = "FLANNELD_LOCAL_LEASE_TTL", default_value_t = 86400, hide = true)]
+    pub local_lease_ttl: u64,
+    /// Renew the lease this many minutes before it expires (1..1439).
+    #[arg(long, env = "FLANNELD_SUBNET_LEASE_RENEW_MARGIN", default_value_t = 60)]
+    pub subnet_lease_renew_margin: u32,
+    /// Address for the health endpoints.
+    #[arg(long, env = "FLANNELD_HEALTHZ_IP", default_value = "0.0.0.0")]
+    pub healthz_ip: Ipv4Addr,
+    /// Port for /healthz and /readyz (0 = off). /metrics is served here too unless --metrics-port is set.
+    #[arg(long, env = "FLANNELD_HEALTHZ_PORT", default_value_t = 0)]
+    pub healthz_port: u16,
+    /// Port for Prometheus /metrics (0 = only on the healthz port, if any).
+    #[arg(long, env = "FLANNELD_METRICS_PORT", default_value_t = 0)]
+    pub metrics_port: u16,
+    /// Unix socket `weftd status` talks to.
+    #[arg(long, env = "FLANNELD_STATUS_SOCKET", default_value = DEFAULT_STATUS_SOCKET)]
+    pub status_socket: PathBuf,
+    /// Dataplane and agent tunables (TOML, see tunables/weftd.toml).
+    #[arg(long, env = "FLANNELD_TUNABLES")]
+    pub tunables: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, env = "FLANNELD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// More logging (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short = 'v', long = "verbose", action = ArgAction::Count)]
+    pub verbose: u8,
+}
+
+impl RunArgs {
+    /// Checks values clap cannot check by type, with flannel's messages.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(1..=1439).contains(&self.subnet_lease_renew_margin) {
+            return Err("Invalid subnet-lease-renew-margin option, out of acceptable range".into());
+        }
+        if self.local_lease_ttl == 0 {
+            return Err("--local-lease-ttl must be at least 1 second".into());
+        }
+        for re in &self.iface_regex {
+            regex::Regex::new(re).map_err(|e| format!("--iface-regex {re:?} is not a valid regex: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("weftd").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn flannel_style_flags() {
+        let cli = parse(&["--iface=eth0", "--iface", "10.0.0.1", "--ip-masq", "--public-ip=192.168.1.2"]);
+        assert_eq!(cli.run.iface, vec!["eth0", "10.0.0.1"]);
+        assert!(cli.run.ip_masq);
+        assert_eq!(cli.run.public_ip, Some(Ipv4Addr::new(192, 168, 1, 2)));
+        assert_eq!(cli.run.subnet_file, PathBuf::from("/run/flannel/subnet.env"));
+        let cli = parse(&["--ip-masq=false"]);
+        assert!(!cli.run.ip_masq);
+    }
+
+    #[test]
+    fn renew_margin_range() {
+        let mut cli = parse(&["--subnet-lease-renew-margin=1440"]);
+        assert_eq!(
+            cli.run.validate().unwrap_err(),
+            "Invalid subnet-lease-renew-margin option, out of acceptable range"
+        );
+        cli.run.subnet_lease_renew_margin = 1439;
+        cli.run.validate().unwrap();
+    }
+
+    #[test]
+    fn status_subcommand() {
+        let cli = parse(&["status", "--json", "--status-socket", "/tmp/x.sock"]);
+        match cli.command {
+            Some(Command::Status(s)) => {
+                assert!(s.json);
+                assert_eq!(s.status_socket, PathBuf::from("/tmp/x.sock"));
+            }
+            None => panic!("no subcommand"),
+        }
+    }
+}

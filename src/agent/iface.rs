@@ -1,0 +1,211 @@
+//! Choosing the external interface and public IP, as flanneld does: `--iface`
+//! entries (names or addresses) in order, then `--iface-regex` (addresses,
+//! then names), then `--iface-can-reach`, else the interface holding
+//! `--public-ip`, else the interface of the default route.
+
+use crate::netlink::{LinkAddr, LinkInfo, Netlink};
+use regex::Regex;
+use std::net::Ipv4Addr;
+
+/// The interface VXLAN traffic leaves through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalInterface {
+    pub index: u32,
+    pub name: String,
+    /// The interface address the VTEP listens on.
+    pub addr: Ipv4Addr,
+    /// What other nodes send to (`--public-ip`, or `addr`).
+    pub public_ip: Ipv4Addr,
+    pub mtu: u32,
+}
+
+/// Interface selection options.
+#[derive(Debug, Clone, Default)]
+pub struct Selector {
+    pub iface: Vec<String>,
+    pub iface_regex: Vec<String>,
+    pub can_reach: Option<Ipv4Addr>,
+    pub public_ip: Option<Ipv4Addr>,
+}
+
+/// flannel's message when explicit options match nothing.
+pub const NO_MATCH: &str = "Failed to find interface to use that matches the interfaces and/or regexes provided";
+
+/// Picks from a list of links and addresses (pure, for tests).
+pub fn select(
+    sel: &Selector,
+    links: &[LinkInfo],
+    addrs: &[LinkAddr],
+    default_route: Option<u32>,
+    reach_route: Option<u32>,
+) -> Result<ExternalInterface, String> {
+    let first_addr = |index: u32| -> Option<Ipv4Addr> {
+        let mut mine: Vec<_> = addrs.iter().filter(|a| a.index == index && !a.addr.is_loopback()).collect();
+        // Global addresses before link-local ones.
+        mine.sort_by_key(|a| a.addr.is_link_local());
+        mine.first().map(|a| a.addr)
+    };
+    let build = |link: &LinkInfo, addr: Ipv4Addr| -> Result<ExternalInterface, String> {
+        if link.mtu == 0 {
+            return Err(format!("interface {} reports MTU 0", link.name));
+        }
+        Ok(ExternalInterface {
+            index: link.index,
+            name: link.name.clone(),
+            addr,
+            public_ip: sel.public_ip.unwrap_or(addr),
+            mtu: link.mtu,
+        })
+    };
+    let by_index = |index: u32| links.iter().find(|l| l.index == index);
+    let explicit = !sel.iface.is_empty() || !sel.iface_regex.is_empty() || sel.can_reach.is_some();
+
+    for spec in &sel.iface {
+        if let Ok(ip) = spec.parse::<Ipv4Addr>() {
+            if let Some(a) = addrs.iter().find(|a| a.addr == ip) {
+                if let Some(link) = by_index(a.index) {
+                    return build(link, ip);
+                }
+            }
+        } else if let Some(link) = links.iter().find(|l| &l.name == spec) {
+            if let Some(addr) = first_addr(link.index) {
+                return build(link, addr);
+            }
+        }
+    }
+    for re in &sel.iface_regex {
+        let re = Regex::new(re).map_err(|e| format!("--iface-regex {re:?}: {e}"))?;
+        if let Some(a) = addrs.iter().find(|a| re.is_match(&a.addr.to_string())) {
+            if let Some(link) = by_index(a.index) {
+                return build(link, a.addr);
+            }
+        }
+        for link in links {
+            if re.is_match(&link.name) {
+                if let Some(addr) = first_addr(link.index) {
+                    return build(link, addr);
+                }
+            }
+        }
+    }
+    if sel.can_reach.is_some() {
+        if let Some(link) = reach_route.and_then(by_index) {
+            if let Some(addr) = first_addr(link.index) {
+                return build(link, addr);
+            }
+        }
+    }
+    if explicit {
+        return Err(NO_MATCH.into());
+    }
+    if let Some(ip) = sel.public_ip {
+        if let Some(a) = addrs.iter().find(|a| a.addr == ip) {
+            if let Some(link) = by_index(a.index) {
+                return build(link, ip);
+            }
+        }
+    }
+    let link = default_route.and_then(by_index).ok_or_else(|| {
+        "no IPv4 default route to choose the interface from: pass --iface (a name or address) or --public-ip".to_string()
+    })?;
+    let addr = first_addr(link.index)
+        .ok_or_else(|| format!("the default-route interface {} has no IPv4 address: pass --iface", link.name))?;
+    build(link, addr)
+}
+
+/// Reads links, addresses and routes, then [`select`]s.
+pub async fn choose(nl: &Netlink, sel: &Selector) -> Result<ExternalInterface, String> {
+    let links = nl.links().await.map_err(|e| e.to_string())?;
+    let addrs = nl.addresses(None).await.map_err(|e| e.to_string())?;
+    let default_route = nl.default_route_interface().await.map_err(|e| e.to_string())?;
+    let reach_route = match sel.can_reach {
+        Some(ip) => nl.route_interface_to(ip).await.map_err(|e| e.to_string())?,
+        None => None,
+    };
+    select(sel, &links, &addrs, default_route, reach_route)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(index: u32, name: &str) -> LinkInfo {
+        LinkInfo {
+            index,
+            name: name.into(),
+            mac: None,
+            mtu: 1500,
+            up: true,
+        }
+    }
+
+    fn addr(index: u32, ip: [u8; 4]) -> LinkAddr {
+        LinkAddr {
+            index,
+            addr: Ipv4Addr::from(ip),
+            prefix_len: 24,
+        }
+    }
+
+    fn world() -> (Vec<LinkInfo>, Vec<LinkAddr>) {
+        (
+            vec![link(1, "lo"), link(2, "eth0"), link(3, "eth1")],
+            vec![addr(1, [127, 0, 0, 1]), addr(2, [10, 0, 2, 15]), addr(3, [192, 168, 56, 10])],
+        )
+    }
+
+    #[test]
+    fn default_route_interface_when_nothing_given() {
+        let (links, addrs) = world();
+        let e = select(&Selector::default(), &links, &addrs, Some(2), None).unwrap();
+        assert_eq!((e.name.as_str(), e.addr, e.public_ip), ("eth0", Ipv4Addr::new(10, 0, 2, 15), Ipv4Addr::new(10, 0, 2, 15)));
+        assert!(select(&Selector::default(), &links, &addrs, None, None).unwrap_err().contains("--iface"));
+    }
+
+    #[test]
+    fn iface_by_name_or_address_in_order() {
+        let (links, addrs) = world();
+        let sel = Selector {
+            iface: vec!["nope".into(), "192.168.56.10".into(), "eth0".into()],
+            ..Selector::default()
+        };
+        assert_eq!(select(&sel, &links, &addrs, Some(2), None).unwrap().name, "eth1");
+        let sel = Selector {
+            iface: vec!["eth0".into()],
+            public_ip: Some(Ipv4Addr::new(203, 0, 113, 5)),
+            ..Selector::default()
+        };
+        let e = select(&sel, &links, &addrs, Some(3), None).unwrap();
+        assert_eq!((e.name.as_str(), e.public_ip), ("eth0", Ipv4Addr::new(203, 0, 113, 5)));
+    }
+
+    #[test]
+    fn regex_matches_addresses_then_names_and_no_match_is_flannels_error() {
+        let (links, addrs) = world();
+        let sel = Selector {
+            iface_regex: vec!["^192\\.168\\.".into()],
+            ..Selector::default()
+        };
+        assert_eq!(select(&sel, &links, &addrs, Some(2), None).unwrap().name, "eth1");
+        let sel = Selector {
+            iface_regex: vec!["^eth0$".into()],
+            ..Selector::default()
+        };
+        assert_eq!(select(&sel, &links, &addrs, Some(3), None).unwrap().name, "eth0");
+        let sel = Selector {
+            iface: vec!["wlan9".into()],
+            ..Selector::default()
+        };
+        assert_eq!(select(&sel, &links, &addrs, Some(2), None).unwrap_err(), NO_MATCH);
+    }
+
+    #[test]
+    fn public_ip_picks_its_interface() {
+        let (links, addrs) = world();
+        let sel = Selector {
+            public_ip: Some(Ipv4Addr::new(192, 168, 56, 10)),
+            ..Selector::default()
+        };
+        assert_eq!(select(&sel, &links, &addrs, Some(2), None).unwrap().name, "eth1");
+    }
+}

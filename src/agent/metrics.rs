@@ -1,0 +1,237 @@
+//! Prometheus metrics and the health endpoints, over HTTP.
+//!
+//! Metrics are computed at scrape time from the shared state: the dataplane's
+//! per-worker counters are summed then, so the hot path never touches the
+//! registry.
+
+use super::state::AgentState;
+use crate::core::router::DropReason;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+#[derive(Debug)]
+struct WeftCollector(Arc<AgentState>);
+
+fn counter(e: &mut DescriptorEncoder<'_>, name: &str, help: &str, v: u64) -> Result<(), std::fmt::Error> {
+    let c = ConstCounter::new(v);
+    c.encode(e.encode_descriptor(name, help, None, c.metric_type())?)
+}
+
+fn gauge(e: &mut DescriptorEncoder<'_>, name: &str, help: &str, v: i64) -> Result<(), std::fmt::Error> {
+    let g = ConstGauge::new(v);
+    g.encode(e.encode_descriptor(name, help, None, g.metric_type())?)
+}
+
+fn labelled<'a>(
+    e: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    label: &str,
+    values: impl IntoIterator<Item = (&'a str, u64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut family = e.encode_descriptor(name, help, None, kind)?;
+    for (value, n) in values {
+        let labels = [(label, value)];
+        let metric = family.encode_family(&labels)?;
+        match kind {
+            MetricType::Counter => ConstCounter::new(n).encode(metric)?,
+            _ => ConstGauge::new(n as i64).encode(metric)?,
+        }
+    }
+    Ok(())
+}
+
+impl Collector for WeftCollector {
+    fn encode(&self, mut e: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let s = &self.0;
+        let c = s.counters().unwrap_or_default();
+        counter(&mut e, "weft_encapsulated_frames", "Frames read from the TAP and sent to a peer (after segmentation).", c.encap_frames)?;
+        counter(&mut e, "weft_encapsulated_bytes", "Bytes of inner frames encapsulated.", c.encap_bytes)?;
+        counter(&mut e, "weft_decapsulated_frames", "Frames received from peers and written to the TAP (before coalescing).", c.decap_frames)?;
+        counter(&mut e, "weft_decapsulated_bytes", "Bytes of inner frames decapsulated.", c.decap_bytes)?;
+        counter(&mut e, "weft_tso_superframes", "TSO/USO super-frames read from the TAP and split.", c.tso_frames)?;
+        counter(&mut e, "weft_gro_superframes", "Coalesced super-frames written to the TAP.", c.gro_frames)?;
+        counter(&mut e, "weft_icmp_frag_needed_sent", "ICMP fragmentation-needed messages returned for oversized frames.", c.icmp_too_big)?;
+        labelled(
+            &mut e,
+            "weft_dropped_frames",
+            "Frames and datagrams dropped, by reason.",
+            MetricType::Counter,
+            "reason",
+            DropReason::ALL.iter().map(|r| (r.as_str(), c.drop_count(*r))),
+        )?;
+        let refused = c.drop_count(DropReason::ArpUnknownTarget) + c.drop_count(DropReason::ArpMalformed);
+        labelled(
+            &mut e,
+            "weft_arp_requests",
+            "ARP requests from the kernel on the TAP, answered from the ARP table or refused.",
+            MetricType::Counter,
+            "result",
+            [("answered", c.arp_replies), ("refused", refused)],
+        )?;
+        let (fdb, arp) = s
+            .dataplane
+            .get()
+            .map(|d| {
+                let r = d.router.load();
+                (r.tables().fdb.len(), r.tables().arp.len())
+            })
+            .unwrap_or((0, 0));
+        let info = s.info();
+        let routes = info.peers.values().filter(|p| p.route).count();
+        gauge(&mut e, "weft_fdb_entries", "Entries in the forwarding database (VtepMAC to public IP).", fdb as i64)?;
+        gauge(&mut e, "weft_arp_entries", "Entries in the ARP table (remote gateway to VtepMAC).", arp as i64)?;
+        gauge(&mut e, "weft_routes", "Peer routes programmed on the VTEP device.", routes as i64)?;
+        gauge(&mut e, "weft_peers", "Remote nodes with a usable lease.", info.peers.len() as i64)?;
+        drop(info);
+        let ev = &s.lease_events;
+        labelled(
+            &mut e,
+            "weft_lease_events",
+            "Lease events acted on, by type.",
+            MetricType::Counter,
+            "type",
+            [
+                ("added", ev.added.load(Relaxed)),
+                ("changed", ev.changed.load(Relaxed)),
+                ("removed", ev.removed.load(Relaxed)),
+                ("ignored", ev.ignored.load(Relaxed)),
+            ],
+        )?;
+        let st = s.store_stats();
+        labelled(
+            &mut e,
+            "weft_store_errors",
+            "Lease store errors, by kind.",
+            MetricType::Counter,
+            "kind",
+            st.errors.iter().map(|(k, v)| (*k, *v)),
+        )?;
+        labelled(
+            &mut e,
+            "weft_store_bad_records",
+            "Lease records skipped because they are unusable, by kind.",
+            MetricType::Counter,
+            "kind",
+            st.bad_records.iter().map(|(k, v)| (*k, *v)),
+        )?;
+        gauge(&mut e, "weft_store_connected", "1 while the lease store is reachable.", i64::from(st.connected))?;
+        counter(&mut e, "weft_lease_renewals", "Renewals of this node's lease.", st.renewals)?;
+        let offloads = s.offloads();
+        labelled(
+            &mut e,
+            "weft_offload_enabled",
+            "1 for each offload in use.",
+            MetricType::Gauge,
+            "offload",
+            offloads.list().iter().map(|(k, v)| (*k, u64::from(*v))),
+        )?;
+        gauge(&mut e, "weft_ready", "1 once subnet.env is written and the dataplane is up.", i64::from(s.ready.load(Relaxed)))?;
+        let mut build = e.encode_descriptor("weft_build_info", "Build information.", None, MetricType::Gauge)?;
+        let labels = [("version", s.version)];
+        ConstGauge::new(1i64).encode(build.encode_family(&labels)?)?;
+        Ok(())
+    }
+}
+
+/// The registry with weft's collector.
+pub fn registry(state: Arc<AgentState>) -> Registry {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(WeftCollector(state)));
+    registry
+}
+
+/// Renders the metrics in the Prometheus text format.
+pub fn render(registry: &Registry) -> String {
+    let mut out = String::new();
+    if prometheus_client::encoding::prometheus_text::encode(&mut out, registry).is_err() {
+        out.clear();
+    }
+    out
+}
+
+#[derive(Clone)]
+struct Http {
+    state: Arc<AgentState>,
+    registry: Arc<Registry>,
+}
+
+async fn healthz() -> impl IntoResponse {
+    (StatusCode::OK, "weftd is running\n")
+}
+
+async fn readyz(State(h): State<Http>) -> impl IntoResponse {
+    if h.state.ready.load(Relaxed) {
+        (StatusCode::OK, "weftd is ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "weftd is not ready yet\n")
+    }
+}
+
+async fn metrics(State(h): State<Http>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        render(&h.registry),
+    )
+}
+
+/// What one listener serves.
+#[derive(Debug, Clone, Copy)]
+pub struct Endpoints {
+    pub health: bool,
+    pub metrics: bool,
+}
+
+/// Binds `addr` and serves the chosen endpoints in the background.
+pub async fn serve(addr: SocketAddr, endpoints: Endpoints, state: Arc<AgentState>, registry: Arc<Registry>) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let mut app = Router::new();
+    if endpoints.health {
+        app = app.route("/healthz", get(healthz)).route("/readyz", get(readyz));
+    }
+    if endpoints.metrics {
+        app = app.route("/metrics", get(metrics));
+    }
+    let app = app.with_state(Http { state, registry });
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "HTTP endpoint stopped");
+        }
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::subnet::StoreStats;
+
+    #[test]
+    fn every_family_is_typed_and_counters_end_in_total() {
+        let state = AgentState::new(Arc::new(StoreStats::default()));
+        let text = render(&registry(state));
+        assert!(text.contains("# TYPE weft_dropped_frames_total counter"), "{text}");
+        assert!(text.contains("weft_dropped_frames_total{reason=\"unknown_vtep\"} 0"), "{text}");
+        assert!(text.contains("weft_ready 0"));
+        assert!(text.contains("weft_build_info{version="));
+        for line in text.lines().filter(|l| l.starts_with("# TYPE")) {
+            let parts: Vec<_> = line.split_whitespace().collect();
+            assert!(parts[2].starts_with("weft_"), "{line}");
+            if parts[3] == "counter" {
+                assert!(parts[2].ends_with("_total"), "{line}");
+            }
+        }
+    }
+}

@@ -1,0 +1,601 @@
+//! The node agent: wires the lease store, the kernel state and the dataplane
+//! together in flannel's startup order — interface → store → lease → VTEP
+//! device → current leases programmed → `subnet.env` written last (that is
+//! readiness) → watch — and then keeps them in step.
+//!
+//! Error policy of the control loop: a store that becomes unreachable is
+//! logged and shown as unhealthy while the dataplane keeps the last known
+//! leases; a route that cannot be programmed is retried every resync; a
+//! revoked lease or a failed dataplane ends the process with a non-zero status
+//! so its supervisor restarts it. SIGTERM/SIGINT stop cleanly and keep the
+//! device, its routes and the lease for a seamless restart.
+
+pub mod cli;
+pub mod files;
+pub mod iface;
+pub mod metrics;
+pub mod state;
+pub mod status;
+pub mod tunables;
+
+use crate::core::config::NetConfig;
+use crate::core::lease::{Lease, LeaseAttrs, LeaseEvent, VxlanBackendData};
+use crate::core::mac::MacAddr;
+use crate::core::router::{LocalVtep, Peer, Router, Tables};
+use crate::core::subnet_env::SubnetEnv;
+use crate::core::watcher::{LeaseWatcher, PeerChange, Peers};
+use crate::dataplane::tap::Tap;
+use crate::dataplane::{Dataplane, DataplaneConfig, DataplaneError};
+use crate::netlink::{LinkInfo, Netlink};
+use crate::subnet::local::LocalStore;
+use crate::subnet::{AcquireRequest, RenewPolicy, Store, StoreStats, StoreUpdate};
+use cli::RunArgs;
+use ipnet::Ipv4Net;
+use state::{AgentState, DeviceInfo, NodeInfo, OwnLease, PeerStatus, unix_secs};
+use std::collections::BTreeSet;
+use std::net::{SocketAddr, SocketAddrV4};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, SystemTime};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+use tracing::{debug, error, info, warn};
+use tunables::Tunables;
+
+/// Why the agent stopped. Every message says what to do next.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
+    Config(String),
+    #[error("choosing the external interface: {0}")]
+    Interface(String),
+    #[error(transparent)]
+    Store(#[from] crate::subnet::StoreError),
+    #[error("failed to acquire lease: {0}")]
+    Lease(crate::subnet::StoreError),
+    #[error(transparent)]
+    Netlink(#[from] crate::netlink::NetlinkError),
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Lease has been revoked. Shutting down daemon. ({0})")]
+    Revoked(String),
+    #[error("the lease store task stopped unexpectedly")]
+    StoreStopped,
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> AgentError {
+    let what = what.into();
+    move |source| AgentError::Io { what, source }
+}
+
+/// Runs the agent until a signal (Ok) or a fatal error.
+pub async fn run(args: RunArgs) -> Result<(), AgentError> {
+    args.validate().map_err(AgentError::Usage)?;
+    let tunables = match &args.tunables {
+        Some(path) => Tunables::load(path).map_err(AgentError::Config)?,
+        None => Tunables::default(),
+    };
+    let stats = Arc::new(StoreStats::default());
+    let state = AgentState::new(stats.clone());
+    let store = Store::Local(Arc::new(LocalStore::open(
+        &args.local_store,
+        &args.net_config_path,
+        Duration::from_secs(args.local_lease_ttl),
+        stats.clone(),
+    )?));
+    let (kind, endpoint) = store.describe();
+    state.update(|i| {
+        i.store.kind = kind.to_owned();
+        i.store.endpoint = endpoint.clone();
+    });
+    info!(store = kind, endpoint = %endpoint, version = state.version, "weftd starting");
+
+    let _http = start_http(&args, &state).await?;
+    let _status = status::serve(args.status_socket.clone(), state.clone())
+        .await
+        .map_err(io_err(format!("cannot serve the status socket {}", args.status_socket.display())))?;
+
+    let config = network_config(&store, &stats).await?;
+    let network = config.network.ok_or_else(|| AgentError::Config("the config has no IPv4 Network".into()))?;
+
+    let nl = Netlink::connect().map_err(io_err("cannot open a netlink socket"))?;
+    let selector = iface::Selector {
+        iface: args.iface.clone(),
+        iface_regex: args.iface_regex.clone(),
+        can_reach: args.iface_can_reach,
+        public_ip: args.public_ip,
+    };
+    let ext = iface::choose(&nl, &selector).await.map_err(AgentError::Interface)?;
+    info!(interface = %ext.name, addr = %ext.addr, public_ip = %ext.public_ip, mtu = ext.mtu, "using interface");
+    state.update(|i| {
+        i.node = Some(NodeInfo {
+            interface: ext.name.clone(),
+            interface_addr: ext.addr,
+            public_ip: ext.public_ip,
+            interface_mtu: ext.mtu,
+        })
+    });
+
+    let previous_subnet = std::fs::read_to_string(&args.subnet_file)
+        .ok()
+        .and_then(|text| SubnetEnv::parse(&text).ok())
+        .and_then(|env| env.subnet);
+    let vni = config.vxlan.vni;
+    let tap_name = format!("flannel.{vni}");
+    let existing = nl.link_by_name(&tap_name).await?;
+    let previous_lease = store.find_own(ext.public_ip).await?;
+    let mac = choose_mac(previous_lease.as_ref(), existing.as_ref());
+    let attrs = LeaseAttrs::vxlan(ext.public_ip, &VxlanBackendData { vni: vni.get(), vtep_mac: mac });
+    let lease = store
+        .acquire(&config, &AcquireRequest { attrs, previous_subnet })
+        .await
+        .map_err(AgentError::Lease)?;
+    info!(subnet = %lease.subnet, vtep_mac = %mac, "acquired lease");
+
+    // From here on a failure removes the device if this run created it.
+    let created = existing.is_none();
+    let mtu = config.overlay_mtu(ext.mtu);
+    let started = start_dataplane(&nl, &tap_name, &tunables, &config, &ext, &lease, mac, mtu).await;
+    let (dataplane, link, fatal_rx) = match started {
+        Ok(ok) => ok,
+        Err(e) => {
+            if created {
+                remove_device(&nl, &tap_name).await;
+            }
+            return Err(e);
+        }
+    };
+    let _ = state.dataplane.set(dataplane.shared().clone());
+    *state.offloads.write().unwrap_or_else(|p| p.into_inner()) = dataplane.offloads();
+    state.update(|i| {
+        i.lease = Some(own_lease(&lease, network, &config));
+        i.device = Some(DeviceInfo {
+            name: tap_name.clone(),
+            index: link.index,
+            mtu,
+        });
+        i.source_ports = dataplane.source_ports().to_vec();
+    });
+
+    let (tx, mut rx) = mpsc::channel(256);
+    let renew = RenewPolicy {
+        margin: Duration::from_secs(u64::from(args.subnet_lease_renew_margin) * 60),
+        ..RenewPolicy::default()
+    };
+    let store_task = store.spawn(lease.clone(), renew, tx);
+    let mut control = Control {
+        nl,
+        link,
+        network,
+        own: lease.subnet,
+        watcher: LeaseWatcher::new(Some(lease.subnet)),
+        peers: Peers::new(),
+        dataplane,
+        state: state.clone(),
+        stats,
+    };
+
+    // Program the current leases before announcing readiness.
+    loop {
+        match rx.recv().await {
+            Some(StoreUpdate::Snapshot(leases)) => {
+                control.apply_snapshot(leases).await;
+                break;
+            }
+            Some(other) => control.apply_update(other).await?,
+            None => return Err(AgentError::StoreStopped),
+        }
+    }
+    let env = SubnetEnv {
+        network: Some(network),
+        subnet: Some(lease.subnet),
+        mtu,
+        ip_masq: args.ip_masq,
+        ..SubnetEnv::default()
+    };
+    files::write_atomic(&args.subnet_file, &env.render(), 0o644)
+        .map_err(io_err(format!("cannot write {}", args.subnet_file.display())))?;
+    state.ready.store(true, Relaxed);
+    info!(subnet_file = %args.subnet_file.display(), peers = control.peers.len(), "weftd is ready");
+
+    let result = control_loop(&mut control, &mut rx, fatal_rx, &tunables).await;
+    store_task.abort();
+    result
+}
+
+async fn network_config(store: &Store, stats: &StoreStats) -> Result<NetConfig, AgentError> {
+    let config = loop {
+        match store.network_config().await {
+            Ok(config) => break config,
+            Err(e) if store.retries_config() && e.is_transient() => {
+                stats.error(&e);
+                warn!(error = %e, "could not read the network config; retrying in 1 s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(AgentError::Config(e.to_string())),
+        }
+    };
+    config.require_vxlan().map_err(|e| AgentError::Config(e.to_string()))?;
+    if config.enable_ipv6 {
+        return Err(AgentError::Config(
+            "EnableIPv6 is set, but weft carries IPv4 only for now; remove EnableIPv6 or keep this node on flannel".into(),
+        ));
+    }
+    for w in &config.warnings {
+        warn!("{w}");
+    }
+    Ok(config)
+}
+
+/// The VtepMAC: the one peers know from our previous lease, else the existing
+/// device's, else a new random one.
+fn choose_mac(previous: Option<&Lease>, device: Option<&LinkInfo>) -> MacAddr {
+    if let Some(mac) = previous.and_then(|l| l.attrs.vxlan_data().ok()).map(|d| d.vtep_mac) {
+        return mac;
+    }
+    if let Some(mac) = device.and_then(|d| d.mac).filter(|m| m.is_local_unicast()) {
+        return mac;
+    }
+    MacAddr::random_local(&mut rand::rng())
+}
+
+fn own_lease(lease: &Lease, network: Ipv4Net, config: &NetConfig) -> OwnLease {
+    OwnLease {
+        subnet: lease.subnet,
+        vtep_mac: lease.attrs.vxlan_data().map(|d| d.vtep_mac).unwrap_or_default(),
+        vni: config.vxlan.vni.get(),
+        port: config.vxlan.port,
+        network,
+        expires: lease.expiration.map(unix_secs),
+    }
+}
+
+type Started = (Dataplane, LinkInfo, mpsc::UnboundedReceiver<DataplaneError>);
+
+#[allow(clippy::too_many_arguments)]
+async fn start_dataplane(
+    nl: &Netlink,
+    tap_name: &str,
+    tunables: &Tunables,
+    config: &NetConfig,
+    ext: &iface::ExternalInterface,
+    lease: &Lease,
+    mac: MacAddr,
+    mtu: u32,
+) -> Result<Started, AgentError> {
+    let network = config.network.unwrap_or_default();
+    let tap = Tap::open(tap_name, tunables.workers(), &crate::dataplane::offload::OffloadConfig::NONE)?;
+    let link = nl
+        .link_by_name(tap_name)
+        .await?
+        .ok_or_else(|| AgentError::Config(format!("{tap_name} vanished right after it was created")))?;
+    nl.configure_link(&link, mac, mtu).await?;
+    quiet_ipv6(tap_name);
+    nl.ensure_vtep_address(&link, lease.subnet.network(), network).await?;
+    let local = LocalVtep {
+        vni: config.vxlan.vni,
+        mac,
+        public_ip: ext.public_ip,
+    };
+    let router = Router::new(local, tunables.dataplane.source_check.into(), Tables::default());
+    let dp_config = DataplaneConfig {
+        listen: SocketAddrV4::new(ext.addr, config.vxlan.port),
+        workers: tunables.workers(),
+        source_ports: tunables.dataplane.source_ports,
+        batch: tunables.dataplane.batch,
+        socket_buffer: tunables.dataplane.socket_buffer_bytes,
+        offloads: tunables.offloads(),
+    };
+    let (fatal_tx, fatal_rx) = mpsc::unbounded_channel();
+    let dataplane = Dataplane::start(tap, &dp_config, router, fatal_tx)?;
+    log_offloads(&tunables.offloads(), &dataplane.offloads());
+    Ok((dataplane, link, fatal_rx))
+}
+
+fn log_offloads(wanted: &crate::dataplane::offload::OffloadConfig, got: &crate::dataplane::offload::ActiveOffloads) {
+    let pairs = [
+        ("tap_vnet_hdr", wanted.tap_vnet_hdr, got.tap_vnet_hdr),
+        ("tso", wanted.tso, got.tso),
+        ("uso", wanted.uso, got.uso),
+        ("udp_gso", wanted.udp_gso, got.udp_gso),
+        ("udp_gro", wanted.udp_gro, got.udp_gro),
+    ];
+    for (name, want, have) in pairs {
+        if want && !have {
+            warn!(offload = name, "offload is off: the kernel refused it (the dataplane works without it, slower)");
+        }
+    }
+    let on: Vec<_> = got.list().iter().filter(|(_, on)| *on).map(|(n, _)| *n).collect();
+    info!(offloads = %on.join(","), "dataplane up");
+}
+
+/// No router solicitations or MLD from the VTEP: it carries IPv4 only.
+fn quiet_ipv6(device: &str) {
+    for (knob, value) in [("accept_ra", "0"), ("disable_ipv6", "1")] {
+        let path = format!("/proc/sys/net/ipv6/conf/{device}/{knob}");
+        let _ = std::fs::write(path, value);
+    }
+}
+
+async fn remove_device(nl: &Netlink, name: &str) {
+    if let Ok(Some(link)) = nl.link_by_name(name).await {
+        if let Err(e) = nl.delete_link(link.index).await {
+            warn!(device = name, error = %e, "could not remove the device after a failed start");
+        }
+    }
+}
+
+async fn start_http(args: &RunArgs, state: &Arc<AgentState>) -> Result<Vec<tokio::task::JoinHandle<()>>, AgentError> {
+    let registry = Arc::new(metrics::registry(state.clone()));
+    let mut tasks = Vec::new();
+    let bind = |port: u16, endpoints: metrics::Endpoints| {
+        let addr = SocketAddr::from((args.healthz_ip, port));
+        let state = state.clone();
+        let registry = registry.clone();
+        async move {
+            metrics::serve(addr, endpoints, state, registry)
+                .await
+                .map_err(io_err(format!("cannot listen on {addr}")))
+        }
+    };
+    if args.healthz_port != 0 {
+        let metrics_here = args.metrics_port == 0 || args.metrics_port == args.healthz_port;
+        tasks.push(bind(args.healthz_port, metrics::Endpoints { health: true, metrics: metrics_here }).await?);
+    }
+    if args.metrics_port != 0 && args.metrics_port != args.healthz_port {
+        tasks.push(bind(args.metrics_port, metrics::Endpoints { health: false, metrics: true }).await?);
+    }
+    Ok(tasks)
+}
+
+/// The control plane after startup.
+struct Control {
+    nl: Netlink,
+    link: LinkInfo,
+    network: Ipv4Net,
+    own: Ipv4Net,
+    watcher: LeaseWatcher,
+    peers: Peers,
+    dataplane: Dataplane,
+    state: Arc<AgentState>,
+    stats: Arc<StoreStats>,
+}
+
+async fn control_loop(
+    control: &mut Control,
+    rx: &mut mpsc::Receiver<StoreUpdate>,
+    mut fatal_rx: mpsc::UnboundedReceiver<DataplaneError>,
+    tunables: &Tunables,
+) -> Result<(), AgentError> {
+    let mut term = signal(SignalKind::terminate()).map_err(io_err("cannot install a SIGTERM handler"))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(io_err("cannot install a SIGINT handler"))?;
+    let mut resync = tokio::time::interval(Duration::from_secs(tunables.agent.resync_seconds));
+    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let drop_every = Duration::from_secs(tunables.agent.drop_log_seconds);
+    let mut drop_log = tokio::time::interval(drop_every);
+    let mut last_counters = control.state.counters().unwrap_or_default();
+    loop {
+        tokio::select! {
+            update = rx.recv() => match update {
+                Some(update) => control.apply_update(update).await?,
+                None => return Err(AgentError::StoreStopped),
+            },
+            Some(e) = fatal_rx.recv() => return Err(e.into()),
+            _ = resync.tick() => control.resync().await,
+            _ = drop_log.tick() => {
+                let now = control.state.counters().unwrap_or_default();
+                log_drops(&last_counters, &now, drop_every);
+                last_counters = now;
+            }
+            _ = term.recv() => {
+                info!("SIGTERM: stopping; the device, routes and lease stay for the next start");
+                return Ok(());
+            }
+            _ = int.recv() => {
+                info!("SIGINT: stopping; the device, routes and lease stay for the next start");
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// One log line summarising what was dropped since the last summary.
+fn log_drops(before: &crate::dataplane::counters::CounterSnapshot, after: &crate::dataplane::counters::CounterSnapshot, every: Duration) {
+    let mut parts = Vec::new();
+    let mut total = 0;
+    for reason in crate::core::router::DropReason::ALL {
+        let delta = after.drop_count(reason).saturating_sub(before.drop_count(reason));
+        if delta > 0 {
+            total += delta;
+            parts.push(format!("{}={delta}", reason.as_str()));
+        }
+    }
+    if total > 0 {
+        warn!(
+            dropped = total,
+            reasons = %parts.join(" "),
+            "dropped {total} frames/datagrams in the last {}s (see weftd status, or weft_dropped_frames_total)",
+            every.as_secs()
+        );
+    }
+}
+
+impl Control {
+    async fn apply_update(&mut self, update: StoreUpdate) -> Result<(), AgentError> {
+        match update {
+            StoreUpdate::Snapshot(leases) => self.apply_snapshot(leases).await,
+            StoreUpdate::Events(events) => {
+                let events = self.watcher.update(events);
+                self.apply_events(events).await;
+            }
+            StoreUpdate::Renewed(lease) => {
+                debug!(subnet = %lease.subnet, "lease renewed");
+                let expires = lease.expiration.map(unix_secs);
+                self.state.update(|i| {
+                    if let Some(own) = i.lease.as_mut() {
+                        own.expires = expires;
+                    }
+                });
+            }
+            StoreUpdate::OwnLeaseRevoked(why) => return Err(AgentError::Revoked(why)),
+        }
+        Ok(())
+    }
+
+    async fn apply_snapshot(&mut self, leases: Vec<Lease>) {
+        self.stats.snapshots.fetch_add(0, Relaxed);
+        let events = self.watcher.reset(leases);
+        self.apply_events(events).await;
+        self.remove_stale_routes().await;
+    }
+
+    async fn apply_events(&mut self, events: Vec<LeaseEvent>) {
+        if events.is_empty() {
+            return;
+        }
+        let now = SystemTime::now();
+        self.stats.event(now);
+        let mut changes = Vec::with_capacity(events.len());
+        for event in &events {
+            match event {
+                LeaseEvent::Added(_) => self.stats.events_added.fetch_add(1, Relaxed),
+                LeaseEvent::Removed(_) => self.stats.events_removed.fetch_add(1, Relaxed),
+            };
+            changes.push(self.peers.apply(event));
+        }
+        // Tables first: the kernel ARPs for S.0 as soon as the route exists.
+        let router = self.dataplane.router().with_tables(Tables::from_peers(self.peers.iter()));
+        self.dataplane.set_router(router);
+        for change in changes {
+            self.program(change, now).await;
+        }
+    }
+
+    async fn program(&mut self, change: PeerChange, now: SystemTime) {
+        let counts = &self.state.lease_events;
+        match change {
+            PeerChange::Added(peer) => {
+                counts.added.fetch_add(1, Relaxed);
+                info!(subnet = %peer.subnet, public_ip = %peer.public_ip, vtep_mac = %peer.vtep_mac, "lease added");
+                self.add_route(&peer, now).await;
+            }
+            PeerChange::Changed { old, new } => {
+                counts.changed.fetch_add(1, Relaxed);
+                info!(
+                    subnet = %new.subnet,
+                    public_ip = %new.public_ip,
+                    vtep_mac = %new.vtep_mac,
+                    old_public_ip = %old.public_ip,
+                    old_vtep_mac = %old.vtep_mac,
+                    "lease changed"
+                );
+                self.add_route(&new, now).await;
+            }
+            PeerChange::Removed(peer) => {
+                counts.removed.fetch_add(1, Relaxed);
+                info!(subnet = %peer.subnet, public_ip = %peer.public_ip, vtep_mac = %peer.vtep_mac, "lease removed");
+                self.delete_route(peer.subnet).await;
+            }
+            PeerChange::Unknown(subnet) => {
+                debug!(subnet = %subnet, "removal of a lease that was never programmed");
+                self.delete_route(subnet).await;
+            }
+            PeerChange::Ignored { subnet, reason } => {
+                counts.ignored.fetch_add(1, Relaxed);
+                self.stats.bad_record(&reason);
+                warn!(subnet = %subnet, reason = %reason, "ignoring lease the vxlan backend cannot use");
+            }
+        }
+    }
+
+    async fn add_route(&mut self, peer: &Peer, now: SystemTime) {
+        let result = self.nl.replace_route(self.link.index, peer.subnet).await;
+        let route_error = match &result {
+            Ok(()) => {
+                info!(subnet = %peer.subnet, via = %peer.gateway(), device = %self.link.name, "route programmed");
+                None
+            }
+            Err(e) => {
+                error!(subnet = %peer.subnet, error = %e, "cannot program route; retrying at the next resync");
+                Some(e.to_string())
+            }
+        };
+        let status = PeerStatus {
+            subnet: peer.subnet,
+            public_ip: peer.public_ip,
+            vtep_mac: peer.vtep_mac,
+            since: unix_secs(now),
+            route: result.is_ok(),
+            route_error,
+        };
+        self.state.update(|i| {
+            let since = i
+                .peers
+                .get(&peer.subnet)
+                .filter(|p| p.public_ip == peer.public_ip && p.vtep_mac == peer.vtep_mac)
+                .map(|p| p.since);
+            let mut status = status;
+            if let Some(since) = since {
+                status.since = since;
+            }
+            i.peers.insert(peer.subnet, status);
+        });
+    }
+
+    async fn delete_route(&mut self, subnet: Ipv4Net) {
+        match self.nl.delete_route(self.link.index, subnet).await {
+            Ok(()) => info!(subnet = %subnet, device = %self.link.name, "route removed"),
+            Err(e) => error!(subnet = %subnet, error = %e, "cannot remove route"),
+        }
+        self.state.update(|i| {
+            i.peers.remove(&subnet);
+        });
+    }
+
+    /// Removes routes on the device into the cluster network that no lease backs
+    /// (nodes deleted while weftd was down: flannel issue #2554).
+    async fn remove_stale_routes(&mut self) {
+        let routes = match self.nl.routes_via(self.link.index).await {
+            Ok(routes) => routes,
+            Err(e) => {
+                warn!(error = %e, "cannot list routes on the VTEP device");
+                return;
+            }
+        };
+        let wanted: BTreeSet<Ipv4Net> = self.peers.iter().map(|p| p.subnet).collect();
+        for route in routes {
+            if self.network.contains(&route.dst) && !wanted.contains(&route.dst) && route.dst != self.own {
+                info!(subnet = %route.dst, "removing a stale route left from a lease that no longer exists");
+                self.delete_route(route.dst).await;
+            }
+        }
+    }
+
+    /// Puts back what someone removed: the device address and peer routes.
+    async fn resync(&mut self) {
+        if let Err(e) = self.nl.ensure_vtep_address(&self.link, self.own.network(), self.network).await {
+            warn!(error = %e, "cannot check the VTEP address");
+        }
+        let present: BTreeSet<Ipv4Net> = match self.nl.routes_via(self.link.index).await {
+            Ok(routes) => routes.into_iter().map(|r| r.dst).collect(),
+            Err(e) => {
+                warn!(error = %e, "cannot list routes on the VTEP device");
+                return;
+            }
+        };
+        let missing: Vec<Peer> = self.peers.iter().filter(|p| !present.contains(&p.subnet)).copied().collect();
+        for peer in missing {
+            warn!(subnet = %peer.subnet, "route to a peer was missing; adding it back");
+            self.add_route(&peer, SystemTime::now()).await;
+        }
+        self.remove_stale_routes().await;
+    }
+}

@@ -1,0 +1,157 @@
+//! Tunables read from `--tunables FILE` (TOML). Each field maps to one knob
+//! documented in `tunables/weftd.toml` with its default, unit and trade-off.
+
+use crate::core::router::SourceCheck;
+use crate::dataplane::offload::OffloadConfig;
+use serde::Deserialize;
+use std::path::Path;
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Tunables {
+    pub dataplane: DataplaneTunables,
+    pub agent: AgentTunables,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataplaneTunables {
+    /// Workers (TAP queues and UDP sockets); 0 = one per CPU.
+    pub workers: usize,
+    /// Frames or datagrams per batch.
+    pub batch: usize,
+    /// UDP socket buffer size, bytes.
+    pub socket_buffer_bytes: usize,
+    /// Sending sockets per worker (distinct outer source ports).
+    pub source_ports: usize,
+    pub tap_vnet_hdr: bool,
+    pub tso: bool,
+    pub uso: bool,
+    pub udp_gso: bool,
+    pub udp_gro: bool,
+    /// "strict" or "relaxed" (NATed underlays).
+    pub source_check: SourceCheckName,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceCheckName {
+    #[default]
+    Strict,
+    Relaxed,
+}
+
+impl From<SourceCheckName> for SourceCheck {
+    fn from(name: SourceCheckName) -> SourceCheck {
+        match name {
+            SourceCheckName::Strict => SourceCheck::Strict,
+            SourceCheckName::Relaxed => SourceCheck::Relaxed,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentTunables {
+    /// Seconds between checks that every route and the device address are in place.
+    pub resync_seconds: u64,
+    /// Seconds between summaries of dropped traffic in the log.
+    pub drop_log_seconds: u64,
+}
+
+impl Default for DataplaneTunables {
+    fn default() -> Self {
+        let offloads = OffloadConfig::default();
+        DataplaneTunables {
+            workers: 0,
+            batch: 64,
+            socket_buffer_bytes: 4 << 20,
+            source_ports: 16,
+            tap_vnet_hdr: offloads.tap_vnet_hdr,
+            tso: offloads.tso,
+            uso: offloads.uso,
+            udp_gso: offloads.udp_gso,
+            udp_gro: offloads.udp_gro,
+            source_check: SourceCheckName::Strict,
+        }
+    }
+}
+
+impl Default for AgentTunables {
+    fn default() -> Self {
+        AgentTunables {
+            resync_seconds: 5,
+            drop_log_seconds: 10,
+        }
+    }
+}
+
+impl Default for Tunables {
+    fn default() -> Self {
+        Tunables {
+            dataplane: DataplaneTunables::default(),
+            agent: AgentTunables::default(),
+        }
+    }
+}
+
+impl Tunables {
+    pub fn load(path: &Path) -> Result<Tunables, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read tunables {}: {e}", path.display()))?;
+        Self::parse(&text).map_err(|e| format!("bad tunables file {}: {e}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> Result<Tunables, String> {
+        let t: Tunables = toml::from_str(text).map_err(|e| e.to_string())?;
+        if t.dataplane.batch == 0 || t.dataplane.batch > 1024 {
+            return Err("dataplane.batch must be 1..1024".into());
+        }
+        if t.dataplane.source_ports == 0 || t.dataplane.source_ports > 1024 {
+            return Err("dataplane.source_ports must be 1..1024".into());
+        }
+        if t.agent.resync_seconds == 0 || t.agent.drop_log_seconds == 0 {
+            return Err("agent intervals must be at least 1 second".into());
+        }
+        Ok(t)
+    }
+
+    pub fn offloads(&self) -> OffloadConfig {
+        let d = &self.dataplane;
+        OffloadConfig {
+            tap_vnet_hdr: d.tap_vnet_hdr,
+            tso: d.tso && d.tap_vnet_hdr,
+            uso: d.uso && d.tap_vnet_hdr,
+            udp_gso: d.udp_gso,
+            udp_gro: d.udp_gro,
+        }
+    }
+
+    /// The worker count, resolving 0 to the number of CPUs.
+    pub fn workers(&self) -> usize {
+        match self.dataplane.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_file_matches_defaults() {
+        let text = include_str!("../../tunables/weftd.toml");
+        assert_eq!(Tunables::parse(text).unwrap(), Tunables::default());
+    }
+
+    #[test]
+    fn unknown_and_bad_values_are_refused() {
+        assert!(Tunables::parse("[dataplane]\nbatchh = 3\n").unwrap_err().contains("batchh"));
+        assert!(Tunables::parse("[dataplane]\nbatch = 0\n").is_err());
+        assert!(Tunables::parse("[dataplane]\nsource_check = \"loose\"\n").is_err());
+        let t = Tunables::parse("[dataplane]\ntso = false\nsource_check = \"relaxed\"\n").unwrap();
+        assert!(!t.offloads().tso);
+        assert_eq!(SourceCheck::from(t.dataplane.source_check), SourceCheck::Relaxed);
+    }
+}
