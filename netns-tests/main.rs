@@ -1,1 +1,9 @@
+//! Tests on real kernels: network namespaces, veth, TAP devices, real `weftd`
+//! processes and real tools (ping, iperf3, tcpdump). They need root; CI runs
+//! them as root. See `harness.rs` for the lab they build.
 
+#![allow(unreachable_pub)]
+
+mod harness;
+mod operability;
+mod skeleton;

@@ -4,8 +4,8 @@
 //! - `dataplane`, `netlink`, `subnet`: shells that own one OS resource each.
 //! - `agent`: wires them together in flannel's startup order.
 
+pub mod agent;
 pub mod core;
 pub mod dataplane;
 pub mod netlink;
 pub mod subnet;
-pub mod agent;

@@ -65,19 +65,36 @@ pub struct RunArgs {
     #[arg(long, env = "FLANNELD_PUBLIC_IP")]
     pub public_ip: Option<Ipv4Addr>,
     /// File the network information (FLANNEL_*) is written to.
-    #[arg(long, env = "FLANNELD_SUBNET_FILE", default_value = "/run/flannel/subnet.env")]
+    #[arg(
+        long,
+        env = "FLANNELD_SUBNET_FILE",
+        default_value = "/run/flannel/subnet.env"
+    )]
     pub subnet_file: PathBuf,
     /// Path to the network configuration (net-conf.json).
-    #[arg(long, env = "FLANNELD_NET_CONFIG_PATH", default_value = "/etc/kube-flannel/net-conf.json")]
+    #[arg(
+        long,
+        env = "FLANNELD_NET_CONFIG_PATH",
+        default_value = "/etc/kube-flannel/net-conf.json"
+    )]
     pub net_config_path: PathBuf,
     /// Set up IP masquerade for traffic leaving the cluster network.
     #[arg(long, env = "FLANNELD_IP_MASQ", action = bool_flag!(), num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
     pub ip_masq: bool,
     /// Directory of the embedded lease store (used when no other store is selected).
-    #[arg(long, env = "FLANNELD_LOCAL_STORE", default_value = "/var/lib/weft/leases")]
+    #[arg(
+        long,
+        env = "FLANNELD_LOCAL_STORE",
+        default_value = "/var/lib/weft/leases"
+    )]
     pub local_store: PathBuf,
     /// Lifetime of a lease in the embedded store, in seconds.
-    #[arg(long, env = "FLANNELD_LOCAL_LEASE_TTL", default_value_t = 86400, hide = true)]
+    #[arg(
+        long,
+        env = "FLANNELD_LOCAL_LEASE_TTL",
+        default_value_t = 86400,
+        hide = true
+    )]
     pub local_lease_ttl: u64,
     /// Renew the lease this many minutes before it expires (1..1439).
     #[arg(long, env = "FLANNELD_SUBNET_LEASE_RENEW_MARGIN", default_value_t = 60)]
@@ -115,7 +132,8 @@ impl RunArgs {
             return Err("--local-lease-ttl must be at least 1 second".into());
         }
         for re in &self.iface_regex {
-            regex::Regex::new(re).map_err(|e| format!("--iface-regex {re:?} is not a valid regex: {e}"))?;
+            regex::Regex::new(re)
+                .map_err(|e| format!("--iface-regex {re:?} is not a valid regex: {e}"))?;
         }
         Ok(())
     }
@@ -131,11 +149,20 @@ mod tests {
 
     #[test]
     fn flannel_style_flags() {
-        let cli = parse(&["--iface=eth0", "--iface", "10.0.0.1", "--ip-masq", "--public-ip=192.168.1.2"]);
+        let cli = parse(&[
+            "--iface=eth0",
+            "--iface",
+            "10.0.0.1",
+            "--ip-masq",
+            "--public-ip=192.168.1.2",
+        ]);
         assert_eq!(cli.run.iface, vec!["eth0", "10.0.0.1"]);
         assert!(cli.run.ip_masq);
         assert_eq!(cli.run.public_ip, Some(Ipv4Addr::new(192, 168, 1, 2)));
-        assert_eq!(cli.run.subnet_file, PathBuf::from("/run/flannel/subnet.env"));
+        assert_eq!(
+            cli.run.subnet_file,
+            PathBuf::from("/run/flannel/subnet.env")
+        );
         let cli = parse(&["--ip-masq=false"]);
         assert!(!cli.run.ip_masq);
     }

@@ -29,7 +29,8 @@ pub struct Selector {
 }
 
 /// flannel's message when explicit options match nothing.
-pub const NO_MATCH: &str = "Failed to find interface to use that matches the interfaces and/or regexes provided";
+pub const NO_MATCH: &str =
+    "Failed to find interface to use that matches the interfaces and/or regexes provided";
 
 /// Picks from a list of links and addresses (pure, for tests).
 pub fn select(
@@ -40,7 +41,10 @@ pub fn select(
     reach_route: Option<u32>,
 ) -> Result<ExternalInterface, String> {
     let first_addr = |index: u32| -> Option<Ipv4Addr> {
-        let mut mine: Vec<_> = addrs.iter().filter(|a| a.index == index && !a.addr.is_loopback()).collect();
+        let mut mine: Vec<_> = addrs
+            .iter()
+            .filter(|a| a.index == index && !a.addr.is_loopback())
+            .collect();
         // Global addresses before link-local ones.
         mine.sort_by_key(|a| a.addr.is_link_local());
         mine.first().map(|a| a.addr)
@@ -62,54 +66,56 @@ pub fn select(
 
     for spec in &sel.iface {
         if let Ok(ip) = spec.parse::<Ipv4Addr>() {
-            if let Some(a) = addrs.iter().find(|a| a.addr == ip) {
-                if let Some(link) = by_index(a.index) {
-                    return build(link, ip);
-                }
+            if let Some(a) = addrs.iter().find(|a| a.addr == ip)
+                && let Some(link) = by_index(a.index)
+            {
+                return build(link, ip);
             }
-        } else if let Some(link) = links.iter().find(|l| &l.name == spec) {
-            if let Some(addr) = first_addr(link.index) {
-                return build(link, addr);
-            }
+        } else if let Some(link) = links.iter().find(|l| &l.name == spec)
+            && let Some(addr) = first_addr(link.index)
+        {
+            return build(link, addr);
         }
     }
     for re in &sel.iface_regex {
         let re = Regex::new(re).map_err(|e| format!("--iface-regex {re:?}: {e}"))?;
-        if let Some(a) = addrs.iter().find(|a| re.is_match(&a.addr.to_string())) {
-            if let Some(link) = by_index(a.index) {
-                return build(link, a.addr);
-            }
+        if let Some(a) = addrs.iter().find(|a| re.is_match(&a.addr.to_string()))
+            && let Some(link) = by_index(a.index)
+        {
+            return build(link, a.addr);
         }
         for link in links {
-            if re.is_match(&link.name) {
-                if let Some(addr) = first_addr(link.index) {
-                    return build(link, addr);
-                }
-            }
-        }
-    }
-    if sel.can_reach.is_some() {
-        if let Some(link) = reach_route.and_then(by_index) {
-            if let Some(addr) = first_addr(link.index) {
+            if re.is_match(&link.name)
+                && let Some(addr) = first_addr(link.index)
+            {
                 return build(link, addr);
             }
         }
     }
+    if sel.can_reach.is_some()
+        && let Some(link) = reach_route.and_then(by_index)
+        && let Some(addr) = first_addr(link.index)
+    {
+        return build(link, addr);
+    }
     if explicit {
         return Err(NO_MATCH.into());
     }
-    if let Some(ip) = sel.public_ip {
-        if let Some(a) = addrs.iter().find(|a| a.addr == ip) {
-            if let Some(link) = by_index(a.index) {
-                return build(link, ip);
-            }
-        }
+    if let Some(ip) = sel.public_ip
+        && let Some(a) = addrs.iter().find(|a| a.addr == ip)
+        && let Some(link) = by_index(a.index)
+    {
+        return build(link, ip);
     }
     let link = default_route.and_then(by_index).ok_or_else(|| {
         "no IPv4 default route to choose the interface from: pass --iface (a name or address) or --public-ip".to_string()
     })?;
-    let addr = first_addr(link.index)
-        .ok_or_else(|| format!("the default-route interface {} has no IPv4 address: pass --iface", link.name))?;
+    let addr = first_addr(link.index).ok_or_else(|| {
+        format!(
+            "the default-route interface {} has no IPv4 address: pass --iface",
+            link.name
+        )
+    })?;
     build(link, addr)
 }
 
@@ -117,7 +123,10 @@ pub fn select(
 pub async fn choose(nl: &Netlink, sel: &Selector) -> Result<ExternalInterface, String> {
     let links = nl.links().await.map_err(|e| e.to_string())?;
     let addrs = nl.addresses(None).await.map_err(|e| e.to_string())?;
-    let default_route = nl.default_route_interface().await.map_err(|e| e.to_string())?;
+    let default_route = nl
+        .default_route_interface()
+        .await
+        .map_err(|e| e.to_string())?;
     let reach_route = match sel.can_reach {
         Some(ip) => nl.route_interface_to(ip).await.map_err(|e| e.to_string())?,
         None => None,
@@ -150,7 +159,11 @@ mod tests {
     fn world() -> (Vec<LinkInfo>, Vec<LinkAddr>) {
         (
             vec![link(1, "lo"), link(2, "eth0"), link(3, "eth1")],
-            vec![addr(1, [127, 0, 0, 1]), addr(2, [10, 0, 2, 15]), addr(3, [192, 168, 56, 10])],
+            vec![
+                addr(1, [127, 0, 0, 1]),
+                addr(2, [10, 0, 2, 15]),
+                addr(3, [192, 168, 56, 10]),
+            ],
         )
     }
 
@@ -158,8 +171,19 @@ mod tests {
     fn default_route_interface_when_nothing_given() {
         let (links, addrs) = world();
         let e = select(&Selector::default(), &links, &addrs, Some(2), None).unwrap();
-        assert_eq!((e.name.as_str(), e.addr, e.public_ip), ("eth0", Ipv4Addr::new(10, 0, 2, 15), Ipv4Addr::new(10, 0, 2, 15)));
-        assert!(select(&Selector::default(), &links, &addrs, None, None).unwrap_err().contains("--iface"));
+        assert_eq!(
+            (e.name.as_str(), e.addr, e.public_ip),
+            (
+                "eth0",
+                Ipv4Addr::new(10, 0, 2, 15),
+                Ipv4Addr::new(10, 0, 2, 15)
+            )
+        );
+        assert!(
+            select(&Selector::default(), &links, &addrs, None, None)
+                .unwrap_err()
+                .contains("--iface")
+        );
     }
 
     #[test]
@@ -169,14 +193,20 @@ mod tests {
             iface: vec!["nope".into(), "192.168.56.10".into(), "eth0".into()],
             ..Selector::default()
         };
-        assert_eq!(select(&sel, &links, &addrs, Some(2), None).unwrap().name, "eth1");
+        assert_eq!(
+            select(&sel, &links, &addrs, Some(2), None).unwrap().name,
+            "eth1"
+        );
         let sel = Selector {
             iface: vec!["eth0".into()],
             public_ip: Some(Ipv4Addr::new(203, 0, 113, 5)),
             ..Selector::default()
         };
         let e = select(&sel, &links, &addrs, Some(3), None).unwrap();
-        assert_eq!((e.name.as_str(), e.public_ip), ("eth0", Ipv4Addr::new(203, 0, 113, 5)));
+        assert_eq!(
+            (e.name.as_str(), e.public_ip),
+            ("eth0", Ipv4Addr::new(203, 0, 113, 5))
+        );
     }
 
     #[test]
@@ -186,17 +216,26 @@ mod tests {
             iface_regex: vec!["^192\\.168\\.".into()],
             ..Selector::default()
         };
-        assert_eq!(select(&sel, &links, &addrs, Some(2), None).unwrap().name, "eth1");
+        assert_eq!(
+            select(&sel, &links, &addrs, Some(2), None).unwrap().name,
+            "eth1"
+        );
         let sel = Selector {
             iface_regex: vec!["^eth0$".into()],
             ..Selector::default()
         };
-        assert_eq!(select(&sel, &links, &addrs, Some(3), None).unwrap().name, "eth0");
+        assert_eq!(
+            select(&sel, &links, &addrs, Some(3), None).unwrap().name,
+            "eth0"
+        );
         let sel = Selector {
             iface: vec!["wlan9".into()],
             ..Selector::default()
         };
-        assert_eq!(select(&sel, &links, &addrs, Some(2), None).unwrap_err(), NO_MATCH);
+        assert_eq!(
+            select(&sel, &links, &addrs, Some(2), None).unwrap_err(),
+            NO_MATCH
+        );
     }
 
     #[test]
@@ -206,6 +245,9 @@ mod tests {
             public_ip: Some(Ipv4Addr::new(192, 168, 56, 10)),
             ..Selector::default()
         };
-        assert_eq!(select(&sel, &links, &addrs, Some(2), None).unwrap().name, "eth1");
+        assert_eq!(
+            select(&sel, &links, &addrs, Some(2), None).unwrap().name,
+            "eth1"
+        );
     }
 }

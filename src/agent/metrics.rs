@@ -24,12 +24,22 @@ use std::sync::atomic::Ordering::Relaxed;
 #[derive(Debug)]
 struct WeftCollector(Arc<AgentState>);
 
-fn counter(e: &mut DescriptorEncoder<'_>, name: &str, help: &str, v: u64) -> Result<(), std::fmt::Error> {
+fn counter(
+    e: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    v: u64,
+) -> Result<(), std::fmt::Error> {
     let c = ConstCounter::new(v);
     c.encode(e.encode_descriptor(name, help, None, c.metric_type())?)
 }
 
-fn gauge(e: &mut DescriptorEncoder<'_>, name: &str, help: &str, v: i64) -> Result<(), std::fmt::Error> {
+fn gauge(
+    e: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    v: i64,
+) -> Result<(), std::fmt::Error> {
     let g = ConstGauge::new(v);
     g.encode(e.encode_descriptor(name, help, None, g.metric_type())?)
 }
@@ -58,22 +68,60 @@ impl Collector for WeftCollector {
     fn encode(&self, mut e: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let s = &self.0;
         let c = s.counters().unwrap_or_default();
-        counter(&mut e, "weft_encapsulated_frames", "Frames read from the TAP and sent to a peer (after segmentation).", c.encap_frames)?;
-        counter(&mut e, "weft_encapsulated_bytes", "Bytes of inner frames encapsulated.", c.encap_bytes)?;
-        counter(&mut e, "weft_decapsulated_frames", "Frames received from peers and written to the TAP (before coalescing).", c.decap_frames)?;
-        counter(&mut e, "weft_decapsulated_bytes", "Bytes of inner frames decapsulated.", c.decap_bytes)?;
-        counter(&mut e, "weft_tso_superframes", "TSO/USO super-frames read from the TAP and split.", c.tso_frames)?;
-        counter(&mut e, "weft_gro_superframes", "Coalesced super-frames written to the TAP.", c.gro_frames)?;
-        counter(&mut e, "weft_icmp_frag_needed_sent", "ICMP fragmentation-needed messages returned for oversized frames.", c.icmp_too_big)?;
+        counter(
+            &mut e,
+            "weft_encapsulated_frames",
+            "Frames read from the TAP and sent to a peer (after segmentation).",
+            c.encap_frames,
+        )?;
+        counter(
+            &mut e,
+            "weft_encapsulated_bytes",
+            "Bytes of inner frames encapsulated.",
+            c.encap_bytes,
+        )?;
+        counter(
+            &mut e,
+            "weft_decapsulated_frames",
+            "Frames received from peers and written to the TAP (before coalescing).",
+            c.decap_frames,
+        )?;
+        counter(
+            &mut e,
+            "weft_decapsulated_bytes",
+            "Bytes of inner frames decapsulated.",
+            c.decap_bytes,
+        )?;
+        counter(
+            &mut e,
+            "weft_tso_superframes",
+            "TSO/USO super-frames read from the TAP and split.",
+            c.tso_frames,
+        )?;
+        counter(
+            &mut e,
+            "weft_gro_superframes",
+            "Coalesced super-frames written to the TAP.",
+            c.gro_frames,
+        )?;
+        counter(
+            &mut e,
+            "weft_icmp_frag_needed_sent",
+            "ICMP fragmentation-needed messages returned for oversized frames.",
+            c.icmp_too_big,
+        )?;
         labelled(
             &mut e,
             "weft_dropped_frames",
             "Frames and datagrams dropped, by reason.",
             MetricType::Counter,
             "reason",
-            DropReason::ALL.iter().map(|r| (r.as_str(), c.drop_count(*r))),
+            DropReason::ALL
+                .iter()
+                .map(|r| (r.as_str(), c.drop_count(*r))),
         )?;
-        let refused = c.drop_count(DropReason::ArpUnknownTarget) + c.drop_count(DropReason::ArpMalformed);
+        let refused =
+            c.drop_count(DropReason::ArpUnknownTarget) + c.drop_count(DropReason::ArpMalformed);
         labelled(
             &mut e,
             "weft_arp_requests",
@@ -92,10 +140,30 @@ impl Collector for WeftCollector {
             .unwrap_or((0, 0));
         let info = s.info();
         let routes = info.peers.values().filter(|p| p.route).count();
-        gauge(&mut e, "weft_fdb_entries", "Entries in the forwarding database (VtepMAC to public IP).", fdb as i64)?;
-        gauge(&mut e, "weft_arp_entries", "Entries in the ARP table (remote gateway to VtepMAC).", arp as i64)?;
-        gauge(&mut e, "weft_routes", "Peer routes programmed on the VTEP device.", routes as i64)?;
-        gauge(&mut e, "weft_peers", "Remote nodes with a usable lease.", info.peers.len() as i64)?;
+        gauge(
+            &mut e,
+            "weft_fdb_entries",
+            "Entries in the forwarding database (VtepMAC to public IP).",
+            fdb as i64,
+        )?;
+        gauge(
+            &mut e,
+            "weft_arp_entries",
+            "Entries in the ARP table (remote gateway to VtepMAC).",
+            arp as i64,
+        )?;
+        gauge(
+            &mut e,
+            "weft_routes",
+            "Peer routes programmed on the VTEP device.",
+            routes as i64,
+        )?;
+        gauge(
+            &mut e,
+            "weft_peers",
+            "Remote nodes with a usable lease.",
+            info.peers.len() as i64,
+        )?;
         drop(info);
         let ev = &s.lease_events;
         labelled(
@@ -128,8 +196,18 @@ impl Collector for WeftCollector {
             "kind",
             st.bad_records.iter().map(|(k, v)| (*k, *v)),
         )?;
-        gauge(&mut e, "weft_store_connected", "1 while the lease store is reachable.", i64::from(st.connected))?;
-        counter(&mut e, "weft_lease_renewals", "Renewals of this node's lease.", st.renewals)?;
+        gauge(
+            &mut e,
+            "weft_store_connected",
+            "1 while the lease store is reachable.",
+            i64::from(st.connected),
+        )?;
+        counter(
+            &mut e,
+            "weft_lease_renewals",
+            "Renewals of this node's lease.",
+            st.renewals,
+        )?;
         let offloads = s.offloads();
         labelled(
             &mut e,
@@ -139,8 +217,18 @@ impl Collector for WeftCollector {
             "offload",
             offloads.list().iter().map(|(k, v)| (*k, u64::from(*v))),
         )?;
-        gauge(&mut e, "weft_ready", "1 once subnet.env is written and the dataplane is up.", i64::from(s.ready.load(Relaxed)))?;
-        let mut build = e.encode_descriptor("weft_build_info", "Build information.", None, MetricType::Gauge)?;
+        gauge(
+            &mut e,
+            "weft_ready",
+            "1 once subnet.env is written and the dataplane is up.",
+            i64::from(s.ready.load(Relaxed)),
+        )?;
+        let mut build = e.encode_descriptor(
+            "weft_build_info",
+            "Build information.",
+            None,
+            MetricType::Gauge,
+        )?;
         let labels = [("version", s.version)];
         ConstGauge::new(1i64).encode(build.encode_family(&labels)?)?;
         Ok(())
@@ -183,7 +271,10 @@ async fn readyz(State(h): State<Http>) -> impl IntoResponse {
 
 async fn metrics(State(h): State<Http>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         render(&h.registry),
     )
 }
@@ -196,10 +287,17 @@ pub struct Endpoints {
 }
 
 /// Binds `addr` and serves the chosen endpoints in the background.
-pub async fn serve(addr: SocketAddr, endpoints: Endpoints, state: Arc<AgentState>, registry: Arc<Registry>) -> std::io::Result<tokio::task::JoinHandle<()>> {
+pub async fn serve(
+    addr: SocketAddr,
+    endpoints: Endpoints,
+    state: Arc<AgentState>,
+    registry: Arc<Registry>,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let mut app = Router::new();
     if endpoints.health {
-        app = app.route("/healthz", get(healthz)).route("/readyz", get(readyz));
+        app = app
+            .route("/healthz", get(healthz))
+            .route("/readyz", get(readyz));
     }
     if endpoints.metrics {
         app = app.route("/metrics", get(metrics));
@@ -222,8 +320,14 @@ mod tests {
     fn every_family_is_typed_and_counters_end_in_total() {
         let state = AgentState::new(Arc::new(StoreStats::default()));
         let text = render(&registry(state));
-        assert!(text.contains("# TYPE weft_dropped_frames_total counter"), "{text}");
-        assert!(text.contains("weft_dropped_frames_total{reason=\"unknown_vtep\"} 0"), "{text}");
+        assert!(
+            text.contains("# TYPE weft_dropped_frames_total counter"),
+            "{text}"
+        );
+        assert!(
+            text.contains("weft_dropped_frames_total{reason=\"unknown_vtep\"} 0"),
+            "{text}"
+        );
         assert!(text.contains("weft_ready 0"));
         assert!(text.contains("weft_build_info{version="));
         for line in text.lines().filter(|l| l.starts_with("# TYPE")) {

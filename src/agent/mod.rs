@@ -101,10 +101,15 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     let _http = start_http(&args, &state).await?;
     let _status = status::serve(args.status_socket.clone(), state.clone())
         .await
-        .map_err(io_err(format!("cannot serve the status socket {}", args.status_socket.display())))?;
+        .map_err(io_err(format!(
+            "cannot serve the status socket {}",
+            args.status_socket.display()
+        )))?;
 
     let config = network_config(&store, &stats).await?;
-    let network = config.network.ok_or_else(|| AgentError::Config("the config has no IPv4 Network".into()))?;
+    let network = config
+        .network
+        .ok_or_else(|| AgentError::Config("the config has no IPv4 Network".into()))?;
 
     let nl = Netlink::connect().map_err(io_err("cannot open a netlink socket"))?;
     let selector = iface::Selector {
@@ -113,7 +118,9 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         can_reach: args.iface_can_reach,
         public_ip: args.public_ip,
     };
-    let ext = iface::choose(&nl, &selector).await.map_err(AgentError::Interface)?;
+    let ext = iface::choose(&nl, &selector)
+        .await
+        .map_err(AgentError::Interface)?;
     info!(interface = %ext.name, addr = %ext.addr, public_ip = %ext.public_ip, mtu = ext.mtu, "using interface");
     state.update(|i| {
         i.node = Some(NodeInfo {
@@ -133,9 +140,21 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     let existing = nl.link_by_name(&tap_name).await?;
     let previous_lease = store.find_own(ext.public_ip).await?;
     let mac = choose_mac(previous_lease.as_ref(), existing.as_ref());
-    let attrs = LeaseAttrs::vxlan(ext.public_ip, &VxlanBackendData { vni: vni.get(), vtep_mac: mac });
+    let attrs = LeaseAttrs::vxlan(
+        ext.public_ip,
+        &VxlanBackendData {
+            vni: vni.get(),
+            vtep_mac: mac,
+        },
+    );
     let lease = store
-        .acquire(&config, &AcquireRequest { attrs, previous_subnet })
+        .acquire(
+            &config,
+            &AcquireRequest {
+                attrs,
+                previous_subnet,
+            },
+        )
         .await
         .map_err(AgentError::Lease)?;
     info!(subnet = %lease.subnet, vtep_mac = %mac, "acquired lease");
@@ -201,8 +220,10 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         ip_masq: args.ip_masq,
         ..SubnetEnv::default()
     };
-    files::write_atomic(&args.subnet_file, &env.render(), 0o644)
-        .map_err(io_err(format!("cannot write {}", args.subnet_file.display())))?;
+    files::write_atomic(&args.subnet_file, &env.render(), 0o644).map_err(io_err(format!(
+        "cannot write {}",
+        args.subnet_file.display()
+    )))?;
     state.ready.store(true, Relaxed);
     info!(subnet_file = %args.subnet_file.display(), peers = control.peers.len(), "weftd is ready");
 
@@ -223,7 +244,9 @@ async fn network_config(store: &Store, stats: &StoreStats) -> Result<NetConfig, 
             Err(e) => return Err(AgentError::Config(e.to_string())),
         }
     };
-    config.require_vxlan().map_err(|e| AgentError::Config(e.to_string()))?;
+    config
+        .require_vxlan()
+        .map_err(|e| AgentError::Config(e.to_string()))?;
     if config.enable_ipv6 {
         return Err(AgentError::Config(
             "EnableIPv6 is set, but weft carries IPv4 only for now; remove EnableIPv6 or keep this node on flannel".into(),
@@ -238,7 +261,10 @@ async fn network_config(store: &Store, stats: &StoreStats) -> Result<NetConfig, 
 /// The VtepMAC: the one peers know from our previous lease, else the existing
 /// device's, else a new random one.
 fn choose_mac(previous: Option<&Lease>, device: Option<&LinkInfo>) -> MacAddr {
-    if let Some(mac) = previous.and_then(|l| l.attrs.vxlan_data().ok()).map(|d| d.vtep_mac) {
+    if let Some(mac) = previous
+        .and_then(|l| l.attrs.vxlan_data().ok())
+        .map(|d| d.vtep_mac)
+    {
         return mac;
     }
     if let Some(mac) = device.and_then(|d| d.mac).filter(|m| m.is_local_unicast()) {
@@ -250,7 +276,11 @@ fn choose_mac(previous: Option<&Lease>, device: Option<&LinkInfo>) -> MacAddr {
 fn own_lease(lease: &Lease, network: Ipv4Net, config: &NetConfig) -> OwnLease {
     OwnLease {
         subnet: lease.subnet,
-        vtep_mac: lease.attrs.vxlan_data().map(|d| d.vtep_mac).unwrap_or_default(),
+        vtep_mac: lease
+            .attrs
+            .vxlan_data()
+            .map(|d| d.vtep_mac)
+            .unwrap_or_default(),
         vni: config.vxlan.vni.get(),
         port: config.vxlan.port,
         network,
@@ -272,20 +302,28 @@ async fn start_dataplane(
     mtu: u32,
 ) -> Result<Started, AgentError> {
     let network = config.network.unwrap_or_default();
-    let tap = Tap::open(tap_name, tunables.workers(), &crate::dataplane::offload::OffloadConfig::NONE)?;
-    let link = nl
-        .link_by_name(tap_name)
-        .await?
-        .ok_or_else(|| AgentError::Config(format!("{tap_name} vanished right after it was created")))?;
+    let tap = Tap::open(
+        tap_name,
+        tunables.workers(),
+        &crate::dataplane::offload::OffloadConfig::NONE,
+    )?;
+    let link = nl.link_by_name(tap_name).await?.ok_or_else(|| {
+        AgentError::Config(format!("{tap_name} vanished right after it was created"))
+    })?;
     nl.configure_link(&link, mac, mtu).await?;
     quiet_ipv6(tap_name);
-    nl.ensure_vtep_address(&link, lease.subnet.network(), network).await?;
+    nl.ensure_vtep_address(&link, lease.subnet.network(), network)
+        .await?;
     let local = LocalVtep {
         vni: config.vxlan.vni,
         mac,
         public_ip: ext.public_ip,
     };
-    let router = Router::new(local, tunables.dataplane.source_check.into(), Tables::default());
+    let router = Router::new(
+        local,
+        tunables.dataplane.source_check.into(),
+        Tables::default(),
+    );
     let dp_config = DataplaneConfig {
         listen: SocketAddrV4::new(ext.addr, config.vxlan.port),
         workers: tunables.workers(),
@@ -300,7 +338,10 @@ async fn start_dataplane(
     Ok((dataplane, link, fatal_rx))
 }
 
-fn log_offloads(wanted: &crate::dataplane::offload::OffloadConfig, got: &crate::dataplane::offload::ActiveOffloads) {
+fn log_offloads(
+    wanted: &crate::dataplane::offload::OffloadConfig,
+    got: &crate::dataplane::offload::ActiveOffloads,
+) {
     let pairs = [
         ("tap_vnet_hdr", wanted.tap_vnet_hdr, got.tap_vnet_hdr),
         ("tso", wanted.tso, got.tso),
@@ -310,10 +351,18 @@ fn log_offloads(wanted: &crate::dataplane::offload::OffloadConfig, got: &crate::
     ];
     for (name, want, have) in pairs {
         if want && !have {
-            warn!(offload = name, "offload is off: the kernel refused it (the dataplane works without it, slower)");
+            warn!(
+                offload = name,
+                "offload is off: the kernel refused it (the dataplane works without it, slower)"
+            );
         }
     }
-    let on: Vec<_> = got.list().iter().filter(|(_, on)| *on).map(|(n, _)| *n).collect();
+    let on: Vec<_> = got
+        .list()
+        .iter()
+        .filter(|(_, on)| *on)
+        .map(|(n, _)| *n)
+        .collect();
     info!(offloads = %on.join(","), "dataplane up");
 }
 
@@ -326,14 +375,17 @@ fn quiet_ipv6(device: &str) {
 }
 
 async fn remove_device(nl: &Netlink, name: &str) {
-    if let Ok(Some(link)) = nl.link_by_name(name).await {
-        if let Err(e) = nl.delete_link(link.index).await {
-            warn!(device = name, error = %e, "could not remove the device after a failed start");
-        }
+    if let Ok(Some(link)) = nl.link_by_name(name).await
+        && let Err(e) = nl.delete_link(link.index).await
+    {
+        warn!(device = name, error = %e, "could not remove the device after a failed start");
     }
 }
 
-async fn start_http(args: &RunArgs, state: &Arc<AgentState>) -> Result<Vec<tokio::task::JoinHandle<()>>, AgentError> {
+async fn start_http(
+    args: &RunArgs,
+    state: &Arc<AgentState>,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, AgentError> {
     let registry = Arc::new(metrics::registry(state.clone()));
     let mut tasks = Vec::new();
     let bind = |port: u16, endpoints: metrics::Endpoints| {
@@ -348,10 +400,28 @@ async fn start_http(args: &RunArgs, state: &Arc<AgentState>) -> Result<Vec<tokio
     };
     if args.healthz_port != 0 {
         let metrics_here = args.metrics_port == 0 || args.metrics_port == args.healthz_port;
-        tasks.push(bind(args.healthz_port, metrics::Endpoints { health: true, metrics: metrics_here }).await?);
+        tasks.push(
+            bind(
+                args.healthz_port,
+                metrics::Endpoints {
+                    health: true,
+                    metrics: metrics_here,
+                },
+            )
+            .await?,
+        );
     }
     if args.metrics_port != 0 && args.metrics_port != args.healthz_port {
-        tasks.push(bind(args.metrics_port, metrics::Endpoints { health: false, metrics: true }).await?);
+        tasks.push(
+            bind(
+                args.metrics_port,
+                metrics::Endpoints {
+                    health: false,
+                    metrics: true,
+                },
+            )
+            .await?,
+        );
     }
     Ok(tasks)
 }
@@ -375,8 +445,10 @@ async fn control_loop(
     mut fatal_rx: mpsc::UnboundedReceiver<DataplaneError>,
     tunables: &Tunables,
 ) -> Result<(), AgentError> {
-    let mut term = signal(SignalKind::terminate()).map_err(io_err("cannot install a SIGTERM handler"))?;
-    let mut int = signal(SignalKind::interrupt()).map_err(io_err("cannot install a SIGINT handler"))?;
+    let mut term =
+        signal(SignalKind::terminate()).map_err(io_err("cannot install a SIGTERM handler"))?;
+    let mut int =
+        signal(SignalKind::interrupt()).map_err(io_err("cannot install a SIGINT handler"))?;
     let mut resync = tokio::time::interval(Duration::from_secs(tunables.agent.resync_seconds));
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let drop_every = Duration::from_secs(tunables.agent.drop_log_seconds);
@@ -408,11 +480,17 @@ async fn control_loop(
 }
 
 /// One log line summarising what was dropped since the last summary.
-fn log_drops(before: &crate::dataplane::counters::CounterSnapshot, after: &crate::dataplane::counters::CounterSnapshot, every: Duration) {
+fn log_drops(
+    before: &crate::dataplane::counters::CounterSnapshot,
+    after: &crate::dataplane::counters::CounterSnapshot,
+    every: Duration,
+) {
     let mut parts = Vec::new();
     let mut total = 0;
     for reason in crate::core::router::DropReason::ALL {
-        let delta = after.drop_count(reason).saturating_sub(before.drop_count(reason));
+        let delta = after
+            .drop_count(reason)
+            .saturating_sub(before.drop_count(reason));
         if delta > 0 {
             total += delta;
             parts.push(format!("{}={delta}", reason.as_str()));
@@ -472,7 +550,10 @@ impl Control {
             changes.push(self.peers.apply(event));
         }
         // Tables first: the kernel ARPs for S.0 as soon as the route exists.
-        let router = self.dataplane.router().with_tables(Tables::from_peers(self.peers.iter()));
+        let router = self
+            .dataplane
+            .router()
+            .with_tables(Tables::from_peers(self.peers.iter()));
         self.dataplane.set_router(router);
         for change in changes {
             self.program(change, now).await;
@@ -572,7 +653,10 @@ impl Control {
         };
         let wanted: BTreeSet<Ipv4Net> = self.peers.iter().map(|p| p.subnet).collect();
         for route in routes {
-            if self.network.contains(&route.dst) && !wanted.contains(&route.dst) && route.dst != self.own {
+            if self.network.contains(&route.dst)
+                && !wanted.contains(&route.dst)
+                && route.dst != self.own
+            {
                 info!(subnet = %route.dst, "removing a stale route left from a lease that no longer exists");
                 self.delete_route(route.dst).await;
             }
@@ -581,7 +665,11 @@ impl Control {
 
     /// Puts back what someone removed: the device address and peer routes.
     async fn resync(&mut self) {
-        if let Err(e) = self.nl.ensure_vtep_address(&self.link, self.own.network(), self.network).await {
+        if let Err(e) = self
+            .nl
+            .ensure_vtep_address(&self.link, self.own.network(), self.network)
+            .await
+        {
             warn!(error = %e, "cannot check the VTEP address");
         }
         let present: BTreeSet<Ipv4Net> = match self.nl.routes_via(self.link.index).await {
@@ -591,7 +679,12 @@ impl Control {
                 return;
             }
         };
-        let missing: Vec<Peer> = self.peers.iter().filter(|p| !present.contains(&p.subnet)).copied().collect();
+        let missing: Vec<Peer> = self
+            .peers
+            .iter()
+            .filter(|p| !present.contains(&p.subnet))
+            .copied()
+            .collect();
         for peer in missing {
             warn!(subnet = %peer.subnet, "route to a peer was missing; adding it back");
             self.add_route(&peer, SystemTime::now()).await;

@@ -2,9 +2,9 @@
 //! the status socket and the metrics endpoint (readers).
 
 use crate::core::mac::MacAddr;
+use crate::dataplane::Shared;
 use crate::dataplane::counters::CounterSnapshot;
 use crate::dataplane::offload::ActiveOffloads;
-use crate::dataplane::Shared;
 use crate::subnet::{StoreStats, StoreStatsSnapshot};
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
@@ -16,7 +16,9 @@ use std::time::SystemTime;
 
 /// Seconds since the Unix epoch.
 pub fn unix_secs(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq, Eq)]
@@ -99,6 +101,7 @@ pub struct AgentState {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StatusReport {
     pub version: String,
+    pub pid: u32,
     pub uptime_seconds: u64,
     pub now: u64,
     pub ready: bool,
@@ -152,7 +155,12 @@ impl AgentState {
 
     pub fn report(&self) -> StatusReport {
         let now = SystemTime::now();
-        let offloads = self.offloads().list().iter().map(|(k, v)| ((*k).to_owned(), *v)).collect();
+        let offloads = self
+            .offloads()
+            .list()
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), *v))
+            .collect();
         let e = &self.lease_events;
         let lease_events = [
             ("added", e.added.load(Relaxed)),
@@ -165,12 +173,18 @@ impl AgentState {
         .collect();
         StatusReport {
             version: self.version.to_owned(),
-            uptime_seconds: now.duration_since(self.started).map(|d| d.as_secs()).unwrap_or(0),
+            pid: std::process::id(),
+            uptime_seconds: now
+                .duration_since(self.started)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
             now: unix_secs(now),
             ready: self.ready.load(Relaxed),
             info: self.info().clone(),
             store_stats: serde_json::to_value(self.store_stats()).unwrap_or_default(),
-            counters: self.counters().map(|c| serde_json::to_value(c).unwrap_or_default()),
+            counters: self
+                .counters()
+                .map(|c| serde_json::to_value(c).unwrap_or_default()),
             offloads,
             lease_events,
         }

@@ -12,7 +12,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 
 /// Binds the status socket (replacing a stale one) and serves it forever.
-pub async fn serve(path: PathBuf, state: Arc<AgentState>) -> std::io::Result<tokio::task::JoinHandle<()>> {
+pub async fn serve(
+    path: PathBuf,
+    state: Arc<AgentState>,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
     if let Some(dir) = path.parent() {
         tokio::fs::create_dir_all(dir).await?;
     }
@@ -49,7 +52,8 @@ pub async fn fetch(path: &Path) -> Result<StatusReport, String> {
             .read_to_end(&mut body)
             .await
             .map_err(|e| format!("reading status from {}: {e}", path.display()))?;
-        serde_json::from_slice::<StatusReport>(&body).map_err(|e| format!("weftd sent an unreadable status: {e}"))
+        serde_json::from_slice::<StatusReport>(&body)
+            .map_err(|e| format!("weftd sent an unreadable status: {e}"))
     };
     tokio::time::timeout(Duration::from_secs(5), talk)
         .await
@@ -77,7 +81,11 @@ fn bytes(n: u64) -> String {
         v /= 1024.0;
         unit += 1;
     }
-    if unit == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[unit]) }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
 }
 
 /// The human-readable rendering of a status report.
@@ -89,7 +97,11 @@ pub fn render(r: &StatusReport) -> String {
         "weftd {}  up {}  {}",
         r.version,
         human_duration(r.uptime_seconds),
-        if r.ready { "ready" } else { "NOT READY (subnet.env not written yet)" }
+        if r.ready {
+            "ready"
+        } else {
+            "NOT READY (subnet.env not written yet)"
+        }
     );
     if let Some(node) = &r.info.node {
         let _ = writeln!(
@@ -105,7 +117,11 @@ pub fn render(r: &StatusReport) -> String {
         "store    {} {}  {}",
         r.info.store.kind,
         r.info.store.endpoint,
-        if connected { "healthy" } else { "UNREACHABLE (dataplane keeps the last known leases)" }
+        if connected {
+            "healthy"
+        } else {
+            "UNREACHABLE (dataplane keeps the last known leases)"
+        }
     );
     if let Some(t) = s["last_event"].as_u64() {
         let _ = write!(out, "  last change {}", ago(now, t));
@@ -121,23 +137,53 @@ pub fn render(r: &StatusReport) -> String {
             lease.subnet, lease.network, lease.vtep_mac, lease.vni, lease.port
         );
         if let Some(exp) = lease.expires {
-            let _ = write!(out, "  expires in {}", human_duration(exp.saturating_sub(now)));
+            let _ = write!(
+                out,
+                "  expires in {}",
+                human_duration(exp.saturating_sub(now))
+            );
         }
         out.push('\n');
     }
     if let Some(dev) = &r.info.device {
-        let _ = writeln!(out, "device   {} (index {}, mtu {})", dev.name, dev.index, dev.mtu);
+        let _ = writeln!(
+            out,
+            "device   {} (index {}, mtu {})",
+            dev.name, dev.index, dev.mtu
+        );
     }
-    let on: Vec<_> = r.offloads.iter().filter(|(_, v)| **v).map(|(k, _)| k.as_str()).collect();
-    let off: Vec<_> = r.offloads.iter().filter(|(_, v)| !**v).map(|(k, _)| k.as_str()).collect();
+    let on: Vec<_> = r
+        .offloads
+        .iter()
+        .filter(|(_, v)| **v)
+        .map(|(k, _)| k.as_str())
+        .collect();
+    let off: Vec<_> = r
+        .offloads
+        .iter()
+        .filter(|(_, v)| !**v)
+        .map(|(k, _)| k.as_str())
+        .collect();
     let _ = writeln!(
         out,
         "offloads on: {}  off: {}",
-        if on.is_empty() { "none".into() } else { on.join(",") },
-        if off.is_empty() { "none".into() } else { off.join(",") }
+        if on.is_empty() {
+            "none".into()
+        } else {
+            on.join(",")
+        },
+        if off.is_empty() {
+            "none".into()
+        } else {
+            off.join(",")
+        }
     );
     let _ = writeln!(out, "\nPEERS ({})", r.info.peers.len());
-    let _ = writeln!(out, "{:<20} {:<16} {:<18} {:<10} ROUTE", "SUBNET", "PUBLIC IP", "VTEP MAC", "SINCE");
+    let _ = writeln!(
+        out,
+        "{:<20} {:<16} {:<18} {:<10} ROUTE",
+        "SUBNET", "PUBLIC IP", "VTEP MAC", "SINCE"
+    );
     for p in r.info.peers.values() {
         let route = match (&p.route, &p.route_error) {
             (true, _) => "yes".to_string(),
@@ -157,8 +203,18 @@ pub fn render(r: &StatusReport) -> String {
     if let Some(c) = &r.counters {
         let n = |k: &str| c[k].as_u64().unwrap_or(0);
         let _ = writeln!(out, "\nTRAFFIC");
-        let _ = writeln!(out, "encapsulated  {} frames  {}", n("encap_frames"), bytes(n("encap_bytes")));
-        let _ = writeln!(out, "decapsulated  {} frames  {}", n("decap_frames"), bytes(n("decap_bytes")));
+        let _ = writeln!(
+            out,
+            "encapsulated  {} frames  {}",
+            n("encap_frames"),
+            bytes(n("encap_bytes"))
+        );
+        let _ = writeln!(
+            out,
+            "decapsulated  {} frames  {}",
+            n("decap_frames"),
+            bytes(n("decap_bytes"))
+        );
         let _ = writeln!(out, "arp answered  {}", n("arp_replies"));
         let _ = writeln!(
             out,
@@ -176,7 +232,15 @@ pub fn render(r: &StatusReport) -> String {
                     .collect()
             })
             .unwrap_or_default();
-        let _ = writeln!(out, "dropped       {}", if drops.is_empty() { "none".into() } else { drops.join("  ") });
+        let _ = writeln!(
+            out,
+            "dropped       {}",
+            if drops.is_empty() {
+                "none".into()
+            } else {
+                drops.join("  ")
+            }
+        );
     }
     let bad: Vec<String> = s["bad_records"]
         .as_object()
@@ -218,8 +282,16 @@ mod tests {
         let report = fetch(&path).await.unwrap();
         assert_eq!(report.info.peers.len(), 1);
         let text = render(&report);
-        assert!(text.contains("10.244.3.0/24") && text.contains("0e:00:00:00:00:03"), "{text}");
+        assert!(
+            text.contains("10.244.3.0/24") && text.contains("0e:00:00:00:00:03"),
+            "{text}"
+        );
         task.abort();
-        assert!(fetch(&dir.path().join("none.sock")).await.unwrap_err().contains("is weftd running"));
+        assert!(
+            fetch(&dir.path().join("none.sock"))
+                .await
+                .unwrap_err()
+                .contains("is weftd running")
+        );
     }
 }

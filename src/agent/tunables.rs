@@ -6,7 +6,7 @@ use crate::dataplane::offload::OffloadConfig;
 use serde::Deserialize;
 use std::path::Path;
 
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct Tunables {
     pub dataplane: DataplaneTunables,
@@ -86,18 +86,10 @@ impl Default for AgentTunables {
     }
 }
 
-impl Default for Tunables {
-    fn default() -> Self {
-        Tunables {
-            dataplane: DataplaneTunables::default(),
-            agent: AgentTunables::default(),
-        }
-    }
-}
-
 impl Tunables {
     pub fn load(path: &Path) -> Result<Tunables, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read tunables {}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read tunables {}: {e}", path.display()))?;
         Self::parse(&text).map_err(|e| format!("bad tunables file {}: {e}", path.display()))
     }
 
@@ -147,11 +139,18 @@ mod tests {
 
     #[test]
     fn unknown_and_bad_values_are_refused() {
-        assert!(Tunables::parse("[dataplane]\nbatchh = 3\n").unwrap_err().contains("batchh"));
+        assert!(
+            Tunables::parse("[dataplane]\nbatchh = 3\n")
+                .unwrap_err()
+                .contains("batchh")
+        );
         assert!(Tunables::parse("[dataplane]\nbatch = 0\n").is_err());
         assert!(Tunables::parse("[dataplane]\nsource_check = \"loose\"\n").is_err());
         let t = Tunables::parse("[dataplane]\ntso = false\nsource_check = \"relaxed\"\n").unwrap();
         assert!(!t.offloads().tso);
-        assert_eq!(SourceCheck::from(t.dataplane.source_check), SourceCheck::Relaxed);
+        assert_eq!(
+            SourceCheck::from(t.dataplane.source_check),
+            SourceCheck::Relaxed
+        );
     }
 }

@@ -85,7 +85,8 @@ impl ArpTable {
         let answer = self
             .lookup(Ipv4Addr::from(target))
             .ok_or(ArpRefusal::UnknownTarget)?;
-        let requester_mac = MacAddr::from_slice(arp.sender_hw_addr()).ok_or(ArpRefusal::Malformed)?;
+        let requester_mac =
+            MacAddr::from_slice(arp.sender_hw_addr()).ok_or(ArpRefusal::Malformed)?;
         let requester_ip = arp.sender_protocol_addr();
         let out = out.get_mut(..REPLY_LEN).ok_or(ArpRefusal::Malformed)?;
         // Ethernet: to the requester, from the VTEP being answered for.
@@ -141,13 +142,22 @@ mod tests {
     fn refuses_unknown_targets_replies_and_garbage() {
         let table = ArpTable::new();
         let mut out = [0u8; REPLY_LEN];
-        assert_eq!(table.respond(&request([10, 244, 9, 0]), &mut out), Err(ArpRefusal::UnknownTarget));
+        assert_eq!(
+            table.respond(&request([10, 244, 9, 0]), &mut out),
+            Err(ArpRefusal::UnknownTarget)
+        );
         let mut reply = request([10, 244, 9, 0]);
         reply[21] = 2;
         assert_eq!(table.respond(&reply, &mut out), Err(ArpRefusal::NotRequest));
-        assert_eq!(table.respond(&request([1, 2, 3, 4])[..30], &mut out), Err(ArpRefusal::Malformed));
+        assert_eq!(
+            table.respond(&request([1, 2, 3, 4])[..30], &mut out),
+            Err(ArpRefusal::Malformed)
+        );
         let mut ipv6ish = request([10, 244, 9, 0]);
         ipv6ish[16] = 0x86;
-        assert_eq!(table.respond(&ipv6ish, &mut out), Err(ArpRefusal::Malformed));
+        assert_eq!(
+            table.respond(&ipv6ish, &mut out),
+            Err(ArpRefusal::Malformed)
+        );
     }
 }

@@ -73,7 +73,10 @@ pub fn pseudo_header_v4(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, len: u32) ->
 /// The sum of the IPv6 pseudo-header for a transport segment of `len` bytes.
 #[inline]
 pub fn pseudo_header_v6(src: Ipv6Addr, dst: Ipv6Addr, protocol: u8, len: u32) -> u32 {
-    let acc = u64::from(sum(&src.octets())) + u64::from(sum(&dst.octets())) + u64::from(protocol) + u64::from(len);
+    let acc = u64::from(sum(&src.octets()))
+        + u64::from(sum(&dst.octets()))
+        + u64::from(protocol)
+        + u64::from(len);
     u32::from(fold(acc))
 }
 
@@ -105,7 +108,11 @@ mod tests {
         let data: Vec<u8> = (0..300u32).map(|i| (i * 7 + 13) as u8).collect();
         for start in 0..4 {
             for end in start..data.len() {
-                assert_eq!(sum(&data[start..end]), reference(&data[start..end]), "{start}..{end}");
+                assert_eq!(
+                    sum(&data[start..end]),
+                    reference(&data[start..end]),
+                    "{start}..{end}"
+                );
             }
         }
     }
@@ -121,8 +128,8 @@ mod tests {
     fn ipv4_header_from_rfc1071_style_example() {
         // An IPv4 header with a correct checksum (0xb861) verifies to 0xffff.
         let header = [
-            0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0xb8, 0x61, 0xc0, 0xa8, 0x00, 0x01, 0xc0,
-            0xa8, 0x00, 0xc7,
+            0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0xb8, 0x61, 0xc0, 0xa8,
+            0x00, 0x01, 0xc0, 0xa8, 0x00, 0xc7,
         ];
         assert!(verify(&header, 0));
         let mut zeroed = header;

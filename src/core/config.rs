@@ -131,33 +131,44 @@ impl NetConfig {
                     .map_err(|_| ConfigError::Parse(format!("invalid IPv6 CIDR format {s:?}")))?,
             ),
         };
-        let subnet_len = fields.get::<u8>("SubnetLen").map_err(parse_err)?.unwrap_or(0);
-        let ipv6_subnet_len = fields.get::<u8>("IPv6SubnetLen").map_err(parse_err)?.unwrap_or(0);
+        let subnet_len = fields
+            .get::<u8>("SubnetLen")
+            .map_err(parse_err)?
+            .unwrap_or(0);
+        let ipv6_subnet_len = fields
+            .get::<u8>("IPv6SubnetLen")
+            .map_err(parse_err)?
+            .unwrap_or(0);
         let v4_addr = |key: &str| -> Result<Ipv4Addr, ConfigError> {
             match fields.get::<String>(key).map_err(parse_err)? {
                 None => Ok(Ipv4Addr::UNSPECIFIED),
-                Some(s) => s
-                    .parse()
-                    .map_err(|_| ConfigError::Parse(format!("{key}: {s:?} is not an IPv4 address"))),
+                Some(s) => s.parse().map_err(|_| {
+                    ConfigError::Parse(format!("{key}: {s:?} is not an IPv4 address"))
+                }),
             }
         };
         let v6_addr = |key: &str| -> Result<Ipv6Addr, ConfigError> {
             match fields.get::<String>(key).map_err(parse_err)? {
                 None => Ok(Ipv6Addr::UNSPECIFIED),
-                Some(s) => s
-                    .parse()
-                    .map_err(|_| ConfigError::Parse(format!("{key}: {s:?} is not an IPv6 address"))),
+                Some(s) => s.parse().map_err(|_| {
+                    ConfigError::Parse(format!("{key}: {s:?} is not an IPv6 address"))
+                }),
             }
         };
         let backend = fields.raw("Backend").filter(|b| b.get() != "null");
         let backend_type = match backend {
             None => "udp".to_owned(),
             Some(raw) => {
-                let section = Fields::from_raw(raw)
-                    .map_err(|e| ConfigError::Parse(format!("error decoding Backend property of config: {e}")))?;
+                let section = Fields::from_raw(raw).map_err(|e| {
+                    ConfigError::Parse(format!("error decoding Backend property of config: {e}"))
+                })?;
                 section
                     .get::<String>("Type")
-                    .map_err(|e| ConfigError::Parse(format!("error decoding Backend property of config: {e}")))?
+                    .map_err(|e| {
+                        ConfigError::Parse(format!(
+                            "error decoding Backend property of config: {e}"
+                        ))
+                    })?
                     .unwrap_or_default()
                     .to_ascii_lowercase()
             }
@@ -168,9 +179,18 @@ impl NetConfig {
             _ => VxlanConfig::default(),
         };
         Ok(NetConfig {
-            enable_ipv4: fields.get::<bool>("EnableIPv4").map_err(parse_err)?.unwrap_or(true),
-            enable_ipv6: fields.get::<bool>("EnableIPv6").map_err(parse_err)?.unwrap_or(false),
-            enable_nftables: fields.get::<bool>("EnableNFTables").map_err(parse_err)?.unwrap_or(false),
+            enable_ipv4: fields
+                .get::<bool>("EnableIPv4")
+                .map_err(parse_err)?
+                .unwrap_or(true),
+            enable_ipv6: fields
+                .get::<bool>("EnableIPv6")
+                .map_err(parse_err)?
+                .unwrap_or(false),
+            enable_nftables: fields
+                .get::<bool>("EnableNFTables")
+                .map_err(parse_err)?
+                .unwrap_or(false),
             network,
             subnet_len,
             subnet_min: v4_addr("SubnetMin")?,
@@ -293,7 +313,10 @@ impl NetConfig {
 
     /// The overlay MTU for an underlay interface MTU: (Backend.MTU or it) − 50.
     pub fn overlay_mtu(&self, interface_mtu: u32) -> u32 {
-        self.vxlan.mtu.unwrap_or(interface_mtu).saturating_sub(ENCAP_OVERHEAD)
+        self.vxlan
+            .mtu
+            .unwrap_or(interface_mtu)
+            .saturating_sub(ENCAP_OVERHEAD)
     }
 }
 
@@ -361,7 +384,10 @@ mod tests {
 
     #[test]
     fn default_manifest_config() {
-        let c = check(r#"{"Network":"10.244.0.0/16","EnableNFTables":false,"Backend":{"Type":"vxlan"}}"#).unwrap();
+        let c = check(
+            r#"{"Network":"10.244.0.0/16","EnableNFTables":false,"Backend":{"Type":"vxlan"}}"#,
+        )
+        .unwrap();
         assert_eq!(c.subnet_len, 24);
         assert_eq!(c.subnet_min, Ipv4Addr::new(10, 244, 1, 0));
         assert_eq!(c.subnet_max, Ipv4Addr::new(10, 244, 255, 0));
@@ -378,7 +404,12 @@ mod tests {
         let c = check(r#"{"Network":"10.0.0.0/8","SubnetLen":20,"SubnetMin":"10.10.0.0","SubnetMax":"10.99.0.0","Backend":{"Type":"udp","Port":7890}}"#).unwrap();
         assert_eq!(c.subnet_len, 20);
         assert_eq!(c.backend_type, "udp");
-        assert!(c.require_vxlan().unwrap_err().to_string().contains("\"udp\""));
+        assert!(
+            c.require_vxlan()
+                .unwrap_err()
+                .to_string()
+                .contains("\"udp\"")
+        );
         assert_eq!(c.subnets().next().unwrap().to_string(), "10.10.0.0/20");
         assert_eq!(c.subnets().last().unwrap().to_string(), "10.99.0.0/20");
     }
@@ -393,24 +424,67 @@ mod tests {
 
     #[test]
     fn subnet_len_defaults_follow_prefix() {
-        assert_eq!(check(r#"{"Network":"10.0.0.0/23","Backend":{"Type":"vxlan"}}"#).unwrap().subnet_len, 25);
-        assert_eq!(check(r#"{"Network":"10.0.0.0/28","Backend":{"Type":"vxlan"}}"#).unwrap().subnet_len, 30);
+        assert_eq!(
+            check(r#"{"Network":"10.0.0.0/23","Backend":{"Type":"vxlan"}}"#)
+                .unwrap()
+                .subnet_len,
+            25
+        );
+        assert_eq!(
+            check(r#"{"Network":"10.0.0.0/28","Backend":{"Type":"vxlan"}}"#)
+                .unwrap()
+                .subnet_len,
+            30
+        );
     }
 
     #[test]
     fn flannels_error_messages() {
         let cases = [
-            (r#"{"Backend":{"Type":"vxlan"}}"#, "please define a correct Network parameter in the flannel config"),
-            (r#"{"Network":"10.0.0.0/16","SubnetLen":31}"#, "SubnetLen must be less than /31"),
-            (r#"{"Network":"10.0.0.0/16","SubnetLen":17}"#, "network must be able to accommodate at least four subnets"),
-            (r#"{"Network":"10.0.0.0/29"}"#, "network is too small. Minimum useful network prefix is /28"),
-            (r#"{"Network":"10.0.0.0/16","SubnetMin":"10.1.0.0"}"#, "SubnetMin is not in the range of the Network"),
-            (r#"{"Network":"10.0.0.0/16","SubnetMax":"11.0.0.0"}"#, "SubnetMax is not in the range of the Network"),
-            (r#"{"Network":"10.0.0.0/16","SubnetMin":"10.0.1.128"}"#, "SubnetMin is not on a SubnetLen boundary: 10.0.1.128"),
-            (r#"{"Network":"10.0.0.0/16","SubnetMax":"10.0.1.1"}"#, "SubnetMax is not on a SubnetLen boundary: 10.0.1.1"),
-            (r#"{"EnableIPv6":true,"Network":"10.0.0.0/16"}"#, "please define a correct IPv6Network parameter in the flannel config"),
-            (r#"{"EnableIPv6":true,"EnableIPv4":false,"IPv6Network":"fc00::/125"}"#, "IPv6Network is too small. Minimum useful network prefix is /124"),
-            (r#"{"EnableIPv6":true,"EnableIPv4":false,"IPv6Network":"fc00::/48","IPv6SubnetLen":127}"#, "SubnetLen must be less than /127"),
+            (
+                r#"{"Backend":{"Type":"vxlan"}}"#,
+                "please define a correct Network parameter in the flannel config",
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","SubnetLen":31}"#,
+                "SubnetLen must be less than /31",
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","SubnetLen":17}"#,
+                "network must be able to accommodate at least four subnets",
+            ),
+            (
+                r#"{"Network":"10.0.0.0/29"}"#,
+                "network is too small. Minimum useful network prefix is /28",
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","SubnetMin":"10.1.0.0"}"#,
+                "SubnetMin is not in the range of the Network",
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","SubnetMax":"11.0.0.0"}"#,
+                "SubnetMax is not in the range of the Network",
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","SubnetMin":"10.0.1.128"}"#,
+                "SubnetMin is not on a SubnetLen boundary: 10.0.1.128",
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","SubnetMax":"10.0.1.1"}"#,
+                "SubnetMax is not on a SubnetLen boundary: 10.0.1.1",
+            ),
+            (
+                r#"{"EnableIPv6":true,"Network":"10.0.0.0/16"}"#,
+                "please define a correct IPv6Network parameter in the flannel config",
+            ),
+            (
+                r#"{"EnableIPv6":true,"EnableIPv4":false,"IPv6Network":"fc00::/125"}"#,
+                "IPv6Network is too small. Minimum useful network prefix is /124",
+            ),
+            (
+                r#"{"EnableIPv6":true,"EnableIPv4":false,"IPv6Network":"fc00::/48","IPv6SubnetLen":127}"#,
+                "SubnetLen must be less than /127",
+            ),
         ];
         for (text, want) in cases {
             assert_eq!(check(text).unwrap_err(), want, "{text}");
@@ -419,9 +493,21 @@ mod tests {
 
     #[test]
     fn malformed_documents_are_parse_errors() {
-        for text in ["", "{", "[]", r#"{"Network":"10.0.0.0"}"#, r#"{"Network":"fc00::/64"}"#, r#"{"Network":5}"#, r#"{"Network":"10.0.0.0/16","SubnetLen":"24"}"#, r#"{"Network":"10.0.0.0/16","Backend":[1]}"#] {
+        for text in [
+            "",
+            "{",
+            "[]",
+            r#"{"Network":"10.0.0.0"}"#,
+            r#"{"Network":"fc00::/64"}"#,
+            r#"{"Network":5}"#,
+            r#"{"Network":"10.0.0.0/16","SubnetLen":"24"}"#,
+            r#"{"Network":"10.0.0.0/16","Backend":[1]}"#,
+        ] {
             let err = check(text).unwrap_err();
-            assert!(err.starts_with("error parsing subnet config"), "{text}: {err}");
+            assert!(
+                err.starts_with("error parsing subnet config"),
+                "{text}: {err}"
+            );
         }
     }
 
@@ -435,9 +521,14 @@ mod tests {
             r#"{"Network":"10.0.0.0/16","Backend":{"Type":"vxlan","VNI":"1"}}"#,
         ] {
             let err = check(text).unwrap_err();
-            assert!(err.starts_with("error decoding VXLAN backend config"), "{text}: {err}");
+            assert!(
+                err.starts_with("error decoding VXLAN backend config"),
+                "{text}: {err}"
+            );
         }
-        let c = check(r#"{"Network":"10.0.0.0/16","Backend":{"Type":"vxlan","DirectRouting":true}}"#).unwrap();
+        let c =
+            check(r#"{"Network":"10.0.0.0/16","Backend":{"Type":"vxlan","DirectRouting":true}}"#)
+                .unwrap();
         assert_eq!(c.warnings.len(), 1);
     }
 
@@ -448,5 +539,22 @@ mod tests {
         assert!(!c.fits("10.244.0.0/24".parse().unwrap()));
         assert!(!c.fits("10.244.7.0/25".parse().unwrap()));
         assert!(!c.fits("10.245.7.0/24".parse().unwrap()));
+    }
+}
+
+#[cfg(test)]
+mod shipped_examples {
+    use super::*;
+
+    #[test]
+    fn example_files_parse() {
+        let c = NetConfig::parse_and_check(include_str!("../../tunables/net-conf.json")).unwrap();
+        assert_eq!((c.vxlan.vni.get(), c.vxlan.port), (1, 4789));
+        c.require_vxlan().unwrap();
+        let c =
+            NetConfig::parse_and_check(include_str!("../../tunables/net-conf-vni42-port8472.json"))
+                .unwrap();
+        assert_eq!((c.vxlan.vni.get(), c.vxlan.port), (42, 8472));
+        c.require_vxlan().unwrap();
     }
 }

@@ -98,7 +98,10 @@ mod tests {
         assert_eq!(fdb.vtep_at(Ipv4Addr::new(192, 168, 0, 1)), Some(mac(1)));
         assert_eq!(fdb.lookup(mac(2)), Err(FdbMiss::Unknown));
         assert_eq!(fdb.lookup(MacAddr::BROADCAST), Err(FdbMiss::Group));
-        assert_eq!(fdb.lookup(MacAddr([0x01, 0, 0x5e, 0, 0, 1])), Err(FdbMiss::Group));
+        assert_eq!(
+            fdb.lookup(MacAddr([0x01, 0, 0x5e, 0, 0, 1])),
+            Err(FdbMiss::Group)
+        );
     }
 
     #[test]

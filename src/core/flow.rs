@@ -32,10 +32,11 @@ fn ipv4_key(ip: &[u8]) -> Option<u64> {
     let mut key = mix_bytes(u64::from(protocol), addrs);
     // Only the first fragment carries ports; keep all fragments on one port.
     let fragmented = u16::from_be_bytes([*ip.get(6)?, *ip.get(7)?]) & 0x3fff != 0;
-    if !fragmented && matches!(protocol, 6 | 17) {
-        if let Some(ports) = ip.get(ihl..ihl + 4) {
-            key = mix_bytes(key, ports);
-        }
+    if !fragmented
+        && matches!(protocol, 6 | 17)
+        && let Some(ports) = ip.get(ihl..ihl + 4)
+    {
+        key = mix_bytes(key, ports);
     }
     Some(key)
 }
@@ -44,10 +45,10 @@ fn ipv6_key(ip: &[u8]) -> Option<u64> {
     let next = *ip.get(6)?;
     let addrs = ip.get(8..40)?;
     let mut key = mix_bytes(u64::from(next), addrs);
-    if matches!(next, 6 | 17) {
-        if let Some(ports) = ip.get(40..44) {
-            key = mix_bytes(key, ports);
-        }
+    if matches!(next, 6 | 17)
+        && let Some(ports) = ip.get(40..44)
+    {
+        key = mix_bytes(key, ports);
     }
     Some(key)
 }
@@ -58,7 +59,9 @@ fn mix_bytes(mut acc: u64, bytes: &[u8]) -> u64 {
     for chunk in bytes.chunks(8) {
         let mut word = [0u8; 8];
         word[..chunk.len()].copy_from_slice(chunk);
-        acc = (acc ^ u64::from_le_bytes(word)).wrapping_mul(K).rotate_left(29);
+        acc = (acc ^ u64::from_le_bytes(word))
+            .wrapping_mul(K)
+            .rotate_left(29);
     }
     acc
 }
@@ -88,7 +91,9 @@ mod tests {
     fn same_flow_same_port_other_flow_other_port() {
         let a = source_port(hash(&tcp4(40000, 1)));
         assert_eq!(a, source_port(hash(&tcp4(40000, 2))));
-        let ports: std::collections::HashSet<u16> = (40000..40100).map(|p| source_port(hash(&tcp4(p, 0)))).collect();
+        let ports: std::collections::HashSet<u16> = (40000..40100)
+            .map(|p| source_port(hash(&tcp4(p, 0))))
+            .collect();
         assert!(ports.len() > 90, "poor spread: {}", ports.len());
         assert!(ports.iter().all(|p| *p >= 49152));
     }

@@ -56,12 +56,14 @@ impl<'a> Fields<'a> {
         match self.raw(key) {
             None => Ok(None),
             Some(raw) if raw.get() == "null" => Ok(None),
-            Some(raw) => serde_json::from_str(raw.get())
-                .map(Some)
-                .map_err(|source| FieldError::BadValue {
-                    key: key.to_owned(),
-                    source,
-                }),
+            Some(raw) => {
+                serde_json::from_str(raw.get())
+                    .map(Some)
+                    .map_err(|source| FieldError::BadValue {
+                        key: key.to_owned(),
+                        source,
+                    })
+            }
         }
     }
 }

@@ -144,24 +144,21 @@ impl LeaseAttrs {
             .get("PublicIP")
             .map_err(invalid)?
             .ok_or_else(|| LeaseError::BadPublicIp("PublicIP is missing".into()))?;
-        let public_ip = public_ip
-            .parse()
-            .map_err(|_| LeaseError::BadPublicIp(format!("{public_ip:?} is not an IPv4 address")))?;
+        let public_ip = public_ip.parse().map_err(|_| {
+            LeaseError::BadPublicIp(format!("{public_ip:?} is not an IPv4 address"))
+        })?;
         let public_ipv6 = match fields.get::<String>("PublicIPv6").map_err(invalid)? {
             None => None,
             Some(s) if s.is_empty() => None,
-            Some(s) => Some(
-                s.parse()
-                    .map_err(|_| LeaseError::BadPublicIp(format!("PublicIPv6 {s:?} is not an IPv6 address")))?,
-            ),
+            Some(s) => Some(s.parse().map_err(|_| {
+                LeaseError::BadPublicIp(format!("PublicIPv6 {s:?} is not an IPv6 address"))
+            })?),
         };
-        let backend_type = fields.get::<String>("BackendType").map_err(invalid)?.unwrap_or_default();
-        let raw = |key: &str| {
-            fields
-                .raw(key)
-                .filter(|r| r.get() != "null")
-                .map(|r| compact(r))
-        };
+        let backend_type = fields
+            .get::<String>("BackendType")
+            .map_err(invalid)?
+            .unwrap_or_default();
+        let raw = |key: &str| fields.raw(key).filter(|r| r.get() != "null").map(compact);
         Ok(LeaseAttrs {
             public_ip,
             public_ipv6,
@@ -210,7 +207,10 @@ impl VxlanBackendData {
     pub fn from_json(text: &str) -> Result<VxlanBackendData, LeaseError> {
         let bad = |e: String| LeaseError::BadBackendData(e);
         let fields = Fields::parse(text).map_err(|e| bad(e.to_string()))?;
-        let vni = fields.get::<u32>("VNI").map_err(|e| bad(e.to_string()))?.unwrap_or(0);
+        let vni = fields
+            .get::<u32>("VNI")
+            .map_err(|e| bad(e.to_string()))?
+            .unwrap_or(0);
         let vtep_mac = fields
             .get::<MacAddr>("VtepMAC")
             .map_err(|e| bad(e.to_string()))?
@@ -236,7 +236,11 @@ impl Lease {
     }
 
     /// Builds a lease from a store key and its JSON value.
-    pub fn from_record(key: &str, value: &str, expiration: Option<SystemTime>) -> Result<Lease, LeaseError> {
+    pub fn from_record(
+        key: &str,
+        value: &str,
+        expiration: Option<SystemTime>,
+    ) -> Result<Lease, LeaseError> {
         let (subnet, ipv6_subnet) = parse_subnet_key(key)?;
         let attrs = LeaseAttrs::from_json(value)?;
         Ok(Lease {
@@ -285,27 +289,49 @@ mod tests {
         assert_eq!(data.vni, 1);
         assert_eq!(data.vtep_mac.to_string(), "c6:d2:32:6f:8f:44");
         assert_eq!(attrs.to_json(), FLANNEL_DOC);
-        assert_eq!(LeaseAttrs::vxlan(attrs.public_ip, &data).to_json(), FLANNEL_DOC);
+        assert_eq!(
+            LeaseAttrs::vxlan(attrs.public_ip, &data).to_json(),
+            FLANNEL_DOC
+        );
     }
 
     #[test]
     fn accepts_keys_in_any_case_and_spaced_backend_data() {
         let doc = r#"{"publicip":"10.0.0.1","BACKENDTYPE":"vxlan","backenddata":{ "vni": 7, "vtepmac": "0e:00:00:00:00:01" },"Extra":1}"#;
         let attrs = LeaseAttrs::from_json(doc).unwrap();
-        assert_eq!(attrs.backend_data.as_deref(), Some(r#"{"vni":7,"vtepmac":"0e:00:00:00:00:01"}"#));
+        assert_eq!(
+            attrs.backend_data.as_deref(),
+            Some(r#"{"vni":7,"vtepmac":"0e:00:00:00:00:01"}"#)
+        );
         assert_eq!(attrs.vxlan_data().unwrap().vni, 7);
     }
 
     #[test]
     fn bad_records_are_classified() {
-        let kind = |doc: &str| LeaseAttrs::from_json(doc).and_then(|a| a.vxlan_data()).unwrap_err().kind();
+        let kind = |doc: &str| {
+            LeaseAttrs::from_json(doc)
+                .and_then(|a| a.vxlan_data())
+                .unwrap_err()
+                .kind()
+        };
         assert_eq!(kind("{not json"), "invalid_json");
-        assert_eq!(kind(r#"{"PublicIP":"300.1.1.1","BackendType":"vxlan"}"#), "bad_public_ip");
-        assert_eq!(kind(r#"{"BackendType":"vxlan"}"#), "bad_public_ip");
-        assert_eq!(kind(r#"{"PublicIP":"10.0.0.1","BackendType":"host-gw"}"#), "foreign_backend");
-        assert_eq!(kind(r#"{"PublicIP":"10.0.0.1","BackendType":"vxlan"}"#), "bad_backend_data");
         assert_eq!(
-            kind(r#"{"PublicIP":"10.0.0.1","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"zz"}}"#),
+            kind(r#"{"PublicIP":"300.1.1.1","BackendType":"vxlan"}"#),
+            "bad_public_ip"
+        );
+        assert_eq!(kind(r#"{"BackendType":"vxlan"}"#), "bad_public_ip");
+        assert_eq!(
+            kind(r#"{"PublicIP":"10.0.0.1","BackendType":"host-gw"}"#),
+            "foreign_backend"
+        );
+        assert_eq!(
+            kind(r#"{"PublicIP":"10.0.0.1","BackendType":"vxlan"}"#),
+            "bad_backend_data"
+        );
+        assert_eq!(
+            kind(
+                r#"{"PublicIP":"10.0.0.1","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"zz"}}"#
+            ),
             "bad_backend_data"
         );
     }
@@ -322,8 +348,21 @@ mod tests {
 
     #[test]
     fn bad_subnet_keys_are_refused() {
-        for key in ["config", "10.5.34.0", "10.5.34.0-33", "10.5.34.1-24", "10.5.34.0-+4", "x10.5.34.0-24", "10.5.34.0-24&zz-64", ""] {
-            assert_eq!(parse_subnet_key(key).unwrap_err().kind(), "bad_key", "{key}");
+        for key in [
+            "config",
+            "10.5.34.0",
+            "10.5.34.0-33",
+            "10.5.34.1-24",
+            "10.5.34.0-+4",
+            "x10.5.34.0-24",
+            "10.5.34.0-24&zz-64",
+            "",
+        ] {
+            assert_eq!(
+                parse_subnet_key(key).unwrap_err().kind(),
+                "bad_key",
+                "{key}"
+            );
         }
     }
 }

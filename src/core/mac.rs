@@ -107,12 +107,21 @@ mod tests {
         assert_eq!(mac.0, [0xc6, 0xd2, 0x32, 0x6f, 0x8f, 0x44]);
         assert_eq!(mac.to_string(), "c6:d2:32:6f:8f:44");
         assert_eq!("C6-D2-32-6F-8F-44".parse::<MacAddr>().unwrap(), mac);
-        assert_eq!(serde_json::to_string(&mac).unwrap(), r#""c6:d2:32:6f:8f:44""#);
+        assert_eq!(
+            serde_json::to_string(&mac).unwrap(),
+            r#""c6:d2:32:6f:8f:44""#
+        );
     }
 
     #[test]
     fn rejects_malformed() {
-        for bad in ["", "c6:d2:32:6f:8f", "c6:d2:32:6f:8f:44:00", "c6:d2:32:6f:8f:4g", "c6d2:32:6f:8f:44"] {
+        for bad in [
+            "",
+            "c6:d2:32:6f:8f",
+            "c6:d2:32:6f:8f:44:00",
+            "c6:d2:32:6f:8f:4g",
+            "c6d2:32:6f:8f:44",
+        ] {
             assert!(bad.parse::<MacAddr>().is_err(), "{bad}");
         }
     }

@@ -155,9 +155,14 @@ impl Tables {
 pub enum Egress {
     /// Prepend a VXLAN header and send to `dst`; `flow` is the inner flow's hash,
     /// which picks the outer UDP source port (one flow, one port).
-    Encap { dst: Ipv4Addr, flow: u32 },
+    Encap {
+        dst: Ipv4Addr,
+        flow: u32,
+    },
     /// Write the ARP reply of this length (already in the caller's buffer) to the TAP.
-    ArpReply { len: usize },
+    ArpReply {
+        len: usize,
+    },
     Drop(DropReason),
 }
 
@@ -179,7 +184,11 @@ pub struct Router {
 
 impl Router {
     pub fn new(local: LocalVtep, check: SourceCheck, tables: Tables) -> Router {
-        Router { local, check, tables }
+        Router {
+            local,
+            check,
+            tables,
+        }
     }
 
     pub fn local(&self) -> &LocalVtep {
@@ -210,7 +219,9 @@ impl Router {
             return match self.tables.arp.respond(frame, reply) {
                 Ok(len) => Egress::ArpReply { len },
                 Err(ArpRefusal::UnknownTarget) => Egress::Drop(DropReason::ArpUnknownTarget),
-                Err(ArpRefusal::Malformed | ArpRefusal::NotRequest) => Egress::Drop(DropReason::ArpMalformed),
+                Err(ArpRefusal::Malformed | ArpRefusal::NotRequest) => {
+                    Egress::Drop(DropReason::ArpMalformed)
+                }
             };
         }
         match self.tables.fdb.lookup(dst) {
@@ -244,7 +255,9 @@ impl Router {
         match self.check {
             SourceCheck::Strict => match self.tables.fdb.vtep_at(src) {
                 None => return Ingress::Drop(DropReason::UnknownVtep),
-                Some(mac) if mac != inner_src => return Ingress::Drop(DropReason::SpoofedSourceMac),
+                Some(mac) if mac != inner_src => {
+                    return Ingress::Drop(DropReason::SpoofedSourceMac);
+                }
                 Some(_) => {}
             },
             SourceCheck::Relaxed => {
@@ -287,7 +300,9 @@ mod tests {
         f.extend_from_slice(&dst.0);
         f.extend_from_slice(&src.0);
         f.extend_from_slice(&[0x08, 0x00]);
-        f.extend_from_slice(&[0x45, 0, 0, 20, 0, 0, 0x40, 0, 64, 1, 0, 0, 10, 244, 1, 0, 10, 244, 2, 0]);
+        f.extend_from_slice(&[
+            0x45, 0, 0, 20, 0, 0, 0x40, 0, 64, 1, 0, 0, 10, 244, 1, 0, 10, 244, 2, 0,
+        ]);
         f
     }
 
@@ -312,12 +327,21 @@ mod tests {
         let r = router(SourceCheck::Strict);
         let mut reply = [0u8; 64];
         let unknown = MacAddr([0x0e, 9, 9, 9, 9, 9]);
-        assert_eq!(r.egress(&ipv4_frame(unknown, OUR_MAC), &mut reply), Egress::Drop(DropReason::NoFdbEntry));
         assert_eq!(
-            r.egress(&ipv4_frame(MacAddr([0x33, 0x33, 0, 0, 0, 1]), OUR_MAC), &mut reply),
+            r.egress(&ipv4_frame(unknown, OUR_MAC), &mut reply),
+            Egress::Drop(DropReason::NoFdbEntry)
+        );
+        assert_eq!(
+            r.egress(
+                &ipv4_frame(MacAddr([0x33, 0x33, 0, 0, 0, 1]), OUR_MAC),
+                &mut reply
+            ),
             Egress::Drop(DropReason::GroupDestination)
         );
-        assert_eq!(r.egress(&[0u8; 13], &mut reply), Egress::Drop(DropReason::TooShort));
+        assert_eq!(
+            r.egress(&[0u8; 13], &mut reply),
+            Egress::Drop(DropReason::TooShort)
+        );
     }
 
     #[test]
@@ -326,25 +350,49 @@ mod tests {
         let good = datagram(1, &ipv4_frame(OUR_MAC, PEER_MAC));
         assert_eq!(r.ingress(PEER_IP, &good), Ingress::Deliver);
         assert_eq!(r.ingress(PEER_IP, &[]), Ingress::Drop(DropReason::TooShort));
-        assert_eq!(r.ingress(PEER_IP, &good[..12]), Ingress::Drop(DropReason::TooShort));
+        assert_eq!(
+            r.ingress(PEER_IP, &good[..12]),
+            Ingress::Drop(DropReason::TooShort)
+        );
         let mut unflagged = good.clone();
         unflagged[0] = 0;
-        assert_eq!(r.ingress(PEER_IP, &unflagged), Ingress::Drop(DropReason::BadFlags));
-        assert_eq!(r.ingress(PEER_IP, &datagram(2, &ipv4_frame(OUR_MAC, PEER_MAC))), Ingress::Drop(DropReason::WrongVni));
-        assert_eq!(r.ingress(Ipv4Addr::new(192, 168, 100, 66), &good), Ingress::Drop(DropReason::UnknownVtep));
+        assert_eq!(
+            r.ingress(PEER_IP, &unflagged),
+            Ingress::Drop(DropReason::BadFlags)
+        );
+        assert_eq!(
+            r.ingress(PEER_IP, &datagram(2, &ipv4_frame(OUR_MAC, PEER_MAC))),
+            Ingress::Drop(DropReason::WrongVni)
+        );
+        assert_eq!(
+            r.ingress(Ipv4Addr::new(192, 168, 100, 66), &good),
+            Ingress::Drop(DropReason::UnknownVtep)
+        );
         let spoofed = datagram(1, &ipv4_frame(OUR_MAC, MacAddr([0x0e, 6, 6, 6, 6, 6])));
-        assert_eq!(r.ingress(PEER_IP, &spoofed), Ingress::Drop(DropReason::SpoofedSourceMac));
+        assert_eq!(
+            r.ingress(PEER_IP, &spoofed),
+            Ingress::Drop(DropReason::SpoofedSourceMac)
+        );
         let elsewhere = datagram(1, &ipv4_frame(MacAddr([0x0e, 7, 7, 7, 7, 7]), PEER_MAC));
-        assert_eq!(r.ingress(PEER_IP, &elsewhere), Ingress::Drop(DropReason::NotForUs));
+        assert_eq!(
+            r.ingress(PEER_IP, &elsewhere),
+            Ingress::Drop(DropReason::NotForUs)
+        );
     }
 
     #[test]
     fn relaxed_check_accepts_natted_sources_with_known_macs() {
         let r = router(SourceCheck::Relaxed);
         let good = datagram(1, &ipv4_frame(OUR_MAC, PEER_MAC));
-        assert_eq!(r.ingress(Ipv4Addr::new(203, 0, 113, 9), &good), Ingress::Deliver);
+        assert_eq!(
+            r.ingress(Ipv4Addr::new(203, 0, 113, 9), &good),
+            Ingress::Deliver
+        );
         let spoofed = datagram(1, &ipv4_frame(OUR_MAC, MacAddr([0x0e, 6, 6, 6, 6, 6])));
-        assert_eq!(r.ingress(PEER_IP, &spoofed), Ingress::Drop(DropReason::SpoofedSourceMac));
+        assert_eq!(
+            r.ingress(PEER_IP, &spoofed),
+            Ingress::Drop(DropReason::SpoofedSourceMac)
+        );
     }
 
     #[test]
@@ -360,7 +408,10 @@ mod tests {
         assert_eq!(&reply[6..12], &PEER_MAC.0);
         let n = req.len();
         req[n - 2] = 3;
-        assert_eq!(r.egress(&req, &mut reply), Egress::Drop(DropReason::ArpUnknownTarget));
+        assert_eq!(
+            r.egress(&req, &mut reply),
+            Egress::Drop(DropReason::ArpUnknownTarget)
+        );
     }
 
     #[test]

@@ -28,7 +28,11 @@ pub enum SubnetEnvError {
     #[error("line {line}: {text:?} is not KEY=VALUE")]
     BadLine { line: usize, text: String },
     #[error("{key}: {value:?} is not valid: {why}")]
-    BadValue { key: String, value: String, why: String },
+    BadValue {
+        key: String,
+        value: String,
+        why: String,
+    },
     #[error("missing {0}")]
     Missing(String),
 }
@@ -45,7 +49,10 @@ impl SubnetEnv {
         if let (Some(network), Some(subnet)) = (self.ipv6_network, self.ipv6_subnet) {
             out.push_str(&format!("FLANNEL_IPV6_NETWORK={network}\n"));
             let first = Ipv6Addr::from(u128::from(subnet.network()).wrapping_add(1));
-            out.push_str(&format!("FLANNEL_IPV6_SUBNET={first}/{}\n", subnet.prefix_len()));
+            out.push_str(&format!(
+                "FLANNEL_IPV6_SUBNET={first}/{}\n",
+                subnet.prefix_len()
+            ));
         }
         out.push_str(&format!("FLANNEL_MTU={}\n", self.mtu));
         out.push_str(&format!("FLANNEL_IPMASQ={}\n", self.ip_masq));
@@ -63,10 +70,12 @@ impl SubnetEnv {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let (key, value) = line.split_once('=').ok_or_else(|| SubnetEnvError::BadLine {
-                line: i + 1,
-                text: raw.to_owned(),
-            })?;
+            let (key, value) = line
+                .split_once('=')
+                .ok_or_else(|| SubnetEnvError::BadLine {
+                    line: i + 1,
+                    text: raw.to_owned(),
+                })?;
             let (key, value) = (key.trim(), value.trim().trim_matches('"'));
             let first = value.split(',').next().unwrap_or("").trim();
             let bad = |why: &str| SubnetEnvError::BadValue {
@@ -75,13 +84,37 @@ impl SubnetEnv {
                 why: why.to_owned(),
             };
             match key {
-                "FLANNEL_NETWORK" => env.network = Some(first.parse::<Ipv4Net>().map_err(|_| bad("not an IPv4 CIDR"))?.trunc()),
-                "FLANNEL_SUBNET" => env.subnet = Some(first.parse::<Ipv4Net>().map_err(|_| bad("not an IPv4 CIDR"))?.trunc()),
+                "FLANNEL_NETWORK" => {
+                    env.network = Some(
+                        first
+                            .parse::<Ipv4Net>()
+                            .map_err(|_| bad("not an IPv4 CIDR"))?
+                            .trunc(),
+                    )
+                }
+                "FLANNEL_SUBNET" => {
+                    env.subnet = Some(
+                        first
+                            .parse::<Ipv4Net>()
+                            .map_err(|_| bad("not an IPv4 CIDR"))?
+                            .trunc(),
+                    )
+                }
                 "FLANNEL_IPV6_NETWORK" => {
-                    env.ipv6_network = Some(first.parse::<Ipv6Net>().map_err(|_| bad("not an IPv6 CIDR"))?.trunc())
+                    env.ipv6_network = Some(
+                        first
+                            .parse::<Ipv6Net>()
+                            .map_err(|_| bad("not an IPv6 CIDR"))?
+                            .trunc(),
+                    )
                 }
                 "FLANNEL_IPV6_SUBNET" => {
-                    env.ipv6_subnet = Some(first.parse::<Ipv6Net>().map_err(|_| bad("not an IPv6 CIDR"))?.trunc())
+                    env.ipv6_subnet = Some(
+                        first
+                            .parse::<Ipv6Net>()
+                            .map_err(|_| bad("not an IPv6 CIDR"))?
+                            .trunc(),
+                    )
                 }
                 "FLANNEL_MTU" => {
                     env.mtu = value.parse().map_err(|_| bad("not an unsigned integer"))?;
@@ -92,7 +125,9 @@ impl SubnetEnv {
             }
         }
         if env.network.is_none() && env.ipv6_network.is_none() {
-            return Err(SubnetEnvError::Missing("FLANNEL_NETWORK, FLANNEL_IPV6_NETWORK".into()));
+            return Err(SubnetEnvError::Missing(
+                "FLANNEL_NETWORK, FLANNEL_IPV6_NETWORK".into(),
+            ));
         }
         if env.network.is_some() && env.subnet.is_none() {
             return Err(SubnetEnvError::Missing("FLANNEL_SUBNET".into()));
@@ -137,7 +172,10 @@ mod tests {
             ip_masq: true,
         };
         let text = env.render();
-        assert!(text.contains("FLANNEL_IPV6_SUBNET=2001:cafe:42::1/64\n"), "{text}");
+        assert!(
+            text.contains("FLANNEL_IPV6_SUBNET=2001:cafe:42::1/64\n"),
+            "{text}"
+        );
         assert!(text.ends_with("FLANNEL_IPMASQ=true\n"));
         assert_eq!(SubnetEnv::parse(&text).unwrap(), env);
     }
@@ -145,13 +183,25 @@ mod tests {
     #[test]
     fn parse_errors_name_what_is_wrong() {
         assert_eq!(
-            SubnetEnv::parse("FLANNEL_MTU=1450\n").unwrap_err().to_string(),
+            SubnetEnv::parse("FLANNEL_MTU=1450\n")
+                .unwrap_err()
+                .to_string(),
             "missing FLANNEL_NETWORK, FLANNEL_IPV6_NETWORK"
         );
-        assert!(SubnetEnv::parse("garbage\n").unwrap_err().to_string().contains("not KEY=VALUE"));
-        assert!(SubnetEnv::parse("FLANNEL_NETWORK=10.0.0.0/8\nFLANNEL_SUBNET=x\nFLANNEL_MTU=1\n").is_err());
+        assert!(
+            SubnetEnv::parse("garbage\n")
+                .unwrap_err()
+                .to_string()
+                .contains("not KEY=VALUE")
+        );
+        assert!(
+            SubnetEnv::parse("FLANNEL_NETWORK=10.0.0.0/8\nFLANNEL_SUBNET=x\nFLANNEL_MTU=1\n")
+                .is_err()
+        );
         assert_eq!(
-            SubnetEnv::parse("FLANNEL_NETWORK=10.0.0.0/8\nFLANNEL_SUBNET=10.1.2.1/24\n").unwrap_err().to_string(),
+            SubnetEnv::parse("FLANNEL_NETWORK=10.0.0.0/8\nFLANNEL_SUBNET=10.1.2.1/24\n")
+                .unwrap_err()
+                .to_string(),
             "missing FLANNEL_MTU"
         );
     }

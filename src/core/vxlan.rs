@@ -160,7 +160,12 @@ mod tests {
     #[test]
     fn parses_kernel_header() {
         let packet = Packet::new_checked(&VNI_1[..]).unwrap();
-        assert_eq!(Repr::parse(&packet), Ok(Repr { vni: Vni::new(1).unwrap() }));
+        assert_eq!(
+            Repr::parse(&packet),
+            Ok(Repr {
+                vni: Vni::new(1).unwrap()
+            })
+        );
         assert!(packet.payload().is_empty());
     }
 
@@ -168,7 +173,10 @@ mod tests {
     fn emits_exact_bytes() {
         let mut buf = [0xffu8; 8];
         let mut packet = Packet::new_unchecked(&mut buf[..]);
-        Repr { vni: Vni::new(0x00ab_cdef).unwrap() }.emit(&mut packet);
+        Repr {
+            vni: Vni::new(0x00ab_cdef).unwrap(),
+        }
+        .emit(&mut packet);
         assert_eq!(buf, [0x08, 0, 0, 0, 0xab, 0xcd, 0xef, 0]);
         assert_eq!(header_bytes(Vni::new(1).unwrap()), VNI_1);
     }
@@ -182,7 +190,10 @@ mod tests {
 
     #[test]
     fn refuses_short_and_unflagged() {
-        assert_eq!(Packet::new_checked(&VNI_1[..7]).unwrap_err(), Error::Truncated);
+        assert_eq!(
+            Packet::new_checked(&VNI_1[..7]).unwrap_err(),
+            Error::Truncated
+        );
         let bytes = [0x80, 0, 0, 0, 0, 0, 1, 0];
         let packet = Packet::new_checked(&bytes[..]).unwrap();
         assert_eq!(Repr::parse(&packet), Err(Error::FlagNotSet));
@@ -192,6 +203,9 @@ mod tests {
     fn vni_is_24_bits() {
         assert!(Vni::new(0x00ff_ffff).is_some());
         assert!(Vni::new(0x0100_0000).is_none());
-        assert_eq!(Vni::from_be_bytes(Vni::new(4096).unwrap().to_be_bytes()).get(), 4096);
+        assert_eq!(
+            Vni::from_be_bytes(Vni::new(4096).unwrap().to_be_bytes()).get(),
+            4096
+        );
     }
 }

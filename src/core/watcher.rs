@@ -65,7 +65,10 @@ impl LeaseWatcher {
             }
             match event {
                 LeaseEvent::Added(lease) => {
-                    let unchanged = self.leases.get(&subnet).is_some_and(|known| known.attrs == lease.attrs);
+                    let unchanged = self
+                        .leases
+                        .get(&subnet)
+                        .is_some_and(|known| known.attrs == lease.attrs);
                     if !unchanged {
                         events.push(LeaseEvent::Added(lease.clone()));
                     }
@@ -97,12 +100,18 @@ impl LeaseWatcher {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PeerChange {
     Added(Peer),
-    Changed { old: Peer, new: Peer },
+    Changed {
+        old: Peer,
+        new: Peer,
+    },
     Removed(Peer),
     /// A removal for a peer we never had.
     Unknown(Ipv4Net),
     /// A lease the vxlan backend cannot use (another backend, bad data).
-    Ignored { subnet: Ipv4Net, reason: LeaseError },
+    Ignored {
+        subnet: Ipv4Net,
+        reason: LeaseError,
+    },
 }
 
 /// The remote VTEPs: every usable vxlan lease except our own.
@@ -170,7 +179,9 @@ impl Peers {
 
     /// Whether any peer other than the one for `subnet` uses `mac`.
     pub fn mac_in_use_elsewhere(&self, mac: MacAddr, subnet: Ipv4Net) -> bool {
-        self.peers.values().any(|p| p.vtep_mac == mac && p.subnet != subnet)
+        self.peers
+            .values()
+            .any(|p| p.vtep_mac == mac && p.subnet != subnet)
     }
 }
 
@@ -201,9 +212,21 @@ mod tests {
     fn reset_skips_own_adds_new_and_removes_vanished() {
         let mut w = LeaseWatcher::new(own());
         let events = w.reset(vec![lease(1, 1), lease(2, 2), lease(3, 3)]);
-        assert_eq!(events, vec![LeaseEvent::Added(lease(2, 2)), LeaseEvent::Added(lease(3, 3))]);
+        assert_eq!(
+            events,
+            vec![
+                LeaseEvent::Added(lease(2, 2)),
+                LeaseEvent::Added(lease(3, 3))
+            ]
+        );
         let events = w.reset(vec![lease(1, 1), lease(3, 3), lease(4, 4)]);
-        assert_eq!(events, vec![LeaseEvent::Added(lease(4, 4)), LeaseEvent::Removed(lease(2, 2))]);
+        assert_eq!(
+            events,
+            vec![
+                LeaseEvent::Added(lease(4, 4)),
+                LeaseEvent::Removed(lease(2, 2))
+            ]
+        );
         // A relist that changed a lease's MAC reports it.
         let events = w.reset(vec![lease(3, 33), lease(4, 4)]);
         assert_eq!(events, vec![LeaseEvent::Added(lease(3, 33))]);
@@ -215,13 +238,25 @@ mod tests {
         let mut w = LeaseWatcher::new(own());
         assert_eq!(w.update(vec![LeaseEvent::Added(lease(2, 2))]).len(), 1);
         assert!(w.update(vec![LeaseEvent::Added(lease(2, 2))]).is_empty());
-        assert_eq!(w.update(vec![LeaseEvent::Added(lease(2, 5))]), vec![LeaseEvent::Added(lease(2, 5))]);
-        assert!(w.update(vec![LeaseEvent::Added(lease(1, 1))]).is_empty(), "own lease is skipped");
+        assert_eq!(
+            w.update(vec![LeaseEvent::Added(lease(2, 5))]),
+            vec![LeaseEvent::Added(lease(2, 5))]
+        );
+        assert!(
+            w.update(vec![LeaseEvent::Added(lease(1, 1))]).is_empty(),
+            "own lease is skipped"
+        );
         // The store only knows the key on delete; the event carries the stored attrs.
         let mut bare = lease(2, 0);
         bare.attrs.backend_data = None;
-        assert_eq!(w.update(vec![LeaseEvent::Removed(bare.clone())]), vec![LeaseEvent::Removed(lease(2, 5))]);
-        assert_eq!(w.update(vec![LeaseEvent::Removed(bare.clone())]), vec![LeaseEvent::Removed(bare)]);
+        assert_eq!(
+            w.update(vec![LeaseEvent::Removed(bare.clone())]),
+            vec![LeaseEvent::Removed(lease(2, 5))]
+        );
+        assert_eq!(
+            w.update(vec![LeaseEvent::Removed(bare.clone())]),
+            vec![LeaseEvent::Removed(bare)]
+        );
         assert!(w.is_empty());
     }
 
@@ -231,12 +266,23 @@ mod tests {
         let change = peers.apply(&LeaseEvent::Added(lease(2, 2)));
         assert!(matches!(change, PeerChange::Added(p) if p.vtep_mac.0[5] == 2));
         let change = peers.apply(&LeaseEvent::Added(lease(2, 3)));
-        assert!(matches!(change, PeerChange::Changed { old, new } if old.vtep_mac.0[5] == 2 && new.vtep_mac.0[5] == 3));
+        assert!(
+            matches!(change, PeerChange::Changed { old, new } if old.vtep_mac.0[5] == 2 && new.vtep_mac.0[5] == 3)
+        );
         let mut hostgw = lease(4, 4);
         hostgw.attrs.backend_type = "host-gw".into();
-        assert!(matches!(peers.apply(&LeaseEvent::Added(hostgw)), PeerChange::Ignored { .. }));
-        assert!(matches!(peers.apply(&LeaseEvent::Removed(lease(2, 0))), PeerChange::Removed(_)));
-        assert!(matches!(peers.apply(&LeaseEvent::Removed(lease(2, 0))), PeerChange::Unknown(_)));
+        assert!(matches!(
+            peers.apply(&LeaseEvent::Added(hostgw)),
+            PeerChange::Ignored { .. }
+        ));
+        assert!(matches!(
+            peers.apply(&LeaseEvent::Removed(lease(2, 0))),
+            PeerChange::Removed(_)
+        ));
+        assert!(matches!(
+            peers.apply(&LeaseEvent::Removed(lease(2, 0))),
+            PeerChange::Unknown(_)
+        ));
         assert!(peers.is_empty());
     }
 }

@@ -86,7 +86,10 @@ pub struct CounterSnapshot {
     pub drops: [u64; DropReason::COUNT],
 }
 
-fn serialize_drops<S: serde::Serializer>(drops: &[u64; DropReason::COUNT], s: S) -> Result<S::Ok, S::Error> {
+fn serialize_drops<S: serde::Serializer>(
+    drops: &[u64; DropReason::COUNT],
+    s: S,
+) -> Result<S::Ok, S::Error> {
     use serde::ser::SerializeMap;
     let mut map = s.serialize_map(Some(DropReason::COUNT))?;
     for reason in DropReason::ALL {
@@ -108,7 +111,9 @@ impl CounterSnapshot {
 impl Counters {
     pub fn new(workers: usize) -> Counters {
         Counters {
-            workers: (0..workers.max(1)).map(|_| WorkerCounters::default()).collect(),
+            workers: (0..workers.max(1))
+                .map(|_| WorkerCounters::default())
+                .collect(),
         }
     }
 
@@ -142,8 +147,10 @@ mod tests {
     #[test]
     fn snapshot_sums_workers() {
         let counters = Counters::new(2);
-        let mut t = BatchTally::default();
-        t.encap_frames = 3;
+        let mut t = BatchTally {
+            encap_frames: 3,
+            ..BatchTally::default()
+        };
         t.drop(DropReason::WrongVni);
         counters.worker(0).add(&t);
         counters.worker(1).add(&t);

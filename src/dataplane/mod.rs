@@ -46,7 +46,10 @@ pub struct DataplaneConfig {
 impl Default for DataplaneConfig {
     fn default() -> Self {
         DataplaneConfig {
-            listen: SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, crate::core::config::DEFAULT_PORT),
+            listen: SocketAddrV4::new(
+                std::net::Ipv4Addr::UNSPECIFIED,
+                crate::core::config::DEFAULT_PORT,
+            ),
             workers: 1,
             source_ports: 16,
             batch: 64,
@@ -59,7 +62,9 @@ impl Default for DataplaneConfig {
 /// A failure that stops the dataplane; the agent exits so its supervisor restarts it.
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
-    #[error("cannot open TAP device {name}: {source} (is /dev/net/tun present, and does weftd run as root or with CAP_NET_ADMIN?)")]
+    #[error(
+        "cannot open TAP device {name}: {source} (is /dev/net/tun present, and does weftd run as root or with CAP_NET_ADMIN?)"
+    )]
     OpenTap {
         name: String,
         #[source]
@@ -72,7 +77,9 @@ pub enum DataplaneError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot open the VXLAN UDP socket on {addr}: {source} (another VXLAN device or process may hold the port; flannel's kernel device uses it too)")]
+    #[error(
+        "cannot open the VXLAN UDP socket on {addr}: {source} (another VXLAN device or process may hold the port; flannel's kernel device uses it too)"
+    )]
     Bind {
         addr: SocketAddrV4,
         #[source]
@@ -135,7 +142,13 @@ impl Dataplane {
         let mut used_ports = std::collections::BTreeSet::new();
         for index in 0..workers {
             let rx = udp::bind_listener(config.listen, config.socket_buffer, &mut offloads)?;
-            let pool = udp::bind_source_pool(*config.listen.ip(), config.source_ports, config.socket_buffer, index, &mut used_ports)?;
+            let pool = udp::bind_source_pool(
+                *config.listen.ip(),
+                config.source_ports,
+                config.socket_buffer,
+                index,
+                &mut used_ports,
+            )?;
             source_ports.extend(pool.iter().map(|s| s.port));
             sockets.push((rx, pool));
         }

@@ -44,7 +44,12 @@ pub fn open_tap(name: &str, flags: TapFlags) -> io::Result<OwnedFd> {
     }
     let path = c"/dev/net/tun";
     // SAFETY: `path` is a valid NUL-terminated string; open has no other preconditions.
-    let raw = unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC) };
+    let raw = unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC,
+        )
+    };
     if raw < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -83,12 +88,20 @@ fn ioctl_int(fd: RawFd, request: libc::Ioctl, value: libc::c_ulong) -> io::Resul
 
 /// Keeps the TAP device (with its addresses and routes) when the last queue closes.
 pub fn set_tap_persist(fd: &OwnedFd, persist: bool) -> io::Result<()> {
-    ioctl_int(fd.as_raw_fd(), libc::TUNSETPERSIST, libc::c_ulong::from(persist))
+    ioctl_int(
+        fd.as_raw_fd(),
+        libc::TUNSETPERSIST,
+        libc::c_ulong::from(persist),
+    )
 }
 
 /// Sets the offloads (`TUN_F_*`) the kernel may hand us through the virtio header.
 pub fn set_tap_offload(fd: &OwnedFd, flags: u32) -> io::Result<()> {
-    ioctl_int(fd.as_raw_fd(), libc::TUNSETOFFLOAD, libc::c_ulong::from(flags))
+    ioctl_int(
+        fd.as_raw_fd(),
+        libc::TUNSETOFFLOAD,
+        libc::c_ulong::from(flags),
+    )
 }
 
 /// Sets the virtio-net header length the TAP expects (10 or 12 bytes).
@@ -101,7 +114,12 @@ pub fn set_tap_vnet_hdr_len(fd: &OwnedFd, len: i32) -> io::Result<()> {
     Ok(())
 }
 
-fn setsockopt_int(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
+fn setsockopt_int(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
     // SAFETY: `value` is a live c_int and its exact size is passed.
     let rc = unsafe {
         libc::setsockopt(
@@ -122,7 +140,15 @@ fn getsockopt_int(fd: RawFd, level: libc::c_int, name: libc::c_int) -> io::Resul
     let mut value: libc::c_int = 0;
     let mut len = mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: `value` and `len` are live and describe a c_int-sized buffer.
-    let rc = unsafe { libc::getsockopt(fd, level, name, &mut value as *mut libc::c_int as *mut libc::c_void, &mut len) };
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            level,
+            name,
+            &mut value as *mut libc::c_int as *mut libc::c_void,
+            &mut len,
+        )
+    };
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -136,7 +162,12 @@ pub fn udp_gso_supported(fd: &impl AsRawFd) -> bool {
 
 /// Turns on `UDP_GRO`: the kernel may hand over several datagrams in one read.
 pub fn set_udp_gro(fd: &impl AsRawFd, on: bool) -> io::Result<()> {
-    setsockopt_int(fd.as_raw_fd(), libc::SOL_UDP, libc::UDP_GRO, libc::c_int::from(on))
+    setsockopt_int(
+        fd.as_raw_fd(),
+        libc::SOL_UDP,
+        libc::UDP_GRO,
+        libc::c_int::from(on),
+    )
 }
 
 /// Sets the socket buffers past `net.core.{r,w}mem_max` (needs CAP_NET_ADMIN);
@@ -156,7 +187,12 @@ pub fn force_socket_buffers(fd: &impl AsRawFd, recv: usize, send: usize) -> io::
 
 /// Reads `SO_RXQ_OVFL` counts: the kernel reports datagrams it dropped for a full buffer.
 pub fn set_rxq_ovfl(fd: &impl AsRawFd, on: bool) -> io::Result<()> {
-    setsockopt_int(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RXQ_OVFL, libc::c_int::from(on))
+    setsockopt_int(
+        fd.as_raw_fd(),
+        libc::SOL_SOCKET,
+        libc::SO_RXQ_OVFL,
+        libc::c_int::from(on),
+    )
 }
 
 /// The interface name for an index, for error messages.
@@ -168,7 +204,11 @@ pub fn if_name(index: u32) -> Option<String> {
         return None;
     }
     // SAFETY: on success if_indextoname wrote a NUL-terminated name into `buf`.
-    Some(unsafe { CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned())
+    Some(
+        unsafe { CStr::from_ptr(buf.as_ptr()) }
+            .to_string_lossy()
+            .into_owned(),
+    )
 }
 
 fn sockaddr_v4(addr: SocketAddrV4) -> libc::sockaddr_in {
@@ -219,7 +259,9 @@ unsafe impl Send for RecvBatch {}
 
 impl std::fmt::Debug for RecvBatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RecvBatch").field("capacity", &self.headers.len()).finish()
+        f.debug_struct("RecvBatch")
+            .field("capacity", &self.headers.len())
+            .finish()
     }
 }
 
@@ -249,10 +291,15 @@ impl RecvBatch {
 
     /// Receives up to `slots.len()` messages without blocking; fills `meta`.
     /// Returns how many arrived (an `io::ErrorKind::WouldBlock` error when none).
-    pub fn recv<B: AsMut<[u8]>>(&mut self, fd: &impl AsRawFd, slots: &mut [B], meta: &mut [RecvMeta]) -> io::Result<usize> {
+    pub fn recv<B: AsMut<[u8]>>(
+        &mut self,
+        fd: &impl AsRawFd,
+        slots: &mut [B],
+        meta: &mut [RecvMeta],
+    ) -> io::Result<usize> {
         let n = slots.len().min(self.headers.len()).min(meta.len());
-        for i in 0..n {
-            let slot = slots[i].as_mut();
+        for (i, slot) in slots.iter_mut().enumerate().take(n) {
+            let slot = slot.as_mut();
             self.iovecs[i] = libc::iovec {
                 iov_base: slot.as_mut_ptr().cast(),
                 iov_len: slot.len(),
@@ -283,12 +330,15 @@ impl RecvBatch {
             return Err(io::Error::last_os_error());
         }
         let got = got as usize;
-        for i in 0..got {
+        for (i, meta) in meta.iter_mut().enumerate().take(got) {
             let hdr = &self.headers[i];
             let len = hdr.msg_len as usize;
             let addr = &self.addrs[i];
             let src = (addr.sin_family == libc::AF_INET as libc::sa_family_t).then(|| {
-                SocketAddrV4::new(Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr)), u16::from_be(addr.sin_port))
+                SocketAddrV4::new(
+                    Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr)),
+                    u16::from_be(addr.sin_port),
+                )
             });
             let mut stride = len;
             // SAFETY: the kernel filled `msg_control`/`msg_controllen` of this header;
@@ -306,7 +356,7 @@ impl RecvBatch {
                     cmsg = libc::CMSG_NXTHDR(&hdr.msg_hdr, cmsg);
                 }
             }
-            meta[i] = RecvMeta {
+            *meta = RecvMeta {
                 len,
                 src,
                 stride,
@@ -336,7 +386,9 @@ unsafe impl Send for SendBatch {}
 
 impl std::fmt::Debug for SendBatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SendBatch").field("queued", &self.spans.len()).finish()
+        f.debug_struct("SendBatch")
+            .field("queued", &self.spans.len())
+            .finish()
     }
 }
 
@@ -374,7 +426,8 @@ impl SendBatch {
 
     /// Whether another message of `slices` slices fits.
     pub fn has_room(&self, slices: usize) -> bool {
-        self.spans.len() < self.headers.len() && self.iovecs.len() + slices <= self.iovecs.capacity()
+        self.spans.len() < self.headers.len()
+            && self.iovecs.len() + slices <= self.iovecs.capacity()
     }
 
     /// A queue whose messages may borrow data for `'b`; dropping it clears them.
@@ -480,7 +533,6 @@ impl SendBatch {
         self.gso.drain(..n);
         self.addrs.rotate_left(n);
     }
-
 }
 
 /// Messages queued on a [`SendBatch`], borrowing their data for `'b`.

@@ -1,9 +1,9 @@
 //! The TAP device `flannel.<VNI>`: opening its queues, keeping it persistent
 //! across restarts, and negotiating offloads with the kernel.
 
+use super::DataplaneError;
 use super::offload::{ActiveOffloads, OffloadConfig};
 use super::sys;
-use super::DataplaneError;
 use std::os::fd::OwnedFd;
 
 /// Length of the virtio-net header weft uses on the TAP (`struct virtio_net_hdr`).
@@ -35,7 +35,8 @@ impl Tap {
         let first = sys::open_tap(name, sys::TapFlags { vnet_hdr }).map_err(open_err)?;
         sys::set_tap_persist(&first, true).map_err(|e| configure_err("TUNSETPERSIST", e))?;
         if vnet_hdr {
-            sys::set_tap_vnet_hdr_len(&first, VNET_HDR_LEN as i32).map_err(|e| configure_err("TUNSETVNETHDRSZ", e))?;
+            sys::set_tap_vnet_hdr_len(&first, VNET_HDR_LEN as i32)
+                .map_err(|e| configure_err("TUNSETVNETHDRSZ", e))?;
             offloads = negotiate(&first, wanted);
         }
         if !offloads.tap_vnet_hdr {
@@ -57,7 +58,8 @@ impl Tap {
         let mut all = vec![first];
         for _ in 1..queues.max(1) {
             let q = sys::open_tap(name, sys::TapFlags { vnet_hdr: true }).map_err(open_err)?;
-            sys::set_tap_vnet_hdr_len(&q, VNET_HDR_LEN as i32).map_err(|e| configure_err("TUNSETVNETHDRSZ", e))?;
+            sys::set_tap_vnet_hdr_len(&q, VNET_HDR_LEN as i32)
+                .map_err(|e| configure_err("TUNSETVNETHDRSZ", e))?;
             all.push(q);
         }
         Ok(Tap {
@@ -70,8 +72,16 @@ impl Tap {
 
 /// Asks for the wanted offloads, dropping the newest ones the kernel refuses.
 fn negotiate(fd: &OwnedFd, wanted: &OffloadConfig) -> ActiveOffloads {
-    let tso = if wanted.tso { libc::TUN_F_TSO4 | libc::TUN_F_TSO6 } else { 0 };
-    let uso = if wanted.uso { libc::TUN_F_USO4 | libc::TUN_F_USO6 } else { 0 };
+    let tso = if wanted.tso {
+        libc::TUN_F_TSO4 | libc::TUN_F_TSO6
+    } else {
+        0
+    };
+    let uso = if wanted.uso {
+        libc::TUN_F_USO4 | libc::TUN_F_USO6
+    } else {
+        0
+    };
     let attempts = [(tso, uso), (tso, 0), (0, 0)];
     for (tso_bits, uso_bits) in attempts {
         if sys::set_tap_offload(fd, libc::TUN_F_CSUM | tso_bits | uso_bits).is_ok() {

@@ -4,7 +4,7 @@
 //! flow its own outer source port.
 
 use super::offload::ActiveOffloads;
-use super::{sys, DataplaneError};
+use super::{DataplaneError, sys};
 use crate::core::flow::SOURCE_PORT_MIN;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::collections::BTreeSet;
@@ -18,13 +18,21 @@ pub struct SourceSocket {
 }
 
 fn new_udp() -> std::io::Result<Socket> {
-    let socket = Socket::new(Domain::IPV4, Type::DGRAM.nonblocking().cloexec(), Some(Protocol::UDP))?;
+    let socket = Socket::new(
+        Domain::IPV4,
+        Type::DGRAM.nonblocking().cloexec(),
+        Some(Protocol::UDP),
+    )?;
     Ok(socket)
 }
 
 /// The listening socket of one worker. Turns on UDP GRO if `offloads` wants it
 /// and the kernel has it (clearing `offloads.udp_gro` otherwise).
-pub fn bind_listener(addr: SocketAddrV4, buffer: usize, offloads: &mut ActiveOffloads) -> Result<Socket, DataplaneError> {
+pub fn bind_listener(
+    addr: SocketAddrV4,
+    buffer: usize,
+    offloads: &mut ActiveOffloads,
+) -> Result<Socket, DataplaneError> {
     let err = |source| DataplaneError::Bind { addr, source };
     let socket = new_udp().map_err(err)?;
     socket.set_reuse_port(true).map_err(err)?;

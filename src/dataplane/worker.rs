@@ -88,8 +88,22 @@ pub(super) fn spawn(setup: WorkerSetup) -> Result<Vec<JoinHandle<()>>, Dataplane
     ])
 }
 
+/// Writes one frame to the TAP: a TAP write takes the whole frame or fails.
+fn write_frame(tap: &File, frame: &[u8]) -> io::Result<()> {
+    let mut tap = tap;
+    match tap.write(frame)? {
+        n if n == frame.len() => Ok(()),
+        n => Err(io::Error::other(format!(
+            "short TAP write: {n} of {} bytes",
+            frame.len()
+        ))),
+    }
+}
+
 fn buffers(count: usize, size: usize) -> Vec<Box<[u8]>> {
-    (0..count).map(|_| vec![0u8; size].into_boxed_slice()).collect()
+    (0..count)
+        .map(|_| vec![0u8; size].into_boxed_slice())
+        .collect()
 }
 
 struct TxTask {
@@ -121,10 +135,12 @@ impl TxTask {
                 match decisions[i] {
                     Egress::Encap { .. } => head.copy_from_slice(&header),
                     // ARP replies go straight back into the TAP.
-                    Egress::ArpReply { len } => match (&*self.tap.get_ref()).write(&reply[..len]) {
-                        Ok(_) => tally.arp_replies += 1,
-                        Err(_) => tally.drop(DropReason::TapError),
-                    },
+                    Egress::ArpReply { len } => {
+                        match write_frame(self.tap.get_ref(), &reply[..len]) {
+                            Ok(_) => tally.arp_replies += 1,
+                            Err(_) => tally.drop(DropReason::TapError),
+                        }
+                    }
                     Egress::Drop(reason) => tally.drop(reason),
                 }
             }
@@ -140,7 +156,11 @@ impl TxTask {
                 while i < n && queue.has_room(1) {
                     match decisions[i] {
                         Egress::Encap { dst, flow } if flow as usize % self.pool.len() == sock => {
-                            queue.push(SocketAddrV4::new(dst, port), &[&bufs[i][..HEADROOM + lens[i]]], None);
+                            queue.push(
+                                SocketAddrV4::new(dst, port),
+                                &[&bufs[i][..HEADROOM + lens[i]]],
+                                None,
+                            );
                             tally.encap_frames += 1;
                             tally.encap_bytes += lens[i] as u64;
                         }
@@ -156,12 +176,16 @@ impl TxTask {
     }
 
     /// Reads up to `bufs.len()` frames, waiting for the first.
-    async fn read_batch(&self, bufs: &mut [Box<[u8]>], lens: &mut [usize]) -> Result<usize, DataplaneError> {
+    async fn read_batch(
+        &self,
+        bufs: &mut [Box<[u8]>],
+        lens: &mut [usize],
+    ) -> Result<usize, DataplaneError> {
         loop {
             let mut guard = self.tap.readable().await.map_err(|e| self.tap_failed(e))?;
             let mut n = 0;
             while n < bufs.len() {
-                match (&*self.tap.get_ref()).read(&mut bufs[n][HEADROOM..]) {
+                match self.tap.get_ref().read(&mut bufs[n][HEADROOM..]) {
                     Ok(len) => {
                         lens[n] = len;
                         n += 1;
@@ -194,10 +218,12 @@ async fn send_all(socket: &AsyncFd<Socket>, queue: &mut SendQueue<'_, '_>, tally
     while !queue.is_empty() {
         match queue.flush(socket.get_ref()) {
             Ok(_) => return,
-            Err(e) if e.error.kind() == io::ErrorKind::WouldBlock => match socket.writable().await {
-                Ok(mut guard) => guard.clear_ready(),
-                Err(_) => return,
-            },
+            Err(e) if e.error.kind() == io::ErrorKind::WouldBlock => {
+                match socket.writable().await {
+                    Ok(mut guard) => guard.clear_ready(),
+                    Err(_) => return,
+                }
+            }
             Err(e) if e.error.kind() == io::ErrorKind::Interrupted => {}
             Err(_) => {
                 tally.drop(DropReason::SocketError);
@@ -239,7 +265,7 @@ impl RxTask {
                 match router.ingress(*src.ip(), datagram) {
                     Ingress::Deliver => {
                         let frame = &datagram[vxlan::HEADER_LEN..];
-                        match (&*self.tap.get_ref()).write(frame) {
+                        match write_frame(self.tap.get_ref(), frame) {
                             Ok(_) => {
                                 tally.decap_frames += 1;
                                 tally.decap_bytes += frame.len() as u64;
@@ -254,7 +280,12 @@ impl RxTask {
         }
     }
 
-    async fn recv_batch(&self, recv: &mut RecvBatch, bufs: &mut [Box<[u8]>], meta: &mut [RecvMeta]) -> Result<usize, DataplaneError> {
+    async fn recv_batch(
+        &self,
+        recv: &mut RecvBatch,
+        bufs: &mut [Box<[u8]>],
+        meta: &mut [RecvMeta],
+    ) -> Result<usize, DataplaneError> {
         loop {
             let mut guard = self
                 .socket

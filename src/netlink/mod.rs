@@ -36,7 +36,10 @@ impl NetlinkError {
 type Result<T> = std::result::Result<T, NetlinkError>;
 
 fn ctx(what: impl FnOnce() -> String) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
-    move |source| NetlinkError { what: what(), source }
+    move |source| NetlinkError {
+        what: what(),
+        source,
+    }
 }
 
 /// What weft needs to know about a link.
@@ -101,7 +104,11 @@ impl Netlink {
     pub async fn links(&self) -> Result<Vec<LinkInfo>> {
         let mut out = Vec::new();
         let mut stream = self.handle.link().get().execute();
-        while let Some(msg) = stream.try_next().await.map_err(ctx(|| "list links".into()))? {
+        while let Some(msg) = stream
+            .try_next()
+            .await
+            .map_err(ctx(|| "list links".into()))?
+        {
             out.push(Self::link_info(&msg));
         }
         Ok(out)
@@ -109,11 +116,20 @@ impl Netlink {
 
     /// The link called `name`, if it exists.
     pub async fn link_by_name(&self, name: &str) -> Result<Option<LinkInfo>> {
-        let mut stream = self.handle.link().get().match_name(name.to_owned()).execute();
+        let mut stream = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_owned())
+            .execute();
         match stream.try_next().await {
             Ok(Some(msg)) => Ok(Some(Self::link_info(&msg))),
             Ok(None) => Ok(None),
-            Err(rtnetlink::Error::NetlinkError(msg)) if msg.code.is_some_and(|c| -c.get() == libc::ENODEV) => Ok(None),
+            Err(rtnetlink::Error::NetlinkError(msg))
+                if msg.code.is_some_and(|c| -c.get() == libc::ENODEV) =>
+            {
+                Ok(None)
+            }
             Err(source) => Err(NetlinkError {
                 what: format!("look up link {name}"),
                 source,
@@ -126,7 +142,11 @@ impl Netlink {
         if link.mac != Some(mac) {
             self.handle
                 .link()
-                .set(LinkUnspec::new_with_index(link.index).address(mac.0.to_vec()).build())
+                .set(
+                    LinkUnspec::new_with_index(link.index)
+                        .address(mac.0.to_vec())
+                        .build(),
+                )
                 .execute()
                 .await
                 .map_err(ctx(|| format!("set MAC {mac} on {}", link.name)))?;
@@ -156,7 +176,11 @@ impl Netlink {
         }
         let mut stream = req.execute();
         let mut out = Vec::new();
-        while let Some(msg) = stream.try_next().await.map_err(ctx(|| "list addresses".into()))? {
+        while let Some(msg) = stream
+            .try_next()
+            .await
+            .map_err(ctx(|| "list addresses".into()))?
+        {
             if msg.header.family != AddressFamily::Inet {
                 continue;
             }
@@ -181,9 +205,19 @@ impl Netlink {
 
     /// Makes `addr/32` the only address from `network` on the link (flannel's
     /// `EnsureV4AddressOnLink`): other addresses inside the network are removed.
-    pub async fn ensure_vtep_address(&self, link: &LinkInfo, addr: Ipv4Addr, network: Ipv4Net) -> Result<()> {
+    pub async fn ensure_vtep_address(
+        &self,
+        link: &LinkInfo,
+        addr: Ipv4Addr,
+        network: Ipv4Net,
+    ) -> Result<()> {
         let mut present = false;
-        let mut stream = self.handle.address().get().set_link_index_filter(link.index).execute();
+        let mut stream = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(link.index)
+            .execute();
         let mut stale = Vec::new();
         while let Some(msg) = stream
             .try_next()
@@ -191,7 +225,8 @@ impl Netlink {
             .map_err(ctx(|| format!("list addresses of {}", link.name)))?
         {
             let ip = msg.attributes.iter().find_map(|a| match a {
-                AddressAttribute::Local(IpAddr::V4(ip)) | AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
+                AddressAttribute::Local(IpAddr::V4(ip))
+                | AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
                 _ => None,
             });
             let Some(ip) = ip else { continue };
@@ -238,14 +273,26 @@ impl Netlink {
             .replace()
             .execute()
             .await
-            .map_err(ctx(|| format!("add route {subnet} via {}", subnet.network())))
+            .map_err(ctx(|| {
+                format!("add route {subnet} via {}", subnet.network())
+            }))
     }
 
     /// Removes the route to `subnet` on the link; a route that is already gone is fine.
     pub async fn delete_route(&self, index: u32, subnet: Ipv4Net) -> Result<()> {
-        match self.handle.route().del(Self::vtep_route(index, subnet)).execute().await {
+        match self
+            .handle
+            .route()
+            .del(Self::vtep_route(index, subnet))
+            .execute()
+            .await
+        {
             Ok(()) => Ok(()),
-            Err(rtnetlink::Error::NetlinkError(msg)) if msg.code.is_some_and(|c| -c.get() == libc::ESRCH) => Ok(()),
+            Err(rtnetlink::Error::NetlinkError(msg))
+                if msg.code.is_some_and(|c| -c.get() == libc::ESRCH) =>
+            {
+                Ok(())
+            }
             Err(source) => Err(NetlinkError {
                 what: format!("delete route {subnet}"),
                 source,
@@ -272,8 +319,11 @@ impl Netlink {
                 RouteAttribute::Gateway(RouteAddress::Inet(ip)) => Some(*ip),
                 _ => None,
             });
-            let dst = Ipv4Net::new(dst.unwrap_or(Ipv4Addr::UNSPECIFIED), msg.header.destination_prefix_length)
-                .unwrap_or_default();
+            let dst = Ipv4Net::new(
+                dst.unwrap_or(Ipv4Addr::UNSPECIFIED),
+                msg.header.destination_prefix_length,
+            )
+            .unwrap_or_default();
             out.push(VtepRoute { dst, gateway });
         }
         Ok(out)
@@ -283,7 +333,11 @@ impl Netlink {
         let filter = RouteMessageBuilder::<Ipv4Addr>::new().build();
         let mut stream = self.handle.route().get(filter).execute();
         let mut out = Vec::new();
-        while let Some(msg) = stream.try_next().await.map_err(ctx(|| "list routes".into()))? {
+        while let Some(msg) = stream
+            .try_next()
+            .await
+            .map_err(ctx(|| "list routes".into()))?
+        {
             let table = msg
                 .attributes
                 .iter()
@@ -320,7 +374,9 @@ impl Netlink {
 impl Netlink {
     /// The interface the kernel would use to reach `ip` (`ip route get`).
     pub async fn route_interface_to(&self, ip: Ipv4Addr) -> Result<Option<u32>> {
-        let query = RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(ip, 32).build();
+        let query = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(ip, 32)
+            .build();
         let mut stream = self.handle.route().get(query).execute();
         let msg = stream
             .try_next()

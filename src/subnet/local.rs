@@ -9,7 +9,10 @@
 //! agents never claim the same subnet. Agents poll the directory (every 200
 //! ms) to see changes, including an operator deleting a file.
 
-use super::{AcquireRequest, RenewPolicy, StoreError, StoreStats, StoreUpdate, UpdateSender, choose_free_subnet, renew_at};
+use super::{
+    AcquireRequest, RenewPolicy, StoreError, StoreStats, StoreUpdate, UpdateSender,
+    choose_free_subnet, renew_at,
+};
 use crate::core::config::NetConfig;
 use crate::core::lease::{Lease, LeaseAttrs, LeaseError, LeaseEvent, parse_subnet_key, subnet_key};
 use std::collections::{BTreeMap, BTreeSet};
@@ -44,7 +47,12 @@ struct Scan {
 
 impl LocalStore {
     /// Opens (creating) the store directory.
-    pub fn open(dir: &Path, net_config_path: &Path, ttl: Duration, stats: Arc<StoreStats>) -> Result<LocalStore, StoreError> {
+    pub fn open(
+        dir: &Path,
+        net_config_path: &Path,
+        ttl: Duration,
+        stats: Arc<StoreStats>,
+    ) -> Result<LocalStore, StoreError> {
         fs::create_dir_all(dir).map_err(|source| StoreError::Io {
             what: format!("cannot create the lease directory {}", dir.display()),
             source,
@@ -64,10 +72,12 @@ impl LocalStore {
     /// Reads and checks `net-conf.json`.
     pub async fn network_config(&self) -> Result<NetConfig, StoreError> {
         let path = self.net_config_path.clone();
-        let text = tokio::fs::read_to_string(&path).await.map_err(|source| StoreError::Io {
-            what: format!("failed to read net conf {}", path.display()),
-            source,
-        })?;
+        let text = tokio::fs::read_to_string(&path)
+            .await
+            .map_err(|source| StoreError::Io {
+                what: format!("failed to read net conf {}", path.display()),
+                source,
+            })?;
         NetConfig::parse_and_check(&text).map_err(|error| StoreError::ConfigInvalid {
             source_name: path.display().to_string(),
             error,
@@ -75,16 +85,28 @@ impl LocalStore {
     }
 
     /// The lease this public IP held before, if it is still in the store.
-    pub async fn find_own(&self, public_ip: Ipv4Addr, now: SystemTime) -> Result<Option<Lease>, StoreError> {
+    pub async fn find_own(
+        &self,
+        public_ip: Ipv4Addr,
+        now: SystemTime,
+    ) -> Result<Option<Lease>, StoreError> {
         let dir = self.dir.clone();
         let scan = blocking(move || scan(&dir, now)).await?;
-        Ok(scan.leases.into_values().find(|l| l.attrs.public_ip == public_ip))
+        Ok(scan
+            .leases
+            .into_values()
+            .find(|l| l.attrs.public_ip == public_ip))
     }
 
     /// Acquires a lease with flannel's rules: reuse this public IP's lease if it
     /// fits the config (else delete it); else the previous subnet if free; else a
     /// random free subnet among the first 100.
-    pub async fn acquire(&self, config: &NetConfig, req: &AcquireRequest, now: SystemTime) -> Result<Lease, StoreError> {
+    pub async fn acquire(
+        &self,
+        config: &NetConfig,
+        req: &AcquireRequest,
+        now: SystemTime,
+    ) -> Result<Lease, StoreError> {
         let dir = self.dir.clone();
         let config = config.clone();
         let req = req.clone();
@@ -99,7 +121,11 @@ impl LocalStore {
                 attrs: req.attrs.clone(),
                 expiration,
             };
-            if let Some(mine) = scan.leases.values().find(|l| l.attrs.public_ip == req.attrs.public_ip) {
+            if let Some(mine) = scan
+                .leases
+                .values()
+                .find(|l| l.attrs.public_ip == req.attrs.public_ip)
+            {
                 if config.fits(mine.subnet) {
                     let lease = lease_for(mine.subnet);
                     write_record(&dir, &lease)?;
@@ -113,12 +139,13 @@ impl LocalStore {
                 .filter(|l| l.attrs.public_ip != req.attrs.public_ip)
                 .map(|l| l.subnet)
                 .collect();
-            let previous = req
-                .previous_subnet
-                .filter(|s| config.fits(*s) && !taken.iter().any(|t| t.contains(s) || s.contains(t)));
+            let previous = req.previous_subnet.filter(|s| {
+                config.fits(*s) && !taken.iter().any(|t| t.contains(s) || s.contains(t))
+            });
             let subnet = match previous {
                 Some(s) => s,
-                None => choose_free_subnet(&config, &taken, &mut rand::rng()).ok_or(StoreError::OutOfSubnets)?,
+                None => choose_free_subnet(&config, &taken, &mut rand::rng())
+                    .ok_or(StoreError::OutOfSubnets)?,
             };
             let lease = lease_for(subnet);
             write_record(&dir, &lease)?;
@@ -146,7 +173,12 @@ impl LocalStore {
     }
 
     /// Watches the directory and renews `own`, sending updates until the receiver goes away.
-    pub fn spawn(self: Arc<Self>, own: Lease, renew: RenewPolicy, tx: UpdateSender) -> JoinHandle<()> {
+    pub fn spawn(
+        self: Arc<Self>,
+        own: Lease,
+        renew: RenewPolicy,
+        tx: UpdateSender,
+    ) -> JoinHandle<()> {
         tokio::spawn(async move { self.run(own, renew, tx).await })
     }
 
@@ -163,7 +195,9 @@ impl LocalStore {
                 match self.renew(&own, now).await {
                     Ok(Some(renewed)) => {
                         own = renewed;
-                        self.stats.renewals.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        self.stats
+                            .renewals
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         next_renewal = renew_at(own.expiration, renew.margin, now);
                         if tx.send(StoreUpdate::Renewed(own.clone())).await.is_err() {
                             return;
@@ -208,8 +242,12 @@ impl LocalStore {
             }
             let update = match &known {
                 None => {
-                    self.stats.snapshots.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    Some(StoreUpdate::Snapshot(scan.leases.values().cloned().collect()))
+                    self.stats
+                        .snapshots
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    Some(StoreUpdate::Snapshot(
+                        scan.leases.values().cloned().collect(),
+                    ))
                 }
                 Some(previous) => {
                     let events = diff(previous, &scan.leases);
@@ -244,7 +282,9 @@ fn diff(before: &BTreeMap<String, Lease>, after: &BTreeMap<String, Lease>) -> Ve
     events
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, StoreError> + Send + 'static) -> Result<T, StoreError> {
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| StoreError::Other(format!("lease store task failed: {e}")))?
@@ -281,7 +321,9 @@ impl Drop for DirLock {
 pub fn render_record(lease: &Lease) -> String {
     let mut json = lease.attrs.to_json();
     if let Some(exp) = lease.expiration {
-        let ts = jiff::Timestamp::try_from(exp).map(|t| t.to_string()).unwrap_or_default();
+        let ts = jiff::Timestamp::try_from(exp)
+            .map(|t| t.to_string())
+            .unwrap_or_default();
         json.pop();
         json.push_str(&format!(",\"Expiration\":\"{ts}\"}}"));
     }
@@ -291,7 +333,8 @@ pub fn render_record(lease: &Lease) -> String {
 /// Reads one record; expiration `None` means it never expires.
 pub fn parse_record(key: &str, text: &str) -> Result<Lease, LeaseError> {
     let mut lease = Lease::from_record(key, text, None)?;
-    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| LeaseError::InvalidJson(e.to_string()))?;
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| LeaseError::InvalidJson(e.to_string()))?;
     let expiration = value
         .as_object()
         .and_then(|o| o.iter().find(|(k, _)| k.eq_ignore_ascii_case("expiration")))
@@ -345,7 +388,8 @@ fn write_record(dir: &Path, lease: &Lease) -> Result<(), StoreError> {
     let key = subnet_key(lease.subnet, lease.ipv6_subnet);
     let io = |what: String, source| StoreError::Io { what, source };
     let tmp = dir.join(format!(".tmp-{key}-{}", std::process::id()));
-    let mut file = File::create(&tmp).map_err(|e| io(format!("cannot write {}", tmp.display()), e))?;
+    let mut file =
+        File::create(&tmp).map_err(|e| io(format!("cannot write {}", tmp.display()), e))?;
     file.write_all(render_record(lease).as_bytes())
         .and_then(|()| file.sync_all())
         .map_err(|e| io(format!("cannot write {}", tmp.display()), e))?;
@@ -368,7 +412,11 @@ fn remove_record(dir: &Path, key: &str) -> Result<(), StoreError> {
 }
 
 /// A lease record for `attrs` on `subnet`, for tests and tools.
-pub fn record_for(subnet: ipnet::Ipv4Net, attrs: LeaseAttrs, expiration: Option<SystemTime>) -> String {
+pub fn record_for(
+    subnet: ipnet::Ipv4Net,
+    attrs: LeaseAttrs,
+    expiration: Option<SystemTime>,
+) -> String {
     render_record(&Lease {
         subnet,
         ipv6_subnet: None,
@@ -412,7 +460,13 @@ mod tests {
         let lease = parse_record("10.244.3.0-24", &text).unwrap();
         assert_eq!(lease.expiration, Some(exp));
         assert_eq!(lease.attrs, attrs(3));
-        assert!(parse_record("10.244.3.0-24", r#"{"PublicIP":"1.2.3.4","Expiration":"yesterday"}"#).is_err());
+        assert!(
+            parse_record(
+                "10.244.3.0-24",
+                r#"{"PublicIP":"1.2.3.4","Expiration":"yesterday"}"#
+            )
+            .is_err()
+        );
     }
 
     #[tokio::test]
@@ -425,8 +479,15 @@ mod tests {
             attrs: attrs(last),
             previous_subnet: previous,
         };
-        let a = s.acquire(&c, &req(1, Some("10.0.0.8/30".parse().unwrap())), now).await.unwrap();
-        assert_eq!(a.subnet.to_string(), "10.0.0.8/30", "previous subnet is reused when free");
+        let a = s
+            .acquire(&c, &req(1, Some("10.0.0.8/30".parse().unwrap())), now)
+            .await
+            .unwrap();
+        assert_eq!(
+            a.subnet.to_string(),
+            "10.0.0.8/30",
+            "previous subnet is reused when free"
+        );
         let again = s.acquire(&c, &req(1, None), now).await.unwrap();
         assert_eq!(again.subnet, a.subnet, "own lease is reused");
         let b = s.acquire(&c, &req(2, Some(a.subnet)), now).await.unwrap();
@@ -450,8 +511,22 @@ mod tests {
             attrs: attrs(1),
             previous_subnet: None,
         };
-        let a = s.acquire(&config(r#"{"Network":"10.1.0.0/16","Backend":{"Type":"vxlan"}}"#), &req, now).await.unwrap();
-        let b = s.acquire(&config(r#"{"Network":"10.2.0.0/16","Backend":{"Type":"vxlan"}}"#), &req, now).await.unwrap();
+        let a = s
+            .acquire(
+                &config(r#"{"Network":"10.1.0.0/16","Backend":{"Type":"vxlan"}}"#),
+                &req,
+                now,
+            )
+            .await
+            .unwrap();
+        let b = s
+            .acquire(
+                &config(r#"{"Network":"10.2.0.0/16","Backend":{"Type":"vxlan"}}"#),
+                &req,
+                now,
+            )
+            .await
+            .unwrap();
         assert!(b.subnet.to_string().starts_with("10.2."));
         assert!(!dir.path().join(a.key()).exists());
     }
@@ -465,7 +540,10 @@ mod tests {
                 let path = dir.path().to_owned();
                 let c = c.clone();
                 std::thread::spawn(move || {
-                    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .unwrap();
                     rt.block_on(async {
                         store(&path)
                             .acquire(
@@ -491,11 +569,26 @@ mod tests {
     async fn watch_sends_snapshot_then_changes_and_skips_bad_records() {
         let dir = tempfile::tempdir().unwrap();
         let stats = Arc::new(StoreStats::default());
-        let s = Arc::new(LocalStore::open(dir.path(), &dir.path().join("n"), DEFAULT_TTL, stats.clone()).unwrap());
+        let s = Arc::new(
+            LocalStore::open(
+                dir.path(),
+                &dir.path().join("n"),
+                DEFAULT_TTL,
+                stats.clone(),
+            )
+            .unwrap(),
+        );
         let c = config(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#);
         let now = SystemTime::now();
         let own = s
-            .acquire(&c, &AcquireRequest { attrs: attrs(1), previous_subnet: None }, now)
+            .acquire(
+                &c,
+                &AcquireRequest {
+                    attrs: attrs(1),
+                    previous_subnet: None,
+                },
+                now,
+            )
             .await
             .unwrap();
         fs::write(dir.path().join("not-a-key"), "x").unwrap();
@@ -507,21 +600,32 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let peer = "10.244.9.0/24".parse().unwrap();
-        fs::write(dir.path().join("10.244.9.0-24"), record_for(peer, attrs(9), None)).unwrap();
+        fs::write(
+            dir.path().join("10.244.9.0-24"),
+            record_for(peer, attrs(9), None),
+        )
+        .unwrap();
         match rx.recv().await.unwrap() {
-            StoreUpdate::Events(events) => assert!(matches!(&events[..], [LeaseEvent::Added(l)] if l.subnet == peer)),
+            StoreUpdate::Events(events) => {
+                assert!(matches!(&events[..], [LeaseEvent::Added(l)] if l.subnet == peer))
+            }
             other => panic!("{other:?}"),
         }
         fs::remove_file(dir.path().join("10.244.9.0-24")).unwrap();
         match rx.recv().await.unwrap() {
-            StoreUpdate::Events(events) => assert!(matches!(&events[..], [LeaseEvent::Removed(l)] if l.attrs == attrs(9))),
+            StoreUpdate::Events(events) => {
+                assert!(matches!(&events[..], [LeaseEvent::Removed(l)] if l.attrs == attrs(9)))
+            }
             other => panic!("{other:?}"),
         }
         let bad = stats.snapshot().bad_records;
         assert_eq!(bad.get("bad_key"), Some(&1));
         assert_eq!(bad.get("invalid_json"), Some(&1));
         fs::remove_file(dir.path().join(own.key())).unwrap();
-        assert!(matches!(rx.recv().await.unwrap(), StoreUpdate::OwnLeaseRevoked(_)));
+        assert!(matches!(
+            rx.recv().await.unwrap(),
+            StoreUpdate::OwnLeaseRevoked(_)
+        ));
         task.await.unwrap();
     }
 }

@@ -73,7 +73,10 @@ impl StoreError {
 
     /// Errors worth retrying (the store may come back), as opposed to bad config.
     pub fn is_transient(&self) -> bool {
-        matches!(self, StoreError::ConfigMissing(_) | StoreError::Unavailable(_) | StoreError::Io { .. })
+        matches!(
+            self,
+            StoreError::ConfigMissing(_) | StoreError::Unavailable(_) | StoreError::Io { .. }
+        )
     }
 }
 
@@ -173,7 +176,11 @@ impl Default for RenewPolicy {
 }
 
 /// When to renew a lease expiring at `expiration`: `margin` before, or now.
-pub fn renew_at(expiration: Option<SystemTime>, margin: std::time::Duration, now: SystemTime) -> SystemTime {
+pub fn renew_at(
+    expiration: Option<SystemTime>,
+    margin: std::time::Duration,
+    now: SystemTime,
+) -> SystemTime {
     match expiration {
         Some(exp) => exp.checked_sub(margin).filter(|t| *t > now).unwrap_or(now),
         None => now + std::time::Duration::from_secs(24 * 3600),
@@ -182,7 +189,11 @@ pub fn renew_at(expiration: Option<SystemTime>, margin: std::time::Duration, now
 
 /// Chooses among free subnets as flannel does: from the first (at most) 100
 /// subnets in SubnetMin..SubnetMax that overlap no taken subnet, one at random.
-pub fn choose_free_subnet<R: rand::Rng + ?Sized>(config: &NetConfig, taken: &[Ipv4Net], rng: &mut R) -> Option<Ipv4Net> {
+pub fn choose_free_subnet<R: rand::Rng + ?Sized>(
+    config: &NetConfig,
+    taken: &[Ipv4Net],
+    rng: &mut R,
+) -> Option<Ipv4Net> {
     use rand::RngExt;
     let free: Vec<Ipv4Net> = config
         .subnets()
@@ -209,8 +220,14 @@ mod tests {
 
     #[test]
     fn choice_skips_taken_and_stays_in_first_hundred() {
-        let config = NetConfig::parse_and_check(r#"{"Network":"10.0.0.0/8","SubnetLen":24,"Backend":{"Type":"vxlan"}}"#).unwrap();
-        let taken: Vec<Ipv4Net> = vec!["10.0.1.0/24".parse().unwrap(), "10.0.2.0/23".parse().unwrap()];
+        let config = NetConfig::parse_and_check(
+            r#"{"Network":"10.0.0.0/8","SubnetLen":24,"Backend":{"Type":"vxlan"}}"#,
+        )
+        .unwrap();
+        let taken: Vec<Ipv4Net> = vec![
+            "10.0.1.0/24".parse().unwrap(),
+            "10.0.2.0/23".parse().unwrap(),
+        ];
         let mut rng = rand::rng();
         for _ in 0..200 {
             let s = choose_free_subnet(&config, &taken, &mut rng).unwrap();
@@ -222,7 +239,9 @@ mod tests {
 
     #[test]
     fn full_network_has_no_choice() {
-        let config = NetConfig::parse_and_check(r#"{"Network":"10.0.0.0/28","Backend":{"Type":"vxlan"}}"#).unwrap();
+        let config =
+            NetConfig::parse_and_check(r#"{"Network":"10.0.0.0/28","Backend":{"Type":"vxlan"}}"#)
+                .unwrap();
         let taken: Vec<Ipv4Net> = config.subnets().collect();
         assert_eq!(taken.len(), 3);
         assert_eq!(choose_free_subnet(&config, &taken, &mut rand::rng()), None);
@@ -232,8 +251,14 @@ mod tests {
     fn renewal_time() {
         let now = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1000);
         let exp = now + std::time::Duration::from_secs(7200);
-        assert_eq!(renew_at(Some(exp), std::time::Duration::from_secs(3600), now), now + std::time::Duration::from_secs(3600));
-        assert_eq!(renew_at(Some(now), std::time::Duration::from_secs(3600), now), now);
+        assert_eq!(
+            renew_at(Some(exp), std::time::Duration::from_secs(3600), now),
+            now + std::time::Duration::from_secs(3600)
+        );
+        assert_eq!(
+            renew_at(Some(now), std::time::Duration::from_secs(3600), now),
+            now
+        );
     }
 }
 
@@ -271,14 +296,23 @@ impl Store {
         }
     }
 
-    pub async fn acquire(&self, config: &NetConfig, req: &AcquireRequest) -> Result<Lease, StoreError> {
+    pub async fn acquire(
+        &self,
+        config: &NetConfig,
+        req: &AcquireRequest,
+    ) -> Result<Lease, StoreError> {
         match self {
             Store::Local(s) => s.acquire(config, req, SystemTime::now()).await,
         }
     }
 
     /// Runs the store in the background: list, watch, renew.
-    pub fn spawn(&self, own: Lease, renew: RenewPolicy, tx: UpdateSender) -> tokio::task::JoinHandle<()> {
+    pub fn spawn(
+        &self,
+        own: Lease,
+        renew: RenewPolicy,
+        tx: UpdateSender,
+    ) -> tokio::task::JoinHandle<()> {
         match self {
             Store::Local(s) => s.clone().spawn(own, renew, tx),
         }

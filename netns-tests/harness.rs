@@ -1,0 +1,673 @@
+//! The netns lab: real kernels, real devices, real `weftd` processes.
+//!
+//! A [`Lab`] is one underlay (a namespace holding bridge `br0`,
+//! 192.168.100.254/24) and any number of node namespaces, each wired to the
+//! bridge by a veth (`eth0`, 192.168.100.<n>/24, default route via .254).
+//! Names carry the test process's pid and a counter, so tests run in parallel;
+//! dropping the lab kills every process it started and deletes every namespace
+//! (and with them their links, TAP devices and routes), also when the test
+//! panics. Namespaces left by a test process that died are swept by the next
+//! lab.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+pub const WEFTD: &str = env!("CARGO_BIN_EXE_weftd");
+pub const WEFT_CNI: &str = env!("CARGO_BIN_EXE_weft-cni");
+pub const UNDERLAY_GW: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 254);
+/// The net-conf.json the tests use unless they write their own.
+pub const DEFAULT_NET_CONF: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
+
+static LABS: AtomicUsize = AtomicUsize::new(0);
+
+/// Fails (never skips) when the tests cannot do their job.
+pub fn require_root() {
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
+        })
+        .unwrap_or_default();
+    assert_eq!(
+        uid, "0",
+        "the netns tests need root (network namespaces, TAP devices); run them as root, as CI does"
+    );
+}
+
+/// Runs `cmd`, killing it after `timeout`.
+pub fn output_with_timeout(cmd: &mut Command, timeout: Duration) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let deadline = Instant::now() + timeout;
+    let mut stdout = child.stdout.take().expect("piped");
+    let mut stderr = child.stderr.take().expect("piped");
+    let out_reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stdout.read_to_end(&mut buf);
+        buf
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stderr.read_to_end(&mut buf);
+        buf
+    });
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let status = child.wait().expect("wait");
+            eprintln!("timed out after {timeout:?}: {cmd:?}");
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: out_reader.join().unwrap_or_default(),
+        stderr: err_reader.join().unwrap_or_default(),
+    }
+}
+
+/// Runs `f` on a thread that has entered namespace `ns`; sockets it creates live there.
+pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+            .unwrap_or_else(|e| panic!("setns {path}: {e}"));
+        f()
+    })
+    .join()
+    .expect("netns thread panicked")
+}
+
+/// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A node namespace.
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub ns: String,
+    pub ip: Ipv4Addr,
+}
+
+/// A running weftd.
+#[derive(Debug)]
+pub struct Weftd {
+    pub child: Child,
+    pub args: Vec<String>,
+    pub log: PathBuf,
+}
+
+/// Options for one weftd.
+#[derive(Debug, Clone, Default)]
+pub struct WeftdOpts {
+    /// Extra flags after the lab's own.
+    pub extra: Vec<String>,
+    /// Tunables file content (TOML), if any.
+    pub tunables: Option<String>,
+    /// Environment variables.
+    pub env: Vec<(String, String)>,
+    /// Leave out the lab's `--local-store` (other stores).
+    pub no_local_store: bool,
+}
+
+/// One test's world.
+#[derive(Debug)]
+pub struct Lab {
+    pub prefix: String,
+    pub underlay: String,
+    pub dir: tempfile::TempDir,
+    pub nodes: Vec<Node>,
+    hosts: Vec<String>,
+    children: Vec<Child>,
+    weftds: BTreeMap<usize, Weftd>,
+}
+
+fn ip(args: &[&str]) -> Output {
+    output_with_timeout(Command::new("ip").args(args), Duration::from_secs(10))
+}
+
+fn must(out: Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Deletes namespaces (and kills their processes) left by test processes that no longer exist.
+fn sweep_stale() {
+    let Ok(entries) = std::fs::read_dir("/run/netns") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix("wt-") else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        delete_ns(&name);
+    }
+}
+
+fn delete_ns(name: &str) {
+    if let Ok(out) = Command::new("ip").args(["netns", "pids", name]).output() {
+        for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            let _ = Command::new("kill").args(["-9", pid]).status();
+        }
+    }
+    let _ = ip(&["netns", "del", name]);
+}
+
+impl Lab {
+    /// A new underlay with `nodes` node namespaces.
+    pub fn new(nodes: usize) -> Lab {
+        require_root();
+        sweep_stale();
+        let n = LABS.fetch_add(1, Ordering::SeqCst);
+        let prefix = format!("wt-{}-{n}", std::process::id());
+        let underlay = format!("{prefix}-u");
+        must(
+            ip(&["netns", "add", &underlay]),
+            "create underlay namespace",
+        );
+        let mut lab = Lab {
+            prefix,
+            underlay: underlay.clone(),
+            dir: tempfile::Builder::new()
+                .prefix("weft-lab-")
+                .tempdir()
+                .expect("tempdir"),
+            nodes: Vec::new(),
+            hosts: Vec::new(),
+            children: Vec::new(),
+            weftds: BTreeMap::new(),
+        };
+        for cmd in [
+            vec!["link", "set", "lo", "up"],
+            vec!["link", "add", "br0", "type", "bridge"],
+            vec!["link", "set", "br0", "up"],
+            vec!["addr", "add", "192.168.100.254/24", "dev", "br0"],
+        ] {
+            let mut args = vec!["-n", underlay.as_str()];
+            args.extend(cmd);
+            must(ip(&args), "set up the underlay");
+        }
+        std::fs::write(lab.net_conf_path(), DEFAULT_NET_CONF).expect("write net-conf");
+        for _ in 0..nodes {
+            lab.add_node();
+        }
+        lab
+    }
+
+    pub fn net_conf_path(&self) -> PathBuf {
+        self.dir.path().join("net-conf.json")
+    }
+
+    pub fn set_net_conf(&self, text: &str) {
+        std::fs::write(self.net_conf_path(), text).expect("write net-conf");
+    }
+
+    pub fn store_dir(&self) -> PathBuf {
+        self.dir.path().join("leases")
+    }
+
+    /// Wires a namespace `name` to the bridge with address `addr`; returns the namespace.
+    fn attach(&mut self, name: &str, addr: Ipv4Addr, port: &str) -> String {
+        let ns = format!("{}-{name}", self.prefix);
+        must(ip(&["netns", "add", &ns]), "create namespace");
+        must(
+            ip(&[
+                "link",
+                "add",
+                "eth0",
+                "netns",
+                &ns,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                port,
+                "netns",
+                &self.underlay,
+            ]),
+            "create veth",
+        );
+        let u = self.underlay.clone();
+        must(
+            ip(&["-n", &u, "link", "set", port, "master", "br0", "up"]),
+            "attach veth to bridge",
+        );
+        let cidr = format!("{addr}/24");
+        must(
+            ip(&["-n", &ns, "addr", "add", &cidr, "dev", "eth0"]),
+            "address eth0",
+        );
+        must(ip(&["-n", &ns, "link", "set", "eth0", "up"]), "eth0 up");
+        must(ip(&["-n", &ns, "link", "set", "lo", "up"]), "lo up");
+        must(
+            ip(&[
+                "-n",
+                &ns,
+                "route",
+                "add",
+                "default",
+                "via",
+                &UNDERLAY_GW.to_string(),
+            ]),
+            "default route",
+        );
+        ns
+    }
+
+    /// Adds a node namespace; returns its index (node `i` has address 192.168.100.`i+1`).
+    pub fn add_node(&mut self) -> usize {
+        let i = self.nodes.len();
+        let addr = Ipv4Addr::new(192, 168, 100, (i + 1) as u8);
+        let ns = self.attach(&format!("n{i}"), addr, &format!("v{i}"));
+        self.nodes.push(Node { ns, ip: addr });
+        i
+    }
+
+    /// Adds a plain host (not a weft node) on the underlay with address `addr`.
+    pub fn add_host(&mut self, name: &str, addr: Ipv4Addr) -> String {
+        let ns = self.attach(name, addr, &format!("h{}", self.hosts.len()));
+        self.hosts.push(ns.clone());
+        ns
+    }
+
+    pub fn ns(&self, node: usize) -> &str {
+        &self.nodes[node].ns
+    }
+
+    /// Runs a command in a namespace (30 s limit).
+    pub fn exec(&self, ns: &str, args: &[&str]) -> Output {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns]).args(args);
+        output_with_timeout(&mut cmd, Duration::from_secs(30))
+    }
+
+    /// Runs a command in a namespace and returns its stdout; panics if it fails.
+    pub fn run(&self, ns: &str, args: &[&str]) -> String {
+        must(self.exec(ns, args), &format!("{args:?} in {ns}"))
+    }
+
+    /// Starts a background process in a namespace; it is killed when the lab drops.
+    pub fn spawn(&mut self, ns: &str, args: &[&str], log: &str) -> usize {
+        let log = File::create(self.dir.path().join(log)).expect("log file");
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {args:?}: {e}"));
+        self.children.push(child);
+        self.children.len() - 1
+    }
+
+    /// Waits for a background process to exit (with a limit) and returns whether it succeeded.
+    pub fn wait_child(&mut self, id: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.children[id].try_wait().expect("wait") {
+                return status.success();
+            }
+            if Instant::now() > deadline {
+                let _ = self.children[id].kill();
+                let _ = self.children[id].wait();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn read_log(&self, log: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(log)).unwrap_or_default()
+    }
+
+    pub fn subnet_file(&self, node: usize) -> PathBuf {
+        self.dir.path().join(format!("subnet-{node}.env"))
+    }
+
+    pub fn status_socket(&self, node: usize) -> PathBuf {
+        self.dir.path().join(format!("weftd-{node}.sock"))
+    }
+
+    pub fn weftd_log_path(&self, node: usize) -> PathBuf {
+        self.dir.path().join(format!("weftd-{node}.log"))
+    }
+
+    /// The standard arguments of node `node`'s weftd.
+    pub fn weftd_args(&self, node: usize, opts: &WeftdOpts) -> Vec<String> {
+        let mut args = vec![
+            "--iface".to_owned(),
+            "eth0".to_owned(),
+            "--net-config-path".to_owned(),
+            self.net_conf_path().display().to_string(),
+            "--subnet-file".to_owned(),
+            self.subnet_file(node).display().to_string(),
+            "--status-socket".to_owned(),
+            self.status_socket(node).display().to_string(),
+        ];
+        if !opts.no_local_store {
+            args.push("--local-store".to_owned());
+            args.push(self.store_dir().display().to_string());
+        }
+        if let Some(t) = &opts.tunables {
+            let path = self.dir.path().join(format!("tunables-{node}.toml"));
+            std::fs::write(&path, t).expect("write tunables");
+            args.push("--tunables".to_owned());
+            args.push(path.display().to_string());
+        }
+        args.extend(opts.extra.iter().cloned());
+        args
+    }
+
+    /// Starts weftd on `node` (not waiting for readiness).
+    pub fn start_weftd_with(&mut self, node: usize, opts: WeftdOpts) {
+        let args = self.weftd_args(node, &opts);
+        let log_path = self.weftd_log_path(node);
+        let log = OpenOptionsAppend::open(&log_path);
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.nodes[node].ns, WEFTD])
+            .args(&args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup"))
+            .stderr(log);
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn weftd");
+        if let Some(mut old) = self.weftds.insert(
+            node,
+            Weftd {
+                child,
+                args,
+                log: log_path,
+            },
+        ) {
+            let _ = old.child.kill();
+            let _ = old.child.wait();
+        }
+    }
+
+    /// Starts weftd on `node` with default options and waits until it is ready.
+    pub fn start_weftd(&mut self, node: usize) -> ipnet::Ipv4Net {
+        self.start_weftd_with(node, WeftdOpts::default());
+        self.wait_ready(node)
+    }
+
+    /// Waits until this node's current weftd reports ready and returns its subnet.
+    pub fn wait_ready(&mut self, node: usize) -> ipnet::Ipv4Net {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let sock = self.status_socket(node).display().to_string();
+        loop {
+            let pid = self.weftd_pid(node);
+            if let Some(w) = self.weftds.get_mut(&node)
+                && let Some(status) = w.child.try_wait().expect("wait")
+            {
+                panic!(
+                    "weftd on node {node} exited ({status}) before it was ready:\n{}",
+                    self.weftd_log(node)
+                );
+            }
+            let out = output_with_timeout(
+                Command::new(WEFTD).args(["status", "--json", "--status-socket", &sock]),
+                Duration::from_secs(5),
+            );
+            if let Ok(s) = serde_json::from_slice::<serde_json::Value>(&out.stdout)
+                && s["ready"] == true
+                && s["pid"].as_u64() == pid.map(u64::from)
+            {
+                let subnet = s["lease"]["subnet"].as_str().expect("lease subnet");
+                return subnet.parse().expect("subnet");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "weftd on node {node} not ready after 30 s:\n{}",
+                self.weftd_log(node)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn weftd_log(&self, node: usize) -> String {
+        std::fs::read_to_string(self.weftd_log_path(node)).unwrap_or_default()
+    }
+
+    pub fn weftd_pid(&self, node: usize) -> Option<u32> {
+        self.weftds.get(&node).map(|w| w.child.id())
+    }
+
+    /// Sends `signal` to node's weftd and waits for it to exit; returns its exit code.
+    pub fn stop_weftd(&mut self, node: usize, signal: nix::sys::signal::Signal) -> Option<i32> {
+        let mut w = self.weftds.remove(&node)?;
+        let pid = nix::unistd::Pid::from_raw(w.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, signal);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = w.child.try_wait().expect("wait") {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = w.child.kill();
+                let _ = w.child.wait();
+                panic!("weftd on node {node} did not exit after {signal}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for node's weftd to exit by itself; returns its exit code.
+    pub fn wait_weftd_exit(&mut self, node: usize, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let w = self.weftds.get_mut(&node)?;
+            if let Some(status) = w.child.try_wait().expect("wait") {
+                self.weftds.remove(&node);
+                return status.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "weftd on node {node} still running after {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `weftd status --json` of a node.
+    pub fn status(&self, node: usize) -> serde_json::Value {
+        let sock = self.status_socket(node).display().to_string();
+        let out = output_with_timeout(
+            Command::new(WEFTD).args(["status", "--json", "--status-socket", &sock]),
+            Duration::from_secs(10),
+        );
+        let text = must(out, "weftd status --json");
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("status JSON: {e}: {text}"))
+    }
+
+    /// Peer routes on node's VTEP device, as `ip route` prints them.
+    pub fn vtep_routes(&self, node: usize) -> Vec<String> {
+        let out = self.exec(
+            self.ns(node),
+            &["ip", "-4", "route", "show", "dev", "flannel.1"],
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l.trim().to_owned())
+            .collect()
+    }
+
+    /// Pings `target` from namespace `ns`: `count` packets, true if all answered.
+    pub fn ping(&self, ns: &str, target: Ipv4Addr, count: u32) -> bool {
+        let c = count.to_string();
+        let target = target.to_string();
+        self.exec(
+            ns,
+            &["ping", "-c", &c, "-i", "0.2", "-W", "2", "-q", &target],
+        )
+        .status
+        .success()
+    }
+
+    /// Pings until one reply comes back, or panics after `timeout`.
+    pub fn wait_ping(&self, ns: &str, target: Ipv4Addr, timeout: Duration) {
+        let target_s = target.to_string();
+        wait_for(&format!("ping {target} from {ns}"), timeout, || {
+            self.exec(ns, &["ping", "-c", "1", "-W", "1", "-q", &target_s])
+                .status
+                .success()
+                .then_some(())
+        })
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for node in self.weftds.keys() {
+                let log = self.weftd_log(*node);
+                let tail: Vec<_> = log
+                    .lines()
+                    .rev()
+                    .take(40)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect();
+                eprintln!(
+                    "---- weftd log, node {node} (last 40 lines) ----\n{}",
+                    tail.join("\n")
+                );
+            }
+        }
+        for w in self.weftds.values_mut() {
+            let _ = w.child.kill();
+            let _ = w.child.wait();
+        }
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for node in &self.nodes {
+            delete_ns(&node.ns);
+        }
+        for host in &self.hosts {
+            delete_ns(host);
+        }
+        delete_ns(&self.underlay);
+    }
+}
+
+struct OpenOptionsAppend;
+
+impl OpenOptionsAppend {
+    fn open(path: &Path) -> File {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap_or_else(|e| panic!("open {}: {e}", path.display()))
+    }
+}
+
+/// Sends raw UDP datagrams from namespace `ns`, bound to `src` (port 0 = any).
+pub fn send_udp(
+    ns: &str,
+    src: std::net::SocketAddrV4,
+    dst: std::net::SocketAddrV4,
+    payloads: Vec<Vec<u8>>,
+) {
+    in_netns(ns, move || {
+        let socket = std::net::UdpSocket::bind(src).expect("bind sender");
+        for p in payloads {
+            socket.send_to(&p, dst).expect("send");
+        }
+    });
+}
+
+/// GETs `path` from `addr` inside namespace `ns` (plain HTTP/1.0) and returns (status, body).
+pub fn http_get(ns: &str, addr: std::net::SocketAddrV4, path: &str) -> (u16, String) {
+    let path = path.to_owned();
+    in_netns(ns, move || {
+        let mut stream = std::net::TcpStream::connect_timeout(&addr.into(), Duration::from_secs(5))
+            .expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        write!(stream, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").expect("request");
+        let mut text = String::new();
+        stream.read_to_string(&mut text).expect("response");
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        (status, body)
+    })
+}
+
+/// An Ethernet frame carrying a minimal IPv4 packet, for hand-made VXLAN datagrams.
+pub fn vxlan_datagram(vni: u32, dst_mac: [u8; 6], src_mac: [u8; 6]) -> Vec<u8> {
+    let v = vni.to_be_bytes();
+    let mut d = vec![0x08, 0, 0, 0, v[1], v[2], v[3], 0];
+    d.extend_from_slice(&dst_mac);
+    d.extend_from_slice(&src_mac);
+    d.extend_from_slice(&[0x08, 0x00]);
+    d.extend_from_slice(&[
+        0x45, 0, 0, 20, 0, 0, 0x40, 0, 64, 17, 0, 0, 10, 99, 0, 1, 10, 99, 0, 2,
+    ]);
+    d
+}
+
+pub fn parse_mac(s: &str) -> [u8; 6] {
+    let mut out = [0u8; 6];
+    for (o, part) in out.iter_mut().zip(s.split(':')) {
+        *o = u8::from_str_radix(part, 16).expect("mac");
+    }
+    out
+}

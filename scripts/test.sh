@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, lints, unit and simulation tests, the
+# netns tests on real kernels (root), and a smoke run of the benchmarks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ "$(id -u)" = 0 ] || { echo "run as root: the netns tests create namespaces and TAP devices" >&2; exit 1; }
+bash scripts/setup.sh
+export CARGO_TERM_COLOR=never
+cargo fmt --check
+cargo clippy --all-targets --locked -- -D warnings
+cargo test --all-targets --locked -- --test-threads="${WEFT_TEST_THREADS:-2}"
