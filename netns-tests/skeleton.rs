@@ -148,9 +148,9 @@ fn a_node_started_later_is_reachable_and_a_leaving_node_disappears() {
     let pids: Vec<_> = (0..3).map(|n| lab.weftd_pid(n)).collect();
     let late = lab.add_node();
     let late_subnet = lab.start_weftd(late);
-    for n in 0..3 {
+    for (n, pid) in pids.iter().enumerate() {
         lab.wait_ping(lab.ns(n), late_subnet.network(), Duration::from_secs(5));
-        assert_eq!(lab.weftd_pid(n), pids[n], "node {n} was restarted");
+        assert_eq!(lab.weftd_pid(n), *pid, "node {n} was restarted");
     }
     lab.wait_ping(lab.ns(late), subnets[0].network(), Duration::from_secs(5));
 
