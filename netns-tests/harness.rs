@@ -671,3 +671,168 @@ pub fn parse_mac(s: &str) -> [u8; 6] {
     }
     out
 }
+
+/// A VTEP programmed exactly as flannel's vxlan backend programs the kernel
+/// (flannel-compat.md §5): a kernel `vxlan` device `flannel.<VNI>` with
+/// `nolearning`, the local address, the configured port, MTU − 50,
+/// address `S.0/32`; per remote lease a permanent neighbour `S.0 → MAC`, a
+/// `self permanent` FDB entry `MAC → public IP`, and `S via S.0 onlink`.
+#[derive(Debug, Clone)]
+pub struct KernelVtep {
+    pub vni: u32,
+    pub port: u16,
+    pub subnet: ipnet::Ipv4Net,
+    pub mac: String,
+}
+
+impl KernelVtep {
+    pub fn device(&self) -> String {
+        format!("flannel.{}", self.vni)
+    }
+
+    /// Creates and configures the device in `ns`, whose underlay address is `local`.
+    pub fn create(&self, lab: &Lab, ns: &str, local: Ipv4Addr) {
+        let dev = self.device();
+        let vni = self.vni.to_string();
+        let port = self.port.to_string();
+        let local = local.to_string();
+        lab.run(
+            ns,
+            &[
+                "ip",
+                "link",
+                "add",
+                &dev,
+                "type",
+                "vxlan",
+                "id",
+                &vni,
+                "local",
+                &local,
+                "dev",
+                "eth0",
+                "dstport",
+                &port,
+                "nolearning",
+                "ttl",
+                "auto",
+            ],
+        );
+        lab.run(
+            ns,
+            &[
+                "ip", "link", "set", &dev, "address", &self.mac, "mtu", "1450",
+            ],
+        );
+        let addr = format!("{}/32", self.subnet.network());
+        lab.run(ns, &["ip", "addr", "add", &addr, "dev", &dev]);
+        lab.run(ns, &["ip", "link", "set", &dev, "up"]);
+    }
+
+    /// Programs a remote lease: neighbour, FDB entry, then the route (flannel's order).
+    pub fn add_peer(
+        &self,
+        lab: &Lab,
+        ns: &str,
+        subnet: ipnet::Ipv4Net,
+        public_ip: Ipv4Addr,
+        mac: &str,
+    ) {
+        let dev = self.device();
+        let gw = subnet.network().to_string();
+        lab.run(
+            ns,
+            &[
+                "ip",
+                "neigh",
+                "replace",
+                &gw,
+                "lladdr",
+                mac,
+                "dev",
+                &dev,
+                "nud",
+                "permanent",
+            ],
+        );
+        lab.run(
+            ns,
+            &[
+                "bridge",
+                "fdb",
+                "replace",
+                mac,
+                "dev",
+                &dev,
+                "dst",
+                &public_ip.to_string(),
+                "self",
+                "permanent",
+            ],
+        );
+        lab.run(
+            ns,
+            &[
+                "ip",
+                "route",
+                "replace",
+                &subnet.to_string(),
+                "via",
+                &gw,
+                "dev",
+                &dev,
+                "onlink",
+            ],
+        );
+    }
+
+    /// Removes a remote lease (flannel's order: neighbour, FDB, route).
+    pub fn remove_peer(
+        &self,
+        lab: &Lab,
+        ns: &str,
+        subnet: ipnet::Ipv4Net,
+        public_ip: Ipv4Addr,
+        mac: &str,
+    ) {
+        let dev = self.device();
+        let gw = subnet.network().to_string();
+        let _ = lab.exec(ns, &["ip", "neigh", "del", &gw, "lladdr", mac, "dev", &dev]);
+        let _ = lab.exec(
+            ns,
+            &[
+                "bridge",
+                "fdb",
+                "del",
+                mac,
+                "dev",
+                &dev,
+                "dst",
+                &public_ip.to_string(),
+                "self",
+            ],
+        );
+        let _ = lab.exec(
+            ns,
+            &[
+                "ip",
+                "route",
+                "del",
+                &subnet.to_string(),
+                "via",
+                &gw,
+                "dev",
+                &dev,
+                "onlink",
+            ],
+        );
+    }
+
+    /// The lease JSON flannel would publish for this VTEP.
+    pub fn lease_json(&self, public_ip: Ipv4Addr) -> String {
+        format!(
+            r#"{{"PublicIP":"{public_ip}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":{},"VtepMAC":"{}"}}}}"#,
+            self.vni, self.mac
+        )
+    }
+}

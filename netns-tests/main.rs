@@ -5,5 +5,6 @@
 #![allow(unreachable_pub)]
 
 mod harness;
+mod interop;
 mod operability;
 mod skeleton;

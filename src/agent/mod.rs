@@ -85,12 +85,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     };
     let stats = Arc::new(StoreStats::default());
     let state = AgentState::new(stats.clone());
-    let store = Store::Local(Arc::new(LocalStore::open(
-        &args.local_store,
-        &args.net_config_path,
-        Duration::from_secs(args.local_lease_ttl),
-        stats.clone(),
-    )?));
+    let store = open_store(&args, &stats)?;
     let (kind, endpoint) = store.describe();
     state.update(|i| {
         i.store.kind = kind.to_owned();
@@ -230,6 +225,16 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     let result = control_loop(&mut control, &mut rx, fatal_rx, &tunables).await;
     store_task.abort();
     result
+}
+
+/// The lease store the flags select: the embedded directory store unless another is chosen.
+fn open_store(args: &RunArgs, stats: &Arc<StoreStats>) -> Result<Store, AgentError> {
+    Ok(Store::Local(Arc::new(LocalStore::open(
+        &args.local_store,
+        &args.net_config_path,
+        Duration::from_secs(args.local_lease_ttl),
+        stats.clone(),
+    )?)))
 }
 
 async fn network_config(store: &Store, stats: &StoreStats) -> Result<NetConfig, AgentError> {
