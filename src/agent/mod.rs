@@ -168,7 +168,6 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         }
     };
     let _ = state.dataplane.set(dataplane.shared().clone());
-    *state.offloads.write().unwrap_or_else(|p| p.into_inner()) = dataplane.offloads();
     state.update(|i| {
         i.lease = Some(own_lease(&lease, network, &config));
         i.device = Some(DeviceInfo {
@@ -336,6 +335,7 @@ async fn start_dataplane(
         batch: tunables.dataplane.batch,
         socket_buffer: tunables.dataplane.socket_buffer_bytes,
         offloads: tunables.offloads(),
+        underlay_mtu: ext.mtu,
     };
     let (fatal_tx, fatal_rx) = mpsc::unbounded_channel();
     let dataplane = Dataplane::start(tap, &dp_config, router, fatal_tx)?;
