@@ -306,11 +306,7 @@ async fn start_dataplane(
     mtu: u32,
 ) -> Result<Started, AgentError> {
     let network = config.network.unwrap_or_default();
-    let tap = Tap::open(
-        tap_name,
-        tunables.workers(),
-        &crate::dataplane::offload::OffloadConfig::NONE,
-    )?;
+    let tap = Tap::open(tap_name, tunables.workers(), &tunables.offloads())?;
     let link = nl.link_by_name(tap_name).await?.ok_or_else(|| {
         AgentError::Config(format!("{tap_name} vanished right after it was created"))
     })?;
