@@ -24,7 +24,6 @@ pub use counters::{Counters, WorkerCounters};
 use std::net::SocketAddrV4;
 use std::sync::Arc;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 
 /// How the dataplane is built; see `tunables/dataplane.md`.
 #[derive(Debug, Clone)]
@@ -136,7 +135,8 @@ impl Shared {
 #[derive(Debug)]
 pub struct Dataplane {
     shared: Arc<Shared>,
-    tasks: Vec<JoinHandle<()>>,
+    /// Dropping a handle stops its worker thread.
+    _workers: Vec<worker::WorkerHandle>,
     source_ports: Vec<u16>,
 }
 
@@ -177,7 +177,7 @@ impl Dataplane {
         });
         let mut tasks = Vec::new();
         for (index, (queue, (rx, pool))) in tap.queues.into_iter().zip(sockets).enumerate() {
-            let spawned = worker::spawn(worker::WorkerSetup {
+            let handle = worker::spawn(worker::WorkerSetup {
                 index,
                 tap_name: tap.name.clone(),
                 queue,
@@ -187,11 +187,11 @@ impl Dataplane {
                 batch: config.batch.max(1),
                 fatal: fatal.clone(),
             })?;
-            tasks.extend(spawned);
+            tasks.push(handle);
         }
         Ok(Dataplane {
             shared,
-            tasks,
+            _workers: tasks,
             source_ports,
         })
     }
@@ -219,10 +219,3 @@ impl Dataplane {
     }
 }
 
-impl Drop for Dataplane {
-    fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
-        }
-    }
-}

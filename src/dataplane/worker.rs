@@ -39,7 +39,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 
 /// Largest frame (or super-frame) read from the TAP, and largest datagram (or
 /// GRO run of datagrams) received.
@@ -66,7 +65,82 @@ pub(super) struct WorkerSetup {
     pub fatal: mpsc::UnboundedSender<DataplaneError>,
 }
 
-pub(super) fn spawn(setup: WorkerSetup) -> Result<Vec<JoinHandle<()>>, DataplaneError> {
+/// A running worker: its OS thread and the way to stop it.
+#[derive(Debug)]
+pub(super) struct WorkerHandle {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for WorkerHandle {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Starts a worker on its own OS thread, running a single-threaded tokio
+/// runtime: the reactor that sees a descriptor become ready runs the task that
+/// reads it, on the same thread, with no hand-off between threads (that
+/// hand-off is most of a userspace tunnel's latency).
+pub(super) fn spawn(setup: WorkerSetup) -> Result<WorkerHandle, DataplaneError> {
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let name = format!("weft-dp-{}", setup.index);
+    let thread = std::thread::Builder::new()
+        .name(name)
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build() {
+                Ok(rt) => rt,
+                Err(source) => {
+                    let _ = ready_tx.send(Err(DataplaneError::SocketFailed { source }));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let fatal = setup.fatal.clone();
+                let (tx, rx) = match tasks(setup) {
+                    Ok(tasks) => {
+                        let _ = ready_tx.send(Ok(()));
+                        tasks
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let result = tokio::select! {
+                    r = tx.run() => r,
+                    r = rx.run() => r,
+                    _ = stop_rx => Ok(()),
+                };
+                if let Err(e) = result {
+                    let _ = fatal.send(e);
+                }
+            });
+        })
+        .map_err(|source| DataplaneError::SocketFailed { source })?;
+    match ready_rx.recv() {
+        Ok(Ok(())) => Ok(WorkerHandle {
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }),
+        Ok(Err(e)) => {
+            let _ = thread.join();
+            Err(e)
+        }
+        Err(_) => Err(DataplaneError::SocketFailed {
+            source: io::Error::other("dataplane worker thread died at start"),
+        }),
+    }
+}
+
+/// Registers the worker's descriptors with the current runtime and builds its two tasks.
+fn tasks(setup: WorkerSetup) -> Result<(TxTask, RxTask), DataplaneError> {
     let tap_failed = |source| DataplaneError::TapFailed {
         name: setup.tap_name.clone(),
         source,
@@ -94,20 +168,7 @@ pub(super) fn spawn(setup: WorkerSetup) -> Result<Vec<JoinHandle<()>>, Dataplane
         shared: setup.shared,
         batch: setup.batch,
     };
-    let fatal_tx = setup.fatal.clone();
-    let fatal_rx = setup.fatal;
-    Ok(vec![
-        tokio::spawn(async move {
-            if let Err(e) = tx.run().await {
-                let _ = fatal_tx.send(e);
-            }
-        }),
-        tokio::spawn(async move {
-            if let Err(e) = rx.run().await {
-                let _ = fatal_rx.send(e);
-            }
-        }),
-    ])
+    Ok((tx, rx))
 }
 
 /// Writes one frame to the TAP: a TAP write takes the whole frame or fails.
