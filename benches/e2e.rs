@@ -116,7 +116,12 @@ fn machine_busy_ticks() -> u64 {
         .filter_map(|x| x.parse().ok())
         .collect();
     // user nice system idle iowait irq softirq steal
-    cpu.iter().take(8).enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, v)| v).sum()
+    cpu.iter()
+        .take(8)
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, v)| v)
+        .sum()
 }
 
 /// utime + stime of a process, in ticks.
@@ -132,20 +137,35 @@ fn ticks_per_second() -> f64 {
     100.0
 }
 
-fn iperf3(lab: &Lab, client_ns: &str, server_ns: &str, server: Ipv4Addr, args: &[&str], seconds: u64) -> serde_json::Value {
+fn iperf3(
+    lab: &Lab,
+    client_ns: &str,
+    server_ns: &str,
+    server: Ipv4Addr,
+    args: &[&str],
+    seconds: u64,
+) -> serde_json::Value {
     let s = server.to_string();
     let mut server_cmd = Command::new("ip");
     server_cmd.args(["netns", "exec", server_ns, "iperf3", "-s", "-1", "-B", &s]);
-    let mut child = server_cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().expect("iperf3 -s");
+    let mut child = server_cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("iperf3 -s");
     std::thread::sleep(Duration::from_millis(300));
     let t = seconds.to_string();
     let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", client_ns, "iperf3", "-c", &s, "-t", &t, "-J"]).args(args);
+    cmd.args([
+        "netns", "exec", client_ns, "iperf3", "-c", &s, "-t", &t, "-J",
+    ])
+    .args(args);
     let out = output_with_timeout(&mut cmd, Duration::from_secs(seconds + 20));
     let _ = child.kill();
     let _ = child.wait();
     let _ = lab;
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("iperf3 output: {}", String::from_utf8_lossy(&out.stdout)))
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("iperf3 output: {}", String::from_utf8_lossy(&out.stdout)))
 }
 
 fn rtts(lab: &Lab, ns: &str, target: Ipv4Addr, count: u32) -> Vec<f64> {
@@ -177,16 +197,24 @@ fn measure(lab: &Lab, server: Ipv4Addr, seconds: u64, weftd: &[u32]) -> Sample {
     let four = iperf3(lab, &c, &s, server, &["-P", "4"], seconds);
     let udp = iperf3(lab, &c, &s, server, &["-u", "-l", "64", "-b", "0"], seconds);
     let sum = &udp["end"]["sum"];
-    let received = sum["packets"].as_f64().unwrap_or(0.0) - sum["lost_packets"].as_f64().unwrap_or(0.0);
+    let received =
+        sum["packets"].as_f64().unwrap_or(0.0) - sum["lost_packets"].as_f64().unwrap_or(0.0);
     let secs = sum["seconds"].as_f64().unwrap_or(seconds as f64).max(0.001);
     let rtt = rtts(lab, &c, server, 300);
     Sample {
-        tcp1_gbps: one["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0) / 1e9,
-        tcp4_gbps: four["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0) / 1e9,
+        tcp1_gbps: one["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .unwrap_or(0.0)
+            / 1e9,
+        tcp4_gbps: four["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .unwrap_or(0.0)
+            / 1e9,
         udp64_kpps: received / secs / 1e3,
         rtt_p50_us: percentile(&rtt, 0.5),
         rtt_p99_us: percentile(&rtt, 0.99),
-        weftd_cpu_s_per_gb: (!weftd.is_empty()).then(|| (weftd1 - weftd0) as f64 / ticks_per_second() / gb),
+        weftd_cpu_s_per_gb: (!weftd.is_empty())
+            .then(|| (weftd1 - weftd0) as f64 / ticks_per_second() / gb),
         machine_cpu_s_per_gb: (machine1 - machine0) as f64 / ticks_per_second() / gb,
     }
 }
@@ -244,12 +272,19 @@ fn run_mode(lab: &mut Lab, mode: Mode, seconds: u64) -> Sample {
 }
 
 fn svg_chart(medians: &BTreeMap<(Mode, &str), f64>) -> String {
-    let panels: Vec<_> = METRICS.iter().filter(|(k, _, _)| *k != "weftd_cpu_s_per_gb").collect();
+    let panels: Vec<_> = METRICS
+        .iter()
+        .filter(|(k, _, _)| *k != "weftd_cpu_s_per_gb")
+        .collect();
     let (pw, ph) = (300.0, 220.0);
     let cols = 3.0;
     let rows = (panels.len() as f64 / cols).ceil();
     let (w, h) = (pw * cols + 20.0, ph * rows + 60.0);
-    let colors = [("veth", "#9e9e9e"), ("kernel", "#1f77b4"), ("weft", "#d62728")];
+    let colors = [
+        ("veth", "#9e9e9e"),
+        ("kernel", "#1f77b4"),
+        ("weft", "#d62728"),
+    ];
     let mut s = String::new();
     let _ = write!(
         s,
@@ -257,13 +292,28 @@ fn svg_chart(medians: &BTreeMap<(Mode, &str), f64>) -> String {
     );
     for (i, (x, c)) in colors.iter().enumerate() {
         let lx = 10.0 + 160.0 * i as f64;
-        let _ = write!(s, r#"<rect x="{lx}" y="32" width="12" height="12" fill="{c}"/><text x="{}" y="43">{x}</text>"#, lx + 16.0);
+        let _ = write!(
+            s,
+            r#"<rect x="{lx}" y="32" width="12" height="12" fill="{c}"/><text x="{}" y="43">{x}</text>"#,
+            lx + 16.0
+        );
     }
     for (p, (key, label, _)) in panels.iter().enumerate() {
-        let (px, py) = (10.0 + pw * (p as f64 % cols), 60.0 + ph * (p as f64 / cols).floor());
-        let values: Vec<f64> = Mode::ALL.iter().map(|m| medians.get(&(*m, *key)).copied().unwrap_or(0.0)).collect();
+        let (px, py) = (
+            10.0 + pw * (p as f64 % cols),
+            60.0 + ph * (p as f64 / cols).floor(),
+        );
+        let values: Vec<f64> = Mode::ALL
+            .iter()
+            .map(|m| medians.get(&(*m, *key)).copied().unwrap_or(0.0))
+            .collect();
         let max = values.iter().cloned().fold(0.0f64, f64::max).max(1e-9);
-        let _ = write!(s, r#"<text x="{}" y="{}" font-weight="bold">{label}</text>"#, px, py + 14.0);
+        let _ = write!(
+            s,
+            r#"<text x="{}" y="{}" font-weight="bold">{label}</text>"#,
+            px,
+            py + 14.0
+        );
         for (i, v) in values.iter().enumerate() {
             let bh = (ph - 70.0) * v / max;
             let bx = px + 20.0 + i as f64 * 85.0;
@@ -284,8 +334,14 @@ fn svg_chart(medians: &BTreeMap<(Mode, &str), f64>) -> String {
 
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
-    let rounds: usize = std::env::var("WEFT_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(if full { 3 } else { 1 });
-    let seconds: u64 = std::env::var("WEFT_BENCH_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(if full { 5 } else { 1 });
+    let rounds: usize = std::env::var("WEFT_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if full { 3 } else { 1 });
+    let seconds: u64 = std::env::var("WEFT_BENCH_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if full { 5 } else { 1 });
     let mut lab = Lab::new(2);
     let mut samples: BTreeMap<Mode, Vec<Sample>> = BTreeMap::new();
     for round in 0..rounds {
@@ -306,7 +362,11 @@ fn main() {
     }
     // The table.
     let mut table = String::new();
-    let _ = writeln!(table, "\n{:<26} {:>12} {:>14} {:>12} {:>12} {:>12}", "metric (median)", "bare veth", "kernel vxlan", "weft", "weft/kernel", "kernel/veth");
+    let _ = writeln!(
+        table,
+        "\n{:<26} {:>12} {:>14} {:>12} {:>12} {:>12}",
+        "metric (median)", "bare veth", "kernel vxlan", "weft", "weft/kernel", "kernel/veth"
+    );
     let mut json_modes = serde_json::Map::new();
     for (key, label, _) in METRICS {
         let g = |m: Mode| medians.get(&(m, key)).copied();
@@ -329,12 +389,28 @@ fn main() {
     for mode in Mode::ALL {
         let runs: Vec<serde_json::Value> = samples[&mode]
             .iter()
-            .map(|s| serde_json::json!(METRICS.iter().map(|(k, _, _)| (k.to_string(), serde_json::json!(s.get(k)))).collect::<serde_json::Map<_, _>>()))
+            .map(|s| {
+                serde_json::json!(
+                    METRICS
+                        .iter()
+                        .map(|(k, _, _)| (k.to_string(), serde_json::json!(s.get(k))))
+                        .collect::<serde_json::Map<_, _>>()
+                )
+            })
             .collect();
-        let med: serde_json::Map<_, _> = METRICS.iter().map(|(k, _, _)| (k.to_string(), serde_json::json!(medians.get(&(mode, k))))).collect();
-        json_modes.insert(mode.key().to_owned(), serde_json::json!({ "median": med, "runs": runs }));
+        let med: serde_json::Map<_, _> = METRICS
+            .iter()
+            .map(|(k, _, _)| (k.to_string(), serde_json::json!(medians.get(&(mode, k)))))
+            .collect();
+        json_modes.insert(
+            mode.key().to_owned(),
+            serde_json::json!({ "median": med, "runs": runs }),
+        );
     }
-    let ratio_of = |k: &str| match (medians.get(&(Mode::Weft, k)), medians.get(&(Mode::Kernel, k))) {
+    let ratio_of = |k: &str| match (
+        medians.get(&(Mode::Weft, k)),
+        medians.get(&(Mode::Kernel, k)),
+    ) {
         (Some(a), Some(b)) if *b > 0.0 => Some(a / b),
         _ => None,
     };
@@ -357,14 +433,21 @@ fn main() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench-results");
     std::fs::create_dir_all(&dir).expect("bench-results dir");
     let tag = if full { "e2e" } else { "e2e-smoke" };
-    std::fs::write(dir.join(format!("{tag}.json")), serde_json::to_string_pretty(&report).expect("json")).expect("write json");
+    std::fs::write(
+        dir.join(format!("{tag}.json")),
+        serde_json::to_string_pretty(&report).expect("json"),
+    )
+    .expect("write json");
     std::fs::write(dir.join(format!("{tag}.svg")), svg_chart(&medians)).expect("write svg");
     println!("wrote {0}/{tag}.json and {0}/{tag}.svg", dir.display());
     // The smoke run must have moved traffic in every mode.
     for mode in Mode::ALL {
         let tcp = medians.get(&(mode, "tcp1_gbps")).copied().unwrap_or(0.0);
         assert!(tcp > 0.0, "{}: no TCP throughput", mode.name());
-        let rtt = medians.get(&(mode, "rtt_p50_us")).copied().unwrap_or(f64::NAN);
+        let rtt = medians
+            .get(&(mode, "rtt_p50_us"))
+            .copied()
+            .unwrap_or(f64::NAN);
         assert!(rtt.is_finite(), "{}: no ping replies", mode.name());
     }
 }

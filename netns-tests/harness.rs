@@ -28,6 +28,16 @@ pub const DEFAULT_NET_CONF: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Typ
 
 static LABS: AtomicUsize = AtomicUsize::new(0);
 
+/// Tunables that turn every offload off.
+pub const OFFLOADS_OFF: &str = "[dataplane]\ntap_vnet_hdr = false\ntso = false\nuso = false\nudp_gso = false\nudp_gro = false\n";
+
+/// `WEFT_TEST_OFFLOADS=off` runs every weftd of the suite with all offloads
+/// off (test.sh runs the netns suite both ways); tests that pass their own
+/// tunables keep them.
+pub fn offloads_forced_off() -> bool {
+    std::env::var("WEFT_TEST_OFFLOADS").is_ok_and(|v| v == "off")
+}
+
 /// Fails (never skips) when the tests cannot do their job.
 pub fn require_root() {
     let uid = std::fs::read_to_string("/proc/self/status")
@@ -392,7 +402,8 @@ impl Lab {
             args.push("--local-store".to_owned());
             args.push(self.store_dir().display().to_string());
         }
-        if let Some(t) = &opts.tunables {
+        let forced_off = offloads_forced_off().then(|| OFFLOADS_OFF.to_owned());
+        if let Some(t) = opts.tunables.as_ref().or(forced_off.as_ref()) {
             let path = self.dir.path().join(format!("tunables-{node}.toml"));
             std::fs::write(&path, t).expect("write tunables");
             args.push("--tunables".to_owned());

@@ -6,5 +6,6 @@
 
 mod harness;
 mod interop;
+mod offload;
 mod operability;
 mod skeleton;

@@ -149,7 +149,10 @@ impl AgentState {
 
     /// The offloads in use now (none before the dataplane is up).
     pub fn offloads(&self) -> ActiveOffloads {
-        self.dataplane.get().map(|d| d.active_offloads()).unwrap_or_default()
+        self.dataplane
+            .get()
+            .map(|d| d.active_offloads())
+            .unwrap_or_default()
     }
 
     pub fn report(&self) -> StatusReport {

@@ -128,8 +128,14 @@ pub enum OffloadError {
 
 /// Completes a partial checksum (`NEEDS_CSUM`): sums from `csum_start` to the end
 /// and stores the result at `csum_start + csum_offset`.
-pub fn complete_checksum(frame: &mut [u8], csum_start: usize, csum_offset: usize) -> Result<(), OffloadError> {
-    let field = csum_start.checked_add(csum_offset).ok_or(OffloadError::Malformed)?;
+pub fn complete_checksum(
+    frame: &mut [u8],
+    csum_start: usize,
+    csum_offset: usize,
+) -> Result<(), OffloadError> {
+    let field = csum_start
+        .checked_add(csum_offset)
+        .ok_or(OffloadError::Malformed)?;
     if field + 2 > frame.len() || csum_start > frame.len() {
         return Err(OffloadError::Malformed);
     }
@@ -146,7 +152,9 @@ pub fn complete_checksum(frame: &mut [u8], csum_start: usize, csum_offset: usize
 /// Whether the transport header at `l4` belongs to UDP (a zero UDP checksum means "none").
 fn frame_is_udp_at(frame: &[u8], l4: usize) -> bool {
     match ethertype(frame) {
-        Some(ETHERTYPE_IPV4) => frame.get(ETH_LEN + 9) == Some(&PROTO_UDP) && l4 == ETH_LEN + ipv4_ihl(frame),
+        Some(ETHERTYPE_IPV4) => {
+            frame.get(ETH_LEN + 9) == Some(&PROTO_UDP) && l4 == ETH_LEN + ipv4_ihl(frame)
+        }
         Some(ETHERTYPE_IPV6) => frame.get(ETH_LEN + 6) == Some(&PROTO_UDP) && l4 == ETH_LEN + 40,
         _ => false,
     }
@@ -213,7 +221,12 @@ fn layout(frame: &[u8]) -> Result<Layout, OffloadError> {
     if hdr_len > frame.len() {
         return Err(OffloadError::Malformed);
     }
-    Ok(Layout { v6, l4, hdr_len, proto })
+    Ok(Layout {
+        v6,
+        l4,
+        hdr_len,
+        proto,
+    })
 }
 
 /// One segment produced by [`split`]: its headers in the arena, its payload in the frame.
@@ -235,12 +248,26 @@ pub struct Split {
 
 fn pseudo_sum(frame: &[u8], l: &Layout, l4_len: usize) -> u32 {
     if l.v6 {
-        let src = Ipv6Addr::from(<[u8; 16]>::try_from(&frame[ETH_LEN + 8..ETH_LEN + 24]).unwrap_or([0; 16]));
-        let dst = Ipv6Addr::from(<[u8; 16]>::try_from(&frame[ETH_LEN + 24..ETH_LEN + 40]).unwrap_or([0; 16]));
+        let src = Ipv6Addr::from(
+            <[u8; 16]>::try_from(&frame[ETH_LEN + 8..ETH_LEN + 24]).unwrap_or([0; 16]),
+        );
+        let dst = Ipv6Addr::from(
+            <[u8; 16]>::try_from(&frame[ETH_LEN + 24..ETH_LEN + 40]).unwrap_or([0; 16]),
+        );
         checksum::pseudo_header_v6(src, dst, l.proto, l4_len as u32)
     } else {
-        let src = Ipv4Addr::new(frame[ETH_LEN + 12], frame[ETH_LEN + 13], frame[ETH_LEN + 14], frame[ETH_LEN + 15]);
-        let dst = Ipv4Addr::new(frame[ETH_LEN + 16], frame[ETH_LEN + 17], frame[ETH_LEN + 18], frame[ETH_LEN + 19]);
+        let src = Ipv4Addr::new(
+            frame[ETH_LEN + 12],
+            frame[ETH_LEN + 13],
+            frame[ETH_LEN + 14],
+            frame[ETH_LEN + 15],
+        );
+        let dst = Ipv4Addr::new(
+            frame[ETH_LEN + 16],
+            frame[ETH_LEN + 17],
+            frame[ETH_LEN + 18],
+            frame[ETH_LEN + 19],
+        );
         checksum::pseudo_header_v4(src, dst, l.proto, l4_len as u32)
     }
 }
@@ -251,14 +278,23 @@ fn pseudo_sum(frame: &[u8], l: &Layout, l4_len: usize) -> u32 {
 /// Ethernet/IP/TCP-or-UDP headers is appended to `arena`, and a [`Segment`]
 /// pointing at it and at the payload range of `frame` is appended to `out`.
 /// Checksums of every segment are computed in full: they must be right on the wire.
-pub fn split(frame: &[u8], hdr: &VnetHdr, prefix: &[u8], arena: &mut Vec<u8>, out: &mut Vec<Segment>) -> Result<Split, OffloadError> {
+pub fn split(
+    frame: &[u8],
+    hdr: &VnetHdr,
+    prefix: &[u8],
+    arena: &mut Vec<u8>,
+    out: &mut Vec<Segment>,
+) -> Result<Split, OffloadError> {
     let l = layout(frame)?;
     let want_proto = match hdr.gso_type {
         GsoType::TcpV4 | GsoType::TcpV6 => PROTO_TCP,
         GsoType::UdpL4 => PROTO_UDP,
         GsoType::None | GsoType::Other(_) => return Err(OffloadError::Unsupported),
     };
-    if l.proto != want_proto || (hdr.gso_type == GsoType::TcpV4 && l.v6) || (hdr.gso_type == GsoType::TcpV6 && !l.v6) {
+    if l.proto != want_proto
+        || (hdr.gso_type == GsoType::TcpV4 && l.v6)
+        || (hdr.gso_type == GsoType::TcpV6 && !l.v6)
+    {
         return Err(OffloadError::Malformed);
     }
     let mss = usize::from(hdr.gso_size);
@@ -269,8 +305,16 @@ pub fn split(frame: &[u8], hdr: &VnetHdr, prefix: &[u8], arena: &mut Vec<u8>, ou
     let count = payload.len().div_ceil(mss).max(1);
     let headers = &frame[..l.hdr_len];
     let first_id = if l.v6 { 0 } else { be16(frame, ETH_LEN + 4) };
-    let first_seq = if l.proto == PROTO_TCP { be32(frame, l.l4 + 4) } else { 0 };
-    let tcp_flags = if l.proto == PROTO_TCP { frame[l.l4 + 13] } else { 0 };
+    let first_seq = if l.proto == PROTO_TCP {
+        be32(frame, l.l4 + 4)
+    } else {
+        0
+    };
+    let tcp_flags = if l.proto == PROTO_TCP {
+        frame[l.l4 + 13]
+    } else {
+        0
+    };
     for i in 0..count {
         let start = payload.start + i * mss;
         let end = (start + mss).min(payload.end);
@@ -287,7 +331,8 @@ pub fn split(frame: &[u8], hdr: &VnetHdr, prefix: &[u8], arena: &mut Vec<u8>, ou
             let ip_len = (l.hdr_len - ETH_LEN + seg_payload.len()) as u16;
             seg[ETH_LEN + 2..ETH_LEN + 4].copy_from_slice(&ip_len.to_be_bytes());
             // The kernel's GSO increments the IP ID per segment.
-            seg[ETH_LEN + 4..ETH_LEN + 6].copy_from_slice(&first_id.wrapping_add(i as u16).to_be_bytes());
+            seg[ETH_LEN + 4..ETH_LEN + 6]
+                .copy_from_slice(&first_id.wrapping_add(i as u16).to_be_bytes());
             seg[ETH_LEN + 10..ETH_LEN + 12].copy_from_slice(&[0, 0]);
             let ip_sum = checksum::finish(checksum::sum(&seg[ETH_LEN..l.l4]));
             seg[ETH_LEN + 10..ETH_LEN + 12].copy_from_slice(&ip_sum);
@@ -311,7 +356,10 @@ pub fn split(frame: &[u8], hdr: &VnetHdr, prefix: &[u8], arena: &mut Vec<u8>, ou
         };
         seg[csum_field..csum_field + 2].copy_from_slice(&[0, 0]);
         let sum = checksum::combine(
-            checksum::combine(pseudo_sum(seg, &l, l4_len), checksum::sum(&seg[l.l4..l.hdr_len])),
+            checksum::combine(
+                pseudo_sum(seg, &l, l4_len),
+                checksum::sum(&seg[l.l4..l.hdr_len]),
+            ),
             checksum::sum(seg_payload),
         );
         let mut value = checksum::finish(sum);
@@ -342,7 +390,6 @@ impl FrameRef {
     pub fn range(&self) -> Range<usize> {
         self.start as usize..self.end as usize
     }
-
 }
 
 /// Largest headers kept for a coalesced frame: vnet + Ethernet + IPv6 + TCP with options.
@@ -495,7 +542,8 @@ impl Coalescer {
         if self.headers.len() <= header {
             self.headers.push([0u8; MAX_HEADER]);
         }
-        self.headers[header][VNET_HDR_LEN..VNET_HDR_LEN + layout.hdr_len].copy_from_slice(&bytes[..layout.hdr_len]);
+        self.headers[header][VNET_HDR_LEN..VNET_HDR_LEN + layout.hdr_len]
+            .copy_from_slice(&bytes[..layout.hdr_len]);
         self.header_lens.push(VNET_HDR_LEN + layout.hdr_len);
         let pool = self.free.pop().expect("a free pool per open flow");
         self.pools[pool].clear();
@@ -694,7 +742,12 @@ pub(crate) mod tests {
         f.extend_from_slice(&[0, 0, 0x10, 0x00, 0x80, flags, 0x01, 0xf6, 0, 0, 0, 0]);
         f.extend_from_slice(&[1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2]);
         f.extend_from_slice(payload);
-        let pseudo = checksum::pseudo_header_v4(Ipv4Addr::new(10, 244, 1, 5), Ipv4Addr::new(10, 244, 2, 7), 6, (tcp_len + payload.len()) as u32);
+        let pseudo = checksum::pseudo_header_v4(
+            Ipv4Addr::new(10, 244, 1, 5),
+            Ipv4Addr::new(10, 244, 2, 7),
+            6,
+            (tcp_len + payload.len()) as u32,
+        );
         let sum = checksum::finish(checksum::combine(pseudo, checksum::sum(&f[34..])));
         f[50..52].copy_from_slice(&sum);
         f
@@ -730,7 +783,12 @@ pub(crate) mod tests {
         assert_eq!(VnetHdr::parse(&h.emit()), Some(h));
         assert_eq!(h.emit(), [1, 1, 66, 0, 0x76, 0x05, 34, 0, 16, 0]);
         assert_eq!(VnetHdr::parse(&[0; 9]), None);
-        assert_eq!(VnetHdr::parse(&[0, 0x81, 0, 0, 0, 0, 0, 0, 0, 0]).unwrap().gso_type, GsoType::TcpV4);
+        assert_eq!(
+            VnetHdr::parse(&[0, 0x81, 0, 0, 0, 0, 0, 0, 0, 0])
+                .unwrap()
+                .gso_type,
+            GsoType::TcpV4
+        );
     }
 
     #[test]
@@ -777,7 +835,28 @@ pub(crate) mod tests {
         let data = payload(5000);
         let mut f = vec![0x0e, 0, 0, 0, 0, 2, 0x0e, 0, 0, 0, 0, 1, 0x08, 0x00];
         let ip_len = 20 + 8 + data.len();
-        f.extend_from_slice(&[0x45, 0, (ip_len >> 8) as u8, ip_len as u8, 0, 1, 0x40, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2]);
+        f.extend_from_slice(&[
+            0x45,
+            0,
+            (ip_len >> 8) as u8,
+            ip_len as u8,
+            0,
+            1,
+            0x40,
+            0,
+            64,
+            17,
+            0,
+            0,
+            10,
+            0,
+            0,
+            1,
+            10,
+            0,
+            0,
+            2,
+        ]);
         f.extend_from_slice(&[0x30, 0x39, 0x00, 0x35, 0, 0, 0, 0]);
         f.extend_from_slice(&data);
         let hdr = VnetHdr {
@@ -797,7 +876,12 @@ pub(crate) mod tests {
             assert!(checksum::verify(&wire[14..34], 0));
             let udp_len = usize::from(be16(&wire, 38));
             assert_eq!(udp_len, wire.len() - 34);
-            let pseudo = checksum::pseudo_header_v4(Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2), 17, udp_len as u32);
+            let pseudo = checksum::pseudo_header_v4(
+                Ipv4Addr::new(10, 0, 0, 1),
+                Ipv4Addr::new(10, 0, 0, 2),
+                17,
+                udp_len as u32,
+            );
             assert!(checksum::verify(&wire[34..], pseudo));
         }
     }
@@ -818,24 +902,47 @@ pub(crate) mod tests {
             let _ = split(&good[..len], &hdr, &[], &mut a, &mut s);
         }
         let zero_mss = VnetHdr { gso_size: 0, ..hdr };
-        assert_eq!(split(&good, &zero_mss, &[], &mut Vec::new(), &mut Vec::new()), Err(OffloadError::Malformed));
-        let udp_claim = VnetHdr { gso_type: GsoType::UdpL4, ..hdr };
-        assert_eq!(split(&good, &udp_claim, &[], &mut Vec::new(), &mut Vec::new()), Err(OffloadError::Malformed));
+        assert_eq!(
+            split(&good, &zero_mss, &[], &mut Vec::new(), &mut Vec::new()),
+            Err(OffloadError::Malformed)
+        );
+        let udp_claim = VnetHdr {
+            gso_type: GsoType::UdpL4,
+            ..hdr
+        };
+        assert_eq!(
+            split(&good, &udp_claim, &[], &mut Vec::new(), &mut Vec::new()),
+            Err(OffloadError::Malformed)
+        );
         let mut bad_off = good.clone();
         bad_off[46] = 0x10; // TCP data offset 4 bytes
-        assert_eq!(split(&bad_off, &hdr, &[], &mut Vec::new(), &mut Vec::new()), Err(OffloadError::Malformed));
+        assert_eq!(
+            split(&bad_off, &hdr, &[], &mut Vec::new(), &mut Vec::new()),
+            Err(OffloadError::Malformed)
+        );
     }
 
     #[test]
     fn complete_checksum_fills_the_field() {
         let mut f = tcp4_frame(&payload(100), 5, 0x18, 1);
         let good = f.clone();
-        let pseudo = checksum::pseudo_header_v4(Ipv4Addr::new(10, 244, 1, 5), Ipv4Addr::new(10, 244, 2, 7), 6, 132);
+        let pseudo = checksum::pseudo_header_v4(
+            Ipv4Addr::new(10, 244, 1, 5),
+            Ipv4Addr::new(10, 244, 2, 7),
+            6,
+            132,
+        );
         f[50..52].copy_from_slice(&(pseudo as u16).to_be_bytes());
         complete_checksum(&mut f, 34, 16).unwrap();
         assert_eq!(f, good);
-        assert_eq!(complete_checksum(&mut f, 200, 16), Err(OffloadError::Malformed));
-        assert_eq!(complete_checksum(&mut f, 34, 65535), Err(OffloadError::Malformed));
+        assert_eq!(
+            complete_checksum(&mut f, 200, 16),
+            Err(OffloadError::Malformed)
+        );
+        assert_eq!(
+            complete_checksum(&mut f, 34, 65535),
+            Err(OffloadError::Malformed)
+        );
     }
 
     fn frames_of(segments: &[Vec<u8>]) -> (Vec<u8>, Vec<FrameRef>) {
@@ -873,7 +980,14 @@ pub(crate) mod tests {
         let segs: Vec<Vec<u8>> = data
             .chunks(1398)
             .enumerate()
-            .map(|(i, c)| tcp4_frame(c, 5000 + (i * 1398) as u32, if i == 43 { 0x18 } else { 0x10 }, i as u16))
+            .map(|(i, c)| {
+                tcp4_frame(
+                    c,
+                    5000 + (i * 1398) as u32,
+                    if i == 43 { 0x18 } else { 0x10 },
+                    i as u16,
+                )
+            })
             .collect();
         let (buf, refs) = frames_of(&segs);
         let mut c = Coalescer::new();
@@ -885,7 +999,10 @@ pub(crate) mod tests {
         let (hdr, frame) = render(&c, &buf, &c.writes()[0]);
         let hdr = hdr.unwrap();
         assert_eq!(hdr.gso_type, GsoType::TcpV4);
-        assert_eq!((hdr.gso_size, hdr.hdr_len, hdr.csum_start, hdr.csum_offset), (1398, 66, 34, 16));
+        assert_eq!(
+            (hdr.gso_size, hdr.hdr_len, hdr.csum_start, hdr.csum_offset),
+            (1398, 66, 34, 16)
+        );
         assert_eq!(hdr.flags, F_NEEDS_CSUM);
         assert!(checksum::verify(&frame[14..34], 0), "IP header checksum");
         assert_eq!(usize::from(be16(&frame, 16)), frame.len() - 14);
@@ -913,7 +1030,10 @@ pub(crate) mod tests {
         }
         c.finish();
         let w = c.writes();
-        assert!(matches!(w[0], Write::Merged { ref parts, .. } if parts.len() == 2), "{w:?}");
+        assert!(
+            matches!(w[0], Write::Merged { ref parts, .. } if parts.len() == 2),
+            "{w:?}"
+        );
         assert_eq!(w[1], Write::Single(refs[1]));
         assert_eq!(w[2], Write::Single(refs[3]));
         assert_eq!(w[3], Write::Single(refs[4]));

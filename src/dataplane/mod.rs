@@ -218,4 +218,3 @@ impl Dataplane {
         &self.source_ports
     }
 }
-

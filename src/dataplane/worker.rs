@@ -26,7 +26,8 @@ use super::sys::{self, RecvBatch, RecvMeta, SendBatch, SendQueue};
 use super::udp::SourceSocket;
 use super::{DataplaneError, Shared};
 use crate::core::offload::{
-    self, Coalescer, F_NEEDS_CSUM, FrameRef, GsoType, Segment, VNET_HDR_LEN, VnetHdr, Write as GroWrite,
+    self, Coalescer, F_NEEDS_CSUM, FrameRef, GsoType, Segment, VNET_HDR_LEN, VnetHdr,
+    Write as GroWrite,
 };
 use crate::core::router::{DropReason, Egress, Ingress};
 use crate::core::vxlan;
@@ -94,7 +95,11 @@ pub(super) fn spawn(setup: WorkerSetup) -> Result<WorkerHandle, DataplaneError> 
     let thread = std::thread::Builder::new()
         .name(name)
         .spawn(move || {
-            let runtime = match tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build() {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .enable_time()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(source) => {
                     let _ = ready_tx.send(Err(DataplaneError::SocketFailed { source }));
@@ -177,21 +182,36 @@ fn write_frame(tap: &File, pieces: &[IoSlice<'_>]) -> io::Result<()> {
     let mut tap = tap;
     match tap.write_vectored(pieces)? {
         n if n == want => Ok(()),
-        n => Err(io::Error::other(format!("short TAP write: {n} of {want} bytes"))),
+        n => Err(io::Error::other(format!(
+            "short TAP write: {n} of {want} bytes"
+        ))),
     }
 }
 
 fn buffers(count: usize, size: usize) -> Vec<Box<[u8]>> {
-    (0..count).map(|_| vec![0u8; size].into_boxed_slice()).collect()
+    (0..count)
+        .map(|_| vec![0u8; size].into_boxed_slice())
+        .collect()
 }
 
 /// What TX decided for one frame of the batch.
 #[derive(Clone, Copy, Debug)]
 enum Plan {
     /// Send `buf[range]` (VXLAN header already in place) as one datagram.
-    Datagram { dst: SocketAddrV4, sock: usize, start: usize, end: usize },
+    Datagram {
+        dst: SocketAddrV4,
+        sock: usize,
+        start: usize,
+        end: usize,
+    },
     /// Send segments `segs[first..last]` (GSO segment length `seg_len`).
-    Segments { dst: SocketAddrV4, sock: usize, first: usize, last: usize, seg_len: usize },
+    Segments {
+        dst: SocketAddrV4,
+        sock: usize,
+        first: usize,
+        last: usize,
+        seg_len: usize,
+    },
     /// Nothing to send (answered, dropped, or already counted).
     Skip,
 }
@@ -308,7 +328,12 @@ impl TxTask {
             let frame = &mut rest[..len];
             if hdr.gso_type == GsoType::None
                 && hdr.flags & F_NEEDS_CSUM != 0
-                && offload::complete_checksum(frame, usize::from(hdr.csum_start), usize::from(hdr.csum_offset)).is_err()
+                && offload::complete_checksum(
+                    frame,
+                    usize::from(hdr.csum_start),
+                    usize::from(hdr.csum_offset),
+                )
+                .is_err()
             {
                 tally.drop(DropReason::BadOffload);
                 continue;
@@ -316,7 +341,10 @@ impl TxTask {
             let (dst, flow) = match router.egress(frame, &mut b.reply) {
                 Egress::Encap { dst, flow } => (SocketAddrV4::new(dst, self.shared.port), flow),
                 Egress::ArpReply { len } => {
-                    self.tap_write(&[IoSlice::new(&ZERO_VNET), IoSlice::new(&b.reply[..len])], tally);
+                    self.tap_write(
+                        &[IoSlice::new(&ZERO_VNET), IoSlice::new(&b.reply[..len])],
+                        tally,
+                    );
                     tally.arp_replies += 1;
                     continue;
                 }
@@ -380,7 +408,13 @@ impl TxTask {
     /// gets an ICMP "fragmentation needed" back through the TAP and is dropped;
     /// anything else goes out and the kernel fragments the outer packet, as
     /// flannel's kernel device (no DF) would. Returns true when dropped.
-    fn too_big(&self, frame: &[u8], inner_len: usize, reply: &mut [u8; 128], tally: &mut BatchTally) -> bool {
+    fn too_big(
+        &self,
+        frame: &[u8],
+        inner_len: usize,
+        reply: &mut [u8; 128],
+        tally: &mut BatchTally,
+    ) -> bool {
         let mtu = self.shared.underlay_mtu as usize;
         if offload::outer_len(inner_len) <= mtu {
             return false;
@@ -421,22 +455,35 @@ impl TxTask {
                 match plan {
                     Plan::Skip => {}
                     p if p.socket() != Some(sock) => break,
-                    Plan::Datagram { dst, start, end, .. } => {
+                    Plan::Datagram {
+                        dst, start, end, ..
+                    } => {
                         if !queue.has_room(1) {
                             failed_gso |= send_all(&self.pool[sock], &mut queue, tally).await;
                         }
                         queue.push(dst, &[&b.bufs[i][start..end]], None);
                     }
-                    Plan::Segments { dst, first, last, seg_len, .. } => {
+                    Plan::Segments {
+                        dst,
+                        first,
+                        last,
+                        seg_len,
+                        ..
+                    } => {
                         let frame = &b.bufs[i][VNET_HDR_LEN..];
-                        let per_msg = if seg_len == 0 { 1 } else { (MAX_UDP_PAYLOAD / seg_len).clamp(1, MAX_GSO_SEGMENTS) };
+                        let per_msg = if seg_len == 0 {
+                            1
+                        } else {
+                            (MAX_UDP_PAYLOAD / seg_len).clamp(1, MAX_GSO_SEGMENTS)
+                        };
                         let mut s = first;
                         while s < last {
                             let e = (s + per_msg).min(last);
                             if !queue.has_room(2 * (e - s)) {
                                 failed_gso |= send_all(&self.pool[sock], &mut queue, tally).await;
                             }
-                            let mut slices: [&[u8]; 2 * MAX_GSO_SEGMENTS] = [&[]; 2 * MAX_GSO_SEGMENTS];
+                            let mut slices: [&[u8]; 2 * MAX_GSO_SEGMENTS] =
+                                [&[]; 2 * MAX_GSO_SEGMENTS];
                             for (k, seg) in b.segs[s..e].iter().enumerate() {
                                 slices[2 * k] = &b.arena[seg.header.clone()];
                                 slices[2 * k + 1] = &frame[seg.payload.clone()];
@@ -459,7 +506,12 @@ impl TxTask {
     }
 
     /// Reads up to `bufs.len()` frames at offset `head`, waiting for the first.
-    async fn read_batch(&self, bufs: &mut [Box<[u8]>], lens: &mut [usize], head: usize) -> Result<usize, DataplaneError> {
+    async fn read_batch(
+        &self,
+        bufs: &mut [Box<[u8]>],
+        lens: &mut [usize],
+        head: usize,
+    ) -> Result<usize, DataplaneError> {
         let vnet = self.shared.offloads.tap_vnet_hdr;
         loop {
             let mut guard = self.tap.readable().await.map_err(|e| self.tap_failed(e))?;
@@ -496,15 +548,21 @@ impl TxTask {
 /// Sends every queued message, waiting while the socket buffer is full; a
 /// message the socket refuses is dropped and counted. Returns true when a GSO
 /// send failed with EIO (the caller turns GSO off).
-async fn send_all(socket: &AsyncFd<Socket>, queue: &mut SendQueue<'_, '_>, tally: &mut BatchTally) -> bool {
+async fn send_all(
+    socket: &AsyncFd<Socket>,
+    queue: &mut SendQueue<'_, '_>,
+    tally: &mut BatchTally,
+) -> bool {
     let mut gso_eio = false;
     while !queue.is_empty() {
         match queue.flush(socket.get_ref()) {
             Ok(_) => break,
-            Err(e) if e.error.kind() == io::ErrorKind::WouldBlock => match socket.writable().await {
-                Ok(mut guard) => guard.clear_ready(),
-                Err(_) => break,
-            },
+            Err(e) if e.error.kind() == io::ErrorKind::WouldBlock => {
+                match socket.writable().await {
+                    Ok(mut guard) => guard.clear_ready(),
+                    Err(_) => break,
+                }
+            }
             Err(e) if e.error.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
                 gso_eio |= e.error.raw_os_error() == Some(libc::EIO);
@@ -529,7 +587,11 @@ impl RxTask {
         let gro = self.shared.offloads.udp_gro;
         let vnet = self.shared.offloads.tap_vnet_hdr;
         // With UDP GRO a slot holds a run of up to 64 datagrams.
-        let slots = if gro { self.batch.div_ceil(8).max(2) } else { self.batch };
+        let slots = if gro {
+            self.batch.div_ceil(8).max(2)
+        } else {
+            self.batch
+        };
         let mut bufs = buffers(slots, MAX_FRAME);
         let mut meta = vec![RecvMeta::default(); slots];
         let mut recv = RecvBatch::new(slots);
@@ -615,7 +677,12 @@ impl RxTask {
         }
     }
 
-    async fn recv_batch(&self, recv: &mut RecvBatch, bufs: &mut [Box<[u8]>], meta: &mut [RecvMeta]) -> Result<usize, DataplaneError> {
+    async fn recv_batch(
+        &self,
+        recv: &mut RecvBatch,
+        bufs: &mut [Box<[u8]>],
+        meta: &mut [RecvMeta],
+    ) -> Result<usize, DataplaneError> {
         loop {
             let mut guard = self
                 .socket
