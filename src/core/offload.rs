@@ -176,6 +176,46 @@ fn be32(b: &[u8], i: usize) -> u32 {
     u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
 }
 
+/// Completes the transport checksum of a frame whose sender left it partial.
+///
+/// A kernel that offloads checksums (a VXLAN device over veth, as flannel's
+/// nodes in containers or namespaces are) sends inner TCP/UDP segments whose
+/// checksum field holds only the pseudo-header sum, trusting "the NIC" to fill
+/// it in; a receiving kernel trusts its skb state, but a frame that crossed a
+/// UDP socket into userspace has lost that state, and the TAP's kernel would
+/// drop it. Such a field is recognised by its value (the folded pseudo-header
+/// sum) and completed here; any other frame is left alone for the kernel to
+/// verify. Returns whether the frame was completed.
+pub fn complete_partial_checksum(frame: &mut [u8]) -> bool {
+    let Ok(l) = layout(frame) else { return false };
+    if !l.v6 && be16(frame, ETH_LEN + 6) & 0x3fff != 0 {
+        return false; // a fragment: the checksum covers the reassembled datagram
+    }
+    let l4_len = if l.v6 {
+        usize::from(be16(frame, ETH_LEN + 4))
+    } else {
+        usize::from(be16(frame, ETH_LEN + 2)).saturating_sub(l.l4 - ETH_LEN)
+    };
+    if l4_len < l.hdr_len - l.l4 || l.l4 + l4_len > frame.len() {
+        return false;
+    }
+    let field = if l.proto == PROTO_TCP {
+        l.l4 + 16
+    } else {
+        l.l4 + 6
+    };
+    let value = be16(frame, field);
+    if l.proto == PROTO_UDP && value == 0 && !l.v6 {
+        return false; // IPv4 UDP without a checksum
+    }
+    let pseudo = pseudo_sum(frame, &l, l4_len) as u16;
+    if value != pseudo {
+        return false;
+    }
+    let end = l.l4 + l4_len;
+    complete_checksum(&mut frame[..end], l.l4, field - l.l4).is_ok()
+}
+
 /// The layout of an Ethernet + IP + TCP/UDP frame's headers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Layout {
@@ -920,6 +960,37 @@ pub(crate) mod tests {
             split(&bad_off, &hdr, &[], &mut Vec::new(), &mut Vec::new()),
             Err(OffloadError::Malformed)
         );
+    }
+
+    #[test]
+    fn partial_checksums_from_offloading_senders_are_completed_others_left_alone() {
+        let good = tcp4_frame(&payload(700), 5, 0x18, 1);
+        let mut partial = good.clone();
+        let pseudo = checksum::pseudo_header_v4(
+            Ipv4Addr::new(10, 244, 1, 5),
+            Ipv4Addr::new(10, 244, 2, 7),
+            6,
+            32 + 700,
+        );
+        partial[50..52].copy_from_slice(&(pseudo as u16).to_be_bytes());
+        assert!(complete_partial_checksum(&mut partial));
+        assert_eq!(partial, good);
+        let mut untouched = good.clone();
+        assert!(
+            !complete_partial_checksum(&mut untouched),
+            "a full checksum is not partial"
+        );
+        assert_eq!(untouched, good);
+        let mut corrupt = good.clone();
+        corrupt[60] ^= 0xff;
+        assert!(
+            !complete_partial_checksum(&mut corrupt),
+            "corruption is left for the kernel to catch"
+        );
+        for len in 0..60 {
+            let mut short = good[..len].to_vec();
+            let _ = complete_partial_checksum(&mut short);
+        }
     }
 
     #[test]

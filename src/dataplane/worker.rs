@@ -602,7 +602,7 @@ impl RxTask {
             let mut tally = BatchTally::default();
             let router = self.shared.router.load();
             coalescer.clear();
-            for (k, (buf, m)) in bufs.iter().zip(&meta).take(n).enumerate() {
+            for (k, (buf, m)) in bufs.iter_mut().zip(&meta).take(n).enumerate() {
                 let Some(src) = m.src else {
                     tally.drop(DropReason::UnknownVtep);
                     continue;
@@ -619,10 +619,12 @@ impl RxTask {
                 }
                 while off < m.len {
                     let end = (off + stride).min(m.len);
-                    let datagram = &buf[off..end];
+                    let datagram = &mut buf[off..end];
                     match router.ingress(*src.ip(), datagram) {
                         Ingress::Deliver => {
-                            let frame = &datagram[vxlan::HEADER_LEN..];
+                            let frame = &mut datagram[vxlan::HEADER_LEN..];
+                            offload::complete_partial_checksum(frame);
+                            let frame = &*frame;
                             tally.decap_frames += 1;
                             tally.decap_bytes += frame.len() as u64;
                             let at = FrameRef {
