@@ -413,7 +413,14 @@ impl KubeStore {
 
     async fn run(&self, tx: UpdateSender) {
         let mut table = NodeTable::new(self.keys.clone());
-        let mut events = watcher::watcher(self.nodes.clone(), watcher::Config::default())
+        // Lists with resourceVersion=0, served from the API server's watch
+        // cache, as client-go's informers (and so flannel) do: every node of a
+        // cluster relists after a desync, so the cheap list matters. The
+        // server ignores `limit` for such lists, and kube-rs would drop the
+        // resourceVersion if a page size were set, so none is.
+        let mut config = watcher::Config::default().any_semantic();
+        config.page_size = None;
+        let mut events = watcher::watcher(self.nodes.clone(), config)
             .default_backoff()
             .boxed();
         while let Some(item) = events.next().await {
