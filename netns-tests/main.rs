@@ -6,5 +6,6 @@
 
 mod harness;
 mod interop;
+mod kube;
 mod operability;
 mod skeleton;
