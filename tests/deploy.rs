@@ -6,6 +6,8 @@
 //! kubeconfig files): maintained, pure Rust, serde-native; serde_yaml is
 //! archived and serde_yml unmaintained.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 use clap::Parser;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Container, Namespace, ServiceAccount};

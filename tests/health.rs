@@ -4,6 +4,8 @@
 //! test `kube::three_weft_nodes_in_kubernetes_mode_pass_traffic` checks the
 //! same on a real weftd waiting for its Node.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;

@@ -4,6 +4,7 @@
 //! annotations, flannel's errors, NetworkUnavailable, node identity, auth.
 
 #![allow(unreachable_pub)]
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod support;
 
