@@ -495,7 +495,7 @@ async fn a_dropped_watch_resumes_from_the_last_bookmark_without_a_relist() {
         fake.add_pod(fake_kube::pod("default", &format!("p{i}"), "n1"));
     }
     let now = fake.resource_version();
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
     fake.compact_before(now);
     fake.drop_watches();
     fake.add_node(published(
