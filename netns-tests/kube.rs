@@ -8,7 +8,7 @@
 mod fake_kube;
 
 use crate::harness::*;
-use fake_kube::{FakeKube, annotation, condition, node};
+use fake_kube::{FakeKube, annotation, condition, node, publish};
 use std::net::SocketAddrV4;
 use std::time::Duration;
 
@@ -154,4 +154,55 @@ fn three_weft_nodes_in_kubernetes_mode_pass_traffic() {
         );
     }
     assert!(lab.ping(lab.ns(1), subnets[0].network(), 3));
+}
+
+/// A node flannel ran switches to weft (deploy/README.md): the same port as
+/// flannel's kernel VXLAN (8472), flannel's annotations already on the Node.
+/// weft adopts the VtepMAC flannel published, patches nothing, and the
+/// flannel node it shares the cluster with reaches it with the neighbour and
+/// FDB entries it already had.
+#[test]
+fn a_node_switched_from_flannel_keeps_its_vtep_and_reaches_flannel_nodes() {
+    let mut lab = Lab::new(2);
+    lab.set_net_conf(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","Port":8472}}"#);
+    let api = start_api(&lab);
+    let flannel_mac = "0e:fa:00:00:00:0a";
+    let kernel = KernelVtep {
+        vni: 1,
+        port: 8472,
+        subnet: "10.244.20.0/24".parse().unwrap(),
+        mac: "0e:fa:00:00:00:14".into(),
+    };
+    let weft_subnet: ipnet::Ipv4Net = "10.244.10.0/24".parse().unwrap();
+    let mut n0 = node("node-0", Some(&weft_subnet.to_string()));
+    publish(&mut n0, &lab.nodes[0].ip.to_string(), flannel_mac);
+    api.add_node(n0);
+    let mut n1 = node("node-1", Some(&kernel.subnet.to_string()));
+    publish(&mut n1, &lab.nodes[1].ip.to_string(), &kernel.mac);
+    api.add_node(n1);
+
+    // node-1 runs flannel's kernel dataplane and knows node-0 from flannel's time.
+    let ns1 = lab.ns(1).to_owned();
+    kernel.create(&lab, &ns1, lab.nodes[1].ip);
+    kernel.add_peer(&lab, &ns1, weft_subnet, lab.nodes[0].ip, flannel_mac);
+
+    lab.start_weftd_with(0, kube_opts(&api, 0));
+    assert_eq!(lab.wait_ready(0), weft_subnet);
+    assert_eq!(
+        lab.status(0)["lease"]["vtep_mac"].as_str(),
+        Some(flannel_mac)
+    );
+    assert!(
+        api.annotation_patches("node-0").is_empty(),
+        "nothing a peer sees has changed"
+    );
+    lab.wait_ping(lab.ns(0), kernel.subnet.network(), Duration::from_secs(10));
+    assert!(
+        lab.ping(&ns1, weft_subnet.network(), 3),
+        "flannel node -> weft node"
+    );
+    assert!(
+        lab.ping(lab.ns(0), kernel.subnet.network(), 3),
+        "weft node -> flannel node"
+    );
 }
