@@ -2,9 +2,9 @@
 //! protocol as kube-rs's HTTP client uses it — test code, not product code.
 //!
 //! - `GET /api/v1/nodes` lists with a `resourceVersion` (one counter for every
-//!   object, as etcd's revision); `limit`/`continue` paginate unless the list
-//!   asks for `resourceVersion=0` (served "from the cache", like the real
-//!   server); items carry no `kind`/`apiVersion`, as the real server's.
+//!   object, as etcd's revision); it returns everything at once (a server may
+//!   ignore `limit`, and does for `resourceVersion=0`); items carry no
+//!   `kind`/`apiVersion`, as the real server's.
 //! - `GET /api/v1/nodes?watch=true&resourceVersion=N` is a chunked stream of
 //!   one JSON event per line: `ADDED`/`MODIFIED`/`DELETED` replayed after N
 //!   then live, `BOOKMARK`s when asked for (`allowWatchBookmarks`), and
@@ -73,7 +73,6 @@ struct State {
     token: Option<String>,
     bookmark_every: Duration,
     watches: Vec<Watch>,
-    pages: BTreeMap<String, Vec<Value>>,
     requests: Vec<Recorded>,
 }
 
@@ -336,7 +335,6 @@ impl FakeKube {
             token: None,
             bookmark_every: Duration::from_millis(200),
             watches: Vec::new(),
-            pages: BTreeMap::new(),
             requests: Vec::new(),
         }));
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
@@ -557,7 +555,7 @@ async fn handle(
             {
                 watch(&state, &mut st, &q)
             } else {
-                list(&mut st, &q)
+                list(&st)
             }
         }
         (&Method::GET, ["api", "v1", "nodes", name]) => match st.nodes.get(*name) {
@@ -591,39 +589,16 @@ fn not_found(kind: &str, name: &str) -> Response<Body> {
     respond(StatusCode::NOT_FOUND, &body)
 }
 
-fn list(st: &mut State, q: &BTreeMap<String, String>) -> Response<Body> {
-    let rv = st.rv.to_string();
-    let from_cache = q.get("resourceVersion").map(String::as_str) == Some("0");
-    let limit = q
-        .get("limit")
-        .and_then(|l| l.parse::<usize>().ok())
-        .filter(|l| *l > 0 && !from_cache);
-    let mut items: Vec<Value> = match q.get("continue").filter(|c| !c.is_empty()) {
-        Some(token) => match st.pages.remove(token) {
-            Some(rest) => rest,
-            None => {
-                return failure(
-                    410,
-                    "Expired",
-                    "The provided continue parameter is too old to display a consistent list result.",
-                );
-            }
-        },
-        None => st.nodes.values().map(list_item).collect(),
-    };
-    let mut metadata = json!({ "resourceVersion": rv });
-    if let Some(limit) = limit
-        && items.len() > limit
-    {
-        let rest = items.split_off(limit);
-        let token = format!("page-{}-{}", st.rv, st.pages.len());
-        metadata["remainingItemCount"] = json!(rest.len());
-        st.pages.insert(token.clone(), rest);
-        metadata["continue"] = json!(token);
-    }
+fn list(st: &State) -> Response<Body> {
+    let items: Vec<Value> = st.nodes.values().map(list_item).collect();
     respond(
         StatusCode::OK,
-        &json!({ "kind": "NodeList", "apiVersion": "v1", "metadata": metadata, "items": items }),
+        &json!({
+            "kind": "NodeList",
+            "apiVersion": "v1",
+            "metadata": { "resourceVersion": st.rv.to_string() },
+            "items": items,
+        }),
     )
 }
 
