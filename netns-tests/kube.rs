@@ -206,3 +206,27 @@ fn a_node_switched_from_flannel_keeps_its_vtep_and_reaches_flannel_nodes() {
         "weft node -> flannel node"
     );
 }
+
+/// A Node without a podCIDR (kubeadm without `--pod-network-cidr`): weftd
+/// exits with flannel's message and leaves no device, file or annotation.
+#[test]
+fn a_node_without_a_pod_cidr_exits_with_flannels_message() {
+    let mut lab = Lab::new(1);
+    let api = start_api(&lab);
+    api.add_node(node("node-0", None));
+    lab.start_weftd_with(0, kube_opts(&api, 0));
+    let code = lab.wait_weftd_exit(0, Duration::from_secs(10));
+    assert_ne!(code, Some(0));
+    let log = lab.weftd_log(0);
+    assert!(
+        log.contains(r#"failed to acquire lease: node "node-0" pod cidr not assigned"#),
+        "{log}"
+    );
+    let links = lab.run(lab.ns(0), &["ip", "-o", "link"]);
+    assert!(
+        !links.contains("flannel"),
+        "a device was left behind: {links}"
+    );
+    assert!(!lab.subnet_file(0).exists());
+    assert!(api.annotation_patches("node-0").is_empty());
+}
