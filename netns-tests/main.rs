@@ -6,6 +6,7 @@
 
 mod harness;
 mod interop;
+mod kube;
 mod offload;
 mod operability;
 mod skeleton;

@@ -120,6 +120,27 @@ pub struct RunArgs {
     /// More logging (-v debug, -vv trace); RUST_LOG overrides.
     #[arg(short = 'v', long = "verbose", action = ArgAction::Count)]
     pub verbose: u8,
+
+    // Kubernetes mode (flanneld's flags).
+    /// Contact the Kubernetes API for subnet assignment (the node's podCIDR) instead of a lease store.
+    #[arg(long, env = "FLANNELD_KUBE_SUBNET_MGR", action = bool_flag!(), num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
+    pub kube_subnet_mgr: bool,
+    /// Kubernetes API server URL. Does not need to be specified if weftd is running in a pod.
+    #[arg(long, env = "FLANNELD_KUBE_API_URL")]
+    pub kube_api_url: Option<String>,
+    /// kubeconfig file location. Does not need to be specified if weftd is running in a pod.
+    #[arg(long, env = "FLANNELD_KUBECONFIG_FILE")]
+    pub kubeconfig_file: Option<PathBuf>,
+    /// Kubernetes annotation prefix. Can contain a single slash "/", otherwise it is appended at the end.
+    #[arg(
+        long,
+        env = "FLANNELD_KUBE_ANNOTATION_PREFIX",
+        default_value = crate::subnet::kube::annotations::DEFAULT_PREFIX
+    )]
+    pub kube_annotation_prefix: String,
+    /// Set the node's NetworkUnavailable condition to False once weftd is ready.
+    #[arg(long, env = "FLANNELD_SET_NODE_NETWORK_UNAVAILABLE", action = bool_flag!(), num_args = 0..=1, default_value_t = true, default_missing_value = "true")]
+    pub set_node_network_unavailable: bool,
 }
 
 impl RunArgs {
@@ -176,6 +197,31 @@ mod tests {
         );
         cli.run.subnet_lease_renew_margin = 1439;
         cli.run.validate().unwrap();
+    }
+
+    #[test]
+    fn kube_flags_as_flanneld_takes_them() {
+        let cli = parse(&["--ip-masq", "--kube-subnet-mgr", "--healthz-port=8081"]);
+        assert!(cli.run.kube_subnet_mgr);
+        assert!(cli.run.set_node_network_unavailable);
+        assert_eq!(cli.run.kube_annotation_prefix, "flannel.alpha.coreos.com");
+        assert_eq!(cli.run.healthz_port, 8081);
+        let cli = parse(&[
+            "--kube-subnet-mgr=false",
+            "--set-node-network-unavailable=false",
+            "--kubeconfig-file",
+            "/k",
+            "--kube-api-url=https://10.0.0.1:6443",
+            "--kube-annotation-prefix=example.com/x",
+        ]);
+        assert!(!cli.run.kube_subnet_mgr);
+        assert!(!cli.run.set_node_network_unavailable);
+        assert_eq!(cli.run.kubeconfig_file, Some(PathBuf::from("/k")));
+        assert_eq!(
+            cli.run.kube_api_url.as_deref(),
+            Some("https://10.0.0.1:6443")
+        );
+        assert_eq!(cli.run.kube_annotation_prefix, "example.com/x");
     }
 
     #[test]

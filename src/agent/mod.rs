@@ -85,7 +85,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     };
     let stats = Arc::new(StoreStats::default());
     let state = AgentState::new(stats.clone());
-    let store = open_store(&args, &stats)?;
+    let store = open_store(&args, &stats).await?;
     let (kind, endpoint) = store.describe();
     state.update(|i| {
         i.store.kind = kind.to_owned();
@@ -111,7 +111,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         iface: args.iface.clone(),
         iface_regex: args.iface_regex.clone(),
         can_reach: args.iface_can_reach,
-        public_ip: args.public_ip,
+        public_ip: store.stored_public_ip().await?.or(args.public_ip),
     };
     let ext = iface::choose(&nl, &selector)
         .await
@@ -220,6 +220,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     )))?;
     state.ready.store(true, Relaxed);
     info!(subnet_file = %args.subnet_file.display(), peers = control.peers.len(), "weftd is ready");
+    store.complete(&lease);
 
     let result = control_loop(&mut control, &mut rx, fatal_rx, &tunables).await;
     store_task.abort();
@@ -227,7 +228,20 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
 }
 
 /// The lease store the flags select: the embedded directory store unless another is chosen.
-fn open_store(args: &RunArgs, stats: &Arc<StoreStats>) -> Result<Store, AgentError> {
+async fn open_store(args: &RunArgs, stats: &Arc<StoreStats>) -> Result<Store, AgentError> {
+    if args.kube_subnet_mgr {
+        let opts = crate::subnet::kube::KubeOptions {
+            api_url: args.kube_api_url.clone(),
+            kubeconfig: args.kubeconfig_file.clone(),
+            annotation_prefix: args.kube_annotation_prefix.clone(),
+            net_config_path: args.net_config_path.clone(),
+            set_node_network_unavailable: args.set_node_network_unavailable,
+            identity: crate::subnet::kube::NodeIdentity::from_env(),
+            patience: crate::subnet::kube::Patience::default(),
+        };
+        let store = crate::subnet::kube::KubeStore::open(opts, stats.clone()).await?;
+        return Ok(Store::Kube(Arc::new(store)));
+    }
     Ok(Store::Local(Arc::new(LocalStore::open(
         &args.local_store,
         &args.net_config_path,

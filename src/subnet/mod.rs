@@ -6,6 +6,7 @@
 //! lease, and then run in the background — listing and watching the leases,
 //! renewing its own — sending [`StoreUpdate`]s to the agent.
 
+pub mod kube;
 pub mod local;
 
 use crate::core::config::{ConfigError, NetConfig};
@@ -128,7 +129,12 @@ impl StoreStats {
     }
 
     pub fn bad_record(&self, error: &LeaseError) {
-        *lock(&self.bad_records).entry(error.kind()).or_default() += 1;
+        self.bad_record_kind(error.kind());
+    }
+
+    /// Counts a skipped record under `kind` (stores whose records are not lease JSON).
+    pub fn bad_record_kind(&self, kind: &'static str) {
+        *lock(&self.bad_records).entry(kind).or_default() += 1;
     }
 
     pub fn set_connected(&self, connected: bool) {
@@ -266,6 +272,7 @@ mod tests {
 #[derive(Debug, Clone)]
 pub enum Store {
     Local(std::sync::Arc<local::LocalStore>),
+    Kube(std::sync::Arc<self::kube::KubeStore>),
 }
 
 impl Store {
@@ -273,6 +280,7 @@ impl Store {
     pub fn describe(&self) -> (&'static str, String) {
         match self {
             Store::Local(s) => ("local", s.dir().display().to_string()),
+            Store::Kube(s) => ("kube", format!("{} (node {})", s.endpoint(), s.node_name())),
         }
     }
 
@@ -280,19 +288,30 @@ impl Store {
     /// the etcd config key every second; a local file is the operator's to fix).
     pub fn retries_config(&self) -> bool {
         match self {
-            Store::Local(_) => false,
+            Store::Local(_) | Store::Kube(_) => false,
         }
     }
 
     pub async fn network_config(&self) -> Result<NetConfig, StoreError> {
         match self {
             Store::Local(s) => s.network_config().await,
+            Store::Kube(s) => s.network_config().await,
         }
     }
 
     pub async fn find_own(&self, public_ip: Ipv4Addr) -> Result<Option<Lease>, StoreError> {
         match self {
             Store::Local(s) => s.find_own(public_ip, SystemTime::now()).await,
+            Store::Kube(s) => s.find_own(public_ip).await,
+        }
+    }
+
+    /// A public IP the store holds for this node, replacing `--public-ip`
+    /// (flannel's `GetStoredPublicIP`: the `node-public-ip` annotation).
+    pub async fn stored_public_ip(&self) -> Result<Option<Ipv4Addr>, StoreError> {
+        match self {
+            Store::Local(_) => Ok(None),
+            Store::Kube(s) => s.stored_public_ip().await,
         }
     }
 
@@ -303,6 +322,7 @@ impl Store {
     ) -> Result<Lease, StoreError> {
         match self {
             Store::Local(s) => s.acquire(config, req, SystemTime::now()).await,
+            Store::Kube(s) => s.acquire(config, req).await,
         }
     }
 
@@ -315,6 +335,16 @@ impl Store {
     ) -> tokio::task::JoinHandle<()> {
         match self {
             Store::Local(s) => s.clone().spawn(own, renew, tx),
+            Store::Kube(s) => s.clone().spawn(tx),
+        }
+    }
+
+    /// Called once the node is ready (`subnet.env` written): flannel's
+    /// `CompleteLease` (Kubernetes: `NetworkUnavailable=False`).
+    pub fn complete(&self, lease: &Lease) {
+        match self {
+            Store::Local(_) => {}
+            Store::Kube(s) => s.complete(lease),
         }
     }
 }
