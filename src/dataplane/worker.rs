@@ -471,11 +471,10 @@ impl TxTask {
                         ..
                     } => {
                         let frame = &b.bufs[i][VNET_HDR_LEN..];
-                        let per_msg = if seg_len == 0 {
-                            1
-                        } else {
-                            (MAX_UDP_PAYLOAD / seg_len).clamp(1, MAX_GSO_SEGMENTS)
-                        };
+                        // Without GSO (seg_len 0) every segment is its own datagram.
+                        let per_msg = MAX_UDP_PAYLOAD
+                            .checked_div(seg_len)
+                            .map_or(1, |n| n.clamp(1, MAX_GSO_SEGMENTS));
                         let mut s = first;
                         while s < last {
                             let e = (s + per_msg).min(last);
