@@ -136,24 +136,8 @@ impl NetConf {
     ///   `host-local`, `ranges` replaced by the node's subnets and the cluster
     ///   networks appended to `routes`.
     pub fn render_delegate(&self, env: &SubnetEnv) -> Result<Map<String, Value>, CniError> {
+        self.check_delegate()?;
         let mut delegate = self.delegate.clone().unwrap_or_default();
-        if let Some(t) = delegate.get("type")
-            && !t.is_string()
-        {
-            return Err(invalid(
-                "'delegate' dictionary, if present, must have (string) 'type' field",
-            ));
-        }
-        if delegate.contains_key("name") {
-            return Err(invalid(
-                "'delegate' dictionary must not have 'name' field, it'll be set by flannel",
-            ));
-        }
-        if delegate.contains_key("ipam") {
-            return Err(invalid(
-                "'delegate' dictionary must not have 'ipam' field, it'll be set by flannel",
-            ));
-        }
         if let Some(rc) = &self.runtime_config {
             delegate.insert("runtimeConfig".into(), Value::Object(rc.clone()));
         }
@@ -173,6 +157,29 @@ impl NetConf {
         }
         delegate.insert("ipam".into(), Value::Object(self.delegate_ipam(env)?));
         Ok(delegate)
+    }
+
+    /// flannel's checks of the `delegate` dictionary, with flannel's messages.
+    pub fn check_delegate(&self) -> Result<(), CniError> {
+        let Some(delegate) = &self.delegate else {
+            return Ok(());
+        };
+        if delegate.get("type").is_some_and(|t| !t.is_string()) {
+            return Err(invalid(
+                "'delegate' dictionary, if present, must have (string) 'type' field",
+            ));
+        }
+        if delegate.contains_key("name") {
+            return Err(invalid(
+                "'delegate' dictionary must not have 'name' field, it'll be set by flannel",
+            ));
+        }
+        if delegate.contains_key("ipam") {
+            return Err(invalid(
+                "'delegate' dictionary must not have 'ipam' field, it'll be set by flannel",
+            ));
+        }
+        Ok(())
     }
 
     fn delegate_ipam(&self, env: &SubnetEnv) -> Result<Map<String, Value>, CniError> {

@@ -125,6 +125,8 @@ fn delegate_type(delegate: &Map<String, Value>) -> &str {
 }
 
 fn add(params: &Params, conf: &NetConf) -> Result<String, CniError> {
+    // A configuration error is reported even when subnet.env is missing.
+    conf.check_delegate()?;
     let env = load_subnet_env(&conf.subnet_file)?;
     let delegate = conf.render_delegate(&env)?;
     let plugin = invoke::find_plugin(delegate_type(&delegate), &params.path)?;
@@ -157,6 +159,20 @@ fn add(params: &Params, conf: &NetConf) -> Result<String, CniError> {
     });
     match result {
         Ok(out) => Ok(out),
+        Err(e) if e.code == code::INCOMPATIBLE_VERSION => {
+            // The delegate refused the version before doing anything; its DEL would refuse too.
+            if let Err(rm) = store.remove(&params.container_id) {
+                eprintln!("weft-cni: {rm}");
+            }
+            let details = format!(
+                "{}; the {} plugin ({}) does not speak cniVersion {:?}: set a cniVersion it supports in the CNI configuration, or install newer CNI plugins",
+                e.details,
+                delegate_type(&delegate),
+                plugin.display(),
+                conf.cni_version
+            );
+            Err(e.with_details(details))
+        }
         Err(e) => {
             // Undo what the delegate may have done (address, veth), then forget it.
             match invoke::exec(&plugin, Command::Del, &config) {
@@ -198,6 +214,14 @@ fn del(params: &Params, conf: &NetConf) -> Result<(), CniError> {
     store.remove(&params.container_id)
 }
 
+/// CHECK verifies weft's part of the pod's network: the container is known
+/// (its delegate configuration is saved), the node still has the subnet the
+/// pod's address came from (`subnet.env` now vs the saved `ranges`), and the
+/// runtime's `prevResult` addresses lie in it. It does not delegate CHECK: the
+/// reference `bridge` plugin's CHECK looks for each result route with an empty
+/// gateway, but installs flannel's gateway-less routes via the bridge gateway,
+/// so it fails every healthy pod of this configuration (flannel's own CHECK is
+/// a no-op for that reason).
 fn check(params: &Params, conf: &NetConf) -> Result<(), CniError> {
     if !spec::version_at_least(&conf.cni_version, "0.4.0") {
         return Err(CniError::new(
@@ -216,29 +240,70 @@ fn check(params: &Params, conf: &NetConf) -> Result<(), CniError> {
             ),
         ));
     };
-    let mut delegate = match serde_json::from_slice::<Value>(&saved) {
-        Ok(Value::Object(obj)) => obj,
-        _ => {
+    let ranges: Vec<ipnet::IpNet> = serde_json::from_slice::<Value>(&saved)
+        .ok()
+        .and_then(|d| d["ipam"]["ranges"].as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|set| set[0]["subnet"].as_str().and_then(|s| s.parse().ok()))
+        .collect();
+    if ranges.is_empty() {
+        return Err(CniError::new(
+            code::DECODING_FAILURE,
+            format!(
+                "{} has no ipam ranges: it is not a delegate configuration weft-cni saved",
+                store.path(&params.container_id).display()
+            ),
+        ));
+    }
+    let env = load_subnet_env(&conf.subnet_file)?;
+    let current: Vec<ipnet::IpNet> = env
+        .subnet
+        .map(ipnet::IpNet::V4)
+        .into_iter()
+        .chain(env.ipv6_subnet.map(ipnet::IpNet::V6))
+        .collect();
+    if let Some(gone) = ranges.iter().find(|r| !current.contains(r)) {
+        let now: Vec<String> = current.iter().map(ToString::to_string).collect();
+        return Err(CniError::new(
+            code::SUBNET_CHANGED,
+            format!(
+                "the pod's subnet {gone} is no longer this node's (now {}, from {}): the node's lease changed since the pod was created; recreate the pod",
+                now.join(", "),
+                conf.subnet_file.display()
+            ),
+        ));
+    }
+    let addresses = conf
+        .prev_result
+        .as_ref()
+        .and_then(|r| r["ips"].as_array().cloned())
+        .unwrap_or_default();
+    for ip in &addresses {
+        let Some(address) = ip["address"]
+            .as_str()
+            .and_then(|a| a.parse::<ipnet::IpNet>().ok())
+        else {
             return Err(CniError::new(
                 code::DECODING_FAILURE,
+                format!("prevResult has an address that is not ADDRESS/PREFIX: {ip}"),
+            ));
+        };
+        if !ranges.iter().any(|r| r.contains(&address.addr())) {
+            return Err(CniError::new(
+                code::SUBNET_CHANGED,
                 format!(
-                    "{} is not a delegate configuration",
-                    store.path(&params.container_id).display()
+                    "the pod's address {address} is outside its subnet ({})",
+                    ranges
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             ));
         }
-    };
-    if let Some(prev) = &conf.prev_result {
-        delegate.insert("prevResult".into(), prev.clone());
     }
-    let plugin = invoke::find_plugin(delegate_type(&delegate), &params.path)?;
-    let config = serde_json::to_vec(&delegate).map_err(|e| {
-        CniError::new(
-            code::DECODING_FAILURE,
-            format!("error serializing delegate netconf: {e}"),
-        )
-    })?;
-    invoke::exec(&plugin, Command::Check, &config).map(|_| ())
+    Ok(())
 }
 
 /// STATUS (spec 1.1.0): ready when `subnet.env` is there and valid and the delegate plugin is installed.
@@ -267,14 +332,16 @@ mod tests {
     }
 
     impl World {
-        fn new(add_fails: bool) -> World {
+        /// `add_fails`: the error code the fake bridge's ADD returns, if any.
+        fn new(add_fails: Option<u32>) -> World {
             let dir = tempfile::tempdir().unwrap();
             std::fs::create_dir(dir.path().join("bin")).unwrap();
             std::fs::write(dir.path().join("subnet.env"), SUBNET_ENV).unwrap();
-            let fail = if add_fails {
-                r#"if [ "$CNI_COMMAND" = ADD ]; then echo '{"code":11,"msg":"no luck"}'; exit 1; fi"#
-            } else {
-                ""
+            let fail = match add_fails {
+                Some(code) => format!(
+                    r#"if [ "$CNI_COMMAND" = ADD ]; then echo '{{"code":{code},"msg":"no luck"}}'; exit 1; fi"#
+                ),
+                None => String::new(),
             };
             let body = format!(
                 "#!/bin/sh\nlog={}/calls\nprintf '%s ' \"$CNI_COMMAND\" >>$log\ncat >>$log\necho >>$log\n{fail}\n\
@@ -329,7 +396,7 @@ mod tests {
 
     #[test]
     fn add_saves_the_delegate_and_del_uses_it() {
-        let w = World::new(false);
+        let w = World::new(None);
         let reply = w.call("ADD", "c1", &w.conf("0.3.1"));
         assert!(reply.success, "{}", reply.stdout);
         // The delegate's result passes through unchanged.
@@ -363,7 +430,7 @@ mod tests {
 
     #[test]
     fn failed_delegate_add_is_rolled_back() {
-        let w = World::new(true);
+        let w = World::new(Some(11));
         let reply = w.call("ADD", "c1", &w.conf("1.0.0"));
         let e = error(&reply);
         assert_eq!(e["code"], 11);
@@ -378,8 +445,23 @@ mod tests {
     }
 
     #[test]
+    fn a_delegate_refusing_the_version_leaves_nothing_and_says_what_to_do() {
+        let w = World::new(Some(1));
+        let e = error(&w.call("ADD", "c1", &w.conf("1.0.0")));
+        assert_eq!(e["code"], code::INCOMPATIBLE_VERSION);
+        assert!(
+            e["details"]
+                .as_str()
+                .unwrap()
+                .contains("install newer CNI plugins")
+        );
+        assert!(!w.calls().contains("DEL"), "no DEL with a refused version");
+        assert_eq!(w.saved("c1"), None);
+    }
+
+    #[test]
     fn missing_subnet_env_says_what_to_do_and_leaves_nothing() {
-        let w = World::new(false);
+        let w = World::new(None);
         std::fs::remove_file(w.dir.path().join("subnet.env")).unwrap();
         let e = error(&w.call("ADD", "c1", &w.conf("0.3.1")));
         assert_eq!(e["code"], code::TRY_AGAIN_LATER);
@@ -399,7 +481,7 @@ mod tests {
 
     #[test]
     fn status_and_version() {
-        let w = World::new(false);
+        let w = World::new(None);
         assert!(w.call("STATUS", "", &w.conf("1.1.0")).success);
         let reply = w.call("VERSION", "", "this is not read");
         assert!(reply.success);
@@ -407,15 +489,34 @@ mod tests {
     }
 
     #[test]
-    fn check_passes_prev_result_and_needs_0_4_0() {
-        let w = World::new(false);
+    fn check_verifies_the_container_subnet_and_prev_result() {
+        let w = World::new(None);
         assert!(w.call("ADD", "c1", &w.conf("1.0.0")).success);
-        assert!(w.call("CHECK", "c1", &w.conf("1.0.0")).success);
-        let check_line = w.calls().lines().nth(1).unwrap().to_owned();
-        assert!(check_line.starts_with("CHECK "), "{check_line}");
-        let sent: Value = serde_json::from_str(&check_line["CHECK ".len()..]).unwrap();
-        assert_eq!(sent["prevResult"]["cniVersion"], "1.0.0");
-        assert_eq!(sent["type"], "bridge");
+        let with_prev = |address: &str| {
+            w.conf("1.0.0").replace(
+                r#""ips":[]"#,
+                &format!(r#""ips":[{{"address":"{address}"}}]"#),
+            )
+        };
+        let ok = w.call("CHECK", "c1", &with_prev("10.1.17.2/24"));
+        assert!(ok.success, "{}", ok.stdout);
+        assert_eq!(w.calls().lines().count(), 1, "CHECK is not delegated");
+        let e = error(&w.call("CHECK", "c1", &with_prev("10.9.9.9/24")));
+        assert_eq!(e["code"], code::SUBNET_CHANGED);
+        // The node's lease changed under the pod.
+        std::fs::write(
+            w.dir.path().join("subnet.env"),
+            SUBNET_ENV.replace("10.1.17.1/24", "10.1.18.1/24"),
+        )
+        .unwrap();
+        let e = error(&w.call("CHECK", "c1", &with_prev("10.1.17.2/24")));
+        assert_eq!(e["code"], code::SUBNET_CHANGED);
+        assert!(
+            e["msg"]
+                .as_str()
+                .unwrap()
+                .contains("10.1.17.0/24 is no longer this node's")
+        );
         let e = error(&w.call("CHECK", "unknown", &w.conf("1.0.0")));
         assert_eq!(e["code"], code::UNKNOWN_CONTAINER);
         let e = error(&w.call("CHECK", "c1", &w.conf("0.3.1")));
@@ -427,7 +528,7 @@ mod tests {
 
     #[test]
     fn bad_input_codes() {
-        let w = World::new(false);
+        let w = World::new(None);
         let e = error(&w.call("ADD", "c1", "{not json"));
         assert_eq!(e["code"], code::DECODING_FAILURE);
         let e = error(&w.call("ADD", "c1", &w.conf("0.2.0")));

@@ -35,6 +35,9 @@ pub mod code {
     pub const TRY_AGAIN_LATER: u32 = 11;
     /// STATUS: the plugin cannot service ADD requests.
     pub const NOT_AVAILABLE: u32 = 50;
+    /// weft-cni (plugin-specific, 100+): CHECK found the pod's subnet is no
+    /// longer the node's, or its address outside it.
+    pub const SUBNET_CHANGED: u32 = 100;
 }
 
 /// A CNI error result: printed as JSON on stdout with a non-zero exit status.
