@@ -630,6 +630,36 @@ impl Masq {
     }
 }
 
+/// What weftd's flags ask for: nothing unless `--ip-masq` or
+/// `--iptables-forward-rules` (default on, as in flannel); nftables when the
+/// net-conf says `EnableNFTables`. `previous` is the old `subnet.env`.
+pub async fn start_from_flags(
+    args: &super::cli::RunArgs,
+    config: &crate::core::config::NetConfig,
+    network: Ipv4Net,
+    subnet: Ipv4Net,
+    previous: Option<&crate::core::subnet_env::SubnetEnv>,
+) -> Result<Option<tokio::task::JoinHandle<()>>, MasqError> {
+    if !args.ip_masq && !args.iptables_forward_rules {
+        return Ok(None);
+    }
+    let masq_config = MasqConfig {
+        mode: if config.enable_nftables {
+            Mode::Nftables
+        } else {
+            Mode::Iptables
+        },
+        network,
+        subnet,
+        masquerade: args.ip_masq,
+        forward: args.iptables_forward_rules,
+        random_fully_disable: args.ip_masq_fully_random_disable,
+        resync: Duration::from_secs(args.iptables_resync),
+    };
+    let previous = previous.and_then(|env| env.network.zip(env.subnet));
+    start(masq_config, previous).await.map(Some)
+}
+
 /// Sets the rules up (see [`Masq::setup`]) and keeps them in place every
 /// resync period until the returned task is aborted. Failures to re-assert
 /// are logged and retried at the next period.

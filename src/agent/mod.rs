@@ -182,13 +182,17 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
 
     // Masquerade and forward rules after the dataplane, before subnet.env (flannel's order).
     let masq_task =
-        match start_masq(&args, &config, network, lease.subnet, previous_env.as_ref()).await {
+        match masq::start_from_flags(&args, &config, network, lease.subnet, previous_env.as_ref())
+            .await
+        {
             Ok(task) => task,
             Err(e) => {
                 if created {
                     remove_device(&nl, &tap_name).await;
                 }
-                return Err(e);
+                return Err(AgentError::Config(format!(
+                    "failed to set up the masquerade rules: {e}"
+                )));
             }
         };
 
@@ -241,37 +245,6 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         task.abort();
     }
     result
-}
-
-/// Starts the masquerade (`--ip-masq`) and forward-accept (`--iptables-forward-rules`) rules.
-async fn start_masq(
-    args: &RunArgs,
-    config: &NetConfig,
-    network: Ipv4Net,
-    subnet: Ipv4Net,
-    previous: Option<&SubnetEnv>,
-) -> Result<Option<tokio::task::JoinHandle<()>>, AgentError> {
-    if !args.ip_masq && !args.iptables_forward_rules {
-        return Ok(None);
-    }
-    let masq_config = masq::MasqConfig {
-        mode: if config.enable_nftables {
-            masq::Mode::Nftables
-        } else {
-            masq::Mode::Iptables
-        },
-        network,
-        subnet,
-        masquerade: args.ip_masq,
-        forward: args.iptables_forward_rules,
-        random_fully_disable: args.ip_masq_fully_random_disable,
-        resync: Duration::from_secs(args.iptables_resync),
-    };
-    let previous = previous.and_then(|env| env.network.zip(env.subnet));
-    masq::start(masq_config, previous)
-        .await
-        .map(Some)
-        .map_err(|e| AgentError::Config(format!("failed to set up the masquerade rules: {e}")))
 }
 
 /// The lease store the flags select: the embedded directory store unless another is chosen.
