@@ -4,6 +4,7 @@
 
 #![allow(unreachable_pub)]
 
+mod cni;
 mod harness;
 mod interop;
 mod kube;

@@ -23,6 +23,10 @@ pub struct Cli {
 pub enum Command {
     /// Show the running agent's lease, peers, counters and offloads.
     Status(StatusArgs),
+    /// Remove the masquerade and forward rules weftd (or flanneld) installed:
+    /// iptables chains FLANNEL-POSTRTG and FLANNEL-FWD with their jumps (IPv4 and
+    /// IPv6) and the nftables tables flannel-ipv4 and flannel-ipv6. Stop weftd first.
+    CleanupMasq,
 }
 
 #[derive(Debug, Args)]
@@ -81,6 +85,15 @@ pub struct RunArgs {
     /// Set up IP masquerade for traffic leaving the cluster network.
     #[arg(long, env = "FLANNELD_IP_MASQ", action = bool_flag!(), num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
     pub ip_masq: bool,
+    /// Do not use --random-fully on the MASQUERADE rules.
+    #[arg(long, env = "FLANNELD_IP_MASQ_FULLY_RANDOM_DISABLE", action = bool_flag!(), num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
+    pub ip_masq_fully_random_disable: bool,
+    /// Seconds between checks that the masquerade/forward rules are in place (re-added if not).
+    #[arg(long, env = "FLANNELD_IPTABLES_RESYNC", default_value_t = 5)]
+    pub iptables_resync: u64,
+    /// Add FORWARD accept rules for the cluster network (chain FLANNEL-FWD).
+    #[arg(long, env = "FLANNELD_IPTABLES_FORWARD_RULES", action = bool_flag!(), num_args = 0..=1, default_value_t = true, default_missing_value = "true")]
+    pub iptables_forward_rules: bool,
     /// Directory of the embedded lease store (used when no other store is selected).
     #[arg(
         long,
@@ -148,6 +161,9 @@ impl RunArgs {
     pub fn validate(&self) -> Result<(), String> {
         if !(1..=1439).contains(&self.subnet_lease_renew_margin) {
             return Err("Invalid subnet-lease-renew-margin option, out of acceptable range".into());
+        }
+        if self.iptables_resync == 0 {
+            return Err("--iptables-resync must be at least 1 second".into());
         }
         if self.local_lease_ttl == 0 {
             return Err("--local-lease-ttl must be at least 1 second".into());
@@ -225,6 +241,30 @@ mod tests {
     }
 
     #[test]
+    fn masquerade_flags() {
+        let cli = parse(&[]);
+        assert!(!cli.run.ip_masq_fully_random_disable);
+        assert!(cli.run.iptables_forward_rules);
+        assert_eq!(cli.run.iptables_resync, 5);
+        let cli = parse(&[
+            "--ip-masq-fully-random-disable",
+            "--iptables-forward-rules=false",
+            "--iptables-resync=1",
+        ]);
+        assert!(cli.run.ip_masq_fully_random_disable);
+        assert!(!cli.run.iptables_forward_rules);
+        assert_eq!(cli.run.iptables_resync, 1);
+        let mut cli = parse(&["--iptables-resync=0"]);
+        assert!(cli.run.validate().is_err());
+        cli.run.iptables_resync = 5;
+        cli.run.validate().unwrap();
+        assert!(matches!(
+            parse(&["cleanup-masq"]).command,
+            Some(Command::CleanupMasq)
+        ));
+    }
+
+    #[test]
     fn status_subcommand() {
         let cli = parse(&["status", "--json", "--status-socket", "/tmp/x.sock"]);
         match cli.command {
@@ -232,7 +272,7 @@ mod tests {
                 assert!(s.json);
                 assert_eq!(s.status_socket, PathBuf::from("/tmp/x.sock"));
             }
-            None => panic!("no subcommand"),
+            _ => panic!("not the status subcommand"),
         }
     }
 }

@@ -13,6 +13,7 @@
 pub mod cli;
 pub mod files;
 pub mod iface;
+pub mod masq;
 pub mod metrics;
 pub mod state;
 pub mod status;
@@ -126,10 +127,10 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         })
     });
 
-    let previous_subnet = std::fs::read_to_string(&args.subnet_file)
+    let previous_env = std::fs::read_to_string(&args.subnet_file)
         .ok()
-        .and_then(|text| SubnetEnv::parse(&text).ok())
-        .and_then(|env| env.subnet);
+        .and_then(|text| SubnetEnv::parse(&text).ok());
+    let previous_subnet = previous_env.as_ref().and_then(|env| env.subnet);
     let vni = config.vxlan.vni;
     let tap_name = format!("flannel.{vni}");
     let existing = nl.link_by_name(&tap_name).await?;
@@ -178,6 +179,22 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         i.source_ports = dataplane.source_ports().to_vec();
     });
 
+    // Masquerade and forward rules after the dataplane, before subnet.env (flannel's order).
+    let masq_task =
+        match masq::start_from_flags(&args, &config, network, lease.subnet, previous_env.as_ref())
+            .await
+        {
+            Ok(task) => task,
+            Err(e) => {
+                if created {
+                    remove_device(&nl, &tap_name).await;
+                }
+                return Err(AgentError::Config(format!(
+                    "failed to set up the masquerade rules: {e}"
+                )));
+            }
+        };
+
     let (tx, mut rx) = mpsc::channel(256);
     let renew = RenewPolicy {
         margin: Duration::from_secs(u64::from(args.subnet_lease_renew_margin) * 60),
@@ -224,6 +241,9 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
 
     let result = control_loop(&mut control, &mut rx, fatal_rx, &tunables).await;
     store_task.abort();
+    if let Some(task) = masq_task {
+        task.abort();
+    }
     result
 }
 
