@@ -12,8 +12,10 @@
 //! In `cargo test --all-targets` (no `--bench` flag) it does one short round,
 //! so CI keeps the benchmark itself working.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 #[path = "../netns-tests/harness.rs"]
-#[allow(unreachable_pub, dead_code)]
+#[allow(unreachable_pub)]
 mod harness;
 
 use harness::{KernelVtep, Lab, WeftdOpts, output_with_timeout};
