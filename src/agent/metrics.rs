@@ -223,6 +223,12 @@ impl Collector for WeftCollector {
             "1 once subnet.env is written and the dataplane is up.",
             i64::from(s.ready.load(Relaxed)),
         )?;
+        counter(
+            &mut e,
+            "weft_dataplane_allocations",
+            "Heap allocations made on dataplane threads (zero per packet in steady state).",
+            crate::dataplane::sys::dataplane_allocations(),
+        )?;
         let mut build = e.encode_descriptor(
             "weft_build_info",
             "Build information.",

@@ -5,6 +5,10 @@ use std::process::ExitCode;
 use weft::agent::cli::{Cli, Command, LogFormat, RunArgs};
 use weft::agent::{self, status};
 
+/// Counts allocations, separately for dataplane threads (`weft_dataplane_allocations_total`).
+#[global_allocator]
+static ALLOCATOR: weft::dataplane::sys::CountingAllocator = weft::dataplane::sys::CountingAllocator;
+
 fn init_logging(args: &RunArgs) {
     let default = match args.verbose {
         0 => "info",

@@ -497,13 +497,18 @@ impl Default for Coalescer {
 
 impl Coalescer {
     pub fn new() -> Coalescer {
+        Coalescer::with_capacity(0)
+    }
+
+    /// A coalescer that handles batches of up to `frames` frames without allocating.
+    pub fn with_capacity(frames: usize) -> Coalescer {
         Coalescer {
-            headers: Vec::new(),
-            header_lens: Vec::new(),
-            parts: Vec::new(),
-            writes: Vec::new(),
+            headers: vec![[0u8; MAX_HEADER]; frames],
+            header_lens: Vec::with_capacity(frames),
+            parts: Vec::with_capacity(frames),
+            writes: Vec::with_capacity(frames),
             open: Vec::with_capacity(MAX_OPEN),
-            pools: (0..MAX_OPEN).map(|_| Vec::new()).collect(),
+            pools: (0..MAX_OPEN).map(|_| Vec::with_capacity(frames)).collect(),
             free: (0..MAX_OPEN).collect(),
             max_payload: MAX_IP_LEN,
         }

@@ -82,6 +82,8 @@ pub struct CounterSnapshot {
     pub tso_frames: u64,
     pub gro_frames: u64,
     pub icmp_too_big: u64,
+    /// Heap allocations on dataplane threads since start (with weftd's counting allocator).
+    pub dataplane_allocations: u64,
     #[serde(serialize_with = "serialize_drops")]
     pub drops: [u64; DropReason::COUNT],
 }
@@ -122,7 +124,10 @@ impl Counters {
     }
 
     pub fn snapshot(&self) -> CounterSnapshot {
-        let mut s = CounterSnapshot::default();
+        let mut s = CounterSnapshot {
+            dataplane_allocations: super::sys::dataplane_allocations(),
+            ..CounterSnapshot::default()
+        };
         for w in self.workers.iter() {
             s.encap_frames += w.encap_frames.load(Relaxed);
             s.encap_bytes += w.encap_bytes.load(Relaxed);

@@ -95,6 +95,7 @@ pub(super) fn spawn(setup: WorkerSetup) -> Result<WorkerHandle, DataplaneError> 
     let thread = std::thread::Builder::new()
         .name(name)
         .spawn(move || {
+            sys::mark_dataplane_thread();
             let runtime = match tokio::runtime::Builder::new_current_thread()
                 .enable_io()
                 .enable_time()
@@ -594,7 +595,8 @@ impl RxTask {
         let mut bufs = buffers(slots, MAX_FRAME);
         let mut meta = vec![RecvMeta::default(); slots];
         let mut recv = RecvBatch::new(slots);
-        let mut coalescer = Coalescer::new();
+        // Up to 64 datagrams per GRO slot.
+        let mut coalescer = Coalescer::with_capacity(if gro { slots * 64 } else { slots });
         let counters = self.shared.counters.worker(self.index);
         loop {
             let n = self.recv_batch(&mut recv, &mut bufs, &mut meta).await?;
