@@ -6,6 +6,8 @@ pub mod arp;
 pub mod checksum;
 pub mod config;
 pub mod fdb;
+#[doc(hidden)]
+pub mod fixtures;
 pub mod flow;
 pub(crate) mod json;
 pub mod lease;

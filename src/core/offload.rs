@@ -772,31 +772,7 @@ pub fn outer_len(frame_len: usize) -> usize {
 pub(crate) mod tests {
     use super::*;
 
-    /// A TCP/IPv4 frame with `payload` bytes, seq `seq`, TCP timestamps option.
-    pub(crate) fn tcp4_frame(payload: &[u8], seq: u32, flags: u8, id: u16) -> Vec<u8> {
-        let mut f = vec![0x0e, 0, 0, 0, 0, 2, 0x0e, 0, 0, 0, 0, 1, 0x08, 0x00];
-        let tcp_len = 32;
-        let ip_len = 20 + tcp_len + payload.len();
-        f.extend_from_slice(&[0x45, 0, (ip_len >> 8) as u8, ip_len as u8]);
-        f.extend_from_slice(&id.to_be_bytes());
-        f.extend_from_slice(&[0x40, 0, 64, 6, 0, 0, 10, 244, 1, 5, 10, 244, 2, 7]);
-        let ip_sum = checksum::finish(checksum::sum(&f[14..34]));
-        f[24..26].copy_from_slice(&ip_sum);
-        f.extend_from_slice(&[0x9c, 0x40, 0x14, 0x51]);
-        f.extend_from_slice(&seq.to_be_bytes());
-        f.extend_from_slice(&[0, 0, 0x10, 0x00, 0x80, flags, 0x01, 0xf6, 0, 0, 0, 0]);
-        f.extend_from_slice(&[1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2]);
-        f.extend_from_slice(payload);
-        let pseudo = checksum::pseudo_header_v4(
-            Ipv4Addr::new(10, 244, 1, 5),
-            Ipv4Addr::new(10, 244, 2, 7),
-            6,
-            (tcp_len + payload.len()) as u32,
-        );
-        let sum = checksum::finish(checksum::combine(pseudo, checksum::sum(&f[34..])));
-        f[50..52].copy_from_slice(&sum);
-        f
-    }
+    pub(crate) use crate::core::fixtures::tcp4_frame;
 
     fn verify_tcp4(seg: &[u8]) {
         assert!(checksum::verify(&seg[14..34], 0), "IP checksum");

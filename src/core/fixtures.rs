@@ -1,0 +1,101 @@
+//! Frames for tests and benchmarks: byte-exact fixtures built from parts.
+
+use super::checksum;
+use std::net::Ipv4Addr;
+
+/// A TCP/IPv4 frame with `payload` bytes, seq `seq`, TCP timestamps option.
+pub fn tcp4_frame(payload: &[u8], seq: u32, flags: u8, id: u16) -> Vec<u8> {
+    let mut f = vec![0x0e, 0, 0, 0, 0, 2, 0x0e, 0, 0, 0, 0, 1, 0x08, 0x00];
+    let tcp_len = 32;
+    let ip_len = 20 + tcp_len + payload.len();
+    f.extend_from_slice(&[0x45, 0, (ip_len >> 8) as u8, ip_len as u8]);
+    f.extend_from_slice(&id.to_be_bytes());
+    f.extend_from_slice(&[0x40, 0, 64, 6, 0, 0, 10, 244, 1, 5, 10, 244, 2, 7]);
+    let ip_sum = checksum::finish(checksum::sum(&f[14..34]));
+    f[24..26].copy_from_slice(&ip_sum);
+    f.extend_from_slice(&[0x9c, 0x40, 0x14, 0x51]);
+    f.extend_from_slice(&seq.to_be_bytes());
+    f.extend_from_slice(&[0, 0, 0x10, 0x00, 0x80, flags, 0x01, 0xf6, 0, 0, 0, 0]);
+    f.extend_from_slice(&[1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2]);
+    f.extend_from_slice(payload);
+    let pseudo = checksum::pseudo_header_v4(
+        Ipv4Addr::new(10, 244, 1, 5),
+        Ipv4Addr::new(10, 244, 2, 7),
+        6,
+        (tcp_len + payload.len()) as u32,
+    );
+    let sum = checksum::finish(checksum::combine(pseudo, checksum::sum(&f[34..])));
+    f[50..52].copy_from_slice(&sum);
+    f
+}
+
+/// A TSO super-frame as the TAP hands it over: `payload` bytes of TCP/IPv4 with
+/// the checksum field holding the pseudo-header sum (the kernel's partial checksum).
+pub fn tso_superframe(payload: &[u8]) -> Vec<u8> {
+    let mut f = tcp4_frame(payload, 1, 0x18, 1);
+    let pseudo = checksum::pseudo_header_v4(
+        Ipv4Addr::new(10, 244, 1, 5),
+        Ipv4Addr::new(10, 244, 2, 7),
+        6,
+        (32 + payload.len()) as u32,
+    );
+    f[50..52].copy_from_slice(&(pseudo as u16).to_be_bytes());
+    f
+}
+
+/// An ARP request from the kernel for `target`, broadcast.
+pub fn arp_request(src_mac: [u8; 6], sender: [u8; 4], target: [u8; 4]) -> Vec<u8> {
+    let mut f = vec![0xff; 6];
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&[0x08, 0x06, 0x00, 0x01, 0x08, 0x00, 6, 4, 0x00, 0x01]);
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&sender);
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&target);
+    f
+}
+
+/// An Ethernet frame of exactly `len` bytes (at least 34) carrying UDP/IPv4.
+pub fn udp4_frame(dst_mac: [u8; 6], src_mac: [u8; 6], len: usize) -> Vec<u8> {
+    let len = len.max(42);
+    let mut f = Vec::with_capacity(len);
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&[0x08, 0x00]);
+    let ip_len = (len - 14) as u16;
+    f.extend_from_slice(&[
+        0x45,
+        0,
+        (ip_len >> 8) as u8,
+        ip_len as u8,
+        0,
+        0,
+        0x40,
+        0,
+        64,
+        17,
+        0,
+        0,
+        10,
+        244,
+        1,
+        5,
+        10,
+        244,
+        2,
+        7,
+    ]);
+    let udp_len = ip_len - 20;
+    f.extend_from_slice(&[
+        0x30,
+        0x39,
+        0x14,
+        0x51,
+        (udp_len >> 8) as u8,
+        udp_len as u8,
+        0,
+        0,
+    ]);
+    f.resize(len, 0x5a);
+    f
+}
