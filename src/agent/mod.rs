@@ -229,6 +229,10 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
 
 /// The lease store the flags select: the embedded directory store unless another is chosen.
 fn open_store(args: &RunArgs, stats: &Arc<StoreStats>) -> Result<Store, AgentError> {
+    if let Some(options) = args.etcd_options() {
+        let store = crate::subnet::etcd::EtcdStore::open(options, stats.clone())?;
+        return Ok(Store::Etcd(Arc::new(store)));
+    }
     Ok(Store::Local(Arc::new(LocalStore::open(
         &args.local_store,
         &args.net_config_path,
@@ -597,7 +601,8 @@ impl Control {
             PeerChange::Ignored { subnet, reason } => {
                 counts.ignored.fetch_add(1, Relaxed);
                 self.stats.bad_record(&reason);
-                warn!(subnet = %subnet, reason = %reason, "ignoring lease the vxlan backend cannot use");
+                let key = crate::core::lease::subnet_key(subnet, None);
+                warn!(key = %key, subnet = %subnet, kind = reason.kind(), reason = %reason, "ignoring lease the vxlan backend cannot use");
             }
         }
     }

@@ -6,6 +6,7 @@
 //! lease, and then run in the background — listing and watching the leases,
 //! renewing its own — sending [`StoreUpdate`]s to the agent.
 
+pub mod etcd;
 pub mod local;
 
 use crate::core::config::{ConfigError, NetConfig};
@@ -266,6 +267,7 @@ mod tests {
 #[derive(Debug, Clone)]
 pub enum Store {
     Local(std::sync::Arc<local::LocalStore>),
+    Etcd(std::sync::Arc<etcd::EtcdStore>),
 }
 
 impl Store {
@@ -273,6 +275,7 @@ impl Store {
     pub fn describe(&self) -> (&'static str, String) {
         match self {
             Store::Local(s) => ("local", s.dir().display().to_string()),
+            Store::Etcd(s) => ("etcd", s.describe()),
         }
     }
 
@@ -281,18 +284,21 @@ impl Store {
     pub fn retries_config(&self) -> bool {
         match self {
             Store::Local(_) => false,
+            Store::Etcd(_) => true,
         }
     }
 
     pub async fn network_config(&self) -> Result<NetConfig, StoreError> {
         match self {
             Store::Local(s) => s.network_config().await,
+            Store::Etcd(s) => s.network_config().await,
         }
     }
 
     pub async fn find_own(&self, public_ip: Ipv4Addr) -> Result<Option<Lease>, StoreError> {
         match self {
             Store::Local(s) => s.find_own(public_ip, SystemTime::now()).await,
+            Store::Etcd(s) => s.find_own(public_ip).await,
         }
     }
 
@@ -303,6 +309,7 @@ impl Store {
     ) -> Result<Lease, StoreError> {
         match self {
             Store::Local(s) => s.acquire(config, req, SystemTime::now()).await,
+            Store::Etcd(s) => s.acquire(config, req).await,
         }
     }
 
@@ -315,6 +322,7 @@ impl Store {
     ) -> tokio::task::JoinHandle<()> {
         match self {
             Store::Local(s) => s.clone().spawn(own, renew, tx),
+            Store::Etcd(s) => s.clone().spawn(own, renew, tx),
         }
     }
 }
