@@ -4,6 +4,7 @@
 
 #![allow(unreachable_pub)]
 
+mod etcd;
 mod harness;
 mod interop;
 mod operability;

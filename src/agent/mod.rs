@@ -588,11 +588,15 @@ impl Control {
                     "lease changed"
                 );
                 self.add_route(&new, now).await;
+                if old.vtep_mac != new.vtep_mac {
+                    self.forget_neighbour(new.gateway()).await;
+                }
             }
             PeerChange::Removed(peer) => {
                 counts.removed.fetch_add(1, Relaxed);
                 info!(subnet = %peer.subnet, public_ip = %peer.public_ip, vtep_mac = %peer.vtep_mac, "lease removed");
                 self.delete_route(peer.subnet).await;
+                self.forget_neighbour(peer.gateway()).await;
             }
             PeerChange::Unknown(subnet) => {
                 debug!(subnet = %subnet, "removal of a lease that was never programmed");
@@ -639,6 +643,16 @@ impl Control {
             }
             i.peers.insert(peer.subnet, status);
         });
+    }
+
+    /// Drops the kernel's cached MAC for a peer's gateway (S.0) after its VtepMAC
+    /// changed or its lease went away; the kernel asks again and weftd answers
+    /// from its current table, instead of the kernel sending to the old MAC
+    /// until its neighbour entry ages out.
+    async fn forget_neighbour(&self, gateway: std::net::Ipv4Addr) {
+        if let Err(e) = self.nl.forget_neighbour(self.link.index, gateway).await {
+            warn!(gateway = %gateway, error = %e, "cannot drop the kernel's neighbour entry; it ages out by itself");
+        }
     }
 
     async fn delete_route(&mut self, subnet: Ipv4Net) {
