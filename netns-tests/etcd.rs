@@ -36,19 +36,47 @@ pub struct EtcdServer {
     data_dir: PathBuf,
     log: PathBuf,
     child: Option<Child>,
+    tls: Option<EtcdTls>,
+    /// `user:password` etcdctl authenticates with, once auth is enabled.
+    user: Option<String>,
 }
 
 impl EtcdServer {
-    /// Starts etcd in `lab`'s underlay and waits until it answers.
+    /// Starts etcd (plain http) in `lab`'s underlay and waits until it answers.
     pub fn start(lab: &Lab) -> EtcdServer {
+        EtcdServer::start_with(lab, None)
+    }
+
+    /// Starts etcd, serving https and requiring client certificates when `tls` is given.
+    pub fn start_with(lab: &Lab, tls: Option<EtcdTls>) -> EtcdServer {
         let mut server = EtcdServer {
             ns: lab.underlay.clone(),
             data_dir: lab.dir.path().join("etcd-data"),
             log: lab.dir.path().join("etcd.log"),
             child: None,
+            tls,
+            user: None,
         };
         server.launch();
         server
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+
+    /// The endpoint node namespaces use.
+    pub fn endpoint(&self) -> String {
+        format!("{}://192.168.100.254:2379", self.scheme())
+    }
+
+    fn local_endpoint(&self) -> String {
+        format!("{}://127.0.0.1:2379", self.scheme())
+    }
+
+    /// Makes etcdctl authenticate as `user:password` from now on.
+    pub fn set_user(&mut self, user_password: &str) {
+        self.user = Some(user_password.to_owned());
     }
 
     fn launch(&mut self) {
@@ -58,16 +86,26 @@ impl EtcdServer {
             .append(true)
             .open(&self.log)
             .expect("etcd log");
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.ns, "etcd"])
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns, "etcd"]);
+        if let Some(tls) = &self.tls {
+            cmd.arg("--cert-file")
+                .arg(&tls.server_cert)
+                .arg("--key-file")
+                .arg(&tls.server_key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--client-cert-auth");
+        }
+        let child = cmd
             .args(["--name", "weft-lab"])
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args([
                 "--listen-client-urls",
-                &format!("{ETCD_ENDPOINT},{LOCAL_ENDPOINT}"),
+                &format!("{},{}", self.endpoint(), self.local_endpoint()),
                 "--advertise-client-urls",
-                ETCD_ENDPOINT,
+                &self.endpoint(),
                 "--listen-peer-urls",
                 "http://127.0.0.1:2380",
                 "--initial-advertise-peer-urls",
@@ -134,10 +172,23 @@ impl EtcdServer {
     /// Runs `etcdctl` (API v3) against this server.
     pub fn ctl(&self, args: &[&str]) -> Output {
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.ns, "etcdctl"])
-            .args(["--endpoints", LOCAL_ENDPOINT, "--command-timeout=5s"])
-            .args(args)
-            .env("ETCDCTL_API", "3");
+        cmd.args(["netns", "exec", &self.ns, "etcdctl"]).args([
+            "--endpoints",
+            &self.local_endpoint(),
+            "--command-timeout=5s",
+        ]);
+        if let Some(tls) = &self.tls {
+            cmd.arg("--cacert")
+                .arg(&tls.ca)
+                .arg("--cert")
+                .arg(&tls.client_cert)
+                .arg("--key")
+                .arg(&tls.client_key);
+        }
+        if let Some(user) = &self.user {
+            cmd.args(["--user", user]);
+        }
+        cmd.args(args).env("ETCDCTL_API", "3");
         output_with_timeout(&mut cmd, Duration::from_secs(10))
     }
 
@@ -216,6 +267,105 @@ impl EtcdServer {
     /// Compacts the history up to `revision`.
     pub fn compact(&self, revision: i64) {
         self.ctl_ok(&["compact", &revision.to_string(), "--physical"]);
+    }
+}
+
+/// A throwaway PKI for an etcd with TLS: a CA, a server certificate for the
+/// underlay and loopback addresses, and a client certificate.
+#[derive(Debug, Clone)]
+pub struct EtcdTls {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl EtcdTls {
+    /// Generates the files in `dir` with openssl (ECDSA P-256, valid 2 days).
+    pub fn generate(dir: &std::path::Path) -> EtcdTls {
+        std::fs::create_dir_all(dir).expect("pki dir");
+        let openssl = |args: &[&str]| {
+            let out = output_with_timeout(
+                Command::new("openssl").args(args).current_dir(dir),
+                Duration::from_secs(20),
+            );
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        let mut ca = vec!["req", "-x509"];
+        ca.extend(ec);
+        ca.extend([
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=weft-test-ca",
+        ]);
+        openssl(&ca);
+        for (name, serial, ext) in [
+            (
+                "server",
+                "1",
+                "basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth,clientAuth\nsubjectAltName=IP:192.168.100.254,IP:127.0.0.1\n",
+            ),
+            (
+                "client",
+                "2",
+                "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+            ),
+        ] {
+            std::fs::write(dir.join(format!("{name}.ext")), ext).expect("ext file");
+            let (key, csr, pem, extfile, subj) = (
+                format!("{name}.key"),
+                format!("{name}.csr"),
+                format!("{name}.pem"),
+                format!("{name}.ext"),
+                format!("/CN=weft-test-{name}"),
+            );
+            let mut req = vec!["req"];
+            req.extend(ec);
+            req.extend(["-keyout", &key, "-out", &csr, "-subj", &subj]);
+            openssl(&req);
+            openssl(&[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-set_serial",
+                serial,
+                "-days",
+                "2",
+                "-out",
+                &pem,
+                "-extfile",
+                &extfile,
+            ]);
+        }
+        EtcdTls {
+            ca: dir.join("ca.pem"),
+            server_cert: dir.join("server.pem"),
+            server_key: dir.join("server.key"),
+            client_cert: dir.join("client.pem"),
+            client_key: dir.join("client.key"),
+        }
     }
 }
 
@@ -961,6 +1111,106 @@ fn etcd_own_lease_deleted_exits_non_zero() {
     assert!(
         log.contains(&lease_key(subnet)),
         "the message names the key:\n{log}"
+    );
+}
+
+/// etcd over TLS with client certificates: `--etcd-cafile`, `--etcd-certfile`,
+/// `--etcd-keyfile`; half a client identity is refused up front.
+#[test]
+fn etcd_over_tls_with_client_certificates() {
+    let mut lab = Lab::new(1);
+    let tls = EtcdTls::generate(&lab.dir.path().join("pki"));
+    let etcd = EtcdServer::start_with(&lab, Some(tls.clone()));
+    etcd.put(CONFIG_KEY, DEFAULT_NET_CONF);
+    let path = |p: &PathBuf| p.display().to_string();
+    let endpoint = etcd.endpoint();
+    let opts = |extra: &[&str]| {
+        let mut flags = vec!["--etcd-endpoints".to_owned(), endpoint.clone()];
+        flags.extend(extra.iter().map(|s| (*s).to_owned()));
+        WeftdOpts {
+            extra: flags,
+            no_local_store: true,
+            ..WeftdOpts::default()
+        }
+    };
+    let (ca, cert, key) = (path(&tls.ca), path(&tls.client_cert), path(&tls.client_key));
+    lab.start_weftd_with(0, opts(&["--etcd-cafile", &ca, "--etcd-certfile", &cert]));
+    let code = lab.wait_weftd_exit(0, Duration::from_secs(10));
+    assert!(matches!(code, Some(c) if c != 0), "exit code {code:?}");
+    assert!(
+        lab.weftd_log(0)
+            .contains("--etcd-certfile and --etcd-keyfile go together"),
+        "{}",
+        lab.weftd_log(0)
+    );
+    lab.start_weftd_with(
+        0,
+        opts(&[
+            "--etcd-cafile",
+            &ca,
+            "--etcd-certfile",
+            &cert,
+            "--etcd-keyfile",
+            &key,
+        ]),
+    );
+    let subnet = lab.wait_ready(0);
+    assert_eq!(
+        etcd.get(&lease_key(subnet)),
+        Some(flannel_json(lab.nodes[0].ip, 1, &own_mac(&lab, 0)))
+    );
+    assert_eq!(store_stat(&lab, 0, "connected"), true);
+    assert!(!lab.weftd_log(0).contains("This is insecure"));
+}
+
+/// etcd with authentication: the password from `FLANNELD_ETCD_PASSWORD`; a
+/// wrong one ends weftd with a message naming the flags to check.
+#[test]
+fn etcd_with_user_and_password() {
+    let mut lab = Lab::new(1);
+    let mut etcd = EtcdServer::start(&lab);
+    for args in [
+        &["user", "add", "root:rootpw"][..],
+        &["user", "grant-role", "root", "root"],
+        &["role", "add", "flannel"],
+        &[
+            "role",
+            "grant-permission",
+            "flannel",
+            "--prefix=true",
+            "readwrite",
+            "/coreos.com/network/",
+        ],
+        &["user", "add", "flannel:flannelpw"],
+        &["user", "grant-role", "flannel", "flannel"],
+        &["auth", "enable"],
+    ] {
+        etcd.ctl_ok(args);
+    }
+    etcd.set_user("root:rootpw");
+    etcd.put(CONFIG_KEY, DEFAULT_NET_CONF);
+    let opts = |password: &str| WeftdOpts {
+        env: vec![("FLANNELD_ETCD_PASSWORD".to_owned(), password.to_owned())],
+        ..etcd_opts(&["--etcd-username", "flannel"])
+    };
+    lab.start_weftd_with(0, opts("wr0ng-pa55"));
+    let code = lab.wait_weftd_exit(0, Duration::from_secs(10));
+    assert!(matches!(code, Some(c) if c != 0), "exit code {code:?}");
+    let log = lab.weftd_log(0);
+    assert!(
+        log.contains("refused the credentials") && log.contains("--etcd-password"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("wr0ng-pa55"),
+        "the password is not logged:\n{log}"
+    );
+    lab.start_weftd_with(0, opts("flannelpw"));
+    let subnet = lab.wait_ready(0);
+    assert!(etcd.get(&lease_key(subnet)).is_some());
+    assert!(
+        !lab.weftd_log(0).contains("flannelpw"),
+        "the password is not logged"
     );
 }
 

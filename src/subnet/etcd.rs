@@ -69,8 +69,10 @@ const RPC_TIMEOUT: Duration = Duration::from_secs(5);
 /// Watch reconnection backoff: flannel's 100 ms doubling to 5 s.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// HTTP/2 keep-alive, so a silently dead connection (a partition) breaks the
-/// watch. etcd refuses pings more often than every 5 s (`--grpc-keepalive-min-time`).
+/// HTTP/2 keep-alive while a stream (the watch) is open, so a silently dead
+/// connection (a partition) breaks the watch. etcd answers pings more often
+/// than every 5 s (`--grpc-keepalive-min-time`), or pings without an open
+/// stream, with GOAWAY "too_many_pings".
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The shortest pause between two renewals, whatever the lease and margin say.
@@ -195,7 +197,7 @@ impl EtcdOptions {
         let mut options = ConnectOptions::new()
             .with_connect_timeout(RPC_TIMEOUT)
             .with_keep_alive(KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT)
-            .with_keep_alive_while_idle(true)
+            .with_keep_alive_while_idle(false)
             .with_require_leader(true);
         if let Some(user) = &self.username {
             options = options
@@ -687,10 +689,7 @@ impl EtcdStore {
     fn failure(&self, what: &str, e: etcd_client::Error) -> StoreError {
         let at = self.endpoints.join(",");
         if let etcd_client::Error::GRpcStatus(status) = &e
-            && matches!(
-                status.code(),
-                tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
-            )
+            && is_refused_credentials(status.code(), status.message())
         {
             return StoreError::Other(format!(
                 "{what}: etcd at {at} refused the credentials: {}; check --etcd-username/--etcd-password and the user's role",
@@ -1152,6 +1151,16 @@ async fn sleep_backoff(backoff: Duration) -> Duration {
     (backoff * 2).min(BACKOFF_MAX)
 }
 
+/// Whether etcd refused who we are (wrong password, no permission), as
+/// opposed to being unreachable: `ErrGRPCAuthFailed` is `InvalidArgument`.
+fn is_refused_credentials(code: tonic::Code, message: &str) -> bool {
+    match code {
+        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => true,
+        tonic::Code::InvalidArgument => message.contains("authentication failed"),
+        _ => false,
+    }
+}
+
 /// etcd's `ErrCompacted` as a gRPC error ("mvcc: required revision has been compacted").
 fn is_compacted_error(e: &etcd_client::Error) -> bool {
     match e {
@@ -1538,6 +1547,29 @@ mod tests {
                 .len(),
             1
         );
+    }
+
+    #[test]
+    fn refused_credentials_are_told_apart_from_outages() {
+        use tonic::Code;
+        let auth_failed = "etcdserver: authentication failed, invalid user ID or password";
+        assert!(is_refused_credentials(Code::InvalidArgument, auth_failed));
+        assert!(is_refused_credentials(
+            Code::PermissionDenied,
+            "etcdserver: permission denied"
+        ));
+        assert!(is_refused_credentials(
+            Code::Unauthenticated,
+            "etcdserver: invalid auth token"
+        ));
+        assert!(!is_refused_credentials(
+            Code::InvalidArgument,
+            "etcdserver: key is not provided"
+        ));
+        assert!(!is_refused_credentials(
+            Code::Unavailable,
+            "etcdserver: no leader"
+        ));
     }
 
     #[test]
