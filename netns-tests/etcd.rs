@@ -1114,6 +1114,84 @@ fn etcd_own_lease_deleted_exits_non_zero() {
     );
 }
 
+/// Three nodes claiming at once in a network of three subnets, all remembering
+/// the same previous subnet: one gets it back, each gets a distinct subnet (a
+/// lost race is retried), and a fourth node is told `out of subnets`. An
+/// invalid config is refused with flannel's message and the key named.
+#[test]
+fn etcd_concurrent_claims_are_distinct_then_out_of_subnets() {
+    let mut lab = Lab::new(4);
+    let etcd = EtcdServer::start(&lab);
+    let tiny = r#"{"Network":"10.244.0.0/28","Backend":{"Type":"vxlan"}}"#;
+    etcd.put(CONFIG_KEY, tiny);
+    let previous: Ipv4Net = "10.244.0.8/30".parse().unwrap();
+    for node in 0..3 {
+        std::fs::write(
+            lab.subnet_file(node),
+            "FLANNEL_NETWORK=10.244.0.0/28\nFLANNEL_SUBNET=10.244.0.9/30\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n",
+        )
+        .unwrap();
+    }
+    for node in 0..3 {
+        lab.start_weftd_with(node, etcd_opts(&[]));
+    }
+    let mut subnets: Vec<Ipv4Net> = (0..3).map(|n| lab.wait_ready(n)).collect();
+    subnets.sort();
+    let want: Vec<Ipv4Net> = ["10.244.0.4/30", "10.244.0.8/30", "10.244.0.12/30"]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+    assert_eq!(
+        subnets, want,
+        "distinct, and the previous subnet reused once"
+    );
+    let reused = (0..3)
+        .filter(|n| {
+            lab.weftd_log(*n)
+                .contains("reusing the previous subnet from the subnet file")
+        })
+        .count();
+    assert_eq!(reused, 1);
+    assert!(subnets.contains(&previous));
+    let races = (0..3)
+        .map(|n| {
+            lab.weftd_log(n)
+                .matches("another node claimed the subnet first")
+                .count()
+        })
+        .sum::<usize>();
+    println!("lost claim races retried: {races}");
+    let mut keys = etcd.keys(&format!("{PREFIX}/subnets/"));
+    keys.sort();
+    let mut want_keys: Vec<String> = want.iter().map(|s| lease_key(*s)).collect();
+    want_keys.sort();
+    assert_eq!(keys, want_keys);
+
+    // An invalid config: flannel's message, the key named, a non-zero exit.
+    etcd.put(
+        CONFIG_KEY,
+        r#"{"Network":"10.244.0.0/29","Backend":{"Type":"vxlan"}}"#,
+    );
+    lab.start_weftd_with(3, etcd_opts(&[]));
+    assert!(matches!(lab.wait_weftd_exit(3, Duration::from_secs(10)), Some(c) if c != 0));
+    let log = lab.weftd_log(3);
+    assert!(
+        log.contains("network is too small. Minimum useful network prefix is /28")
+            && log.contains(CONFIG_KEY),
+        "{log}"
+    );
+    // Full: out of subnets.
+    etcd.put(CONFIG_KEY, tiny);
+    lab.start_weftd_with(3, etcd_opts(&[]));
+    assert!(matches!(lab.wait_weftd_exit(3, Duration::from_secs(10)), Some(c) if c != 0));
+    assert!(
+        lab.weftd_log(3)
+            .contains("failed to acquire lease: out of subnets"),
+        "{}",
+        lab.weftd_log(3)
+    );
+}
+
 /// etcd over TLS with client certificates: `--etcd-cafile`, `--etcd-certfile`,
 /// `--etcd-keyfile`; half a client identity is refused up front.
 #[test]

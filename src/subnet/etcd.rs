@@ -945,11 +945,28 @@ impl EtcdStore {
         })
     }
 
-    /// Logs and counts a failure; the caller backs off and retries.
-    fn trouble(&self, e: &StoreError, doing: &str) {
+    /// Counts a failure and logs it — loudly at the start of an outage and
+    /// once a minute after, quietly otherwise; the caller backs off and retries.
+    fn trouble(&self, reconnect: &mut Reconnect, e: &StoreError, doing: &str) {
         self.stats.set_connected(false);
         self.stats.error(e);
-        warn!(error = %e, "{doing}; keeping the last known leases and retrying");
+        if reconnect.failed(std::time::Instant::now()) {
+            warn!(error = %e, "{doing}; keeping the last known leases and retrying (reported again in a minute if it persists)");
+        } else {
+            debug!(error = %e, "{doing}; retrying");
+        }
+    }
+
+    fn reachable_again(&self, reconnect: &mut Reconnect, revision: i64) {
+        self.stats.set_connected(true);
+        if let Some((outage, failures)) = reconnect.connected(std::time::Instant::now()) {
+            info!(
+                revision,
+                failed_attempts = failures,
+                "etcd is reachable again after {:.1} s",
+                outage.as_secs_f64()
+            );
+        }
     }
 
     fn report_bad(&self, bad: &[BadRecord]) {
@@ -975,13 +992,14 @@ impl EtcdStore {
 
     async fn watch_loop(&self, own_key: String, tx: &UpdateSender) {
         let mut state = WatchState::new(self.keys.clone(), own_key);
-        let mut backoff = BACKOFF_MIN;
+        let mut reconnect = Reconnect::default();
         let mut relist = true;
         while !tx.is_closed() {
             if relist {
                 match self.list().await {
                     Ok(listing) => {
                         relist = false;
+                        self.reachable_again(&mut reconnect, listing.revision);
                         self.stats.snapshots.fetch_add(1, Relaxed);
                         info!(
                             revision = listing.revision,
@@ -993,24 +1011,22 @@ impl EtcdStore {
                         }
                     }
                     Err(e) => {
-                        self.trouble(&e, "cannot list the leases in etcd");
-                        backoff = sleep_backoff(backoff).await;
+                        self.trouble(&mut reconnect, &e, "cannot list the leases in etcd");
+                        tokio::time::sleep(reconnect.next_delay()).await;
                         continue;
                     }
                 }
             }
-            match self.watch_once(&mut state, tx, &mut backoff).await {
+            match self.watch_once(&mut state, tx, &mut reconnect).await {
                 WatchEnd::Stop => return,
                 WatchEnd::Compacted => relist = true,
                 WatchEnd::Broken(e) => {
-                    self.trouble(
-                        &e,
-                        &format!(
-                            "the etcd watch broke; reconnecting from revision {}",
-                            state.revision + 1
-                        ),
+                    let doing = format!(
+                        "the etcd watch broke; reconnecting from revision {}",
+                        state.revision + 1
                     );
-                    backoff = sleep_backoff(backoff).await;
+                    self.trouble(&mut reconnect, &e, &doing);
+                    tokio::time::sleep(reconnect.next_delay()).await;
                 }
             }
         }
@@ -1021,7 +1037,7 @@ impl EtcdStore {
         &self,
         state: &mut WatchState,
         tx: &UpdateSender,
-        backoff: &mut Duration,
+        reconnect: &mut Reconnect,
     ) -> WatchEnd {
         let from = state.revision + 1;
         let client = match self.client().await {
@@ -1070,8 +1086,7 @@ impl EtcdStore {
                 )));
             }
             if resp.created() {
-                self.stats.set_connected(true);
-                *backoff = BACKOFF_MIN;
+                self.reachable_again(reconnect, state.revision);
             }
             let changes: Vec<Change> = resp
                 .events()
@@ -1145,10 +1160,62 @@ impl EtcdStore {
     }
 }
 
-/// Waits `backoff` and returns the next one (doubling up to [`BACKOFF_MAX`]).
-async fn sleep_backoff(backoff: Duration) -> Duration {
-    tokio::time::sleep(backoff).await;
-    (backoff * 2).min(BACKOFF_MAX)
+/// The watch's reconnection state: the backoff (100 ms doubling to 5 s), and
+/// the current outage, so it is reported when it starts, once a minute while
+/// it lasts and when it ends rather than at every attempt.
+#[derive(Debug)]
+struct Reconnect {
+    backoff: Duration,
+    since: Option<std::time::Instant>,
+    failures: u64,
+    last_warned: Option<std::time::Instant>,
+}
+
+/// How often a lasting outage is reported.
+const OUTAGE_REPORT_EVERY: Duration = Duration::from_secs(60);
+
+impl Default for Reconnect {
+    fn default() -> Self {
+        Reconnect {
+            backoff: BACKOFF_MIN,
+            since: None,
+            failures: 0,
+            last_warned: None,
+        }
+    }
+}
+
+impl Reconnect {
+    /// A failed attempt; true when it deserves a warning.
+    fn failed(&mut self, now: std::time::Instant) -> bool {
+        self.since.get_or_insert(now);
+        self.failures += 1;
+        let warn = self
+            .last_warned
+            .is_none_or(|t| now.duration_since(t) >= OUTAGE_REPORT_EVERY);
+        if warn {
+            self.last_warned = Some(now);
+        }
+        warn
+    }
+
+    /// Connected: resets the backoff; the outage's length and failed attempts, if there was one.
+    fn connected(&mut self, now: std::time::Instant) -> Option<(Duration, u64)> {
+        self.backoff = BACKOFF_MIN;
+        self.last_warned = None;
+        let since = self.since.take()?;
+        Some((
+            now.duration_since(since),
+            std::mem::take(&mut self.failures),
+        ))
+    }
+
+    /// The pause before the next attempt (and doubles the one after).
+    fn next_delay(&mut self) -> Duration {
+        let delay = self.backoff;
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+        delay
+    }
 }
 
 /// Whether etcd refused who we are (wrong password, no permission), as
@@ -1570,6 +1637,28 @@ mod tests {
             Code::Unavailable,
             "etcdserver: no leader"
         ));
+    }
+
+    #[test]
+    fn outages_back_off_and_are_reported_at_start_each_minute_and_end() {
+        let t0 = std::time::Instant::now();
+        let mut r = Reconnect::default();
+        assert_eq!(r.connected(t0), None, "no outage, nothing to report");
+        let delays: Vec<u64> = (0..8).map(|_| r.next_delay().as_millis() as u64).collect();
+        assert_eq!(delays, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+        assert!(r.failed(t0), "the first failure is reported");
+        assert!(!r.failed(t0 + Duration::from_secs(5)));
+        assert!(!r.failed(t0 + Duration::from_secs(59)));
+        assert!(r.failed(t0 + Duration::from_secs(61)), "then once a minute");
+        assert_eq!(
+            r.connected(t0 + Duration::from_secs(70)),
+            Some((Duration::from_secs(70), 4))
+        );
+        assert_eq!(r.next_delay(), BACKOFF_MIN, "backoff reset");
+        assert!(
+            r.failed(t0 + Duration::from_secs(71)),
+            "a new outage is reported at once"
+        );
     }
 
     #[test]
