@@ -559,16 +559,6 @@ fn wait_disconnected(lab: &Lab, node: usize) {
 
 const KERNEL_SUBNET: &str = "10.244.200.0/24";
 
-/// Makes a kernel node's underlay port finalize checksums in software, as a
-/// physical NIC does on the wire. The kernel VXLAN device leaves the inner TCP
-/// checksum partial (checksum offload) and a veth hands the packet to the
-/// peer namespace unfinished; a kernel receiver trusts it, but weft reads the
-/// datagram's bytes, so a veth lab would show broken inner checksums that no
-/// real network carries. (Ping is unaffected: ICMP is summed in software.)
-fn wire_like_a_nic(lab: &Lab, ns: &str) {
-    lab.run(ns, &["ethtool", "-K", "eth0", "tx", "off"]);
-}
-
 // ======================================================================
 // tests
 // ======================================================================
@@ -736,7 +726,6 @@ fn interop_with_a_flannel_kernel_node(net_conf: &str, port: u16, vni: u32) {
     let ns1 = lab.ns(1).to_owned();
     kernel.create(&lab, &ns1, kernel_ip);
     kernel.add_peer(&lab, &ns1, weft_subnet, lab.nodes[0].ip, &weft_mac);
-    wire_like_a_nic(&lab, &ns1);
     lab.wait_ping(&ns0, kernel.subnet.network(), Duration::from_secs(5));
     assert_eq!(
         ping_counts(&lab, &ns0, kernel.subnet.network(), 5),

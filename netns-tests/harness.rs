@@ -28,6 +28,16 @@ pub const DEFAULT_NET_CONF: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Typ
 
 static LABS: AtomicUsize = AtomicUsize::new(0);
 
+/// Tunables that turn every offload off.
+pub const OFFLOADS_OFF: &str = "[dataplane]\ntap_vnet_hdr = false\ntso = false\nuso = false\nudp_gso = false\nudp_gro = false\n";
+
+/// `WEFT_TEST_OFFLOADS=off` runs every weftd of the suite with all offloads
+/// off (test.sh runs the netns suite both ways); tests that pass their own
+/// tunables keep them.
+pub fn offloads_forced_off() -> bool {
+    std::env::var("WEFT_TEST_OFFLOADS").is_ok_and(|v| v == "off")
+}
+
 /// Fails (never skips) when the tests cannot do their job.
 pub fn require_root() {
     let uid = std::fs::read_to_string("/proc/self/status")
@@ -392,7 +402,8 @@ impl Lab {
             args.push("--local-store".to_owned());
             args.push(self.store_dir().display().to_string());
         }
-        if let Some(t) = &opts.tunables {
+        let forced_off = offloads_forced_off().then(|| OFFLOADS_OFF.to_owned());
+        if let Some(t) = opts.tunables.as_ref().or(forced_off.as_ref()) {
             let path = self.dir.path().join(format!("tunables-{node}.toml"));
             std::fs::write(&path, t).expect("write tunables");
             args.push("--tunables".to_owned());
@@ -835,4 +846,430 @@ impl KernelVtep {
             self.vni, self.mac
         )
     }
+}
+
+// ---------------------------------------------------------------------------
+// CNI: pods wired by weft-cni as a container runtime does (netns-tests/cni.rs)
+// ---------------------------------------------------------------------------
+
+/// Where Debian's `containernetworking-plugins` puts the reference plugins.
+pub const CNI_PLUGIN_DIR: &str = "/usr/lib/cni";
+
+/// `CNI_PATH` for the tests: the directory holding the built `weft-cni`, then the reference plugins.
+pub fn cni_path() -> String {
+    let dir = Path::new(WEFT_CNI)
+        .parent()
+        .expect("weft-cni has a directory");
+    format!("{}:{CNI_PLUGIN_DIR}", dir.display())
+}
+
+/// What a plugin invocation returned.
+#[derive(Debug, Clone)]
+pub struct CniOutput {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CniOutput {
+    /// The stdout as JSON (a result, or an error result).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "plugin stdout is not JSON ({e}): {:?}\nstderr: {}",
+                self.stdout, self.stderr
+            )
+        })
+    }
+
+    /// Panics with the plugin's error unless it succeeded.
+    pub fn ok(self) -> CniOutput {
+        assert!(
+            self.success,
+            "plugin failed: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+}
+
+/// Runs a plugin binary inside a node namespace as a runtime does: the `CNI_*`
+/// variables in `env` (and no others from the test's environment), `stdin` on
+/// stdin. `wrapper` is an optional `sh -c` prefix run before `exec`ing the plugin.
+pub fn run_plugin(
+    node_ns: &str,
+    plugin: &str,
+    env: &[(&str, &str)],
+    stdin: &str,
+    wrapper: Option<&str>,
+) -> CniOutput {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", node_ns]);
+    match wrapper {
+        Some(script) => {
+            cmd.args(["sh", "-c", &format!("{script}\nexec \"$0\""), plugin]);
+        }
+        None => {
+            cmd.arg(plugin);
+        }
+    }
+    for (k, _) in std::env::vars() {
+        if k.starts_with("CNI_") {
+            cmd.env_remove(k);
+        }
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {plugin}: {e}"));
+    let mut pipe = child.stdin.take().expect("piped");
+    let input = stdin.as_bytes().to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = pipe.write_all(&input);
+    });
+    let mut stdout = child.stdout.take().expect("piped");
+    let mut stderr = child.stderr.take().expect("piped");
+    let out_reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stdout.read_to_end(&mut buf);
+        buf
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stderr.read_to_end(&mut buf);
+        buf
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break child.wait().expect("wait");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let _ = writer.join();
+    CniOutput {
+        success: status.success(),
+        stdout: String::from_utf8_lossy(&out_reader.join().unwrap_or_default())
+            .trim()
+            .to_owned(),
+        stderr: String::from_utf8_lossy(&err_reader.join().unwrap_or_default()).into_owned(),
+    }
+}
+
+/// Pod namespaces; deleted on drop (also on panic). Named `<lab prefix>-p<n>`,
+/// so a dead test process's pods are swept with its lab.
+#[derive(Debug, Default)]
+pub struct PodNamespaces {
+    names: Vec<String>,
+}
+
+impl PodNamespaces {
+    /// Creates `<lab prefix>-<name>` with `lo` up.
+    pub fn create(&mut self, lab: &Lab, name: &str) -> String {
+        let ns = format!("{}-{name}", lab.prefix);
+        must(ip(&["netns", "add", &ns]), "create pod namespace");
+        self.names.push(ns.clone());
+        must(ip(&["-n", &ns, "link", "set", "lo", "up"]), "pod lo up");
+        ns
+    }
+}
+
+impl Drop for PodNamespaces {
+    fn drop(&mut self) {
+        for ns in &self.names {
+            delete_ns(ns);
+        }
+    }
+}
+
+/// A runtime's call of one plugin for one container.
+#[derive(Debug, Clone)]
+pub struct CniCall<'a> {
+    pub node_ns: &'a str,
+    pub container_id: &'a str,
+    pub pod_ns: &'a str,
+    pub ifname: &'a str,
+}
+
+impl CniCall<'_> {
+    /// Runs `plugin` for `command` with `config` on stdin.
+    pub fn run(
+        &self,
+        plugin: &str,
+        command: &str,
+        config: &str,
+        wrapper: Option<&str>,
+    ) -> CniOutput {
+        let netns = format!("/run/netns/{}", self.pod_ns);
+        let path = cni_path();
+        run_plugin(
+            self.node_ns,
+            plugin,
+            &[
+                ("CNI_COMMAND", command),
+                ("CNI_CONTAINERID", self.container_id),
+                ("CNI_NETNS", &netns),
+                ("CNI_IFNAME", self.ifname),
+                ("CNI_PATH", &path),
+            ],
+            config,
+            wrapper,
+        )
+    }
+
+    /// `weft-cni` for `command`.
+    pub fn weft(&self, command: &str, config: &str) -> CniOutput {
+        self.run(WEFT_CNI, command, config, None)
+    }
+}
+
+/// The first IPv4 address of an ADD result (any result version).
+pub fn result_ipv4(result: &serde_json::Value) -> (Ipv4Addr, ipnet::Ipv4Net) {
+    let address = result["ips"]
+        .as_array()
+        .and_then(|ips| {
+            ips.iter()
+                .filter_map(|ip| ip["address"].as_str())
+                .find(|a| !a.contains(':'))
+        })
+        .unwrap_or_else(|| panic!("no IPv4 address in {result}"));
+    let net: ipnet::Ipv4Net = address.parse().expect("address/prefix");
+    (net.addr(), net)
+}
+
+/// A minimal conflist runtime (what libcni does): each plugin of the list in
+/// order for ADD with `name`, `cniVersion`, the previous result as
+/// `prevResult` and `runtimeConfig` from the capabilities it declares; in
+/// reverse for DEL (with the cached result as `prevResult` from 0.4.0 on).
+#[derive(Debug, Clone)]
+pub struct ConfList {
+    pub list: serde_json::Value,
+    /// Shell run before each plugin (a private view of default paths).
+    pub wrapper: Option<String>,
+}
+
+impl ConfList {
+    fn plugin_config(
+        &self,
+        plugin: &serde_json::Value,
+        prev: Option<&serde_json::Value>,
+        runtime_config: &serde_json::Value,
+    ) -> (String, String) {
+        let mut conf = plugin.clone();
+        let obj = conf.as_object_mut().expect("plugin object");
+        obj.insert("name".into(), self.list["name"].clone());
+        obj.insert("cniVersion".into(), self.list["cniVersion"].clone());
+        if let Some(prev) = prev {
+            obj.insert("prevResult".into(), prev.clone());
+        }
+        let mut rc = serde_json::Map::new();
+        if let Some(caps) = plugin["capabilities"].as_object() {
+            for (cap, on) in caps {
+                if on == true && !runtime_config[cap].is_null() {
+                    rc.insert(cap.clone(), runtime_config[cap].clone());
+                }
+            }
+        }
+        if !rc.is_empty() {
+            obj.insert("runtimeConfig".into(), serde_json::Value::Object(rc));
+        }
+        let ty = plugin["type"].as_str().expect("plugin type").to_owned();
+        let binary = if ty == "weft-cni" {
+            WEFT_CNI.to_owned()
+        } else {
+            format!("{CNI_PLUGIN_DIR}/{ty}")
+        };
+        (binary, conf.to_string())
+    }
+
+    fn plugins(&self) -> Vec<serde_json::Value> {
+        self.list["plugins"].as_array().expect("plugins").clone()
+    }
+
+    /// ADD through the list; returns the last result.
+    pub fn add(&self, call: &CniCall<'_>, runtime_config: &serde_json::Value) -> serde_json::Value {
+        let mut prev: Option<serde_json::Value> = None;
+        for plugin in self.plugins() {
+            let (binary, conf) = self.plugin_config(&plugin, prev.as_ref(), runtime_config);
+            let out = call
+                .run(&binary, "ADD", &conf, self.wrapper.as_deref())
+                .ok();
+            prev = Some(out.json());
+        }
+        prev.expect("a result")
+    }
+
+    /// DEL through the list in reverse.
+    pub fn del(
+        &self,
+        call: &CniCall<'_>,
+        runtime_config: &serde_json::Value,
+        cached: &serde_json::Value,
+    ) {
+        let version = self.list["cniVersion"].as_str().unwrap_or("");
+        let with_prev = !version.starts_with("0.3") && !version.is_empty();
+        for plugin in self.plugins().iter().rev() {
+            let prev = with_prev.then_some(cached);
+            let (binary, conf) = self.plugin_config(plugin, prev, runtime_config);
+            call.run(&binary, "DEL", &conf, self.wrapper.as_deref())
+                .ok();
+        }
+    }
+}
+
+/// Listens on `listen` in `server_ns`, connects from `client_ns` to
+/// `connect_to`, exchanges a line both ways and returns the source address the
+/// server saw.
+pub fn tcp_source_seen(
+    server_ns: &str,
+    listen: std::net::SocketAddrV4,
+    client_ns: &str,
+    connect_to: std::net::SocketAddrV4,
+) -> std::net::Ipv4Addr {
+    use std::io::{BufRead, BufReader};
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let path = format!("/run/netns/{server_ns}");
+    let server = std::thread::spawn(move || {
+        let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        let listener = std::net::TcpListener::bind(listen).expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        ready_tx.send(()).expect("ready");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let (mut stream, peer) = loop {
+            match listener.accept() {
+                Ok(conn) => break conn,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    assert!(Instant::now() < deadline, "no connection to {listen}");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => panic!("accept: {e}"),
+            }
+        };
+        stream.set_nonblocking(false).expect("blocking");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut line = String::new();
+        BufReader::new(stream.try_clone().expect("clone"))
+            .read_line(&mut line)
+            .expect("read");
+        assert_eq!(line, "hello\n");
+        stream.write_all(b"back\n").expect("reply");
+        peer
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("server ready");
+    let reply = in_netns(client_ns, move || {
+        let mut stream =
+            std::net::TcpStream::connect_timeout(&connect_to.into(), Duration::from_secs(10))
+                .unwrap_or_else(|e| panic!("connect {connect_to}: {e}"));
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        stream.write_all(b"hello\n").expect("send");
+        let mut line = String::new();
+        BufReader::new(stream).read_line(&mut line).expect("reply");
+        line
+    });
+    assert_eq!(reply, "back\n", "the reply came back");
+    match server.join().expect("server thread").ip() {
+        std::net::IpAddr::V4(ip) => ip,
+        other => panic!("IPv6 peer {other}"),
+    }
+}
+
+/// Link names in a namespace.
+pub fn links(lab: &Lab, ns: &str) -> Vec<String> {
+    let out = lab.run(ns, &["ip", "-o", "link", "show"]);
+    out.lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|name| name.split('@').next().unwrap_or(name).to_owned())
+        .collect()
+}
+
+/// ping's average RTT in microseconds (`count` probes at `interval` s).
+pub fn ping_rtt_us(lab: &Lab, ns: &str, target: Ipv4Addr, count: u32, interval: &str) -> f64 {
+    let out = lab.run(
+        ns,
+        &[
+            "ping",
+            "-c",
+            &count.to_string(),
+            "-i",
+            interval,
+            "-q",
+            &target.to_string(),
+        ],
+    );
+    let stats = out
+        .lines()
+        .find(|l| l.contains("min/avg/max"))
+        .unwrap_or_else(|| panic!("no rtt line in {out}"));
+    let avg: f64 = stats
+        .split('=')
+        .nth(1)
+        .and_then(|v| v.trim().split('/').nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("cannot parse {stats}"));
+    avg * 1000.0
+}
+
+/// iperf3 TCP from `client_ns` to a server started in `server_ns` on `server_ip`;
+/// returns the received Gbit/s.
+pub fn iperf3_gbps(
+    lab: &mut Lab,
+    server_ns: &str,
+    server_ip: Ipv4Addr,
+    client_ns: &str,
+    seconds: u32,
+    streams: u32,
+) -> f64 {
+    let ip = server_ip.to_string();
+    let log = format!("iperf3-{server_ns}-{streams}.log");
+    let server = lab.spawn(server_ns, &["iperf3", "-s", "-1", "-B", &ip], &log);
+    wait_for("the iperf3 server", Duration::from_secs(5), || {
+        let out = lab.exec(server_ns, &["ss", "-ltn", "sport", "= :5201"]);
+        String::from_utf8_lossy(&out.stdout)
+            .contains("5201")
+            .then_some(())
+    });
+    let out = lab.exec(
+        client_ns,
+        &[
+            "iperf3",
+            "-c",
+            &ip,
+            "-t",
+            &seconds.to_string(),
+            "-P",
+            &streams.to_string(),
+            "-J",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "iperf3 {client_ns} -> {ip}: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    lab.wait_child(server, Duration::from_secs(10));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("iperf3 JSON");
+    let bytes = report["end"]["sum_received"]["bytes"]
+        .as_f64()
+        .unwrap_or(0.0);
+    assert!(bytes > 0.0, "iperf3 moved nothing: {report}");
+    report["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap_or(0.0)
+        / 1e9
 }

@@ -2,10 +2,13 @@
 //! processes and real tools (ping, iperf3, tcpdump). They need root; CI runs
 //! them as root. See `harness.rs` for the lab they build.
 
-#![allow(unreachable_pub)]
+#![allow(unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
+mod cni;
 mod etcd;
 mod harness;
 mod interop;
+mod kube;
+mod offload;
 mod operability;
 mod skeleton;

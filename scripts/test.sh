@@ -9,3 +9,5 @@ export CARGO_TERM_COLOR=never
 cargo fmt --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --all-targets --locked -- --test-threads="${WEFT_TEST_THREADS:-2}"
+# The netns suite again with every dataplane offload forced off: both paths must work.
+WEFT_TEST_OFFLOADS=off cargo test --locked --test netns -- --test-threads="${WEFT_TEST_THREADS:-2}"

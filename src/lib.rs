@@ -3,8 +3,10 @@
 //! - [`core`]: sans-IO wire formats, tables, routing decisions, lease semantics, config.
 //! - `dataplane`, `netlink`, `subnet`: shells that own one OS resource each.
 //! - `agent`: wires them together in flannel's startup order.
+//! - `cni`: the `weft-cni` CNI plugin.
 
 pub mod agent;
+pub mod cni;
 pub mod core;
 pub mod dataplane;
 pub mod netlink;

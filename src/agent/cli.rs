@@ -23,6 +23,10 @@ pub struct Cli {
 pub enum Command {
     /// Show the running agent's lease, peers, counters and offloads.
     Status(StatusArgs),
+    /// Remove the masquerade and forward rules weftd (or flanneld) installed:
+    /// iptables chains FLANNEL-POSTRTG and FLANNEL-FWD with their jumps (IPv4 and
+    /// IPv6) and the nftables tables flannel-ipv4 and flannel-ipv6. Stop weftd first.
+    CleanupMasq,
 }
 
 #[derive(Debug, Args)]
@@ -81,6 +85,15 @@ pub struct RunArgs {
     /// Set up IP masquerade for traffic leaving the cluster network.
     #[arg(long, env = "FLANNELD_IP_MASQ", action = bool_flag!(), num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
     pub ip_masq: bool,
+    /// Do not use --random-fully on the MASQUERADE rules.
+    #[arg(long, env = "FLANNELD_IP_MASQ_FULLY_RANDOM_DISABLE", action = bool_flag!(), num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
+    pub ip_masq_fully_random_disable: bool,
+    /// Seconds between checks that the masquerade/forward rules are in place (re-added if not).
+    #[arg(long, env = "FLANNELD_IPTABLES_RESYNC", default_value_t = 5)]
+    pub iptables_resync: u64,
+    /// Add FORWARD accept rules for the cluster network (chain FLANNEL-FWD).
+    #[arg(long, env = "FLANNELD_IPTABLES_FORWARD_RULES", action = bool_flag!(), num_args = 0..=1, default_value_t = true, default_missing_value = "true")]
+    pub iptables_forward_rules: bool,
     /// Directory of the embedded lease store (used when no other store is selected).
     #[arg(
         long,
@@ -153,6 +166,27 @@ pub struct RunArgs {
     /// More logging (-v debug, -vv trace); RUST_LOG overrides.
     #[arg(short = 'v', long = "verbose", action = ArgAction::Count)]
     pub verbose: u8,
+
+    // Kubernetes mode (flanneld's flags).
+    /// Contact the Kubernetes API for subnet assignment (the node's podCIDR) instead of a lease store.
+    #[arg(long, env = "FLANNELD_KUBE_SUBNET_MGR", action = bool_flag!(), num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
+    pub kube_subnet_mgr: bool,
+    /// Kubernetes API server URL. Does not need to be specified if weftd is running in a pod.
+    #[arg(long, env = "FLANNELD_KUBE_API_URL")]
+    pub kube_api_url: Option<String>,
+    /// kubeconfig file location. Does not need to be specified if weftd is running in a pod.
+    #[arg(long, env = "FLANNELD_KUBECONFIG_FILE")]
+    pub kubeconfig_file: Option<PathBuf>,
+    /// Kubernetes annotation prefix. Can contain a single slash "/", otherwise it is appended at the end.
+    #[arg(
+        long,
+        env = "FLANNELD_KUBE_ANNOTATION_PREFIX",
+        default_value = crate::subnet::kube::annotations::DEFAULT_PREFIX
+    )]
+    pub kube_annotation_prefix: String,
+    /// Set the node's NetworkUnavailable condition to False once weftd is ready.
+    #[arg(long, env = "FLANNELD_SET_NODE_NETWORK_UNAVAILABLE", action = bool_flag!(), num_args = 0..=1, default_value_t = true, default_missing_value = "true")]
+    pub set_node_network_unavailable: bool,
 }
 
 impl RunArgs {
@@ -163,6 +197,9 @@ impl RunArgs {
         }
         if let Some(etcd) = self.etcd_options() {
             etcd.check(self.subnet_lease_renew_margin)?;
+        }
+        if self.iptables_resync == 0 {
+            return Err("--iptables-resync must be at least 1 second".into());
         }
         if self.local_lease_ttl == 0 {
             return Err("--local-lease-ttl must be at least 1 second".into());
@@ -271,6 +308,55 @@ mod tests {
     }
 
     #[test]
+    fn kube_flags_as_flanneld_takes_them() {
+        let cli = parse(&["--ip-masq", "--kube-subnet-mgr", "--healthz-port=8081"]);
+        assert!(cli.run.kube_subnet_mgr);
+        assert!(cli.run.set_node_network_unavailable);
+        assert_eq!(cli.run.kube_annotation_prefix, "flannel.alpha.coreos.com");
+        assert_eq!(cli.run.healthz_port, 8081);
+        let cli = parse(&[
+            "--kube-subnet-mgr=false",
+            "--set-node-network-unavailable=false",
+            "--kubeconfig-file",
+            "/k",
+            "--kube-api-url=https://10.0.0.1:6443",
+            "--kube-annotation-prefix=example.com/x",
+        ]);
+        assert!(!cli.run.kube_subnet_mgr);
+        assert!(!cli.run.set_node_network_unavailable);
+        assert_eq!(cli.run.kubeconfig_file, Some(PathBuf::from("/k")));
+        assert_eq!(
+            cli.run.kube_api_url.as_deref(),
+            Some("https://10.0.0.1:6443")
+        );
+        assert_eq!(cli.run.kube_annotation_prefix, "example.com/x");
+    }
+
+    #[test]
+    fn masquerade_flags() {
+        let cli = parse(&[]);
+        assert!(!cli.run.ip_masq_fully_random_disable);
+        assert!(cli.run.iptables_forward_rules);
+        assert_eq!(cli.run.iptables_resync, 5);
+        let cli = parse(&[
+            "--ip-masq-fully-random-disable",
+            "--iptables-forward-rules=false",
+            "--iptables-resync=1",
+        ]);
+        assert!(cli.run.ip_masq_fully_random_disable);
+        assert!(!cli.run.iptables_forward_rules);
+        assert_eq!(cli.run.iptables_resync, 1);
+        let mut cli = parse(&["--iptables-resync=0"]);
+        assert!(cli.run.validate().is_err());
+        cli.run.iptables_resync = 5;
+        cli.run.validate().unwrap();
+        assert!(matches!(
+            parse(&["cleanup-masq"]).command,
+            Some(Command::CleanupMasq)
+        ));
+    }
+
+    #[test]
     fn status_subcommand() {
         let cli = parse(&["status", "--json", "--status-socket", "/tmp/x.sock"]);
         match cli.command {
@@ -278,7 +364,7 @@ mod tests {
                 assert!(s.json);
                 assert_eq!(s.status_socket, PathBuf::from("/tmp/x.sock"));
             }
-            None => panic!("no subcommand"),
+            _ => panic!("not the status subcommand"),
         }
     }
 }

@@ -7,6 +7,11 @@ use std::path::Path;
 
 /// Replaces `path` with `content` so that readers see the old or the new file, never half of one.
 pub fn write_atomic(path: &Path, content: &str, mode: u32) -> std::io::Result<()> {
+    write_atomic_bytes(path, content.as_bytes(), mode)
+}
+
+/// [`write_atomic`] for bytes (an executable, a saved configuration).
+pub fn write_atomic_bytes(path: &Path, content: &[u8], mode: u32) -> std::io::Result<()> {
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -20,7 +25,7 @@ pub fn write_atomic(path: &Path, content: &str, mode: u32) -> std::io::Result<()
     let result = (|| {
         let mut file = std::fs::File::create(&tmp)?;
         file.set_permissions(std::fs::Permissions::from_mode(mode))?;
-        file.write_all(content.as_bytes())?;
+        file.write_all(content)?;
         file.sync_all()?;
         std::fs::rename(&tmp, path)?;
         std::fs::File::open(dir)?.sync_all()

@@ -13,6 +13,7 @@
 pub mod cli;
 pub mod files;
 pub mod iface;
+pub mod masq;
 pub mod metrics;
 pub mod state;
 pub mod status;
@@ -85,7 +86,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     };
     let stats = Arc::new(StoreStats::default());
     let state = AgentState::new(stats.clone());
-    let store = open_store(&args, &stats)?;
+    let store = open_store(&args, &stats).await?;
     let (kind, endpoint) = store.describe();
     state.update(|i| {
         i.store.kind = kind.to_owned();
@@ -111,7 +112,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         iface: args.iface.clone(),
         iface_regex: args.iface_regex.clone(),
         can_reach: args.iface_can_reach,
-        public_ip: args.public_ip,
+        public_ip: store.stored_public_ip().await?.or(args.public_ip),
     };
     let ext = iface::choose(&nl, &selector)
         .await
@@ -126,10 +127,10 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         })
     });
 
-    let previous_subnet = std::fs::read_to_string(&args.subnet_file)
+    let previous_env = std::fs::read_to_string(&args.subnet_file)
         .ok()
-        .and_then(|text| SubnetEnv::parse(&text).ok())
-        .and_then(|env| env.subnet);
+        .and_then(|text| SubnetEnv::parse(&text).ok());
+    let previous_subnet = previous_env.as_ref().and_then(|env| env.subnet);
     let vni = config.vxlan.vni;
     let tap_name = format!("flannel.{vni}");
     let existing = nl.link_by_name(&tap_name).await?;
@@ -168,7 +169,6 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         }
     };
     let _ = state.dataplane.set(dataplane.shared().clone());
-    *state.offloads.write().unwrap_or_else(|p| p.into_inner()) = dataplane.offloads();
     state.update(|i| {
         i.lease = Some(own_lease(&lease, network, &config));
         i.device = Some(DeviceInfo {
@@ -178,6 +178,22 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         });
         i.source_ports = dataplane.source_ports().to_vec();
     });
+
+    // Masquerade and forward rules after the dataplane, before subnet.env (flannel's order).
+    let masq_task =
+        match masq::start_from_flags(&args, &config, network, lease.subnet, previous_env.as_ref())
+            .await
+        {
+            Ok(task) => task,
+            Err(e) => {
+                if created {
+                    remove_device(&nl, &tap_name).await;
+                }
+                return Err(AgentError::Config(format!(
+                    "failed to set up the masquerade rules: {e}"
+                )));
+            }
+        };
 
     let (tx, mut rx) = mpsc::channel(256);
     let renew = RenewPolicy {
@@ -221,14 +237,31 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     )))?;
     state.ready.store(true, Relaxed);
     info!(subnet_file = %args.subnet_file.display(), peers = control.peers.len(), "weftd is ready");
+    store.complete(&lease);
 
     let result = control_loop(&mut control, &mut rx, fatal_rx, &tunables).await;
     store_task.abort();
+    if let Some(task) = masq_task {
+        task.abort();
+    }
     result
 }
 
 /// The lease store the flags select: the embedded directory store unless another is chosen.
-fn open_store(args: &RunArgs, stats: &Arc<StoreStats>) -> Result<Store, AgentError> {
+async fn open_store(args: &RunArgs, stats: &Arc<StoreStats>) -> Result<Store, AgentError> {
+    if args.kube_subnet_mgr {
+        let opts = crate::subnet::kube::KubeOptions {
+            api_url: args.kube_api_url.clone(),
+            kubeconfig: args.kubeconfig_file.clone(),
+            annotation_prefix: args.kube_annotation_prefix.clone(),
+            net_config_path: args.net_config_path.clone(),
+            set_node_network_unavailable: args.set_node_network_unavailable,
+            identity: crate::subnet::kube::NodeIdentity::from_env(),
+            patience: crate::subnet::kube::Patience::default(),
+        };
+        let store = crate::subnet::kube::KubeStore::open(opts, stats.clone()).await?;
+        return Ok(Store::Kube(Arc::new(store)));
+    }
     if let Some(options) = args.etcd_options() {
         let store = crate::subnet::etcd::EtcdStore::open(options, stats.clone())?;
         return Ok(Store::Etcd(Arc::new(store)));
@@ -311,11 +344,7 @@ async fn start_dataplane(
     mtu: u32,
 ) -> Result<Started, AgentError> {
     let network = config.network.unwrap_or_default();
-    let tap = Tap::open(
-        tap_name,
-        tunables.workers(),
-        &crate::dataplane::offload::OffloadConfig::NONE,
-    )?;
+    let tap = Tap::open(tap_name, tunables.workers(), &tunables.offloads())?;
     let link = nl.link_by_name(tap_name).await?.ok_or_else(|| {
         AgentError::Config(format!("{tap_name} vanished right after it was created"))
     })?;
@@ -340,6 +369,7 @@ async fn start_dataplane(
         batch: tunables.dataplane.batch,
         socket_buffer: tunables.dataplane.socket_buffer_bytes,
         offloads: tunables.offloads(),
+        underlay_mtu: ext.mtu,
     };
     let (fatal_tx, fatal_rx) = mpsc::unbounded_channel();
     let dataplane = Dataplane::start(tap, &dp_config, router, fatal_tx)?;

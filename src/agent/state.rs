@@ -92,7 +92,6 @@ pub struct AgentState {
     pub info: RwLock<StatusInfo>,
     pub store: Arc<StoreStats>,
     pub dataplane: OnceLock<Arc<Shared>>,
-    pub offloads: RwLock<ActiveOffloads>,
     pub ready: AtomicBool,
     pub lease_events: LeaseEventCounts,
 }
@@ -126,7 +125,6 @@ impl AgentState {
             info: RwLock::new(StatusInfo::default()),
             store,
             dataplane: OnceLock::new(),
-            offloads: RwLock::new(ActiveOffloads::default()),
             ready: AtomicBool::new(false),
             lease_events: LeaseEventCounts::default(),
         })
@@ -149,8 +147,12 @@ impl AgentState {
         self.store.snapshot()
     }
 
+    /// The offloads in use now (none before the dataplane is up).
     pub fn offloads(&self) -> ActiveOffloads {
-        *self.offloads.read().unwrap_or_else(|p| p.into_inner())
+        self.dataplane
+            .get()
+            .map(|d| d.active_offloads())
+            .unwrap_or_default()
     }
 
     pub fn report(&self) -> StatusReport {

@@ -56,6 +56,17 @@ fn main() -> ExitCode {
                 }
             }
         }),
+        Some(Command::CleanupMasq) => {
+            let errors = agent::masq::cleanup_all();
+            for e in &errors {
+                eprintln!("weftd cleanup-masq: {e}");
+            }
+            if errors.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
         None => {
             init_logging(&cli.run);
             match runtime.block_on(agent::run(cli.run)) {

@@ -10,6 +10,7 @@ pub mod flow;
 pub(crate) mod json;
 pub mod lease;
 pub mod mac;
+pub mod offload;
 pub mod router;
 pub mod subnet_env;
 pub mod vxlan;

@@ -24,7 +24,6 @@ pub use counters::{Counters, WorkerCounters};
 use std::net::SocketAddrV4;
 use std::sync::Arc;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 
 /// How the dataplane is built; see `tunables/dataplane.md`.
 #[derive(Debug, Clone)]
@@ -41,6 +40,9 @@ pub struct DataplaneConfig {
     pub socket_buffer: usize,
     /// Offloads to use, if the kernel has them.
     pub offloads: offload::OffloadConfig,
+    /// MTU of the underlay interface: datagrams larger than this are not sent
+    /// as they are (ICMP "fragmentation needed" for DF traffic).
+    pub underlay_mtu: u32,
 }
 
 impl Default for DataplaneConfig {
@@ -55,6 +57,7 @@ impl Default for DataplaneConfig {
             batch: 64,
             socket_buffer: 4 << 20,
             offloads: offload::OffloadConfig::default(),
+            underlay_mtu: 1500,
         }
     }
 }
@@ -111,14 +114,29 @@ pub struct Shared {
     pub counters: Counters,
     /// The VXLAN port of every node (Backend.Port).
     pub port: u16,
+    pub underlay_mtu: u32,
+    /// What was negotiated at startup.
+    pub offloads: offload::ActiveOffloads,
+    /// UDP GSO in use; turned off for good if the egress device cannot checksum.
+    pub udp_gso: std::sync::atomic::AtomicBool,
+}
+
+impl Shared {
+    /// The offloads in use now.
+    pub fn active_offloads(&self) -> offload::ActiveOffloads {
+        offload::ActiveOffloads {
+            udp_gso: self.udp_gso.load(std::sync::atomic::Ordering::Relaxed),
+            ..self.offloads
+        }
+    }
 }
 
 /// The running dataplane.
 #[derive(Debug)]
 pub struct Dataplane {
     shared: Arc<Shared>,
-    tasks: Vec<JoinHandle<()>>,
-    offloads: offload::ActiveOffloads,
+    /// Dropping a handle stops its worker thread.
+    _workers: Vec<worker::WorkerHandle>,
     source_ports: Vec<u16>,
 }
 
@@ -131,12 +149,8 @@ impl Dataplane {
         fatal: mpsc::UnboundedSender<DataplaneError>,
     ) -> Result<Dataplane, DataplaneError> {
         let workers = tap.queues.len();
-        let shared = Arc::new(Shared {
-            router: ArcSwap::from_pointee(router),
-            counters: Counters::new(workers),
-            port: config.listen.port(),
-        });
         let mut offloads = tap.offloads;
+        offloads.udp_gro = config.offloads.udp_gro;
         let mut sockets = Vec::with_capacity(workers);
         let mut source_ports = Vec::new();
         let mut used_ports = std::collections::BTreeSet::new();
@@ -152,12 +166,18 @@ impl Dataplane {
             source_ports.extend(pool.iter().map(|s| s.port));
             sockets.push((rx, pool));
         }
-        if !udp::gso_works(&sockets[0].1[0].socket) {
-            offloads.udp_gso = false;
-        }
+        offloads.udp_gso = config.offloads.udp_gso && udp::gso_works(&sockets[0].1[0].socket);
+        let shared = Arc::new(Shared {
+            router: ArcSwap::from_pointee(router),
+            counters: Counters::new(workers),
+            port: config.listen.port(),
+            underlay_mtu: config.underlay_mtu,
+            offloads,
+            udp_gso: std::sync::atomic::AtomicBool::new(offloads.udp_gso),
+        });
         let mut tasks = Vec::new();
         for (index, (queue, (rx, pool))) in tap.queues.into_iter().zip(sockets).enumerate() {
-            let spawned = worker::spawn(worker::WorkerSetup {
+            let handle = worker::spawn(worker::WorkerSetup {
                 index,
                 tap_name: tap.name.clone(),
                 queue,
@@ -165,15 +185,13 @@ impl Dataplane {
                 pool,
                 shared: shared.clone(),
                 batch: config.batch.max(1),
-                offloads,
                 fatal: fatal.clone(),
             })?;
-            tasks.extend(spawned);
+            tasks.push(handle);
         }
         Ok(Dataplane {
             shared,
-            tasks,
-            offloads,
+            _workers: tasks,
             source_ports,
         })
     }
@@ -192,19 +210,11 @@ impl Dataplane {
     }
 
     pub fn offloads(&self) -> offload::ActiveOffloads {
-        self.offloads
+        self.shared.active_offloads()
     }
 
     /// The outer UDP source ports in use.
     pub fn source_ports(&self) -> &[u16] {
         &self.source_ports
-    }
-}
-
-impl Drop for Dataplane {
-    fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
-        }
     }
 }

@@ -185,6 +185,17 @@ pub fn force_socket_buffers(fd: &impl AsRawFd, recv: usize, send: usize) -> io::
     Ok(())
 }
 
+/// Never sets DF on outgoing datagrams and fragments them when needed, as
+/// flannel's kernel VXLAN device does (no `df` attribute: the outer header's DF is clear).
+pub fn set_pmtudisc_dont(fd: &impl AsRawFd) -> io::Result<()> {
+    setsockopt_int(
+        fd.as_raw_fd(),
+        libc::IPPROTO_IP,
+        libc::IP_MTU_DISCOVER,
+        libc::IP_PMTUDISC_DONT,
+    )
+}
+
 /// Reads `SO_RXQ_OVFL` counts: the kernel reports datagrams it dropped for a full buffer.
 pub fn set_rxq_ovfl(fd: &impl AsRawFd, on: bool) -> io::Result<()> {
     setsockopt_int(

@@ -40,6 +40,7 @@ pub fn bind_listener(
     // Buffers are best effort: a small buffer costs drops under bursts, not correctness.
     let _ = sys::force_socket_buffers(&socket, buffer, buffer);
     let _ = sys::set_rxq_ovfl(&socket, true);
+    let _ = sys::set_pmtudisc_dont(&socket);
     if offloads.udp_gro && sys::set_udp_gro(&socket, true).is_err() {
         offloads.udp_gro = false;
     }
@@ -72,6 +73,7 @@ pub fn bind_source_pool(
         match socket.bind(&SocketAddrV4::new(ip, port).into()) {
             Ok(()) => {
                 let _ = sys::force_socket_buffers(&socket, 64 << 10, buffer);
+                let _ = sys::set_pmtudisc_dont(&socket);
                 // Nothing is ever read from a sending socket: keep its receive queue tiny.
                 let _ = socket.set_recv_buffer_size(4096);
                 pool.push(SourceSocket { socket, port });

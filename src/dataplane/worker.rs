@@ -1,9 +1,21 @@
 //! The hot path: one TX task (TAP → UDP) and one RX task (UDP → TAP) per worker.
 //!
+//! TX reads a batch of frames from the TAP. With the virtio-net header on,
+//! a frame may be a TCP/UDP super-frame: it is split into MSS-sized segments
+//! whose headers go into a reused arena while payloads stay in the read
+//! buffer, and all segments to one peer leave in one UDP GSO `sendmsg` (one
+//! `sendmmsg` per batch and source socket). RX receives a batch of
+//! (GRO-coalesced) datagrams, checks each against the router, re-coalesces
+//! consecutive TCP segments of a flow and writes each super-frame to the TAP
+//! with one `writev` and a GSO virtio header. Buffers, arenas and header
+//! arrays are allocated once per worker: nothing is allocated per packet.
+//!
 //! Error policy:
 //! - `WouldBlock` waits for readiness; `Interrupted` retries.
 //! - A datagram the socket refuses (unreachable, too big, filtered) is dropped
-//!   and counted as `socket_error`; the batch goes on.
+//!   and counted as `socket_error`; the batch goes on. `EIO` on a GSO send
+//!   means the egress device cannot checksum: GSO is turned off for good
+//!   (logged, visible in status) and the batch is dropped and counted.
 //! - A frame the TAP refuses is dropped and counted as `tap_error`.
 //! - Any other TAP read error means the device is gone, and a failing
 //!   readiness wait means the runtime is shutting down: the worker reports it
@@ -12,24 +24,36 @@
 use super::counters::BatchTally;
 use super::sys::{self, RecvBatch, RecvMeta, SendBatch, SendQueue};
 use super::udp::SourceSocket;
-use super::{DataplaneError, Shared, offload::ActiveOffloads};
-use crate::core::arp::REPLY_LEN;
+use super::{DataplaneError, Shared};
+use crate::core::offload::{
+    self, Coalescer, F_NEEDS_CSUM, FrameRef, GsoType, Segment, VNET_HDR_LEN, VnetHdr,
+    Write as GroWrite,
+};
 use crate::core::router::{DropReason, Egress, Ingress};
 use crate::core::vxlan;
 use socket2::Socket;
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::net::SocketAddrV4;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 
-/// Bytes reserved in front of each TAP read for the VXLAN header.
-const HEADROOM: usize = vxlan::HEADER_LEN;
-/// Largest frame or datagram handled.
+/// Largest frame (or super-frame) read from the TAP, and largest datagram (or
+/// GRO run of datagrams) received.
 const MAX_FRAME: usize = 65535;
+/// Bytes in front of a TAP read: room for the VXLAN header in plain mode.
+const PLAIN_HEAD: usize = vxlan::HEADER_LEN;
+/// Most segments the kernel takes in one UDP GSO send (`UDP_MAX_SEGMENTS`).
+const MAX_GSO_SEGMENTS: usize = 64;
+/// Largest UDP payload of one (GSO) send over IPv4.
+const MAX_UDP_PAYLOAD: usize = 65507;
+/// Most payload pieces in one coalesced TAP write (+1 for the header).
+const MAX_WRITE_PIECES: usize = 65;
+/// An all-zero virtio header: "no offload, checksum verified by the kernel".
+const ZERO_VNET: [u8; VNET_HDR_LEN] = [0; VNET_HDR_LEN];
 
 pub(super) struct WorkerSetup {
     pub index: usize,
@@ -39,11 +63,89 @@ pub(super) struct WorkerSetup {
     pub pool: Vec<SourceSocket>,
     pub shared: Arc<Shared>,
     pub batch: usize,
-    pub offloads: ActiveOffloads,
     pub fatal: mpsc::UnboundedSender<DataplaneError>,
 }
 
-pub(super) fn spawn(setup: WorkerSetup) -> Result<Vec<JoinHandle<()>>, DataplaneError> {
+/// A running worker: its OS thread and the way to stop it.
+#[derive(Debug)]
+pub(super) struct WorkerHandle {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for WorkerHandle {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Starts a worker on its own OS thread, running a single-threaded tokio
+/// runtime: the reactor that sees a descriptor become ready runs the task that
+/// reads it, on the same thread, with no hand-off between threads (that
+/// hand-off is most of a userspace tunnel's latency).
+pub(super) fn spawn(setup: WorkerSetup) -> Result<WorkerHandle, DataplaneError> {
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let name = format!("weft-dp-{}", setup.index);
+    let thread = std::thread::Builder::new()
+        .name(name)
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .enable_time()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(source) => {
+                    let _ = ready_tx.send(Err(DataplaneError::SocketFailed { source }));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let fatal = setup.fatal.clone();
+                let (tx, rx) = match tasks(setup) {
+                    Ok(tasks) => {
+                        let _ = ready_tx.send(Ok(()));
+                        tasks
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let result = tokio::select! {
+                    r = tx.run() => r,
+                    r = rx.run() => r,
+                    _ = stop_rx => Ok(()),
+                };
+                if let Err(e) = result {
+                    let _ = fatal.send(e);
+                }
+            });
+        })
+        .map_err(|source| DataplaneError::SocketFailed { source })?;
+    match ready_rx.recv() {
+        Ok(Ok(())) => Ok(WorkerHandle {
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }),
+        Ok(Err(e)) => {
+            let _ = thread.join();
+            Err(e)
+        }
+        Err(_) => Err(DataplaneError::SocketFailed {
+            source: io::Error::other("dataplane worker thread died at start"),
+        }),
+    }
+}
+
+/// Registers the worker's descriptors with the current runtime and builds its two tasks.
+fn tasks(setup: WorkerSetup) -> Result<(TxTask, RxTask), DataplaneError> {
     let tap_failed = |source| DataplaneError::TapFailed {
         name: setup.tap_name.clone(),
         source,
@@ -56,7 +158,6 @@ pub(super) fn spawn(setup: WorkerSetup) -> Result<Vec<JoinHandle<()>>, Dataplane
         .map(|s| sys::register(s.socket))
         .collect::<io::Result<Vec<_>>>()
         .map_err(|source| DataplaneError::SocketFailed { source })?;
-    let _ = setup.offloads;
     let tx = TxTask {
         index: setup.index,
         tap_name: setup.tap_name.clone(),
@@ -72,30 +173,17 @@ pub(super) fn spawn(setup: WorkerSetup) -> Result<Vec<JoinHandle<()>>, Dataplane
         shared: setup.shared,
         batch: setup.batch,
     };
-    let fatal_tx = setup.fatal.clone();
-    let fatal_rx = setup.fatal;
-    Ok(vec![
-        tokio::spawn(async move {
-            if let Err(e) = tx.run().await {
-                let _ = fatal_tx.send(e);
-            }
-        }),
-        tokio::spawn(async move {
-            if let Err(e) = rx.run().await {
-                let _ = fatal_rx.send(e);
-            }
-        }),
-    ])
+    Ok((tx, rx))
 }
 
 /// Writes one frame to the TAP: a TAP write takes the whole frame or fails.
-fn write_frame(tap: &File, frame: &[u8]) -> io::Result<()> {
+fn write_frame(tap: &File, pieces: &[IoSlice<'_>]) -> io::Result<()> {
+    let want: usize = pieces.iter().map(|p| p.len()).sum();
     let mut tap = tap;
-    match tap.write(frame)? {
-        n if n == frame.len() => Ok(()),
+    match tap.write_vectored(pieces)? {
+        n if n == want => Ok(()),
         n => Err(io::Error::other(format!(
-            "short TAP write: {n} of {} bytes",
-            frame.len()
+            "short TAP write: {n} of {want} bytes"
         ))),
     }
 }
@@ -104,6 +192,37 @@ fn buffers(count: usize, size: usize) -> Vec<Box<[u8]>> {
     (0..count)
         .map(|_| vec![0u8; size].into_boxed_slice())
         .collect()
+}
+
+/// What TX decided for one frame of the batch.
+#[derive(Clone, Copy, Debug)]
+enum Plan {
+    /// Send `buf[range]` (VXLAN header already in place) as one datagram.
+    Datagram {
+        dst: SocketAddrV4,
+        sock: usize,
+        start: usize,
+        end: usize,
+    },
+    /// Send segments `segs[first..last]` (GSO segment length `seg_len`).
+    Segments {
+        dst: SocketAddrV4,
+        sock: usize,
+        first: usize,
+        last: usize,
+        seg_len: usize,
+    },
+    /// Nothing to send (answered, dropped, or already counted).
+    Skip,
+}
+
+impl Plan {
+    fn socket(&self) -> Option<usize> {
+        match self {
+            Plan::Datagram { sock, .. } | Plan::Segments { sock, .. } => Some(*sock),
+            Plan::Skip => None,
+        }
+    }
 }
 
 struct TxTask {
@@ -115,79 +234,292 @@ struct TxTask {
     batch: usize,
 }
 
+/// Buffers of a TX task, reused for every batch.
+struct TxBuffers {
+    bufs: Vec<Box<[u8]>>,
+    lens: Vec<usize>,
+    plans: Vec<Plan>,
+    arena: Vec<u8>,
+    segs: Vec<Segment>,
+    reply: [u8; 128],
+    send: SendBatch,
+}
+
 impl TxTask {
     async fn run(self) -> Result<(), DataplaneError> {
-        let mut bufs = buffers(self.batch, HEADROOM + MAX_FRAME);
-        let mut lens = vec![0usize; self.batch];
-        let mut decisions = vec![Egress::Drop(DropReason::TooShort); self.batch];
-        let mut reply = [0u8; REPLY_LEN];
-        let mut send = SendBatch::new(self.batch, self.batch);
+        let vnet = self.shared.offloads.tap_vnet_hdr;
+        let head = if vnet { 0 } else { PLAIN_HEAD };
+        let mut b = TxBuffers {
+            bufs: buffers(self.batch, head + VNET_HDR_LEN + MAX_FRAME),
+            lens: vec![0; self.batch],
+            plans: vec![Plan::Skip; self.batch],
+            arena: Vec::with_capacity(self.batch * 8 * 1024),
+            segs: Vec::with_capacity(self.batch * MAX_GSO_SEGMENTS),
+            reply: [0; 128],
+            send: SendBatch::new(self.batch * 4, self.batch * (2 * MAX_GSO_SEGMENTS + 2)),
+        };
         let counters = self.shared.counters.worker(self.index);
-        let port = self.shared.port;
         loop {
-            let n = self.read_batch(&mut bufs, &mut lens).await?;
+            let n = self.read_batch(&mut b.bufs, &mut b.lens, head).await?;
             let mut tally = BatchTally::default();
-            let router = self.shared.router.load();
-            let header = vxlan::header_bytes(router.local().vni);
-            for i in 0..n {
-                let (head, frame) = bufs[i].split_at_mut(HEADROOM);
-                decisions[i] = router.egress(&frame[..lens[i]], &mut reply);
-                match decisions[i] {
-                    Egress::Encap { .. } => head.copy_from_slice(&header),
-                    // ARP replies go straight back into the TAP.
-                    Egress::ArpReply { len } => {
-                        match write_frame(self.tap.get_ref(), &reply[..len]) {
-                            Ok(_) => tally.arp_replies += 1,
-                            Err(_) => tally.drop(DropReason::TapError),
-                        }
-                    }
-                    Egress::Drop(reason) => tally.drop(reason),
-                }
+            b.arena.clear();
+            b.segs.clear();
+            if vnet {
+                self.plan_offloaded(&mut b, n, &mut tally);
+            } else {
+                self.plan_plain(&mut b, n, &mut tally);
             }
-            // One sendmmsg per run of frames that share a source socket.
-            let mut i = 0;
-            while i < n {
-                let Egress::Encap { flow, .. } = decisions[i] else {
-                    i += 1;
-                    continue;
-                };
-                let sock = flow as usize % self.pool.len();
-                let mut queue = send.queue();
-                while i < n && queue.has_room(1) {
-                    match decisions[i] {
-                        Egress::Encap { dst, flow } if flow as usize % self.pool.len() == sock => {
-                            queue.push(
-                                SocketAddrV4::new(dst, port),
-                                &[&bufs[i][..HEADROOM + lens[i]]],
-                                None,
-                            );
-                            tally.encap_frames += 1;
-                            tally.encap_bytes += lens[i] as u64;
-                        }
-                        Egress::Encap { .. } => break,
-                        _ => {}
-                    }
-                    i += 1;
-                }
-                send_all(&self.pool[sock], &mut queue, &mut tally).await;
-            }
+            self.send_planned(&mut b, n, &mut tally).await;
             counters.add(&tally);
         }
     }
 
-    /// Reads up to `bufs.len()` frames, waiting for the first.
+    /// Decides and prepares each frame read without a virtio header.
+    fn plan_plain(&self, b: &mut TxBuffers, n: usize, tally: &mut BatchTally) {
+        let router = self.shared.router.load();
+        let header = vxlan::header_bytes(router.local().vni);
+        for i in 0..n {
+            let len = b.lens[i];
+            let (head, rest) = b.bufs[i].split_at_mut(PLAIN_HEAD);
+            let frame = &mut rest[..len];
+            b.plans[i] = match router.egress(frame, &mut b.reply) {
+                Egress::Encap { dst, flow } => {
+                    if self.too_big(frame, len, &mut b.reply, tally) {
+                        Plan::Skip
+                    } else {
+                        head.copy_from_slice(&header);
+                        tally.encap_frames += 1;
+                        tally.encap_bytes += len as u64;
+                        Plan::Datagram {
+                            dst: SocketAddrV4::new(dst, self.shared.port),
+                            sock: flow as usize % self.pool.len(),
+                            start: 0,
+                            end: PLAIN_HEAD + len,
+                        }
+                    }
+                }
+                Egress::ArpReply { len } => {
+                    self.tap_write(&[IoSlice::new(&b.reply[..len])], tally);
+                    tally.arp_replies += 1;
+                    Plan::Skip
+                }
+                Egress::Drop(reason) => {
+                    tally.drop(reason);
+                    Plan::Skip
+                }
+            };
+        }
+    }
+
+    /// Decides and prepares each frame read with a virtio header: completes
+    /// partial checksums and splits super-frames into the arena.
+    fn plan_offloaded(&self, b: &mut TxBuffers, n: usize, tally: &mut BatchTally) {
+        let router = self.shared.router.load();
+        let header = vxlan::header_bytes(router.local().vni);
+        let gso = self.shared.udp_gso.load(Relaxed);
+        for i in 0..n {
+            let len = b.lens[i];
+            b.plans[i] = Plan::Skip;
+            let Some(hdr) = VnetHdr::parse(&b.bufs[i][..VNET_HDR_LEN]) else {
+                tally.drop(DropReason::BadOffload);
+                continue;
+            };
+            let (vnet_area, rest) = b.bufs[i].split_at_mut(VNET_HDR_LEN);
+            let frame = &mut rest[..len];
+            if hdr.gso_type == GsoType::None
+                && hdr.flags & F_NEEDS_CSUM != 0
+                && offload::complete_checksum(
+                    frame,
+                    usize::from(hdr.csum_start),
+                    usize::from(hdr.csum_offset),
+                )
+                .is_err()
+            {
+                tally.drop(DropReason::BadOffload);
+                continue;
+            }
+            let (dst, flow) = match router.egress(frame, &mut b.reply) {
+                Egress::Encap { dst, flow } => (SocketAddrV4::new(dst, self.shared.port), flow),
+                Egress::ArpReply { len } => {
+                    self.tap_write(
+                        &[IoSlice::new(&ZERO_VNET), IoSlice::new(&b.reply[..len])],
+                        tally,
+                    );
+                    tally.arp_replies += 1;
+                    continue;
+                }
+                Egress::Drop(reason) => {
+                    tally.drop(reason);
+                    continue;
+                }
+            };
+            let sock = flow as usize % self.pool.len();
+            if hdr.gso_type == GsoType::None {
+                if self.too_big(frame, len, &mut b.reply, tally) {
+                    continue;
+                }
+                // The VXLAN header replaces the tail of the (parsed) virtio header.
+                vnet_area[VNET_HDR_LEN - vxlan::HEADER_LEN..].copy_from_slice(&header);
+                tally.encap_frames += 1;
+                tally.encap_bytes += len as u64;
+                b.plans[i] = Plan::Datagram {
+                    dst,
+                    sock,
+                    start: VNET_HDR_LEN - vxlan::HEADER_LEN,
+                    end: VNET_HDR_LEN + len,
+                };
+                continue;
+            }
+            let first = b.segs.len();
+            let arena_mark = b.arena.len();
+            let split = match offload::split(frame, &hdr, &header, &mut b.arena, &mut b.segs) {
+                Ok(split) => split,
+                Err(_) => {
+                    b.segs.truncate(first);
+                    b.arena.truncate(arena_mark);
+                    tally.drop(DropReason::BadOffload);
+                    continue;
+                }
+            };
+            let inner_segment = split.segment_len - vxlan::HEADER_LEN;
+            if offload::outer_len(inner_segment) > self.shared.underlay_mtu as usize {
+                b.segs.truncate(first);
+                b.arena.truncate(arena_mark);
+                self.too_big(frame, inner_segment, &mut b.reply, tally);
+                continue;
+            }
+            tally.tso_frames += 1;
+            tally.encap_frames += split.count as u64;
+            tally.encap_bytes += b.segs[first..]
+                .iter()
+                .map(|s| (s.header.len() - vxlan::HEADER_LEN + s.payload.len()) as u64)
+                .sum::<u64>();
+            b.plans[i] = Plan::Segments {
+                dst,
+                sock,
+                first,
+                last: b.segs.len(),
+                seg_len: if gso { split.segment_len } else { 0 },
+            };
+        }
+    }
+
+    /// Handles a frame whose datagram would exceed the underlay MTU: IPv4 with DF
+    /// gets an ICMP "fragmentation needed" back through the TAP and is dropped;
+    /// anything else goes out and the kernel fragments the outer packet, as
+    /// flannel's kernel device (no DF) would. Returns true when dropped.
+    fn too_big(
+        &self,
+        frame: &[u8],
+        inner_len: usize,
+        reply: &mut [u8; 128],
+        tally: &mut BatchTally,
+    ) -> bool {
+        let mtu = self.shared.underlay_mtu as usize;
+        if offload::outer_len(inner_len) <= mtu {
+            return false;
+        }
+        let overlay_mtu = (mtu - offload::outer_len(14)) as u16;
+        match offload::icmp_frag_needed(frame, overlay_mtu, reply) {
+            Some(len) => {
+                let vnet = self.shared.offloads.tap_vnet_hdr;
+                let zero: &[u8] = if vnet { &ZERO_VNET } else { &[] };
+                self.tap_write(&[IoSlice::new(zero), IoSlice::new(&reply[..len])], tally);
+                tally.icmp_too_big += 1;
+                tally.drop(DropReason::TooBig);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn tap_write(&self, pieces: &[IoSlice<'_>], tally: &mut BatchTally) {
+        if write_frame(self.tap.get_ref(), pieces).is_err() {
+            tally.drop(DropReason::TapError);
+        }
+    }
+
+    /// Sends what the plans say: one `sendmmsg` per run of frames that share a
+    /// source socket, GSO messages of up to 64 segments.
+    async fn send_planned(&self, b: &mut TxBuffers, n: usize, tally: &mut BatchTally) {
+        let mut i = 0;
+        while i < n {
+            let Some(sock) = b.plans[i].socket() else {
+                i += 1;
+                continue;
+            };
+            let mut queue = b.send.queue();
+            let mut failed_gso = false;
+            while i < n {
+                let plan = b.plans[i];
+                match plan {
+                    Plan::Skip => {}
+                    p if p.socket() != Some(sock) => break,
+                    Plan::Datagram {
+                        dst, start, end, ..
+                    } => {
+                        if !queue.has_room(1) {
+                            failed_gso |= send_all(&self.pool[sock], &mut queue, tally).await;
+                        }
+                        queue.push(dst, &[&b.bufs[i][start..end]], None);
+                    }
+                    Plan::Segments {
+                        dst,
+                        first,
+                        last,
+                        seg_len,
+                        ..
+                    } => {
+                        let frame = &b.bufs[i][VNET_HDR_LEN..];
+                        // Without GSO (seg_len 0) every segment is its own datagram.
+                        let per_msg = MAX_UDP_PAYLOAD
+                            .checked_div(seg_len)
+                            .map_or(1, |n| n.clamp(1, MAX_GSO_SEGMENTS));
+                        let mut s = first;
+                        while s < last {
+                            let e = (s + per_msg).min(last);
+                            if !queue.has_room(2 * (e - s)) {
+                                failed_gso |= send_all(&self.pool[sock], &mut queue, tally).await;
+                            }
+                            let mut slices: [&[u8]; 2 * MAX_GSO_SEGMENTS] =
+                                [&[]; 2 * MAX_GSO_SEGMENTS];
+                            for (k, seg) in b.segs[s..e].iter().enumerate() {
+                                slices[2 * k] = &b.arena[seg.header.clone()];
+                                slices[2 * k + 1] = &frame[seg.payload.clone()];
+                            }
+                            let gso = (e - s > 1 && seg_len > 0).then_some(seg_len as u16);
+                            queue.push(dst, &slices[..2 * (e - s)], gso);
+                            s = e;
+                        }
+                    }
+                }
+                i += 1;
+            }
+            failed_gso |= send_all(&self.pool[sock], &mut queue, tally).await;
+            if failed_gso && self.shared.udp_gso.swap(false, Relaxed) {
+                tracing::warn!(
+                    "UDP GSO failed with EIO (the egress device cannot checksum); sending one datagram per segment from now on"
+                );
+            }
+        }
+    }
+
+    /// Reads up to `bufs.len()` frames at offset `head`, waiting for the first.
     async fn read_batch(
         &self,
         bufs: &mut [Box<[u8]>],
         lens: &mut [usize],
+        head: usize,
     ) -> Result<usize, DataplaneError> {
+        let vnet = self.shared.offloads.tap_vnet_hdr;
         loop {
             let mut guard = self.tap.readable().await.map_err(|e| self.tap_failed(e))?;
             let mut n = 0;
             while n < bufs.len() {
-                match self.tap.get_ref().read(&mut bufs[n][HEADROOM..]) {
+                match self.tap.get_ref().read(&mut bufs[n][head..]) {
+                    Ok(len) if vnet && len < VNET_HDR_LEN => {}
                     Ok(len) => {
-                        lens[n] = len;
+                        lens[n] = if vnet { len - VNET_HDR_LEN } else { len };
                         n += 1;
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -212,26 +544,33 @@ impl TxTask {
     }
 }
 
-/// Sends every queued message, waiting while the socket buffer is full;
-/// a message the socket refuses is dropped and counted.
-async fn send_all(socket: &AsyncFd<Socket>, queue: &mut SendQueue<'_, '_>, tally: &mut BatchTally) {
+/// Sends every queued message, waiting while the socket buffer is full; a
+/// message the socket refuses is dropped and counted. Returns true when a GSO
+/// send failed with EIO (the caller turns GSO off).
+async fn send_all(
+    socket: &AsyncFd<Socket>,
+    queue: &mut SendQueue<'_, '_>,
+    tally: &mut BatchTally,
+) -> bool {
+    let mut gso_eio = false;
     while !queue.is_empty() {
         match queue.flush(socket.get_ref()) {
-            Ok(_) => return,
+            Ok(_) => break,
             Err(e) if e.error.kind() == io::ErrorKind::WouldBlock => {
                 match socket.writable().await {
                     Ok(mut guard) => guard.clear_ready(),
-                    Err(_) => return,
+                    Err(_) => break,
                 }
             }
             Err(e) if e.error.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => {
+            Err(e) => {
+                gso_eio |= e.error.raw_os_error() == Some(libc::EIO);
                 tally.drop(DropReason::SocketError);
-                tally.encap_frames = tally.encap_frames.saturating_sub(1);
                 queue.skip_first();
             }
         }
     }
+    gso_eio
 }
 
 struct RxTask {
@@ -244,15 +583,25 @@ struct RxTask {
 
 impl RxTask {
     async fn run(self) -> Result<(), DataplaneError> {
-        let mut bufs = buffers(self.batch, MAX_FRAME);
-        let mut meta = vec![RecvMeta::default(); self.batch];
-        let mut recv = RecvBatch::new(self.batch);
+        let gro = self.shared.offloads.udp_gro;
+        let vnet = self.shared.offloads.tap_vnet_hdr;
+        // With UDP GRO a slot holds a run of up to 64 datagrams.
+        let slots = if gro {
+            self.batch.div_ceil(8).max(2)
+        } else {
+            self.batch
+        };
+        let mut bufs = buffers(slots, MAX_FRAME);
+        let mut meta = vec![RecvMeta::default(); slots];
+        let mut recv = RecvBatch::new(slots);
+        let mut coalescer = Coalescer::new();
         let counters = self.shared.counters.worker(self.index);
         loop {
             let n = self.recv_batch(&mut recv, &mut bufs, &mut meta).await?;
             let mut tally = BatchTally::default();
             let router = self.shared.router.load();
-            for (buf, m) in bufs.iter().zip(&meta).take(n) {
+            coalescer.clear();
+            for (k, (buf, m)) in bufs.iter_mut().zip(&meta).take(n).enumerate() {
                 let Some(src) = m.src else {
                     tally.drop(DropReason::UnknownVtep);
                     continue;
@@ -261,22 +610,71 @@ impl RxTask {
                     tally.drop(DropReason::TooBig);
                     continue;
                 }
-                let datagram = &buf[..m.len];
-                match router.ingress(*src.ip(), datagram) {
-                    Ingress::Deliver => {
-                        let frame = &datagram[vxlan::HEADER_LEN..];
-                        match write_frame(self.tap.get_ref(), frame) {
-                            Ok(_) => {
-                                tally.decap_frames += 1;
-                                tally.decap_bytes += frame.len() as u64;
+                let stride = m.stride.max(1);
+                let mut off = 0;
+                // An empty datagram is still a datagram (and too short).
+                if m.len == 0 {
+                    tally.drop(DropReason::TooShort);
+                }
+                while off < m.len {
+                    let end = (off + stride).min(m.len);
+                    let datagram = &mut buf[off..end];
+                    match router.ingress(*src.ip(), datagram) {
+                        Ingress::Deliver => {
+                            let frame = &mut datagram[vxlan::HEADER_LEN..];
+                            offload::complete_partial_checksum(frame);
+                            let frame = &*frame;
+                            tally.decap_frames += 1;
+                            tally.decap_bytes += frame.len() as u64;
+                            let at = FrameRef {
+                                slot: k as u32,
+                                start: (off + vxlan::HEADER_LEN) as u32,
+                                end: end as u32,
+                            };
+                            if vnet {
+                                coalescer.push(frame, at);
+                            } else {
+                                self.tap_write(&[IoSlice::new(frame)], &mut tally);
                             }
-                            Err(_) => tally.drop(DropReason::TapError),
                         }
+                        Ingress::Drop(reason) => tally.drop(reason),
                     }
-                    Ingress::Drop(reason) => tally.drop(reason),
+                    off = end;
                 }
             }
+            if vnet {
+                coalescer.finish();
+                self.write_coalesced(&coalescer, &bufs, &mut tally);
+            }
             counters.add(&tally);
+        }
+    }
+
+    fn write_coalesced(&self, c: &Coalescer, bufs: &[Box<[u8]>], tally: &mut BatchTally) {
+        let mut pieces: [IoSlice<'_>; MAX_WRITE_PIECES] = [IoSlice::new(&[]); MAX_WRITE_PIECES];
+        for w in c.writes() {
+            match w {
+                GroWrite::Single(r) => {
+                    let frame = &bufs[r.slot as usize][r.range()];
+                    self.tap_write(&[IoSlice::new(&ZERO_VNET), IoSlice::new(frame)], tally);
+                }
+                GroWrite::Merged { header, parts } => {
+                    pieces[0] = IoSlice::new(c.header(*header));
+                    let mut k = 1;
+                    for p in c.parts(parts) {
+                        pieces[k] = IoSlice::new(&bufs[p.slot as usize][p.range()]);
+                        k += 1;
+                    }
+                    tally.gro_frames += 1;
+                    self.tap_write(&pieces[..k], tally);
+                }
+            }
+        }
+    }
+
+    fn tap_write(&self, pieces: &[IoSlice<'_>], tally: &mut BatchTally) {
+        if write_frame(self.tap.get_ref(), pieces).is_err() {
+            tally.drop(DropReason::TapError);
         }
     }
 

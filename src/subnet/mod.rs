@@ -7,6 +7,7 @@
 //! renewing its own — sending [`StoreUpdate`]s to the agent.
 
 pub mod etcd;
+pub mod kube;
 pub mod local;
 
 use crate::core::config::{ConfigError, NetConfig};
@@ -129,7 +130,12 @@ impl StoreStats {
     }
 
     pub fn bad_record(&self, error: &LeaseError) {
-        *lock(&self.bad_records).entry(error.kind()).or_default() += 1;
+        self.bad_record_kind(error.kind());
+    }
+
+    /// Counts a skipped record under `kind` (stores whose records are not lease JSON).
+    pub fn bad_record_kind(&self, kind: &'static str) {
+        *lock(&self.bad_records).entry(kind).or_default() += 1;
     }
 
     pub fn set_connected(&self, connected: bool) {
@@ -268,6 +274,7 @@ mod tests {
 pub enum Store {
     Local(std::sync::Arc<local::LocalStore>),
     Etcd(std::sync::Arc<etcd::EtcdStore>),
+    Kube(std::sync::Arc<self::kube::KubeStore>),
 }
 
 impl Store {
@@ -276,6 +283,7 @@ impl Store {
         match self {
             Store::Local(s) => ("local", s.dir().display().to_string()),
             Store::Etcd(s) => ("etcd", s.describe()),
+            Store::Kube(s) => ("kube", format!("{} (node {})", s.endpoint(), s.node_name())),
         }
     }
 
@@ -283,7 +291,7 @@ impl Store {
     /// the etcd config key every second; a local file is the operator's to fix).
     pub fn retries_config(&self) -> bool {
         match self {
-            Store::Local(_) => false,
+            Store::Local(_) | Store::Kube(_) => false,
             Store::Etcd(_) => true,
         }
     }
@@ -292,6 +300,7 @@ impl Store {
         match self {
             Store::Local(s) => s.network_config().await,
             Store::Etcd(s) => s.network_config().await,
+            Store::Kube(s) => s.network_config().await,
         }
     }
 
@@ -299,6 +308,16 @@ impl Store {
         match self {
             Store::Local(s) => s.find_own(public_ip, SystemTime::now()).await,
             Store::Etcd(s) => s.find_own(public_ip).await,
+            Store::Kube(s) => s.find_own(public_ip).await,
+        }
+    }
+
+    /// A public IP the store holds for this node, replacing `--public-ip`
+    /// (flannel's `GetStoredPublicIP`: the `node-public-ip` annotation).
+    pub async fn stored_public_ip(&self) -> Result<Option<Ipv4Addr>, StoreError> {
+        match self {
+            Store::Local(_) | Store::Etcd(_) => Ok(None),
+            Store::Kube(s) => s.stored_public_ip().await,
         }
     }
 
@@ -310,6 +329,7 @@ impl Store {
         match self {
             Store::Local(s) => s.acquire(config, req, SystemTime::now()).await,
             Store::Etcd(s) => s.acquire(config, req).await,
+            Store::Kube(s) => s.acquire(config, req).await,
         }
     }
 
@@ -323,6 +343,16 @@ impl Store {
         match self {
             Store::Local(s) => s.clone().spawn(own, renew, tx),
             Store::Etcd(s) => s.clone().spawn(own, renew, tx),
+            Store::Kube(s) => s.clone().spawn(tx),
+        }
+    }
+
+    /// Called once the node is ready (`subnet.env` written): flannel's
+    /// `CompleteLease` (Kubernetes: `NetworkUnavailable=False`).
+    pub fn complete(&self, lease: &Lease) {
+        match self {
+            Store::Local(_) | Store::Etcd(_) => {}
+            Store::Kube(s) => s.complete(lease),
         }
     }
 }

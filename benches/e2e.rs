@@ -1,0 +1,455 @@
+//! End-to-end benchmark on real kernels: the same two-node netns topology,
+//! alternating, in one run, between
+//!   (a) bare veth (the ceiling),
+//!   (b) flannel's kernel VXLAN, programmed exactly as flannel does, and
+//!   (c) weft,
+//! measuring iperf3 TCP with 1 and 4 streams, UDP packet rate with 64-byte
+//! payloads, ping RTT p50/p99, weftd's CPU time per transferred GB and the
+//! whole machine's CPU time per GB. Prints a table with weft/kernel ratios,
+//! writes JSON and an SVG chart to `bench-results/`.
+//!
+//! Full run:   `sudo cargo bench --bench e2e`   (WEFT_BENCH_ROUNDS, WEFT_BENCH_SECONDS)
+//! In `cargo test --all-targets` (no `--bench` flag) it does one short round,
+//! so CI keeps the benchmark itself working.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../netns-tests/harness.rs"]
+#[allow(unreachable_pub)]
+mod harness;
+
+use harness::{KernelVtep, Lab, WeftdOpts, output_with_timeout};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::Ipv4Addr;
+use std::process::Command;
+use std::time::Duration;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Mode {
+    Veth,
+    Kernel,
+    Weft,
+}
+
+impl Mode {
+    const ALL: [Mode; 3] = [Mode::Veth, Mode::Kernel, Mode::Weft];
+
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Veth => "bare veth",
+            Mode::Kernel => "kernel vxlan (flannel)",
+            Mode::Weft => "weft",
+        }
+    }
+
+    fn key(self) -> &'static str {
+        match self {
+            Mode::Veth => "veth",
+            Mode::Kernel => "kernel",
+            Mode::Weft => "weft",
+        }
+    }
+}
+
+/// One measurement of one mode in one round.
+#[derive(Clone, Debug, Default)]
+struct Sample {
+    tcp1_gbps: f64,
+    tcp4_gbps: f64,
+    udp64_kpps: f64,
+    rtt_p50_us: f64,
+    rtt_p99_us: f64,
+    weftd_cpu_s_per_gb: Option<f64>,
+    machine_cpu_s_per_gb: f64,
+}
+
+const METRICS: [(&str, &str, bool); 7] = [
+    ("tcp1_gbps", "TCP 1 stream (Gbit/s)", true),
+    ("tcp4_gbps", "TCP 4 streams (Gbit/s)", true),
+    ("udp64_kpps", "UDP 64 B (kpps received)", true),
+    ("rtt_p50_us", "ping RTT p50 (µs)", false),
+    ("rtt_p99_us", "ping RTT p99 (µs)", false),
+    ("weftd_cpu_s_per_gb", "weftd CPU s per GB", false),
+    ("machine_cpu_s_per_gb", "machine CPU s per GB", false),
+];
+
+impl Sample {
+    fn get(&self, key: &str) -> Option<f64> {
+        match key {
+            "tcp1_gbps" => Some(self.tcp1_gbps),
+            "tcp4_gbps" => Some(self.tcp4_gbps),
+            "udp64_kpps" => Some(self.udp64_kpps),
+            "rtt_p50_us" => Some(self.rtt_p50_us),
+            "rtt_p99_us" => Some(self.rtt_p99_us),
+            "weftd_cpu_s_per_gb" => self.weftd_cpu_s_per_gb,
+            "machine_cpu_s_per_gb" => Some(self.machine_cpu_s_per_gb),
+            _ => None,
+        }
+    }
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    v.retain(|x| x.is_finite());
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    Some(v[v.len() / 2])
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Busy CPU ticks of the whole machine (all CPUs).
+fn machine_busy_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let cpu: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    cpu.iter()
+        .take(8)
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, v)| v)
+        .sum()
+}
+
+/// utime + stime of a process, in ticks.
+fn process_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let n = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+    n(11) + n(12)
+}
+
+fn ticks_per_second() -> f64 {
+    100.0
+}
+
+fn iperf3(
+    lab: &Lab,
+    client_ns: &str,
+    server_ns: &str,
+    server: Ipv4Addr,
+    args: &[&str],
+    seconds: u64,
+) -> serde_json::Value {
+    let s = server.to_string();
+    let mut server_cmd = Command::new("ip");
+    server_cmd.args(["netns", "exec", server_ns, "iperf3", "-s", "-1", "-B", &s]);
+    let mut child = server_cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("iperf3 -s");
+    std::thread::sleep(Duration::from_millis(300));
+    let t = seconds.to_string();
+    let mut cmd = Command::new("ip");
+    cmd.args([
+        "netns", "exec", client_ns, "iperf3", "-c", &s, "-t", &t, "-J",
+    ])
+    .args(args);
+    let out = output_with_timeout(&mut cmd, Duration::from_secs(seconds + 20));
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = lab;
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("iperf3 output: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+fn rtts(lab: &Lab, ns: &str, target: Ipv4Addr, count: u32) -> Vec<f64> {
+    let c = count.to_string();
+    let t = target.to_string();
+    let out = lab.exec(ns, &["ping", "-c", &c, "-i", "0.01", "-W", "1", &t]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut v: Vec<f64> = text
+        .lines()
+        .filter_map(|l| l.split("time=").nth(1))
+        .filter_map(|r| r.split_whitespace().next())
+        .filter_map(|ms| ms.parse::<f64>().ok())
+        .map(|ms| ms * 1000.0)
+        .collect();
+    v.sort_by(|a, b| a.total_cmp(b));
+    v
+}
+
+/// Measures one mode between node 0 (client) and node 1 (server) addressed as `server`.
+fn measure(lab: &Lab, server: Ipv4Addr, seconds: u64, weftd: &[u32]) -> Sample {
+    let (c, s) = (lab.ns(0).to_owned(), lab.ns(1).to_owned());
+    let machine0 = machine_busy_ticks();
+    let weftd0: u64 = weftd.iter().map(|p| process_ticks(*p)).sum();
+    let one = iperf3(lab, &c, &s, server, &[], seconds);
+    let machine1 = machine_busy_ticks();
+    let weftd1: u64 = weftd.iter().map(|p| process_ticks(*p)).sum();
+    let bytes = one["end"]["sum_received"]["bytes"].as_f64().unwrap_or(0.0);
+    let gb = (bytes / 1e9).max(1e-9);
+    let four = iperf3(lab, &c, &s, server, &["-P", "4"], seconds);
+    let udp = iperf3(lab, &c, &s, server, &["-u", "-l", "64", "-b", "0"], seconds);
+    let sum = &udp["end"]["sum"];
+    let received =
+        sum["packets"].as_f64().unwrap_or(0.0) - sum["lost_packets"].as_f64().unwrap_or(0.0);
+    let secs = sum["seconds"].as_f64().unwrap_or(seconds as f64).max(0.001);
+    let rtt = rtts(lab, &c, server, 300);
+    Sample {
+        tcp1_gbps: one["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .unwrap_or(0.0)
+            / 1e9,
+        tcp4_gbps: four["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .unwrap_or(0.0)
+            / 1e9,
+        udp64_kpps: received / secs / 1e3,
+        rtt_p50_us: percentile(&rtt, 0.5),
+        rtt_p99_us: percentile(&rtt, 0.99),
+        weftd_cpu_s_per_gb: (!weftd.is_empty())
+            .then(|| (weftd1 - weftd0) as f64 / ticks_per_second() / gb),
+        machine_cpu_s_per_gb: (machine1 - machine0) as f64 / ticks_per_second() / gb,
+    }
+}
+
+fn run_mode(lab: &mut Lab, mode: Mode, seconds: u64) -> Sample {
+    match mode {
+        Mode::Veth => measure(lab, lab.nodes[1].ip, seconds, &[]),
+        Mode::Kernel => {
+            let vteps = [
+                KernelVtep {
+                    vni: 1,
+                    port: 4789,
+                    subnet: "10.244.1.0/24".parse().expect("subnet"),
+                    mac: "0e:fa:00:00:00:01".into(),
+                },
+                KernelVtep {
+                    vni: 1,
+                    port: 4789,
+                    subnet: "10.244.2.0/24".parse().expect("subnet"),
+                    mac: "0e:fa:00:00:00:02".into(),
+                },
+            ];
+            for (i, v) in vteps.iter().enumerate() {
+                let ns = lab.ns(i).to_owned();
+                v.create(lab, &ns, lab.nodes[i].ip);
+                let o = &vteps[1 - i];
+                v.add_peer(lab, &ns, o.subnet, lab.nodes[1 - i].ip, &o.mac);
+            }
+            let target = vteps[1].subnet.network();
+            lab.wait_ping(lab.ns(0), target, Duration::from_secs(5));
+            let sample = measure(lab, target, seconds, &[]);
+            for i in 0..2 {
+                let ns = lab.ns(i).to_owned();
+                lab.run(&ns, &["ip", "link", "del", "flannel.1"]);
+            }
+            sample
+        }
+        Mode::Weft => {
+            lab.start_weftd_with(0, WeftdOpts::default());
+            lab.wait_ready(0);
+            lab.start_weftd_with(1, WeftdOpts::default());
+            let target = lab.wait_ready(1).network();
+            lab.wait_ping(lab.ns(0), target, Duration::from_secs(5));
+            let pids: Vec<u32> = (0..2).filter_map(|n| lab.weftd_pid(n)).collect();
+            let sample = measure(lab, target, seconds, &pids);
+            for i in 0..2 {
+                lab.stop_weftd(i, nix::sys::signal::Signal::SIGTERM);
+                let ns = lab.ns(i).to_owned();
+                lab.run(&ns, &["ip", "link", "del", "flannel.1"]);
+            }
+            // Leases stay for the next round's weftd: same subnets, same MACs.
+            sample
+        }
+    }
+}
+
+fn svg_chart(medians: &BTreeMap<(Mode, &str), f64>) -> String {
+    let panels: Vec<_> = METRICS
+        .iter()
+        .filter(|(k, _, _)| *k != "weftd_cpu_s_per_gb")
+        .collect();
+    let (pw, ph) = (300.0, 220.0);
+    let cols = 3.0;
+    let rows = (panels.len() as f64 / cols).ceil();
+    let (w, h) = (pw * cols + 20.0, ph * rows + 60.0);
+    let colors = [
+        ("veth", "#9e9e9e"),
+        ("kernel", "#1f77b4"),
+        ("weft", "#d62728"),
+    ];
+    let mut s = String::new();
+    let _ = write!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12"><rect width="100%" height="100%" fill="white"/><text x="10" y="22" font-size="16">weft vs flannel's kernel VXLAN vs bare veth (medians)</text>"#
+    );
+    for (i, (x, c)) in colors.iter().enumerate() {
+        let lx = 10.0 + 160.0 * i as f64;
+        let _ = write!(
+            s,
+            r#"<rect x="{lx}" y="32" width="12" height="12" fill="{c}"/><text x="{}" y="43">{x}</text>"#,
+            lx + 16.0
+        );
+    }
+    for (p, (key, label, _)) in panels.iter().enumerate() {
+        let (px, py) = (
+            10.0 + pw * (p as f64 % cols),
+            60.0 + ph * (p as f64 / cols).floor(),
+        );
+        let values: Vec<f64> = Mode::ALL
+            .iter()
+            .map(|m| medians.get(&(*m, *key)).copied().unwrap_or(0.0))
+            .collect();
+        let max = values.iter().cloned().fold(0.0f64, f64::max).max(1e-9);
+        let _ = write!(
+            s,
+            r#"<text x="{}" y="{}" font-weight="bold">{label}</text>"#,
+            px,
+            py + 14.0
+        );
+        for (i, v) in values.iter().enumerate() {
+            let bh = (ph - 70.0) * v / max;
+            let bx = px + 20.0 + i as f64 * 85.0;
+            let by = py + ph - 30.0 - bh;
+            let _ = write!(
+                s,
+                r#"<rect x="{bx}" y="{by}" width="60" height="{bh}" fill="{}"/><text x="{}" y="{}" text-anchor="middle">{:.3}</text>"#,
+                colors[i].1,
+                bx + 30.0,
+                by - 4.0,
+                v
+            );
+        }
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let rounds: usize = std::env::var("WEFT_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if full { 3 } else { 1 });
+    let seconds: u64 = std::env::var("WEFT_BENCH_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if full { 5 } else { 1 });
+    let mut lab = Lab::new(2);
+    let mut samples: BTreeMap<Mode, Vec<Sample>> = BTreeMap::new();
+    for round in 0..rounds {
+        for mode in Mode::ALL {
+            eprintln!("round {}/{rounds}: {}", round + 1, mode.name());
+            let sample = run_mode(&mut lab, mode, seconds);
+            eprintln!("  {sample:?}");
+            samples.entry(mode).or_default().push(sample);
+        }
+    }
+    let mut medians = BTreeMap::new();
+    for (mode, list) in &samples {
+        for (key, _, _) in METRICS {
+            if let Some(m) = median(list.iter().filter_map(|s| s.get(key)).collect()) {
+                medians.insert((*mode, key), m);
+            }
+        }
+    }
+    // The table.
+    let mut table = String::new();
+    let _ = writeln!(
+        table,
+        "\n{:<26} {:>12} {:>14} {:>12} {:>12} {:>12}",
+        "metric (median)", "bare veth", "kernel vxlan", "weft", "weft/kernel", "kernel/veth"
+    );
+    let mut json_modes = serde_json::Map::new();
+    for (key, label, _) in METRICS {
+        let g = |m: Mode| medians.get(&(m, key)).copied();
+        let fmt = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.3}"));
+        let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+            _ => "-".to_owned(),
+        };
+        let _ = writeln!(
+            table,
+            "{:<26} {:>12} {:>14} {:>12} {:>12} {:>12}",
+            label,
+            fmt(g(Mode::Veth)),
+            fmt(g(Mode::Kernel)),
+            fmt(g(Mode::Weft)),
+            ratio(g(Mode::Weft), g(Mode::Kernel)),
+            ratio(g(Mode::Kernel), g(Mode::Veth))
+        );
+    }
+    for mode in Mode::ALL {
+        let runs: Vec<serde_json::Value> = samples[&mode]
+            .iter()
+            .map(|s| {
+                serde_json::json!(
+                    METRICS
+                        .iter()
+                        .map(|(k, _, _)| (k.to_string(), serde_json::json!(s.get(k))))
+                        .collect::<serde_json::Map<_, _>>()
+                )
+            })
+            .collect();
+        let med: serde_json::Map<_, _> = METRICS
+            .iter()
+            .map(|(k, _, _)| (k.to_string(), serde_json::json!(medians.get(&(mode, k)))))
+            .collect();
+        json_modes.insert(
+            mode.key().to_owned(),
+            serde_json::json!({ "median": med, "runs": runs }),
+        );
+    }
+    let ratio_of = |k: &str| match (
+        medians.get(&(Mode::Weft, k)),
+        medians.get(&(Mode::Kernel, k)),
+    ) {
+        (Some(a), Some(b)) if *b > 0.0 => Some(a / b),
+        _ => None,
+    };
+    let verdict = serde_json::json!({
+        "tcp1_weft_over_kernel": ratio_of("tcp1_gbps"),
+        "tcp4_weft_over_kernel": ratio_of("tcp4_gbps"),
+        "udp64_weft_over_kernel": ratio_of("udp64_kpps"),
+        "rtt_p50_weft_over_kernel": ratio_of("rtt_p50_us"),
+    });
+    println!("{table}");
+    println!("verdict (ratios, the figure that matters): {verdict}");
+    let report = serde_json::json!({
+        "rounds": rounds,
+        "seconds": seconds,
+        "kernel": String::from_utf8_lossy(&Command::new("uname").arg("-r").output().map(|o| o.stdout).unwrap_or_default()).trim(),
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "modes": json_modes,
+        "verdict": verdict,
+    });
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench-results");
+    std::fs::create_dir_all(&dir).expect("bench-results dir");
+    let tag = if full { "e2e" } else { "e2e-smoke" };
+    std::fs::write(
+        dir.join(format!("{tag}.json")),
+        serde_json::to_string_pretty(&report).expect("json"),
+    )
+    .expect("write json");
+    std::fs::write(dir.join(format!("{tag}.svg")), svg_chart(&medians)).expect("write svg");
+    println!("wrote {0}/{tag}.json and {0}/{tag}.svg", dir.display());
+    // The smoke run must have moved traffic in every mode.
+    for mode in Mode::ALL {
+        let tcp = medians.get(&(mode, "tcp1_gbps")).copied().unwrap_or(0.0);
+        assert!(tcp > 0.0, "{}: no TCP throughput", mode.name());
+        let rtt = medians
+            .get(&(mode, "rtt_p50_us"))
+            .copied()
+            .unwrap_or(f64::NAN);
+        assert!(rtt.is_finite(), "{}: no ping replies", mode.name());
+    }
+}

@@ -1,0 +1,840 @@
+//! IP masquerade and forward-accept rules: flannel's traffic manager
+//! (`pkg/trafficmngr`, flannel-compat.md §7), rule for rule and comment for
+//! comment, so `iptables -t nat -S` and `nft list ruleset` look the same on a
+//! weft node as on a flannel node and either agent can take over or clean up
+//! after the other.
+//!
+//! - iptables (flannel's default): nat chain `FLANNEL-POSTRTG` jumped to from
+//!   `POSTROUTING` ("flanneld masq"), filter chain `FLANNEL-FWD` jumped to from
+//!   `FORWARD` ("flanneld forward"), applied as one `iptables-restore --noflush`
+//!   transaction per table that deletes any existing copy first so the order is
+//!   exact; every `--iptables-resync` seconds each rule is checked with
+//!   `iptables -C` and, if one is missing, the whole set is applied again.
+//! - nftables (`EnableNFTables: true`): table `ip flannel-ipv4` with chains
+//!   `postrtg` (nat, postrouting, srcnat) and `forward` (filter, forward),
+//!   flushed and refilled in one `nft -f` transaction; every resync the table
+//!   is listed and compared with what nft listed right after applying it, and
+//!   applied again if anything differs. (flannel itself does not resync nft.)
+//!
+//! The rules are installed by running the `iptables`, `iptables-restore` and
+//! `nft` tools (Debian packages `iptables`, `nftables`), as flannel does
+//! through go-iptables and knftables: the node's `iptables` alternative picks
+//! the same backend (nft or legacy) kube-proxy uses, `iptables-restore` gives
+//! the one-transaction ordering flannel relies on, and the rule text is exactly
+//! what the tools print back. The `iptables` crate wraps the same binary
+//! without restore transactions; the `nftables` crate wraps `nft -j` and adds
+//! nothing for a fixed rule set; a netlink nftables encoder would not help the
+//! iptables side, which must stay readable by `iptables`.
+//!
+//! Before applying, rules for a previous Network/subnet (from the old
+//! `subnet.env`) are deleted if they differ, as flannel does. At startup the
+//! other mode's rules are removed (flannel's `CleanUp`). Unlike flannel's
+//! nftables mode, the rules stay when weftd stops (like its iptables mode), so
+//! a restart does not interrupt pod traffic; `weftd cleanup-masq` removes all
+//! of them.
+
+use ipnet::Ipv4Net;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use tracing::{info, warn};
+
+/// kube-proxy's masquerade mark: traffic it marks is left to it.
+pub const KUBE_PROXY_MARK: &str = "0x4000/0x4000";
+const MASQ_COMMENT: &str = "flanneld masq";
+const FORWARD_COMMENT: &str = "flanneld forward";
+const POSTRTG: &str = "FLANNEL-POSTRTG";
+const FWD: &str = "FLANNEL-FWD";
+const NFT_TABLE_V4: &str = "flannel-ipv4";
+const NFT_TABLE_V6: &str = "flannel-ipv6";
+
+/// Which tool manages the rules (net-conf `EnableNFTables`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Iptables,
+    Nftables,
+}
+
+/// What to install.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MasqConfig {
+    pub mode: Mode,
+    /// The cluster network (net-conf `Network`).
+    pub network: Ipv4Net,
+    /// This node's pod subnet (the lease).
+    pub subnet: Ipv4Net,
+    /// `--ip-masq`.
+    pub masquerade: bool,
+    /// `--iptables-forward-rules`.
+    pub forward: bool,
+    /// `--ip-masq-fully-random-disable`.
+    pub random_fully_disable: bool,
+    /// `--iptables-resync`.
+    pub resync: Duration,
+}
+
+/// A rules tool failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MasqError {
+    #[error(
+        "cannot run {tool}: {source}; install the Debian package `{package}` (or run weftd without --ip-masq and with --iptables-forward-rules=false)"
+    )]
+    Spawn {
+        tool: &'static str,
+        package: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{tool} {args} failed ({status}): {stderr}")]
+    Failed {
+        tool: &'static str,
+        args: String,
+        status: String,
+        stderr: String,
+    },
+}
+
+/// One iptables rule: table, chain and match/target arguments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub table: &'static str,
+    pub chain: &'static str,
+    pub spec: Vec<String>,
+}
+
+impl Rule {
+    fn new(table: &'static str, chain: &'static str, spec: &[&str]) -> Rule {
+        Rule {
+            table,
+            chain,
+            spec: spec.iter().map(|s| (*s).to_owned()).collect(),
+        }
+    }
+
+    /// The line for `iptables-restore` (`-A`/`-D`), arguments with spaces quoted.
+    pub fn restore_line(&self, action: &str) -> String {
+        let mut line = format!("{action} {}", self.chain);
+        for arg in &self.spec {
+            if arg.contains(' ') {
+                line.push_str(&format!(" \"{arg}\""));
+            } else {
+                line.push(' ');
+                line.push_str(arg);
+            }
+        }
+        line
+    }
+
+    /// The chain of ours this rule lives in or jumps to.
+    fn own_chain(&self) -> &'static str {
+        if self.chain == FWD || self.spec.last().is_some_and(|s| s == FWD) {
+            FWD
+        } else {
+            POSTRTG
+        }
+    }
+}
+
+/// flannel's `masqRules`, in order.
+pub fn masq_rules(network: Ipv4Net, subnet: Ipv4Net, random_fully: bool) -> Vec<Rule> {
+    let (cluster, pod) = (network.to_string(), subnet.to_string());
+    let comment = ["-m", "comment", "--comment", MASQ_COMMENT];
+    let with = |head: &[&str], tail: &[&str]| {
+        let mut spec: Vec<&str> = head.to_vec();
+        spec.extend_from_slice(&comment);
+        spec.extend_from_slice(tail);
+        Rule::new("nat", POSTRTG, &spec)
+    };
+    let masquerade: &[&str] = if random_fully {
+        &["-j", "MASQUERADE", "--random-fully"]
+    } else {
+        &["-j", "MASQUERADE"]
+    };
+    let mut jump = with(&[], &["-j", POSTRTG]);
+    jump.chain = "POSTROUTING";
+    vec![
+        jump,
+        with(
+            &["-m", "mark", "--mark", KUBE_PROXY_MARK],
+            &["-j", "RETURN"],
+        ),
+        with(&["-s", &pod, "-d", &cluster], &["-j", "RETURN"]),
+        with(&["-s", &cluster, "-d", &pod], &["-j", "RETURN"]),
+        with(&["!", "-s", &cluster, "-d", &pod], &["-j", "RETURN"]),
+        with(&["-s", &cluster, "!", "-d", "224.0.0.0/4"], masquerade),
+        with(&["!", "-s", &cluster, "-d", &cluster], masquerade),
+    ]
+}
+
+/// flannel's `forwardRules`.
+pub fn forward_rules(network: Ipv4Net) -> Vec<Rule> {
+    let cluster = network.to_string();
+    let comment = ["-m", "comment", "--comment", FORWARD_COMMENT];
+    let mut jump = comment.to_vec();
+    jump.extend_from_slice(&["-j", FWD]);
+    let mut from = vec!["-s", cluster.as_str()];
+    from.extend_from_slice(&comment);
+    from.extend_from_slice(&["-j", "ACCEPT"]);
+    let mut to = vec!["-d", cluster.as_str()];
+    to.extend_from_slice(&comment);
+    to.extend_from_slice(&["-j", "ACCEPT"]);
+    vec![
+        Rule::new("filter", "FORWARD", &jump),
+        Rule::new("filter", FWD, &from),
+        Rule::new("filter", FWD, &to),
+    ]
+}
+
+/// The `iptables-restore --noflush` input that (re)installs `rules` in order,
+/// deleting the copies in `existing` first.
+pub fn restore_input(rules: &[Rule], existing: &[bool]) -> String {
+    let mut out = String::new();
+    for table in ["nat", "filter"] {
+        let lines: Vec<String> = rules
+            .iter()
+            .zip(existing.iter().chain(std::iter::repeat(&false)))
+            .filter(|(r, _)| r.table == table)
+            .flat_map(|(r, exists)| {
+                let mut lines = Vec::new();
+                if *exists {
+                    lines.push(r.restore_line("-D"));
+                }
+                lines.push(r.restore_line("-A"));
+                lines
+            })
+            .collect();
+        if !lines.is_empty() {
+            out.push_str(&format!("*{table}\n{}\nCOMMIT\n", lines.join("\n")));
+        }
+    }
+    out
+}
+
+/// The nftables transaction: table, then each wanted chain flushed and refilled
+/// (flannel's `initTable`, `SetupAndEnsureForwardRules`, `addMasqRules`).
+pub fn nft_script(config: &MasqConfig, fully_random: bool) -> String {
+    let t = format!("ip {NFT_TABLE_V4}");
+    let (cluster, pod) = (config.network, config.subnet);
+    let masquerade = if fully_random {
+        "masquerade fully-random"
+    } else {
+        "masquerade"
+    };
+    let mut s = format!("add table {t} {{ comment \"rules for {NFT_TABLE_V4}\" ; }}\n");
+    if config.forward {
+        s.push_str(&format!(
+            "add chain {t} forward {{ type filter hook forward priority filter ; comment \"chain to accept flannel traffic\" ; }}\n\
+             flush chain {t} forward\n\
+             add rule {t} forward ip saddr {cluster} accept\n\
+             add rule {t} forward ip daddr {cluster} accept\n"
+        ));
+    }
+    if config.masquerade {
+        s.push_str(&format!(
+            "add chain {t} postrtg {{ type nat hook postrouting priority srcnat ; comment \"chain to manage traffic masquerading by flannel\" ; }}\n\
+             flush chain {t} postrtg\n\
+             add rule {t} postrtg meta mark 0x4000 return\n\
+             add rule {t} postrtg ip saddr {pod} ip daddr {cluster} return\n\
+             add rule {t} postrtg ip saddr {cluster} ip daddr {pod} return\n\
+             add rule {t} postrtg ip saddr != {pod} ip daddr {cluster} return\n\
+             add rule {t} postrtg ip saddr {cluster} ip daddr != 224.0.0.0/4 {masquerade}\n\
+             add rule {t} postrtg ip saddr != {cluster} ip daddr {cluster} {masquerade}\n"
+        ));
+    }
+    s
+}
+
+/// Runs a tool, feeding `stdin`; `Ok(true)` on exit 0, `Ok(false)` on exit 1
+/// when `one_is_no` (iptables -C: "no such rule"), else an error.
+fn run(
+    tool: &'static str,
+    package: &'static str,
+    args: &[&str],
+    stdin: Option<&str>,
+    one_is_no: bool,
+) -> Result<bool, MasqError> {
+    let mut child = Command::new(tool)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| MasqError::Spawn {
+            tool,
+            package,
+            source,
+        })?;
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        // The tools read all input before acting; a write error shows in the exit status.
+        let _ = pipe.write_all(text.as_bytes());
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|source| MasqError::Spawn {
+            tool,
+            package,
+            source,
+        })?;
+    match out.status.code() {
+        Some(0) => Ok(true),
+        Some(1) if one_is_no => Ok(false),
+        _ => Err(MasqError::Failed {
+            tool,
+            args: args.join(" "),
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        }),
+    }
+}
+
+fn capture(tool: &'static str, package: &'static str, args: &[&str]) -> Result<String, MasqError> {
+    let out = Command::new(tool)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|source| MasqError::Spawn {
+            tool,
+            package,
+            source,
+        })?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(MasqError::Failed {
+            tool,
+            args: args.join(" "),
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        })
+    }
+}
+
+/// The iptables tools of one address family.
+#[derive(Debug, Clone, Copy)]
+struct Iptables {
+    iptables: &'static str,
+    restore: &'static str,
+}
+
+const IPV4: Iptables = Iptables {
+    iptables: "iptables",
+    restore: "iptables-restore",
+};
+const IPV6: Iptables = Iptables {
+    iptables: "ip6tables",
+    restore: "ip6tables-restore",
+};
+
+impl Iptables {
+    fn cmd(&self, args: &[&str], one_is_no: bool) -> Result<bool, MasqError> {
+        let mut full = vec!["--wait"];
+        full.extend_from_slice(args);
+        run(self.iptables, "iptables", &full, None, one_is_no)
+    }
+
+    fn chain_exists(&self, table: &str, chain: &str) -> Result<bool, MasqError> {
+        self.cmd(&["-t", table, "-S", chain], true)
+    }
+
+    /// Creates the chain, or flushes it if it exists (go-iptables `ClearChain`).
+    fn clear_chain(&self, table: &str, chain: &str) -> Result<(), MasqError> {
+        if self.chain_exists(table, chain)? {
+            self.cmd(&["-t", table, "-F", chain], false)?;
+        } else {
+            self.cmd(&["-t", table, "-N", chain], false)?;
+        }
+        Ok(())
+    }
+
+    fn rule_exists(&self, rule: &Rule) -> Result<bool, MasqError> {
+        if !self.chain_exists(rule.table, rule.own_chain())? {
+            return Ok(false);
+        }
+        let mut args = vec!["-t", rule.table, "-C", rule.chain];
+        args.extend(rule.spec.iter().map(String::as_str));
+        self.cmd(&args, true)
+    }
+
+    fn restore(&self, input: &str) -> Result<(), MasqError> {
+        if input.is_empty() {
+            return Ok(());
+        }
+        run(
+            self.restore,
+            "iptables",
+            &["--noflush", "--wait"],
+            Some(input),
+            false,
+        )
+        .map(|_| ())
+    }
+
+    /// flannel's `ipTablesBootstrap`: our chains exist, existing copies are
+    /// deleted and all rules appended in order, in one transaction per table.
+    fn bootstrap(&self, rules: &[Rule]) -> Result<(), MasqError> {
+        let mut existing = Vec::with_capacity(rules.len());
+        for rule in rules {
+            if !self.chain_exists(rule.table, rule.own_chain())? {
+                self.cmd(&["-t", rule.table, "-N", rule.own_chain()], false)?;
+            }
+            existing.push(self.rule_exists(rule)?);
+        }
+        self.restore(&restore_input(rules, &existing))
+    }
+
+    /// Deletes those of `rules` that exist (flannel's `teardownIPTables`).
+    fn teardown(&self, rules: &[Rule]) -> Result<(), MasqError> {
+        let mut input = String::new();
+        for table in ["nat", "filter"] {
+            let mut lines = Vec::new();
+            for rule in rules.iter().filter(|r| r.table == table) {
+                if self.rule_exists(rule)? {
+                    lines.push(rule.restore_line("-D"));
+                }
+            }
+            if !lines.is_empty() {
+                input.push_str(&format!("*{table}\n{}\nCOMMIT\n", lines.join("\n")));
+            }
+        }
+        self.restore(&input)
+    }
+
+    /// Removes our jumps and chains, whatever rules they hold.
+    fn remove_all(&self) -> Result<(), MasqError> {
+        for (table, parent, chain, comment) in [
+            ("nat", "POSTROUTING", POSTRTG, MASQ_COMMENT),
+            ("filter", "FORWARD", FWD, FORWARD_COMMENT),
+        ] {
+            if !self.chain_exists(table, chain)? {
+                continue;
+            }
+            let jump = [
+                "-t",
+                table,
+                "-D",
+                parent,
+                "-m",
+                "comment",
+                "--comment",
+                comment,
+                "-j",
+                chain,
+            ];
+            // Remove every copy of the jump (-D deletes one at a time).
+            for _ in 0..100 {
+                if !self.cmd(&jump, true)? {
+                    break;
+                }
+            }
+            self.cmd(&["-t", table, "-F", chain], false)?;
+            self.cmd(&["-t", table, "-X", chain], false)?;
+        }
+        Ok(())
+    }
+
+    /// go-iptables `HasRandomFully`: iptables 1.6.2 or newer.
+    fn has_random_fully(&self) -> bool {
+        capture(self.iptables, "iptables", &["--version"])
+            .ok()
+            .and_then(|v| {
+                let version = v.split_whitespace().find_map(|w| w.strip_prefix('v'))?;
+                let parts: Vec<u32> = version
+                    .split('.')
+                    .map(|p| p.parse().ok())
+                    .collect::<Option<_>>()?;
+                Some(parts >= vec![1, 6, 2])
+            })
+            .unwrap_or(false)
+    }
+}
+
+fn nft(args: &[&str], stdin: Option<&str>) -> Result<bool, MasqError> {
+    run("nft", "nftables", args, stdin, false)
+}
+
+fn nft_delete_table(family: &str, table: &str) -> Result<(), MasqError> {
+    // Listing first tells "absent" (fine) from a failure.
+    if run(
+        "nft",
+        "nftables",
+        &["list", "table", family, table],
+        None,
+        true,
+    )? {
+        nft(&["delete", "table", family, table], None)?;
+    }
+    Ok(())
+}
+
+/// Whether this kernel and nft accept `masquerade fully-random` (flannel's
+/// dry-run check of a test chain).
+fn nft_has_fully_random() -> bool {
+    let probe = "add table ip weft-probe\n\
+                 add chain ip weft-probe masqueradeTest { type nat hook postrouting priority srcnat ; }\n\
+                 add rule ip weft-probe masqueradeTest masquerade fully-random\n";
+    nft(&["--check", "-f", "-"], Some(probe)).is_ok()
+}
+
+/// Installed rules, kept in place by [`Masq::ensure`].
+#[derive(Debug)]
+pub struct Masq {
+    config: MasqConfig,
+    rules: Vec<Rule>,
+    nft_script: String,
+    /// `nft list table` right after applying (nftables mode).
+    nft_listing: String,
+}
+
+impl Masq {
+    /// Sets the rules up: removes the other mode's rules, deletes the rules of
+    /// a previous (network, subnet) if they differ, then installs ours.
+    /// Masquerade failures are errors (weftd stops: a node that silently does
+    /// not masquerade is worse); forward-rule failures only warnings, as in flannel.
+    pub fn setup(
+        config: MasqConfig,
+        previous: Option<(Ipv4Net, Ipv4Net)>,
+    ) -> Result<Masq, MasqError> {
+        let mut masq = Masq {
+            rules: Vec::new(),
+            nft_script: String::new(),
+            nft_listing: String::new(),
+            config,
+        };
+        match masq.config.mode {
+            Mode::Iptables => {
+                if let Err(e) = nft_delete_table("ip", NFT_TABLE_V4)
+                    .and_then(|()| nft_delete_table("ip6", NFT_TABLE_V6))
+                {
+                    info!(error = %e, "could not clean up nftables rules left by the nftables mode");
+                }
+                masq.setup_iptables(previous)?;
+            }
+            Mode::Nftables => {
+                for family in [IPV4, IPV6] {
+                    if let Err(e) = family.remove_all() {
+                        info!(error = %e, tool = family.iptables, "could not clean up iptables rules left by the iptables mode");
+                    }
+                }
+                masq.setup_nft()?;
+            }
+        }
+        Ok(masq)
+    }
+
+    fn setup_iptables(&mut self, previous: Option<(Ipv4Net, Ipv4Net)>) -> Result<(), MasqError> {
+        let c = self.config.clone();
+        let random_fully = !c.random_fully_disable && IPV4.has_random_fully();
+        if c.masquerade {
+            if let Some((old_network, old_subnet)) = previous
+                && (old_network, old_subnet) != (c.network, c.subnet)
+            {
+                info!(
+                    network = %c.network, subnet = %c.subnet, old_network = %old_network, old_subnet = %old_subnet,
+                    "network or subnet changed since the last run; removing the masquerade rules of the old ones"
+                );
+                for fully in [true, false] {
+                    IPV4.teardown(&masq_rules(old_network, old_subnet, fully))?;
+                }
+            }
+            info!(network = %c.network, subnet = %c.subnet, random_fully, "setting up masquerade rules (iptables)");
+            let rules = masq_rules(c.network, c.subnet, random_fully);
+            IPV4.clear_chain("nat", POSTRTG)?;
+            IPV4.bootstrap(&rules)?;
+            self.rules.extend(rules);
+        }
+        if c.forward {
+            info!(network = %c.network, "setting up forward-accept rules (iptables)");
+            let rules = forward_rules(c.network);
+            match IPV4
+                .clear_chain("filter", FWD)
+                .and_then(|()| IPV4.bootstrap(&rules))
+            {
+                Ok(()) => self.rules.extend(rules),
+                Err(e) => {
+                    warn!(error = %e, "cannot set up the forward-accept rules; pod traffic is dropped if FORWARD's policy is DROP")
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn setup_nft(&mut self) -> Result<(), MasqError> {
+        let c = self.config.clone();
+        let fully_random = !c.random_fully_disable && nft_has_fully_random();
+        info!(network = %c.network, subnet = %c.subnet, masquerade = c.masquerade, forward = c.forward, fully_random, "setting up nftables rules");
+        self.nft_script = nft_script(&c, fully_random);
+        match self.apply_nft() {
+            Ok(()) => Ok(()),
+            Err(e) if !c.masquerade => {
+                warn!(error = %e, "cannot set up the forward-accept rules (nftables)");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn apply_nft(&mut self) -> Result<(), MasqError> {
+        nft(&["-f", "-"], Some(&self.nft_script))?;
+        self.nft_listing = capture("nft", "nftables", &["list", "table", "ip", NFT_TABLE_V4])?;
+        Ok(())
+    }
+
+    /// Puts back what someone deleted or changed. Returns true if it had to.
+    pub fn ensure(&mut self) -> Result<bool, MasqError> {
+        match self.config.mode {
+            Mode::Iptables => {
+                let mut missing = false;
+                for rule in &self.rules {
+                    if !IPV4.rule_exists(rule)? {
+                        missing = true;
+                        break;
+                    }
+                }
+                if missing {
+                    warn!("some iptables rules are missing; deleting and recreating rules");
+                    // Per table, as flannel: the masquerade and the forward set.
+                    let (nat, filter): (Vec<Rule>, Vec<Rule>) =
+                        self.rules.iter().cloned().partition(|r| r.table == "nat");
+                    for set in [nat, filter] {
+                        if !set.is_empty() {
+                            IPV4.bootstrap(&set)?;
+                        }
+                    }
+                }
+                Ok(missing)
+            }
+            Mode::Nftables => {
+                if self.nft_script.is_empty() {
+                    return Ok(false);
+                }
+                let now = capture("nft", "nftables", &["list", "table", "ip", NFT_TABLE_V4])
+                    .unwrap_or_default();
+                if now == self.nft_listing {
+                    return Ok(false);
+                }
+                warn!(
+                    "the nftables table {NFT_TABLE_V4} was changed or deleted; applying it again"
+                );
+                self.apply_nft()?;
+                Ok(true)
+            }
+        }
+    }
+
+    pub fn resync_period(&self) -> Duration {
+        self.config.resync
+    }
+}
+
+/// What weftd's flags ask for: nothing unless `--ip-masq` or
+/// `--iptables-forward-rules` (default on, as in flannel); nftables when the
+/// net-conf says `EnableNFTables`. `previous` is the old `subnet.env`.
+pub async fn start_from_flags(
+    args: &super::cli::RunArgs,
+    config: &crate::core::config::NetConfig,
+    network: Ipv4Net,
+    subnet: Ipv4Net,
+    previous: Option<&crate::core::subnet_env::SubnetEnv>,
+) -> Result<Option<tokio::task::JoinHandle<()>>, MasqError> {
+    if !args.ip_masq && !args.iptables_forward_rules {
+        return Ok(None);
+    }
+    let masq_config = MasqConfig {
+        mode: if config.enable_nftables {
+            Mode::Nftables
+        } else {
+            Mode::Iptables
+        },
+        network,
+        subnet,
+        masquerade: args.ip_masq,
+        forward: args.iptables_forward_rules,
+        random_fully_disable: args.ip_masq_fully_random_disable,
+        resync: Duration::from_secs(args.iptables_resync),
+    };
+    let previous = previous.and_then(|env| env.network.zip(env.subnet));
+    start(masq_config, previous).await.map(Some)
+}
+
+/// Sets the rules up (see [`Masq::setup`]) and keeps them in place every
+/// resync period until the returned task is aborted. Failures to re-assert
+/// are logged and retried at the next period.
+pub async fn start(
+    config: MasqConfig,
+    previous: Option<(Ipv4Net, Ipv4Net)>,
+) -> Result<tokio::task::JoinHandle<()>, MasqError> {
+    let masq = tokio::task::spawn_blocking(move || Masq::setup(config, previous))
+        .await
+        .map_err(|e| MasqError::Spawn {
+            tool: "iptables",
+            package: "iptables",
+            source: std::io::Error::other(e.to_string()),
+        })??;
+    Ok(tokio::spawn(async move {
+        let mut masq = masq;
+        let mut tick = tokio::time::interval(masq.resync_period());
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let checked = tokio::task::spawn_blocking(move || {
+                let result = masq.ensure();
+                (masq, result)
+            })
+            .await;
+            match checked {
+                Ok((m, result)) => {
+                    masq = m;
+                    if let Err(e) = result {
+                        warn!(error = %e, "cannot re-assert the masquerade/forward rules; retrying at the next resync");
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, "the rule check task failed; masquerade rules are no longer re-asserted");
+                    return;
+                }
+            }
+        }
+    }))
+}
+
+/// `weftd cleanup-masq`: removes flannel's/weft's rules of both modes and both
+/// families. Returns what could not be removed (tools missing count as nothing to remove).
+pub fn cleanup_all() -> Vec<MasqError> {
+    let mut errors = Vec::new();
+    for family in [IPV4, IPV6] {
+        match family.remove_all() {
+            Ok(()) | Err(MasqError::Spawn { .. }) => {}
+            Err(e) => errors.push(e),
+        }
+    }
+    for (family, table) in [("ip", NFT_TABLE_V4), ("ip6", NFT_TABLE_V6)] {
+        match nft_delete_table(family, table) {
+            Ok(()) | Err(MasqError::Spawn { .. }) => {}
+            Err(e) => errors.push(e),
+        }
+    }
+    errors
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(rules: &[Rule]) -> Vec<String> {
+        rules.iter().map(|r| r.restore_line("-A")).collect()
+    }
+
+    #[test]
+    fn flannels_masquerade_rules_exactly() {
+        let rules = masq_rules(
+            "10.244.0.0/16".parse().unwrap(),
+            "10.244.3.0/24".parse().unwrap(),
+            true,
+        );
+        assert!(rules.iter().all(|r| r.table == "nat"));
+        assert_eq!(
+            lines(&rules),
+            [
+                r#"-A POSTROUTING -m comment --comment "flanneld masq" -j FLANNEL-POSTRTG"#,
+                r#"-A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 -m comment --comment "flanneld masq" -j RETURN"#,
+                r#"-A FLANNEL-POSTRTG -s 10.244.3.0/24 -d 10.244.0.0/16 -m comment --comment "flanneld masq" -j RETURN"#,
+                r#"-A FLANNEL-POSTRTG -s 10.244.0.0/16 -d 10.244.3.0/24 -m comment --comment "flanneld masq" -j RETURN"#,
+                r#"-A FLANNEL-POSTRTG ! -s 10.244.0.0/16 -d 10.244.3.0/24 -m comment --comment "flanneld masq" -j RETURN"#,
+                r#"-A FLANNEL-POSTRTG -s 10.244.0.0/16 ! -d 224.0.0.0/4 -m comment --comment "flanneld masq" -j MASQUERADE --random-fully"#,
+                r#"-A FLANNEL-POSTRTG ! -s 10.244.0.0/16 -d 10.244.0.0/16 -m comment --comment "flanneld masq" -j MASQUERADE --random-fully"#,
+            ]
+        );
+        let plain = masq_rules(
+            "10.244.0.0/16".parse().unwrap(),
+            "10.244.3.0/24".parse().unwrap(),
+            false,
+        );
+        assert!(plain[5].restore_line("-A").ends_with("-j MASQUERADE"));
+        assert!(plain[6].restore_line("-A").ends_with("-j MASQUERADE"));
+    }
+
+    #[test]
+    fn flannels_forward_rules_exactly() {
+        assert_eq!(
+            lines(&forward_rules("10.244.0.0/16".parse().unwrap())),
+            [
+                r#"-A FORWARD -m comment --comment "flanneld forward" -j FLANNEL-FWD"#,
+                r#"-A FLANNEL-FWD -s 10.244.0.0/16 -m comment --comment "flanneld forward" -j ACCEPT"#,
+                r#"-A FLANNEL-FWD -d 10.244.0.0/16 -m comment --comment "flanneld forward" -j ACCEPT"#,
+            ]
+        );
+    }
+
+    #[test]
+    fn restore_transaction_deletes_existing_copies_first() {
+        let mut rules = masq_rules(
+            "10.1.0.0/16".parse().unwrap(),
+            "10.1.2.0/24".parse().unwrap(),
+            false,
+        );
+        rules.truncate(2);
+        rules.extend(forward_rules("10.1.0.0/16".parse().unwrap()));
+        let input = restore_input(&rules, &[true, false, false, true, false]);
+        assert_eq!(
+            input,
+            "*nat\n\
+             -D POSTROUTING -m comment --comment \"flanneld masq\" -j FLANNEL-POSTRTG\n\
+             -A POSTROUTING -m comment --comment \"flanneld masq\" -j FLANNEL-POSTRTG\n\
+             -A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 -m comment --comment \"flanneld masq\" -j RETURN\n\
+             COMMIT\n\
+             *filter\n\
+             -A FORWARD -m comment --comment \"flanneld forward\" -j FLANNEL-FWD\n\
+             -D FLANNEL-FWD -s 10.1.0.0/16 -m comment --comment \"flanneld forward\" -j ACCEPT\n\
+             -A FLANNEL-FWD -s 10.1.0.0/16 -m comment --comment \"flanneld forward\" -j ACCEPT\n\
+             -A FLANNEL-FWD -d 10.1.0.0/16 -m comment --comment \"flanneld forward\" -j ACCEPT\n\
+             COMMIT\n"
+        );
+    }
+
+    #[test]
+    fn flannels_nftables_rules() {
+        let config = MasqConfig {
+            mode: Mode::Nftables,
+            network: "10.244.0.0/16".parse().unwrap(),
+            subnet: "10.244.3.0/24".parse().unwrap(),
+            masquerade: true,
+            forward: true,
+            random_fully_disable: false,
+            resync: Duration::from_secs(5),
+        };
+        let script = nft_script(&config, true);
+        for line in [
+            "add table ip flannel-ipv4 { comment \"rules for flannel-ipv4\" ; }",
+            "add chain ip flannel-ipv4 forward { type filter hook forward priority filter ; comment \"chain to accept flannel traffic\" ; }",
+            "flush chain ip flannel-ipv4 forward",
+            "add rule ip flannel-ipv4 forward ip saddr 10.244.0.0/16 accept",
+            "add rule ip flannel-ipv4 forward ip daddr 10.244.0.0/16 accept",
+            "flush chain ip flannel-ipv4 postrtg",
+            "add rule ip flannel-ipv4 postrtg meta mark 0x4000 return",
+            "add rule ip flannel-ipv4 postrtg ip saddr 10.244.3.0/24 ip daddr 10.244.0.0/16 return",
+            "add rule ip flannel-ipv4 postrtg ip saddr 10.244.0.0/16 ip daddr 10.244.3.0/24 return",
+            "add rule ip flannel-ipv4 postrtg ip saddr != 10.244.3.0/24 ip daddr 10.244.0.0/16 return",
+            "add rule ip flannel-ipv4 postrtg ip saddr 10.244.0.0/16 ip daddr != 224.0.0.0/4 masquerade fully-random",
+            "add rule ip flannel-ipv4 postrtg ip saddr != 10.244.0.0/16 ip daddr 10.244.0.0/16 masquerade fully-random",
+        ] {
+            assert!(
+                script.lines().any(|l| l == line),
+                "missing {line:?} in\n{script}"
+            );
+        }
+        let forward_only = nft_script(
+            &MasqConfig {
+                masquerade: false,
+                ..config
+            },
+            false,
+        );
+        assert!(!forward_only.contains("postrtg"));
+        assert!(forward_only.contains("forward ip saddr"));
+    }
+}

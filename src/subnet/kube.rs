@@ -1,0 +1,498 @@
+//! The Kubernetes lease store (flannel's `--kube-subnet-mgr`): a node's
+//! subnet is its `spec.podCIDR`, and every node publishes its VTEP in
+//! flannel's node annotations, so weft and flannel nodes share one cluster.
+//!
+//! One resource: the API server, through kube-rs's client. What it does, in
+//! flannel's order: find this node's name (`NODE_NAME`, else the pod's
+//! `spec.nodeName`); read `net-conf.json` from disk; give back the VtepMAC and
+//! `node-public-ip` the node carries; acquire = check the pod CIDR and patch
+//! the annotations through `nodes/status` only when they differ; then watch
+//! every node with kube-runtime's watcher ([`nodes::NodeTable`] decides what
+//! is an event); once ready, set the `NetworkUnavailable=False` condition.
+//!
+//! Error policy: startup errors (no node name, no pod CIDR, a pod CIDR outside
+//! `Network`, an API server that stays unreachable for the poll timeout) end
+//! the agent with flannel's message, so the DaemonSet restarts it. While
+//! running, watch errors are logged, counted and retried with kube-runtime's
+//! backoff (the last known leases stay programmed); `410 Gone` relists and
+//! the relist is applied as a snapshot; nodes with unusable annotations are
+//! skipped, logged once per bad state and counted.
+
+pub mod annotations;
+pub mod nodes;
+
+use super::{AcquireRequest, StoreError, StoreStats, StoreUpdate, UpdateSender};
+use crate::core::config::NetConfig;
+use crate::core::lease::{Lease, LeaseAttrs};
+use ::kube::api::{Api, Patch, PatchParams};
+use ::kube::config::{KubeConfigOptions, Kubeconfig};
+use ::kube::runtime::WatchStreamExt;
+use ::kube::runtime::watcher::{self, Event};
+use ::kube::{Client, Config};
+use annotations::Annotations;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, NodeCondition, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use nodes::{Change, NodeTable};
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, SystemTime};
+use tracing::{debug, info, warn};
+
+/// Who this node is: flannel reads `NODE_NAME`, else `POD_NAME` + `POD_NAMESPACE`.
+#[derive(Debug, Clone, Default)]
+pub struct NodeIdentity {
+    pub node_name: Option<String>,
+    pub pod_name: Option<String>,
+    pub pod_namespace: Option<String>,
+}
+
+impl NodeIdentity {
+    /// From the process environment, as flannel does.
+    pub fn from_env() -> NodeIdentity {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        NodeIdentity {
+            node_name: var("NODE_NAME"),
+            pod_name: var("POD_NAME"),
+            pod_namespace: var("POD_NAMESPACE"),
+        }
+    }
+}
+
+/// How long to wait for the API server at startup (flannel: every 3 s for 30 s).
+#[derive(Debug, Clone, Copy)]
+pub struct Patience {
+    pub poll: Duration,
+    pub timeout: Duration,
+}
+
+impl Default for Patience {
+    fn default() -> Self {
+        Patience {
+            poll: Duration::from_secs(3),
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What the flags say about Kubernetes mode.
+#[derive(Debug, Clone)]
+pub struct KubeOptions {
+    /// `--kube-api-url`.
+    pub api_url: Option<String>,
+    /// `--kubeconfig-file`.
+    pub kubeconfig: Option<PathBuf>,
+    /// `--kube-annotation-prefix`.
+    pub annotation_prefix: String,
+    /// `--net-config-path`.
+    pub net_config_path: PathBuf,
+    /// `--set-node-network-unavailable`.
+    pub set_node_network_unavailable: bool,
+    pub identity: NodeIdentity,
+    pub patience: Patience,
+}
+
+/// The Kubernetes store.
+#[derive(Debug)]
+pub struct KubeStore {
+    nodes: Api<Node>,
+    node_name: String,
+    keys: Annotations,
+    net_config_path: PathBuf,
+    set_node_network_unavailable: bool,
+    endpoint: String,
+    patience: Patience,
+    stats: Arc<StoreStats>,
+}
+
+/// A kube-rs error in a line an operator can read.
+fn describe_error(e: &::kube::Error) -> String {
+    match e {
+        ::kube::Error::Api(status) => {
+            format!(
+                "{} ({}, HTTP {})",
+                status.message, status.reason, status.code
+            )
+        }
+        other => other.to_string(),
+    }
+}
+
+fn is_not_found(e: &::kube::Error) -> bool {
+    matches!(e, ::kube::Error::Api(s) if s.code == 404)
+}
+
+/// Builds the client configuration as flannel's `BuildConfigFromFlags` does:
+/// the kubeconfig file (its server replaced by `--kube-api-url` if given), or
+/// just the URL, or the in-cluster service account, falling back to the
+/// default kubeconfig (`KUBECONFIG`, `~/.kube/config`).
+async fn client_config(opts: &KubeOptions) -> Result<Config, String> {
+    let url = opts
+        .api_url
+        .as_deref()
+        .filter(|u| !u.is_empty())
+        .map(|u| {
+            u.parse::<http::Uri>()
+                .map_err(|e| format!("--kube-api-url {u:?} is not a URL: {e}"))
+        })
+        .transpose()?;
+    if let Some(path) = &opts.kubeconfig {
+        let kubeconfig = Kubeconfig::read_from(path).map_err(|e| e.to_string())?;
+        let mut config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+            .await
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        if let Some(url) = url {
+            config.cluster_url = url;
+        }
+        return Ok(config);
+    }
+    if let Some(url) = url {
+        return Ok(Config::new(url));
+    }
+    match Config::incluster() {
+        Ok(config) => Ok(config),
+        Err(in_cluster) => {
+            warn!(error = %in_cluster, "error creating the in-cluster config, falling back to the default kubeconfig");
+            Config::from_kubeconfig(&KubeConfigOptions::default())
+                .await
+                .map_err(|e| {
+                    format!(
+                        "not running in a pod ({in_cluster}) and no usable kubeconfig ({e}); pass --kubeconfig-file or --kube-api-url"
+                    )
+                })
+        }
+    }
+}
+
+impl KubeStore {
+    /// Connects (lazily: kube-rs dials on the first request), finds the node name.
+    pub async fn open(opts: KubeOptions, stats: Arc<StoreStats>) -> Result<KubeStore, StoreError> {
+        let keys = Annotations::new(&opts.annotation_prefix)
+            .map_err(|e| StoreError::Other(format!("error creating network manager: {e}")))?;
+        let config = client_config(&opts)
+            .await
+            .map_err(|e| StoreError::Other(format!("fail to create kubernetes config: {e}")))?;
+        let endpoint = config.cluster_url.to_string();
+        let client = Client::try_from(config)
+            .map_err(|e| StoreError::Other(format!("unable to initialize client: {e}")))?;
+        let node_name = resolve_node_name(&client, &opts.identity).await?;
+        info!(node = %node_name, api = %endpoint, prefix = %keys.prefix, "Kubernetes subnet manager");
+        Ok(KubeStore {
+            nodes: Api::all(client),
+            node_name,
+            keys,
+            net_config_path: opts.net_config_path,
+            set_node_network_unavailable: opts.set_node_network_unavailable,
+            endpoint,
+            patience: opts.patience,
+            stats,
+        })
+    }
+
+    pub fn node_name(&self) -> &str {
+        &self.node_name
+    }
+
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// `net-conf.json` parsed as flannel's kube manager does (`ParseConfig`,
+    /// without `CheckNetworkConfig`: subnets come from the pod CIDRs).
+    pub async fn network_config(&self) -> Result<NetConfig, StoreError> {
+        let path = &self.net_config_path;
+        let text = tokio::fs::read_to_string(path)
+            .await
+            .map_err(|source| StoreError::Io {
+                what: format!("failed to read net conf {}", path.display()),
+                source,
+            })?;
+        NetConfig::parse(&text).map_err(|error| StoreError::ConfigInvalid {
+            source_name: path.display().to_string(),
+            error,
+        })
+    }
+
+    async fn own_node(&self) -> Result<Node, ::kube::Error> {
+        self.nodes.get(&self.node_name).await
+    }
+
+    /// The own node, retried every `poll` for `timeout` (flannel waits for it
+    /// to appear in its informer the same way).
+    async fn own_node_patiently(&self) -> Result<Node, StoreError> {
+        let deadline = tokio::time::Instant::now() + self.patience.timeout;
+        loop {
+            match self.own_node().await {
+                Ok(node) => {
+                    self.stats.set_connected(true);
+                    return Ok(node);
+                }
+                Err(e) => {
+                    let why = describe_error(&e);
+                    if tokio::time::Instant::now() + self.patience.poll > deadline {
+                        return Err(StoreError::Unavailable(format!(
+                            "timeout contacting kube-api, failed to patch node {:?}. Error: {why}",
+                            self.node_name
+                        )));
+                    }
+                    if is_not_found(&e) {
+                        info!(node = %self.node_name, "node does not exist yet; waiting for it");
+                    } else {
+                        warn!(node = %self.node_name, error = %why, "failed to get the node; retrying");
+                    }
+                    tokio::time::sleep(self.patience.poll).await;
+                }
+            }
+        }
+    }
+
+    /// The `node-public-ip` annotation, which replaces `--public-ip` (flannel's
+    /// `GetStoredPublicIP`; an unreachable API server is logged, not fatal).
+    pub async fn stored_public_ip(&self) -> Result<Option<Ipv4Addr>, StoreError> {
+        match self.own_node().await {
+            Ok(node) => {
+                let ip = nodes::node_public_ip(&node, &self.keys)
+                    .map_err(|e| StoreError::Other(format!("{e}; fix or remove the annotation")))?;
+                if let Some(ip) = ip {
+                    info!(public_ip = %ip, annotation = %self.keys.node_public_ip, "using the public IP from the node annotation");
+                }
+                Ok(ip)
+            }
+            Err(e) => {
+                warn!(node = %self.node_name, error = %describe_error(&e), "Failed to get node for its stored public IP");
+                Ok(None)
+            }
+        }
+    }
+
+    /// This node's previous lease as its annotations describe it: the VtepMAC
+    /// in `backend-data` is what peers know, so a restart keeps it.
+    pub async fn find_own(&self, public_ip: Ipv4Addr) -> Result<Option<Lease>, StoreError> {
+        let node = match self.own_node().await {
+            Ok(node) => node,
+            Err(e) => {
+                warn!(node = %self.node_name, error = %describe_error(&e), "Failed to get node for backend data");
+                return Ok(None);
+            }
+        };
+        let Some(data) = nodes::stored_vxlan_data(&node, &self.keys) else {
+            return Ok(None);
+        };
+        let Ok((Some(subnet), _)) = nodes::pod_cidrs(&node) else {
+            return Ok(None);
+        };
+        debug!(vtep_mac = %data.vtep_mac, "found the VtepMAC this node published before");
+        let mut attrs = LeaseAttrs::vxlan(public_ip, &data);
+        if let Some(t) = nodes::annotation(&node, &self.keys.backend_type) {
+            t.clone_into(&mut attrs.backend_type);
+        }
+        Ok(Some(Lease {
+            subnet,
+            ipv6_subnet: None,
+            attrs,
+            expiration: None,
+        }))
+    }
+
+    /// flannel's `AcquireLease`: the lease is the node's pod CIDR; the node's
+    /// annotations are patched (through `nodes/status`) only when they differ.
+    pub async fn acquire(
+        &self,
+        config: &NetConfig,
+        req: &AcquireRequest,
+    ) -> Result<Lease, StoreError> {
+        let network = config
+            .network
+            .ok_or_else(|| StoreError::Other("the config has no IPv4 Network".into()))?;
+        let node = self.own_node_patiently().await?;
+        let subnet =
+            nodes::own_subnet(&node, network).map_err(|e| StoreError::Other(e.to_string()))?;
+        let changes = nodes::annotation_changes(&node, &self.keys, &req.attrs)
+            .map_err(|e| StoreError::Other(format!("{e}; fix or remove the annotation")))?;
+        if changes.is_empty() {
+            info!(node = %self.node_name, "node annotations are up to date; not patching");
+        } else {
+            info!(node = %self.node_name, keys = ?changes.keys().collect::<Vec<_>>(), "patching node annotations");
+            self.patch_annotations(&changes).await?;
+        }
+        Ok(Lease {
+            subnet,
+            ipv6_subnet: None,
+            attrs: req.attrs.clone(),
+            expiration: None,
+        })
+    }
+
+    async fn patch_annotations(
+        &self,
+        changes: &BTreeMap<String, String>,
+    ) -> Result<(), StoreError> {
+        let patch = Patch::Strategic(serde_json::json!({ "metadata": { "annotations": changes } }));
+        let params = PatchParams {
+            field_manager: Some("weftd".into()),
+            ..PatchParams::default()
+        };
+        let deadline = tokio::time::Instant::now() + self.patience.timeout;
+        loop {
+            match self
+                .nodes
+                .patch_status(&self.node_name, &params, &patch)
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(e) => {
+                    let why = describe_error(&e);
+                    if tokio::time::Instant::now() + self.patience.poll > deadline {
+                        return Err(StoreError::Unavailable(format!(
+                            "timeout contacting kube-api, failed to patch node {:?}. Error: {why}",
+                            self.node_name
+                        )));
+                    }
+                    warn!(node = %self.node_name, error = %why, "failed to patch the node; retrying");
+                    tokio::time::sleep(self.patience.poll).await;
+                }
+            }
+        }
+    }
+
+    /// flannel's `CompleteLease`: once the node is ready, set its
+    /// `NetworkUnavailable` condition to False (strategic merge by condition
+    /// type, so the kubelet's conditions stay). Retried in the background.
+    pub fn complete(self: &Arc<Self>, _lease: &Lease) {
+        if !self.set_node_network_unavailable {
+            info!("Skip setting NodeNetworkUnavailable");
+            return;
+        }
+        let store = self.clone();
+        tokio::spawn(async move {
+            let mut delay = Duration::from_secs(1);
+            loop {
+                match store.set_network_available().await {
+                    Ok(()) => {
+                        info!(node = %store.node_name, "set NetworkUnavailable=False");
+                        return;
+                    }
+                    Err(e) => {
+                        let why = describe_error(&e);
+                        store.stats.error(&StoreError::Unavailable(why.clone()));
+                        warn!(node = %store.node_name, error = %why, "Unable to set NetworkUnavailable to False; retrying in {delay:?}");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(30));
+                    }
+                }
+            }
+        });
+    }
+
+    async fn set_network_available(&self) -> Result<(), ::kube::Error> {
+        let now = Time(jiff::Timestamp::now());
+        let condition = NodeCondition {
+            type_: "NetworkUnavailable".into(),
+            status: "False".into(),
+            reason: Some("WeftIsUp".into()),
+            message: Some("weft is running on this node".into()),
+            last_transition_time: Some(now.clone()),
+            last_heartbeat_time: Some(now),
+        };
+        let patch =
+            Patch::Strategic(serde_json::json!({ "status": { "conditions": [condition] } }));
+        self.nodes
+            .patch_status(&self.node_name, &PatchParams::default(), &patch)
+            .await
+            .map(|_| ())
+    }
+
+    /// Watches every node and sends the agent a snapshot per (re)list and an
+    /// event per relevant change. There is no renewal in Kubernetes mode.
+    pub fn spawn(self: Arc<Self>, tx: UpdateSender) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move { self.run(tx).await })
+    }
+
+    async fn run(&self, tx: UpdateSender) {
+        let mut table = NodeTable::new(self.keys.clone());
+        // Lists with resourceVersion=0, served from the API server's watch
+        // cache, as client-go's informers (and so flannel) do: every node of a
+        // cluster relists after a desync, so the cheap list matters. The
+        // server ignores `limit` for such lists, and kube-rs would drop the
+        // resourceVersion if a page size were set, so none is.
+        let mut config = watcher::Config::default().any_semantic();
+        config.page_size = None;
+        let mut events = watcher::watcher(self.nodes.clone(), config)
+            .default_backoff()
+            .boxed();
+        while let Some(item) = events.next().await {
+            let step = match item {
+                Ok(Event::Init) => {
+                    table.init();
+                    continue;
+                }
+                Ok(Event::InitApply(node)) => {
+                    table.init_apply(&node);
+                    continue;
+                }
+                Ok(Event::InitDone) => {
+                    self.stats.set_connected(true);
+                    self.stats.snapshots.fetch_add(1, Relaxed);
+                    table.init_done()
+                }
+                Ok(Event::Apply(node)) => {
+                    self.stats.set_connected(true);
+                    table.apply(&node)
+                }
+                Ok(Event::Delete(node)) => table.delete(&node),
+                Err(watcher::Error::WatchError(status)) if status.code == 410 => {
+                    info!(reason = %status.message, "node watch expired (410 Gone); relisting all nodes");
+                    continue;
+                }
+                Err(e) => {
+                    self.stats.set_connected(false);
+                    self.stats.error(&StoreError::Unavailable(e.to_string()));
+                    warn!(error = %e, "watching nodes failed; keeping the last known leases and retrying");
+                    continue;
+                }
+            };
+            for bad in step.bad {
+                self.stats.bad_record_kind(bad.error.kind());
+                warn!(node = %bad.node, error = %bad.error, "skipping a node whose flannel annotations are unusable");
+            }
+            let update = match step.change {
+                None => continue,
+                Some(Change::Snapshot(leases)) => StoreUpdate::Snapshot(leases),
+                Some(Change::Event(event)) => StoreUpdate::Events(vec![event]),
+            };
+            self.stats.event(SystemTime::now());
+            if tx.send(update).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// flannel's node-name lookup, with its messages.
+async fn resolve_node_name(client: &Client, id: &NodeIdentity) -> Result<String, StoreError> {
+    if let Some(name) = id.node_name.as_ref().filter(|n| !n.is_empty()) {
+        return Ok(name.clone());
+    }
+    let (Some(pod), Some(ns)) = (
+        id.pod_name.as_ref().filter(|v| !v.is_empty()),
+        id.pod_namespace.as_ref().filter(|v| !v.is_empty()),
+    ) else {
+        return Err(StoreError::Other(
+            "env variables POD_NAME and POD_NAMESPACE must be set".into(),
+        ));
+    };
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let spec = pods.get(pod).await.map_err(|e| {
+        StoreError::Unavailable(format!(
+            "error retrieving pod spec for '{ns}/{pod}': {}",
+            describe_error(&e)
+        ))
+    })?;
+    spec.spec
+        .and_then(|s| s.node_name)
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| StoreError::Other(format!("node name not present in pod spec '{ns}/{pod}'")))
+}

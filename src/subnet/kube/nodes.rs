@@ -1,0 +1,679 @@
+//! Nodes as leases, without I/O: flannel's `nodeToLease`, the pod CIDR rules
+//! and messages of `AcquireLease`, the annotations a node must carry, and
+//! [`NodeTable`], the state machine that turns node watch events into lease
+//! updates with flannel's semantics (an update counts only when backend data,
+//! backend type or public IP changed; a relist is a snapshot).
+
+use super::annotations::Annotations;
+use crate::core::lease::{Lease, LeaseAttrs, LeaseEvent, VxlanBackendData};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use k8s_openapi::api::core::v1::Node;
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+/// Why a node cannot be used. Messages are flannel's where flannel has one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NodeError {
+    #[error("node {0:?} pod cidr not assigned")]
+    PodCidrNotAssigned(String),
+    #[error("node {0:?} pod cidrs should be IPv4/IPv6 only or dualstack")]
+    TooManyPodCidrs(String),
+    #[error("invalid CIDR address: {0}")]
+    InvalidCidr(String),
+    #[error("missing IPv4 address on n.Spec.PodCIDRs")]
+    MissingIpv4PodCidr,
+    #[error(
+        "node {node:?} has no IPv4 pod CIDR (podCIDRs {cidrs:?}); weft carries IPv4 only: give the node an IPv4 podCIDR"
+    )]
+    NoIpv4PodCidr { node: String, cidrs: Vec<String> },
+    #[error(
+        "subnet \"{network}\" specified in the flannel net config doesn't contain \"{cidr}\" PodCIDR of the {node:?} node"
+    )]
+    OutsideNetwork {
+        network: Ipv4Net,
+        cidr: Ipv4Net,
+        node: String,
+    },
+    #[error("node {node:?}: annotation {key}={value:?} is not an IPv4 address")]
+    BadPublicIp {
+        node: String,
+        key: String,
+        value: String,
+    },
+    #[error("node {node:?}: annotation {key} is not valid JSON: {error}")]
+    BadBackendData {
+        node: String,
+        key: String,
+        error: String,
+    },
+}
+
+impl NodeError {
+    /// The label bad nodes are counted under (`weft_store_bad_records_total{kind}`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            NodeError::PodCidrNotAssigned(_)
+            | NodeError::TooManyPodCidrs(_)
+            | NodeError::InvalidCidr(_)
+            | NodeError::MissingIpv4PodCidr
+            | NodeError::NoIpv4PodCidr { .. }
+            | NodeError::OutsideNetwork { .. } => "bad_pod_cidr",
+            NodeError::BadPublicIp { .. } => "bad_public_ip",
+            NodeError::BadBackendData { .. } => "invalid_json",
+        }
+    }
+}
+
+fn name_of(node: &Node) -> String {
+    node.metadata.name.clone().unwrap_or_default()
+}
+
+/// The value of annotation `key`, if set.
+pub fn annotation<'a>(node: &'a Node, key: &str) -> Option<&'a str> {
+    node.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(key))
+        .map(String::as_str)
+}
+
+fn parse_cidr(s: &str) -> Result<IpNet, NodeError> {
+    s.parse::<IpNet>()
+        .map(|n| n.trunc())
+        .map_err(|_| NodeError::InvalidCidr(s.to_owned()))
+}
+
+/// The node's pod CIDRs as flannel reads them: `spec.podCIDR` when
+/// `spec.podCIDRs` is empty, else the first IPv4 and IPv6 of at most two.
+pub fn pod_cidrs(node: &Node) -> Result<(Option<Ipv4Net>, Option<Ipv6Net>), NodeError> {
+    let spec = node.spec.as_ref();
+    let list: Vec<&str> = match spec.and_then(|s| s.pod_cidrs.as_ref()) {
+        Some(list) if !list.is_empty() => list.iter().map(String::as_str).collect(),
+        _ => vec![spec.and_then(|s| s.pod_cidr.as_deref()).unwrap_or_default()],
+    };
+    if list.len() > 2 {
+        return Err(NodeError::TooManyPodCidrs(name_of(node)));
+    }
+    let (mut v4, mut v6) = (None, None);
+    for s in list {
+        match parse_cidr(s)? {
+            IpNet::V4(n) => {
+                v4.get_or_insert(n);
+            }
+            IpNet::V6(n) => {
+                v6.get_or_insert(n);
+            }
+        }
+    }
+    Ok((v4, v6))
+}
+
+/// This node's own subnet for `AcquireLease`: `spec.podCIDR` must be set and
+/// its IPv4 CIDR must lie inside the config's `Network`.
+pub fn own_subnet(node: &Node, network: Ipv4Net) -> Result<Ipv4Net, NodeError> {
+    let name = name_of(node);
+    let spec = node.spec.as_ref();
+    if spec
+        .and_then(|s| s.pod_cidr.as_deref())
+        .unwrap_or_default()
+        .is_empty()
+    {
+        return Err(NodeError::PodCidrNotAssigned(name));
+    }
+    let cidr = match pod_cidrs(node)? {
+        (Some(v4), _) => v4,
+        (None, _) => {
+            let cidrs = spec
+                .and_then(|s| s.pod_cidrs.clone())
+                .filter(|l| !l.is_empty())
+                .or_else(|| spec.and_then(|s| s.pod_cidr.clone()).map(|c| vec![c]))
+                .unwrap_or_default();
+            return Err(NodeError::NoIpv4PodCidr { node: name, cidrs });
+        }
+    };
+    if !network.contains(&cidr) {
+        return Err(NodeError::OutsideNetwork {
+            network,
+            cidr,
+            node: name,
+        });
+    }
+    Ok(cidr)
+}
+
+/// flannel's `nodeToLease` (IPv4): public IP, backend type and data from the
+/// annotations, subnet from the pod CIDRs.
+pub fn node_to_lease(node: &Node, keys: &Annotations) -> Result<Lease, NodeError> {
+    let name = name_of(node);
+    let raw_ip = annotation(node, &keys.public_ip).unwrap_or_default();
+    let public_ip: Ipv4Addr = raw_ip.parse().map_err(|_| NodeError::BadPublicIp {
+        node: name.clone(),
+        key: keys.public_ip.clone(),
+        value: raw_ip.to_owned(),
+    })?;
+    let backend_data = match annotation(node, &keys.backend_data).filter(|d| !d.is_empty()) {
+        None => None,
+        Some(text) => Some(
+            serde_json::from_str::<serde_json::Value>(text)
+                .map_err(|e| NodeError::BadBackendData {
+                    node: name.clone(),
+                    key: keys.backend_data.clone(),
+                    error: e.to_string(),
+                })?
+                .to_string(),
+        ),
+    };
+    let subnet = pod_cidrs(node)?.0.ok_or(NodeError::MissingIpv4PodCidr)?;
+    Ok(Lease {
+        subnet,
+        ipv6_subnet: None,
+        attrs: LeaseAttrs {
+            public_ip,
+            public_ipv6: None,
+            backend_type: annotation(node, &keys.backend_type)
+                .unwrap_or_default()
+                .to_owned(),
+            backend_data: backend_data.filter(|d| d != "null"),
+            backend_v6_data: None,
+        },
+        expiration: None,
+    })
+}
+
+/// Whether the node takes part (`kube-subnet-manager: "true"`).
+pub fn is_managed(node: &Node, keys: &Annotations) -> bool {
+    annotation(node, &keys.subnet_kube_managed) == Some("true")
+}
+
+/// The annotations this node must carry to publish `attrs`, minus those it
+/// already carries: empty when nothing changed. `public-ip` takes the value of
+/// `public-ip-overwrite` when that is set (flannel's NAT case).
+pub fn annotation_changes(
+    node: &Node,
+    keys: &Annotations,
+    attrs: &LeaseAttrs,
+) -> Result<BTreeMap<String, String>, NodeError> {
+    let public_ip = match annotation(node, &keys.public_ip_overwrite).filter(|v| !v.is_empty()) {
+        Some(overwrite) => {
+            overwrite
+                .parse::<Ipv4Addr>()
+                .map_err(|_| NodeError::BadPublicIp {
+                    node: name_of(node),
+                    key: keys.public_ip_overwrite.clone(),
+                    value: overwrite.to_owned(),
+                })?;
+            overwrite.to_owned()
+        }
+        None => attrs.public_ip.to_string(),
+    };
+    let mut wanted = vec![
+        (keys.backend_type.clone(), attrs.backend_type.clone()),
+        (keys.public_ip.clone(), public_ip),
+        (keys.subnet_kube_managed.clone(), "true".to_owned()),
+    ];
+    if let Some(data) = &attrs.backend_data {
+        wanted.push((keys.backend_data.clone(), data.clone()));
+    }
+    Ok(wanted
+        .into_iter()
+        .filter(|(k, v)| annotation(node, k) != Some(v.as_str()))
+        .collect())
+}
+
+/// The VXLAN data this node published before (flannel's `GetStoredMacAddresses`),
+/// so the VtepMAC peers know survives a restart.
+pub fn stored_vxlan_data(node: &Node, keys: &Annotations) -> Option<VxlanBackendData> {
+    annotation(node, &keys.backend_data).and_then(|d| VxlanBackendData::from_json(d).ok())
+}
+
+/// The `node-public-ip` annotation (flannel's `GetStoredPublicIP`): when set it
+/// replaces `--public-ip`.
+pub fn node_public_ip(node: &Node, keys: &Annotations) -> Result<Option<Ipv4Addr>, NodeError> {
+    match annotation(node, &keys.node_public_ip).filter(|v| !v.is_empty()) {
+        None => Ok(None),
+        Some(v) => v.parse().map(Some).map_err(|_| NodeError::BadPublicIp {
+            node: name_of(node),
+            key: keys.node_public_ip.clone(),
+            value: v.to_owned(),
+        }),
+    }
+}
+
+/// What flannel compares to decide whether an update changed a lease.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct LeaseFields {
+    backend_data: Option<String>,
+    backend_type: Option<String>,
+    public_ip: Option<String>,
+}
+
+impl LeaseFields {
+    fn of(node: &Node, keys: &Annotations) -> LeaseFields {
+        let get = |k: &str| annotation(node, k).map(str::to_owned);
+        LeaseFields {
+            backend_data: get(&keys.backend_data),
+            backend_type: get(&keys.backend_type),
+            public_ip: get(&keys.public_ip),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Known {
+    managed: bool,
+    fields: LeaseFields,
+    /// The lease last published for this node, if it ever had a usable one.
+    lease: Option<Lease>,
+    /// Why the current annotations are unusable, if they are.
+    error: Option<NodeError>,
+}
+
+/// What the table wants sent to the agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Snapshot(Vec<Lease>),
+    Event(LeaseEvent),
+}
+
+/// A node skipped because its annotations or pod CIDR are unusable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadNode {
+    pub node: String,
+    pub error: NodeError,
+}
+
+/// The result of one watcher event.
+#[derive(Debug, Default)]
+pub struct Step {
+    pub change: Option<Change>,
+    /// Newly seen bad nodes (each reported once per distinct bad state).
+    pub bad: Vec<BadNode>,
+}
+
+/// The nodes known from the watch, by name: flannel's informer handlers as a
+/// state machine fed by kube-runtime watcher events.
+#[derive(Debug)]
+pub struct NodeTable {
+    keys: Annotations,
+    known: BTreeMap<String, Known>,
+    /// Nodes of a (re)list in progress.
+    listing: Option<BTreeMap<String, Known>>,
+}
+
+impl NodeTable {
+    pub fn new(keys: Annotations) -> NodeTable {
+        NodeTable {
+            keys,
+            known: BTreeMap::new(),
+            listing: None,
+        }
+    }
+
+    fn known_of(&self, node: &Node, previous: Option<&Known>) -> Known {
+        let managed = is_managed(node, &self.keys);
+        let fields = LeaseFields::of(node, &self.keys);
+        if !managed {
+            return Known {
+                managed,
+                fields,
+                lease: None,
+                error: None,
+            };
+        }
+        match node_to_lease(node, &self.keys) {
+            Ok(lease) => Known {
+                managed,
+                fields,
+                lease: Some(lease),
+                error: None,
+            },
+            Err(error) => Known {
+                managed,
+                fields,
+                lease: previous.and_then(|p| p.lease.clone()),
+                error: Some(error),
+            },
+        }
+    }
+
+    /// A (re)list starts.
+    pub fn init(&mut self) {
+        self.listing = Some(BTreeMap::new());
+    }
+
+    /// One node of the (re)list.
+    pub fn init_apply(&mut self, node: &Node) {
+        let name = name_of(node);
+        let known = self.known_of(node, None);
+        self.listing
+            .get_or_insert_with(BTreeMap::new)
+            .insert(name, known);
+    }
+
+    /// The (re)list is complete: its nodes replace the table, as a snapshot.
+    pub fn init_done(&mut self) -> Step {
+        let listed = self.listing.take().unwrap_or_default();
+        let mut bad = Vec::new();
+        for (name, k) in &listed {
+            if let Some(error) = &k.error {
+                let reported = self
+                    .known
+                    .get(name)
+                    .is_some_and(|old| old.fields == k.fields && old.error.as_ref() == Some(error));
+                if !reported {
+                    bad.push(BadNode {
+                        node: name.clone(),
+                        error: error.clone(),
+                    });
+                }
+            }
+        }
+        let leases = listed
+            .values()
+            .filter(|k| k.managed && k.error.is_none())
+            .filter_map(|k| k.lease.clone())
+            .collect();
+        self.known = listed;
+        Step {
+            change: Some(Change::Snapshot(leases)),
+            bad,
+        }
+    }
+
+    /// A node was added or modified.
+    pub fn apply(&mut self, node: &Node) -> Step {
+        let name = name_of(node);
+        let previous = self.known.get(&name);
+        if !is_managed(node, &self.keys) {
+            // flannel ignores updates of nodes without kube-subnet-manager=true.
+            if previous.is_none() {
+                let known = self.known_of(node, None);
+                self.known.insert(name, known);
+            }
+            return Step::default();
+        }
+        if let Some(p) = previous
+            && p.managed
+            && p.fields == LeaseFields::of(node, &self.keys)
+        {
+            return Step::default();
+        }
+        let known = self.known_of(node, previous);
+        let step = match &known.error {
+            Some(error) => Step {
+                change: None,
+                bad: vec![BadNode {
+                    node: name.clone(),
+                    error: error.clone(),
+                }],
+            },
+            None => Step {
+                change: known
+                    .lease
+                    .clone()
+                    .map(|l| Change::Event(LeaseEvent::Added(l))),
+                bad: Vec::new(),
+            },
+        };
+        self.known.insert(name, known);
+        step
+    }
+
+    /// A node was deleted: its last lease is removed.
+    pub fn delete(&mut self, node: &Node) -> Step {
+        let name = name_of(node);
+        let lease = match self.known.remove(&name) {
+            Some(k) => k.lease,
+            None if is_managed(node, &self.keys) => node_to_lease(node, &self.keys).ok(),
+            None => None,
+        };
+        Step {
+            change: lease.map(|l| Change::Event(LeaseEvent::Removed(l))),
+            bad: Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::NodeSpec;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    fn node(name: &str, cidrs: &[&str], ann: &[(&str, &str)]) -> Node {
+        Node {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                annotations: Some(
+                    ann.iter()
+                        .map(|(k, v)| (format!("flannel.alpha.coreos.com/{k}"), v.to_string()))
+                        .collect(),
+                ),
+                ..ObjectMeta::default()
+            },
+            spec: Some(NodeSpec {
+                pod_cidr: cidrs.first().map(|c| c.to_string()),
+                pod_cidrs: Some(cidrs.iter().map(|c| c.to_string()).collect()),
+                ..NodeSpec::default()
+            }),
+            status: None,
+        }
+    }
+
+    fn peer(name: &str, cidr: &str, ip: &str, mac: &str) -> Node {
+        let data = format!(r#"{{"VNI":1,"VtepMAC":"{mac}"}}"#);
+        node(
+            name,
+            &[cidr],
+            &[
+                ("kube-subnet-manager", "true"),
+                ("backend-type", "vxlan"),
+                ("public-ip", ip),
+                ("backend-data", &data),
+            ],
+        )
+    }
+
+    #[test]
+    fn pod_cidr_rules_and_messages() {
+        let net: Ipv4Net = "10.244.0.0/16".parse().unwrap();
+        assert_eq!(
+            own_subnet(&node("a", &[], &[]), net)
+                .unwrap_err()
+                .to_string(),
+            r#"node "a" pod cidr not assigned"#
+        );
+        assert_eq!(
+            own_subnet(&node("a", &["10.244.1.7/24"], &[]), net).unwrap(),
+            "10.244.1.0/24".parse::<Ipv4Net>().unwrap()
+        );
+        assert_eq!(
+            own_subnet(&node("a", &["fd00::/64", "10.244.2.0/24"], &[]), net).unwrap(),
+            "10.244.2.0/24".parse::<Ipv4Net>().unwrap()
+        );
+        assert_eq!(
+            own_subnet(
+                &node("a", &["10.244.1.0/24", "fd00::/64", "10.244.3.0/24"], &[]),
+                net
+            )
+            .unwrap_err()
+            .to_string(),
+            r#"node "a" pod cidrs should be IPv4/IPv6 only or dualstack"#
+        );
+        assert_eq!(
+            own_subnet(&node("a", &["10.9.1.0/24"], &[]), net)
+                .unwrap_err()
+                .to_string(),
+            r#"subnet "10.244.0.0/16" specified in the flannel net config doesn't contain "10.9.1.0/24" PodCIDR of the "a" node"#
+        );
+        assert_eq!(
+            own_subnet(&node("a", &["10.244.1.0/33"], &[]), net)
+                .unwrap_err()
+                .to_string(),
+            "invalid CIDR address: 10.244.1.0/33"
+        );
+        assert!(matches!(
+            own_subnet(&node("a", &["fd00::/64"], &[]), net),
+            Err(NodeError::NoIpv4PodCidr { .. })
+        ));
+        // podCIDRs empty: podCIDR alone counts.
+        let mut n = node("a", &[], &[]);
+        n.spec.as_mut().unwrap().pod_cidr = Some("10.244.4.0/24".into());
+        assert_eq!(own_subnet(&n, net).unwrap().to_string(), "10.244.4.0/24");
+    }
+
+    #[test]
+    fn node_to_lease_reads_flannels_annotations() {
+        let keys = Annotations::default();
+        let n = peer("b", "10.244.2.0/24", "192.168.1.2", "0e:00:00:00:00:02");
+        let lease = node_to_lease(&n, &keys).unwrap();
+        assert_eq!(lease.subnet.to_string(), "10.244.2.0/24");
+        assert_eq!(
+            lease.attrs.to_json(),
+            r#"{"PublicIP":"192.168.1.2","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:00:00:00:00:02"}}"#
+        );
+        let bad_ip = node(
+            "c",
+            &["10.244.3.0/24"],
+            &[("kube-subnet-manager", "true"), ("public-ip", "x")],
+        );
+        assert_eq!(
+            node_to_lease(&bad_ip, &keys).unwrap_err().kind(),
+            "bad_public_ip"
+        );
+        let bad_data = node(
+            "c",
+            &["10.244.3.0/24"],
+            &[("public-ip", "1.2.3.4"), ("backend-data", "{nope")],
+        );
+        assert_eq!(
+            node_to_lease(&bad_data, &keys).unwrap_err().kind(),
+            "invalid_json"
+        );
+        let no_cidr = node("c", &[], &[("public-ip", "1.2.3.4")]);
+        assert_eq!(
+            node_to_lease(&no_cidr, &keys).unwrap_err().to_string(),
+            "invalid CIDR address: "
+        );
+        let v6_only = node("c", &["fd00::/64"], &[("public-ip", "1.2.3.4")]);
+        assert_eq!(
+            node_to_lease(&v6_only, &keys).unwrap_err().to_string(),
+            "missing IPv4 address on n.Spec.PodCIDRs"
+        );
+    }
+
+    #[test]
+    fn changes_only_what_differs_and_honours_overwrite() {
+        let keys = Annotations::default();
+        let attrs = LeaseAttrs::vxlan(
+            "192.168.1.2".parse().unwrap(),
+            &VxlanBackendData {
+                vni: 1,
+                vtep_mac: "0e:00:00:00:00:02".parse().unwrap(),
+            },
+        );
+        let fresh = node("b", &["10.244.2.0/24"], &[]);
+        let all = annotation_changes(&fresh, &keys, &attrs).unwrap();
+        assert_eq!(all.len(), 4);
+        assert_eq!(all["flannel.alpha.coreos.com/public-ip"], "192.168.1.2");
+        let done = peer("b", "10.244.2.0/24", "192.168.1.2", "0e:00:00:00:00:02");
+        assert!(annotation_changes(&done, &keys, &attrs).unwrap().is_empty());
+        let mut natted = done.clone();
+        natted
+            .metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert(keys.public_ip_overwrite.clone(), "203.0.113.9".into());
+        let changes = annotation_changes(&natted, &keys, &attrs).unwrap();
+        assert_eq!(
+            changes.into_iter().collect::<Vec<_>>(),
+            vec![(keys.public_ip.clone(), "203.0.113.9".to_owned())]
+        );
+        natted
+            .metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert(keys.public_ip_overwrite.clone(), "nat-box".into());
+        assert_eq!(
+            annotation_changes(&natted, &keys, &attrs)
+                .unwrap_err()
+                .to_string(),
+            r#"node "b": annotation flannel.alpha.coreos.com/public-ip-overwrite="nat-box" is not an IPv4 address"#
+        );
+        assert_eq!(
+            stored_vxlan_data(&done, &keys)
+                .unwrap()
+                .vtep_mac
+                .to_string(),
+            "0e:00:00:00:00:02"
+        );
+    }
+
+    #[test]
+    fn table_follows_flannels_event_rules() {
+        let keys = Annotations::default();
+        let mut t = NodeTable::new(keys.clone());
+        let a = peer("a", "10.244.1.0/24", "192.168.1.1", "0e:00:00:00:00:01");
+        let broken = node(
+            "x",
+            &["10.244.9.0/24"],
+            &[("kube-subnet-manager", "true"), ("public-ip", "bogus")],
+        );
+        let plain = node("p", &["10.244.8.0/24"], &[]);
+        t.init();
+        t.init_apply(&a);
+        t.init_apply(&broken);
+        t.init_apply(&plain);
+        let step = t.init_done();
+        let Some(Change::Snapshot(leases)) = step.change else {
+            panic!("{step:?}")
+        };
+        assert_eq!(leases.len(), 1);
+        assert_eq!(step.bad.len(), 1);
+        assert_eq!(step.bad[0].node, "x");
+
+        // A heartbeat (status only) is no event.
+        let mut beat = a.clone();
+        beat.metadata.resource_version = Some("99".into());
+        assert!(t.apply(&beat).change.is_none());
+        // A new MAC is.
+        let moved = peer("a", "10.244.1.0/24", "192.168.1.1", "0e:00:00:00:00:11");
+        assert!(matches!(
+            t.apply(&moved).change,
+            Some(Change::Event(LeaseEvent::Added(l))) if l.attrs.vxlan_data().unwrap().vtep_mac.to_string() == "0e:00:00:00:00:11"
+        ));
+        // The same bad node again: reported once only.
+        assert!(t.apply(&broken).bad.is_empty());
+        // A node that starts taking part.
+        let b = peer("p", "10.244.8.0/24", "192.168.1.8", "0e:00:00:00:00:08");
+        assert!(matches!(
+            t.apply(&b).change,
+            Some(Change::Event(LeaseEvent::Added(_)))
+        ));
+        // Malformed after valid: skipped, reported, the old lease kept for removal.
+        let mut b_bad = b.clone();
+        b_bad
+            .metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert(keys.backend_data.clone(), "{".into());
+        let step = t.apply(&b_bad);
+        assert!(step.change.is_none());
+        assert_eq!(step.bad[0].error.kind(), "invalid_json");
+        assert!(matches!(
+            t.delete(&b_bad).change,
+            Some(Change::Event(LeaseEvent::Removed(l))) if l.subnet.to_string() == "10.244.8.0/24"
+        ));
+        // Relist: the bad node already reported is not reported again.
+        t.init();
+        t.init_apply(&moved);
+        t.init_apply(&broken);
+        let step = t.init_done();
+        assert!(step.bad.is_empty());
+        assert!(matches!(step.change, Some(Change::Snapshot(l)) if l.len() == 1));
+        assert!(t.delete(&plain).change.is_none());
+    }
+}
