@@ -799,6 +799,9 @@ fn etcd_third_party_changes_apply_within_a_second() {
     let took = time_until("lease added", t, Duration::from_secs(5), || {
         has_route(&lab, 0, kernel.subnet) && peer(&lab, 0, kernel.subnet).is_some()
     });
+    println!(
+        "added after {took:?} (from etcdctl returning to weftd status and ip route showing it)"
+    );
     assert!(took < second, "added after {took:?}");
     assert!(lab.ping(&ns0, kernel.subnet.network(), 2));
 
@@ -814,6 +817,9 @@ fn etcd_third_party_changes_apply_within_a_second() {
     let took = time_until("new MAC in the tables", t, Duration::from_secs(5), || {
         peer(&lab, 0, kernel.subnet).is_some_and(|p| p["vtep_mac"] == kernel.mac.as_str())
     });
+    println!(
+        "MAC change after {took:?} (from etcdctl returning to weftd status and ip route showing it)"
+    );
     assert!(took < second, "MAC change after {took:?}");
     lab.wait_ping(&ns0, kernel.subnet.network(), Duration::from_secs(3));
     assert_eq!(
@@ -839,6 +845,9 @@ fn etcd_third_party_changes_apply_within_a_second() {
         Duration::from_secs(5),
         || peer(&lab, 0, kernel.subnet).is_some_and(|p| p["public_ip"] == ip2.to_string()),
     );
+    println!(
+        "public IP change after {took:?} (from etcdctl returning to weftd status and ip route showing it)"
+    );
     assert!(took < second, "public IP change after {took:?}");
     lab.wait_ping(&ns0, kernel.subnet.network(), Duration::from_secs(3));
     assert_eq!(
@@ -853,6 +862,9 @@ fn etcd_third_party_changes_apply_within_a_second() {
     let took = time_until("lease removed", t, Duration::from_secs(5), || {
         !has_route(&lab, 0, kernel.subnet) && peer(&lab, 0, kernel.subnet).is_none()
     });
+    println!(
+        "removed after {took:?} (from etcdctl returning to weftd status and ip route showing it)"
+    );
     assert!(took < second, "removed after {took:?}");
     assert!(!lab.ping(&ns0, kernel.subnet.network(), 1));
 }
