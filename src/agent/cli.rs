@@ -109,6 +109,39 @@ pub struct RunArgs {
         hide = true
     )]
     pub local_lease_ttl: u64,
+    // ---- etcd lease store (flannel's etcd subnet manager) ----
+    /// etcd endpoints, comma separated (e.g. http://10.0.0.1:2379). Selects the etcd store;
+    /// without it weft uses the embedded store (flannel would default to
+    /// http://127.0.0.1:4001,http://127.0.0.1:2379).
+    #[arg(long, env = "FLANNELD_ETCD_ENDPOINTS", value_delimiter = ',')]
+    pub etcd_endpoints: Vec<String>,
+    /// etcd prefix: the config is <prefix>/config, leases are under <prefix>/subnets/.
+    #[arg(long, env = "FLANNELD_ETCD_PREFIX", default_value = crate::subnet::etcd::DEFAULT_PREFIX)]
+    pub etcd_prefix: String,
+    /// CA certificate (PEM) to verify etcd's server certificate (https endpoints).
+    #[arg(long, env = "FLANNELD_ETCD_CAFILE")]
+    pub etcd_cafile: Option<String>,
+    /// Client certificate (PEM) for etcd (with --etcd-keyfile).
+    #[arg(long, env = "FLANNELD_ETCD_CERTFILE")]
+    pub etcd_certfile: Option<String>,
+    /// Client private key (PEM) for etcd (with --etcd-certfile).
+    #[arg(long, env = "FLANNELD_ETCD_KEYFILE")]
+    pub etcd_keyfile: Option<String>,
+    /// etcd user name (etcd authentication).
+    #[arg(long, env = "FLANNELD_ETCD_USERNAME")]
+    pub etcd_username: Option<String>,
+    /// etcd password (prefer FLANNELD_ETCD_PASSWORD: a flag shows in the process list).
+    #[arg(long, env = "FLANNELD_ETCD_PASSWORD", hide_env_values = true)]
+    pub etcd_password: Option<String>,
+    /// Lifetime of the etcd lease attached to this node's key, in seconds (flannel: 24 h).
+    #[arg(
+        long,
+        env = "FLANNELD_ETCD_LEASE_TTL",
+        default_value_t = 86400,
+        hide = true
+    )]
+    pub etcd_lease_ttl: u64,
+    // ---- end etcd ----
     /// Renew the lease this many minutes before it expires (1..1439).
     #[arg(long, env = "FLANNELD_SUBNET_LEASE_RENEW_MARGIN", default_value_t = 60)]
     pub subnet_lease_renew_margin: u32,
@@ -162,6 +195,9 @@ impl RunArgs {
         if !(1..=1439).contains(&self.subnet_lease_renew_margin) {
             return Err("Invalid subnet-lease-renew-margin option, out of acceptable range".into());
         }
+        if let Some(etcd) = self.etcd_options() {
+            etcd.check(self.subnet_lease_renew_margin)?;
+        }
         if self.iptables_resync == 0 {
             return Err("--iptables-resync must be at least 1 second".into());
         }
@@ -173,6 +209,34 @@ impl RunArgs {
                 .map_err(|e| format!("--iface-regex {re:?} is not a valid regex: {e}"))?;
         }
         Ok(())
+    }
+}
+
+impl RunArgs {
+    /// The etcd store's settings, when `--etcd-endpoints` selects it. Empty values
+    /// (`FLANNELD_ETCD_CAFILE=`) count as not given, as with flanneld.
+    pub fn etcd_options(&self) -> Option<crate::subnet::etcd::EtcdOptions> {
+        let endpoints: Vec<String> = self
+            .etcd_endpoints
+            .iter()
+            .map(|e| e.trim().to_owned())
+            .filter(|e| !e.is_empty())
+            .collect();
+        if endpoints.is_empty() {
+            return None;
+        }
+        let text = |s: &Option<String>| s.clone().filter(|s| !s.is_empty());
+        let path = |p: &Option<String>| text(p).map(PathBuf::from);
+        Some(crate::subnet::etcd::EtcdOptions {
+            endpoints,
+            prefix: self.etcd_prefix.clone(),
+            ca_file: path(&self.etcd_cafile),
+            cert_file: path(&self.etcd_certfile),
+            key_file: path(&self.etcd_keyfile),
+            username: text(&self.etcd_username),
+            password: text(&self.etcd_password),
+            lease_ttl: std::time::Duration::from_secs(self.etcd_lease_ttl),
+        })
     }
 }
 
@@ -213,6 +277,34 @@ mod tests {
         );
         cli.run.subnet_lease_renew_margin = 1439;
         cli.run.validate().unwrap();
+    }
+
+    #[test]
+    fn etcd_flags_select_the_etcd_store() {
+        assert!(parse(&[]).run.etcd_options().is_none());
+        assert!(parse(&["--etcd-endpoints="]).run.etcd_options().is_none());
+        let cli = parse(&[
+            "--etcd-endpoints=http://10.0.0.1:2379,http://10.0.0.2:2379",
+            "--etcd-cafile=",
+            "--etcd-username=flannel",
+        ]);
+        let etcd = cli.run.etcd_options().unwrap();
+        assert_eq!(
+            etcd.endpoints,
+            vec!["http://10.0.0.1:2379", "http://10.0.0.2:2379"]
+        );
+        assert_eq!(etcd.prefix, "/coreos.com/network");
+        assert_eq!(etcd.ca_file, None);
+        assert_eq!(etcd.username.as_deref(), Some("flannel"));
+        assert_eq!(etcd.lease_ttl, std::time::Duration::from_secs(86400));
+        cli.run.validate().unwrap();
+        // A renew margin at least as long as the lease would renew without pause.
+        let cli = parse(&[
+            "--etcd-endpoints=http://10.0.0.1:2379",
+            "--etcd-lease-ttl=120",
+            "--subnet-lease-renew-margin=2",
+        ]);
+        assert!(cli.run.validate().unwrap_err().contains("renew-margin"));
     }
 
     #[test]

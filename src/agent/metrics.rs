@@ -208,6 +208,12 @@ impl Collector for WeftCollector {
             "Renewals of this node's lease.",
             st.renewals,
         )?;
+        counter(
+            &mut e,
+            "weft_store_lists",
+            "Complete lists of the lease store: the first, and each relist after a desync (etcd compaction).",
+            st.snapshots,
+        )?;
         let offloads = s.offloads();
         labelled(
             &mut e,

@@ -262,6 +262,10 @@ async fn open_store(args: &RunArgs, stats: &Arc<StoreStats>) -> Result<Store, Ag
         let store = crate::subnet::kube::KubeStore::open(opts, stats.clone()).await?;
         return Ok(Store::Kube(Arc::new(store)));
     }
+    if let Some(options) = args.etcd_options() {
+        let store = crate::subnet::etcd::EtcdStore::open(options, stats.clone())?;
+        return Ok(Store::Etcd(Arc::new(store)));
+    }
     Ok(Store::Local(Arc::new(LocalStore::open(
         &args.local_store,
         &args.net_config_path,
@@ -614,11 +618,15 @@ impl Control {
                     "lease changed"
                 );
                 self.add_route(&new, now).await;
+                if old.vtep_mac != new.vtep_mac {
+                    self.forget_neighbour(new.gateway()).await;
+                }
             }
             PeerChange::Removed(peer) => {
                 counts.removed.fetch_add(1, Relaxed);
                 info!(subnet = %peer.subnet, public_ip = %peer.public_ip, vtep_mac = %peer.vtep_mac, "lease removed");
                 self.delete_route(peer.subnet).await;
+                self.forget_neighbour(peer.gateway()).await;
             }
             PeerChange::Unknown(subnet) => {
                 debug!(subnet = %subnet, "removal of a lease that was never programmed");
@@ -627,7 +635,8 @@ impl Control {
             PeerChange::Ignored { subnet, reason } => {
                 counts.ignored.fetch_add(1, Relaxed);
                 self.stats.bad_record(&reason);
-                warn!(subnet = %subnet, reason = %reason, "ignoring lease the vxlan backend cannot use");
+                let key = crate::core::lease::subnet_key(subnet, None);
+                warn!(key = %key, subnet = %subnet, kind = reason.kind(), reason = %reason, "ignoring lease the vxlan backend cannot use");
             }
         }
     }
@@ -664,6 +673,16 @@ impl Control {
             }
             i.peers.insert(peer.subnet, status);
         });
+    }
+
+    /// Drops the kernel's cached MAC for a peer's gateway (S.0) after its VtepMAC
+    /// changed or its lease went away; the kernel asks again and weftd answers
+    /// from its current table, instead of the kernel sending to the old MAC
+    /// until its neighbour entry ages out.
+    async fn forget_neighbour(&self, gateway: std::net::Ipv4Addr) {
+        if let Err(e) = self.nl.forget_neighbour(self.link.index, gateway).await {
+            warn!(gateway = %gateway, error = %e, "cannot drop the kernel's neighbour entry; it ages out by itself");
+        }
     }
 
     async fn delete_route(&mut self, subnet: Ipv4Net) {

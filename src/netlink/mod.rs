@@ -300,6 +300,33 @@ impl Netlink {
         }
     }
 
+    /// Forgets the kernel's neighbour entry for `ip` on the link, so the kernel
+    /// resolves it again (weftd answers from its ARP table) — needed when a
+    /// peer's VtepMAC changed or its lease went away. An absent entry is fine.
+    pub async fn forget_neighbour(&self, index: u32, ip: Ipv4Addr) -> Result<()> {
+        use netlink_packet_route::neighbour::{
+            NeighbourAddress, NeighbourAttribute, NeighbourMessage,
+        };
+        let mut message = NeighbourMessage::default();
+        message.header.family = AddressFamily::Inet;
+        message.header.ifindex = index;
+        message
+            .attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+        match self.handle.neighbours().del(message).execute().await {
+            Ok(()) => Ok(()),
+            Err(rtnetlink::Error::NetlinkError(msg))
+                if msg.code.is_some_and(|c| -c.get() == libc::ENOENT) =>
+            {
+                Ok(())
+            }
+            Err(source) => Err(NetlinkError {
+                what: format!("delete neighbour {ip}"),
+                source,
+            }),
+        }
+    }
+
     /// IPv4 routes of the main table that leave through `index`.
     pub async fn routes_via(&self, index: u32) -> Result<Vec<VtepRoute>> {
         let mut out = Vec::new();

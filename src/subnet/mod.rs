@@ -6,6 +6,7 @@
 //! lease, and then run in the background — listing and watching the leases,
 //! renewing its own — sending [`StoreUpdate`]s to the agent.
 
+pub mod etcd;
 pub mod kube;
 pub mod local;
 
@@ -272,6 +273,7 @@ mod tests {
 #[derive(Debug, Clone)]
 pub enum Store {
     Local(std::sync::Arc<local::LocalStore>),
+    Etcd(std::sync::Arc<etcd::EtcdStore>),
     Kube(std::sync::Arc<self::kube::KubeStore>),
 }
 
@@ -280,6 +282,7 @@ impl Store {
     pub fn describe(&self) -> (&'static str, String) {
         match self {
             Store::Local(s) => ("local", s.dir().display().to_string()),
+            Store::Etcd(s) => ("etcd", s.describe()),
             Store::Kube(s) => ("kube", format!("{} (node {})", s.endpoint(), s.node_name())),
         }
     }
@@ -289,12 +292,14 @@ impl Store {
     pub fn retries_config(&self) -> bool {
         match self {
             Store::Local(_) | Store::Kube(_) => false,
+            Store::Etcd(_) => true,
         }
     }
 
     pub async fn network_config(&self) -> Result<NetConfig, StoreError> {
         match self {
             Store::Local(s) => s.network_config().await,
+            Store::Etcd(s) => s.network_config().await,
             Store::Kube(s) => s.network_config().await,
         }
     }
@@ -302,6 +307,7 @@ impl Store {
     pub async fn find_own(&self, public_ip: Ipv4Addr) -> Result<Option<Lease>, StoreError> {
         match self {
             Store::Local(s) => s.find_own(public_ip, SystemTime::now()).await,
+            Store::Etcd(s) => s.find_own(public_ip).await,
             Store::Kube(s) => s.find_own(public_ip).await,
         }
     }
@@ -310,7 +316,7 @@ impl Store {
     /// (flannel's `GetStoredPublicIP`: the `node-public-ip` annotation).
     pub async fn stored_public_ip(&self) -> Result<Option<Ipv4Addr>, StoreError> {
         match self {
-            Store::Local(_) => Ok(None),
+            Store::Local(_) | Store::Etcd(_) => Ok(None),
             Store::Kube(s) => s.stored_public_ip().await,
         }
     }
@@ -322,6 +328,7 @@ impl Store {
     ) -> Result<Lease, StoreError> {
         match self {
             Store::Local(s) => s.acquire(config, req, SystemTime::now()).await,
+            Store::Etcd(s) => s.acquire(config, req).await,
             Store::Kube(s) => s.acquire(config, req).await,
         }
     }
@@ -335,6 +342,7 @@ impl Store {
     ) -> tokio::task::JoinHandle<()> {
         match self {
             Store::Local(s) => s.clone().spawn(own, renew, tx),
+            Store::Etcd(s) => s.clone().spawn(own, renew, tx),
             Store::Kube(s) => s.clone().spawn(tx),
         }
     }
@@ -343,7 +351,7 @@ impl Store {
     /// `CompleteLease` (Kubernetes: `NetworkUnavailable=False`).
     pub fn complete(&self, lease: &Lease) {
         match self {
-            Store::Local(_) => {}
+            Store::Local(_) | Store::Etcd(_) => {}
             Store::Kube(s) => s.complete(lease),
         }
     }

@@ -1,0 +1,1734 @@
+//! The etcd lease store: flannel's etcd v3 subnet manager, key for key and
+//! byte for byte, so weft nodes and flannel nodes share one etcd.
+//!
+//! Layout under `--etcd-prefix` (default `/coreos.com/network`):
+//! `<prefix>/config` holds flannel's net-conf JSON; `<prefix>/subnets/10.244.3.0-24`
+//! holds one node's lease as flannel's `LeaseAttrs` JSON, attached to an etcd
+//! lease of 24 h. A subnet key without an etcd lease is a reservation
+//! (flannel's `Documentation/reservations.md`): it never expires.
+//!
+//! What the store does, as flannel does:
+//! - **acquire**: list the leases; reuse the one this public IP holds if it still
+//!   fits the config (else delete it); else the subnet of the previous
+//!   `subnet.env` if free; else one at random among the first 100 free subnets.
+//!   A new key is claimed with a transaction `If(Version(key) == 0)`, retried
+//!   (10 times) when another node won the race.
+//! - **renew** at expiry − margin by putting the value again with a fresh etcd
+//!   lease; a failure is retried every minute.
+//! - **watch** `<prefix>/subnets/` from the listing's revision + 1. A broken
+//!   stream reconnects from the last applied revision with backoff (100 ms
+//!   doubling to 5 s); a compacted revision relists and sends a snapshot,
+//!   which the agent applies with reset semantics.
+//!
+//! Error policy: after startup every etcd failure is logged, counted and
+//! retried; the dataplane keeps the last known leases meanwhile. Bad records
+//! are skipped, logged with their key and counted once per change. The only
+//! fatal outcome is this node's own key vanishing (deleted or expired): the
+//! agent exits so its supervisor restarts it, as flanneld does.
+//!
+//! Deliberate differences from flannel, none visible in etcd: a reservation
+//! stays a reservation when reused (flannel turns it into a 24 h lease), a
+//! subnet key holding a bad record counts as taken when allocating, renewal
+//! never recreates a key someone deleted, and peers' expirations are not
+//! fetched (etcd expires them itself; nothing here reads them).
+//!
+//! The decisions (keys, record parsing, the acquisition plan, the watch state)
+//! are plain functions and types, tested without a server; [`EtcdStore`] is the
+//! thin shell that talks to etcd.
+
+use super::{
+    AcquireRequest, RenewPolicy, StoreError, StoreStats, StoreUpdate, UpdateSender,
+    choose_free_subnet, renew_at,
+};
+use crate::core::config::NetConfig;
+use crate::core::lease::{Lease, LeaseAttrs, LeaseError, LeaseEvent, parse_subnet_key};
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
+    KeyValue, PutOptions, TlsOptions, Txn, TxnOp, WatchOptions,
+};
+use ipnet::Ipv4Net;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::future::Future;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, SystemTime};
+use tokio::task::JoinHandle;
+use tracing::{debug, error, info, warn};
+
+/// flanneld's default `--etcd-prefix`.
+pub const DEFAULT_PREFIX: &str = "/coreos.com/network";
+/// flannel's lease lifetime (`subnetTTL`).
+pub const SUBNET_TTL: Duration = Duration::from_secs(24 * 3600);
+/// How often a claim is retried when another node takes the subnet first (`raceRetries`).
+const RACE_RETRIES: usize = 10;
+/// The longest any single etcd request may take before it counts as failed.
+const RPC_TIMEOUT: Duration = Duration::from_secs(5);
+/// Watch reconnection backoff: flannel's 100 ms doubling to 5 s.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// HTTP/2 keep-alive while a stream (the watch) is open, so a silently dead
+/// connection (a partition) breaks the watch. etcd answers pings more often
+/// than every 5 s (`--grpc-keepalive-min-time`), or pings without an open
+/// stream, with GOAWAY "too_many_pings".
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The shortest pause between two renewals, whatever the lease and margin say.
+const MIN_RENEW_PAUSE: Duration = Duration::from_secs(1);
+/// flannel's message for a missing `<prefix>/config`.
+pub const CONFIG_NOT_FOUND: &str =
+    "flannel config not found in etcd store. Did you create your config using etcdv3 API?";
+
+/// The store's settings, from `--etcd-*`.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct EtcdOptions {
+    pub endpoints: Vec<String>,
+    pub prefix: String,
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// Lifetime of the etcd lease attached to this node's key ([`SUBNET_TTL`]).
+    pub lease_ttl: Duration,
+}
+
+impl fmt::Debug for EtcdOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdOptions")
+            .field("endpoints", &self.endpoints)
+            .field("prefix", &self.prefix)
+            .field("ca_file", &self.ca_file)
+            .field("cert_file", &self.cert_file)
+            .field("key_file", &self.key_file)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("lease_ttl", &self.lease_ttl)
+            .finish()
+    }
+}
+
+/// How the endpoints are reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scheme {
+    Http,
+    Https,
+}
+
+impl EtcdOptions {
+    /// Checks what can be checked without etcd; `renew_margin_minutes` is
+    /// `--subnet-lease-renew-margin`. The message names the flags to fix.
+    pub fn check(&self, renew_margin_minutes: u32) -> Result<(), String> {
+        if self.lease_ttl.is_zero() {
+            return Err("--etcd-lease-ttl must be at least 1 second".into());
+        }
+        let margin = Duration::from_secs(u64::from(renew_margin_minutes) * 60);
+        if margin >= self.lease_ttl {
+            return Err(format!(
+                "--subnet-lease-renew-margin ({renew_margin_minutes} min) must be shorter than the etcd lease ({} s)",
+                self.lease_ttl.as_secs()
+            ));
+        }
+        self.scheme().map(|_| ())
+    }
+
+    /// Endpoints with their scheme spelled out (a bare `host:port` is http, or
+    /// https when TLS files are given).
+    fn normalized_endpoints(&self) -> Vec<String> {
+        let tls_files = self.ca_file.is_some() || self.cert_file.is_some();
+        self.endpoints
+            .iter()
+            .map(|e| {
+                if e.contains("://") {
+                    e.clone()
+                } else if tls_files {
+                    format!("https://{e}")
+                } else {
+                    format!("http://{e}")
+                }
+            })
+            .collect()
+    }
+
+    fn scheme(&self) -> Result<Scheme, String> {
+        if self.endpoints.is_empty() {
+            return Err("--etcd-endpoints is empty".into());
+        }
+        let mut schemes = BTreeSet::new();
+        for e in self.normalized_endpoints() {
+            match e.split_once("://").map(|(s, _)| s) {
+                Some("http") => schemes.insert("http"),
+                Some("https") => schemes.insert("https"),
+                _ => {
+                    return Err(format!(
+                        "--etcd-endpoints: {e:?} is not an http:// or https:// URL"
+                    ));
+                }
+            };
+        }
+        if schemes.len() > 1 {
+            return Err(
+                "--etcd-endpoints mixes http:// and https://; use one scheme for all endpoints"
+                    .into(),
+            );
+        }
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            return Err(
+                "--etcd-certfile and --etcd-keyfile go together: give both or neither".into(),
+            );
+        }
+        if self.password.is_some() && self.username.is_none() {
+            return Err("--etcd-password is set but --etcd-username is not".into());
+        }
+        let https = schemes.contains("https");
+        if !https && (self.ca_file.is_some() || self.cert_file.is_some()) {
+            return Err(
+                "--etcd-cafile/--etcd-certfile/--etcd-keyfile need https:// endpoints".into(),
+            );
+        }
+        Ok(if https { Scheme::Https } else { Scheme::Http })
+    }
+
+    /// The client's connection settings; reads the TLS files.
+    fn connect_options(&self) -> Result<ConnectOptions, StoreError> {
+        let scheme = self.scheme().map_err(StoreError::Other)?;
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(RPC_TIMEOUT)
+            .with_keep_alive(KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT)
+            .with_keep_alive_while_idle(false)
+            .with_require_leader(true);
+        if let Some(user) = &self.username {
+            options = options
+                .with_user(user, self.password.clone().unwrap_or_default())
+                .with_auto_token_refresh(true);
+        }
+        if scheme == Scheme::Https {
+            let read = |path: &PathBuf, what: &str| {
+                std::fs::read(path).map_err(|source| StoreError::Io {
+                    what: format!("cannot read the etcd {what} {}", path.display()),
+                    source,
+                })
+            };
+            let mut tls = TlsOptions::new();
+            tls = match &self.ca_file {
+                Some(ca) => tls.ca_certificate(Certificate::from_pem(read(ca, "CA file")?)),
+                None => tls.with_native_roots(),
+            };
+            if let (Some(cert), Some(key)) = (&self.cert_file, &self.key_file) {
+                tls = tls.identity(Identity::from_pem(
+                    read(cert, "certificate")?,
+                    read(key, "key")?,
+                ));
+            }
+            options = options.with_tls(tls);
+        }
+        Ok(options)
+    }
+}
+
+/// The keys of one flannel network in etcd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    /// `<prefix>/config`.
+    pub config: String,
+    /// `<prefix>/subnets/` (with the slash: the watched and listed range).
+    pub subnets: String,
+}
+
+impl Keys {
+    /// The keys under `prefix`, joined as Go's `path.Join` joins them
+    /// (repeated and trailing slashes dropped).
+    pub fn new(prefix: &str) -> Keys {
+        let absolute = prefix.starts_with('/');
+        let parts: Vec<&str> = prefix
+            .split('/')
+            .filter(|p| !p.is_empty() && *p != ".")
+            .collect();
+        let mut base = parts.join("/");
+        if absolute {
+            base.insert(0, '/');
+        }
+        let join = |name: &str| match base.as_str() {
+            "" => name.to_owned(),
+            "/" => format!("/{name}"),
+            b => format!("{b}/{name}"),
+        };
+        Keys {
+            config: join("config"),
+            subnets: format!("{}/", join("subnets")),
+        }
+    }
+
+    /// The key of a lease: `<prefix>/subnets/10.244.3.0-24`.
+    pub fn lease(&self, lease: &Lease) -> String {
+        format!("{}{}", self.subnets, lease.key())
+    }
+
+    fn subnet(&self, subnet: Ipv4Net) -> String {
+        format!(
+            "{}{}",
+            self.subnets,
+            crate::core::lease::subnet_key(subnet, None)
+        )
+    }
+}
+
+/// One key/value as read from etcd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kv {
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    /// The etcd lease the key is attached to; 0 for none (a reservation).
+    pub lease: i64,
+    pub mod_revision: i64,
+}
+
+impl From<&KeyValue> for Kv {
+    fn from(kv: &KeyValue) -> Kv {
+        Kv {
+            key: kv.key().to_vec(),
+            value: kv.value().to_vec(),
+            lease: kv.lease(),
+            mod_revision: kv.mod_revision(),
+        }
+    }
+}
+
+impl Kv {
+    fn key_text(&self) -> String {
+        String::from_utf8_lossy(&self.key).into_owned()
+    }
+}
+
+/// Reads a lease record under `keys.subnets`.
+pub fn parse_kv(keys: &Keys, kv: &Kv) -> Result<Lease, LeaseError> {
+    let key = kv.key_text();
+    let name = key
+        .strip_prefix(&keys.subnets)
+        .ok_or_else(|| LeaseError::BadKey(key.clone()))?;
+    let value = std::str::from_utf8(&kv.value)
+        .map_err(|e| LeaseError::InvalidJson(format!("the value is not UTF-8 text: {e}")))?;
+    Lease::from_record(name, value, None)
+}
+
+/// The subnet a key names, if it names one (also for a record with a bad value).
+fn subnet_of(keys: &Keys, key: &str) -> Option<(Ipv4Net, Option<ipnet::Ipv6Net>)> {
+    key.strip_prefix(&keys.subnets)
+        .and_then(|name| parse_subnet_key(name).ok())
+}
+
+/// A lease record as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    pub key: String,
+    pub lease: Lease,
+    /// The etcd lease the key is attached to; 0 for a reservation.
+    pub lease_id: i64,
+}
+
+/// A record that cannot be used, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadRecord {
+    pub key: String,
+    pub error: LeaseError,
+}
+
+/// Everything under `<prefix>/subnets/` at one revision.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Listing {
+    pub revision: i64,
+    pub leases: Vec<Stored>,
+    pub bad: Vec<BadRecord>,
+    /// Subnets named by the keys of bad records: taken, though unusable.
+    pub bad_subnets: Vec<Ipv4Net>,
+}
+
+impl Listing {
+    pub fn new(keys: &Keys, revision: i64, kvs: impl IntoIterator<Item = Kv>) -> Listing {
+        let mut listing = Listing {
+            revision,
+            ..Listing::default()
+        };
+        for kv in kvs {
+            let key = kv.key_text();
+            match parse_kv(keys, &kv) {
+                Ok(lease) => listing.leases.push(Stored {
+                    key,
+                    lease: Lease {
+                        expiration: None,
+                        ..lease
+                    },
+                    lease_id: kv.lease,
+                }),
+                Err(error) => {
+                    if let Some((subnet, _)) = subnet_of(keys, &key) {
+                        listing.bad_subnets.push(subnet);
+                    }
+                    listing.bad.push(BadRecord { key, error });
+                }
+            }
+        }
+        listing
+    }
+
+    /// Whether a key is present (as a lease or as a bad record).
+    fn contains(&self, key: &str) -> bool {
+        self.leases.iter().any(|s| s.key == key) || self.bad.iter().any(|b| b.key == key)
+    }
+}
+
+/// How this node gets its subnet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// Put this node's value again on the key it already holds, with a fresh
+    /// etcd lease — or none, for a reservation.
+    Reuse { subnet: Ipv4Net, reservation: bool },
+    /// Create the key if nobody holds it; `previous`: the subnet of the old subnet.env.
+    Create { subnet: Ipv4Net, previous: bool },
+}
+
+/// What acquisition will do, decided from one listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// This public IP's lease that no longer fits the config: delete it first.
+    pub delete: Option<Ipv4Net>,
+    pub claim: Claim,
+}
+
+/// flannel's `tryAcquireLease` decision.
+pub fn plan_acquire<R: rand::Rng + ?Sized>(
+    config: &NetConfig,
+    listing: &Listing,
+    req: &AcquireRequest,
+    rng: &mut R,
+) -> Result<Plan, StoreError> {
+    let mine = listing
+        .leases
+        .iter()
+        .find(|s| s.lease.attrs.public_ip == req.attrs.public_ip);
+    let mut delete = None;
+    if let Some(mine) = mine {
+        if config.fits(mine.lease.subnet) && mine.lease.ipv6_subnet.is_none() {
+            return Ok(Plan {
+                delete: None,
+                claim: Claim::Reuse {
+                    subnet: mine.lease.subnet,
+                    reservation: mine.lease_id == 0,
+                },
+            });
+        }
+        delete = Some(mine.lease.subnet);
+    }
+    let taken: Vec<Ipv4Net> = listing
+        .leases
+        .iter()
+        .map(|s| s.lease.subnet)
+        .filter(|s| Some(*s) != delete)
+        .chain(listing.bad_subnets.iter().copied())
+        .collect();
+    let free = |s: &Ipv4Net| !taken.iter().any(|t| t.contains(s) || s.contains(t));
+    if let Some(previous) = req.previous_subnet.filter(|s| config.fits(*s) && free(s)) {
+        return Ok(Plan {
+            delete,
+            claim: Claim::Create {
+                subnet: previous,
+                previous: true,
+            },
+        });
+    }
+    let subnet = choose_free_subnet(config, &taken, rng).ok_or(StoreError::OutOfSubnets)?;
+    Ok(Plan {
+        delete,
+        claim: Claim::Create {
+            subnet,
+            previous: false,
+        },
+    })
+}
+
+/// A change under `<prefix>/subnets/`, as a watch reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub deleted: bool,
+    pub kv: Kv,
+}
+
+/// What one list or one batch of changes means for the agent.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Applied {
+    pub update: Option<StoreUpdate>,
+    /// Records newly found bad (or bad in a new way): to log and count.
+    pub new_bad: Vec<BadRecord>,
+}
+
+/// The watch's memory between etcd responses: the revision applied so far,
+/// the keys delivered as leases and the keys skipped as bad.
+#[derive(Debug, Clone)]
+pub struct WatchState {
+    keys: Keys,
+    own_key: String,
+    good: BTreeSet<String>,
+    bad: BTreeMap<String, LeaseError>,
+    /// Every change up to this revision has been applied.
+    pub revision: i64,
+}
+
+impl WatchState {
+    pub fn new(keys: Keys, own_key: String) -> WatchState {
+        WatchState {
+            keys,
+            own_key,
+            good: BTreeSet::new(),
+            bad: BTreeMap::new(),
+            revision: 0,
+        }
+    }
+
+    fn revoked(&self, how: &str) -> StoreUpdate {
+        StoreUpdate::OwnLeaseRevoked(format!("etcd key {} {how}", self.own_key))
+    }
+
+    /// A (re)list: the whole set, to apply with reset semantics.
+    pub fn reset(&mut self, listing: Listing) -> Applied {
+        self.revision = listing.revision;
+        let own_present = listing.contains(&self.own_key);
+        let new_bad = listing
+            .bad
+            .iter()
+            .filter(|b| self.bad.get(&b.key) != Some(&b.error))
+            .cloned()
+            .collect();
+        self.bad = listing.bad.into_iter().map(|b| (b.key, b.error)).collect();
+        self.good = listing.leases.iter().map(|s| s.key.clone()).collect();
+        let update = if own_present {
+            StoreUpdate::Snapshot(listing.leases.into_iter().map(|s| s.lease).collect())
+        } else {
+            self.revoked("is gone (deleted or expired)")
+        };
+        Applied {
+            update: Some(update),
+            new_bad,
+        }
+    }
+
+    /// Changes from the watch, in revision order.
+    pub fn apply(&mut self, changes: Vec<Change>) -> Applied {
+        let mut events = Vec::new();
+        let mut new_bad = Vec::new();
+        for change in changes {
+            self.revision = self.revision.max(change.kv.mod_revision);
+            let key = change.kv.key_text();
+            if change.deleted {
+                self.bad.remove(&key);
+                if key == self.own_key {
+                    return Applied {
+                        update: Some(self.revoked("was deleted")),
+                        new_bad,
+                    };
+                }
+                if self.good.remove(&key)
+                    && let Some(lease) = self.bare_lease(&key)
+                {
+                    events.push(LeaseEvent::Removed(lease));
+                }
+                continue;
+            }
+            match parse_kv(&self.keys, &change.kv) {
+                Ok(lease) => {
+                    self.bad.remove(&key);
+                    self.good.insert(key);
+                    events.push(LeaseEvent::Added(lease));
+                }
+                Err(error) => {
+                    if self.bad.get(&key) != Some(&error) {
+                        new_bad.push(BadRecord {
+                            key: key.clone(),
+                            error: error.clone(),
+                        });
+                    }
+                    // A lease overwritten with a bad value is gone, as a relist would find.
+                    if self.good.remove(&key)
+                        && let Some(lease) = self.bare_lease(&key)
+                    {
+                        events.push(LeaseEvent::Removed(lease));
+                    }
+                    self.bad.insert(key, error);
+                }
+            }
+        }
+        Applied {
+            update: (!events.is_empty()).then_some(StoreUpdate::Events(events)),
+            new_bad,
+        }
+    }
+
+    /// A lease that only knows its subnet (etcd reports a delete by key); the
+    /// agent's lease watcher fills in the attributes it stored.
+    fn bare_lease(&self, key: &str) -> Option<Lease> {
+        let (subnet, ipv6_subnet) = subnet_of(&self.keys, key)?;
+        Some(Lease {
+            subnet,
+            ipv6_subnet,
+            attrs: LeaseAttrs {
+                public_ip: Ipv4Addr::UNSPECIFIED,
+                public_ipv6: None,
+                backend_type: String::new(),
+                backend_data: None,
+                backend_v6_data: None,
+            },
+            expiration: None,
+        })
+    }
+}
+
+/// When to try renewing next: `margin` before expiry after a success (never
+/// sooner than [`MIN_RENEW_PAUSE`]), `retry` after a failure.
+pub fn next_renewal(
+    renewed: Option<&Lease>,
+    renew: &RenewPolicy,
+    now: SystemTime,
+) -> Option<SystemTime> {
+    match renewed {
+        None => Some(now + renew.retry),
+        Some(lease) => {
+            let exp = lease.expiration?;
+            Some(renew_at(Some(exp), renew.margin, now).max(now + MIN_RENEW_PAUSE))
+        }
+    }
+}
+
+/// The etcd store.
+pub struct EtcdStore {
+    options: EtcdOptions,
+    endpoints: Vec<String>,
+    keys: Keys,
+    connect: ConnectOptions,
+    /// Connected on first use, so weftd starts (and retries) while etcd is down.
+    client: tokio::sync::OnceCell<Client>,
+    stats: Arc<StoreStats>,
+}
+
+impl fmt::Debug for EtcdStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdStore")
+            .field("options", &self.options)
+            .field("keys", &self.keys)
+            .field("connected", &self.client.initialized())
+            .finish()
+    }
+}
+
+/// What ended one watch stream.
+#[derive(Debug)]
+enum WatchEnd {
+    /// The start revision is compacted away: relist.
+    Compacted,
+    /// The stream broke or etcd cancelled it: reconnect from the last revision.
+    Broken(StoreError),
+    /// The agent is gone, or this node's lease was revoked.
+    Stop,
+}
+
+impl EtcdStore {
+    /// Checks the options and reads the TLS files; connects on first use.
+    pub fn open(options: EtcdOptions, stats: Arc<StoreStats>) -> Result<EtcdStore, StoreError> {
+        let connect = options.connect_options()?;
+        let endpoints = options.normalized_endpoints();
+        if endpoints.iter().all(|e| e.starts_with("http://")) {
+            warn!("no certificate provided: connecting to etcd with http. This is insecure");
+        }
+        Ok(EtcdStore {
+            keys: Keys::new(&options.prefix),
+            endpoints,
+            options,
+            connect,
+            client: tokio::sync::OnceCell::new(),
+            stats,
+        })
+    }
+
+    /// `endpoints (prefix …)`, for status and logs.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} (prefix {})",
+            self.endpoints.join(","),
+            self.options.prefix
+        )
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    async fn client(&self) -> Result<Client, StoreError> {
+        self.client
+            .get_or_try_init(|| async {
+                let connect = Client::connect(&self.endpoints, Some(self.connect.clone()));
+                match tokio::time::timeout(RPC_TIMEOUT, connect).await {
+                    Ok(Ok(client)) => Ok(client),
+                    Ok(Err(e)) => Err(self.failure("connect", e)),
+                    Err(_) => Err(self.timeout("connect")),
+                }
+            })
+            .await
+            .cloned()
+    }
+
+    fn timeout(&self, what: &str) -> StoreError {
+        StoreError::Unavailable(format!(
+            "{what}: no answer from etcd at {} within {} s",
+            self.endpoints.join(","),
+            RPC_TIMEOUT.as_secs()
+        ))
+    }
+
+    /// Classifies a client error: refused credentials are the operator's to
+    /// fix; anything else may pass (etcd down, no leader, a dropped connection).
+    fn failure(&self, what: &str, e: etcd_client::Error) -> StoreError {
+        let at = self.endpoints.join(",");
+        if let etcd_client::Error::GRpcStatus(status) = &e
+            && is_refused_credentials(status.code(), status.message())
+        {
+            return StoreError::Other(format!(
+                "{what}: etcd at {at} refused the credentials: {}; check --etcd-username/--etcd-password and the user's role",
+                status.message()
+            ));
+        }
+        StoreError::Unavailable(format!("{what} (etcd at {at}): {e}"))
+    }
+
+    /// Runs one request with the request timeout; records connectivity.
+    async fn rpc<T>(
+        &self,
+        what: &str,
+        request: impl Future<Output = Result<T, etcd_client::Error>>,
+    ) -> Result<T, StoreError> {
+        let result = match tokio::time::timeout(RPC_TIMEOUT, request).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(self.failure(what, e)),
+            Err(_) => Err(self.timeout(what)),
+        };
+        match &result {
+            Ok(_) => self.stats.set_connected(true),
+            Err(_) => self.stats.set_connected(false),
+        }
+        result
+    }
+
+    /// Reads and checks `<prefix>/config`.
+    pub async fn network_config(&self) -> Result<NetConfig, StoreError> {
+        let mut kv = self.client().await?.kv_client();
+        let key = self.keys.config.clone();
+        let resp = self
+            .rpc("read the network config", kv.get(key.clone(), None))
+            .await?;
+        let Some(found) = resp.kvs().first() else {
+            return Err(StoreError::ConfigMissing(format!(
+                "{CONFIG_NOT_FOUND} (no key {key} at {})",
+                self.endpoints.join(",")
+            )));
+        };
+        let text = std::str::from_utf8(found.value()).map_err(|_| {
+            StoreError::Other(format!("the etcd key {key} does not hold UTF-8 JSON"))
+        })?;
+        NetConfig::parse_and_check(text).map_err(|error| StoreError::ConfigInvalid {
+            source_name: format!("etcd key {key}"),
+            error,
+        })
+    }
+
+    async fn list(&self) -> Result<Listing, StoreError> {
+        let mut kv = self.client().await?.kv_client();
+        let resp = self
+            .rpc(
+                "list the leases",
+                kv.get(
+                    self.keys.subnets.clone(),
+                    Some(GetOptions::new().with_prefix()),
+                ),
+            )
+            .await?;
+        let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+        Ok(Listing::new(
+            &self.keys,
+            revision,
+            resp.kvs().iter().map(Kv::from),
+        ))
+    }
+
+    /// The lease this public IP holds, if any (to keep its VtepMAC).
+    pub async fn find_own(&self, public_ip: Ipv4Addr) -> Result<Option<Lease>, StoreError> {
+        Ok(self
+            .list()
+            .await?
+            .leases
+            .into_iter()
+            .map(|s| s.lease)
+            .find(|l| l.attrs.public_ip == public_ip))
+    }
+
+    /// Grants an etcd lease of the configured TTL: (id, granted TTL).
+    async fn grant(&self) -> Result<(i64, Duration), StoreError> {
+        let mut leases = self.client().await?.lease_client();
+        let ttl = i64::try_from(self.options.lease_ttl.as_secs()).unwrap_or(i64::MAX);
+        let resp = self
+            .rpc("grant an etcd lease", leases.grant(ttl, None))
+            .await?;
+        let granted = u64::try_from(resp.ttl()).unwrap_or(0);
+        Ok((resp.id(), Duration::from_secs(granted)))
+    }
+
+    /// Revokes a lease this store granted but did not use (best effort: unused, it expires anyway).
+    async fn revoke(&self, id: i64) {
+        if let Ok(client) = self.client().await {
+            let mut leases = client.lease_client();
+            if let Err(e) = self
+                .rpc("revoke an unused etcd lease", leases.revoke(id))
+                .await
+            {
+                debug!(lease = id, error = %e, "could not revoke an unused etcd lease; it will expire");
+            }
+        }
+    }
+
+    /// Acquires a lease with flannel's rules (see the module docs).
+    pub async fn acquire(
+        &self,
+        config: &NetConfig,
+        req: &AcquireRequest,
+    ) -> Result<Lease, StoreError> {
+        for _ in 0..RACE_RETRIES {
+            let listing = self.list().await?;
+            let plan = plan_acquire(config, &listing, req, &mut rand::rng())?;
+            if let Some(old) = plan.delete {
+                info!(subnet = %old, public_ip = %req.attrs.public_ip, "found a lease for this public IP that does not fit the current config; deleting it");
+                let mut kv = self.client().await?.kv_client();
+                self.rpc(
+                    "delete the old lease",
+                    kv.delete(self.keys.subnet(old), None),
+                )
+                .await?;
+            }
+            match plan.claim {
+                Claim::Reuse {
+                    subnet,
+                    reservation,
+                } => {
+                    info!(subnet = %subnet, public_ip = %req.attrs.public_ip, reservation, "found the lease of this public IP; reusing it");
+                    return self.put_existing(subnet, &req.attrs, reservation).await;
+                }
+                Claim::Create { subnet, previous } => {
+                    if let Some(lease) = self.create(subnet, &req.attrs).await? {
+                        if previous {
+                            info!(subnet = %subnet, "reusing the previous subnet from the subnet file");
+                        } else {
+                            info!(subnet = %subnet, public_ip = %req.attrs.public_ip, "allocated a new lease");
+                        }
+                        return Ok(lease);
+                    }
+                    info!(subnet = %subnet, "another node claimed the subnet first; trying again");
+                }
+            }
+        }
+        Err(StoreError::TooManyConflicts)
+    }
+
+    /// flannel's `updateSubnet`: put the value on the key again with a fresh
+    /// etcd lease (a reservation stays without one).
+    async fn put_existing(
+        &self,
+        subnet: Ipv4Net,
+        attrs: &LeaseAttrs,
+        reservation: bool,
+    ) -> Result<Lease, StoreError> {
+        let key = self.keys.subnet(subnet);
+        let (options, expiration) = if reservation {
+            (None, None)
+        } else {
+            let (id, ttl) = self.grant().await?;
+            (
+                Some(PutOptions::new().with_lease(id)),
+                Some(SystemTime::now() + ttl),
+            )
+        };
+        let mut kv = self.client().await?.kv_client();
+        self.rpc("write the lease", kv.put(key, attrs.to_json(), options))
+            .await?;
+        Ok(Lease {
+            subnet,
+            ipv6_subnet: None,
+            attrs: attrs.clone(),
+            expiration,
+        })
+    }
+
+    /// flannel's `createSubnet`: claim the key only if it does not exist. `None`: taken.
+    async fn create(
+        &self,
+        subnet: Ipv4Net,
+        attrs: &LeaseAttrs,
+    ) -> Result<Option<Lease>, StoreError> {
+        let key = self.keys.subnet(subnet);
+        let (id, ttl) = self.grant().await?;
+        let txn = Txn::new()
+            .when([Compare::version(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(
+                key,
+                attrs.to_json(),
+                Some(PutOptions::new().with_lease(id)),
+            )]);
+        let mut kv = self.client().await?.kv_client();
+        let claimed = match self.rpc("claim the subnet", kv.txn(txn)).await {
+            Ok(resp) => resp.succeeded(),
+            Err(e) => {
+                self.revoke(id).await;
+                return Err(e);
+            }
+        };
+        if !claimed {
+            self.revoke(id).await;
+            return Ok(None);
+        }
+        Ok(Some(Lease {
+            subnet,
+            ipv6_subnet: None,
+            attrs: attrs.clone(),
+            expiration: Some(SystemTime::now() + ttl),
+        }))
+    }
+
+    /// Renews `own`: the same value with a fresh etcd lease, only while the key
+    /// exists. `Ok(None)`: the key is gone.
+    async fn renew(&self, own: &Lease) -> Result<Option<Lease>, StoreError> {
+        let key = self.keys.lease(own);
+        let (id, ttl) = self.grant().await?;
+        let txn = Txn::new()
+            .when([Compare::version(key.clone(), CompareOp::Greater, 0)])
+            .and_then([TxnOp::put(
+                key,
+                own.attrs.to_json(),
+                Some(PutOptions::new().with_lease(id)),
+            )]);
+        let mut kv = self.client().await?.kv_client();
+        let renewed = match self.rpc("renew the lease", kv.txn(txn)).await {
+            Ok(resp) => resp.succeeded(),
+            Err(e) => {
+                self.revoke(id).await;
+                return Err(e);
+            }
+        };
+        if !renewed {
+            self.revoke(id).await;
+            return Ok(None);
+        }
+        Ok(Some(Lease {
+            expiration: Some(SystemTime::now() + ttl),
+            ..own.clone()
+        }))
+    }
+
+    /// Runs the watch and the renewal until the agent goes away or the lease is revoked.
+    pub fn spawn(
+        self: Arc<Self>,
+        own: Lease,
+        renew: RenewPolicy,
+        tx: UpdateSender,
+    ) -> JoinHandle<()> {
+        tokio::spawn(async move {
+            let own_key = self.keys.lease(&own);
+            tokio::select! {
+                () = self.watch_loop(own_key, &tx) => {}
+                () = self.renew_loop(own, renew, &tx) => {}
+            }
+        })
+    }
+
+    /// Counts a failure and logs it — loudly at the start of an outage and
+    /// once a minute after, quietly otherwise; the caller backs off and retries.
+    fn trouble(&self, reconnect: &mut Reconnect, e: &StoreError, doing: &str) {
+        self.stats.set_connected(false);
+        self.stats.error(e);
+        if reconnect.failed(std::time::Instant::now()) {
+            warn!(error = %e, "{doing}; keeping the last known leases and retrying (reported again in a minute if it persists)");
+        } else {
+            debug!(error = %e, "{doing}; retrying");
+        }
+    }
+
+    fn reachable_again(&self, reconnect: &mut Reconnect, revision: i64) {
+        self.stats.set_connected(true);
+        if let Some((outage, failures)) = reconnect.connected(std::time::Instant::now()) {
+            info!(
+                revision,
+                failed_attempts = failures,
+                "etcd is reachable again after {:.1} s",
+                outage.as_secs_f64()
+            );
+        }
+    }
+
+    fn report_bad(&self, bad: &[BadRecord]) {
+        for b in bad {
+            self.stats.bad_record(&b.error);
+            warn!(key = %b.key, kind = b.error.kind(), error = %b.error, "skipping a bad lease record in etcd");
+        }
+    }
+
+    /// Sends an update; false when the loop should stop (agent gone, or revoked).
+    async fn send(&self, tx: &UpdateSender, applied: Applied) -> bool {
+        self.report_bad(&applied.new_bad);
+        let Some(update) = applied.update else {
+            return true;
+        };
+        let last = matches!(update, StoreUpdate::OwnLeaseRevoked(_));
+        if let StoreUpdate::OwnLeaseRevoked(why) = &update {
+            error!("Lease has been revoked. Shutting down daemon. ({why})");
+        }
+        self.stats.event(SystemTime::now());
+        tx.send(update).await.is_ok() && !last
+    }
+
+    async fn watch_loop(&self, own_key: String, tx: &UpdateSender) {
+        let mut state = WatchState::new(self.keys.clone(), own_key);
+        let mut reconnect = Reconnect::default();
+        let mut relist = true;
+        while !tx.is_closed() {
+            if relist {
+                match self.list().await {
+                    Ok(listing) => {
+                        relist = false;
+                        self.reachable_again(&mut reconnect, listing.revision);
+                        self.stats.snapshots.fetch_add(1, Relaxed);
+                        info!(
+                            revision = listing.revision,
+                            leases = listing.leases.len(),
+                            "listed the leases in etcd"
+                        );
+                        if !self.send(tx, state.reset(listing)).await {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        self.trouble(&mut reconnect, &e, "cannot list the leases in etcd");
+                        tokio::time::sleep(reconnect.next_delay()).await;
+                        continue;
+                    }
+                }
+            }
+            match self.watch_once(&mut state, tx, &mut reconnect).await {
+                WatchEnd::Stop => return,
+                WatchEnd::Compacted => relist = true,
+                WatchEnd::Broken(e) => {
+                    let doing = format!(
+                        "the etcd watch broke; reconnecting from revision {}",
+                        state.revision + 1
+                    );
+                    self.trouble(&mut reconnect, &e, &doing);
+                    tokio::time::sleep(reconnect.next_delay()).await;
+                }
+            }
+        }
+    }
+
+    /// Opens one watch from `state.revision + 1` and applies what it reports until it ends.
+    async fn watch_once(
+        &self,
+        state: &mut WatchState,
+        tx: &UpdateSender,
+        reconnect: &mut Reconnect,
+    ) -> WatchEnd {
+        let from = state.revision + 1;
+        let client = match self.client().await {
+            Ok(client) => client,
+            Err(e) => return WatchEnd::Broken(e),
+        };
+        let mut watch = client.watch_client();
+        let options = WatchOptions::new().with_prefix().with_start_revision(from);
+        let mut stream = match self
+            .rpc(
+                "watch the leases",
+                watch.watch(self.keys.subnets.clone(), Some(options)),
+            )
+            .await
+        {
+            Ok(stream) => stream,
+            Err(e) => return WatchEnd::Broken(e),
+        };
+        debug!(revision = from, "watching the leases in etcd");
+        loop {
+            let resp = match stream.message().await {
+                Ok(Some(resp)) => resp,
+                Ok(None) => {
+                    return WatchEnd::Broken(StoreError::Unavailable(
+                        "etcd closed the watch stream".into(),
+                    ));
+                }
+                Err(e) if is_compacted_error(&e) => {
+                    warn!(revision = from, error = %e, "etcd watch fell behind compaction; re-listing the leases");
+                    return WatchEnd::Compacted;
+                }
+                Err(e) => return WatchEnd::Broken(self.failure("watch the leases", e)),
+            };
+            if resp.compact_revision() != 0 {
+                warn!(
+                    revision = from,
+                    compacted = resp.compact_revision(),
+                    "etcd watch fell behind compaction; re-listing the leases"
+                );
+                return WatchEnd::Compacted;
+            }
+            if resp.canceled() {
+                return WatchEnd::Broken(StoreError::Unavailable(format!(
+                    "etcd cancelled the watch: {}",
+                    resp.cancel_reason()
+                )));
+            }
+            if resp.created() {
+                self.reachable_again(reconnect, state.revision);
+            }
+            let changes: Vec<Change> = resp
+                .events()
+                .iter()
+                .filter_map(|event| {
+                    event.kv().map(|kv| Change {
+                        deleted: event.event_type() == EventType::Delete,
+                        kv: Kv::from(kv),
+                    })
+                })
+                .collect();
+            if changes.is_empty() {
+                continue;
+            }
+            if !self.send(tx, state.apply(changes)).await {
+                return WatchEnd::Stop;
+            }
+        }
+    }
+
+    async fn renew_loop(&self, mut own: Lease, renew: RenewPolicy, tx: &UpdateSender) {
+        let Some(mut at) = next_renewal(Some(&own), &renew, SystemTime::now()) else {
+            info!(subnet = %own.subnet, "the lease is a reservation (no etcd lease); it is never renewed");
+            return std::future::pending().await;
+        };
+        loop {
+            let wait = at
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO);
+            tokio::time::sleep(wait).await;
+            match self.renew(&own).await {
+                Ok(Some(renewed)) => {
+                    own = renewed;
+                    self.stats.renewals.fetch_add(1, Relaxed);
+                    let expires = own
+                        .expiration
+                        .and_then(|t| jiff::Timestamp::try_from(t).ok())
+                        .map(|t| t.to_string())
+                        .unwrap_or_default();
+                    info!(subnet = %own.subnet, "Lease renewed, new expiration: {expires}");
+                    if tx.send(StoreUpdate::Renewed(own.clone())).await.is_err() {
+                        return;
+                    }
+                    at = next_renewal(Some(&own), &renew, SystemTime::now())
+                        .unwrap_or_else(|| SystemTime::now() + renew.retry);
+                }
+                Ok(None) => {
+                    let why = format!(
+                        "etcd key {} is gone (deleted or expired) and was not renewed",
+                        self.keys.lease(&own)
+                    );
+                    let _ = self
+                        .send(
+                            tx,
+                            Applied {
+                                update: Some(StoreUpdate::OwnLeaseRevoked(why)),
+                                new_bad: Vec::new(),
+                            },
+                        )
+                        .await;
+                    return;
+                }
+                Err(e) => {
+                    self.stats.error(&e);
+                    error!(error = %e, "Error renewing lease (trying again in {} s)", renew.retry.as_secs());
+                    at = next_renewal(None, &renew, SystemTime::now())
+                        .unwrap_or_else(|| SystemTime::now() + renew.retry);
+                }
+            }
+        }
+    }
+}
+
+/// The watch's reconnection state: the backoff (100 ms doubling to 5 s), and
+/// the current outage, so it is reported when it starts, once a minute while
+/// it lasts and when it ends rather than at every attempt.
+#[derive(Debug)]
+struct Reconnect {
+    backoff: Duration,
+    since: Option<std::time::Instant>,
+    failures: u64,
+    last_warned: Option<std::time::Instant>,
+}
+
+/// How often a lasting outage is reported.
+const OUTAGE_REPORT_EVERY: Duration = Duration::from_secs(60);
+
+impl Default for Reconnect {
+    fn default() -> Self {
+        Reconnect {
+            backoff: BACKOFF_MIN,
+            since: None,
+            failures: 0,
+            last_warned: None,
+        }
+    }
+}
+
+impl Reconnect {
+    /// A failed attempt; true when it deserves a warning.
+    fn failed(&mut self, now: std::time::Instant) -> bool {
+        self.since.get_or_insert(now);
+        self.failures += 1;
+        let warn = self
+            .last_warned
+            .is_none_or(|t| now.duration_since(t) >= OUTAGE_REPORT_EVERY);
+        if warn {
+            self.last_warned = Some(now);
+        }
+        warn
+    }
+
+    /// Connected: resets the backoff; the outage's length and failed attempts, if there was one.
+    fn connected(&mut self, now: std::time::Instant) -> Option<(Duration, u64)> {
+        self.backoff = BACKOFF_MIN;
+        self.last_warned = None;
+        let since = self.since.take()?;
+        Some((
+            now.duration_since(since),
+            std::mem::take(&mut self.failures),
+        ))
+    }
+
+    /// The pause before the next attempt (and doubles the one after).
+    fn next_delay(&mut self) -> Duration {
+        let delay = self.backoff;
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+        delay
+    }
+}
+
+/// Whether etcd refused who we are (wrong password, no permission), as
+/// opposed to being unreachable: `ErrGRPCAuthFailed` is `InvalidArgument`.
+fn is_refused_credentials(code: tonic::Code, message: &str) -> bool {
+    match code {
+        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => true,
+        tonic::Code::InvalidArgument => message.contains("authentication failed"),
+        _ => false,
+    }
+}
+
+/// etcd's `ErrCompacted` as a gRPC error ("mvcc: required revision has been compacted").
+fn is_compacted_error(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::GRpcStatus(status) => {
+            status.code() == tonic::Code::OutOfRange && status.message().contains("compacted")
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::lease::VxlanBackendData;
+    use crate::core::mac::MacAddr;
+
+    const DOC: &str = r#"{"PublicIP":"192.168.64.3","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}}"#;
+
+    fn keys() -> Keys {
+        Keys::new(DEFAULT_PREFIX)
+    }
+
+    fn attrs(last: u8) -> LeaseAttrs {
+        LeaseAttrs::vxlan(
+            Ipv4Addr::new(192, 168, 0, last),
+            &VxlanBackendData {
+                vni: 1,
+                vtep_mac: MacAddr([0x0e, 0, 0, 0, 0, last]),
+            },
+        )
+    }
+
+    fn kv(name: &str, value: &str, lease: i64, rev: i64) -> Kv {
+        Kv {
+            key: format!("/coreos.com/network/subnets/{name}").into_bytes(),
+            value: value.as_bytes().to_vec(),
+            lease,
+            mod_revision: rev,
+        }
+    }
+
+    fn lease_kv(third: u8, last: u8, lease: i64, rev: i64) -> Kv {
+        kv(
+            &format!("10.244.{third}.0-24"),
+            &attrs(last).to_json(),
+            lease,
+            rev,
+        )
+    }
+
+    fn config(text: &str) -> NetConfig {
+        NetConfig::parse_and_check(text).unwrap()
+    }
+
+    fn request(last: u8, previous: Option<&str>) -> AcquireRequest {
+        AcquireRequest {
+            attrs: attrs(last),
+            previous_subnet: previous.map(|p| p.parse().unwrap()),
+        }
+    }
+
+    fn net(s: &str) -> Ipv4Net {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn keys_are_joined_like_go_path_join() {
+        let k = keys();
+        assert_eq!(k.config, "/coreos.com/network/config");
+        assert_eq!(k.subnets, "/coreos.com/network/subnets/");
+        assert_eq!(Keys::new("/coreos.com/network/"), k);
+        assert_eq!(Keys::new("//coreos.com//network//"), k);
+        assert_eq!(Keys::new("/").config, "/config");
+        assert_eq!(Keys::new("").config, "config");
+        assert_eq!(Keys::new("weft").subnets, "weft/subnets/");
+        let lease = Lease::from_record("10.5.34.0-24", DOC, None).unwrap();
+        assert_eq!(k.lease(&lease), "/coreos.com/network/subnets/10.5.34.0-24");
+        assert_eq!(k.subnet(net("10.5.34.0/24")), k.lease(&lease));
+    }
+
+    #[test]
+    fn flannels_record_is_read_and_written_byte_for_byte() {
+        let lease = parse_kv(&keys(), &kv("10.5.34.0-24", DOC, 7, 1)).unwrap();
+        assert_eq!(lease.subnet, net("10.5.34.0/24"));
+        assert_eq!(lease.attrs.to_json(), DOC);
+    }
+
+    #[test]
+    fn bad_records_are_classified_by_kind() {
+        let k = keys();
+        let kind = |kv: Kv| parse_kv(&k, &kv).unwrap_err().kind();
+        assert_eq!(kind(kv("garbage", DOC, 0, 1)), "bad_key");
+        assert_eq!(kind(kv("10.5.34.0-24/extra", DOC, 0, 1)), "bad_key");
+        assert_eq!(kind(kv("10.5.34.0-24", "{not json", 0, 1)), "invalid_json");
+        let mut not_utf8 = kv("10.5.34.0-24", "", 0, 1);
+        not_utf8.value = vec![0xff, 0xfe];
+        assert_eq!(kind(not_utf8), "invalid_json");
+        assert_eq!(
+            kind(kv(
+                "10.5.34.0-24",
+                r#"{"PublicIP":"999.1.2.3","BackendType":"vxlan"}"#,
+                0,
+                1
+            )),
+            "bad_public_ip"
+        );
+        // Another backend is a valid record; the vxlan backend skips it (and counts it).
+        let other = parse_kv(
+            &k,
+            &kv(
+                "10.5.34.0-24",
+                r#"{"PublicIP":"10.0.0.1","BackendType":"bogus"}"#,
+                0,
+                1,
+            ),
+        )
+        .unwrap();
+        assert_eq!(
+            other.attrs.vxlan_data().unwrap_err().kind(),
+            "foreign_backend"
+        );
+    }
+
+    #[test]
+    fn listing_separates_good_and_bad_and_keeps_bad_subnets_taken() {
+        let listing = Listing::new(
+            &keys(),
+            42,
+            vec![
+                lease_kv(1, 1, 5, 3),
+                kv("10.244.2.0-24", "{oops", 5, 4),
+                kv("garbage", DOC, 0, 5),
+            ],
+        );
+        assert_eq!(listing.revision, 42);
+        assert_eq!(listing.leases.len(), 1);
+        assert_eq!(listing.leases[0].lease_id, 5);
+        assert_eq!(listing.bad.len(), 2);
+        assert_eq!(listing.bad_subnets, vec![net("10.244.2.0/24")]);
+    }
+
+    #[test]
+    fn acquisition_reuses_the_lease_of_this_public_ip() {
+        let c = config(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#);
+        let listing = Listing::new(
+            &keys(),
+            9,
+            vec![lease_kv(3, 1, 77, 2), lease_kv(4, 2, 78, 3)],
+        );
+        let plan = plan_acquire(
+            &c,
+            &listing,
+            &request(1, Some("10.244.9.0/24")),
+            &mut rand::rng(),
+        )
+        .unwrap();
+        assert_eq!(
+            plan,
+            Plan {
+                delete: None,
+                claim: Claim::Reuse {
+                    subnet: net("10.244.3.0/24"),
+                    reservation: false
+                }
+            }
+        );
+        // A reservation (no etcd lease) stays one.
+        let listing = Listing::new(&keys(), 9, vec![lease_kv(3, 1, 0, 2)]);
+        let plan = plan_acquire(&c, &listing, &request(1, None), &mut rand::rng()).unwrap();
+        assert_eq!(
+            plan.claim,
+            Claim::Reuse {
+                subnet: net("10.244.3.0/24"),
+                reservation: true
+            }
+        );
+    }
+
+    #[test]
+    fn acquisition_deletes_an_own_lease_outside_the_config() {
+        let c = config(r#"{"Network":"10.244.0.0/16","SubnetLen":25,"Backend":{"Type":"vxlan"}}"#);
+        let listing = Listing::new(&keys(), 9, vec![lease_kv(3, 1, 77, 2)]);
+        let plan = plan_acquire(&c, &listing, &request(1, None), &mut rand::rng()).unwrap();
+        assert_eq!(plan.delete, Some(net("10.244.3.0/24")));
+        match plan.claim {
+            Claim::Create { subnet, previous } => {
+                assert!(!previous);
+                assert!(c.fits(subnet), "{subnet}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn acquisition_takes_the_previous_subnet_only_when_free_and_fitting() {
+        let c = config(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#);
+        let listing = Listing::new(
+            &keys(),
+            9,
+            vec![lease_kv(3, 3, 77, 2), kv("10.244.5.0-24", "{bad", 1, 3)],
+        );
+        let create = |previous: &str| {
+            plan_acquire(&c, &listing, &request(1, Some(previous)), &mut rand::rng())
+                .unwrap()
+                .claim
+        };
+        assert_eq!(
+            create("10.244.9.0/24"),
+            Claim::Create {
+                subnet: net("10.244.9.0/24"),
+                previous: true
+            }
+        );
+        for taken_or_unfit in [
+            "10.244.3.0/24",
+            "10.244.5.0/24",
+            "10.244.0.0/24",
+            "10.99.0.0/24",
+            "10.244.8.0/25",
+        ] {
+            match create(taken_or_unfit) {
+                Claim::Create { subnet, previous } => {
+                    assert!(!previous, "{taken_or_unfit}");
+                    assert!(
+                        ![net("10.244.3.0/24"), net("10.244.5.0/24")].contains(&subnet),
+                        "{subnet}"
+                    );
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn acquisition_picks_among_the_first_hundred_free_and_runs_out() {
+        let c = config(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#);
+        let taken: Vec<Kv> = (1..=50).map(|i| lease_kv(i, i + 100, 1, 2)).collect();
+        let listing = Listing::new(&keys(), 9, taken);
+        for _ in 0..200 {
+            match plan_acquire(&c, &listing, &request(1, None), &mut rand::rng())
+                .unwrap()
+                .claim
+            {
+                Claim::Create { subnet, .. } => {
+                    let third = subnet.network().octets()[2];
+                    assert!((51..=150).contains(&third), "{subnet}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        let small = config(r#"{"Network":"10.0.0.0/28","Backend":{"Type":"vxlan"}}"#);
+        let full: Vec<Kv> = small
+            .subnets()
+            .enumerate()
+            .map(|(i, s)| {
+                kv(
+                    &crate::core::lease::subnet_key(s, None),
+                    &attrs(10 + i as u8).to_json(),
+                    1,
+                    2,
+                )
+            })
+            .collect();
+        let listing = Listing::new(&keys(), 9, full);
+        let err = plan_acquire(&small, &listing, &request(1, None), &mut rand::rng()).unwrap_err();
+        assert_eq!(err.to_string(), "out of subnets");
+    }
+
+    fn state() -> WatchState {
+        WatchState::new(keys(), "/coreos.com/network/subnets/10.244.1.0-24".into())
+    }
+
+    fn put(k: Kv) -> Change {
+        Change {
+            deleted: false,
+            kv: k,
+        }
+    }
+
+    fn del(name: &str, rev: i64) -> Change {
+        Change {
+            deleted: true,
+            kv: kv(name, "", 0, rev),
+        }
+    }
+
+    #[test]
+    fn a_listing_is_a_snapshot_unless_the_own_key_is_gone() {
+        let mut s = state();
+        let applied = s.reset(Listing::new(
+            &keys(),
+            10,
+            vec![
+                lease_kv(1, 1, 1, 2),
+                lease_kv(2, 2, 1, 3),
+                kv("x", "{", 0, 4),
+            ],
+        ));
+        match applied.update {
+            Some(StoreUpdate::Snapshot(leases)) => assert_eq!(leases.len(), 2),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(applied.new_bad.len(), 1);
+        assert_eq!(s.revision, 10);
+        // The same bad record in the next listing is not reported again.
+        let applied = s.reset(Listing::new(
+            &keys(),
+            11,
+            vec![lease_kv(1, 1, 1, 2), kv("x", "{", 0, 4)],
+        ));
+        assert!(applied.new_bad.is_empty());
+        let applied = s.reset(Listing::new(&keys(), 12, vec![lease_kv(2, 2, 1, 3)]));
+        assert!(matches!(
+            applied.update,
+            Some(StoreUpdate::OwnLeaseRevoked(_))
+        ));
+    }
+
+    #[test]
+    fn changes_become_events_and_track_the_revision() {
+        let mut s = state();
+        s.reset(Listing::new(&keys(), 10, vec![lease_kv(1, 1, 1, 2)]));
+        let applied = s.apply(vec![put(lease_kv(2, 2, 1, 11)), put(lease_kv(3, 3, 1, 12))]);
+        match applied.update {
+            Some(StoreUpdate::Events(events)) => {
+                assert_eq!(events.len(), 2);
+                assert!(
+                    matches!(&events[0], LeaseEvent::Added(l) if l.subnet == net("10.244.2.0/24"))
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(s.revision, 12);
+        let applied = s.apply(vec![del("10.244.2.0-24", 13)]);
+        match applied.update {
+            Some(StoreUpdate::Events(events)) => {
+                assert!(
+                    matches!(&events[..], [LeaseEvent::Removed(l)] if l.subnet == net("10.244.2.0/24"))
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // Deleting a key that never was a lease says nothing.
+        assert_eq!(s.apply(vec![del("10.244.99.0-24", 14)]).update, None);
+        assert_eq!(s.revision, 14);
+        // The own key deleted: revoked.
+        let applied = s.apply(vec![del("10.244.1.0-24", 15)]);
+        assert!(
+            matches!(applied.update, Some(StoreUpdate::OwnLeaseRevoked(why)) if why.contains("10.244.1.0-24"))
+        );
+    }
+
+    #[test]
+    fn bad_changes_are_reported_once_and_remove_a_lease_they_overwrite() {
+        let mut s = state();
+        s.reset(Listing::new(
+            &keys(),
+            10,
+            vec![lease_kv(1, 1, 1, 2), lease_kv(2, 2, 1, 3)],
+        ));
+        let applied = s.apply(vec![put(kv("garbage", DOC, 0, 11))]);
+        assert_eq!(applied.update, None);
+        assert_eq!(applied.new_bad[0].error.kind(), "bad_key");
+        assert!(
+            s.apply(vec![put(kv("garbage", DOC, 0, 12))])
+                .new_bad
+                .is_empty()
+        );
+        // A good lease overwritten with garbage is removed, as a relist would do.
+        let applied = s.apply(vec![put(kv("10.244.2.0-24", "{", 0, 13))]);
+        assert_eq!(applied.new_bad.len(), 1);
+        assert!(matches!(
+            applied.update,
+            Some(StoreUpdate::Events(ref e)) if matches!(&e[..], [LeaseEvent::Removed(l)] if l.subnet == net("10.244.2.0/24"))
+        ));
+        // Fixed again: added, and a later breakage is reported afresh.
+        assert!(matches!(
+            s.apply(vec![put(lease_kv(2, 2, 1, 14))]).update,
+            Some(StoreUpdate::Events(_))
+        ));
+        assert_eq!(
+            s.apply(vec![put(kv("10.244.2.0-24", "{", 0, 15))])
+                .new_bad
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn refused_credentials_are_told_apart_from_outages() {
+        use tonic::Code;
+        let auth_failed = "etcdserver: authentication failed, invalid user ID or password";
+        assert!(is_refused_credentials(Code::InvalidArgument, auth_failed));
+        assert!(is_refused_credentials(
+            Code::PermissionDenied,
+            "etcdserver: permission denied"
+        ));
+        assert!(is_refused_credentials(
+            Code::Unauthenticated,
+            "etcdserver: invalid auth token"
+        ));
+        assert!(!is_refused_credentials(
+            Code::InvalidArgument,
+            "etcdserver: key is not provided"
+        ));
+        assert!(!is_refused_credentials(
+            Code::Unavailable,
+            "etcdserver: no leader"
+        ));
+    }
+
+    #[test]
+    fn outages_back_off_and_are_reported_at_start_each_minute_and_end() {
+        let t0 = std::time::Instant::now();
+        let mut r = Reconnect::default();
+        assert_eq!(r.connected(t0), None, "no outage, nothing to report");
+        let delays: Vec<u64> = (0..8).map(|_| r.next_delay().as_millis() as u64).collect();
+        assert_eq!(delays, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+        assert!(r.failed(t0), "the first failure is reported");
+        assert!(!r.failed(t0 + Duration::from_secs(5)));
+        assert!(!r.failed(t0 + Duration::from_secs(59)));
+        assert!(r.failed(t0 + Duration::from_secs(61)), "then once a minute");
+        assert_eq!(
+            r.connected(t0 + Duration::from_secs(70)),
+            Some((Duration::from_secs(70), 4))
+        );
+        assert_eq!(r.next_delay(), BACKOFF_MIN, "backoff reset");
+        assert!(
+            r.failed(t0 + Duration::from_secs(71)),
+            "a new outage is reported at once"
+        );
+    }
+
+    #[test]
+    fn renewal_schedule() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let renew = RenewPolicy {
+            margin: Duration::from_secs(3600),
+            retry: Duration::from_secs(60),
+        };
+        let lease = |exp: Option<SystemTime>| Lease {
+            expiration: exp,
+            ..Lease::from_record("10.5.34.0-24", DOC, None).unwrap()
+        };
+        assert_eq!(
+            next_renewal(Some(&lease(Some(now + SUBNET_TTL))), &renew, now),
+            Some(now + SUBNET_TTL - Duration::from_secs(3600))
+        );
+        assert_eq!(next_renewal(None, &renew, now), Some(now + renew.retry));
+        assert_eq!(next_renewal(Some(&lease(None)), &renew, now), None);
+        // Never back to back, whatever the lease says.
+        assert_eq!(
+            next_renewal(Some(&lease(Some(now))), &renew, now),
+            Some(now + MIN_RENEW_PAUSE)
+        );
+    }
+
+    fn options(endpoints: &[&str]) -> EtcdOptions {
+        EtcdOptions {
+            endpoints: endpoints.iter().map(|e| (*e).to_owned()).collect(),
+            prefix: DEFAULT_PREFIX.into(),
+            lease_ttl: SUBNET_TTL,
+            ..EtcdOptions::default()
+        }
+    }
+
+    #[test]
+    fn options_are_checked_with_messages_naming_the_flags() {
+        options(&["http://127.0.0.1:2379", "127.0.0.2:2379"])
+            .check(60)
+            .unwrap();
+        let err = |o: EtcdOptions| o.check(60).unwrap_err();
+        assert!(err(options(&["http://a:2379", "https://b:2379"])).contains("mixes"));
+        assert!(err(options(&["unix:///run/etcd.sock"])).contains("not an http"));
+        let mut o = options(&["https://a:2379"]);
+        o.cert_file = Some("/c.pem".into());
+        assert!(err(o.clone()).contains("--etcd-keyfile"));
+        o.key_file = Some("/k.pem".into());
+        o.check(60).unwrap();
+        o.endpoints = vec!["http://a:2379".into()];
+        assert!(err(o).contains("need https://"));
+        let mut o = options(&["http://a:2379"]);
+        o.password = Some("secret".into());
+        assert!(err(o.clone()).contains("--etcd-username"));
+        assert!(!format!("{o:?}").contains("secret"), "password redacted");
+        let mut o = options(&["a:2379"]);
+        o.ca_file = Some("/ca.pem".into());
+        assert_eq!(o.normalized_endpoints(), vec!["https://a:2379"]);
+        assert!(options(&[]).check(60).is_err());
+    }
+
+    #[test]
+    fn a_missing_tls_file_is_a_clear_error() {
+        let mut o = options(&["https://a:2379"]);
+        o.ca_file = Some("/nonexistent/ca.pem".into());
+        let err = EtcdStore::open(o, Arc::default()).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("cannot read the etcd CA file /nonexistent/ca.pem"),
+            "{err}"
+        );
+        EtcdStore::open(options(&["http://127.0.0.1:1"]), Arc::default()).unwrap();
+    }
+}
