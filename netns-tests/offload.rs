@@ -359,3 +359,72 @@ fn the_dataplane_allocates_nothing_per_packet() {
         );
     }
 }
+
+/// Two workers: the TAP has two queues, and several flows spread over both
+/// workers (each flow stays on one: the kernel hashes it to one TAP queue and
+/// one listening socket).
+#[test]
+fn flows_spread_over_workers_of_a_multi_queue_tap() {
+    let mut lab = Lab::new(2);
+    let two = |lab: &Lab| WeftdOpts {
+        tunables: Some(format!(
+            "[dataplane]\nworkers = 2\n{}",
+            if offloads_forced_off() {
+                OFFLOADS_OFF.trim_start_matches("[dataplane]\n")
+            } else {
+                ""
+            }
+        )),
+        ..WeftdOpts::default()
+    };
+    let o = two(&lab);
+    lab.start_weftd_with(0, o.clone());
+    let s0 = lab.wait_ready(0);
+    lab.start_weftd_with(1, o);
+    let s1 = lab.wait_ready(1);
+    let ns0 = lab.ns(0).to_owned();
+    let link = lab.run(&ns0, &["ip", "-d", "link", "show", "flannel.1"]);
+    assert!(
+        link.contains("multi_queue") && link.contains("numqueues 2"),
+        "{link}"
+    );
+    lab.wait_ping(&ns0, s1.network(), Duration::from_secs(5));
+    let ns1 = lab.ns(1).to_owned();
+    lab.spawn(
+        &ns1,
+        &["iperf3", "-s", "-1", "-B", &s1.network().to_string()],
+        "srv.log",
+    );
+    std::thread::sleep(Duration::from_millis(400));
+    let out = lab.exec(
+        &ns0,
+        &[
+            "iperf3",
+            "-c",
+            &s1.network().to_string(),
+            "-t",
+            "2",
+            "-P",
+            "16",
+            "-B",
+            &s0.network().to_string(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    for n in 0..2 {
+        let workers = lab.status(n)["workers"].clone();
+        let w = workers.as_array().unwrap();
+        assert_eq!(w.len(), 2, "{workers}");
+        for (i, counts) in w.iter().enumerate() {
+            let total = counts[0].as_u64().unwrap() + counts[1].as_u64().unwrap();
+            assert!(
+                total > 100,
+                "node {n} worker {i} moved only {total} frames: {workers}"
+            );
+        }
+    }
+}

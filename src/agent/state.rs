@@ -110,6 +110,9 @@ pub struct StatusReport {
     pub counters: Option<CounterSnapshotOwned>,
     pub offloads: BTreeMap<String, bool>,
     pub lease_events: BTreeMap<String, u64>,
+    /// Frames per dataplane worker: `[encapsulated, decapsulated]`.
+    #[serde(default)]
+    pub workers: Vec<[u64; 2]>,
 }
 
 /// [`StoreStatsSnapshot`] in a form that also deserialises (for the status client).
@@ -189,6 +192,17 @@ impl AgentState {
                 .map(|c| serde_json::to_value(c).unwrap_or_default()),
             offloads,
             lease_events,
+            workers: self
+                .dataplane
+                .get()
+                .map(|d| {
+                    d.counters
+                        .per_worker()
+                        .into_iter()
+                        .map(|(e, d)| [e, d])
+                        .collect()
+                })
+                .unwrap_or_default(),
         }
     }
 }

@@ -216,6 +216,15 @@ pub fn render(r: &StatusReport) -> String {
             bytes(n("decap_bytes"))
         );
         let _ = writeln!(out, "arp answered  {}", n("arp_replies"));
+        if r.workers.len() > 1 {
+            let per: Vec<String> = r
+                .workers
+                .iter()
+                .enumerate()
+                .map(|(i, w)| format!("#{i} {}/{}", w[0], w[1]))
+                .collect();
+            let _ = writeln!(out, "per worker    {} (encap/decap frames)", per.join("  "));
+        }
         let _ = writeln!(
             out,
             "super-frames  {} split (TSO), {} coalesced (GRO); {} ICMP frag-needed sent",

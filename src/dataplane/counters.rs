@@ -123,6 +123,14 @@ impl Counters {
         &self.workers[index % self.workers.len()]
     }
 
+    /// Frames each worker moved, `(encapsulated, decapsulated)`, in worker order.
+    pub fn per_worker(&self) -> Vec<(u64, u64)> {
+        self.workers
+            .iter()
+            .map(|w| (w.encap_frames.load(Relaxed), w.decap_frames.load(Relaxed)))
+            .collect()
+    }
+
     pub fn snapshot(&self) -> CounterSnapshot {
         let mut s = CounterSnapshot {
             dataplane_allocations: super::sys::dataplane_allocations(),
