@@ -366,7 +366,7 @@ fn the_dataplane_allocates_nothing_per_packet() {
 #[test]
 fn flows_spread_over_workers_of_a_multi_queue_tap() {
     let mut lab = Lab::new(2);
-    let two = |lab: &Lab| WeftdOpts {
+    let opts = WeftdOpts {
         tunables: Some(format!(
             "[dataplane]\nworkers = 2\n{}",
             if offloads_forced_off() {
@@ -377,10 +377,9 @@ fn flows_spread_over_workers_of_a_multi_queue_tap() {
         )),
         ..WeftdOpts::default()
     };
-    let o = two(&lab);
-    lab.start_weftd_with(0, o.clone());
+    lab.start_weftd_with(0, opts.clone());
     let s0 = lab.wait_ready(0);
-    lab.start_weftd_with(1, o);
+    lab.start_weftd_with(1, opts);
     let s1 = lab.wait_ready(1);
     let ns0 = lab.ns(0).to_owned();
     let link = lab.run(&ns0, &["ip", "-d", "link", "show", "flannel.1"]);
