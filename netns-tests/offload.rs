@@ -427,3 +427,88 @@ fn flows_spread_over_workers_of_a_multi_queue_tap() {
         }
     }
 }
+
+fn iperf3_bytes(
+    lab: &mut Lab,
+    tag: &str,
+    extra: &[&str],
+    s0: ipnet::Ipv4Net,
+    s1: ipnet::Ipv4Net,
+) -> f64 {
+    let (ns0, ns1) = (lab.ns(0).to_owned(), lab.ns(1).to_owned());
+    lab.spawn(
+        &ns1,
+        &["iperf3", "-s", "-1", "-B", &s1.network().to_string()],
+        &format!("srv-{tag}.log"),
+    );
+    std::thread::sleep(Duration::from_millis(400));
+    let s1s = s1.network().to_string();
+    let s0s = s0.network().to_string();
+    let mut args = vec!["iperf3", "-c", &s1s, "-t", "2", "-J", "-B", &s0s];
+    args.extend_from_slice(extra);
+    let out = lab.exec(&ns0, &args);
+    assert!(
+        out.status.success(),
+        "iperf3 {tag}: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    report["end"]["sum_received"]["bytes"].as_f64().unwrap()
+}
+
+/// A flow of small segments (MSS 536): runs longer than one coalesced write can
+/// hold are cut, nothing crashes, data flows.
+#[test]
+fn small_segments_coalesce_in_bounded_writes() {
+    let mut lab = Lab::new(2);
+    lab.start_weftd_with(0, offloads_on());
+    let s0 = lab.wait_ready(0);
+    lab.start_weftd_with(1, offloads_on());
+    let s1 = lab.wait_ready(1);
+    lab.wait_ping(lab.ns(0), s1.network(), Duration::from_secs(5));
+    let bytes = iperf3_bytes(&mut lab, "mss", &["-M", "536", "-P", "2"], s0, s1);
+    assert!(bytes > 5e6, "only {bytes} bytes with MSS 536");
+    let status = lab.status(1);
+    assert_eq!(status["counters"]["drops"]["tap_error"], 0);
+    assert!(
+        lab.ping(lab.ns(0), s1.network(), 2),
+        "weftd on the receiver died"
+    );
+}
+
+/// A receiver that fell behind (its socket queue overflowed) keeps splitting
+/// GRO runs correctly afterwards: the kernel then attaches an overflow count to
+/// every datagram, and that must not push the GRO segment size out of the
+/// control buffer. The overflow is counted.
+#[test]
+fn after_a_socket_queue_overflow_gro_runs_still_split() {
+    let mut lab = Lab::new(2);
+    lab.start_weftd_with(0, offloads_on());
+    let s0 = lab.wait_ready(0);
+    lab.start_weftd_with(1, offloads_on());
+    let s1 = lab.wait_ready(1);
+    lab.wait_ping(lab.ns(0), s1.network(), Duration::from_secs(5));
+    let before = iperf3_bytes(&mut lab, "before", &[], s0, s1);
+    // Stop the receiver and flood its port until the socket queue overflows.
+    let pid = nix::unistd::Pid::from_raw(lab.weftd_pid(1).unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let flood = lab.add_host("x", std::net::Ipv4Addr::new(192, 168, 100, 99));
+    let target = std::net::SocketAddrV4::new(lab.nodes[1].ip, 4789);
+    send_udp(
+        &flood,
+        "192.168.100.99:0".parse().unwrap(),
+        target,
+        vec![vec![0u8; 64]; 30_000],
+    );
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    // Every datagram queued from now on carries the overflow count.
+    let after = iperf3_bytes(&mut lab, "after", &[], s0, s1);
+    let overflows = lab.status(1)["counters"]["socket_overflows"]
+        .as_u64()
+        .unwrap();
+    assert!(overflows > 0, "the overflow was not counted");
+    assert!(
+        after > 0.3 * before,
+        "throughput collapsed after an overflow ({overflows} dropped): {before} -> {after} bytes"
+    );
+}

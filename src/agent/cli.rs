@@ -201,8 +201,12 @@ impl RunArgs {
         if self.iptables_resync == 0 {
             return Err("--iptables-resync must be at least 1 second".into());
         }
-        if self.local_lease_ttl == 0 {
-            return Err("--local-lease-ttl must be at least 1 second".into());
+        let margin = u64::from(self.subnet_lease_renew_margin) * 60;
+        if self.local_lease_ttl <= margin {
+            return Err(format!(
+                "--local-lease-ttl ({} s) must be longer than --subnet-lease-renew-margin ({margin} s), or the lease would be renewed continuously",
+                self.local_lease_ttl
+            ));
         }
         for re in &self.iface_regex {
             regex::Regex::new(re)

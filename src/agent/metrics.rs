@@ -231,6 +231,12 @@ impl Collector for WeftCollector {
         )?;
         counter(
             &mut e,
+            "weft_socket_receive_overflows",
+            "Datagrams the kernel dropped because a listening socket's queue was full (SO_RXQ_OVFL).",
+            c.socket_overflows,
+        )?;
+        counter(
+            &mut e,
             "weft_dataplane_allocations",
             "Heap allocations made on dataplane threads (zero per packet in steady state).",
             crate::dataplane::sys::dataplane_allocations(),

@@ -211,6 +211,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         dataplane,
         state: state.clone(),
         stats,
+        reported_conflicts: Vec::new(),
     };
 
     // Program the current leases before announcing readiness.
@@ -370,6 +371,7 @@ async fn start_dataplane(
         socket_buffer: tunables.dataplane.socket_buffer_bytes,
         offloads: tunables.offloads(),
         underlay_mtu: ext.mtu,
+        verify_checksums: tunables.dataplane.verify_checksums,
     };
     let (fatal_tx, fatal_rx) = mpsc::unbounded_channel();
     let dataplane = Dataplane::start(tap, &dp_config, router, fatal_tx)?;
@@ -476,6 +478,7 @@ struct Control {
     dataplane: Dataplane,
     state: Arc<AgentState>,
     stats: Arc<StoreStats>,
+    reported_conflicts: Vec<Vec<Ipv4Net>>,
 }
 
 async fn control_loop(
@@ -499,7 +502,7 @@ async fn control_loop(
                 Some(update) => control.apply_update(update).await?,
                 None => return Err(AgentError::StoreStopped),
             },
-            Some(e) = fatal_rx.recv() => return Err(e.into()),
+            e = fatal_rx.recv() => return Err(e.unwrap_or(DataplaneError::WorkersGone).into()),
             _ = resync.tick() => control.resync().await,
             _ = drop_log.tick() => {
                 let now = control.state.counters().unwrap_or_default();
@@ -568,7 +571,6 @@ impl Control {
     }
 
     async fn apply_snapshot(&mut self, leases: Vec<Lease>) {
-        self.stats.snapshots.fetch_add(0, Relaxed);
         let events = self.watcher.reset(leases);
         self.apply_events(events).await;
         self.remove_stale_routes().await;
@@ -592,11 +594,29 @@ impl Control {
         let router = self
             .dataplane
             .router()
-            .with_tables(Tables::from_peers(self.peers.iter()));
+            .with_tables(Tables::from_peers(self.peers.by_age()));
         self.dataplane.set_router(router);
         for change in changes {
             self.program(change, now).await;
         }
+        self.report_conflicts();
+    }
+
+    /// Warns once about each set of leases that share a VtepMAC or public IP
+    /// (a node that moved while its old lease lingers, a stale Node object):
+    /// frames for the MAC go to the newest lease's IP.
+    fn report_conflicts(&mut self) {
+        let conflicts = self.peers.conflicts();
+        for group in &conflicts {
+            if !self.reported_conflicts.contains(group) {
+                let list: Vec<String> = group.iter().map(|s| s.to_string()).collect();
+                warn!(
+                    leases = %list.join(" "),
+                    "leases share a VtepMAC or public IP; frames go to the newest one (delete the stale lease)"
+                );
+            }
+        }
+        self.reported_conflicts = conflicts;
     }
 
     async fn program(&mut self, change: PeerChange, now: SystemTime) {

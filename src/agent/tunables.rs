@@ -31,6 +31,8 @@ pub struct DataplaneTunables {
     pub udp_gro: bool,
     /// "strict" or "relaxed" (NATed underlays).
     pub source_check: SourceCheckName,
+    /// Verify received inner IP and TCP/UDP checksums before coalescing.
+    pub verify_checksums: bool,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
@@ -73,6 +75,7 @@ impl Default for DataplaneTunables {
             udp_gso: offloads.udp_gso,
             udp_gro: offloads.udp_gro,
             source_check: SourceCheckName::Strict,
+            verify_checksums: true,
         }
     }
 }

@@ -1,9 +1,17 @@
 //! The forwarding database: which node's public IP hosts each remote VTEP
-//! MAC, and, the other way round, which VTEP speaks from each public IP.
-//! Filled only from lease events; weft never learns from traffic.
+//! MAC (for sending), and which (public IP, VTEP MAC) pairs may send to us
+//! (for the source check). Filled only from lease events; weft never learns
+//! from traffic.
+//!
+//! Leases can conflict: a node that changed its public IP keeps its VtepMAC
+//! while its old lease lingers until it expires, and two Node objects can
+//! carry the same public IP. For sending, the entry inserted last wins (the
+//! caller inserts leases oldest first, so the newest lease wins, as flannel's
+//! event-ordered FDB does); for receiving, every pair a lease announces is
+//! accepted.
 
 use super::mac::MacAddr;
-use foldhash::HashMap;
+use foldhash::{HashMap, HashSet};
 use std::net::Ipv4Addr;
 
 /// Why a destination MAC has no FDB entry. weft never floods either kind.
@@ -15,11 +23,24 @@ pub enum FdbMiss {
     Group,
 }
 
-/// VtepMAC → public IP, and public IP → VtepMAC.
+/// What the source check found for a datagram's sender.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SenderCheck {
+    /// Some lease announces this (public IP, VtepMAC) pair.
+    Known,
+    /// No lease has this public IP.
+    UnknownIp,
+    /// Leases have this public IP, but none with this MAC.
+    WrongMac,
+}
+
+/// VtepMAC → public IP for sending; announced (public IP, VtepMAC) pairs for receiving.
 #[derive(Clone, Debug, Default)]
 pub struct Fdb {
     by_mac: HashMap<MacAddr, Ipv4Addr>,
-    by_ip: HashMap<Ipv4Addr, MacAddr>,
+    pairs: HashSet<(Ipv4Addr, MacAddr)>,
+    ips: HashMap<Ipv4Addr, usize>,
+    macs: HashMap<MacAddr, usize>,
 }
 
 impl Fdb {
@@ -27,28 +48,14 @@ impl Fdb {
         Fdb::default()
     }
 
-    /// Adds or replaces the entry for `mac`, and makes it the VTEP of `ip`.
+    /// Records that a lease announces `mac` at `ip`; for sending, replaces any
+    /// earlier entry for `mac`.
     pub fn insert(&mut self, mac: MacAddr, ip: Ipv4Addr) {
-        if let Some(old_ip) = self.by_mac.insert(mac, ip)
-            && old_ip != ip
-            && self.by_ip.get(&old_ip) == Some(&mac)
-        {
-            self.by_ip.remove(&old_ip);
+        self.by_mac.insert(mac, ip);
+        if self.pairs.insert((ip, mac)) {
+            *self.ips.entry(ip).or_default() += 1;
+            *self.macs.entry(mac).or_default() += 1;
         }
-        if let Some(old_mac) = self.by_ip.insert(ip, mac)
-            && old_mac != mac
-        {
-            self.by_mac.remove(&old_mac);
-        }
-    }
-
-    /// Removes `mac` (and its reverse entry) if present.
-    pub fn remove(&mut self, mac: MacAddr) -> Option<Ipv4Addr> {
-        let ip = self.by_mac.remove(&mac)?;
-        if self.by_ip.get(&ip) == Some(&mac) {
-            self.by_ip.remove(&ip);
-        }
-        Some(ip)
     }
 
     /// The public IP to send frames for `mac` to.
@@ -59,16 +66,23 @@ impl Fdb {
         self.by_mac.get(&mac).copied().ok_or(FdbMiss::Unknown)
     }
 
-    /// The VTEP MAC of the node whose public IP is `ip`.
-    pub fn vtep_at(&self, ip: Ipv4Addr) -> Option<MacAddr> {
-        self.by_ip.get(&ip).copied()
+    /// Whether a datagram from `ip` carrying inner source `mac` comes from a known VTEP.
+    pub fn check_sender(&self, ip: Ipv4Addr, mac: MacAddr) -> SenderCheck {
+        if self.pairs.contains(&(ip, mac)) {
+            SenderCheck::Known
+        } else if self.ips.contains_key(&ip) {
+            SenderCheck::WrongMac
+        } else {
+            SenderCheck::UnknownIp
+        }
     }
 
     /// Whether some lease announces `mac`.
     pub fn knows_mac(&self, mac: MacAddr) -> bool {
-        self.by_mac.contains_key(&mac)
+        self.macs.contains_key(&mac)
     }
 
+    /// Distinct VTEP MACs (send entries).
     pub fn len(&self) -> usize {
         self.by_mac.len()
     }
@@ -90,40 +104,44 @@ mod tests {
         MacAddr([0x0e, 0, 0, 0, 0, last])
     }
 
+    const A: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 1);
+    const B: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 9);
+
     #[test]
-    fn lookup_both_ways() {
+    fn lookup_and_sender_check() {
         let mut fdb = Fdb::new();
-        fdb.insert(mac(1), Ipv4Addr::new(192, 168, 0, 1));
-        assert_eq!(fdb.lookup(mac(1)), Ok(Ipv4Addr::new(192, 168, 0, 1)));
-        assert_eq!(fdb.vtep_at(Ipv4Addr::new(192, 168, 0, 1)), Some(mac(1)));
+        fdb.insert(mac(1), A);
+        assert_eq!(fdb.lookup(mac(1)), Ok(A));
         assert_eq!(fdb.lookup(mac(2)), Err(FdbMiss::Unknown));
         assert_eq!(fdb.lookup(MacAddr::BROADCAST), Err(FdbMiss::Group));
         assert_eq!(
             fdb.lookup(MacAddr([0x01, 0, 0x5e, 0, 0, 1])),
             Err(FdbMiss::Group)
         );
+        assert_eq!(fdb.check_sender(A, mac(1)), SenderCheck::Known);
+        assert_eq!(fdb.check_sender(A, mac(2)), SenderCheck::WrongMac);
+        assert_eq!(fdb.check_sender(B, mac(1)), SenderCheck::UnknownIp);
     }
 
     #[test]
-    fn new_mac_for_a_node_replaces_the_old_one() {
+    fn a_node_that_moved_keeps_its_mac_newest_lease_wins_for_sending() {
         let mut fdb = Fdb::new();
-        let ip = Ipv4Addr::new(192, 168, 0, 1);
-        fdb.insert(mac(1), ip);
-        fdb.insert(mac(2), ip);
-        assert_eq!(fdb.lookup(mac(1)), Err(FdbMiss::Unknown));
-        assert_eq!(fdb.vtep_at(ip), Some(mac(2)));
+        fdb.insert(mac(1), A); // the old lease, still in the store
+        fdb.insert(mac(1), B); // the node's new lease, inserted after
+        assert_eq!(fdb.lookup(mac(1)), Ok(B));
+        assert_eq!(fdb.check_sender(B, mac(1)), SenderCheck::Known);
+        assert_eq!(fdb.check_sender(A, mac(1)), SenderCheck::Known);
         assert_eq!(fdb.len(), 1);
     }
 
     #[test]
-    fn node_moving_to_a_new_ip_forgets_the_old_ip() {
+    fn two_leases_on_one_ip_are_both_accepted() {
         let mut fdb = Fdb::new();
-        fdb.insert(mac(1), Ipv4Addr::new(192, 168, 0, 1));
-        fdb.insert(mac(1), Ipv4Addr::new(192, 168, 0, 9));
-        assert_eq!(fdb.vtep_at(Ipv4Addr::new(192, 168, 0, 1)), None);
-        assert_eq!(fdb.vtep_at(Ipv4Addr::new(192, 168, 0, 9)), Some(mac(1)));
-        assert_eq!(fdb.remove(mac(1)), Some(Ipv4Addr::new(192, 168, 0, 9)));
-        assert!(fdb.is_empty());
-        assert_eq!(fdb.vtep_at(Ipv4Addr::new(192, 168, 0, 9)), None);
+        fdb.insert(mac(1), A);
+        fdb.insert(mac(2), A);
+        assert_eq!(fdb.check_sender(A, mac(1)), SenderCheck::Known);
+        assert_eq!(fdb.check_sender(A, mac(2)), SenderCheck::Known);
+        assert_eq!(fdb.lookup(mac(1)), Ok(A));
+        assert_eq!(fdb.lookup(mac(2)), Ok(A));
     }
 }

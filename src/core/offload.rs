@@ -176,20 +176,40 @@ fn be32(b: &[u8], i: usize) -> u32 {
     u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
 }
 
-/// Completes the transport checksum of a frame whose sender left it partial.
+/// What [`check_checksums`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Checked {
+    /// IP header and transport checksums are correct (or IPv4 UDP carries none).
+    Valid,
+    /// The sender left the transport checksum partial; it is now complete.
+    Completed,
+    /// A checksum is wrong: the frame was damaged on the way.
+    Invalid,
+    /// Not TCP/UDP over IP (or a fragment, or not verified): left for the kernel.
+    Skipped,
+}
+
+/// Checks a received frame's IPv4 header and TCP/UDP checksums, completing a
+/// checksum the sender left partial.
 ///
 /// A kernel that offloads checksums (a VXLAN device over veth, as flannel's
 /// nodes in containers or namespaces are) sends inner TCP/UDP segments whose
 /// checksum field holds only the pseudo-header sum, trusting "the NIC" to fill
 /// it in; a receiving kernel trusts its skb state, but a frame that crossed a
-/// UDP socket into userspace has lost that state, and the TAP's kernel would
-/// drop it. Such a field is recognised by its value (the folded pseudo-header
-/// sum) and completed here; any other frame is left alone for the kernel to
-/// verify. Returns whether the frame was completed.
-pub fn complete_partial_checksum(frame: &mut [u8]) -> bool {
-    let Ok(l) = layout(frame) else { return false };
+/// UDP socket into userspace has lost that state. Such a field is recognised by
+/// its value (the folded pseudo-header sum) and completed. With `verify`, every
+/// other TCP/UDP frame is checked in full — coalesced super-frames go to the
+/// kernel as "checksum to be completed", so a damaged segment must be caught
+/// here (an outer UDP checksum of zero, which RFC 7348 allows, protects nothing).
+pub fn check_checksums(frame: &mut [u8], verify: bool) -> Checked {
+    let Ok(l) = layout(frame) else {
+        return Checked::Skipped;
+    };
     if !l.v6 && be16(frame, ETH_LEN + 6) & 0x3fff != 0 {
-        return false; // a fragment: the checksum covers the reassembled datagram
+        return Checked::Skipped; // a fragment: the checksum covers the reassembled datagram
+    }
+    if verify && !l.v6 && !checksum::verify(&frame[ETH_LEN..l.l4], 0) {
+        return Checked::Invalid;
     }
     let l4_len = if l.v6 {
         usize::from(be16(frame, ETH_LEN + 4))
@@ -197,7 +217,11 @@ pub fn complete_partial_checksum(frame: &mut [u8]) -> bool {
         usize::from(be16(frame, ETH_LEN + 2)).saturating_sub(l.l4 - ETH_LEN)
     };
     if l4_len < l.hdr_len - l.l4 || l.l4 + l4_len > frame.len() {
-        return false;
+        return if verify {
+            Checked::Invalid
+        } else {
+            Checked::Skipped
+        };
     }
     let field = if l.proto == PROTO_TCP {
         l.l4 + 16
@@ -206,14 +230,30 @@ pub fn complete_partial_checksum(frame: &mut [u8]) -> bool {
     };
     let value = be16(frame, field);
     if l.proto == PROTO_UDP && value == 0 && !l.v6 {
-        return false; // IPv4 UDP without a checksum
+        return Checked::Valid; // IPv4 UDP without a checksum
     }
-    let pseudo = pseudo_sum(frame, &l, l4_len) as u16;
-    if value != pseudo {
-        return false;
-    }
+    let pseudo = pseudo_sum(frame, &l, l4_len);
     let end = l.l4 + l4_len;
-    complete_checksum(&mut frame[..end], l.l4, field - l.l4).is_ok()
+    if value == pseudo as u16 {
+        return match complete_checksum(&mut frame[..end], l.l4, field - l.l4) {
+            Ok(()) => Checked::Completed,
+            Err(_) => Checked::Skipped,
+        };
+    }
+    if !verify {
+        return Checked::Skipped;
+    }
+    if checksum::verify(&frame[l.l4..end], pseudo) {
+        Checked::Valid
+    } else {
+        Checked::Invalid
+    }
+}
+
+/// Completes a transport checksum the sender left partial (see
+/// [`check_checksums`]); returns whether it did.
+pub fn complete_partial_checksum(frame: &mut [u8]) -> bool {
+    check_checksums(frame, false) == Checked::Completed
 }
 
 /// The layout of an Ethernet + IP + TCP/UDP frame's headers.
@@ -436,6 +476,8 @@ impl FrameRef {
 const MAX_HEADER: usize = VNET_HDR_LEN + ETH_LEN + 40 + 60;
 /// How many flows may be open at once in one batch.
 const MAX_OPEN: usize = 8;
+/// Most segments merged into one super-frame (one `writev`, one iovec each).
+pub const MAX_PARTS: usize = 64;
 
 /// One TAP write the coalescer produced.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -557,6 +599,7 @@ impl Coalescer {
             let o = &mut self.open[p].1;
             let fits = mergeable
                 && !o.closed
+                && self.pools[o.pool].len() < MAX_PARTS
                 && seq == o.next_seq
                 && payload <= o.mss
                 && o.layout.hdr_len - ETH_LEN + o.payload_len + payload <= self.max_payload;
@@ -972,6 +1015,55 @@ pub(crate) mod tests {
             let mut short = good[..len].to_vec();
             let _ = complete_partial_checksum(&mut short);
         }
+    }
+
+    #[test]
+    fn check_checksums_verifies_completes_and_rejects() {
+        let good = tcp4_frame(&payload(500), 5, 0x18, 1);
+        assert_eq!(check_checksums(&mut good.clone(), true), Checked::Valid);
+        assert_eq!(check_checksums(&mut good.clone(), false), Checked::Skipped);
+        let mut bad_payload = good.clone();
+        bad_payload[100] ^= 0x40;
+        assert_eq!(check_checksums(&mut bad_payload, true), Checked::Invalid);
+        let mut bad_ip = good.clone();
+        bad_ip[22] ^= 1; // TTL
+        assert_eq!(check_checksums(&mut bad_ip, true), Checked::Invalid);
+        let mut short = good.clone();
+        short.truncate(200);
+        assert_eq!(
+            check_checksums(&mut short, true),
+            Checked::Invalid,
+            "IP length beyond the frame"
+        );
+        assert_eq!(
+            check_checksums(&mut [0xff; 42], true),
+            Checked::Skipped,
+            "not IP"
+        );
+    }
+
+    #[test]
+    fn a_flow_of_tiny_segments_is_cut_at_max_parts() {
+        let segs: Vec<Vec<u8>> = (0..200u32)
+            .map(|i| tcp4_frame(&payload(100), i * 100, 0x10, i as u16))
+            .collect();
+        let (buf, refs) = frames_of(&segs);
+        let mut c = Coalescer::with_capacity(200);
+        for r in &refs {
+            c.push(&buf[r.range()], *r);
+        }
+        c.finish();
+        let mut total = 0;
+        for w in c.writes() {
+            match w {
+                Write::Merged { parts, .. } => {
+                    assert!(parts.len() <= MAX_PARTS);
+                    total += parts.len();
+                }
+                Write::Single(_) => total += 1,
+            }
+        }
+        assert_eq!(total, 200, "every segment written once");
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! has a [`DropReason`]; nothing is ever flooded.
 
 use super::arp::{ArpRefusal, ArpTable};
-use super::fdb::{Fdb, FdbMiss};
+use super::fdb::{Fdb, FdbMiss, SenderCheck};
 use super::flow;
 use super::mac::MacAddr;
 use super::vxlan::{self, Vni};
@@ -45,6 +45,8 @@ pub enum DropReason {
     TooBig,
     /// An offload header (virtio-net) the dataplane cannot handle.
     BadOffload,
+    /// An inner IP or TCP/UDP checksum is wrong: the frame was damaged on the way.
+    BadChecksum,
     /// The UDP socket refused a datagram.
     SocketError,
     /// The TAP refused a frame.
@@ -53,7 +55,7 @@ pub enum DropReason {
 
 impl DropReason {
     /// Every reason, in label order.
-    pub const ALL: [DropReason; 14] = [
+    pub const ALL: [DropReason; 15] = [
         DropReason::TooShort,
         DropReason::BadFlags,
         DropReason::WrongVni,
@@ -66,6 +68,7 @@ impl DropReason {
         DropReason::ArpMalformed,
         DropReason::TooBig,
         DropReason::BadOffload,
+        DropReason::BadChecksum,
         DropReason::SocketError,
         DropReason::TapError,
     ];
@@ -87,6 +90,7 @@ impl DropReason {
             DropReason::ArpMalformed => "arp_malformed",
             DropReason::TooBig => "too_big",
             DropReason::BadOffload => "bad_offload",
+            DropReason::BadChecksum => "bad_checksum",
             DropReason::SocketError => "socket_error",
             DropReason::TapError => "tap_error",
         }
@@ -140,6 +144,8 @@ pub struct Tables {
 }
 
 impl Tables {
+    /// Builds the tables; give the peers oldest first, so that for a MAC two
+    /// leases announce, the newer lease decides where frames go.
     pub fn from_peers<'a>(peers: impl IntoIterator<Item = &'a Peer>) -> Tables {
         let mut tables = Tables::default();
         for peer in peers {
@@ -253,12 +259,10 @@ impl Router {
         let inner_dst = MacAddr([inner[0], inner[1], inner[2], inner[3], inner[4], inner[5]]);
         let inner_src = MacAddr([inner[6], inner[7], inner[8], inner[9], inner[10], inner[11]]);
         match self.check {
-            SourceCheck::Strict => match self.tables.fdb.vtep_at(src) {
-                None => return Ingress::Drop(DropReason::UnknownVtep),
-                Some(mac) if mac != inner_src => {
-                    return Ingress::Drop(DropReason::SpoofedSourceMac);
-                }
-                Some(_) => {}
+            SourceCheck::Strict => match self.tables.fdb.check_sender(src, inner_src) {
+                SenderCheck::Known => {}
+                SenderCheck::UnknownIp => return Ingress::Drop(DropReason::UnknownVtep),
+                SenderCheck::WrongMac => return Ingress::Drop(DropReason::SpoofedSourceMac),
             },
             SourceCheck::Relaxed => {
                 if !self.tables.fdb.knows_mac(inner_src) {

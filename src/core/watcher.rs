@@ -118,6 +118,9 @@ pub enum PeerChange {
 #[derive(Debug, Clone, Default)]
 pub struct Peers {
     peers: BTreeMap<Ipv4Net, Peer>,
+    /// When each peer's current attributes arrived (a counter), for "newest wins".
+    ages: BTreeMap<Ipv4Net, u64>,
+    clock: u64,
 }
 
 impl Peers {
@@ -139,12 +142,20 @@ impl Peers {
     pub fn apply(&mut self, event: &LeaseEvent) -> PeerChange {
         match event {
             LeaseEvent::Added(lease) => match Self::peer_of(lease) {
-                Ok(peer) => match self.peers.insert(peer.subnet, peer) {
-                    Some(old) if old != peer => PeerChange::Changed { old, new: peer },
-                    Some(_) | None => PeerChange::Added(peer),
-                },
+                Ok(peer) => {
+                    let old = self.peers.insert(peer.subnet, peer);
+                    if old != Some(peer) {
+                        self.clock += 1;
+                        self.ages.insert(peer.subnet, self.clock);
+                    }
+                    match old {
+                        Some(old) if old != peer => PeerChange::Changed { old, new: peer },
+                        Some(_) | None => PeerChange::Added(peer),
+                    }
+                }
                 Err(reason) => {
                     // A lease that turned unusable is no longer a peer.
+                    self.ages.remove(&lease.subnet);
                     match self.peers.remove(&lease.subnet) {
                         Some(old) => PeerChange::Removed(old),
                         None => PeerChange::Ignored {
@@ -154,11 +165,46 @@ impl Peers {
                     }
                 }
             },
-            LeaseEvent::Removed(lease) => match self.peers.remove(&lease.subnet) {
+            LeaseEvent::Removed(lease) => match self.forget(&lease.subnet) {
                 Some(peer) => PeerChange::Removed(peer),
                 None => PeerChange::Unknown(lease.subnet),
             },
         }
+    }
+
+    fn forget(&mut self, subnet: &Ipv4Net) -> Option<Peer> {
+        self.ages.remove(subnet);
+        self.peers.remove(subnet)
+    }
+
+    /// The peers, oldest attributes first (build [`Tables`](super::router::Tables) from this).
+    pub fn by_age(&self) -> Vec<&Peer> {
+        let mut v: Vec<(u64, &Peer)> = self
+            .peers
+            .values()
+            .map(|p| (self.ages.get(&p.subnet).copied().unwrap_or(0), p))
+            .collect();
+        v.sort_by_key(|(age, _)| *age);
+        v.into_iter().map(|(_, p)| p).collect()
+    }
+
+    /// Groups of peers (by subnet) that announce the same VtepMAC or the same
+    /// public IP: a node that moved, or a stale lease. Each group at most once.
+    pub fn conflicts(&self) -> Vec<Vec<Ipv4Net>> {
+        let mut by_mac: BTreeMap<MacAddr, Vec<Ipv4Net>> = BTreeMap::new();
+        let mut by_ip: BTreeMap<std::net::Ipv4Addr, Vec<Ipv4Net>> = BTreeMap::new();
+        for p in self.peers.values() {
+            by_mac.entry(p.vtep_mac).or_default().push(p.subnet);
+            by_ip.entry(p.public_ip).or_default().push(p.subnet);
+        }
+        let mut groups: Vec<Vec<Ipv4Net>> = by_mac
+            .into_values()
+            .chain(by_ip.into_values())
+            .filter(|g| g.len() > 1)
+            .collect();
+        groups.sort();
+        groups.dedup();
+        groups
     }
 
     pub fn get(&self, subnet: &Ipv4Net) -> Option<&Peer> {

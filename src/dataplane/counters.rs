@@ -20,6 +20,9 @@ pub struct WorkerCounters {
     pub gro_frames: AtomicU64,
     /// ICMP "fragmentation needed" messages sent back into the TAP.
     pub icmp_too_big: AtomicU64,
+    /// Datagrams the kernel dropped on the listening socket because its queue
+    /// was full (`SO_RXQ_OVFL`, a running total the kernel reports).
+    pub socket_overflows: AtomicU64,
     pub drops: [AtomicU64; DropReason::COUNT],
 }
 
@@ -84,6 +87,8 @@ pub struct CounterSnapshot {
     pub icmp_too_big: u64,
     /// Heap allocations on dataplane threads since start (with weftd's counting allocator).
     pub dataplane_allocations: u64,
+    /// Datagrams the kernel dropped for a full socket queue.
+    pub socket_overflows: u64,
     #[serde(serialize_with = "serialize_drops")]
     pub drops: [u64; DropReason::COUNT],
 }
@@ -145,6 +150,7 @@ impl Counters {
             s.tso_frames += w.tso_frames.load(Relaxed);
             s.gro_frames += w.gro_frames.load(Relaxed);
             s.icmp_too_big += w.icmp_too_big.load(Relaxed);
+            s.socket_overflows += w.socket_overflows.load(Relaxed);
             for (sum, c) in s.drops.iter_mut().zip(&w.drops) {
                 *sum += c.load(Relaxed);
             }

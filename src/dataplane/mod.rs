@@ -43,6 +43,8 @@ pub struct DataplaneConfig {
     /// MTU of the underlay interface: datagrams larger than this are not sent
     /// as they are (ICMP "fragmentation needed" for DF traffic).
     pub underlay_mtu: u32,
+    /// Verify every received inner frame's IP and TCP/UDP checksums.
+    pub verify_checksums: bool,
 }
 
 impl Default for DataplaneConfig {
@@ -58,6 +60,7 @@ impl Default for DataplaneConfig {
             socket_buffer: 4 << 20,
             offloads: offload::OffloadConfig::default(),
             underlay_mtu: 1500,
+            verify_checksums: true,
         }
     }
 }
@@ -105,6 +108,10 @@ pub enum DataplaneError {
         #[source]
         source: std::io::Error,
     },
+    #[error("dataplane worker {index} crashed (a bug: please report it with the log above)")]
+    WorkerPanicked { index: usize },
+    #[error("every dataplane worker has stopped")]
+    WorkersGone,
 }
 
 /// State shared by the workers and the control plane.
@@ -119,6 +126,8 @@ pub struct Shared {
     pub offloads: offload::ActiveOffloads,
     /// UDP GSO in use; turned off for good if the egress device cannot checksum.
     pub udp_gso: std::sync::atomic::AtomicBool,
+    /// Verify inner checksums of received frames (see `tunables/weftd.toml`).
+    pub verify_checksums: bool,
 }
 
 impl Shared {
@@ -174,6 +183,7 @@ impl Dataplane {
             underlay_mtu: config.underlay_mtu,
             offloads,
             udp_gso: std::sync::atomic::AtomicBool::new(offloads.udp_gso),
+            verify_checksums: config.verify_checksums,
         });
         let mut tasks = Vec::new();
         for (index, (queue, (rx, pool))) in tap.queues.into_iter().zip(sockets).enumerate() {

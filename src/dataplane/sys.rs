@@ -234,7 +234,7 @@ fn sockaddr_v4(addr: SocketAddrV4) -> libc::sockaddr_in {
 }
 
 /// Control buffer space for one `UDP_SEGMENT`/`UDP_GRO` message (a u16 or an int).
-const CMSG_BUF: usize = 32;
+const CMSG_BUF: usize = 128;
 
 /// Bytes of control data needed for one cmsg carrying `len` bytes.
 fn cmsg_space(len: usize) -> usize {
@@ -253,6 +253,11 @@ pub struct RecvMeta {
     pub stride: usize,
     /// The message was truncated to the slot size.
     pub truncated: bool,
+    /// Control data was cut off: the GRO segment size may be missing, so the
+    /// run cannot be split safely.
+    pub control_truncated: bool,
+    /// `SO_RXQ_OVFL`: datagrams the kernel dropped on this socket so far (a running total).
+    pub kernel_drops: Option<u32>,
 }
 
 /// Reusable `recvmmsg` state for up to `capacity` messages.
@@ -352,26 +357,33 @@ impl RecvBatch {
                 )
             });
             let mut stride = len;
+            let mut kernel_drops = None;
             // SAFETY: the kernel filled `msg_control`/`msg_controllen` of this header;
-            // the CMSG_* helpers only walk within that length.
+            // the CMSG_* helpers only walk within that length, and each payload is read
+            // unaligned with the size the kernel writes for that message type.
             unsafe {
                 let mut cmsg = libc::CMSG_FIRSTHDR(&hdr.msg_hdr);
                 while !cmsg.is_null() {
-                    if (*cmsg).cmsg_level == libc::SOL_UDP && (*cmsg).cmsg_type == libc::UDP_GRO {
-                        let data = libc::CMSG_DATA(cmsg) as *const libc::c_int;
-                        let gso = data.read_unaligned();
+                    let (level, kind) = ((*cmsg).cmsg_level, (*cmsg).cmsg_type);
+                    if level == libc::SOL_UDP && kind == libc::UDP_GRO {
+                        let gso = (libc::CMSG_DATA(cmsg) as *const libc::c_int).read_unaligned();
                         if gso > 0 {
                             stride = gso as usize;
                         }
+                    } else if level == libc::SOL_SOCKET && kind == libc::SO_RXQ_OVFL {
+                        kernel_drops = Some((libc::CMSG_DATA(cmsg) as *const u32).read_unaligned());
                     }
                     cmsg = libc::CMSG_NXTHDR(&hdr.msg_hdr, cmsg);
                 }
             }
+            let flags = hdr.msg_hdr.msg_flags;
             *meta = RecvMeta {
                 len,
                 src,
                 stride,
-                truncated: hdr.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
+                truncated: flags & libc::MSG_TRUNC != 0,
+                control_truncated: flags & libc::MSG_CTRUNC != 0,
+                kernel_drops,
             };
         }
         Ok(got)
@@ -388,6 +400,8 @@ pub struct SendBatch {
     /// iovec range of each queued message.
     spans: Vec<(usize, usize)>,
     gso: Vec<u16>,
+    /// Inner frames carried by each queued message (for accounting on failure).
+    frames: Vec<u32>,
 }
 
 // SAFETY: the raw pointers inside point into buffers borrowed by a `SendQueue`
@@ -424,6 +438,7 @@ impl SendBatch {
             control: vec![[0; CMSG_BUF / 8]; messages],
             spans: Vec::with_capacity(messages),
             gso: Vec::with_capacity(messages),
+            frames: Vec::with_capacity(messages),
         }
     }
 
@@ -455,10 +470,11 @@ impl SendBatch {
         self.iovecs.clear();
         self.spans.clear();
         self.gso.clear();
+        self.frames.clear();
     }
 
     /// Records one message; the caller guarantees the slices outlive its sending.
-    fn push_raw(&mut self, dst: SocketAddrV4, slices: &[&[u8]], gso: Option<u16>) {
+    fn push_raw(&mut self, dst: SocketAddrV4, slices: &[&[u8]], gso: Option<u16>, frames: u32) {
         debug_assert!(self.has_room(slices.len()));
         let i = self.spans.len();
         let start = self.iovecs.len();
@@ -470,6 +486,7 @@ impl SendBatch {
         }
         self.spans.push((start, self.iovecs.len()));
         self.gso.push(gso.unwrap_or(0));
+        self.frames.push(frames);
         self.addrs[i] = sockaddr_v4(dst);
     }
 
@@ -542,6 +559,7 @@ impl SendBatch {
             span.1 -= cut;
         }
         self.gso.drain(..n);
+        self.frames.drain(..n);
         self.addrs.rotate_left(n);
     }
 }
@@ -562,9 +580,22 @@ impl<'b> SendQueue<'_, 'b> {
     /// Queues one message to `dst` made of `slices`; with `gso = Some(size)` the
     /// kernel cuts it into datagrams of `size` bytes (the last may be shorter).
     /// The caller checks [`SendQueue::has_room`] first.
-    pub fn push(&mut self, dst: SocketAddrV4, slices: &[&'b [u8]], gso: Option<u16>) {
-        assert!(self.batch.has_room(slices.len()), "send batch overflow");
-        self.batch.push_raw(dst, slices, gso);
+    /// `frames` is how many inner frames the message carries (its segments), so
+    /// a failed send is accounted frame by frame. Returns false, queuing
+    /// nothing, when the batch is full (check [`SendQueue::has_room`] first).
+    #[must_use]
+    pub fn push(
+        &mut self,
+        dst: SocketAddrV4,
+        slices: &[&'b [u8]],
+        gso: Option<u16>,
+        frames: u32,
+    ) -> bool {
+        if !self.batch.has_room(slices.len()) {
+            return false;
+        }
+        self.batch.push_raw(dst, slices, gso, frames);
+        true
     }
 
     pub fn has_room(&self, slices: usize) -> bool {
@@ -584,9 +615,19 @@ impl<'b> SendQueue<'_, 'b> {
         self.batch.flush(fd)
     }
 
-    /// Forgets the first queued message (after an error that would repeat).
-    pub fn skip_first(&mut self) {
+    /// Forgets the first queued message (after an error that would repeat);
+    /// returns how many frames it carried.
+    pub fn skip_first(&mut self) -> u32 {
+        let frames = self.batch.frames.first().copied().unwrap_or(0);
         self.batch.drain(1);
+        frames
+    }
+
+    /// Forgets every queued message; returns how many frames they carried.
+    pub fn skip_all(&mut self) -> u32 {
+        let frames = self.batch.frames.iter().sum();
+        self.batch.clear();
+        frames
     }
 }
 
@@ -596,16 +637,21 @@ impl Drop for SendQueue<'_, '_> {
     }
 }
 
-/// Owners of one file descriptor for their whole life: `File` and `Socket`.
-pub trait OwnsFd: AsRawFd {}
-impl OwnsFd for std::fs::File {}
-impl OwnsFd for socket2::Socket {}
+/// Owners of one file descriptor for their whole life.
+///
+/// # Safety
+/// An implementor must own its descriptor and return the same one from every
+/// `as_raw_fd` call until it is dropped (what `AsyncFd::register` requires).
+pub unsafe trait OwnsFd: AsRawFd {}
+// SAFETY: a `File` owns its descriptor and never changes it.
+unsafe impl OwnsFd for std::fs::File {}
+// SAFETY: a `Socket` owns its descriptor and never changes it.
+unsafe impl OwnsFd for socket2::Socket {}
 
 /// Registers `inner` with the tokio reactor.
 pub fn register<T: OwnsFd>(inner: T) -> io::Result<tokio::io::unix::AsyncFd<T>> {
-    // SAFETY: `OwnsFd` is only implemented for types that own their descriptor and
-    // return the same one from every `as_raw_fd` call until dropped, which is what
-    // `register` requires.
+    // SAFETY: `OwnsFd` (an unsafe trait) promises the descriptor is owned and stable
+    // for the value's whole life, which is what `register` requires.
     unsafe { tokio::io::unix::AsyncFd::register(inner) }.map_err(io::Error::from)
 }
 

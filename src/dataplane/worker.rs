@@ -26,7 +26,7 @@ use super::sys::{self, RecvBatch, RecvMeta, SendBatch, SendQueue};
 use super::udp::SourceSocket;
 use super::{DataplaneError, Shared};
 use crate::core::offload::{
-    self, Coalescer, F_NEEDS_CSUM, FrameRef, GsoType, Segment, VNET_HDR_LEN, VnetHdr,
+    self, Checked, Coalescer, F_NEEDS_CSUM, FrameRef, GsoType, Segment, VNET_HDR_LEN, VnetHdr,
     Write as GroWrite,
 };
 use crate::core::router::{DropReason, Egress, Ingress};
@@ -41,9 +41,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 
-/// Largest frame (or super-frame) read from the TAP, and largest datagram (or
-/// GRO run of datagrams) received.
-const MAX_FRAME: usize = 65535;
+/// Largest frame (or super-frame) read from the TAP — an IP packet of 64 KiB
+/// plus its Ethernet header and a VLAN tag — and largest GRO run received.
+const MAX_FRAME: usize = 65535 + 14 + 4;
 /// Bytes in front of a TAP read: room for the VXLAN header in plain mode.
 const PLAIN_HEAD: usize = vxlan::HEADER_LEN;
 /// Most segments the kernel takes in one UDP GSO send (`UDP_MAX_SEGMENTS`).
@@ -51,7 +51,7 @@ const MAX_GSO_SEGMENTS: usize = 64;
 /// Largest UDP payload of one (GSO) send over IPv4.
 const MAX_UDP_PAYLOAD: usize = 65507;
 /// Most payload pieces in one coalesced TAP write (+1 for the header).
-const MAX_WRITE_PIECES: usize = 65;
+const MAX_WRITE_PIECES: usize = offload::MAX_PARTS + 1;
 /// An all-zero virtio header: "no offload, checksum verified by the kernel".
 const ZERO_VNET: [u8; VNET_HDR_LEN] = [0; VNET_HDR_LEN];
 
@@ -64,6 +64,23 @@ pub(super) struct WorkerSetup {
     pub shared: Arc<Shared>,
     pub batch: usize,
     pub fatal: mpsc::UnboundedSender<DataplaneError>,
+}
+
+/// Reports a worker thread that unwinds as fatal, so the agent exits (and its
+/// supervisor restarts it) instead of running on with a dead queue.
+struct PanicReport {
+    fatal: mpsc::UnboundedSender<DataplaneError>,
+    index: usize,
+}
+
+impl Drop for PanicReport {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = self
+                .fatal
+                .send(DataplaneError::WorkerPanicked { index: self.index });
+        }
+    }
 }
 
 /// A running worker: its OS thread and the way to stop it.
@@ -96,6 +113,10 @@ pub(super) fn spawn(setup: WorkerSetup) -> Result<WorkerHandle, DataplaneError> 
         .name(name)
         .spawn(move || {
             sys::mark_dataplane_thread();
+            let _report = PanicReport {
+                fatal: setup.fatal.clone(),
+                index: setup.index,
+            };
             let runtime = match tokio::runtime::Builder::new_current_thread()
                 .enable_io()
                 .enable_time()
@@ -386,7 +407,10 @@ impl TxTask {
             if offload::outer_len(inner_segment) > self.shared.underlay_mtu as usize {
                 b.segs.truncate(first);
                 b.arena.truncate(arena_mark);
-                self.too_big(frame, inner_segment, &mut b.reply, tally);
+                if !self.too_big(frame, inner_segment, &mut b.reply, tally) {
+                    // No ICMP possible (no DF, IPv6): the super-frame cannot go out.
+                    tally.drop(DropReason::TooBig);
+                }
                 continue;
             }
             tally.tso_frames += 1;
@@ -462,7 +486,10 @@ impl TxTask {
                         if !queue.has_room(1) {
                             failed_gso |= send_all(&self.pool[sock], &mut queue, tally).await;
                         }
-                        queue.push(dst, &[&b.bufs[i][start..end]], None);
+                        if !queue.push(dst, &[&b.bufs[i][start..end]], None, 1) {
+                            tally.drop(DropReason::SocketError);
+                            tally.encap_frames = tally.encap_frames.saturating_sub(1);
+                        }
                     }
                     Plan::Segments {
                         dst,
@@ -489,7 +516,12 @@ impl TxTask {
                                 slices[2 * k + 1] = &frame[seg.payload.clone()];
                             }
                             let gso = (e - s > 1 && seg_len > 0).then_some(seg_len as u16);
-                            queue.push(dst, &slices[..2 * (e - s)], gso);
+                            let frames = (e - s) as u32;
+                            if !queue.push(dst, &slices[..2 * (e - s)], gso, frames) {
+                                tally.drops[DropReason::SocketError.index()] += u64::from(frames);
+                                tally.encap_frames =
+                                    tally.encap_frames.saturating_sub(u64::from(frames));
+                            }
                             s = e;
                         }
                     }
@@ -519,6 +551,12 @@ impl TxTask {
             while n < bufs.len() {
                 match self.tap.get_ref().read(&mut bufs[n][head..]) {
                     Ok(len) if vnet && len < VNET_HDR_LEN => {}
+                    Ok(len) if len == bufs[n].len() - head => {
+                        // Filled the buffer: the frame may have been cut; never send half of one.
+                        let mut tally = BatchTally::default();
+                        tally.drop(DropReason::TooBig);
+                        self.shared.counters.worker(self.index).add(&tally);
+                    }
                     Ok(len) => {
                         lens[n] = if vnet { len - VNET_HDR_LEN } else { len };
                         n += 1;
@@ -560,14 +598,20 @@ async fn send_all(
             Err(e) if e.error.kind() == io::ErrorKind::WouldBlock => {
                 match socket.writable().await {
                     Ok(mut guard) => guard.clear_ready(),
-                    Err(_) => break,
+                    Err(_) => {
+                        let lost = u64::from(queue.skip_all());
+                        tally.drops[DropReason::SocketError.index()] += lost;
+                        tally.encap_frames = tally.encap_frames.saturating_sub(lost);
+                        break;
+                    }
                 }
             }
             Err(e) if e.error.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
                 gso_eio |= e.error.raw_os_error() == Some(libc::EIO);
-                tally.drop(DropReason::SocketError);
-                queue.skip_first();
+                let lost = u64::from(queue.skip_first());
+                tally.drops[DropReason::SocketError.index()] += lost;
+                tally.encap_frames = tally.encap_frames.saturating_sub(lost);
             }
         }
     }
@@ -598,6 +642,7 @@ impl RxTask {
         // Up to 64 datagrams per GRO slot.
         let mut coalescer = Coalescer::with_capacity(if gro { slots * 64 } else { slots });
         let counters = self.shared.counters.worker(self.index);
+        let verify = self.shared.verify_checksums;
         loop {
             let n = self.recv_batch(&mut recv, &mut bufs, &mut meta).await?;
             let mut tally = BatchTally::default();
@@ -608,8 +653,17 @@ impl RxTask {
                     tally.drop(DropReason::UnknownVtep);
                     continue;
                 };
+                if let Some(total) = m.kernel_drops {
+                    counters.socket_overflows.store(u64::from(total), Relaxed);
+                }
                 if m.truncated {
                     tally.drop(DropReason::TooBig);
+                    continue;
+                }
+                if m.control_truncated {
+                    // The GRO segment size may be missing: splitting the run would
+                    // glue datagrams together. Drop it (and count it).
+                    tally.drop(DropReason::SocketError);
                     continue;
                 }
                 let stride = m.stride.max(1);
@@ -624,7 +678,11 @@ impl RxTask {
                     match router.ingress(*src.ip(), datagram) {
                         Ingress::Deliver => {
                             let frame = &mut datagram[vxlan::HEADER_LEN..];
-                            offload::complete_partial_checksum(frame);
+                            if offload::check_checksums(frame, verify) == Checked::Invalid {
+                                tally.drop(DropReason::BadChecksum);
+                                off = end;
+                                continue;
+                            }
                             let frame = &*frame;
                             tally.decap_frames += 1;
                             tally.decap_bytes += frame.len() as u64;

@@ -880,13 +880,11 @@ impl EtcdStore {
                 Some(PutOptions::new().with_lease(id)),
             )]);
         let mut kv = self.client().await?.kv_client();
-        let claimed = match self.rpc("claim the subnet", kv.txn(txn)).await {
-            Ok(resp) => resp.succeeded(),
-            Err(e) => {
-                self.revoke(id).await;
-                return Err(e);
-            }
-        };
+        // On an error the outcome is unknown (etcd may have committed): the new
+        // etcd lease is left to expire rather than revoked, since revoking it
+        // could delete a claim that did succeed. A retry then finds the key held
+        // by this public IP and reuses it.
+        let claimed = self.rpc("claim the subnet", kv.txn(txn)).await?.succeeded();
         if !claimed {
             self.revoke(id).await;
             return Ok(None);
@@ -904,21 +902,20 @@ impl EtcdStore {
     async fn renew(&self, own: &Lease) -> Result<Option<Lease>, StoreError> {
         let key = self.keys.lease(own);
         let (id, ttl) = self.grant().await?;
+        // Only while the key still holds this node's value: a key deleted (and
+        // perhaps re-created by another node) in between is not taken over.
+        let value = own.attrs.to_json();
         let txn = Txn::new()
-            .when([Compare::version(key.clone(), CompareOp::Greater, 0)])
+            .when([Compare::value(key.clone(), CompareOp::Equal, value.clone())])
             .and_then([TxnOp::put(
                 key,
-                own.attrs.to_json(),
+                value,
                 Some(PutOptions::new().with_lease(id)),
             )]);
         let mut kv = self.client().await?.kv_client();
-        let renewed = match self.rpc("renew the lease", kv.txn(txn)).await {
-            Ok(resp) => resp.succeeded(),
-            Err(e) => {
-                self.revoke(id).await;
-                return Err(e);
-            }
-        };
+        // An error leaves the outcome unknown: the new etcd lease is left to
+        // expire, not revoked (revoking could delete a renewal that succeeded).
+        let renewed = self.rpc("renew the lease", kv.txn(txn)).await?.succeeded();
         if !renewed {
             self.revoke(id).await;
             return Ok(None);
