@@ -251,3 +251,31 @@ fn a_garbage_flood_produces_a_bounded_number_of_log_lines() {
         lab.weftd_log(0)
     );
 }
+
+/// `--log-format json`: every line weftd logs is a JSON object with a level and a message.
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let mut lab = Lab::new(2);
+    let json = WeftdOpts {
+        extra: vec!["--log-format".into(), "json".into()],
+        ..WeftdOpts::default()
+    };
+    lab.start_weftd_with(0, json.clone());
+    lab.wait_ready(0);
+    lab.start_weftd_with(1, json);
+    let s1 = lab.wait_ready(1);
+    lab.wait_ping(lab.ns(0), s1.network(), Duration::from_secs(5));
+    let log = lab.weftd_log(0);
+    let lines: Vec<&str> = log.lines().collect();
+    assert!(lines.len() >= 4, "{log}");
+    for line in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v["level"].is_string() && v["message"].is_string(), "{line}");
+    }
+    assert!(lines.iter().any(|l| l.contains("\"lease added\"")), "{log}");
+    assert!(
+        lines.iter().any(|l| l.contains("\"route programmed\"")),
+        "{log}"
+    );
+}

@@ -355,3 +355,68 @@ fn bad_net_conf_exits_with_flannels_message_and_leaves_nothing_behind() {
         "a lease was left behind"
     );
 }
+
+/// Every flag is also read from `FLANNELD_<NAME>` when not given, as flanneld does.
+#[test]
+fn flags_come_from_flanneld_environment_variables() {
+    let mut lab = Lab::new(1);
+    let ns = lab.ns(0).to_owned();
+    let dir = lab.dir.path().to_owned();
+    let env = [
+        ("FLANNELD_IFACE", "eth0".to_owned()),
+        (
+            "FLANNELD_NET_CONFIG_PATH",
+            lab.net_conf_path().display().to_string(),
+        ),
+        (
+            "FLANNELD_SUBNET_FILE",
+            dir.join("env-subnet.env").display().to_string(),
+        ),
+        (
+            "FLANNELD_LOCAL_STORE",
+            lab.store_dir().display().to_string(),
+        ),
+        (
+            "FLANNELD_STATUS_SOCKET",
+            lab.status_socket(0).display().to_string(),
+        ),
+        ("FLANNELD_IP_MASQ", "false".to_owned()),
+        ("FLANNELD_HEALTHZ_PORT", "9902".to_owned()),
+    ];
+    let mut cmd = std::process::Command::new("ip");
+    cmd.args(["netns", "exec", &ns, WEFTD]);
+    for (k, v) in &env {
+        cmd.env(k, v);
+    }
+    let log = std::fs::File::create(dir.join("env.log")).unwrap();
+    let mut child = cmd
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let text = wait_for(
+        "subnet.env from FLANNELD_SUBNET_FILE",
+        Duration::from_secs(20),
+        || std::fs::read_to_string(dir.join("env-subnet.env")).ok(),
+    );
+    assert!(
+        text.contains("FLANNEL_NETWORK=10.244.0.0/16") && text.contains("FLANNEL_IPMASQ=false"),
+        "{text}"
+    );
+    let (code, _) = http_get(&ns, SocketAddrV4::new(lab.nodes[0].ip, 9902), "/healthz");
+    assert_eq!(code, 200, "FLANNELD_HEALTHZ_PORT was not used");
+    // A command-line flag wins over the environment.
+    let _ = child.kill();
+    let _ = child.wait();
+    let out = output_with_timeout(
+        std::process::Command::new(WEFTD)
+            .args(["--subnet-lease-renew-margin", "5000"])
+            .env("FLANNELD_SUBNET_LEASE_RENEW_MARGIN", "60"),
+        Duration::from_secs(10),
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Invalid subnet-lease-renew-margin option"),
+        "{out:?}"
+    );
+}
