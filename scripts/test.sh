@@ -8,6 +8,9 @@ bash scripts/setup.sh
 export CARGO_TERM_COLOR=never
 cargo fmt --check
 cargo clippy --all-targets --locked -- -D warnings
-cargo test --all-targets --locked -- --test-threads="${WEFT_TEST_THREADS:-2}"
+# Unit, integration and netns tests (two at a time: the machine has few cores).
+cargo test --locked --lib --bins --tests -- --test-threads="${WEFT_TEST_THREADS:-2}"
+# The benchmarks as smoke tests: each criterion bench once, one short e2e round.
+cargo test --locked --benches
 # The netns suite again with every dataplane offload forced off: both paths must work.
 WEFT_TEST_OFFLOADS=off cargo test --locked --test netns -- --test-threads="${WEFT_TEST_THREADS:-2}"
