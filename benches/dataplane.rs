@@ -11,10 +11,10 @@
 
 use criterion::{BenchmarkId, Criterion, Throughput, black_box, criterion_group};
 use std::net::Ipv4Addr;
-use weft::core::fixtures::{arp_request, tso_superframe, udp4_frame};
+use weft::core::fixtures::{arp_request, tso_superframe, tso_vnet_hdr, udp4_frame};
 use weft::core::lease::{Lease, LeaseAttrs, VxlanBackendData};
 use weft::core::mac::MacAddr;
-use weft::core::offload::{self, Coalescer, F_NEEDS_CSUM, FrameRef, GsoType, VnetHdr};
+use weft::core::offload::{self, Coalescer, FrameRef, VnetHdr};
 use weft::core::router::{Egress, LocalVtep, Peer, Router, SourceCheck, Tables};
 use weft::core::vxlan::{self, Vni};
 use weft::core::watcher::LeaseWatcher;
@@ -61,14 +61,7 @@ fn encap(r: &Router, buf: &mut [u8], len: usize, reply: &mut [u8]) -> usize {
 }
 
 fn tso_hdr() -> VnetHdr {
-    VnetHdr {
-        flags: F_NEEDS_CSUM,
-        gso_type: GsoType::TcpV4,
-        hdr_len: 66,
-        gso_size: 1398,
-        csum_start: 34,
-        csum_offset: 16,
-    }
+    tso_vnet_hdr(1398)
 }
 
 /// 44 consecutive MSS segments of one flow, as UDP GRO hands them over.

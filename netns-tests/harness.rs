@@ -56,13 +56,29 @@ pub fn require_root() {
 
 /// Runs `cmd`, killing it after `timeout`.
 pub fn output_with_timeout(cmd: &mut Command, timeout: Duration) -> Output {
+    output_with_input(cmd, None, timeout)
+}
+
+/// Runs `cmd` with `input` on its stdin (none: /dev/null), killing it after `timeout`.
+pub fn output_with_input(cmd: &mut Command, input: Option<&[u8]>, timeout: Duration) -> Output {
     let mut child = cmd
-        .stdin(Stdio::null())
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     let deadline = Instant::now() + timeout;
+    let writer = input.map(|input| {
+        let mut pipe = child.stdin.take().expect("piped");
+        let input = input.to_vec();
+        std::thread::spawn(move || {
+            let _ = pipe.write_all(&input);
+        })
+    });
     let mut stdout = child.stdout.take().expect("piped");
     let mut stderr = child.stderr.take().expect("piped");
     let out_reader = std::thread::spawn(move || {
@@ -85,8 +101,11 @@ pub fn output_with_timeout(cmd: &mut Command, timeout: Duration) -> Output {
             eprintln!("timed out after {timeout:?}: {cmd:?}");
             break status;
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(5));
     };
+    if let Some(writer) = writer {
+        let _ = writer.join();
+    }
     Output {
         status,
         stdout: out_reader.join().unwrap_or_default(),
@@ -921,47 +940,13 @@ pub fn run_plugin(
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {plugin}: {e}"));
-    let mut pipe = child.stdin.take().expect("piped");
-    let input = stdin.as_bytes().to_vec();
-    let writer = std::thread::spawn(move || {
-        let _ = pipe.write_all(&input);
-    });
-    let mut stdout = child.stdout.take().expect("piped");
-    let mut stderr = child.stderr.take().expect("piped");
-    let out_reader = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = stdout.read_to_end(&mut buf);
-        buf
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = stderr.read_to_end(&mut buf);
-        buf
-    });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            break child.wait().expect("wait");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    let _ = writer.join();
+    let out = output_with_input(&mut cmd, Some(stdin.as_bytes()), Duration::from_secs(30));
+    let status = out.status;
+    let (out_bytes, err_bytes) = (out.stdout, out.stderr);
     CniOutput {
         success: status.success(),
-        stdout: String::from_utf8_lossy(&out_reader.join().unwrap_or_default())
-            .trim()
-            .to_owned(),
-        stderr: String::from_utf8_lossy(&err_reader.join().unwrap_or_default()).into_owned(),
+        stdout: String::from_utf8_lossy(&out_bytes).trim().to_owned(),
+        stderr: String::from_utf8_lossy(&err_bytes).into_owned(),
     }
 }
 

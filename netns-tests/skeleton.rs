@@ -359,7 +359,7 @@ fn bad_net_conf_exits_with_flannels_message_and_leaves_nothing_behind() {
 /// Every flag is also read from `FLANNELD_<NAME>` when not given, as flanneld does.
 #[test]
 fn flags_come_from_flanneld_environment_variables() {
-    let mut lab = Lab::new(1);
+    let lab = Lab::new(1);
     let ns = lab.ns(0).to_owned();
     let dir = lab.dir.path().to_owned();
     let env = [

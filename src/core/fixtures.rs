@@ -99,3 +99,16 @@ pub fn udp4_frame(dst_mac: [u8; 6], src_mac: [u8; 6], len: usize) -> Vec<u8> {
     f.resize(len, 0x5a);
     f
 }
+
+/// The virtio header the kernel puts on a TCP/IPv4 super-frame from [`tcp4_frame`]
+/// (timestamps option: 66 bytes of headers) with segment size `mss`.
+pub fn tso_vnet_hdr(mss: u16) -> super::offload::VnetHdr {
+    super::offload::VnetHdr {
+        flags: super::offload::F_NEEDS_CSUM,
+        gso_type: super::offload::GsoType::TcpV4,
+        hdr_len: 66,
+        gso_size: mss,
+        csum_start: 34,
+        csum_offset: 16,
+    }
+}

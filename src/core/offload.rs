@@ -836,14 +836,7 @@ pub(crate) mod tests {
 
     #[test]
     fn vnet_header_round_trip() {
-        let h = VnetHdr {
-            flags: F_NEEDS_CSUM,
-            gso_type: GsoType::TcpV4,
-            hdr_len: 66,
-            gso_size: 1398,
-            csum_start: 34,
-            csum_offset: 16,
-        };
+        let h = crate::core::fixtures::tso_vnet_hdr(1398);
         assert_eq!(VnetHdr::parse(&h.emit()), Some(h));
         assert_eq!(h.emit(), [1, 1, 66, 0, 0x76, 0x05, 34, 0, 16, 0]);
         assert_eq!(VnetHdr::parse(&[0; 9]), None);
@@ -861,14 +854,7 @@ pub(crate) mod tests {
         let mut frame = tcp4_frame(&data, 1000, 0x18, 77);
         // As the kernel hands it over: partial checksum = pseudo-header sum only.
         frame[50..52].copy_from_slice(&[0, 0]);
-        let hdr = VnetHdr {
-            flags: F_NEEDS_CSUM,
-            gso_type: GsoType::TcpV4,
-            hdr_len: 66,
-            gso_size: 1398,
-            csum_start: 34,
-            csum_offset: 16,
-        };
+        let hdr = crate::core::fixtures::tso_vnet_hdr(1398);
         let mut arena = Vec::new();
         let mut segs = Vec::new();
         let prefix = [0x08, 0, 0, 0, 0, 0, 1, 0];
@@ -952,14 +938,7 @@ pub(crate) mod tests {
 
     #[test]
     fn split_refuses_garbage_without_panicking() {
-        let hdr = VnetHdr {
-            flags: F_NEEDS_CSUM,
-            gso_type: GsoType::TcpV4,
-            hdr_len: 66,
-            gso_size: 1398,
-            csum_start: 34,
-            csum_offset: 16,
-        };
+        let hdr = crate::core::fixtures::tso_vnet_hdr(1398);
         let good = tcp4_frame(&payload(3000), 1, 0x10, 1);
         for len in 0..70 {
             let (mut a, mut s) = (Vec::new(), Vec::new());
