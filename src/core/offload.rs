@@ -436,6 +436,10 @@ impl FrameRef {
 const MAX_HEADER: usize = VNET_HDR_LEN + ETH_LEN + 40 + 60;
 /// How many flows may be open at once in one batch.
 const MAX_OPEN: usize = 8;
+/// Most payload pieces in one merged write: the shell writes the header and
+/// the pieces with one `writev` of a fixed-size array, so a long run of small
+/// segments (a flow with a small MSS) is cut into several merges.
+pub const MAX_MERGED_PARTS: usize = 64;
 
 /// One TAP write the coalescer produced.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -543,6 +547,14 @@ impl Coalescer {
     /// Offers one received frame (`bytes` is its content, `at` where it lives).
     pub fn push(&mut self, bytes: &[u8], at: FrameRef) {
         let Some((key, layout)) = tcp_key(bytes) else {
+            // Not coalescable (not TCP, or IP options, Ethernet padding, a
+            // fragment, DF clear). If it is a segment of an open flow, that
+            // flow is written first, so the flow keeps its order.
+            if let Ok(l) = layout(bytes)
+                && let Some(p) = self.open_flow(bytes, &l)
+            {
+                self.close(p);
+            }
             self.writes.push(Write::Single(at));
             return;
         };
@@ -552,13 +564,15 @@ impl Coalescer {
         // Only plain ACK (+PSH) data segments coalesce; anything else goes alone,
         // after closing its flow so order is kept.
         let mergeable = payload > 0 && flags & !(0x10 | 0x08) == 0;
-        let pos = self.open.iter().position(|(_, o)| o.key == key);
+        let pos = self.open_flow(bytes, &layout);
         if let Some(p) = pos {
             let o = &mut self.open[p].1;
             let fits = mergeable
+                && o.key == key
                 && !o.closed
                 && seq == o.next_seq
                 && payload <= o.mss
+                && self.pools[o.pool].len() < MAX_MERGED_PARTS
                 && o.layout.hdr_len - ETH_LEN + o.payload_len + payload <= self.max_payload;
             if fits {
                 self.pools[o.pool].push(FrameRef {
@@ -615,6 +629,28 @@ impl Coalescer {
                 last_flags: flags,
             },
         ));
+    }
+
+    /// The open merge of the flow `bytes` belongs to, told apart as the
+    /// kernel's GRO does: same Ethernet header, IP addresses and TCP ports. A
+    /// segment of that flow that cannot join it (another ack, TTL, options, a
+    /// control segment) closes it, so no segment overtakes an earlier one.
+    fn open_flow(&self, bytes: &[u8], l: &Layout) -> Option<usize> {
+        if l.proto != PROTO_TCP {
+            return None;
+        }
+        let addrs = if l.v6 {
+            ETH_LEN + 8..ETH_LEN + 40
+        } else {
+            ETH_LEN + 12..ETH_LEN + 20
+        };
+        self.open.iter().position(|(_, o)| {
+            let k = &o.key.bytes;
+            o.layout.v6 == l.v6
+                && k[..ETH_LEN] == bytes[..ETH_LEN]
+                && k[addrs.clone()] == bytes[addrs.clone()]
+                && k[o.layout.l4..o.layout.l4 + 4] == bytes[l.l4..l.l4 + 4]
+        })
     }
 
     /// Closes every open super-frame; call once after the last `push`.
@@ -1067,6 +1103,36 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_small_mss_run_is_cut_into_merges_the_tap_write_can_carry() {
+        // Found by the coalesce fuzz target: 120 consecutive 88-byte segments
+        // (a flow with MSS 88) became one merge of 120 parts, more than the
+        // RX worker's fixed `writev` array holds (it indexed past the end).
+        let data = payload(120 * 88);
+        let segs: Vec<Vec<u8>> = data
+            .chunks(88)
+            .enumerate()
+            .map(|(i, c)| tcp4_frame(c, 1 + (i * 88) as u32, 0x10, i as u16))
+            .collect();
+        let (buf, refs) = frames_of(&segs);
+        let mut c = Coalescer::with_capacity(refs.len());
+        for r in &refs {
+            c.push(&buf[r.range()], *r);
+        }
+        c.finish();
+        let mut joined = Vec::new();
+        for w in c.writes() {
+            let Write::Merged { parts, .. } = w else {
+                panic!("{w:?}")
+            };
+            assert!(parts.len() <= MAX_MERGED_PARTS, "{} parts", parts.len());
+            let (_, frame) = render(&c, &buf, w);
+            joined.extend_from_slice(&frame[66..]);
+        }
+        assert_eq!(c.writes().len(), 120usize.div_ceil(MAX_MERGED_PARTS));
+        assert_eq!(joined, data);
+    }
+
+    #[test]
     fn gaps_other_flows_and_control_segments_break_runs_but_keep_order() {
         let a0 = tcp4_frame(&payload(100), 0, 0x10, 0);
         let a1 = tcp4_frame(&payload(100), 100, 0x10, 1);
@@ -1091,6 +1157,36 @@ pub(crate) mod tests {
         assert_eq!(w[3], Write::Single(refs[4]));
         assert_eq!(w[4], Write::Single(refs[5]));
         assert_eq!(w.len(), 5);
+    }
+
+    #[test]
+    fn a_flows_segments_that_cannot_join_never_overtake_each_other() {
+        // Found by the coalesce fuzz target: a segment of an open flow that
+        // could not join it (here: IP length 0, i.e. padding) was written at
+        // once while the flow stayed open, so the flow's next segment joined
+        // the merge and was written before it.
+        let a0 = tcp4_frame(&payload(100), 0, 0x10, 0);
+        let mut padded = tcp4_frame(&payload(100), 0, 0x00, 0);
+        padded[16..18].copy_from_slice(&[0, 0]);
+        let a1 = tcp4_frame(&payload(100), 100, 0x10, 1);
+        // The same with a segment carrying a newer ack (another merge key)
+        // that overtook an older one on the wire: kept in arrival order.
+        let x = tcp4_frame(&payload(100), 1000, 0x10, 2);
+        let mut y = tcp4_frame(&payload(100), 1200, 0x10, 3);
+        y[45] = 1; // ack + 1
+        let z = tcp4_frame(&payload(100), 1100, 0x10, 4);
+        // And DF clear: not coalescable, still in order.
+        let mut no_df = tcp4_frame(&payload(100), 1300, 0x10, 5);
+        no_df[20] = 0;
+        let w = tcp4_frame(&payload(100), 1300, 0x10, 6);
+        let (buf, refs) = frames_of(&[a0, padded, a1, x, y, z, no_df, w]);
+        let mut c = Coalescer::new();
+        for r in &refs {
+            c.push(&buf[r.range()], *r);
+        }
+        c.finish();
+        let order: Vec<Write> = refs.iter().map(|r| Write::Single(*r)).collect();
+        assert_eq!(c.writes(), &order[..]);
     }
 
     #[test]
