@@ -68,9 +68,56 @@ impl<'a> Fields<'a> {
     }
 }
 
+/// A JSON text as Go's `json.Marshal` writes a `json.RawMessage` (its
+/// `appendCompact`, which is how flannel writes `BackendData`): whitespace
+/// between tokens removed, `<`, `>`, `&`, U+2028 and U+2029 escaped as
+/// `\u003c` etc., and everything else — number spellings, key order, duplicate
+/// keys — kept as written. `text` must be valid JSON (a `RawValue`).
+/// Compacting a compacted text changes nothing.
+pub(crate) fn compact(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for c in text.chars() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+        } else if c == '"' {
+            in_string = true;
+        } else if matches!(c, ' ' | '\t' | '\n' | '\r') {
+            continue;
+        }
+        match c {
+            '<' => out.push_str("\\u003c"),
+            '>' => out.push_str("\\u003e"),
+            '&' => out.push_str("\\u0026"),
+            '\u{2028}' => out.push_str("\\u2028"),
+            '\u{2029}' => out.push_str("\\u2029"),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn compact_is_gos_raw_message_marshal() {
+        // What Go's appendCompact (encoding/json, behind json.Marshal of a
+        // RawMessage) writes for it, read off its source.
+        let text = "{ \"b\" : [1.50, 1E2, -0],\n\t\"a\":\"x y<&>\\\" \u{2028}\", \"b\":null }";
+        let want = r#"{"b":[1.50,1E2,-0],"a":"x y\u003c\u0026\u003e\" \u2028","b":null}"#;
+        assert_eq!(compact(text), want);
+        assert_eq!(compact(want), want);
+        let value = |t: &str| serde_json::from_str::<serde_json::Value>(t).unwrap();
+        assert_eq!(value(want), value(text));
+    }
 
     #[test]
     fn keys_match_in_any_case_and_unknown_keys_are_ignored() {
