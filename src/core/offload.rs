@@ -342,6 +342,12 @@ pub fn split(
         return Err(OffloadError::Malformed);
     }
     let payload = l.hdr_len..frame.len();
+    // Each segment's length must fit its 16-bit IPv4 total length (IPv6:
+    // payload length) field.
+    let largest = l.hdr_len + mss.min(payload.len()) - if l.v6 { l.l4 } else { ETH_LEN };
+    if largest > MAX_IP_LEN {
+        return Err(OffloadError::Malformed);
+    }
     let count = payload.len().div_ceil(mss).max(1);
     let headers = &frame[..l.hdr_len];
     let first_id = if l.v6 { 0 } else { be16(frame, ETH_LEN + 4) };
@@ -941,6 +947,37 @@ pub(crate) mod tests {
             );
             assert!(checksum::verify(&wire[34..], pseudo));
         }
+    }
+
+    #[test]
+    fn split_refuses_segments_whose_length_does_not_fit_the_ip_header() {
+        // Found by the split fuzz target (beyond the 64 KiB a TAP read
+        // holds): a 65 535-byte gso_size over a larger frame gave segments
+        // whose IP length field was truncated to 16 bits.
+        let frame = crate::core::fixtures::tso_superframe(&payload(66_000));
+        let hdr = |gso_size| VnetHdr {
+            flags: F_NEEDS_CSUM,
+            gso_type: GsoType::TcpV4,
+            hdr_len: 66,
+            gso_size,
+            csum_start: 34,
+            csum_offset: 16,
+        };
+        let (mut arena, mut out) = (Vec::new(), Vec::new());
+        assert_eq!(
+            split(&frame, &hdr(65535), &[], &mut arena, &mut out),
+            Err(OffloadError::Malformed)
+        );
+        assert!(arena.is_empty() && out.is_empty());
+        // The largest segment that fits: 65535 - 20 - 32 bytes of payload.
+        let split = split(&frame, &hdr(65535 - 52), &[], &mut arena, &mut out).unwrap();
+        assert_eq!(split.count, 2);
+        let first = [
+            &arena[out[0].header.clone()],
+            &frame[out[0].payload.clone()],
+        ]
+        .concat();
+        assert_eq!(be16(&first, 16), 65535);
     }
 
     #[test]
