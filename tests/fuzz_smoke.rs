@@ -232,6 +232,11 @@ fn local_record() {
 }
 
 #[test]
+fn etcd() {
+    drive("etcd", 30_000);
+}
+
+#[test]
 fn net_conf() {
     drive("net_conf", 30_000);
 }

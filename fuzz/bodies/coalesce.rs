@@ -2,14 +2,14 @@
 //! arrival order, as the RX worker pushes them (one buffer per frame, the
 //! frame after the VXLAN header), in one or two batches through one coalescer.
 //!
-//! Invariants: no panic; the writes cover every frame exactly once; frames of
-//! one flow (Ethernet header, addresses, protocol, ports: the kernel GRO's
-//! notion) leave in arrival order; a
-//! merged write is a valid GSO super-frame for the TAP — its parts are the
-//! payloads of consecutive segments of one flow, all of `gso_size` bytes but
-//! the last, its headers are the first segment's with the total length, IPv4
-//! checksum and last flags fixed up and the partial TCP checksum of the whole,
-//! its payload is the concatenation of the parts, and it has at most
+//! Invariants: no panic; the writes cover every frame exactly once; the
+//! frames of one flow (Ethernet header, addresses, protocol, ports: what the
+//! kernel's GRO takes as a flow) leave in arrival order; a merged write is a
+//! valid GSO super-frame for the TAP — its parts are the payloads of
+//! consecutive segments of one flow, all of `gso_size` bytes but the last, its
+//! headers are the first segment's with the total length, IPv4 checksum and
+//! last flags fixed up and the partial TCP checksum of the whole, its payload
+//! is the concatenation of the parts, and it has at most
 //! `offload::MAX_MERGED_PARTS` parts (one TAP `writev` of fixed size).
 //!
 //! Input: `[mode] ([len u16] frame)...`.

@@ -20,6 +20,7 @@ pub mod checksum;
 pub mod cni;
 pub mod coalesce;
 pub mod egress;
+pub mod etcd;
 pub mod icmp;
 pub mod ingress;
 pub mod input;
@@ -96,6 +97,12 @@ pub const TARGETS: &[Target] = &[
         run: local_record::run,
         seeds: local_record::seeds,
         dict: wire::JSON_DICT,
+    },
+    Target {
+        name: "etcd",
+        run: etcd::run,
+        seeds: etcd::seeds,
+        dict: etcd::DICT,
     },
     Target {
         name: "net_conf",
