@@ -203,7 +203,7 @@ fn split() {
 
 #[test]
 fn coalesce() {
-    drive("coalesce", 5_000);
+    drive("coalesce", 20_000);
 }
 
 #[test]
@@ -277,7 +277,8 @@ fn write_corpus() {
     }
 }
 
-/// Every body has a libFuzzer target of the same name, and every target a body.
+/// Every body has a libFuzzer target of the same name and a smoke test, and
+/// every libFuzzer target a body.
 #[test]
 fn every_body_has_a_fuzz_target() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
@@ -304,6 +305,11 @@ fn every_body_has_a_fuzz_target() {
         assert!(
             manifest.contains(&format!("name = \"{}\"", t.name)),
             "{} in fuzz/Cargo.toml",
+            t.name
+        );
+        assert!(
+            include_str!("fuzz_smoke.rs").contains(&format!("drive(\"{}\"", t.name)),
+            "a smoke test for {}",
             t.name
         );
     }

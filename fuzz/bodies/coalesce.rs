@@ -25,10 +25,16 @@ const HEAD: usize = 8;
 
 /// The flow a frame belongs to, for the order invariant: what the kernel's GRO
 /// takes as one flow (Ethernet header, addresses, protocol, ports) — within it
-/// a segment that does not merge flushes what is held, so order is kept.
+/// a segment that does not merge flushes what is held, so order is kept. A
+/// frame whose transport header is broken (TCP data offset < 5, header past
+/// the end) belongs to no flow, for GRO as for TCP, which drops it.
 fn flow(frame: &[u8]) -> Vec<u8> {
+    let transport_ok = |ip: &wire::Ip| match ip.proto {
+        6 => wire::tcp_header_len(frame, ip.l4).is_some(),
+        _ => frame.len() >= ip.l4 + 8,
+    };
     match wire::parse_ip(frame) {
-        Some(ip) if matches!(ip.proto, 6 | 17) && frame.len() >= ip.l4 + 4 => {
+        Some(ip) if matches!(ip.proto, 6 | 17) && transport_ok(&ip) => {
             let mut key = frame[..ETH_LEN].to_vec();
             key.extend_from_slice(&[u8::from(ip.v6), ip.proto]);
             key.extend_from_slice(&ip.src);
