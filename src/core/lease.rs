@@ -5,7 +5,6 @@
 use super::json::Fields;
 use super::mac::MacAddr;
 use ipnet::{Ipv4Net, Ipv6Net};
-use serde_json::value::RawValue;
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::SystemTime;
@@ -158,7 +157,12 @@ impl LeaseAttrs {
             .get::<String>("BackendType")
             .map_err(invalid)?
             .unwrap_or_default();
-        let raw = |key: &str| fields.raw(key).filter(|r| r.get() != "null").map(compact);
+        let raw = |key: &str| {
+            fields
+                .raw(key)
+                .filter(|r| r.get() != "null")
+                .map(|r| super::json::compact(r.get()))
+        };
         Ok(LeaseAttrs {
             public_ip,
             public_ipv6,
@@ -183,13 +187,6 @@ impl LeaseAttrs {
 
 fn json_string(s: &str) -> String {
     serde_json::Value::String(s.to_owned()).to_string()
-}
-
-/// Go's `json.Marshal` compacts a `RawMessage`; so do we.
-fn compact(raw: &RawValue) -> String {
-    serde_json::from_str::<serde_json::Value>(raw.get())
-        .map(|value| value.to_string())
-        .unwrap_or_else(|_| raw.get().to_owned())
 }
 
 /// The vxlan backend's lease data: `{"VNI":1,"VtepMAC":"12:c6:65:89:b4:e3"}`.
@@ -304,6 +301,29 @@ mod tests {
             Some(r#"{"vni":7,"vtepmac":"0e:00:00:00:00:01"}"#)
         );
         assert_eq!(attrs.vxlan_data().unwrap().vni, 7);
+    }
+
+    #[test]
+    fn backend_data_is_kept_as_written_so_rendering_is_stable() {
+        // Found by the lease fuzz target: BackendData went through a
+        // serde_json::Value, whose float parsing is not exact, so each
+        // re-rendering changed the number (…743e+31 → …745e+31) and keys
+        // were re-sorted; flannel keeps a RawMessage as written.
+        let doc = r#"{"PublicIP":"192.168.64.3","PublicIPv6":null,"BackendType":"vxlan","BaCkendData":{"VNI":11111111000012743110316963455886,"VtepOAC":"44"}}"#;
+        let attrs = LeaseAttrs::from_json(doc).unwrap();
+        assert_eq!(
+            attrs.backend_data.as_deref(),
+            Some(r#"{"VNI":11111111000012743110316963455886,"VtepOAC":"44"}"#)
+        );
+        let again = LeaseAttrs::from_json(&attrs.to_json()).unwrap();
+        assert_eq!(again, attrs);
+        let doc = r#"{"PublicIP":"10.0.0.1","BackendData":{ "VtepMAC": "0e:00:00:00:00:01", "VNI": 1.1111111000012743e+31 }}"#;
+        let attrs = LeaseAttrs::from_json(doc).unwrap();
+        assert_eq!(
+            attrs.backend_data.as_deref(),
+            Some(r#"{"VtepMAC":"0e:00:00:00:00:01","VNI":1.1111111000012743e+31}"#)
+        );
+        assert_eq!(LeaseAttrs::from_json(&attrs.to_json()).unwrap(), attrs);
     }
 
     #[test]

@@ -382,6 +382,12 @@ pub fn split(
         return Err(OffloadError::Malformed);
     }
     let payload = l.hdr_len..frame.len();
+    // Each segment's length must fit its 16-bit IPv4 total length (IPv6:
+    // payload length) field.
+    let largest = l.hdr_len + mss.min(payload.len()) - if l.v6 { l.l4 } else { ETH_LEN };
+    if largest > MAX_IP_LEN {
+        return Err(OffloadError::Malformed);
+    }
     let count = payload.len().div_ceil(mss).max(1);
     let headers = &frame[..l.hdr_len];
     let first_id = if l.v6 { 0 } else { be16(frame, ETH_LEN + 4) };
@@ -476,8 +482,10 @@ impl FrameRef {
 const MAX_HEADER: usize = VNET_HDR_LEN + ETH_LEN + 40 + 60;
 /// How many flows may be open at once in one batch.
 const MAX_OPEN: usize = 8;
-/// Most segments merged into one super-frame (one `writev`, one iovec each).
-pub const MAX_PARTS: usize = 64;
+/// Most payload pieces in one merged write: the shell writes the header and
+/// the pieces with one `writev` of a fixed-size array, so a long run of small
+/// segments (a flow with a small MSS) is cut into several merges.
+pub const MAX_MERGED_PARTS: usize = 64;
 
 /// One TAP write the coalescer produced.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -585,6 +593,14 @@ impl Coalescer {
     /// Offers one received frame (`bytes` is its content, `at` where it lives).
     pub fn push(&mut self, bytes: &[u8], at: FrameRef) {
         let Some((key, layout)) = tcp_key(bytes) else {
+            // Not coalescable (not TCP, or IP options, Ethernet padding, a
+            // fragment, DF clear). If it is a segment of an open flow, that
+            // flow is written first, so the flow keeps its order.
+            if let Ok(l) = layout(bytes)
+                && let Some(p) = self.open_flow(bytes, &l)
+            {
+                self.close(p);
+            }
             self.writes.push(Write::Single(at));
             return;
         };
@@ -594,14 +610,15 @@ impl Coalescer {
         // Only plain ACK (+PSH) data segments coalesce; anything else goes alone,
         // after closing its flow so order is kept.
         let mergeable = payload > 0 && flags & !(0x10 | 0x08) == 0;
-        let pos = self.open.iter().position(|(_, o)| o.key == key);
+        let pos = self.open_flow(bytes, &layout);
         if let Some(p) = pos {
             let o = &mut self.open[p].1;
             let fits = mergeable
+                && o.key == key
                 && !o.closed
-                && self.pools[o.pool].len() < MAX_PARTS
                 && seq == o.next_seq
                 && payload <= o.mss
+                && self.pools[o.pool].len() < MAX_MERGED_PARTS
                 && o.layout.hdr_len - ETH_LEN + o.payload_len + payload <= self.max_payload;
             if fits {
                 self.pools[o.pool].push(FrameRef {
@@ -658,6 +675,28 @@ impl Coalescer {
                 last_flags: flags,
             },
         ));
+    }
+
+    /// The open merge of the flow `bytes` belongs to, told apart as the
+    /// kernel's GRO does: same Ethernet header, IP addresses and TCP ports. A
+    /// segment of that flow that cannot join it (another ack, TTL, options, a
+    /// control segment) closes it, so no segment overtakes an earlier one.
+    fn open_flow(&self, bytes: &[u8], l: &Layout) -> Option<usize> {
+        if l.proto != PROTO_TCP {
+            return None;
+        }
+        let addrs = if l.v6 {
+            ETH_LEN + 8..ETH_LEN + 40
+        } else {
+            ETH_LEN + 12..ETH_LEN + 20
+        };
+        self.open.iter().position(|(_, o)| {
+            let k = &o.key.bytes;
+            o.layout.v6 == l.v6
+                && k[..ETH_LEN] == bytes[..ETH_LEN]
+                && k[addrs.clone()] == bytes[addrs.clone()]
+                && k[o.layout.l4..o.layout.l4 + 4] == bytes[l.l4..l.l4 + 4]
+        })
     }
 
     /// Closes every open super-frame; call once after the last `push`.
@@ -937,6 +976,37 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn split_refuses_segments_whose_length_does_not_fit_the_ip_header() {
+        // Found by the split fuzz target (beyond the 64 KiB a TAP read
+        // holds): a 65 535-byte gso_size over a larger frame gave segments
+        // whose IP length field was truncated to 16 bits.
+        let frame = crate::core::fixtures::tso_superframe(&payload(66_000));
+        let hdr = |gso_size| VnetHdr {
+            flags: F_NEEDS_CSUM,
+            gso_type: GsoType::TcpV4,
+            hdr_len: 66,
+            gso_size,
+            csum_start: 34,
+            csum_offset: 16,
+        };
+        let (mut arena, mut out) = (Vec::new(), Vec::new());
+        assert_eq!(
+            split(&frame, &hdr(65535), &[], &mut arena, &mut out),
+            Err(OffloadError::Malformed)
+        );
+        assert!(arena.is_empty() && out.is_empty());
+        // The largest segment that fits: 65535 - 20 - 32 bytes of payload.
+        let split = split(&frame, &hdr(65535 - 52), &[], &mut arena, &mut out).unwrap();
+        assert_eq!(split.count, 2);
+        let first = [
+            &arena[out[0].header.clone()],
+            &frame[out[0].payload.clone()],
+        ]
+        .concat();
+        assert_eq!(be16(&first, 16), 65535);
+    }
+
+    #[test]
     fn split_refuses_garbage_without_panicking() {
         let hdr = crate::core::fixtures::tso_vnet_hdr(1398);
         let good = tcp4_frame(&payload(3000), 1, 0x10, 1);
@@ -1036,7 +1106,7 @@ pub(crate) mod tests {
         for w in c.writes() {
             match w {
                 Write::Merged { parts, .. } => {
-                    assert!(parts.len() <= MAX_PARTS);
+                    assert!(parts.len() <= MAX_MERGED_PARTS);
                     total += parts.len();
                 }
                 Write::Single(_) => total += 1,
@@ -1138,6 +1208,36 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_small_mss_run_is_cut_into_merges_the_tap_write_can_carry() {
+        // Found by the coalesce fuzz target: 120 consecutive 88-byte segments
+        // (a flow with MSS 88) became one merge of 120 parts, more than the
+        // RX worker's fixed `writev` array holds (it indexed past the end).
+        let data = payload(120 * 88);
+        let segs: Vec<Vec<u8>> = data
+            .chunks(88)
+            .enumerate()
+            .map(|(i, c)| tcp4_frame(c, 1 + (i * 88) as u32, 0x10, i as u16))
+            .collect();
+        let (buf, refs) = frames_of(&segs);
+        let mut c = Coalescer::with_capacity(refs.len());
+        for r in &refs {
+            c.push(&buf[r.range()], *r);
+        }
+        c.finish();
+        let mut joined = Vec::new();
+        for w in c.writes() {
+            let Write::Merged { parts, .. } = w else {
+                panic!("{w:?}")
+            };
+            assert!(parts.len() <= MAX_MERGED_PARTS, "{} parts", parts.len());
+            let (_, frame) = render(&c, &buf, w);
+            joined.extend_from_slice(&frame[66..]);
+        }
+        assert_eq!(c.writes().len(), 120usize.div_ceil(MAX_MERGED_PARTS));
+        assert_eq!(joined, data);
+    }
+
+    #[test]
     fn gaps_other_flows_and_control_segments_break_runs_but_keep_order() {
         let a0 = tcp4_frame(&payload(100), 0, 0x10, 0);
         let a1 = tcp4_frame(&payload(100), 100, 0x10, 1);
@@ -1162,6 +1262,36 @@ pub(crate) mod tests {
         assert_eq!(w[3], Write::Single(refs[4]));
         assert_eq!(w[4], Write::Single(refs[5]));
         assert_eq!(w.len(), 5);
+    }
+
+    #[test]
+    fn a_flows_segments_that_cannot_join_never_overtake_each_other() {
+        // Found by the coalesce fuzz target: a segment of an open flow that
+        // could not join it (here: IP length 0, i.e. padding) was written at
+        // once while the flow stayed open, so the flow's next segment joined
+        // the merge and was written before it.
+        let a0 = tcp4_frame(&payload(100), 0, 0x10, 0);
+        let mut padded = tcp4_frame(&payload(100), 0, 0x00, 0);
+        padded[16..18].copy_from_slice(&[0, 0]);
+        let a1 = tcp4_frame(&payload(100), 100, 0x10, 1);
+        // The same with a segment carrying a newer ack (another merge key)
+        // that overtook an older one on the wire: kept in arrival order.
+        let x = tcp4_frame(&payload(100), 1000, 0x10, 2);
+        let mut y = tcp4_frame(&payload(100), 1200, 0x10, 3);
+        y[45] = 1; // ack + 1
+        let z = tcp4_frame(&payload(100), 1100, 0x10, 4);
+        // And DF clear: not coalescable, still in order.
+        let mut no_df = tcp4_frame(&payload(100), 1300, 0x10, 5);
+        no_df[20] = 0;
+        let w = tcp4_frame(&payload(100), 1300, 0x10, 6);
+        let (buf, refs) = frames_of(&[a0, padded, a1, x, y, z, no_df, w]);
+        let mut c = Coalescer::new();
+        for r in &refs {
+            c.push(&buf[r.range()], *r);
+        }
+        c.finish();
+        let order: Vec<Write> = refs.iter().map(|r| Write::Single(*r)).collect();
+        assert_eq!(c.writes(), &order[..]);
     }
 
     #[test]

@@ -50,8 +50,8 @@ const PLAIN_HEAD: usize = vxlan::HEADER_LEN;
 const MAX_GSO_SEGMENTS: usize = 64;
 /// Largest UDP payload of one (GSO) send over IPv4.
 const MAX_UDP_PAYLOAD: usize = 65507;
-/// Most payload pieces in one coalesced TAP write (+1 for the header).
-const MAX_WRITE_PIECES: usize = offload::MAX_PARTS + 1;
+/// Most pieces in one coalesced TAP write: the header and the payload parts.
+const MAX_WRITE_PIECES: usize = offload::MAX_MERGED_PARTS + 1;
 /// An all-zero virtio header: "no offload, checksum verified by the kernel".
 const ZERO_VNET: [u8; VNET_HDR_LEN] = [0; VNET_HDR_LEN];
 

@@ -239,13 +239,20 @@ pub struct Keys {
 
 impl Keys {
     /// The keys under `prefix`, joined as Go's `path.Join` joins them
-    /// (repeated and trailing slashes dropped).
+    /// (repeated and trailing slashes and `.` dropped, `..` applied).
     pub fn new(prefix: &str) -> Keys {
         let absolute = prefix.starts_with('/');
-        let parts: Vec<&str> = prefix
-            .split('/')
-            .filter(|p| !p.is_empty() && *p != ".")
-            .collect();
+        let mut parts: Vec<&str> = Vec::new();
+        for part in prefix.split('/') {
+            match part {
+                "" | "." => {}
+                ".." if parts.last().is_some_and(|p| *p != "..") => {
+                    parts.pop();
+                }
+                ".." if absolute => {} // nothing above the root
+                name => parts.push(name),
+            }
+        }
         let mut base = parts.join("/");
         if absolute {
             base.insert(0, '/');
@@ -1300,6 +1307,12 @@ mod tests {
         assert_eq!(Keys::new("/").config, "/config");
         assert_eq!(Keys::new("").config, "config");
         assert_eq!(Keys::new("weft").subnets, "weft/subnets/");
+        // Found by the etcd fuzz target (a path.Clean model): `..` is applied,
+        // as flannel's path.Join applies it.
+        assert_eq!(Keys::new("/coreos.com/x/../network/."), k);
+        assert_eq!(Keys::new("/../a").config, "/a/config");
+        assert_eq!(Keys::new("a/../..").config, "../config");
+        assert_eq!(Keys::new("a/..").subnets, "subnets/");
         let lease = Lease::from_record("10.5.34.0-24", DOC, None).unwrap();
         assert_eq!(k.lease(&lease), "/coreos.com/network/subnets/10.5.34.0-24");
         assert_eq!(k.subnet(net("10.5.34.0/24")), k.lease(&lease));

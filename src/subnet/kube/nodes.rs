@@ -153,15 +153,16 @@ pub fn node_to_lease(node: &Node, keys: &Annotations) -> Result<Lease, NodeError
     })?;
     let backend_data = match annotation(node, &keys.backend_data).filter(|d| !d.is_empty()) {
         None => None,
-        Some(text) => Some(
-            serde_json::from_str::<serde_json::Value>(text)
+        // Kept as written (compacted as flannel's json.Marshal would), only validated.
+        Some(text) => Some(crate::core::json::compact(
+            serde_json::from_str::<&serde_json::value::RawValue>(text)
                 .map_err(|e| NodeError::BadBackendData {
                     node: name.clone(),
                     key: keys.backend_data.clone(),
                     error: e.to_string(),
                 })?
-                .to_string(),
-        ),
+                .get(),
+        )),
     };
     let subnet = pod_cidrs(node)?.0.ok_or(NodeError::MissingIpv4PodCidr)?;
     Ok(Lease {
