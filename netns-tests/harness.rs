@@ -556,6 +556,16 @@ impl Lab {
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("status JSON: {e}: {text}"))
     }
 
+    /// `(node's own VtepMAC, the VtepMAC node has for the peer leasing `peer`)`, from its status.
+    pub fn vtep_macs(&self, node: usize, peer: ipnet::Ipv4Net) -> ([u8; 6], [u8; 6]) {
+        let status = self.status(node);
+        let own = status["lease"]["vtep_mac"].as_str().expect("own VtepMAC");
+        let theirs = status["peers"][peer.to_string()]["vtep_mac"]
+            .as_str()
+            .expect("peer VtepMAC");
+        (parse_mac(own), parse_mac(theirs))
+    }
+
     /// Peer routes on node's VTEP device, as `ip route` prints them.
     pub fn vtep_routes(&self, node: usize) -> Vec<String> {
         let out = self.exec(
@@ -566,6 +576,34 @@ impl Lab {
             .lines()
             .map(|l| l.trim().to_owned())
             .collect()
+    }
+
+    /// Runs iperf3 TCP for `secs` seconds from node `client` (bound to `bind`)
+    /// to a one-shot server on node `server` at `server_ip`, plus `extra` client
+    /// flags; panics unless it succeeds; returns the JSON report.
+    pub fn iperf3(
+        &mut self,
+        client: usize,
+        bind: Ipv4Addr,
+        server: usize,
+        server_ip: Ipv4Addr,
+        secs: u32,
+        extra: &[&str],
+    ) -> serde_json::Value {
+        let (ns_c, ns_s) = (self.ns(client).to_owned(), self.ns(server).to_owned());
+        let (ip, b, t) = (server_ip.to_string(), bind.to_string(), secs.to_string());
+        let log = format!("iperf3-server-{}.log", self.children.len());
+        self.spawn(&ns_s, &["iperf3", "-s", "-1", "-B", &ip], &log);
+        std::thread::sleep(Duration::from_millis(400));
+        let mut args = vec!["iperf3", "-c", &ip, "-t", &t, "-J", "-B", &b];
+        args.extend_from_slice(extra);
+        let out = self.exec(&ns_c, &args);
+        assert!(
+            out.status.success(),
+            "iperf3 {args:?}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        serde_json::from_slice(&out.stdout).expect("iperf3 JSON")
     }
 
     /// Pings `target` from namespace `ns`: `count` packets, true if all answered.

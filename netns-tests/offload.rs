@@ -8,39 +8,34 @@ fn offloads_on() -> WeftdOpts {
     WeftdOpts::default()
 }
 
+/// Extra `[dataplane]` tunables, keeping the suite's forced-off offloads if any.
+fn dataplane_tunables(lines: &str) -> WeftdOpts {
+    let off = if offloads_forced_off() {
+        OFFLOADS_OFF.trim_start_matches("[dataplane]\n")
+    } else {
+        ""
+    };
+    WeftdOpts {
+        tunables: Some(format!("[dataplane]\n{lines}\n{off}")),
+        ..WeftdOpts::default()
+    }
+}
+
+/// Starts weftd on nodes 0 and 1 with `opts`; returns their subnets once node 0 reaches node 1.
+fn two_weft_nodes(lab: &mut Lab, opts: WeftdOpts) -> (ipnet::Ipv4Net, ipnet::Ipv4Net) {
+    lab.start_weftd_with(0, opts.clone());
+    let s0 = lab.wait_ready(0);
+    lab.start_weftd_with(1, opts);
+    let s1 = lab.wait_ready(1);
+    lab.wait_ping(lab.ns(0), s1.network(), Duration::from_secs(5));
+    (s0, s1)
+}
+
 #[test]
 fn offloads_are_negotiated_and_super_frames_flow() {
     let mut lab = Lab::new(2);
-    lab.start_weftd_with(0, offloads_on());
-    let s0 = lab.wait_ready(0);
-    lab.start_weftd_with(1, offloads_on());
-    let s1 = lab.wait_ready(1);
-    lab.wait_ping(lab.ns(0), s1.network(), Duration::from_secs(5));
-    let ns1 = lab.ns(1).to_owned();
-    lab.spawn(
-        &ns1,
-        &["iperf3", "-s", "-1", "-B", &s1.network().to_string()],
-        "srv.log",
-    );
-    std::thread::sleep(Duration::from_millis(400));
-    let ns0 = lab.ns(0).to_owned();
-    let out = lab.exec(
-        &ns0,
-        &[
-            "iperf3",
-            "-c",
-            &s1.network().to_string(),
-            "-t",
-            "2",
-            "-B",
-            &s0.network().to_string(),
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    let (s0, s1) = two_weft_nodes(&mut lab, offloads_on());
+    lab.iperf3(0, s0.network(), 1, s1.network(), 2, &[]);
     let tx = lab.status(0);
     let rx = lab.status(1);
     let off = offloads_forced_off();
@@ -70,11 +65,7 @@ fn checksums_on_the_wire_are_correct() {
         let ns = lab.ns(n).to_owned();
         lab.run(&ns, &["ethtool", "-K", "eth0", "tx", "off"]);
     }
-    lab.start_weftd_with(0, offloads_on());
-    let s0 = lab.wait_ready(0);
-    lab.start_weftd_with(1, offloads_on());
-    let s1 = lab.wait_ready(1);
-    lab.wait_ping(lab.ns(0), s1.network(), Duration::from_secs(5));
+    let (s0, s1) = two_weft_nodes(&mut lab, offloads_on());
     let u = lab.underlay.clone();
     let pcap = lab.dir.path().join("underlay.pcap").display().to_string();
     let dump = lab.spawn(
@@ -233,10 +224,7 @@ fn checksums_on_the_wire_are_correct() {
 fn too_big_df_packets_get_icmp_frag_needed_and_tcp_still_flows() {
     let mut lab = Lab::new(2);
     lab.set_net_conf(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","MTU":9000}}"#);
-    lab.start_weftd_with(0, offloads_on());
-    let s0 = lab.wait_ready(0);
-    lab.start_weftd_with(1, offloads_on());
-    let s1 = lab.wait_ready(1);
+    let (s0, s1) = two_weft_nodes(&mut lab, offloads_on());
     let ns0 = lab.ns(0).to_owned();
     assert!(
         lab.run(&ns0, &["ip", "-o", "link", "show", "flannel.1"])
@@ -310,41 +298,15 @@ fn too_big_df_packets_get_icmp_frag_needed_and_tcp_still_flows() {
 #[test]
 fn the_dataplane_allocates_nothing_per_packet() {
     let mut lab = Lab::new(2);
-    lab.start_weftd_with(0, offloads_on());
-    let s0 = lab.wait_ready(0);
-    lab.start_weftd_with(1, offloads_on());
-    let s1 = lab.wait_ready(1);
-    lab.wait_ping(lab.ns(0), s1.network(), Duration::from_secs(5));
-    let (ns0, ns1) = (lab.ns(0).to_owned(), lab.ns(1).to_owned());
-    let run = |lab: &mut Lab, tag: &str, secs: &str| {
-        lab.spawn(
-            &ns1,
-            &["iperf3", "-s", "-1", "-B", &s1.network().to_string()],
-            &format!("srv-{tag}.log"),
-        );
-        std::thread::sleep(Duration::from_millis(400));
-        let out = lab.exec(
-            &ns0,
-            &[
-                "iperf3",
-                "-c",
-                &s1.network().to_string(),
-                "-t",
-                secs,
-                "-B",
-                &s0.network().to_string(),
-            ],
-        );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stdout)
-        );
+    let (s0, s1) = two_weft_nodes(&mut lab, offloads_on());
+    let ns1 = lab.ns(1).to_owned();
+    let run = |lab: &mut Lab, secs: u32| {
+        lab.iperf3(0, s0.network(), 1, s1.network(), secs, &[]);
         assert!(lab.ping(&ns1, s0.network(), 5));
     };
-    run(&mut lab, "warm", "1");
+    run(&mut lab, 1);
     let before: Vec<_> = (0..2).map(|n| lab.status(n)["counters"].clone()).collect();
-    run(&mut lab, "measure", "2");
+    run(&mut lab, 2);
     for (n, b) in before.iter().enumerate() {
         let after = lab.status(n)["counters"].clone();
         let frames = (after["encap_frames"].as_u64().unwrap()
@@ -366,54 +328,15 @@ fn the_dataplane_allocates_nothing_per_packet() {
 #[test]
 fn flows_spread_over_workers_of_a_multi_queue_tap() {
     let mut lab = Lab::new(2);
-    let opts = WeftdOpts {
-        tunables: Some(format!(
-            "[dataplane]\nworkers = 2\n{}",
-            if offloads_forced_off() {
-                OFFLOADS_OFF.trim_start_matches("[dataplane]\n")
-            } else {
-                ""
-            }
-        )),
-        ..WeftdOpts::default()
-    };
-    lab.start_weftd_with(0, opts.clone());
-    let s0 = lab.wait_ready(0);
-    lab.start_weftd_with(1, opts);
-    let s1 = lab.wait_ready(1);
+    let opts = dataplane_tunables("workers = 2");
+    let (s0, s1) = two_weft_nodes(&mut lab, opts);
     let ns0 = lab.ns(0).to_owned();
     let link = lab.run(&ns0, &["ip", "-d", "link", "show", "flannel.1"]);
     assert!(
         link.contains("multi_queue") && link.contains("numqueues 2"),
         "{link}"
     );
-    lab.wait_ping(&ns0, s1.network(), Duration::from_secs(5));
-    let ns1 = lab.ns(1).to_owned();
-    lab.spawn(
-        &ns1,
-        &["iperf3", "-s", "-1", "-B", &s1.network().to_string()],
-        "srv.log",
-    );
-    std::thread::sleep(Duration::from_millis(400));
-    let out = lab.exec(
-        &ns0,
-        &[
-            "iperf3",
-            "-c",
-            &s1.network().to_string(),
-            "-t",
-            "2",
-            "-P",
-            "16",
-            "-B",
-            &s0.network().to_string(),
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    lab.iperf3(0, s0.network(), 1, s1.network(), 2, &["-P", "16"]);
     for n in 0..2 {
         let workers = lab.status(n)["workers"].clone();
         let w = workers.as_array().unwrap();
@@ -428,31 +351,8 @@ fn flows_spread_over_workers_of_a_multi_queue_tap() {
     }
 }
 
-fn iperf3_bytes(
-    lab: &mut Lab,
-    tag: &str,
-    extra: &[&str],
-    s0: ipnet::Ipv4Net,
-    s1: ipnet::Ipv4Net,
-) -> f64 {
-    let (ns0, ns1) = (lab.ns(0).to_owned(), lab.ns(1).to_owned());
-    lab.spawn(
-        &ns1,
-        &["iperf3", "-s", "-1", "-B", &s1.network().to_string()],
-        &format!("srv-{tag}.log"),
-    );
-    std::thread::sleep(Duration::from_millis(400));
-    let s1s = s1.network().to_string();
-    let s0s = s0.network().to_string();
-    let mut args = vec!["iperf3", "-c", &s1s, "-t", "2", "-J", "-B", &s0s];
-    args.extend_from_slice(extra);
-    let out = lab.exec(&ns0, &args);
-    assert!(
-        out.status.success(),
-        "iperf3 {tag}: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+fn iperf3_bytes(lab: &mut Lab, extra: &[&str], s0: ipnet::Ipv4Net, s1: ipnet::Ipv4Net) -> f64 {
+    let report = lab.iperf3(0, s0.network(), 1, s1.network(), 2, extra);
     report["end"]["sum_received"]["bytes"].as_f64().unwrap()
 }
 
@@ -461,12 +361,8 @@ fn iperf3_bytes(
 #[test]
 fn small_segments_coalesce_in_bounded_writes() {
     let mut lab = Lab::new(2);
-    lab.start_weftd_with(0, offloads_on());
-    let s0 = lab.wait_ready(0);
-    lab.start_weftd_with(1, offloads_on());
-    let s1 = lab.wait_ready(1);
-    lab.wait_ping(lab.ns(0), s1.network(), Duration::from_secs(5));
-    let bytes = iperf3_bytes(&mut lab, "mss", &["-M", "536", "-P", "2"], s0, s1);
+    let (s0, s1) = two_weft_nodes(&mut lab, offloads_on());
+    let bytes = iperf3_bytes(&mut lab, &["-M", "536", "-P", "2"], s0, s1);
     assert!(bytes > 5e6, "only {bytes} bytes with MSS 536");
     let status = lab.status(1);
     assert_eq!(status["counters"]["drops"]["tap_error"], 0);
@@ -484,23 +380,9 @@ fn small_segments_coalesce_in_bounded_writes() {
 fn after_a_socket_queue_overflow_gro_runs_still_split() {
     let mut lab = Lab::new(2);
     // One worker: the flood and the traffic after it share one socket.
-    let one = WeftdOpts {
-        tunables: Some(format!(
-            "[dataplane]\nworkers = 1\n{}",
-            if offloads_forced_off() {
-                OFFLOADS_OFF.trim_start_matches("[dataplane]\n")
-            } else {
-                ""
-            }
-        )),
-        ..WeftdOpts::default()
-    };
-    lab.start_weftd_with(0, one.clone());
-    let s0 = lab.wait_ready(0);
-    lab.start_weftd_with(1, one);
-    let s1 = lab.wait_ready(1);
-    lab.wait_ping(lab.ns(0), s1.network(), Duration::from_secs(5));
-    let before = iperf3_bytes(&mut lab, "before", &[], s0, s1);
+    let one = dataplane_tunables("workers = 1");
+    let (s0, s1) = two_weft_nodes(&mut lab, one);
+    let before = iperf3_bytes(&mut lab, &[], s0, s1);
     // Stop the receiver and flood its port until the socket queue overflows.
     let pid = nix::unistd::Pid::from_raw(lab.weftd_pid(1).unwrap() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
@@ -514,7 +396,7 @@ fn after_a_socket_queue_overflow_gro_runs_still_split() {
     );
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
     // Every datagram queued from now on carries the overflow count.
-    let after = iperf3_bytes(&mut lab, "after", &[], s0, s1);
+    let after = iperf3_bytes(&mut lab, &[], s0, s1);
     let overflows = lab.status(1)["counters"]["socket_overflows"]
         .as_u64()
         .unwrap();

@@ -68,13 +68,7 @@ fn metrics_move_by_the_right_amounts_and_parse() {
     // 10 pings of 56 bytes each way, 5 wrong-VNI and 3 unknown-source datagrams.
     let ns1 = lab.ns(1).to_owned();
     assert!(lab.ping(&ns1, s0.network(), 10));
-    let status = lab.status(0);
-    let our_mac = parse_mac(status["lease"]["vtep_mac"].as_str().unwrap());
-    let peer_mac = parse_mac(
-        status["peers"][s1.to_string()]["vtep_mac"]
-            .as_str()
-            .unwrap(),
-    );
+    let (our_mac, peer_mac) = lab.vtep_macs(0, s1);
     let target = SocketAddrV4::new(lab.nodes[0].ip, 4789);
     send_udp(
         &ns1,

@@ -204,13 +204,7 @@ fn malformed_datagrams_are_dropped_counted_and_traffic_flows() {
     let s0 = lab.start_weftd(0);
     let s1 = lab.start_weftd(1);
     lab.wait_ping(lab.ns(1), s0.network(), Duration::from_secs(5));
-    let status = lab.status(0);
-    let our_mac = parse_mac(status["lease"]["vtep_mac"].as_str().unwrap());
-    let peer_mac = parse_mac(
-        status["peers"][s1.to_string()]["vtep_mac"]
-            .as_str()
-            .unwrap(),
-    );
+    let (our_mac, peer_mac) = lab.vtep_macs(0, s1);
     let target = SocketAddrV4::new(lab.nodes[0].ip, 4789);
     let before = lab.status(0)["counters"]["drops"].clone();
 
