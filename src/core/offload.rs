@@ -921,33 +921,11 @@ pub(crate) mod tests {
 
     #[test]
     fn uso_superframe_splits_into_udp_datagrams() {
-        let data = payload(5000);
-        let mut f = vec![0x0e, 0, 0, 0, 0, 2, 0x0e, 0, 0, 0, 0, 1, 0x08, 0x00];
-        let ip_len = 20 + 8 + data.len();
-        f.extend_from_slice(&[
-            0x45,
-            0,
-            (ip_len >> 8) as u8,
-            ip_len as u8,
-            0,
-            1,
-            0x40,
-            0,
-            64,
-            17,
-            0,
-            0,
-            10,
-            0,
-            0,
-            1,
-            10,
-            0,
-            0,
-            2,
-        ]);
-        f.extend_from_slice(&[0x30, 0x39, 0x00, 0x35, 0, 0, 0, 0]);
-        f.extend_from_slice(&data);
+        let f = crate::core::fixtures::udp4_frame(
+            [0x0e, 0, 0, 0, 0, 2],
+            [0x0e, 0, 0, 0, 0, 1],
+            14 + 28 + 5000,
+        );
         let hdr = VnetHdr {
             flags: F_NEEDS_CSUM,
             gso_type: GsoType::UdpL4,
@@ -966,8 +944,8 @@ pub(crate) mod tests {
             let udp_len = usize::from(be16(&wire, 38));
             assert_eq!(udp_len, wire.len() - 34);
             let pseudo = checksum::pseudo_header_v4(
-                Ipv4Addr::new(10, 0, 0, 1),
-                Ipv4Addr::new(10, 0, 0, 2),
+                Ipv4Addr::new(10, 244, 1, 5),
+                Ipv4Addr::new(10, 244, 2, 7),
                 17,
                 udp_len as u32,
             );
