@@ -9,6 +9,8 @@
 //! writes JSON and an SVG chart to `bench-results/`.
 //!
 //! Full run:   `sudo cargo bench --bench e2e`   (WEFT_BENCH_ROUNDS, WEFT_BENCH_SECONDS)
+//! Only some modes: WEFT_BENCH_MODES=kernel,weft. weftd with a tunables file
+//! (to compare settings): WEFT_BENCH_TUNABLES=path/to/weftd.toml.
 //! In `cargo test --all-targets` (no `--bench` flag) it does one short round,
 //! so CI keeps the benchmark itself working.
 
@@ -41,6 +43,22 @@ impl Mode {
             Mode::Kernel => "kernel vxlan (flannel)",
             Mode::Weft => "weft",
         }
+    }
+
+    /// The modes named in WEFT_BENCH_MODES (comma list of keys), else all.
+    fn selected() -> Vec<Mode> {
+        let Ok(list) = std::env::var("WEFT_BENCH_MODES") else {
+            return Self::ALL.to_vec();
+        };
+        let modes: Vec<Mode> = Self::ALL
+            .into_iter()
+            .filter(|m| list.split(',').any(|k| k.trim() == m.key()))
+            .collect();
+        assert!(
+            !modes.is_empty(),
+            "WEFT_BENCH_MODES={list:?} names no mode; use veth, kernel, weft"
+        );
+        modes
     }
 
     fn key(self) -> &'static str {
@@ -255,9 +273,16 @@ fn run_mode(lab: &mut Lab, mode: Mode, seconds: u64) -> Sample {
             sample
         }
         Mode::Weft => {
-            lab.start_weftd_with(0, WeftdOpts::default());
+            let opts = || WeftdOpts {
+                tunables: std::env::var("WEFT_BENCH_TUNABLES").ok().map(|path| {
+                    std::fs::read_to_string(&path)
+                        .unwrap_or_else(|e| panic!("WEFT_BENCH_TUNABLES={path}: {e}"))
+                }),
+                ..WeftdOpts::default()
+            };
+            lab.start_weftd_with(0, opts());
             lab.wait_ready(0);
-            lab.start_weftd_with(1, WeftdOpts::default());
+            lab.start_weftd_with(1, opts());
             let target = lab.wait_ready(1).network();
             lab.wait_ping(lab.ns(0), target, Duration::from_secs(5));
             let pids: Vec<u32> = (0..2).filter_map(|n| lab.weftd_pid(n)).collect();
@@ -345,9 +370,10 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(if full { 5 } else { 1 });
     let mut lab = Lab::new(2);
+    let modes = Mode::selected();
     let mut samples: BTreeMap<Mode, Vec<Sample>> = BTreeMap::new();
     for round in 0..rounds {
-        for mode in Mode::ALL {
+        for &mode in &modes {
             eprintln!("round {}/{rounds}: {}", round + 1, mode.name());
             let sample = run_mode(&mut lab, mode, seconds);
             eprintln!("  {sample:?}");
@@ -388,7 +414,7 @@ fn main() {
             ratio(g(Mode::Kernel), g(Mode::Veth))
         );
     }
-    for mode in Mode::ALL {
+    for &mode in &modes {
         let runs: Vec<serde_json::Value> = samples[&mode]
             .iter()
             .map(|s| {
@@ -443,7 +469,7 @@ fn main() {
     std::fs::write(dir.join(format!("{tag}.svg")), svg_chart(&medians)).expect("write svg");
     println!("wrote {0}/{tag}.json and {0}/{tag}.svg", dir.display());
     // The smoke run must have moved traffic in every mode.
-    for mode in Mode::ALL {
+    for &mode in &modes {
         let tcp = medians.get(&(mode, "tcp1_gbps")).copied().unwrap_or(0.0);
         assert!(tcp > 0.0, "{}: no TCP throughput", mode.name());
         let rtt = medians

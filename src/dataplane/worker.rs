@@ -168,6 +168,10 @@ pub(super) fn spawn(setup: WorkerSetup) -> Result<WorkerHandle, DataplaneError> 
 
 /// Registers the worker's descriptors with the current runtime and builds its two tasks.
 fn tasks(setup: WorkerSetup) -> Result<(TxTask, RxTask), DataplaneError> {
+    // arc-swap gives each thread a debt node on its first load; take it now,
+    // not when this worker's first frame arrives (that would be an allocation
+    // on the packet path, possibly long after start).
+    drop(setup.shared.router.load());
     let tap_failed = |source| DataplaneError::TapFailed {
         name: setup.tap_name.clone(),
         source,
