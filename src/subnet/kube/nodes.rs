@@ -353,10 +353,14 @@ impl NodeTable {
 
     /// The (re)list is complete: its nodes replace the table, as a snapshot.
     pub fn init_done(&mut self) -> Step {
-        let listed = self.listing.take().unwrap_or_default();
+        let mut listed = self.listing.take().unwrap_or_default();
         let mut bad = Vec::new();
-        for (name, k) in &listed {
+        for (name, k) in &mut listed {
             if let Some(error) = &k.error {
+                // As on a watch event: a node whose annotations turned bad keeps
+                // its last good lease (until fixed or deleted), so a relist does
+                // not cut traffic that a MODIFIED event would have kept.
+                k.lease = self.known.get(name).and_then(|old| old.lease.clone());
                 let reported = self
                     .known
                     .get(name)
@@ -371,7 +375,7 @@ impl NodeTable {
         }
         let leases = listed
             .values()
-            .filter(|k| k.managed && k.error.is_none())
+            .filter(|k| k.managed)
             .filter_map(|k| k.lease.clone())
             .collect();
         self.known = listed;
@@ -664,6 +668,18 @@ mod tests {
         let step = t.apply(&b_bad);
         assert!(step.change.is_none());
         assert_eq!(step.bad[0].error.kind(), "invalid_json");
+        // A relist keeps it too (not reported again); a never-good node stays out.
+        t.init();
+        t.init_apply(&moved);
+        t.init_apply(&broken);
+        t.init_apply(&b_bad);
+        let step = t.init_done();
+        assert!(step.bad.is_empty(), "{:?}", step.bad);
+        let Some(Change::Snapshot(leases)) = step.change else {
+            panic!("{step:?}")
+        };
+        let subnets: Vec<String> = leases.iter().map(|l| l.subnet.to_string()).collect();
+        assert_eq!(subnets, ["10.244.1.0/24", "10.244.8.0/24"]);
         assert!(matches!(
             t.delete(&b_bad).change,
             Some(Change::Event(LeaseEvent::Removed(l))) if l.subnet.to_string() == "10.244.8.0/24"
