@@ -8,7 +8,7 @@
 //! whole machine's CPU time per GB. Prints a table with weft/kernel ratios,
 //! writes JSON and an SVG chart to `bench-results/`.
 //!
-//! Full run:   `sudo cargo bench --bench e2e`   (WEFT_BENCH_ROUNDS, WEFT_BENCH_SECONDS)
+//! Full run:   `cargo bench --bench e2e` (as root)   (WEFT_BENCH_ROUNDS, WEFT_BENCH_SECONDS)
 //! Only some modes: WEFT_BENCH_MODES=kernel,weft. weftd with a tunables file
 //! (to compare settings): WEFT_BENCH_TUNABLES=path/to/weftd.toml.
 //! In `cargo test --all-targets` (no `--bench` flag) it does one short round,

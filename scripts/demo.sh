@@ -2,9 +2,9 @@
 # The main job: build weft, bring up a 3-node weft overlay in network
 # namespaces on the embedded lease store, and show traffic across it.
 #
-#   sudo bash scripts/demo.sh          # run, show, clean up
-#   sudo bash scripts/demo.sh --keep   # leave it running to poke at (clean up with --down)
-#   sudo bash scripts/demo.sh --down   # remove a kept demo
+#   bash scripts/demo.sh          # run, show, clean up
+#   bash scripts/demo.sh --keep   # leave it running to poke at (clean up with --down)
+#   bash scripts/demo.sh --down   # remove a kept demo
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "run as root: the demo creates namespaces and TAP devices" >&2; exit 1; }
@@ -106,6 +106,6 @@ The demo keeps running. Try:
   ip netns exec $P-n2 tcpdump -ni flannel.1
   $WEFTD status --status-socket $WORK/node1/weftd.sock
   ip netns exec $P-n1 curl -s localhost:8081/metrics   (or any HTTP client)
-Logs: $WORK/node*.log.  Remove it: sudo bash scripts/demo.sh --down
+Logs: $WORK/node*.log.  Remove it: bash scripts/demo.sh --down
 TXT
 fi
