@@ -559,6 +559,16 @@ fn wait_disconnected(lab: &Lab, node: usize) {
 
 const KERNEL_SUBNET: &str = "10.244.200.0/24";
 
+/// Subnets 10.244.N.0/24, N counting up from `from`, that are none of `taken`:
+/// for leases a test writes after its weftds picked theirs at random.
+fn spare_subnets(from: u8, taken: &[Ipv4Net]) -> std::vec::IntoIter<Ipv4Net> {
+    (from..=u8::MAX)
+        .map(|n| Ipv4Net::new(Ipv4Addr::new(10, 244, n, 0), 24).expect("a /24"))
+        .filter(|n| !taken.contains(n))
+        .collect::<Vec<_>>()
+        .into_iter()
+}
+
 // ======================================================================
 // tests
 // ======================================================================
@@ -784,7 +794,7 @@ fn etcd_third_party_changes_apply_within_a_second() {
     let mut kernel = KernelVtep {
         vni: 1,
         port: 4789,
-        subnet: KERNEL_SUBNET.parse().unwrap(),
+        subnet: spare_subnets(200, &[weft]).next().unwrap(),
         mac: "0e:fa:00:00:00:01".into(),
     };
     let key = lease_key(kernel.subnet);
@@ -965,8 +975,8 @@ fn etcd_compaction_relists_and_converges() {
     let s0 = start_etcd_weftd(&mut lab, 0);
     let s1 = start_etcd_weftd(&mut lab, 1);
     let ns0 = lab.ns(0).to_owned();
-    let a: Ipv4Net = "10.244.201.0/24".parse().unwrap();
-    let b: Ipv4Net = "10.244.202.0/24".parse().unwrap();
+    let mut spare = spare_subnets(201, &[s0, s1]);
+    let (a, b) = (spare.next().unwrap(), spare.next().unwrap());
     let fake = |last: u8| {
         flannel_json(
             Ipv4Addr::new(192, 168, 100, last),
@@ -1043,10 +1053,13 @@ fn etcd_bad_records_are_skipped_and_counted() {
         assert_eq!(bad["bad_key"], 1, "{bad}");
         assert_eq!(bad["invalid_json"], 1, "{bad}");
     }
-    // Arriving while running.
-    let unknown_backend = lease_key("10.244.78.0/24".parse().unwrap());
-    let bad_ip = lease_key("10.244.79.0/24".parse().unwrap());
-    let invalid_later = lease_key("10.244.80.0/24".parse().unwrap());
+    // Arriving while running, at subnets neither node was given (a bad record
+    // over a node's own key would be a different test).
+    let mut spare = spare_subnets(78, &[s0, s1]);
+    let later: [Ipv4Net; 4] = std::array::from_fn(|_| spare.next().unwrap());
+    let unknown_backend = lease_key(later[0]);
+    let bad_ip = lease_key(later[1]);
+    let invalid_later = lease_key(later[2]);
     etcd.put(
         &unknown_backend,
         r#"{"PublicIP":"192.168.100.78","PublicIPv6":null,"BackendType":"bogus","BackendData":{}}"#,
@@ -1071,23 +1084,23 @@ fn etcd_bad_records_are_skipped_and_counted() {
     }
     assert!(
         log.lines().any(|l| l.contains("ignoring lease")
-            && l.contains("10.244.78.0-24")
+            && l.contains(&format!("{}-24", later[0].network()))
             && l.contains("foreign_backend")),
         "{log}"
     );
     for subnet in [
-        "10.244.77.0/24",
-        "10.244.78.0/24",
-        "10.244.79.0/24",
-        "10.244.80.0/24",
+        "10.244.77.0/24".parse().unwrap(),
+        later[0],
+        later[1],
+        later[2],
     ] {
-        assert!(!has_route(&lab, 0, subnet.parse().unwrap()), "{subnet}");
+        assert!(!has_route(&lab, 0, subnet), "{subnet}");
     }
     assert_eq!(lab.status(0)["ready"], true);
     lab.wait_ping(lab.ns(0), s1.network(), Duration::from_secs(5));
     assert!(lab.ping(lab.ns(1), s0.network(), 2));
     // A good lease written after the bad ones still arrives.
-    let late: Ipv4Net = "10.244.81.0/24".parse().unwrap();
+    let late = later[3];
     etcd.put(&lease_key(late), &good("192.168.100.81"));
     wait_for("good lease after bad ones", Duration::from_secs(2), || {
         has_route(&lab, 0, late).then_some(())
@@ -1350,7 +1363,7 @@ fn etcd_lease_to_first_ping_latency() {
     let kernel = KernelVtep {
         vni: 1,
         port: 4789,
-        subnet: KERNEL_SUBNET.parse().unwrap(),
+        subnet: spare_subnets(200, &[weft]).next().unwrap(),
         mac: "0e:fa:00:00:00:01".into(),
     };
     kernel.create(&lab, &ns1, lab.nodes[1].ip);
