@@ -220,16 +220,20 @@ impl KubeStore {
         self.nodes.get(&self.node_name).await
     }
 
-    /// The own node, retried every `poll` for `timeout` (flannel waits for it
-    /// to appear in its informer the same way).
-    async fn own_node_patiently(&self) -> Result<Node, StoreError> {
+    /// Runs `op` every `poll` until it succeeds or `timeout` would pass
+    /// (flannel's wait loops), handing each failure and its description to `log`.
+    async fn patiently<T, Fut>(
+        &self,
+        mut op: impl FnMut() -> Fut,
+        log: impl Fn(&::kube::Error, &str),
+    ) -> Result<T, StoreError>
+    where
+        Fut: std::future::Future<Output = Result<T, ::kube::Error>>,
+    {
         let deadline = tokio::time::Instant::now() + self.patience.timeout;
         loop {
-            match self.own_node().await {
-                Ok(node) => {
-                    self.stats.set_connected(true);
-                    return Ok(node);
-                }
+            match op().await {
+                Ok(value) => return Ok(value),
                 Err(e) => {
                     let why = describe_error(&e);
                     if tokio::time::Instant::now() + self.patience.poll > deadline {
@@ -238,15 +242,30 @@ impl KubeStore {
                             self.node_name
                         )));
                     }
-                    if is_not_found(&e) {
-                        info!(node = %self.node_name, "node does not exist yet; waiting for it");
-                    } else {
-                        warn!(node = %self.node_name, error = %why, "failed to get the node; retrying");
-                    }
+                    log(&e, &why);
                     tokio::time::sleep(self.patience.poll).await;
                 }
             }
         }
+    }
+
+    /// The own node, retried every `poll` for `timeout` (flannel waits for it
+    /// to appear in its informer the same way).
+    async fn own_node_patiently(&self) -> Result<Node, StoreError> {
+        let node = self
+            .patiently(
+                || self.own_node(),
+                |e, why| {
+                    if is_not_found(e) {
+                        info!(node = %self.node_name, "node does not exist yet; waiting for it");
+                    } else {
+                        warn!(node = %self.node_name, error = %why, "failed to get the node; retrying");
+                    }
+                },
+            )
+            .await?;
+        self.stats.set_connected(true);
+        Ok(node)
     }
 
     /// The `node-public-ip` annotation, which replaces `--public-ip` (flannel's
@@ -335,27 +354,12 @@ impl KubeStore {
             field_manager: Some("weftd".into()),
             ..PatchParams::default()
         };
-        let deadline = tokio::time::Instant::now() + self.patience.timeout;
-        loop {
-            match self
-                .nodes
-                .patch_status(&self.node_name, &params, &patch)
-                .await
-            {
-                Ok(_) => return Ok(()),
-                Err(e) => {
-                    let why = describe_error(&e);
-                    if tokio::time::Instant::now() + self.patience.poll > deadline {
-                        return Err(StoreError::Unavailable(format!(
-                            "timeout contacting kube-api, failed to patch node {:?}. Error: {why}",
-                            self.node_name
-                        )));
-                    }
-                    warn!(node = %self.node_name, error = %why, "failed to patch the node; retrying");
-                    tokio::time::sleep(self.patience.poll).await;
-                }
-            }
-        }
+        self.patiently(
+            || self.nodes.patch_status(&self.node_name, &params, &patch),
+            |_, why| warn!(node = %self.node_name, error = %why, "failed to patch the node; retrying"),
+        )
+        .await
+        .map(drop)
     }
 
     /// flannel's `CompleteLease`: once the node is ready, set its
