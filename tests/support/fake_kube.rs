@@ -659,20 +659,29 @@ fn watch(
                 },
                 _ = tick.tick(), if bookmarks => {
                     // Under the lock every event up to the current version is
-                    // already queued: send those first, then the bookmark.
-                    let (queued, rv) = {
+                    // already queued: send those first, then the bookmark. A
+                    // watch that was dropped (its sender gone) gets no
+                    // bookmark: it would vouch for events it never carried.
+                    let (queued, rv, dropped) = {
                         let st = lock(&shared);
                         if !st.deliver {
                             continue;
                         }
                         let mut queued = Vec::new();
-                        while let Ok(line) = rx.try_recv() {
-                            queued.push(line);
-                        }
-                        (queued, st.rv)
+                        let dropped = loop {
+                            match rx.try_recv() {
+                                Ok(line) => queued.push(line),
+                                Err(mpsc::error::TryRecvError::Empty) => break false,
+                                Err(mpsc::error::TryRecvError::Disconnected) => break true,
+                            }
+                        };
+                        (queued, st.rv, dropped)
                     };
                     for line in queued {
                         if out_tx.send(Ok(line)).await.is_err() { return; }
+                    }
+                    if dropped {
+                        return;
                     }
                     let line = event_line("BOOKMARK", &json!({
                         "kind": "Node",
