@@ -330,11 +330,16 @@ fn svg_chart(medians: &BTreeMap<(Mode, &str), f64>) -> String {
             10.0 + pw * (p as f64 % cols),
             60.0 + ph * (p as f64 / cols).floor(),
         );
-        let values: Vec<f64> = Mode::ALL
+        // A mode left out by WEFT_BENCH_MODES has no value and no bar.
+        let values: Vec<Option<f64>> = Mode::ALL
             .iter()
-            .map(|m| medians.get(&(*m, *key)).copied().unwrap_or(0.0))
+            .map(|m| medians.get(&(*m, *key)).copied())
             .collect();
-        let max = values.iter().cloned().fold(0.0f64, f64::max).max(1e-9);
+        let max = values
+            .iter()
+            .flatten()
+            .fold(0.0f64, |a, b| a.max(*b))
+            .max(1e-9);
         let _ = write!(
             s,
             r#"<text x="{}" y="{}" font-weight="bold">{label}</text>"#,
@@ -342,6 +347,7 @@ fn svg_chart(medians: &BTreeMap<(Mode, &str), f64>) -> String {
             py + 14.0
         );
         for (i, v) in values.iter().enumerate() {
+            let Some(v) = v else { continue };
             let bh = (ph - 70.0) * v / max;
             let bx = px + 20.0 + i as f64 * 85.0;
             let by = py + ph - 30.0 - bh;
