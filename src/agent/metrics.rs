@@ -100,6 +100,12 @@ impl Collector for WeftCollector {
         )?;
         counter(
             &mut e,
+            "weft_gso_batched_datagrams",
+            "Frames sent with others of their flow in one UDP GSO message (small packets batched, not split super-frames).",
+            c.gso_datagrams,
+        )?;
+        counter(
+            &mut e,
             "weft_gro_superframes",
             "Coalesced super-frames written to the TAP.",
             c.gro_frames,

@@ -232,6 +232,11 @@ pub fn render(r: &StatusReport) -> String {
             n("gro_frames"),
             n("icmp_too_big")
         );
+        let _ = writeln!(
+            out,
+            "batched       {} small frames sent in UDP GSO runs",
+            n("gso_datagrams")
+        );
         let drops: Vec<String> = c["drops"]
             .as_object()
             .map(|m| {

@@ -16,6 +16,9 @@ pub struct WorkerCounters {
     pub arp_replies: AtomicU64,
     /// Super-frames (TSO) read from the TAP and split.
     pub tso_frames: AtomicU64,
+    /// Frames (not split from a super-frame) that left with others of their
+    /// flow in one UDP GSO message.
+    pub gso_datagrams: AtomicU64,
     /// Super-frames written to the TAP after coalescing.
     pub gro_frames: AtomicU64,
     /// ICMP "fragmentation needed" messages sent back into the TAP.
@@ -35,6 +38,7 @@ pub struct BatchTally {
     pub decap_bytes: u64,
     pub arp_replies: u64,
     pub tso_frames: u64,
+    pub gso_datagrams: u64,
     pub gro_frames: u64,
     pub icmp_too_big: u64,
     pub drops: [u64; DropReason::COUNT],
@@ -60,6 +64,7 @@ impl WorkerCounters {
         add(&self.decap_bytes, t.decap_bytes);
         add(&self.arp_replies, t.arp_replies);
         add(&self.tso_frames, t.tso_frames);
+        add(&self.gso_datagrams, t.gso_datagrams);
         add(&self.gro_frames, t.gro_frames);
         add(&self.icmp_too_big, t.icmp_too_big);
         for (c, v) in self.drops.iter().zip(t.drops) {
@@ -83,6 +88,7 @@ pub struct CounterSnapshot {
     pub decap_bytes: u64,
     pub arp_replies: u64,
     pub tso_frames: u64,
+    pub gso_datagrams: u64,
     pub gro_frames: u64,
     pub icmp_too_big: u64,
     /// Heap allocations on dataplane threads since start (with weftd's counting allocator).
@@ -148,6 +154,7 @@ impl Counters {
             s.decap_bytes += w.decap_bytes.load(Relaxed);
             s.arp_replies += w.arp_replies.load(Relaxed);
             s.tso_frames += w.tso_frames.load(Relaxed);
+            s.gso_datagrams += w.gso_datagrams.load(Relaxed);
             s.gro_frames += w.gro_frames.load(Relaxed);
             s.icmp_too_big += w.icmp_too_big.load(Relaxed);
             s.socket_overflows += w.socket_overflows.load(Relaxed);

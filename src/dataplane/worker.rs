@@ -487,12 +487,22 @@ impl TxTask {
                     Plan::Datagram {
                         dst, start, end, ..
                     } => {
-                        if !queue.has_room(1) {
+                        let mut slices: [&[u8]; MAX_GSO_SEGMENTS] = [&[]; MAX_GSO_SEGMENTS];
+                        slices[0] = &b.bufs[i][start..end];
+                        let mut count = 1;
+                        if self.shared.udp_gso.load(Relaxed) {
+                            i = self.gso_run(&b.bufs, &b.plans[..n], i, &mut slices, &mut count);
+                        }
+                        if !queue.has_room(count) {
                             failed_gso |= send_all(&self.pool[sock], &mut queue, tally).await;
                         }
-                        if !queue.push(dst, &[&b.bufs[i][start..end]], None, 1) {
-                            tally.drop(DropReason::SocketError);
-                            tally.encap_frames = tally.encap_frames.saturating_sub(1);
+                        let gso = (count > 1).then_some(slices[0].len() as u16);
+                        if count > 1 {
+                            tally.gso_datagrams += count as u64;
+                        }
+                        if !queue.push(dst, &slices[..count], gso, count as u32) {
+                            tally.drops[DropReason::SocketError.index()] += count as u64;
+                            tally.encap_frames = tally.encap_frames.saturating_sub(count as u64);
                         }
                     }
                     Plan::Segments {
@@ -539,6 +549,57 @@ impl TxTask {
                 );
             }
         }
+    }
+
+    /// Gathers the datagrams that follow plan `i` (a datagram) in the batch and
+    /// can leave with it in one UDP GSO message: same destination and source
+    /// socket, the same length (the last may be shorter), at most 64 of them
+    /// and 64 KiB, each within the underlay MTU. Small packets of one flow
+    /// (DNS, QUIC, VoIP, TCP ACKs) then cross the underlay stack as one
+    /// buffer, which the receiver's UDP_GRO keeps whole; on the wire they are
+    /// the same datagrams. Fills `slices[1..]`, sets `count` and returns the
+    /// index of the last plan taken.
+    fn gso_run<'b>(
+        &self,
+        bufs: &'b [Box<[u8]>],
+        plans: &[Plan],
+        i: usize,
+        slices: &mut [&'b [u8]; MAX_GSO_SEGMENTS],
+        count: &mut usize,
+    ) -> usize {
+        let Plan::Datagram { dst, sock, .. } = plans[i] else {
+            return i;
+        };
+        let size = slices[0].len();
+        let mtu = self.shared.underlay_mtu as usize;
+        if offload::outer_len(size - vxlan::HEADER_LEN) > mtu {
+            return i;
+        }
+        let (mut last, mut total) = (i, size);
+        for (j, plan) in plans.iter().enumerate().skip(i + 1) {
+            match *plan {
+                Plan::Skip => continue,
+                Plan::Datagram {
+                    dst: d,
+                    sock: s,
+                    start,
+                    end,
+                } if d == dst && s == sock && end - start <= size => {
+                    if *count == MAX_GSO_SEGMENTS || total + (end - start) > MAX_UDP_PAYLOAD {
+                        break;
+                    }
+                    slices[*count] = &bufs[j][start..end];
+                    *count += 1;
+                    total += end - start;
+                    last = j;
+                    if end - start < size {
+                        break; // only the last segment of a GSO send may be short
+                    }
+                }
+                _ => break,
+            }
+        }
+        last
     }
 
     /// Reads up to `bufs.len()` frames at offset `head`, waiting for the first.
