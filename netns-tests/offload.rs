@@ -470,8 +470,10 @@ fn send_numbered_bursts(
 
 /// Small datagrams of one flow that the TAP hands over back to back leave in
 /// UDP GSO runs (one buffer through the underlay stack instead of one per
-/// datagram). They arrive whole, in order, and on the wire they are ordinary
-/// VXLAN datagrams of their own size with correct checksums.
+/// datagram), and the receiver writes runs of them to its TAP as one UDP GSO
+/// super-frame that the kernel cuts back into the datagrams. They arrive
+/// whole, in order, and on the wire they are ordinary VXLAN datagrams of their
+/// own size with correct checksums.
 #[test]
 fn small_datagrams_batch_into_gso_sends_and_arrive_intact() {
     let mut lab = Lab::new(2);
@@ -499,7 +501,16 @@ fn small_datagrams_batch_into_gso_sends_and_arrive_intact() {
     } else {
         assert!(batched > 0, "no small datagrams left in a GSO run");
     }
-    assert_eq!(lab.status(1)["counters"]["drops"]["bad_checksum"], 0);
+    let rx = lab.status(1);
+    assert_eq!(rx["counters"]["drops"]["bad_checksum"], 0);
+    assert_eq!(rx["counters"]["drops"]["tap_error"], 0);
+    // No TCP ran: every coalesced write was a run of these datagrams.
+    let merged = rx["counters"]["gro_frames"].as_u64().unwrap();
+    if offloads_forced_off() {
+        assert_eq!(merged, 0, "offloads are off, yet datagrams were coalesced");
+    } else {
+        assert!(merged > 0, "no run of datagrams was coalesced on receive");
+    }
 
     // On the wire: with node 0's checksum offload off the kernel segments each
     // run in software before the capture point, so tcpdump sees what a NIC

@@ -8,9 +8,11 @@
 //! valid GSO super-frame for the TAP — its parts are the payloads of
 //! consecutive segments of one flow, all of `gso_size` bytes but the last, its
 //! headers are the first segment's with the total length, IPv4 checksum and
-//! last flags fixed up and the partial TCP checksum of the whole, its payload
-//! is the concatenation of the parts, and it has at most
-//! `offload::MAX_MERGED_PARTS` parts (one TAP `writev` of fixed size).
+//! last flags (TCP) or UDP length (UDP) fixed up and the partial checksum of
+//! the whole, its payload is the concatenation of the parts, and it has at
+//! most `offload::MAX_MERGED_PARTS` parts (one TAP `writev` of fixed size).
+//! UDP merges only when the mode turns UDP coalescing on, and only datagrams
+//! that carry a checksum.
 //!
 //! Input: `[mode] ([len u16] frame)...`.
 
@@ -46,8 +48,8 @@ fn flow(frame: &[u8]) -> Vec<u8> {
     }
 }
 
-/// The headers of a TCP segment with the fields that differ between segments
-/// of one flow zeroed: what must be equal for two segments to merge.
+/// The headers of a TCP segment or UDP datagram with the fields that differ
+/// between segments of one flow zeroed: what must be equal for two to merge.
 fn flow_key(frame: &[u8], l4: usize, hdr_len: usize, v6: bool) -> Vec<u8> {
     let mut k = frame[..hdr_len].to_vec();
     if v6 {
@@ -57,8 +59,10 @@ fn flow_key(frame: &[u8], l4: usize, hdr_len: usize, v6: bool) -> Vec<u8> {
         k[ETH_LEN + 10..ETH_LEN + 12].fill(0);
     }
     k[l4 + 4..l4 + 8].fill(0);
-    k[l4 + 13] = 0;
-    k[l4 + 16..l4 + 18].fill(0);
+    if hdr_len > l4 + 8 {
+        k[l4 + 13] = 0;
+        k[l4 + 16..l4 + 18].fill(0);
+    }
     k
 }
 
@@ -72,6 +76,7 @@ fn check_merged(
     batch: &Batch<'_>,
     header: usize,
     parts: &std::ops::Range<usize>,
+    udp_on: bool,
 ) -> Vec<usize> {
     let h = c.header(header);
     let ps = c.parts(parts);
@@ -85,23 +90,32 @@ fn check_merged(
     let idx: Vec<usize> = ps.iter().map(|p| p.slot as usize).collect();
     let first = batch.frames[idx[0]];
     let ip = wire::parse_ip(first).expect("a merged frame is IP");
-    assert_eq!(ip.proto, 6, "only TCP merges");
+    let udp = ip.proto == 17;
+    assert!(
+        ip.proto == 6 || (udp && udp_on),
+        "only TCP merges, and UDP when on"
+    );
     let l4 = ip.l4;
-    let hdr_len = l4 + wire::tcp_header_len(first, l4).expect("a TCP header");
+    let hdr_len = if udp {
+        l4 + 8
+    } else {
+        l4 + wire::tcp_header_len(first, l4).expect("a TCP header")
+    };
+    let csum_field = if udp { l4 + 6 } else { l4 + 16 };
     let mss = first.len() - hdr_len;
     let vnet = VnetHdr::parse(h).expect("a virtio header");
     assert_eq!(vnet.flags, offload::F_NEEDS_CSUM);
     assert_eq!(
         vnet.gso_type,
-        if ip.v6 {
-            GsoType::TcpV6
-        } else {
-            GsoType::TcpV4
+        match (udp, ip.v6) {
+            (true, _) => GsoType::UdpL4,
+            (false, true) => GsoType::TcpV6,
+            (false, false) => GsoType::TcpV4,
         }
     );
     assert_eq!(usize::from(vnet.hdr_len), hdr_len);
     assert_eq!(usize::from(vnet.csum_start), l4);
-    assert_eq!(vnet.csum_offset, 16);
+    assert_eq!(usize::from(vnet.csum_offset), csum_field - l4);
     assert_eq!(
         usize::from(vnet.gso_size),
         mss,
@@ -132,6 +146,20 @@ fn check_merged(
         if k + 1 < ps.len() {
             assert_eq!(len, mss, "only the last part is short");
         }
+        if udp {
+            assert_eq!(
+                usize::from(wire::be16(f, l4 + 4)),
+                f.len() - l4,
+                "UDP length"
+            );
+            assert_ne!(
+                wire::be16(f, l4 + 6),
+                0,
+                "a datagram without checksum merged"
+            );
+            merged.extend_from_slice(&f[hdr_len..]);
+            continue;
+        }
         assert_eq!(
             wire::be32(f, l4 + 4),
             seq,
@@ -161,23 +189,31 @@ fn check_merged(
         );
     }
     assert_eq!(flow_key(&merged, l4, hdr_len, ip.v6), key);
-    assert_eq!(wire::be32(&merged, l4 + 4), wire::be32(first, l4 + 4));
     let l4_len = merged.len() - l4;
-    let partial = wire::be16(&merged, l4 + 16);
+    if udp {
+        assert_eq!(
+            usize::from(wire::be16(&merged, l4 + 4)),
+            l4_len,
+            "UDP length of the run"
+        );
+    } else {
+        assert_eq!(wire::be32(&merged, l4 + 4), wire::be32(first, l4 + 4));
+    }
+    let partial = wire::be16(&merged, csum_field);
     assert_eq!(
         partial,
         wire::fold(m.pseudo(l4_len)),
         "CHECKSUM_PARTIAL holds the pseudo-header sum"
     );
     // What the kernel does with it: the completed checksum verifies.
-    merged[l4 + 16..l4 + 18].copy_from_slice(&[0, 0]);
+    merged[csum_field..csum_field + 2].copy_from_slice(&[0, 0]);
     let full = !wire::fold(m.pseudo(l4_len) + wire::raw_sum(&merged[l4..]));
-    merged[l4 + 16..l4 + 18].copy_from_slice(&full.to_be_bytes());
+    merged[csum_field..csum_field + 2].copy_from_slice(&full.to_be_bytes());
     assert!(wire::verifies(&merged[l4..], m.pseudo(l4_len)));
     idx
 }
 
-fn check_batch(c: &Coalescer, batch: &Batch<'_>) {
+fn check_batch(c: &Coalescer, batch: &Batch<'_>, udp_on: bool) {
     let n = batch.frames.len();
     let mut order = Vec::with_capacity(n);
     for w in c.writes() {
@@ -188,7 +224,9 @@ fn check_batch(c: &Coalescer, batch: &Batch<'_>) {
                 assert_eq!(*r, batch.refs[i], "a single write is the frame as it came");
                 order.push(i);
             }
-            Write::Merged { header, parts } => order.extend(check_merged(c, batch, *header, parts)),
+            Write::Merged { header, parts } => {
+                order.extend(check_merged(c, batch, *header, parts, udp_on))
+            }
         }
     }
     let mut seen = vec![0u32; n];
@@ -226,6 +264,8 @@ pub fn run(data: &[u8]) {
     } else {
         Coalescer::with_capacity(frames.len())
     };
+    let udp_on = mode & 2 != 0;
+    c.set_udp(udp_on);
     // Two batches through one coalescer (the second empty unless the mode
     // cuts the frames in two): `clear` must forget the first.
     let cut = if mode & 0x80 != 0 {
@@ -252,15 +292,34 @@ pub fn run(data: &[u8]) {
             c.push(&bufs[i][HEAD..], batch.refs[k]);
         }
         c.finish();
-        check_batch(&c, &batch);
+        check_batch(&c, &batch, udp_on);
     }
 }
 
 fn batch(frames: &[Vec<u8>]) -> Vec<u8> {
+    batch_in_mode(0, frames)
+}
+
+fn batch_in_mode(mode: u8, frames: &[Vec<u8>]) -> Vec<u8> {
     frames
         .iter()
-        .fold(Builder::new().u8(0), |b, f| b.chunk(f))
+        .fold(Builder::new().u8(mode), |b, f| b.chunk(f))
         .build()
+}
+
+/// `n` UDP datagrams of one flow with `len` bytes of payload (the last
+/// `last`), each with a (nonzero) checksum field.
+fn udp_run(n: usize, len: usize, last: usize) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| {
+            let size = if i + 1 == n { last } else { len };
+            let mut f =
+                fixtures::udp4_frame([0x0e, 0, 0, 0, 0, 1], [0x0e, 0, 0, 0, 0, 2], 42 + size);
+            f[42..].copy_from_slice(&wire::payload(size, i as u8));
+            f[40..42].copy_from_slice(&[0x12, i as u8 | 1]);
+            f
+        })
+        .collect()
 }
 
 /// `n` consecutive segments of `mss` bytes, PSH on the last.
@@ -313,5 +372,14 @@ pub fn seeds() -> Vec<Vec<u8>> {
         batch(&run_of(120, 88, 1, 5)),
         batch(&gap),
         batch(&overtaken),
+        // UDP coalescing on (mode bit 1): a run with a short last datagram,
+        // then one without checksum and one of another port in a second run.
+        batch_in_mode(2, &udp_run(20, 200, 50)),
+        batch_in_mode(2, &{
+            let mut r = udp_run(8, 300, 300);
+            r[3][40..42].fill(0);
+            r[5][34] ^= 1;
+            r
+        }),
     ]
 }

@@ -537,6 +537,8 @@ pub struct Coalescer {
     pools: Vec<Vec<FrameRef>>,
     free: Vec<usize>,
     max_payload: usize,
+    /// Whether runs of UDP datagrams of one flow are coalesced too.
+    udp: bool,
 }
 
 impl Default for Coalescer {
@@ -561,7 +563,17 @@ impl Coalescer {
             pools: (0..MAX_OPEN).map(|_| Vec::with_capacity(frames)).collect(),
             free: (0..MAX_OPEN).collect(),
             max_payload: MAX_IP_LEN,
+            udp: false,
         }
+    }
+
+    /// Also coalesces UDP: consecutive datagrams of one flow with the same
+    /// payload length (the last may be shorter) become one super-frame with a
+    /// UDP GSO header, which the kernel cuts back into the same datagrams when
+    /// it delivers or forwards them. Turn it on only when the TAP negotiated
+    /// USO (the kernel takes UDP GSO frames from it).
+    pub fn set_udp(&mut self, on: bool) {
+        self.udp = on;
     }
 
     /// Forgets the previous batch (keeps allocations).
@@ -592,10 +604,15 @@ impl Coalescer {
 
     /// Offers one received frame (`bytes` is its content, `at` where it lives).
     pub fn push(&mut self, bytes: &[u8], at: FrameRef) {
-        let Some((key, layout)) = tcp_key(bytes) else {
-            // Not coalescable (not TCP, or IP options, Ethernet padding, a
-            // fragment, DF clear). If it is a segment of an open flow, that
-            // flow is written first, so the flow keeps its order.
+        let keyed = match tcp_key(bytes) {
+            None if self.udp => udp_key(bytes),
+            keyed => keyed,
+        };
+        let Some((key, layout)) = keyed else {
+            // Not coalescable (not TCP or UDP, or IP options, Ethernet padding,
+            // a fragment, DF clear, a UDP datagram without checksum). If it is
+            // a segment of an open flow, that flow is written first, so the
+            // flow keeps its order.
             if let Ok(l) = layout(bytes)
                 && let Some(p) = self.open_flow(bytes, &l)
             {
@@ -604,11 +621,16 @@ impl Coalescer {
             self.writes.push(Write::Single(at));
             return;
         };
-        let seq = be32(bytes, layout.l4 + 4);
-        let flags = bytes[layout.l4 + 13];
+        let tcp = layout.proto == PROTO_TCP;
         let payload = bytes.len() - layout.hdr_len;
+        let (seq, flags) = if tcp {
+            (be32(bytes, layout.l4 + 4), bytes[layout.l4 + 13])
+        } else {
+            (0, 0)
+        };
         // Only plain ACK (+PSH) data segments coalesce; anything else goes alone,
-        // after closing its flow so order is kept.
+        // after closing its flow so order is kept. UDP has no sequence: the
+        // order of arrival is the order written.
         let mergeable = payload > 0 && flags & !(0x10 | 0x08) == 0;
         let pos = self.open_flow(bytes, &layout);
         if let Some(p) = pos {
@@ -616,7 +638,7 @@ impl Coalescer {
             let fits = mergeable
                 && o.key == key
                 && !o.closed
-                && seq == o.next_seq
+                && (!tcp || seq == o.next_seq)
                 && payload <= o.mss
                 && self.pools[o.pool].len() < MAX_MERGED_PARTS
                 && o.layout.hdr_len - ETH_LEN + o.payload_len + payload <= self.max_payload;
@@ -682,7 +704,7 @@ impl Coalescer {
     /// segment of that flow that cannot join it (another ack, TTL, options, a
     /// control segment) closes it, so no segment overtakes an earlier one.
     fn open_flow(&self, bytes: &[u8], l: &Layout) -> Option<usize> {
-        if l.proto != PROTO_TCP {
+        if l.proto != PROTO_TCP && l.proto != PROTO_UDP {
             return None;
         }
         let addrs = if l.v6 {
@@ -693,6 +715,7 @@ impl Coalescer {
         self.open.iter().position(|(_, o)| {
             let k = &o.key.bytes;
             o.layout.v6 == l.v6
+                && o.layout.proto == l.proto
                 && k[..ETH_LEN] == bytes[..ETH_LEN]
                 && k[addrs.clone()] == bytes[addrs.clone()]
                 && k[o.layout.l4..o.layout.l4 + 4] == bytes[l.l4..l.l4 + 4]
@@ -727,17 +750,26 @@ impl Coalescer {
             let ip_sum = checksum::finish(checksum::sum(&frame[ETH_LEN..l.l4]));
             frame[ETH_LEN + 10..ETH_LEN + 12].copy_from_slice(&ip_sum);
         }
-        frame[l.l4 + 13] = o.last_flags;
+        let (gso_type, csum_offset) = if l.proto == PROTO_TCP {
+            frame[l.l4 + 13] = o.last_flags;
+            (if l.v6 { GsoType::TcpV6 } else { GsoType::TcpV4 }, 16)
+        } else {
+            // The UDP length covers the whole run; the kernel rewrites it (and
+            // adjusts the checksum) per datagram when it segments.
+            frame[l.l4 + 4..l.l4 + 6].copy_from_slice(&(l4_len as u16).to_be_bytes());
+            (GsoType::UdpL4, 6)
+        };
         // CHECKSUM_PARTIAL: the field holds the pseudo-header sum, not complemented.
         let pseudo = pseudo_sum(frame, &l, l4_len) as u16;
-        frame[l.l4 + 16..l.l4 + 18].copy_from_slice(&pseudo.to_be_bytes());
+        let field = l.l4 + usize::from(csum_offset);
+        frame[field..field + 2].copy_from_slice(&pseudo.to_be_bytes());
         let vnet = VnetHdr {
             flags: F_NEEDS_CSUM,
-            gso_type: if l.v6 { GsoType::TcpV6 } else { GsoType::TcpV4 },
+            gso_type,
             hdr_len: l.hdr_len as u16,
             gso_size: o.mss as u16,
             csum_start: l.l4 as u16,
-            csum_offset: 16,
+            csum_offset,
         };
         h[..VNET_HDR_LEN].copy_from_slice(&vnet.emit());
         let start = self.parts.len();
@@ -751,8 +783,37 @@ impl Coalescer {
 
 /// The flow key and layout of a TCP segment that may coalesce; `None` otherwise.
 fn tcp_key(bytes: &[u8]) -> Option<(FlowKey, Layout)> {
+    let (mut key, l) = plain_ip_key(bytes, PROTO_TCP)?;
+    // Also zero the sequence number and flags. Everything else (MACs,
+    // addresses, ports, TOS, TTL, ack, window, options) must be equal.
+    let k = &mut key.bytes;
+    k[l.l4 + 4..l.l4 + 8].fill(0);
+    k[l.l4 + 13] = 0;
+    k[l.l4 + 16..l.l4 + 18].fill(0);
+    Some((key, l))
+}
+
+/// The flow key of a UDP datagram that may join a UDP GSO super-frame: its
+/// length field describes exactly this datagram, and it carries a checksum
+/// (an IPv4 datagram sent without one stays as it came: coalescing would
+/// have the kernel fill one in).
+fn udp_key(bytes: &[u8]) -> Option<(FlowKey, Layout)> {
+    let (mut key, l) = plain_ip_key(bytes, PROTO_UDP)?;
+    if usize::from(be16(bytes, l.l4 + 4)) != bytes.len() - l.l4 || be16(bytes, l.l4 + 6) == 0 {
+        return None;
+    }
+    // Also zero the UDP length and checksum; the ports must be equal.
+    key.bytes[l.l4 + 4..l.l4 + 8].fill(0);
+    Some((key, l))
+}
+
+/// The headers of a `proto` frame as a flow key, with the IP fields that
+/// differ between segments of one flow (lengths, IDs, checksum) zeroed; `None`
+/// when the frame cannot be coalesced: IP options, Ethernet padding, a
+/// fragment, IPv4 without DF (the IDs would matter), headers too long.
+fn plain_ip_key(bytes: &[u8], proto: u8) -> Option<(FlowKey, Layout)> {
     let l = layout(bytes).ok()?;
-    if l.proto != PROTO_TCP || l.hdr_len + VNET_HDR_LEN > MAX_HEADER {
+    if l.proto != proto || l.hdr_len + VNET_HDR_LEN > MAX_HEADER {
         return None;
     }
     if l.v6 {
@@ -775,9 +836,6 @@ fn tcp_key(bytes: &[u8]) -> Option<(FlowKey, Layout)> {
         len: l.hdr_len,
     };
     key.bytes[..l.hdr_len].copy_from_slice(&bytes[..l.hdr_len]);
-    // Zero what differs between segments of one flow: lengths, IDs, checksums,
-    // sequence numbers and flags. Everything else (MACs, addresses, ports, TOS,
-    // TTL, ack, window, options) must be equal.
     let k = &mut key.bytes;
     if l.v6 {
         k[ETH_LEN + 4..ETH_LEN + 6].fill(0);
@@ -785,9 +843,6 @@ fn tcp_key(bytes: &[u8]) -> Option<(FlowKey, Layout)> {
         k[ETH_LEN + 2..ETH_LEN + 6].fill(0);
         k[ETH_LEN + 10..ETH_LEN + 12].fill(0);
     }
-    k[l.l4 + 4..l.l4 + 8].fill(0);
-    k[l.l4 + 13] = 0;
-    k[l.l4 + 16..l.l4 + 18].fill(0);
     Some((key, l))
 }
 
@@ -1143,6 +1198,158 @@ pub(crate) mod tests {
                 (VnetHdr::parse(h), out)
             }
         }
+    }
+
+    /// A UDP/IPv4 datagram (DF set) with IP ID `id`, source port `sport` and
+    /// `data` as payload, both checksums correct.
+    fn udp_datagram(data: &[u8], id: u16, sport: u16) -> Vec<u8> {
+        let mut f = crate::core::fixtures::udp4_frame(
+            [0x0e, 0, 0, 0, 0, 2],
+            [0x0e, 0, 0, 0, 0, 1],
+            42 + data.len(),
+        );
+        f[18..20].copy_from_slice(&id.to_be_bytes());
+        f[34..36].copy_from_slice(&sport.to_be_bytes());
+        f[42..].copy_from_slice(data);
+        let ip_sum = checksum::finish(checksum::sum(&f[14..34]));
+        f[24..26].copy_from_slice(&ip_sum);
+        let pseudo = checksum::pseudo_header_v4(
+            Ipv4Addr::new(10, 244, 1, 5),
+            Ipv4Addr::new(10, 244, 2, 7),
+            17,
+            (8 + data.len()) as u32,
+        );
+        let sum = checksum::combine(pseudo, checksum::sum(&f[34..]));
+        f[40..42].copy_from_slice(&checksum::finish(sum));
+        f
+    }
+
+    fn coalesce(segments: &[Vec<u8>], udp: bool) -> (Coalescer, Vec<u8>) {
+        let (buf, refs) = frames_of(segments);
+        let mut c = Coalescer::new();
+        c.set_udp(udp);
+        for r in &refs {
+            c.push(&buf[r.range()], *r);
+        }
+        c.finish();
+        (c, buf)
+    }
+
+    #[test]
+    fn udp_datagrams_of_a_flow_coalesce_and_split_back_into_the_same_datagrams() {
+        let data = payload(10 * 200 + 50);
+        let originals: Vec<Vec<u8>> = data
+            .chunks(200)
+            .enumerate()
+            .map(|(i, c)| udp_datagram(c, 7 + i as u16, 12345))
+            .collect();
+        let (c, buf) = coalesce(&originals, true);
+        assert_eq!(c.writes().len(), 1, "{:?}", c.writes());
+        let (hdr, frame) = render(&c, &buf, &c.writes()[0]);
+        let hdr = hdr.unwrap();
+        assert_eq!(
+            (hdr.gso_type, hdr.flags, hdr.gso_size, hdr.hdr_len),
+            (GsoType::UdpL4, F_NEEDS_CSUM, 200, 42)
+        );
+        assert_eq!((hdr.csum_start, hdr.csum_offset), (34, 6));
+        assert!(checksum::verify(&frame[14..34], 0), "IP header checksum");
+        assert_eq!(usize::from(be16(&frame, 16)), frame.len() - 14);
+        assert_eq!(usize::from(be16(&frame, 38)), frame.len() - 34);
+        // What the kernel does with it: segment by gso_size, fixing lengths,
+        // IDs and checksums. weft's own splitter does the same.
+        let (mut arena, mut segs) = (Vec::new(), Vec::new());
+        let s = split(&frame, &hdr, &[], &mut arena, &mut segs).unwrap();
+        assert_eq!(s.count, originals.len());
+        for (seg, original) in segs.iter().zip(&originals) {
+            let mut wire = arena[seg.header.clone()].to_vec();
+            wire.extend_from_slice(&frame[seg.payload.clone()]);
+            assert_eq!(&wire, original);
+        }
+    }
+
+    #[test]
+    fn udp_runs_need_the_switch_a_checksum_one_flow_and_equal_lengths() {
+        let d = |n: usize, id: u16, sport: u16| udp_datagram(&payload(n), id, sport);
+        let singles = |c: &Coalescer| c.writes().iter().all(|w| matches!(w, Write::Single(_)));
+        let run = vec![d(100, 1, 1000), d(100, 2, 1000), d(100, 3, 1000)];
+        // Off (no USO on the TAP): every datagram alone.
+        let (c, _) = coalesce(&run, false);
+        assert!(singles(&c) && c.writes().len() == 3);
+        // No checksum (IPv4 allows it): left alone, not given one.
+        let mut bare = run.clone();
+        for f in &mut bare {
+            f[40..42].fill(0);
+        }
+        let (c, _) = coalesce(&bare, true);
+        assert!(singles(&c) && c.writes().len() == 3);
+        // DF clear: the IDs would matter.
+        let mut no_df = run.clone();
+        for f in &mut no_df {
+            f[20] = 0;
+        }
+        let (c, _) = coalesce(&no_df, true);
+        assert!(singles(&c) && c.writes().len() == 3);
+        // Another port is another flow; a longer datagram after a shorter one
+        // starts a new run; frames keep their order.
+        let mixed = vec![
+            d(100, 1, 1000),
+            d(100, 2, 1000),
+            d(100, 1, 2000),
+            d(60, 3, 1000),
+            d(100, 4, 1000),
+            d(100, 5, 1000),
+        ];
+        let (buf, refs) = frames_of(&mixed);
+        let mut c = Coalescer::new();
+        c.set_udp(true);
+        for r in &refs {
+            c.push(&buf[r.range()], *r);
+        }
+        c.finish();
+        let rendered: Vec<Vec<u8>> = c
+            .writes()
+            .iter()
+            .flat_map(|w| {
+                let (hdr, frame) = render(&c, &buf, w);
+                match hdr {
+                    None => vec![frame],
+                    Some(hdr) => {
+                        let (mut arena, mut segs) = (Vec::new(), Vec::new());
+                        split(&frame, &hdr, &[], &mut arena, &mut segs).unwrap();
+                        segs.iter()
+                            .map(|s| {
+                                let mut wire = arena[s.header.clone()].to_vec();
+                                wire.extend_from_slice(&frame[s.payload.clone()]);
+                                wire
+                            })
+                            .collect()
+                    }
+                }
+            })
+            .collect();
+        // Per flow, the datagrams come out in the order they went in.
+        let of_port = |frames: &[Vec<u8>], port: u16| -> Vec<Vec<u8>> {
+            frames
+                .iter()
+                .filter(|f| be16(f, 34) == port)
+                .map(|f| f[42..].to_vec())
+                .collect()
+        };
+        assert_eq!(of_port(&rendered, 1000), of_port(&mixed, 1000));
+        assert_eq!(of_port(&rendered, 2000), of_port(&mixed, 2000));
+        assert!(
+            c.writes().iter().any(|w| matches!(w, Write::Merged { .. })),
+            "{:?}",
+            c.writes()
+        );
+        // A TCP segment in between is another flow: it neither joins nor
+        // ends the UDP run.
+        let tcp = tcp4_frame(&payload(100), 1, 0x10, 9);
+        let (c, buf) = coalesce(&[run[0].clone(), tcp.clone(), run[1].clone()], true);
+        assert_eq!(c.writes().len(), 2, "{:?}", c.writes());
+        let (hdr, _) = render(&c, &buf, &c.writes()[0]);
+        assert_eq!(hdr.map(|h| h.gso_type), Some(GsoType::UdpL4));
+        assert_eq!(render(&c, &buf, &c.writes()[1]), (None, tcp));
     }
 
     #[test]

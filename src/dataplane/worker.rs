@@ -4,7 +4,8 @@
 //! a frame may be a TCP/UDP super-frame: it is split into MSS-sized segments
 //! whose headers go into a reused arena while payloads stay in the read
 //! buffer, and all segments to one peer leave in one UDP GSO `sendmsg` (one
-//! `sendmmsg` per batch and source socket). RX receives a batch of
+//! `sendmmsg` per batch and source socket); so do runs of ordinary frames of
+//! one flow that share a length, back to back in the batch. RX receives a batch of
 //! (GRO-coalesced) datagrams, checks each against the router, re-coalesces
 //! consecutive TCP segments of a flow and writes each super-frame to the TAP
 //! with one `writev` and a GSO virtio header. Buffers, arenas and header
@@ -706,6 +707,8 @@ impl RxTask {
         let mut recv = RecvBatch::new(slots);
         // Up to 64 datagrams per GRO slot.
         let mut coalescer = Coalescer::with_capacity(if gro { slots * 64 } else { slots });
+        // UDP runs go to the TAP with a UDP GSO header: only when it took USO.
+        coalescer.set_udp(self.shared.offloads.uso);
         let counters = self.shared.counters.worker(self.index);
         let verify = self.shared.verify_checksums;
         loop {
