@@ -694,6 +694,87 @@ pub fn send_udp(
     });
 }
 
+/// The payload of datagram `i` of [`numbered_udp_bursts`]: its index, then a
+/// pattern that differs per datagram, so a cut, mixed or shifted datagram shows.
+pub fn numbered_payload(i: u32, len: usize) -> Vec<u8> {
+    let mut p: Vec<u8> = (0..len).map(|k| (i as usize * 31 + k) as u8).collect();
+    p[..4].copy_from_slice(&i.to_be_bytes());
+    p
+}
+
+/// Sends `bursts` bursts of `per_burst` numbered 200-byte UDP datagrams (the
+/// first numbered `first`) from `src` in namespace `src_ns` to `dst`:5555 in
+/// `dst_ns`, and returns what arrived there, in arrival order.
+pub fn numbered_udp_bursts(
+    src_ns: &str,
+    src: Ipv4Addr,
+    dst_ns: &str,
+    dst: Ipv4Addr,
+    first: u32,
+    bursts: u32,
+    per_burst: u32,
+) -> Vec<Vec<u8>> {
+    use std::net::{SocketAddrV4, UdpSocket};
+    let dst = SocketAddrV4::new(dst, 5555);
+    let src = SocketAddrV4::new(src, 0);
+    let (src_ns, dst_ns) = (src_ns.to_owned(), dst_ns.to_owned());
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let receiver = std::thread::spawn(move || {
+        in_netns(&dst_ns, move || {
+            let sock = socket2::Socket::new(
+                socket2::Domain::IPV4,
+                socket2::Type::DGRAM,
+                Some(socket2::Protocol::UDP),
+            )
+            .expect("receiver socket");
+            sock.set_recv_buffer_size(4 << 20).expect("SO_RCVBUF");
+            sock.bind(&dst.into()).expect("bind receiver");
+            let sock = UdpSocket::from(sock);
+            sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            ready_tx.send(()).unwrap();
+            let (mut got, mut buf) = (Vec::new(), [0u8; 2048]);
+            while let Ok(n) = sock.recv(&mut buf) {
+                got.push(buf[..n].to_vec());
+            }
+            got
+        })
+    });
+    ready_rx.recv().expect("receiver started");
+    in_netns(&src_ns, move || {
+        let sock = UdpSocket::bind(src).expect("bind sender");
+        for b in 0..bursts {
+            for k in 0..per_burst {
+                let i = first + b * per_burst + k;
+                sock.send_to(&numbered_payload(i, 200), dst).expect("send");
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    });
+    receiver.join().expect("receiver thread")
+}
+
+/// Asserts that datagrams from [`numbered_udp_bursts`] arrived whole, in
+/// order (one flow never overtakes itself), without duplicates, and at least
+/// 98% of the `sent`.
+pub fn check_numbered_datagrams(got: &[Vec<u8>], sent: u32) {
+    let mut last = None;
+    for p in got {
+        assert!(p.len() >= 4, "a {}-byte datagram arrived", p.len());
+        let i = u32::from_be_bytes(p[..4].try_into().unwrap());
+        assert_eq!(p, &numbered_payload(i, 200), "datagram {i} arrived damaged");
+        assert!(
+            last.is_none_or(|l| i > l),
+            "datagram {i} arrived after {last:?}: reordered or duplicated"
+        );
+        last = Some(i);
+    }
+    assert!(
+        got.len() * 100 >= sent as usize * 98,
+        "only {} of {sent} datagrams arrived",
+        got.len()
+    );
+}
+
 /// GETs `path` from `addr` inside namespace `ns` (plain HTTP/1.0) and returns (status, body).
 pub fn http_get(ns: &str, addr: std::net::SocketAddrV4, path: &str) -> (u16, String) {
     let path = path.to_owned();

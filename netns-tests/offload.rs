@@ -411,63 +411,6 @@ fn after_a_socket_queue_overflow_gro_runs_still_split() {
     );
 }
 
-/// The payload of datagram `i` in the small-datagram test: its index, then a
-/// pattern that differs per datagram, so a cut, mixed or shifted datagram shows.
-fn numbered_payload(i: u32, len: usize) -> Vec<u8> {
-    let mut p: Vec<u8> = (0..len).map(|k| (i as usize * 31 + k) as u8).collect();
-    p[..4].copy_from_slice(&i.to_be_bytes());
-    p
-}
-
-/// Sends `bursts` bursts of `per_burst` numbered 200-byte datagrams from node
-/// 0 to node 1 and returns what node 1 received, in arrival order.
-fn send_numbered_bursts(
-    lab: &Lab,
-    s0: ipnet::Ipv4Net,
-    s1: ipnet::Ipv4Net,
-    first: u32,
-    bursts: u32,
-    per_burst: u32,
-) -> Vec<Vec<u8>> {
-    use std::net::{SocketAddrV4, UdpSocket};
-    let dst = SocketAddrV4::new(s1.network(), 5555);
-    let src = SocketAddrV4::new(s0.network(), 0);
-    let (ns0, ns1) = (lab.ns(0).to_owned(), lab.ns(1).to_owned());
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let receiver = std::thread::spawn(move || {
-        in_netns(&ns1, move || {
-            let sock = socket2::Socket::new(
-                socket2::Domain::IPV4,
-                socket2::Type::DGRAM,
-                Some(socket2::Protocol::UDP),
-            )
-            .expect("receiver socket");
-            sock.set_recv_buffer_size(4 << 20).expect("SO_RCVBUF");
-            sock.bind(&dst.into()).expect("bind receiver");
-            let sock = UdpSocket::from(sock);
-            sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-            ready_tx.send(()).unwrap();
-            let (mut got, mut buf) = (Vec::new(), [0u8; 2048]);
-            while let Ok(n) = sock.recv(&mut buf) {
-                got.push(buf[..n].to_vec());
-            }
-            got
-        })
-    });
-    ready_rx.recv().expect("receiver started");
-    in_netns(&ns0, move || {
-        let sock = UdpSocket::bind(src).expect("bind sender");
-        for b in 0..bursts {
-            for k in 0..per_burst {
-                let i = first + b * per_burst + k;
-                sock.send_to(&numbered_payload(i, 200), dst).expect("send");
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
-    });
-    receiver.join().expect("receiver thread")
-}
-
 /// Small datagrams of one flow that the TAP hands over back to back leave in
 /// UDP GSO runs (one buffer through the underlay stack instead of one per
 /// datagram), and the receiver writes runs of them to its TAP as one UDP GSO
@@ -479,22 +422,9 @@ fn small_datagrams_batch_into_gso_sends_and_arrive_intact() {
     let mut lab = Lab::new(2);
     let (s0, s1) = two_weft_nodes(&mut lab, offloads_on());
     let sent = 40 * 50;
-    let got = send_numbered_bursts(&lab, s0, s1, 0, 40, 50);
-    let mut last = None;
-    for p in &got {
-        let i = u32::from_be_bytes(p[..4].try_into().unwrap());
-        assert_eq!(p, &numbered_payload(i, 200), "datagram {i} arrived damaged");
-        assert!(
-            last.is_none_or(|l| i > l),
-            "datagram {i} arrived after {last:?}: reordered or duplicated"
-        );
-        last = Some(i);
-    }
-    assert!(
-        got.len() * 100 >= sent as usize * 98,
-        "only {} of {sent} datagrams arrived",
-        got.len()
-    );
+    let (ns0, ns1) = (lab.ns(0).to_owned(), lab.ns(1).to_owned());
+    let got = numbered_udp_bursts(&ns0, s0.network(), &ns1, s1.network(), 0, 40, 50);
+    check_numbered_datagrams(&got, sent);
     let batched = lab.status(0)["counters"]["gso_datagrams"].as_u64().unwrap();
     if offloads_forced_off() {
         assert_eq!(batched, 0, "GSO is off, yet datagrams were batched");
@@ -515,7 +445,6 @@ fn small_datagrams_batch_into_gso_sends_and_arrive_intact() {
     // On the wire: with node 0's checksum offload off the kernel segments each
     // run in software before the capture point, so tcpdump sees what a NIC
     // would send.
-    let ns0 = lab.ns(0).to_owned();
     lab.run(&ns0, &["ethtool", "-K", "eth0", "tx", "off"]);
     let u = lab.underlay.clone();
     let pcap = lab.dir.path().join("small.pcap").display().to_string();
@@ -535,12 +464,8 @@ fn small_datagrams_batch_into_gso_sends_and_arrive_intact() {
         "tcpdump-small.log",
     );
     std::thread::sleep(Duration::from_millis(800));
-    let again = send_numbered_bursts(&lab, s0, s1, sent, 40, 50);
-    assert!(
-        again.len() * 100 >= sent as usize * 98,
-        "with software segmentation only {} of {sent} datagrams arrived",
-        again.len()
-    );
+    let again = numbered_udp_bursts(&ns0, s0.network(), &ns1, s1.network(), sent, 40, 50);
+    check_numbered_datagrams(&again, sent);
     assert!(
         lab.wait_child(dump, Duration::from_secs(10)),
         "tcpdump: {}",
