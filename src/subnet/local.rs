@@ -591,27 +591,34 @@ mod tests {
             )
             .await
             .unwrap();
+        // Our subnet was picked at random: the peer and the garbage record go
+        // elsewhere (writing over our own lease file would revoke it).
+        let [garbage, peer]: [ipnet::Ipv4Net; 2] = ["10.244.77.0/24", "10.244.9.0/24"]
+            .map(|net| net.parse().unwrap())
+            .map(|net: ipnet::Ipv4Net| {
+                if net == own.subnet {
+                    "10.244.78.0/24".parse().unwrap()
+                } else {
+                    net
+                }
+            });
+        let key = |net: ipnet::Ipv4Net| format!("{}-{}", net.network(), net.prefix_len());
         fs::write(dir.path().join("not-a-key"), "x").unwrap();
-        fs::write(dir.path().join("10.244.77.0-24"), "{garbage").unwrap();
+        fs::write(dir.path().join(key(garbage)), "{garbage").unwrap();
         let (tx, mut rx) = tokio::sync::mpsc::channel(8);
         let task = s.clone().spawn(own.clone(), RenewPolicy::default(), tx);
         match rx.recv().await.unwrap() {
             StoreUpdate::Snapshot(leases) => assert_eq!(leases, vec![own.clone()]),
             other => panic!("{other:?}"),
         }
-        let peer = "10.244.9.0/24".parse().unwrap();
-        fs::write(
-            dir.path().join("10.244.9.0-24"),
-            record_for(peer, attrs(9), None),
-        )
-        .unwrap();
+        fs::write(dir.path().join(key(peer)), record_for(peer, attrs(9), None)).unwrap();
         match rx.recv().await.unwrap() {
             StoreUpdate::Events(events) => {
                 assert!(matches!(&events[..], [LeaseEvent::Added(l)] if l.subnet == peer))
             }
             other => panic!("{other:?}"),
         }
-        fs::remove_file(dir.path().join("10.244.9.0-24")).unwrap();
+        fs::remove_file(dir.path().join(key(peer))).unwrap();
         match rx.recv().await.unwrap() {
             StoreUpdate::Events(events) => {
                 assert!(matches!(&events[..], [LeaseEvent::Removed(l)] if l.attrs == attrs(9)))
