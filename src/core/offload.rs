@@ -604,11 +604,7 @@ impl Coalescer {
 
     /// Offers one received frame (`bytes` is its content, `at` where it lives).
     pub fn push(&mut self, bytes: &[u8], at: FrameRef) {
-        let keyed = match tcp_key(bytes) {
-            None if self.udp => udp_key(bytes),
-            keyed => keyed,
-        };
-        let Some((key, layout)) = keyed else {
+        let Some((key, layout)) = flow_key(bytes, self.udp) else {
             // Not coalescable (not TCP or UDP, or IP options, Ethernet padding,
             // a fragment, DF clear, a UDP datagram without checksum). If it is
             // a segment of an open flow, that flow is written first, so the
@@ -781,39 +777,22 @@ impl Coalescer {
     }
 }
 
-/// The flow key and layout of a TCP segment that may coalesce; `None` otherwise.
-fn tcp_key(bytes: &[u8]) -> Option<(FlowKey, Layout)> {
-    let (mut key, l) = plain_ip_key(bytes, PROTO_TCP)?;
-    // Also zero the sequence number and flags. Everything else (MACs,
-    // addresses, ports, TOS, TTL, ack, window, options) must be equal.
-    let k = &mut key.bytes;
-    k[l.l4 + 4..l.l4 + 8].fill(0);
-    k[l.l4 + 13] = 0;
-    k[l.l4 + 16..l.l4 + 18].fill(0);
-    Some((key, l))
-}
-
-/// The flow key of a UDP datagram that may join a UDP GSO super-frame: its
-/// length field describes exactly this datagram, and it carries a checksum
-/// (an IPv4 datagram sent without one stays as it came: coalescing would
-/// have the kernel fill one in).
-fn udp_key(bytes: &[u8]) -> Option<(FlowKey, Layout)> {
-    let (mut key, l) = plain_ip_key(bytes, PROTO_UDP)?;
-    if usize::from(be16(bytes, l.l4 + 4)) != bytes.len() - l.l4 || be16(bytes, l.l4 + 6) == 0 {
-        return None;
-    }
-    // Also zero the UDP length and checksum; the ports must be equal.
-    key.bytes[l.l4 + 4..l.l4 + 8].fill(0);
-    Some((key, l))
-}
-
-/// The headers of a `proto` frame as a flow key, with the IP fields that
-/// differ between segments of one flow (lengths, IDs, checksum) zeroed; `None`
-/// when the frame cannot be coalesced: IP options, Ethernet padding, a
-/// fragment, IPv4 without DF (the IDs would matter), headers too long.
-fn plain_ip_key(bytes: &[u8], proto: u8) -> Option<(FlowKey, Layout)> {
+/// The flow key of a frame that may join a super-frame, and its layout:
+/// its headers with the fields that differ between segments of one flow
+/// zeroed (IP lengths, IDs and checksum; TCP sequence, flags and checksum; UDP
+/// length and checksum). Everything else (MACs, addresses, ports, TOS, TTL,
+/// ack, window, options) must be equal for two frames to merge.
+///
+/// `None` when the frame cannot be coalesced: not TCP (or UDP, when `udp`),
+/// IP options, Ethernet padding, a fragment, IPv4 without DF (the IDs would
+/// matter), headers too long; for UDP also a length field that does not
+/// describe exactly this datagram, or no checksum (an IPv4 datagram sent
+/// without one stays as it came: coalescing would have the kernel fill one in).
+/// Built in place: the key is large and this runs once per received frame.
+fn flow_key(bytes: &[u8], udp: bool) -> Option<(FlowKey, Layout)> {
     let l = layout(bytes).ok()?;
-    if l.proto != proto || l.hdr_len + VNET_HDR_LEN > MAX_HEADER {
+    let tcp = l.proto == PROTO_TCP;
+    if !(tcp || (udp && l.proto == PROTO_UDP)) || l.hdr_len + VNET_HDR_LEN > MAX_HEADER {
         return None;
     }
     if l.v6 {
@@ -831,6 +810,11 @@ fn plain_ip_key(bytes: &[u8], proto: u8) -> Option<(FlowKey, Layout)> {
             return None; // fragments, or DF clear (IDs would matter)
         }
     }
+    if !tcp
+        && (usize::from(be16(bytes, l.l4 + 4)) != bytes.len() - l.l4 || be16(bytes, l.l4 + 6) == 0)
+    {
+        return None;
+    }
     let mut key = FlowKey {
         bytes: [0; MAX_HEADER],
         len: l.hdr_len,
@@ -842,6 +826,11 @@ fn plain_ip_key(bytes: &[u8], proto: u8) -> Option<(FlowKey, Layout)> {
     } else {
         k[ETH_LEN + 2..ETH_LEN + 6].fill(0);
         k[ETH_LEN + 10..ETH_LEN + 12].fill(0);
+    }
+    k[l.l4 + 4..l.l4 + 8].fill(0);
+    if tcp {
+        k[l.l4 + 13] = 0;
+        k[l.l4 + 16..l.l4 + 18].fill(0);
     }
     Some((key, l))
 }
