@@ -31,6 +31,44 @@ fn two_weft_nodes(lab: &mut Lab, opts: WeftdOpts) -> (ipnet::Ipv4Net, ipnet::Ipv
     (s0, s1)
 }
 
+/// Starts tcpdump on node 0's port of the underlay bridge, writing up to
+/// `count` VXLAN datagrams (plus `extra` options) to `file` in the lab's
+/// directory; returns the child and the file's path. Waits until it listens.
+fn capture_vxlan(lab: &mut Lab, file: &str, count: u32, extra: &[&str]) -> (usize, String) {
+    let u = lab.underlay.clone();
+    let pcap = lab.dir.path().join(file).display().to_string();
+    let count = count.to_string();
+    let mut args = vec!["tcpdump", "-n", "-i", "v0", "-c", &count, "-w", &pcap];
+    args.extend_from_slice(extra);
+    args.push("udp port 4789");
+    let dump = lab.spawn(&u, &args, &format!("{file}.log"));
+    std::thread::sleep(Duration::from_millis(800));
+    (dump, pcap)
+}
+
+/// The frame numbers in `pcap` that tshark's display `filter` selects, one per
+/// line, with UDP and TCP checksum validation on.
+fn tshark_frames(pcap: &str, filter: &str) -> String {
+    let out = output_with_timeout(
+        std::process::Command::new("tshark").args([
+            "-r",
+            pcap,
+            "-o",
+            "udp.check_checksum:TRUE",
+            "-o",
+            "tcp.check_checksum:TRUE",
+            "-Y",
+            filter,
+            "-T",
+            "fields",
+            "-e",
+            "frame.number",
+        ]),
+        Duration::from_secs(60),
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 #[test]
 fn offloads_are_negotiated_and_super_frames_flow() {
     let mut lab = Lab::new(2);
@@ -66,26 +104,7 @@ fn checksums_on_the_wire_are_correct() {
         lab.run(&ns, &["ethtool", "-K", "eth0", "tx", "off"]);
     }
     let (s0, s1) = two_weft_nodes(&mut lab, offloads_on());
-    let u = lab.underlay.clone();
-    let pcap = lab.dir.path().join("underlay.pcap").display().to_string();
-    let dump = lab.spawn(
-        &u,
-        &[
-            "tcpdump",
-            "-n",
-            "-i",
-            "v0",
-            "-s",
-            "200",
-            "-c",
-            "2000",
-            "-w",
-            &pcap,
-            "udp port 4789",
-        ],
-        "tcpdump.log",
-    );
-    std::thread::sleep(Duration::from_millis(800));
+    let (dump, _) = capture_vxlan(&mut lab, "underlay.pcap", 2000, &["-s", "200"]);
     let ns1 = lab.ns(1).to_owned();
     lab.spawn(
         &ns1,
@@ -114,27 +133,11 @@ fn checksums_on_the_wire_are_correct() {
     assert!(
         lab.wait_child(dump, Duration::from_secs(10)),
         "tcpdump: {}",
-        lab.read_log("tcpdump.log")
+        lab.read_log("underlay.pcap.log")
     );
     // Headers only (-s 200): check the outer UDP checksum over captured data only
     // where the datagram is whole; the inner TCP checksum likewise.
-    let full = lab.dir.path().join("full.pcap").display().to_string();
-    let dump2 = lab.spawn(
-        &u,
-        &[
-            "tcpdump",
-            "-n",
-            "-i",
-            "v0",
-            "-c",
-            "300",
-            "-w",
-            &full,
-            "udp port 4789",
-        ],
-        "tcpdump2.log",
-    );
-    std::thread::sleep(Duration::from_millis(800));
+    let (dump2, full) = capture_vxlan(&mut lab, "full.pcap", 300, &[]);
     lab.spawn(
         &ns1,
         &["iperf3", "-s", "-1", "-B", &s1.network().to_string()],
@@ -156,28 +159,9 @@ fn checksums_on_the_wire_are_correct() {
     assert!(
         lab.wait_child(dump2, Duration::from_secs(10)),
         "tcpdump: {}",
-        lab.read_log("tcpdump2.log")
+        lab.read_log("full.pcap.log")
     );
-    let fields = |file: &str, filter: &str| -> String {
-        let out = output_with_timeout(
-            std::process::Command::new("tshark").args([
-                "-r",
-                file,
-                "-o",
-                "udp.check_checksum:TRUE",
-                "-o",
-                "tcp.check_checksum:TRUE",
-                "-Y",
-                filter,
-                "-T",
-                "fields",
-                "-e",
-                "frame.number",
-            ]),
-            Duration::from_secs(60),
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let fields = tshark_frames;
     let count = |file: &str, filter: &str| fields(file, filter).lines().count();
     let inner_tcp = count(&full, "vxlan && tcp");
     assert!(
@@ -446,49 +430,15 @@ fn small_datagrams_batch_into_gso_sends_and_arrive_intact() {
     // run in software before the capture point, so tcpdump sees what a NIC
     // would send.
     lab.run(&ns0, &["ethtool", "-K", "eth0", "tx", "off"]);
-    let u = lab.underlay.clone();
-    let pcap = lab.dir.path().join("small.pcap").display().to_string();
-    let dump = lab.spawn(
-        &u,
-        &[
-            "tcpdump",
-            "-n",
-            "-i",
-            "v0",
-            "-c",
-            "500",
-            "-w",
-            &pcap,
-            "udp port 4789",
-        ],
-        "tcpdump-small.log",
-    );
-    std::thread::sleep(Duration::from_millis(800));
+    let (dump, pcap) = capture_vxlan(&mut lab, "small.pcap", 500, &[]);
     let again = numbered_udp_bursts(&ns0, s0.network(), &ns1, s1.network(), sent, 40, 50);
     check_numbered_datagrams(&again, sent);
     assert!(
         lab.wait_child(dump, Duration::from_secs(10)),
         "tcpdump: {}",
-        lab.read_log("tcpdump-small.log")
+        lab.read_log("small.pcap.log")
     );
-    let count = |filter: &str| {
-        let out = output_with_timeout(
-            std::process::Command::new("tshark").args([
-                "-r",
-                &pcap,
-                "-o",
-                "udp.check_checksum:TRUE",
-                "-Y",
-                filter,
-                "-T",
-                "fields",
-                "-e",
-                "frame.number",
-            ]),
-            Duration::from_secs(60),
-        );
-        String::from_utf8_lossy(&out.stdout).lines().count()
-    };
+    let count = |filter: &str| tshark_frames(&pcap, filter).lines().count();
     // Outer Ethernet, IPv4, UDP, VXLAN; inner Ethernet, IPv4, UDP; payload.
     let wire_len = 14 + 20 + 8 + 8 + 14 + 20 + 8 + 200;
     let inner = count("vxlan && udp.dstport == 5555");

@@ -5,10 +5,11 @@
 //! whose headers go into a reused arena while payloads stay in the read
 //! buffer, and all segments to one peer leave in one UDP GSO `sendmsg` (one
 //! `sendmmsg` per batch and source socket); so do runs of ordinary frames of
-//! one flow that share a length, back to back in the batch. RX receives a batch of
-//! (GRO-coalesced) datagrams, checks each against the router, re-coalesces
-//! consecutive TCP segments of a flow and writes each super-frame to the TAP
-//! with one `writev` and a GSO virtio header. Buffers, arenas and header
+//! one flow that share a length, back to back in the batch. RX receives a
+//! batch of (GRO-coalesced) datagrams, checks each against the router,
+//! re-coalesces consecutive TCP segments (and, with USO, UDP datagrams) of a
+//! flow and writes each super-frame to the TAP with one `writev` and a GSO
+//! virtio header. Buffers, arenas and header
 //! arrays are allocated once per worker: nothing is allocated per packet.
 //!
 //! Error policy:
@@ -498,12 +499,11 @@ impl TxTask {
                             failed_gso |= send_all(&self.pool[sock], &mut queue, tally).await;
                         }
                         let gso = (count > 1).then_some(slices[0].len() as u16);
-                        if count > 1 {
-                            tally.gso_datagrams += count as u64;
-                        }
                         if !queue.push(dst, &slices[..count], gso, count as u32) {
                             tally.drops[DropReason::SocketError.index()] += count as u64;
                             tally.encap_frames = tally.encap_frames.saturating_sub(count as u64);
+                        } else if count > 1 {
+                            tally.gso_datagrams += count as u64;
                         }
                     }
                     Plan::Segments {
