@@ -602,7 +602,7 @@ mod tests {
                     net
                 }
             });
-        let key = |net: ipnet::Ipv4Net| format!("{}-{}", net.network(), net.prefix_len());
+        let key = |net| subnet_key(net, None);
         fs::write(dir.path().join("not-a-key"), "x").unwrap();
         fs::write(dir.path().join(key(garbage)), "{garbage").unwrap();
         let (tx, mut rx) = tokio::sync::mpsc::channel(8);
