@@ -73,8 +73,7 @@ fn gro_batch() -> (Vec<u8>, Vec<FrameRef>) {
     let mut refs = Vec::new();
     for s in &segs {
         let start = buf.len() as u32;
-        buf.extend_from_slice(&arena[s.header.clone()]);
-        buf.extend_from_slice(&super_frame[s.payload.clone()]);
+        buf.extend_from_slice(&arena[s.wire.clone()]);
         refs.push(FrameRef {
             slot: 0,
             start,

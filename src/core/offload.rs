@@ -309,11 +309,11 @@ fn layout(frame: &[u8]) -> Result<Layout, OffloadError> {
     })
 }
 
-/// One segment produced by [`split`]: its headers in the arena, its payload in the frame.
+/// One segment produced by [`split`]: where it lies in the arena, prefix,
+/// headers and payload, exactly as it goes on the wire.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Segment {
-    pub header: Range<usize>,
-    pub payload: Range<usize>,
+    pub wire: Range<usize>,
 }
 
 /// The result of splitting one frame.
@@ -354,10 +354,15 @@ fn pseudo_sum(frame: &[u8], l: &Layout, l4_len: usize) -> u32 {
 
 /// Cuts the super-frame `frame` (described by `hdr`) into wire segments.
 ///
-/// For each segment, `prefix` (the VXLAN header) followed by the fixed-up
-/// Ethernet/IP/TCP-or-UDP headers is appended to `arena`, and a [`Segment`]
-/// pointing at it and at the payload range of `frame` is appended to `out`.
-/// Checksums of every segment are computed in full: they must be right on the wire.
+/// For each segment, `prefix` (the VXLAN header), the fixed-up
+/// Ethernet/IP/TCP-or-UDP headers and the segment's payload are appended to
+/// `arena`, and a [`Segment`] pointing at them is appended to `out`.
+/// Consecutive segments are contiguous, so a run of them is one slice: the
+/// kernel copies one buffer per UDP GSO send much faster than ninety small
+/// ones (the copy in `udp_sendmsg` took half the CPU with a header/payload
+/// iovec per segment), and the payload is summed from L1 right after it is
+/// copied. Checksums of every segment are computed in full: they must be
+/// right on the wire.
 pub fn split(
     frame: &[u8],
     hdr: &VnetHdr,
@@ -441,21 +446,20 @@ pub fn split(
             l.l4 + 6
         };
         seg[csum_field..csum_field + 2].copy_from_slice(&[0, 0]);
-        let sum = checksum::combine(
-            checksum::combine(
-                pseudo_sum(seg, &l, l4_len),
-                checksum::sum(&seg[l.l4..l.hdr_len]),
-            ),
-            checksum::sum(seg_payload),
+        let head_sum = checksum::combine(
+            pseudo_sum(seg, &l, l4_len),
+            checksum::sum(&seg[l.l4..l.hdr_len]),
         );
+        let p = arena.len();
+        arena.extend_from_slice(seg_payload);
+        let sum = checksum::combine(head_sum, checksum::sum(&arena[p..]));
         let mut value = checksum::finish(sum);
         if value == [0, 0] && l.proto == PROTO_UDP {
             value = [0xff, 0xff];
         }
-        seg[csum_field..csum_field + 2].copy_from_slice(&value);
+        arena[h + csum_field..h + csum_field + 2].copy_from_slice(&value);
         out.push(Segment {
-            header: at..arena.len(),
-            payload: start..end,
+            wire: at..arena.len(),
         });
     }
     Ok(Split {
@@ -946,9 +950,15 @@ pub(crate) mod tests {
         assert_eq!(split.segment_len, 8 + 66 + 1398);
         let mut rebuilt = Vec::new();
         for (i, s) in segs.iter().enumerate() {
-            let mut wire = arena[s.header.clone()].to_vec();
+            let wire = arena[s.wire.clone()].to_vec();
             assert_eq!(&wire[..8], &prefix);
-            wire.extend_from_slice(&frame[s.payload.clone()]);
+            if i > 0 {
+                assert_eq!(
+                    s.wire.start,
+                    segs[i - 1].wire.end,
+                    "segments are contiguous"
+                );
+            }
             let seg = &wire[8..];
             verify_tcp4(seg);
             assert_eq!(be32(seg, 38), 1000 + (i * 1398) as u32, "seq");
@@ -982,8 +992,7 @@ pub(crate) mod tests {
         let s = split(&f, &hdr, &[], &mut arena, &mut segs).unwrap();
         assert_eq!(s.count, 4);
         for seg in &segs {
-            let mut wire = arena[seg.header.clone()].to_vec();
-            wire.extend_from_slice(&f[seg.payload.clone()]);
+            let wire = arena[seg.wire.clone()].to_vec();
             assert!(checksum::verify(&wire[14..34], 0));
             let udp_len = usize::from(be16(&wire, 38));
             assert_eq!(udp_len, wire.len() - 34);
@@ -1020,11 +1029,7 @@ pub(crate) mod tests {
         // The largest segment that fits: 65535 - 20 - 32 bytes of payload.
         let split = split(&frame, &hdr(65535 - 52), &[], &mut arena, &mut out).unwrap();
         assert_eq!(split.count, 2);
-        let first = [
-            &arena[out[0].header.clone()],
-            &frame[out[0].payload.clone()],
-        ]
-        .concat();
+        let first = &arena[out[0].wire.clone()];
         assert_eq!(be16(&first, 16), 65535);
     }
 
@@ -1250,8 +1255,7 @@ pub(crate) mod tests {
         let s = split(&frame, &hdr, &[], &mut arena, &mut segs).unwrap();
         assert_eq!(s.count, originals.len());
         for (seg, original) in segs.iter().zip(&originals) {
-            let mut wire = arena[seg.header.clone()].to_vec();
-            wire.extend_from_slice(&frame[seg.payload.clone()]);
+            let wire = arena[seg.wire.clone()].to_vec();
             assert_eq!(&wire, original);
         }
     }
@@ -1307,8 +1311,7 @@ pub(crate) mod tests {
                         split(&frame, &hdr, &[], &mut arena, &mut segs).unwrap();
                         segs.iter()
                             .map(|s| {
-                                let mut wire = arena[s.header.clone()].to_vec();
-                                wire.extend_from_slice(&frame[s.payload.clone()]);
+                                let wire = arena[s.wire.clone()].to_vec();
                                 wire
                             })
                             .collect()

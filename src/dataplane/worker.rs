@@ -49,9 +49,9 @@ const MAX_FRAME: usize = 65535 + 14 + 4;
 /// Bytes in front of a TAP read: room for the VXLAN header in plain mode.
 const PLAIN_HEAD: usize = vxlan::HEADER_LEN;
 /// Most segments the kernel takes in one UDP GSO send (`UDP_MAX_SEGMENTS`).
-const MAX_GSO_SEGMENTS: usize = 64;
+pub(super) const MAX_GSO_SEGMENTS: usize = 64;
 /// Largest UDP payload of one (GSO) send over IPv4.
-const MAX_UDP_PAYLOAD: usize = 65507;
+pub(super) const MAX_UDP_PAYLOAD: usize = 65507;
 /// Most pieces in one coalesced TAP write: the header and the payload parts.
 const MAX_WRITE_PIECES: usize = offload::MAX_MERGED_PARTS + 1;
 /// An all-zero virtio header: "no offload, checksum verified by the kernel".
@@ -284,7 +284,7 @@ impl TxTask {
             arena: Vec::with_capacity(self.batch * 8 * 1024),
             segs: Vec::with_capacity(self.batch * MAX_GSO_SEGMENTS),
             reply: [0; 128],
-            send: SendBatch::new(self.batch * 4, self.batch * (2 * MAX_GSO_SEGMENTS + 2)),
+            send: SendBatch::new(self.batch * 4, self.batch * 4 + MAX_GSO_SEGMENTS),
         };
         let counters = self.shared.counters.worker(self.index);
         loop {
@@ -423,7 +423,7 @@ impl TxTask {
             tally.encap_frames += split.count as u64;
             tally.encap_bytes += b.segs[first..]
                 .iter()
-                .map(|s| (s.header.len() - vxlan::HEADER_LEN + s.payload.len()) as u64)
+                .map(|s| (s.wire.len() - vxlan::HEADER_LEN) as u64)
                 .sum::<u64>();
             b.plans[i] = Plan::Segments {
                 dst,
@@ -513,7 +513,6 @@ impl TxTask {
                         seg_len,
                         ..
                     } => {
-                        let frame = &b.bufs[i][VNET_HDR_LEN..];
                         // Without GSO (seg_len 0) every segment is its own datagram.
                         let per_msg = MAX_UDP_PAYLOAD
                             .checked_div(seg_len)
@@ -521,18 +520,14 @@ impl TxTask {
                         let mut s = first;
                         while s < last {
                             let e = (s + per_msg).min(last);
-                            if !queue.has_room(2 * (e - s)) {
+                            if !queue.has_room(1) {
                                 failed_gso |= send_all(&self.pool[sock], &mut queue, tally).await;
                             }
-                            let mut slices: [&[u8]; 2 * MAX_GSO_SEGMENTS] =
-                                [&[]; 2 * MAX_GSO_SEGMENTS];
-                            for (k, seg) in b.segs[s..e].iter().enumerate() {
-                                slices[2 * k] = &b.arena[seg.header.clone()];
-                                slices[2 * k + 1] = &frame[seg.payload.clone()];
-                            }
+                            // The segments lie back to back in the arena: one slice.
+                            let run = &b.arena[b.segs[s].wire.start..b.segs[e - 1].wire.end];
                             let gso = (e - s > 1 && seg_len > 0).then_some(seg_len as u16);
                             let frames = (e - s) as u32;
-                            if !queue.push(dst, &slices[..2 * (e - s)], gso, frames) {
+                            if !queue.push(dst, &[run], gso, frames) {
                                 tally.drops[DropReason::SocketError.index()] += u64::from(frames);
                                 tally.encap_frames =
                                     tally.encap_frames.saturating_sub(u64::from(frames));
