@@ -82,11 +82,24 @@ fn offloads_are_negotiated_and_super_frames_flow() {
     }
     let split = tx["counters"]["tso_frames"].as_u64().unwrap();
     let merged = rx["counters"]["gro_frames"].as_u64().unwrap();
+    let link = lab.exec(lab.ns(0), &["ip", "-d", "link", "show", "dev", "flannel.1"]);
+    let link = String::from_utf8_lossy(&link.stdout);
     if off {
         assert_eq!((split, merged), (0, 0));
+        assert!(tx["device"]["gso_max_segs"].is_null());
     } else {
         assert!(split > 100, "few super-frames were split: {split}");
         assert!(merged > 100, "few super-frames were coalesced: {merged}");
+        // Super-frames are capped at what one UDP GSO send carries: 44
+        // segments of 1472 bytes at MTU 1450 (the kernel's default, 46,
+        // needs two sends).
+        assert!(link.contains(" gso_max_segs 44 "), "{link}");
+        assert_eq!(tx["device"]["gso_max_segs"], 44);
+        let encap = tx["counters"]["encap_frames"].as_u64().unwrap();
+        assert!(
+            encap <= 44 * split + encap / 100,
+            "{encap} frames from {split} super-frames: more than 44 segments each"
+        );
     }
     assert_eq!(tx["counters"]["drops"]["bad_offload"], 0);
     assert_eq!(rx["counters"]["drops"]["tap_error"], 0);

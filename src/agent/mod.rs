@@ -159,7 +159,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     let created = existing.is_none();
     let mtu = config.overlay_mtu(ext.mtu);
     let started = start_dataplane(&nl, &tap_name, &tunables, &config, &ext, &lease, mac, mtu).await;
-    let (dataplane, link, fatal_rx) = match started {
+    let (dataplane, link, fatal_rx, gso_max_segs) = match started {
         Ok(ok) => ok,
         Err(e) => {
             if created {
@@ -175,6 +175,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
             name: tap_name.clone(),
             index: link.index,
             mtu,
+            gso_max_segs,
         });
         i.source_ports = dataplane.source_ports().to_vec();
     });
@@ -331,7 +332,14 @@ fn own_lease(lease: &Lease, network: Ipv4Net, config: &NetConfig) -> OwnLease {
     }
 }
 
-type Started = (Dataplane, LinkInfo, mpsc::UnboundedReceiver<DataplaneError>);
+/// The dataplane, its device, where fatal errors arrive, and the device's
+/// `gso_max_segs` if weftd set it.
+type Started = (
+    Dataplane,
+    LinkInfo,
+    mpsc::UnboundedReceiver<DataplaneError>,
+    Option<u32>,
+);
 
 #[allow(clippy::too_many_arguments)]
 async fn start_dataplane(
@@ -376,7 +384,33 @@ async fn start_dataplane(
     let (fatal_tx, fatal_rx) = mpsc::unbounded_channel();
     let dataplane = Dataplane::start(tap, &dp_config, router, fatal_tx)?;
     log_offloads(&tunables.offloads(), &dataplane.offloads());
-    Ok((dataplane, link, fatal_rx))
+    let gso_max_segs = fit_tso_to_udp_gso(nl, &link, &dataplane.offloads(), mtu).await;
+    Ok((dataplane, link, fatal_rx, gso_max_segs))
+}
+
+/// With TSO and UDP GSO both on, caps the TAP's super-frames at what one UDP
+/// GSO send carries ([`tso_segments_per_send`]). Best effort: a kernel that
+/// refuses keeps its default and each super-frame goes out in two sends.
+async fn fit_tso_to_udp_gso(
+    nl: &Netlink,
+    link: &LinkInfo,
+    offloads: &crate::dataplane::offload::ActiveOffloads,
+    mtu: u32,
+) -> Option<u32> {
+    if !(offloads.tso && offloads.udp_gso) {
+        return None;
+    }
+    let segs = crate::dataplane::tso_segments_per_send(mtu);
+    match nl.set_gso_max_segs(link, segs).await {
+        Ok(()) => Some(segs),
+        Err(e) => {
+            warn!(
+                error = %e,
+                "cannot cap TSO super-frames to one UDP GSO send; each goes out in two sends (slower, still correct)"
+            );
+            None
+        }
+    }
 }
 
 fn log_offloads(

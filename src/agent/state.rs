@@ -51,6 +51,9 @@ pub struct DeviceInfo {
     pub name: String,
     pub index: u32,
     pub mtu: u32,
+    /// TCP segments per TSO super-frame, when weftd capped it to one UDP GSO send.
+    #[serde(default)]
+    pub gso_max_segs: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

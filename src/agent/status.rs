@@ -146,11 +146,15 @@ pub fn render(r: &StatusReport) -> String {
         out.push('\n');
     }
     if let Some(dev) = &r.info.device {
-        let _ = writeln!(
+        let _ = write!(
             out,
-            "device   {} (index {}, mtu {})",
+            "device   {} (index {}, mtu {}",
             dev.name, dev.index, dev.mtu
         );
+        if let Some(segs) = dev.gso_max_segs {
+            let _ = write!(out, ", gso_max_segs {segs}");
+        }
+        out.push_str(")\n");
     }
     let on: Vec<_> = r
         .offloads

@@ -65,6 +65,21 @@ impl Default for DataplaneConfig {
     }
 }
 
+/// The most TCP segments a TSO super-frame from the TAP should carry so that
+/// all of them, each with its VXLAN, Ethernet and IP headers, leave in one UDP
+/// GSO send: 44 at the usual overlay MTU of 1450.
+///
+/// The kernel's default (64 KiB, up to 46 segments of 1398 bytes) overflows
+/// the 65507-byte limit of one UDP send by a couple of segments, and a TSO
+/// super-frame then costs two trips through the underlay stack and the
+/// receiver's socket, the second for two or three segments. The agent sets
+/// this as the TAP's `gso_max_segs`, which TCP honours when it builds
+/// super-frames.
+pub fn tso_segments_per_send(overlay_mtu: u32) -> u32 {
+    let wire_segment = crate::core::vxlan::HEADER_LEN + 14 + overlay_mtu as usize;
+    (worker::MAX_UDP_PAYLOAD / wire_segment.max(1)).clamp(1, worker::MAX_GSO_SEGMENTS) as u32
+}
+
 /// A failure that stops the dataplane; the agent exits so its supervisor restarts it.
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
@@ -226,5 +241,28 @@ impl Dataplane {
     /// The outer UDP source ports in use.
     pub fn source_ports(&self) -> &[u16] {
         &self.source_ports
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tso_super_frames_fit_one_udp_gso_send() {
+        for mtu in [68, 576, 1280, 1450, 1500, 8950, 9000, 65000] {
+            let segs = tso_segments_per_send(mtu) as usize;
+            let wire = 8 + 14 + mtu as usize;
+            assert!((1..=64).contains(&segs), "mtu {mtu}: {segs}");
+            assert!(
+                segs == 1 || segs * wire <= 65507,
+                "mtu {mtu}: {segs} too many"
+            );
+            assert!(
+                segs == 64 || (segs + 1) * wire > 65507,
+                "mtu {mtu}: {segs} leaves room for another"
+            );
+        }
+        assert_eq!(tso_segments_per_send(1450), 44);
     }
 }

@@ -137,6 +137,20 @@ impl Netlink {
         }
     }
 
+    /// Caps the TCP segments per TSO super-frame the kernel builds for the link.
+    pub async fn set_gso_max_segs(&self, link: &LinkInfo, segs: u32) -> Result<()> {
+        self.handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(link.index)
+                    .append_extra_attribute(LinkAttribute::GsoMaxSegs(segs))
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(ctx(|| format!("set gso_max_segs {segs} on {}", link.name)))
+    }
+
     /// Sets the link's MAC address (if it differs), MTU, and brings it up.
     pub async fn configure_link(&self, link: &LinkInfo, mac: MacAddr, mtu: u32) -> Result<()> {
         if link.mac != Some(mac) {
