@@ -1030,7 +1030,7 @@ pub(crate) mod tests {
         let split = split(&frame, &hdr(65535 - 52), &[], &mut arena, &mut out).unwrap();
         assert_eq!(split.count, 2);
         let first = &arena[out[0].wire.clone()];
-        assert_eq!(be16(&first, 16), 65535);
+        assert_eq!(be16(first, 16), 65535);
     }
 
     #[test]
@@ -1310,10 +1310,7 @@ pub(crate) mod tests {
                         let (mut arena, mut segs) = (Vec::new(), Vec::new());
                         split(&frame, &hdr, &[], &mut arena, &mut segs).unwrap();
                         segs.iter()
-                            .map(|s| {
-                                let wire = arena[s.wire.clone()].to_vec();
-                                wire
-                            })
+                            .map(|s| arena[s.wire.clone()].to_vec())
                             .collect()
                     }
                 }
