@@ -175,19 +175,16 @@ impl Dataplane {
         let workers = tap.queues.len();
         let mut offloads = tap.offloads;
         offloads.udp_gro = config.offloads.udp_gro;
+        let pools = udp::bind_source_pools(
+            *config.listen.ip(),
+            config.source_ports,
+            workers,
+            config.socket_buffer,
+        )?;
+        let source_ports = pools[0].iter().map(|s| s.port).collect();
         let mut sockets = Vec::with_capacity(workers);
-        let mut source_ports = Vec::new();
-        let mut used_ports = std::collections::BTreeSet::new();
-        for index in 0..workers {
+        for pool in pools {
             let rx = udp::bind_listener(config.listen, config.socket_buffer, &mut offloads)?;
-            let pool = udp::bind_source_pool(
-                *config.listen.ip(),
-                config.source_ports,
-                config.socket_buffer,
-                index,
-                &mut used_ports,
-            )?;
-            source_ports.extend(pool.iter().map(|s| s.port));
             sockets.push((rx, pool));
         }
         offloads.udp_gso = config.offloads.udp_gso && udp::gso_works(&sockets[0].1[0].socket);

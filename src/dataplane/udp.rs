@@ -1,13 +1,14 @@
 //! The VXLAN UDP sockets: one listener per worker on the VXLAN port
 //! (`SO_REUSEPORT`, so the kernel spreads flows over workers), and per worker a
 //! pool of sending sockets bound to ports in 49152–65535 that give each inner
-//! flow its own outer source port.
+//! flow its own outer source port. Every worker's pool has the same ports
+//! (`SO_REUSEPORT` again), so a flow's source port does not depend on the
+//! worker that sends it.
 
 use super::offload::ActiveOffloads;
 use super::{DataplaneError, sys};
 use crate::core::flow::SOURCE_PORT_MIN;
 use socket2::{Domain, Protocol, Socket, Type};
-use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 /// A sending socket and the source port it gives its flows.
@@ -47,45 +48,74 @@ pub fn bind_listener(
     Ok(socket)
 }
 
-/// Binds `count` sending sockets on `ip`, on ports in 49152–65535 not in `used`.
-/// Ports are tried from a start that depends on the worker so that restarts
-/// usually get the same ports.
-pub fn bind_source_pool(
+/// Binds `count` ports in 49152–65535 on `ip` for sending, with one socket
+/// per port for each of `workers` workers; returns each worker's pool, the
+/// same ports in the same order.
+///
+/// The ports are the same for every worker because the TAP steers a flow's
+/// frames to the queue its replies were written on: were the source port
+/// per worker, a flow moved to another worker would change its port, and
+/// with it the peer's receiving worker and the queue of its replies, and a
+/// flow could keep bouncing between workers (seen: half of one stream's
+/// frames on each worker, on both nodes). One descriptor shared by all
+/// workers would do the same but wake every worker's epoll at each send.
+///
+/// A port is taken only if a plain bind (without `SO_REUSEPORT`) succeeds
+/// first, so weftd does not join some other program's `SO_REUSEPORT` group.
+/// Ports are tried from a start that depends on the address so that
+/// restarts usually get the same ports.
+pub fn bind_source_pools(
     ip: Ipv4Addr,
     count: usize,
+    workers: usize,
     buffer: usize,
-    worker: usize,
-    used: &mut BTreeSet<u16>,
-) -> Result<Vec<SourceSocket>, DataplaneError> {
+) -> Result<Vec<Vec<SourceSocket>>, DataplaneError> {
     let span = u32::from(u16::MAX - SOURCE_PORT_MIN) + 1;
-    let mut pool = Vec::with_capacity(count.max(1));
+    let count = count.max(1);
+    let mut pools: Vec<Vec<SourceSocket>> = (0..workers.max(1))
+        .map(|_| Vec::with_capacity(count))
+        .collect();
     let mut last_err = None;
-    let start = (worker as u32 * 257 + u32::from(ip.octets()[3]) * 31) % span;
+    let start = (u32::from(ip.octets()[3]) * 31) % span;
+    // 7919 is prime and so coprime with the span: every port is tried once.
     for i in 0..span {
-        if pool.len() == count.max(1) {
+        if pools[0].len() == count {
             break;
         }
         let port = SOURCE_PORT_MIN + ((start + i * 7919) % span) as u16;
-        if !used.insert(port) {
+        let addr = SocketAddrV4::new(ip, port);
+        let free = new_udp().and_then(|probe| probe.bind(&addr.into()));
+        if let Err(e) = free {
+            last_err = Some(e);
             continue;
         }
-        let socket = new_udp().map_err(|source| DataplaneError::SourcePorts { ip, source })?;
-        match socket.bind(&SocketAddrV4::new(ip, port).into()) {
-            Ok(()) => {
-                let _ = sys::force_socket_buffers(&socket, 64 << 10, buffer);
-                let _ = sys::set_pmtudisc_dont(&socket);
-                // Nothing is ever read from a sending socket: keep its receive queue tiny.
-                let _ = socket.set_recv_buffer_size(4096);
-                pool.push(SourceSocket { socket, port });
+        let sockets: std::io::Result<Vec<_>> =
+            pools.iter().map(|_| source_socket(addr, buffer)).collect();
+        match sockets {
+            Ok(sockets) => {
+                for (pool, socket) in pools.iter_mut().zip(sockets) {
+                    pool.push(SourceSocket { socket, port });
+                }
             }
             Err(e) => last_err = Some(e),
         }
     }
-    if pool.is_empty() {
+    if pools[0].is_empty() {
         let source = last_err.unwrap_or_else(|| std::io::Error::other("no free port"));
         return Err(DataplaneError::SourcePorts { ip, source });
     }
-    Ok(pool)
+    Ok(pools)
+}
+
+fn source_socket(addr: SocketAddrV4, buffer: usize) -> std::io::Result<Socket> {
+    let socket = new_udp()?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    let _ = sys::force_socket_buffers(&socket, 64 << 10, buffer);
+    let _ = sys::set_pmtudisc_dont(&socket);
+    // Nothing is ever read from a sending socket: keep its receive queue tiny.
+    let _ = socket.set_recv_buffer_size(4096);
+    Ok(socket)
 }
 
 /// Whether UDP GSO can be used on this socket.
