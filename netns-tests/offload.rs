@@ -348,6 +348,52 @@ fn flows_spread_over_workers_of_a_multi_queue_tap() {
     }
 }
 
+/// Per-worker (encap, decap) frame counts of a node.
+fn worker_frames(lab: &Lab, node: usize) -> Vec<[u64; 2]> {
+    let status = lab.status(node);
+    let workers = status["workers"].as_array().unwrap().clone();
+    workers
+        .iter()
+        .map(|w| [w[0].as_u64().unwrap(), w[1].as_u64().unwrap()])
+        .collect()
+}
+
+/// With two workers, one TCP stream keeps to one worker on each node in both
+/// directions (data and ACKs), stream after stream. Were the outer source
+/// port chosen per worker, the TAP's steering (a flow's sends go to the
+/// queue its replies were written on) could move a flow, change its port, and
+/// move it again on the peer: half of a stream's frames on each worker.
+#[test]
+fn a_tcp_stream_keeps_to_one_worker_on_both_nodes() {
+    let mut lab = Lab::new(2);
+    let (s0, s1) = two_weft_nodes(&mut lab, dataplane_tunables("workers = 2"));
+    for round in 0..6 {
+        let before = [worker_frames(&lab, 0), worker_frames(&lab, 1)];
+        lab.iperf3(0, s0.network(), 1, s1.network(), 1, &[]);
+        for (node, before) in before.iter().enumerate() {
+            let after = worker_frames(&lab, node);
+            for dir in 0..2 {
+                let moved: Vec<u64> = after
+                    .iter()
+                    .zip(before)
+                    .map(|(a, b)| a[dir] - b[dir])
+                    .collect();
+                let total: u64 = moved.iter().sum();
+                let most = moved.iter().max().copied().unwrap_or(0);
+                assert!(
+                    total > 1000,
+                    "round {round} node {node}: only {total} frames"
+                );
+                assert!(
+                    most * 100 >= total * 95,
+                    "round {round} node {node} {}: frames per worker {moved:?}",
+                    ["encap", "decap"][dir]
+                );
+            }
+        }
+    }
+}
+
 fn iperf3_bytes(lab: &mut Lab, extra: &[&str], s0: ipnet::Ipv4Net, s1: ipnet::Ipv4Net) -> f64 {
     let report = lab.iperf3(0, s0.network(), 1, s1.network(), 2, extra);
     report["end"]["sum_received"]["bytes"].as_f64().unwrap()
