@@ -309,6 +309,10 @@ fn layout(frame: &[u8]) -> Result<Layout, OffloadError> {
     })
 }
 
+/// Longest headers [`split`] handles: Ethernet, IPv4 with options (60) and
+/// TCP with options (60).
+const MAX_HEADERS: usize = ETH_LEN + 60 + 60;
+
 /// One segment produced by [`split`]: where it lies in the arena, prefix,
 /// headers and payload, exactly as it goes on the wire.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -406,6 +410,37 @@ pub fn split(
     } else {
         0
     };
+    // The sums of what every segment's headers share, taken once from the
+    // original headers with the per-segment fields zeroed; each segment then
+    // adds its own field values (RFC 1071 §2, incremental). Summing each
+    // segment's freshly written headers instead stalled on store forwarding
+    // and cost more than the payload sums.
+    let mut shared = [0u8; MAX_HEADERS];
+    let shared = shared.get_mut(..l.hdr_len).ok_or(OffloadError::Malformed)?;
+    shared.copy_from_slice(headers);
+    if l.v6 {
+        shared[ETH_LEN + 4..ETH_LEN + 6].fill(0); // payload length
+    } else {
+        shared[ETH_LEN + 2..ETH_LEN + 6].fill(0); // total length, ID
+        shared[ETH_LEN + 10..ETH_LEN + 12].fill(0); // checksum
+    }
+    if l.proto == PROTO_TCP {
+        shared[l.l4 + 4..l.l4 + 8].fill(0); // sequence number
+        shared[l.l4 + 12..l.l4 + 14].fill(0); // data offset and flags
+        shared[l.l4 + 16..l.l4 + 18].fill(0); // checksum
+    } else {
+        shared[l.l4 + 4..l.l4 + 8].fill(0); // length, checksum
+    }
+    let ip_shared = checksum::sum(&shared[ETH_LEN..l.l4]);
+    let l4_shared = checksum::combine(
+        checksum::sum(&shared[l.l4..l.hdr_len]),
+        pseudo_sum(frame, &l, 0),
+    );
+    let offset_byte = if l.proto == PROTO_TCP {
+        u32::from(frame[l.l4 + 12]) << 8
+    } else {
+        0
+    };
     for i in 0..count {
         let start = payload.start + i * mss;
         let end = (start + mss).min(payload.end);
@@ -420,14 +455,15 @@ pub fn split(
             seg[ETH_LEN + 4..ETH_LEN + 6].copy_from_slice(&(l4_len as u16).to_be_bytes());
         } else {
             let ip_len = (l.hdr_len - ETH_LEN + seg_payload.len()) as u16;
-            seg[ETH_LEN + 2..ETH_LEN + 4].copy_from_slice(&ip_len.to_be_bytes());
             // The kernel's GSO increments the IP ID per segment.
-            seg[ETH_LEN + 4..ETH_LEN + 6]
-                .copy_from_slice(&first_id.wrapping_add(i as u16).to_be_bytes());
-            seg[ETH_LEN + 10..ETH_LEN + 12].copy_from_slice(&[0, 0]);
-            let ip_sum = checksum::finish(checksum::sum(&seg[ETH_LEN..l.l4]));
-            seg[ETH_LEN + 10..ETH_LEN + 12].copy_from_slice(&ip_sum);
+            let id = first_id.wrapping_add(i as u16);
+            seg[ETH_LEN + 2..ETH_LEN + 4].copy_from_slice(&ip_len.to_be_bytes());
+            seg[ETH_LEN + 4..ETH_LEN + 6].copy_from_slice(&id.to_be_bytes());
+            let ip_sum = checksum::combine(ip_shared, u32::from(ip_len) + u32::from(id));
+            seg[ETH_LEN + 10..ETH_LEN + 12].copy_from_slice(&checksum::finish(ip_sum));
         }
+        // The pseudo-header's length, then the fields this segment sets.
+        let mut own = l4_len as u32;
         let csum_field = if l.proto == PROTO_TCP {
             let seq = first_seq.wrapping_add((i * mss) as u32);
             seg[l.l4 + 4..l.l4 + 8].copy_from_slice(&seq.to_be_bytes());
@@ -440,16 +476,14 @@ pub fn split(
                 flags &= !0x80; // CWR only on the first
             }
             seg[l.l4 + 13] = flags;
+            own += (seq >> 16) + (seq & 0xffff) + (offset_byte | u32::from(flags));
             l.l4 + 16
         } else {
             seg[l.l4 + 4..l.l4 + 6].copy_from_slice(&(l4_len as u16).to_be_bytes());
+            own += l4_len as u32;
             l.l4 + 6
         };
-        seg[csum_field..csum_field + 2].copy_from_slice(&[0, 0]);
-        let head_sum = checksum::combine(
-            pseudo_sum(seg, &l, l4_len),
-            checksum::sum(&seg[l.l4..l.hdr_len]),
-        );
+        let head_sum = checksum::combine(l4_shared, own);
         let p = arena.len();
         arena.extend_from_slice(seg_payload);
         let sum = checksum::combine(head_sum, checksum::sum(&arena[p..]));
@@ -969,6 +1003,72 @@ pub(crate) mod tests {
                 assert_eq!(wire.len(), split.segment_len);
             }
             rebuilt.extend_from_slice(&seg[66..]);
+        }
+        assert_eq!(rebuilt, data);
+    }
+
+    #[test]
+    fn every_flag_and_ipv6_segment_checksums_right() {
+        // IPv4, FIN|PSH|ACK|CWR: FIN and PSH only on the last, CWR only on
+        // the first, and every checksum right with the flags changed.
+        let data = payload(7000);
+        let frame = tcp4_frame(&data, 0xffff_f000, 0x99, 0xfffe);
+        let hdr = crate::core::fixtures::tso_vnet_hdr(1000);
+        let (mut arena, mut segs) = (Vec::new(), Vec::new());
+        split(&frame, &hdr, &[], &mut arena, &mut segs).unwrap();
+        assert_eq!(segs.len(), 7);
+        for (i, s) in segs.iter().enumerate() {
+            let seg = &arena[s.wire.clone()];
+            verify_tcp4(seg);
+            let want = 0x10 | if i == 0 { 0x80 } else { 0 } | if i == 6 { 0x09 } else { 0 };
+            assert_eq!(seg[47], want, "flags of segment {i}");
+            assert_eq!(
+                be16(seg, 18),
+                0xfffe_u16.wrapping_add(i as u16),
+                "IP ID wraps"
+            );
+        }
+        // IPv6 with a timestamp option (32-byte TCP header).
+        let data = payload(5000);
+        let (src, dst) = ([0xfd00, 0, 0, 0, 0, 0, 0, 1], [0xfd00, 0, 0, 0, 0, 0, 0, 2]);
+        let mut f = vec![0x0e, 0, 0, 0, 0, 1, 0x0e, 0, 0, 0, 0, 2, 0x86, 0xdd];
+        f.extend_from_slice(&[0x60, 0, 0, 0]);
+        f.extend_from_slice(&((32 + data.len()) as u16).to_be_bytes());
+        f.extend_from_slice(&[6, 64]);
+        for w in src.iter().chain(&dst) {
+            f.extend_from_slice(&u16::to_be_bytes(*w));
+        }
+        f.extend_from_slice(&[0x1f, 0x90, 0xc3, 0x50, 0, 0, 0, 7, 0, 0, 0, 9]);
+        f.extend_from_slice(&[0x80, 0x99, 0x01, 0xf6, 0, 0, 0, 0]);
+        f.extend_from_slice(&[1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2]);
+        f.extend_from_slice(&data);
+        let hdr = VnetHdr {
+            flags: F_NEEDS_CSUM,
+            gso_type: GsoType::TcpV6,
+            hdr_len: 86,
+            gso_size: 1200,
+            csum_start: 54,
+            csum_offset: 16,
+        };
+        let (mut arena, mut segs) = (Vec::new(), Vec::new());
+        split(&f, &hdr, &[], &mut arena, &mut segs).unwrap();
+        assert_eq!(segs.len(), 5);
+        let mut rebuilt = Vec::new();
+        for (i, s) in segs.iter().enumerate() {
+            let seg = &arena[s.wire.clone()];
+            let l4_len = usize::from(be16(seg, 18));
+            assert_eq!(l4_len, seg.len() - 54, "payload length");
+            let pseudo = checksum::pseudo_header_v6(
+                std::net::Ipv6Addr::from(src),
+                std::net::Ipv6Addr::from(dst),
+                6,
+                l4_len as u32,
+            );
+            assert!(checksum::verify(&seg[54..], pseudo), "TCP checksum of {i}");
+            assert_eq!(be32(seg, 58), 7 + (i * 1200) as u32, "seq");
+            let want = 0x10 | if i == 0 { 0x80 } else { 0 } | if i == 4 { 0x09 } else { 0 };
+            assert_eq!(seg[67], want, "flags of segment {i}");
+            rebuilt.extend_from_slice(&seg[86..]);
         }
         assert_eq!(rebuilt, data);
     }
