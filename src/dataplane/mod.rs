@@ -3,9 +3,10 @@
 //!
 //! Each worker owns one TAP queue, one receiving UDP socket on the VXLAN port
 //! (`SO_REUSEPORT`), and a small pool of sending sockets bound to ports in
-//! 49152–65535 (the outer source port is chosen per inner flow by choosing the
-//! socket). The kernel keeps a flow on one TAP queue and one receiving socket,
-//! so a flow never spans workers and is never reordered.
+//! 49152–65535, the same ports in every worker (the outer source port is
+//! chosen per inner flow by choosing the socket). The kernel keeps a flow on
+//! one TAP queue and one receiving socket, so a flow never spans workers and
+//! is never reordered.
 //!
 //! The router is read through an [`ArcSwap`]: the control plane builds a new
 //! one per lease change and swaps it in; workers load it once per batch,
