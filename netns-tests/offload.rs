@@ -369,7 +369,7 @@ fn a_tcp_stream_keeps_to_one_worker_on_both_nodes() {
     let (s0, s1) = two_weft_nodes(&mut lab, dataplane_tunables("workers = 2"));
     for round in 0..6 {
         let before = [worker_frames(&lab, 0), worker_frames(&lab, 1)];
-        lab.iperf3(0, s0.network(), 1, s1.network(), 1, &[]);
+        lab.iperf3(0, s0.network(), 1, s1.network(), 2, &[]);
         for (node, before) in before.iter().enumerate() {
             let after = worker_frames(&lab, node);
             for dir in 0..2 {
@@ -380,14 +380,17 @@ fn a_tcp_stream_keeps_to_one_worker_on_both_nodes() {
                     .collect();
                 let total: u64 = moved.iter().sum();
                 let most = moved.iter().max().copied().unwrap_or(0);
+                let what = ["encap", "decap"][dir];
                 assert!(
-                    total > 1000,
-                    "round {round} node {node}: only {total} frames"
+                    total > 200,
+                    "round {round} node {node} {what}: only {total} frames"
                 );
+                // Until the first reply is written to the TAP, the kernel may
+                // send the flow's first frames (handshake, first window) from
+                // another queue; nothing after that.
                 assert!(
-                    most * 100 >= total * 95,
-                    "round {round} node {node} {}: frames per worker {moved:?}",
-                    ["encap", "decap"][dir]
+                    total - most <= (total / 20).max(50),
+                    "round {round} node {node} {what}: frames per worker {moved:?}"
                 );
             }
         }
