@@ -311,7 +311,7 @@ fn layout(frame: &[u8]) -> Result<Layout, OffloadError> {
 
 /// Longest headers [`split`] handles: Ethernet, IPv4 with options (60) and
 /// TCP with options (60).
-const MAX_HEADERS: usize = ETH_LEN + 60 + 60;
+pub const MAX_HEADERS: usize = ETH_LEN + 60 + 60;
 
 /// One segment produced by [`split`]: where it lies in the arena, prefix,
 /// headers and payload, exactly as it goes on the wire.

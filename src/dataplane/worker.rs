@@ -52,6 +52,13 @@ const PLAIN_HEAD: usize = vxlan::HEADER_LEN;
 pub(super) const MAX_GSO_SEGMENTS: usize = 64;
 /// Largest UDP payload of one (GSO) send over IPv4.
 pub(super) const MAX_UDP_PAYLOAD: usize = 65507;
+/// Room in the split arena per frame of a batch: a whole super-frame with
+/// 64 segments' headers (or more segments with shorter headers: 122 of an
+/// MSS of 536). The arena is sized once for a full batch so that it does not
+/// grow while traffic flows; only super-frames of smaller segments can still
+/// make it grow, once (counted as an allocation).
+const ARENA_PER_FRAME: usize =
+    MAX_FRAME + MAX_GSO_SEGMENTS * (vxlan::HEADER_LEN + offload::MAX_HEADERS);
 /// Most pieces in one coalesced TAP write: the header and the payload parts.
 const MAX_WRITE_PIECES: usize = offload::MAX_MERGED_PARTS + 1;
 /// An all-zero virtio header: "no offload, checksum verified by the kernel".
@@ -281,7 +288,7 @@ impl TxTask {
             bufs: buffers(self.batch, head + VNET_HDR_LEN + MAX_FRAME),
             lens: vec![0; self.batch],
             plans: vec![Plan::Skip; self.batch],
-            arena: Vec::with_capacity(self.batch * 8 * 1024),
+            arena: Vec::with_capacity(self.batch * ARENA_PER_FRAME),
             segs: Vec::with_capacity(self.batch * MAX_GSO_SEGMENTS),
             reply: [0; 128],
             send: SendBatch::new(self.batch * 4, self.batch * 4 + MAX_GSO_SEGMENTS),
