@@ -127,6 +127,21 @@ mod tests {
         path
     }
 
+    /// `exec`, retried while the script is "Text file busy": a test running
+    /// in parallel may fork while our write descriptor is open, and its child
+    /// holds that descriptor until it execs (ETXTBSY, seen in CI).
+    fn run(plugin: &Path, command: Command, stdin: &[u8]) -> Result<Vec<u8>, CniError> {
+        for _ in 0..200 {
+            match exec(plugin, command, stdin) {
+                Err(e) if e.msg.contains("Text file busy") => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                other => return other,
+            }
+        }
+        exec(plugin, command, stdin)
+    }
+
     #[test]
     fn finds_the_first_match_in_path_order() {
         let a = tempfile::tempdir().unwrap();
@@ -155,7 +170,7 @@ mod tests {
             "echo",
             r#"printf '{"cmd":"%s","in":' "$CNI_COMMAND"; cat; printf '}'"#,
         );
-        let out = exec(&plugin, Command::Del, br#"{"a":1}"#).unwrap();
+        let out = run(&plugin, Command::Del, br#"{"a":1}"#).unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
             r#"{"cmd":"DEL","in":{"a":1}}"#
@@ -170,12 +185,12 @@ mod tests {
             "bridge",
             r#"cat >/dev/null; echo '{"cniVersion":"1.0.0","code":11,"msg":"busy","details":"d"}'; exit 1"#,
         );
-        let err = exec(&plugin, Command::Add, b"{}").unwrap_err();
+        let err = run(&plugin, Command::Add, b"{}").unwrap_err();
         assert_eq!(err.code, 11);
         assert_eq!(err.msg, "delegate plugin bridge failed (ADD): busy");
         assert_eq!(err.details, "d");
         let plugin = script(dir.path(), "broken", "echo oops >&2; exit 3");
-        let err = exec(&plugin, Command::Add, b"{}").unwrap_err();
+        let err = run(&plugin, Command::Add, b"{}").unwrap_err();
         assert_eq!(err.code, 999);
         assert!(err.msg.contains("oops"), "{}", err.msg);
     }
