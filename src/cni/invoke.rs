@@ -115,31 +115,33 @@ fn plugin_error(
     }
 }
 
+/// Writes an executable script for a test to run as a plugin. `install`
+/// writes the file in its own process: had this (multi-threaded) test process
+/// written it, a test forking in parallel could inherit the write descriptor
+/// until its child execs, and running the script meanwhile fails with "Text
+/// file busy" (ETXTBSY, seen in CI).
+#[cfg(test)]
+pub(crate) fn write_test_plugin(path: &Path, script: &str) {
+    let source = path.with_extension("src");
+    std::fs::write(&source, script).expect("write the plugin script");
+    let status = std::process::Command::new("install")
+        .args(["-m", "0755"])
+        .arg(&source)
+        .arg(path)
+        .status()
+        .expect("run install(1)");
+    assert!(status.success(), "install {}", path.display());
+    std::fs::remove_file(&source).expect("remove the script source");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
 
     fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
         let path = dir.join(name);
-        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        write_test_plugin(&path, &format!("#!/bin/sh\n{body}\n"));
         path
-    }
-
-    /// `exec`, retried while the script is "Text file busy": a test running
-    /// in parallel may fork while our write descriptor is open, and its child
-    /// holds that descriptor until it execs (ETXTBSY, seen in CI).
-    fn run(plugin: &Path, command: Command, stdin: &[u8]) -> Result<Vec<u8>, CniError> {
-        for _ in 0..200 {
-            match exec(plugin, command, stdin) {
-                Err(e) if e.msg.contains("Text file busy") => {
-                    std::thread::sleep(std::time::Duration::from_millis(10))
-                }
-                other => return other,
-            }
-        }
-        exec(plugin, command, stdin)
     }
 
     #[test]
@@ -170,7 +172,7 @@ mod tests {
             "echo",
             r#"printf '{"cmd":"%s","in":' "$CNI_COMMAND"; cat; printf '}'"#,
         );
-        let out = run(&plugin, Command::Del, br#"{"a":1}"#).unwrap();
+        let out = exec(&plugin, Command::Del, br#"{"a":1}"#).unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
             r#"{"cmd":"DEL","in":{"a":1}}"#
@@ -185,12 +187,12 @@ mod tests {
             "bridge",
             r#"cat >/dev/null; echo '{"cniVersion":"1.0.0","code":11,"msg":"busy","details":"d"}'; exit 1"#,
         );
-        let err = run(&plugin, Command::Add, b"{}").unwrap_err();
+        let err = exec(&plugin, Command::Add, b"{}").unwrap_err();
         assert_eq!(err.code, 11);
         assert_eq!(err.msg, "delegate plugin bridge failed (ADD): busy");
         assert_eq!(err.details, "d");
         let plugin = script(dir.path(), "broken", "echo oops >&2; exit 3");
-        let err = run(&plugin, Command::Add, b"{}").unwrap_err();
+        let err = exec(&plugin, Command::Add, b"{}").unwrap_err();
         assert_eq!(err.code, 999);
         assert!(err.msg.contains("oops"), "{}", err.msg);
     }

@@ -322,7 +322,6 @@ fn status(params: &Params, conf: &NetConf) -> Result<(), CniError> {
 mod tests {
     use super::*;
     use std::collections::HashMap;
-    use std::os::unix::fs::PermissionsExt;
 
     const SUBNET_ENV: &str = "FLANNEL_NETWORK=10.1.0.0/16\nFLANNEL_SUBNET=10.1.17.1/24\nFLANNEL_MTU=1472\nFLANNEL_IPMASQ=true\n";
 
@@ -349,8 +348,7 @@ mod tests {
                 dir.path().display()
             );
             let bridge = dir.path().join("bin/bridge");
-            std::fs::write(&bridge, body).unwrap();
-            std::fs::set_permissions(&bridge, std::fs::Permissions::from_mode(0o755)).unwrap();
+            crate::cni::invoke::write_test_plugin(&bridge, &body);
             World { dir }
         }
 
