@@ -431,7 +431,12 @@ pub fn split(
     } else {
         shared[l.l4 + 4..l.l4 + 8].fill(0); // length, checksum
     }
-    let ip_shared = checksum::sum(&shared[ETH_LEN..l.l4]);
+    // IPv6 has no header checksum.
+    let ip_shared = if l.v6 {
+        0
+    } else {
+        checksum::sum(&shared[ETH_LEN..l.l4])
+    };
     let l4_shared = checksum::combine(
         checksum::sum(&shared[l.l4..l.hdr_len]),
         pseudo_sum(frame, &l, 0),
