@@ -103,6 +103,27 @@ fn offloads_are_negotiated_and_super_frames_flow() {
     }
     assert_eq!(tx["counters"]["drops"]["bad_offload"], 0);
     assert_eq!(rx["counters"]["drops"]["tap_error"], 0);
+    // One TX thread per worker, and an RX thread each unless the suite runs
+    // both directions on one thread.
+    let pid = tx["pid"].as_u64().unwrap();
+    let threads = thread_names(pid);
+    let workers = tx["workers"].as_array().unwrap().len();
+    let count = |prefix: &str| threads.iter().filter(|t| t.starts_with(prefix)).count();
+    assert_eq!(count("weft-dp-"), workers, "{threads:?}");
+    assert_eq!(
+        count("weft-rx-"),
+        if off { 0 } else { workers },
+        "{threads:?}"
+    );
+    assert_eq!(tx["split_directions"], !off);
+}
+
+/// The names of a process's threads.
+fn thread_names(pid: u64) -> Vec<String> {
+    let dir = std::fs::read_dir(format!("/proc/{pid}/task")).expect("weftd's threads");
+    dir.filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim().to_owned())
+        .collect()
 }
 
 /// With the underlay's checksum offload off, the kernel computes every outer

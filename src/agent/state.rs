@@ -116,6 +116,9 @@ pub struct StatusReport {
     /// Frames per dataplane worker: `[encapsulated, decapsulated]`.
     #[serde(default)]
     pub workers: Vec<[u64; 2]>,
+    /// Each worker runs a TX and an RX thread (`split_directions`).
+    #[serde(default)]
+    pub split_directions: bool,
 }
 
 /// [`StoreStatsSnapshot`] in a form that also deserialises (for the status client).
@@ -206,6 +209,7 @@ impl AgentState {
                         .collect()
                 })
                 .unwrap_or_default(),
+            split_directions: self.dataplane.get().is_some_and(|d| d.split_directions),
         }
     }
 }

@@ -182,6 +182,18 @@ pub fn render(r: &StatusReport) -> String {
             off.join(",")
         }
     );
+    if !r.workers.is_empty() {
+        let _ = writeln!(
+            out,
+            "workers  {} ({})",
+            r.workers.len(),
+            if r.split_directions {
+                "a TX and an RX thread each"
+            } else {
+                "one thread each for TX and RX"
+            }
+        );
+    }
     let _ = writeln!(out, "\nPEERS ({})", r.info.peers.len());
     let _ = writeln!(
         out,

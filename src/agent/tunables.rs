@@ -33,6 +33,8 @@ pub struct DataplaneTunables {
     pub source_check: SourceCheckName,
     /// Verify received inner IP and TCP/UDP checksums before coalescing.
     pub verify_checksums: bool,
+    /// One thread per direction in each worker.
+    pub split_directions: bool,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
@@ -76,6 +78,7 @@ impl Default for DataplaneTunables {
             udp_gro: offloads.udp_gro,
             source_check: SourceCheckName::Strict,
             verify_checksums: true,
+            split_directions: true,
         }
     }
 }

@@ -46,6 +46,9 @@ pub struct DataplaneConfig {
     pub underlay_mtu: u32,
     /// Verify every received inner frame's IP and TCP/UDP checksums.
     pub verify_checksums: bool,
+    /// Two threads per worker, one per direction (TX: TAP to UDP, RX: UDP to
+    /// TAP), instead of one running both.
+    pub split_directions: bool,
 }
 
 impl Default for DataplaneConfig {
@@ -62,6 +65,7 @@ impl Default for DataplaneConfig {
             offloads: offload::OffloadConfig::default(),
             underlay_mtu: 1500,
             verify_checksums: true,
+            split_directions: true,
         }
     }
 }
@@ -144,6 +148,8 @@ pub struct Shared {
     pub udp_gso: std::sync::atomic::AtomicBool,
     /// Verify inner checksums of received frames (see `tunables/weftd.toml`).
     pub verify_checksums: bool,
+    /// Each worker runs a TX and an RX thread (else one thread for both).
+    pub split_directions: bool,
 }
 
 impl Shared {
@@ -197,19 +203,23 @@ impl Dataplane {
             offloads,
             udp_gso: std::sync::atomic::AtomicBool::new(offloads.udp_gso),
             verify_checksums: config.verify_checksums,
+            split_directions: config.split_directions,
         });
         let mut tasks = Vec::new();
         for (index, (queue, (rx, pool))) in tap.queues.into_iter().zip(sockets).enumerate() {
-            let handle = worker::spawn(worker::WorkerSetup {
-                index,
-                tap_name: tap.name.clone(),
-                queue,
-                rx,
-                pool,
-                shared: shared.clone(),
-                batch: config.batch.max(1),
-                fatal: fatal.clone(),
-            })?;
+            let handle = worker::spawn(
+                worker::WorkerSetup {
+                    index,
+                    tap_name: tap.name.clone(),
+                    queue,
+                    rx,
+                    pool,
+                    shared: shared.clone(),
+                    batch: config.batch.max(1),
+                    fatal: fatal.clone(),
+                },
+                config.split_directions,
+            )?;
             tasks.push(handle);
         }
         Ok(Dataplane {

@@ -92,39 +92,144 @@ impl Drop for PanicReport {
     }
 }
 
-/// A running worker: its OS thread and the way to stop it.
+/// A running worker: its OS threads and the way to stop them.
 #[derive(Debug)]
 pub(super) struct WorkerHandle {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    threads: Vec<(
+        tokio::sync::oneshot::Sender<()>,
+        std::thread::JoinHandle<()>,
+    )>,
 }
 
 impl Drop for WorkerHandle {
     fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
+        for (stop, thread) in self.threads.drain(..) {
             let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
     }
 }
 
-/// Starts a worker on its own OS thread, running a single-threaded tokio
-/// runtime: the reactor that sees a descriptor become ready runs the task that
-/// reads it, on the same thread, with no hand-off between threads (that
-/// hand-off is most of a userspace tunnel's latency).
-pub(super) fn spawn(setup: WorkerSetup) -> Result<WorkerHandle, DataplaneError> {
+/// Starts a worker on its own OS thread (or two: one per direction when
+/// `split` is on), each running a single-threaded tokio runtime: the reactor
+/// that sees a descriptor become ready runs the task that reads it, on the
+/// same thread, with no hand-off between threads.
+pub(super) fn spawn(setup: WorkerSetup, split: bool) -> Result<WorkerHandle, DataplaneError> {
+    // arc-swap gives each thread a debt node on its first load; the threads
+    // take theirs at start, not when their first frame arrives (that would be
+    // an allocation on the packet path, possibly long after start).
+    let WorkerSetup {
+        index,
+        tap_name,
+        queue,
+        rx,
+        pool,
+        shared,
+        batch,
+        fatal,
+    } = setup;
+    let tap_failed = |source| DataplaneError::TapFailed {
+        name: tap_name.clone(),
+        source,
+    };
+    let tap = File::from(queue);
+    let tap_writer = tap.try_clone().map_err(tap_failed)?;
+    let tx_parts = (tap, pool, tap_name.clone(), shared.clone());
+    let build_tx = move || -> Result<TxTask, DataplaneError> {
+        let (tap, pool, tap_name, shared) = tx_parts;
+        drop(shared.router.load());
+        let tap = sys::register(tap).map_err(|source| DataplaneError::TapFailed {
+            name: tap_name.clone(),
+            source,
+        })?;
+        let pool = pool
+            .into_iter()
+            .map(|s| sys::register(s.socket))
+            .collect::<io::Result<Vec<_>>>()
+            .map_err(|source| DataplaneError::SocketFailed { source })?;
+        Ok(TxTask {
+            index,
+            tap_name,
+            tap,
+            pool,
+            shared,
+            batch,
+        })
+    };
+    let build_rx = move || -> Result<RxTask, DataplaneError> {
+        drop(shared.router.load());
+        let socket = sys::register(rx).map_err(|source| DataplaneError::SocketFailed { source })?;
+        Ok(RxTask {
+            index,
+            tap: tap_writer,
+            socket,
+            shared,
+            batch,
+        })
+    };
+    let mut handle = WorkerHandle {
+        threads: Vec::new(),
+    };
+    if split {
+        handle.threads.push(start_thread(
+            format!("weft-dp-{index}"),
+            index,
+            fatal.clone(),
+            move || build_tx().map(|tx| tx.run()),
+        )?);
+        handle.threads.push(start_thread(
+            format!("weft-rx-{index}"),
+            index,
+            fatal,
+            move || build_rx().map(|rx| rx.run()),
+        )?);
+    } else {
+        handle.threads.push(start_thread(
+            format!("weft-dp-{index}"),
+            index,
+            fatal,
+            move || {
+                let (tx, rx) = (build_tx()?, build_rx()?);
+                Ok(async move {
+                    tokio::select! {
+                        r = tx.run() => r,
+                        r = rx.run() => r,
+                    }
+                })
+            },
+        )?);
+    }
+    Ok(handle)
+}
+
+/// Starts one dataplane thread: `build` runs inside the thread's runtime (so
+/// that descriptors register with it) and returns the future the thread runs
+/// until it fails or is stopped.
+fn start_thread<B, F>(
+    name: String,
+    index: usize,
+    fatal: mpsc::UnboundedSender<DataplaneError>,
+    build: B,
+) -> Result<
+    (
+        tokio::sync::oneshot::Sender<()>,
+        std::thread::JoinHandle<()>,
+    ),
+    DataplaneError,
+>
+where
+    B: FnOnce() -> Result<F, DataplaneError> + Send + 'static,
+    F: std::future::Future<Output = Result<(), DataplaneError>>,
+{
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let name = format!("weft-dp-{}", setup.index);
     let thread = std::thread::Builder::new()
         .name(name)
         .spawn(move || {
             sys::mark_dataplane_thread();
             let _report = PanicReport {
-                fatal: setup.fatal.clone(),
-                index: setup.index,
+                fatal: fatal.clone(),
+                index,
             };
             let runtime = match tokio::runtime::Builder::new_current_thread()
                 .enable_io()
@@ -138,11 +243,10 @@ pub(super) fn spawn(setup: WorkerSetup) -> Result<WorkerHandle, DataplaneError> 
                 }
             };
             runtime.block_on(async move {
-                let fatal = setup.fatal.clone();
-                let (tx, rx) = match tasks(setup) {
-                    Ok(tasks) => {
+                let work = match build() {
+                    Ok(work) => {
                         let _ = ready_tx.send(Ok(()));
-                        tasks
+                        work
                     }
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
@@ -150,8 +254,7 @@ pub(super) fn spawn(setup: WorkerSetup) -> Result<WorkerHandle, DataplaneError> 
                     }
                 };
                 let result = tokio::select! {
-                    r = tx.run() => r,
-                    r = rx.run() => r,
+                    r = work => r,
                     _ = stop_rx => Ok(()),
                 };
                 if let Err(e) = result {
@@ -161,10 +264,7 @@ pub(super) fn spawn(setup: WorkerSetup) -> Result<WorkerHandle, DataplaneError> 
         })
         .map_err(|source| DataplaneError::SocketFailed { source })?;
     match ready_rx.recv() {
-        Ok(Ok(())) => Ok(WorkerHandle {
-            stop: Some(stop_tx),
-            thread: Some(thread),
-        }),
+        Ok(Ok(())) => Ok((stop_tx, thread)),
         Ok(Err(e)) => {
             let _ = thread.join();
             Err(e)
@@ -173,42 +273,6 @@ pub(super) fn spawn(setup: WorkerSetup) -> Result<WorkerHandle, DataplaneError> 
             source: io::Error::other("dataplane worker thread died at start"),
         }),
     }
-}
-
-/// Registers the worker's descriptors with the current runtime and builds its two tasks.
-fn tasks(setup: WorkerSetup) -> Result<(TxTask, RxTask), DataplaneError> {
-    // arc-swap gives each thread a debt node on its first load; take it now,
-    // not when this worker's first frame arrives (that would be an allocation
-    // on the packet path, possibly long after start).
-    drop(setup.shared.router.load());
-    let tap_failed = |source| DataplaneError::TapFailed {
-        name: setup.tap_name.clone(),
-        source,
-    };
-    let tap = Arc::new(sys::register(File::from(setup.queue)).map_err(tap_failed)?);
-    let rx = sys::register(setup.rx).map_err(|source| DataplaneError::SocketFailed { source })?;
-    let pool = setup
-        .pool
-        .into_iter()
-        .map(|s| sys::register(s.socket))
-        .collect::<io::Result<Vec<_>>>()
-        .map_err(|source| DataplaneError::SocketFailed { source })?;
-    let tx = TxTask {
-        index: setup.index,
-        tap_name: setup.tap_name.clone(),
-        tap: tap.clone(),
-        pool,
-        shared: setup.shared.clone(),
-        batch: setup.batch,
-    };
-    let rx = RxTask {
-        index: setup.index,
-        tap,
-        socket: rx,
-        shared: setup.shared,
-        batch: setup.batch,
-    };
-    Ok((tx, rx))
 }
 
 /// Writes one frame to the TAP: a TAP write takes the whole frame or fails.
@@ -263,7 +327,7 @@ impl Plan {
 struct TxTask {
     index: usize,
     tap_name: String,
-    tap: Arc<AsyncFd<File>>,
+    tap: AsyncFd<File>,
     pool: Vec<AsyncFd<Socket>>,
     shared: Arc<Shared>,
     batch: usize,
@@ -688,7 +752,8 @@ async fn send_all(
 
 struct RxTask {
     index: usize,
-    tap: Arc<AsyncFd<File>>,
+    /// The worker's TAP queue, only written to (the TX task reads it).
+    tap: File,
     socket: AsyncFd<Socket>,
     shared: Arc<Shared>,
     batch: usize,
@@ -803,7 +868,7 @@ impl RxTask {
     }
 
     fn tap_write(&self, pieces: &[IoSlice<'_>], tally: &mut BatchTally) {
-        if write_frame(self.tap.get_ref(), pieces).is_err() {
+        if write_frame(&self.tap, pieces).is_err() {
             tally.drop(DropReason::TapError);
         }
     }
