@@ -79,8 +79,18 @@ fn weft_and_kernel_node(vni: u32, port: u16) {
     eprintln!(
         "VNI {vni} port {port}: weft -> kernel {to_kernel:.2} Gbit/s, kernel -> weft {to_weft:.2} Gbit/s"
     );
-    let drops = lab.status(0)["counters"]["drops"].clone();
+    let counters = lab.status(0)["counters"].clone();
+    // flannel's kernel device computes the outer UDP checksum (it does not
+    // send IFLA_VXLAN_UDP_CSUM, and the kernel's default is on), so it
+    // covered every inner frame weft received from it (unless the suite
+    // turned trust_outer_checksum off: then weft verified them all).
+    let decap = counters["decap_frames"].as_u64().unwrap();
+    assert!(decap > 1000, "{counters}");
+    let covered = if offloads_forced_off() { 0 } else { decap };
+    assert_eq!(counters["checksum_trusted"], covered, "{counters}");
+    let drops = counters["drops"].clone();
     for reason in [
+        "bad_checksum",
         "bad_flags",
         "wrong_vni",
         "unknown_vtep",

@@ -1,6 +1,7 @@
 //! The dataplane under offloads: segmentation, checksums on the wire, PMTU.
 
 use crate::harness::*;
+use std::net::SocketAddrV4;
 use std::time::Duration;
 
 /// Offloads as the test needs them, unless the whole suite forces them off.
@@ -540,4 +541,102 @@ fn small_datagrams_batch_into_gso_sends_and_arrive_intact() {
             "no GSO runs while the underlay could not checksum"
         );
     }
+}
+
+/// A VXLAN datagram from `src_mac` to `dst_mac` carrying an inner UDP packet
+/// from `src` to `dst` whose UDP checksum is wrong.
+fn vxlan_with_bad_inner_checksum(
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    src: std::net::Ipv4Addr,
+    dst: std::net::Ipv4Addr,
+) -> Vec<u8> {
+    use weft::core::checksum;
+    let payload = b"a damaged datagram";
+    let udp_len = 8 + payload.len() as u16;
+    let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0];
+    ip[2..4].copy_from_slice(&(20 + udp_len).to_be_bytes());
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    let ip_sum = checksum::finish(checksum::sum(&ip));
+    ip[10..12].copy_from_slice(&ip_sum);
+    let mut udp = vec![0x1e, 0x61, 0x1e, 0x62, 0, 0, 0, 0];
+    udp[4..6].copy_from_slice(&udp_len.to_be_bytes());
+    udp.extend_from_slice(payload);
+    let pseudo = checksum::pseudo_header_v4(src, dst, 17, u32::from(udp_len));
+    let good = checksum::finish(checksum::combine(pseudo, checksum::sum(&udp)));
+    udp[6..8].copy_from_slice(&[good[0] ^ 0x5a, good[1] ^ 0xa5]);
+    let mut d = vxlan_datagram(1, dst_mac, src_mac);
+    d.truncate(8 + 14); // VXLAN header, MACs and the IPv4 ethertype
+    d.extend_from_slice(&ip);
+    d.extend_from_slice(&udp);
+    d
+}
+
+/// Inner checksums of received frames. A datagram with a zero outer UDP
+/// checksum has its inner checksums verified: a damaged frame is dropped and
+/// counted. A datagram with a nonzero outer checksum, which the kernel
+/// verified and which covers the whole inner frame, is not checked again and
+/// is counted as covered; weft nodes send only those, so all of a TCP stream
+/// between two weft nodes is. With `trust_outer_checksum` off (the suite's
+/// second run) both damaged frames are dropped and nothing is covered.
+#[test]
+fn zero_outer_checksums_are_verified_and_nonzero_ones_are_trusted() {
+    let trust = !offloads_forced_off();
+    let mut lab = Lab::new(2);
+    let (s0, s1) = two_weft_nodes(&mut lab, offloads_on());
+    lab.iperf3(1, s1.network(), 0, s0.network(), 1, &[]);
+    let rx = lab.status(0);
+    let expect = if trust {
+        "outer-covered or verified"
+    } else {
+        "verified"
+    };
+    assert_eq!(rx["inner_checksums"], expect);
+    let decap = rx["counters"]["decap_frames"].as_u64().unwrap();
+    assert!(decap > 1000, "{decap}");
+    let covered = if trust { decap } else { 0 };
+    assert_eq!(rx["counters"]["checksum_trusted"], covered);
+
+    let (our_mac, peer_mac) = lab.vtep_macs(0, s1);
+    let damaged = vxlan_with_bad_inner_checksum(our_mac, peer_mac, s1.network(), s0.network());
+    let from = SocketAddrV4::new(lab.nodes[1].ip, 0);
+    let to = SocketAddrV4::new(lab.nodes[0].ip, 4789);
+    let counts = |lab: &Lab| {
+        let c = lab.status(0)["counters"].clone();
+        let n = |v: &serde_json::Value| v.as_u64().unwrap();
+        (
+            n(&c["drops"]["bad_checksum"]),
+            n(&c["checksum_trusted"]),
+            n(&c["decap_frames"]),
+        )
+    };
+    let before = counts(&lab);
+    let payload = damaged.clone();
+    in_netns(lab.ns(1), move || {
+        let socket = std::net::UdpSocket::bind(from).expect("bind");
+        weft::dataplane::sys::set_udp_no_check(&socket, true).expect("SO_NO_CHECK");
+        socket.send_to(&payload, to).expect("send");
+    });
+    let zero = wait_for("a bad_checksum drop", Duration::from_secs(5), || {
+        let c = counts(&lab);
+        (c.0 > before.0).then_some(c)
+    });
+    assert_eq!(
+        zero,
+        (before.0 + 1, before.1, before.2),
+        "zero outer checksum"
+    );
+
+    send_udp(lab.ns(1), from, to, vec![damaged]);
+    let nonzero = wait_for("the second datagram", Duration::from_secs(5), || {
+        let c = counts(&lab);
+        (c.0 + c.1 > zero.0 + zero.1).then_some(c)
+    });
+    let want = if trust {
+        (zero.0, zero.1 + 1, zero.2 + 1)
+    } else {
+        (zero.0 + 1, zero.1, zero.2)
+    };
+    assert_eq!(nonzero, want, "nonzero outer checksum");
 }

@@ -112,6 +112,12 @@ impl Collector for WeftCollector {
         )?;
         counter(
             &mut e,
+            "weft_checksum_trusted_frames",
+            "Received frames whose inner checksums were covered by a nonzero outer UDP checksum the kernel verified, and not checked again.",
+            c.checksum_trusted,
+        )?;
+        counter(
+            &mut e,
             "weft_icmp_frag_needed_sent",
             "ICMP fragmentation-needed messages returned for oversized frames.",
             c.icmp_too_big,

@@ -380,6 +380,7 @@ async fn start_dataplane(
         offloads: tunables.offloads(),
         underlay_mtu: ext.mtu,
         verify_checksums: tunables.dataplane.verify_checksums,
+        trust_outer_checksum: tunables.dataplane.trust_outer_checksum,
         split_directions: tunables.dataplane.split_directions,
     };
     let (fatal_tx, fatal_rx) = mpsc::unbounded_channel();

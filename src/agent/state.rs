@@ -119,6 +119,10 @@ pub struct StatusReport {
     /// Each worker runs a TX and an RX thread (`split_directions`).
     #[serde(default)]
     pub split_directions: bool,
+    /// How received inner checksums are checked: "verified", "outer-covered
+    /// or verified" (`trust_outer_checksum` in effect) or "not verified".
+    #[serde(default)]
+    pub inner_checksums: String,
 }
 
 /// [`StoreStatsSnapshot`] in a form that also deserialises (for the status client).
@@ -210,6 +214,12 @@ impl AgentState {
                 })
                 .unwrap_or_default(),
             split_directions: self.dataplane.get().is_some_and(|d| d.split_directions),
+            inner_checksums: match self.dataplane.get() {
+                None => String::new(),
+                Some(d) if !d.verify_checksums => "not verified".into(),
+                Some(d) if d.outer_checksum_trusted => "outer-covered or verified".into(),
+                Some(_) => "verified".into(),
+            },
         }
     }
 }

@@ -253,6 +253,11 @@ pub fn render(r: &StatusReport) -> String {
             "batched       {} small frames sent in UDP GSO runs",
             n("gso_datagrams")
         );
+        let _ = writeln!(
+            out,
+            "checksums     {} received frames covered by the outer UDP checksum, the rest verified",
+            n("checksum_trusted")
+        );
         let drops: Vec<String> = c["drops"]
             .as_object()
             .map(|m| {

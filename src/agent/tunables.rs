@@ -33,6 +33,8 @@ pub struct DataplaneTunables {
     pub source_check: SourceCheckName,
     /// Verify received inner IP and TCP/UDP checksums before coalescing.
     pub verify_checksums: bool,
+    /// Skip that check when a nonzero outer UDP checksum covered the frame.
+    pub trust_outer_checksum: bool,
     /// One thread per direction in each worker.
     pub split_directions: bool,
 }
@@ -78,6 +80,7 @@ impl Default for DataplaneTunables {
             udp_gro: offloads.udp_gro,
             source_check: SourceCheckName::Strict,
             verify_checksums: true,
+            trust_outer_checksum: true,
             split_directions: true,
         }
     }

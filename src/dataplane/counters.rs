@@ -23,9 +23,13 @@ pub struct WorkerCounters {
     pub gro_frames: AtomicU64,
     /// ICMP "fragmentation needed" messages sent back into the TAP.
     pub icmp_too_big: AtomicU64,
-    /// Datagrams the kernel dropped on the listening socket because its queue
-    /// was full (`SO_RXQ_OVFL`, a running total the kernel reports).
-    pub socket_overflows: AtomicU64,
+    /// Decapsulated frames whose inner checksums were not checked again: a
+    /// nonzero outer UDP checksum, verified by the kernel, covered them.
+    pub checksum_trusted: AtomicU64,
+    /// Datagrams the kernel dropped on the listening sockets because their
+    /// queue was full (`SO_RXQ_OVFL`, a running total the kernel reports per
+    /// socket): the socket for zero outer checksums, and the other.
+    pub socket_overflows: [AtomicU64; 2],
     pub drops: [AtomicU64; DropReason::COUNT],
 }
 
@@ -41,6 +45,7 @@ pub struct BatchTally {
     pub gso_datagrams: u64,
     pub gro_frames: u64,
     pub icmp_too_big: u64,
+    pub checksum_trusted: u64,
     pub drops: [u64; DropReason::COUNT],
 }
 
@@ -67,6 +72,7 @@ impl WorkerCounters {
         add(&self.gso_datagrams, t.gso_datagrams);
         add(&self.gro_frames, t.gro_frames);
         add(&self.icmp_too_big, t.icmp_too_big);
+        add(&self.checksum_trusted, t.checksum_trusted);
         for (c, v) in self.drops.iter().zip(t.drops) {
             add(c, v);
         }
@@ -91,6 +97,9 @@ pub struct CounterSnapshot {
     pub gso_datagrams: u64,
     pub gro_frames: u64,
     pub icmp_too_big: u64,
+    /// Decapsulated frames whose inner checksums a verified nonzero outer UDP
+    /// checksum covered (not checked again).
+    pub checksum_trusted: u64,
     /// Heap allocations on dataplane threads since start (with weftd's counting allocator).
     pub dataplane_allocations: u64,
     /// Datagrams the kernel dropped for a full socket queue.
@@ -157,7 +166,12 @@ impl Counters {
             s.gso_datagrams += w.gso_datagrams.load(Relaxed);
             s.gro_frames += w.gro_frames.load(Relaxed);
             s.icmp_too_big += w.icmp_too_big.load(Relaxed);
-            s.socket_overflows += w.socket_overflows.load(Relaxed);
+            s.checksum_trusted += w.checksum_trusted.load(Relaxed);
+            s.socket_overflows += w
+                .socket_overflows
+                .iter()
+                .map(|c| c.load(Relaxed))
+                .sum::<u64>();
             for (sum, c) in s.drops.iter_mut().zip(&w.drops) {
                 *sum += c.load(Relaxed);
             }

@@ -1,8 +1,9 @@
 //! The dataplane shell: TAP queues and UDP sockets, and the workers that move
 //! frames between them using the core [`Router`]'s decisions.
 //!
-//! Each worker owns one TAP queue, one receiving UDP socket on the VXLAN port
-//! (`SO_REUSEPORT`), and a small pool of sending sockets bound to ports in
+//! Each worker owns one TAP queue, one or two receiving UDP sockets on the
+//! VXLAN port (`SO_REUSEPORT`; see [`udp::bind_listeners`]), a TX and an RX
+//! thread (or one for both), and a small pool of sending sockets bound to ports in
 //! 49152–65535, the same ports in every worker (the outer source port is
 //! chosen per inner flow by choosing the socket). The kernel keeps a flow on
 //! one TAP queue and one receiving socket, so a flow never spans workers and
@@ -46,6 +47,9 @@ pub struct DataplaneConfig {
     pub underlay_mtu: u32,
     /// Verify every received inner frame's IP and TCP/UDP checksums.
     pub verify_checksums: bool,
+    /// Skip that check for datagrams that came with a nonzero outer UDP
+    /// checksum (the kernel verified it, and it covers the whole inner frame).
+    pub trust_outer_checksum: bool,
     /// Two threads per worker, one per direction (TX: TAP to UDP, RX: UDP to
     /// TAP), instead of one running both.
     pub split_directions: bool,
@@ -65,6 +69,7 @@ impl Default for DataplaneConfig {
             offloads: offload::OffloadConfig::default(),
             underlay_mtu: 1500,
             verify_checksums: true,
+            trust_outer_checksum: true,
             split_directions: true,
         }
     }
@@ -150,6 +155,9 @@ pub struct Shared {
     pub verify_checksums: bool,
     /// Each worker runs a TX and an RX thread (else one thread for both).
     pub split_directions: bool,
+    /// Datagrams with a nonzero outer UDP checksum arrive on their own
+    /// sockets and skip the inner checksum check (`trust_outer_checksum`).
+    pub outer_checksum_trusted: bool,
 }
 
 impl Shared {
@@ -189,11 +197,21 @@ impl Dataplane {
             config.socket_buffer,
         )?;
         let source_ports = pools[0].iter().map(|s| s.port).collect();
-        let mut sockets = Vec::with_capacity(workers);
-        for pool in pools {
-            let rx = udp::bind_listener(config.listen, config.socket_buffer, &mut offloads)?;
-            sockets.push((rx, pool));
+        let split = config.verify_checksums && config.trust_outer_checksum;
+        let (listeners, refused) = udp::bind_listeners(
+            config.listen,
+            workers,
+            config.socket_buffer,
+            &mut offloads,
+            split,
+        )?;
+        if let Some(e) = &refused {
+            tracing::warn!(
+                "cannot sort received datagrams by outer UDP checksum ({e}: the kernel refused the SO_REUSEPORT BPF program); every received frame's inner checksums are verified"
+            );
         }
+        let outer_checksum_trusted = split && refused.is_none();
+        let sockets: Vec<_> = listeners.into_iter().zip(pools).collect();
         offloads.udp_gso = config.offloads.udp_gso && udp::gso_works(&sockets[0].1[0].socket);
         let shared = Arc::new(Shared {
             router: ArcSwap::from_pointee(router),
@@ -204,6 +222,7 @@ impl Dataplane {
             udp_gso: std::sync::atomic::AtomicBool::new(offloads.udp_gso),
             verify_checksums: config.verify_checksums,
             split_directions: config.split_directions,
+            outer_checksum_trusted,
         });
         let mut tasks = Vec::new();
         for (index, (queue, (rx, pool))) in tap.queues.into_iter().zip(sockets).enumerate() {

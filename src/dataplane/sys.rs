@@ -196,6 +196,50 @@ pub fn set_pmtudisc_dont(fd: &impl AsRawFd) -> io::Result<()> {
     )
 }
 
+/// `SO_ATTACH_REUSEPORT_CBPF` (Linux 4.5; not exported by `libc` for every target).
+const SO_ATTACH_REUSEPORT_CBPF: libc::c_int = 51;
+
+/// Attaches a classic BPF program to the `SO_REUSEPORT` group of `fd`: for
+/// each datagram it returns the index (in bind order) of the group's socket
+/// that receives it; an index past the group falls back to the kernel's hash.
+pub fn attach_reuseport_cbpf(fd: &impl AsRawFd, program: &[libc::sock_filter]) -> io::Result<()> {
+    let len = u16::try_from(program.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "BPF program too long"))?;
+    let prog = libc::sock_fprog {
+        len,
+        filter: program.as_ptr().cast_mut(),
+    };
+    // SAFETY: `prog` describes `program`, which outlives the call; the kernel
+    // copies the instructions and does not write through the pointer.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_ATTACH_REUSEPORT_CBPF,
+            &prog as *const libc::sock_fprog as *const libc::c_void,
+            mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `SOL_SOCKET` option number on x86-64 and aarch64 (not exported by `libc`).
+const SO_NO_CHECK: libc::c_int = 11;
+
+/// `SO_NO_CHECK`: send IPv4 UDP datagrams with a zero checksum (as flannel's
+/// kernel VXLAN device does); tests use it to play such a peer.
+pub fn set_udp_no_check(fd: &impl AsRawFd, on: bool) -> io::Result<()> {
+    setsockopt_int(
+        fd.as_raw_fd(),
+        libc::SOL_SOCKET,
+        SO_NO_CHECK,
+        libc::c_int::from(on),
+    )
+}
+
 /// Reads `SO_RXQ_OVFL` counts: the kernel reports datagrams it dropped for a full buffer.
 pub fn set_rxq_ovfl(fd: &impl AsRawFd, on: bool) -> io::Result<()> {
     setsockopt_int(

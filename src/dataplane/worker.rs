@@ -25,7 +25,7 @@
 
 use super::counters::BatchTally;
 use super::sys::{self, RecvBatch, RecvMeta, SendBatch, SendQueue};
-use super::udp::SourceSocket;
+use super::udp::{Listener, SourceSocket};
 use super::{DataplaneError, Shared};
 use crate::core::offload::{
     self, Checked, Coalescer, F_NEEDS_CSUM, FrameRef, GsoType, Segment, VNET_HDR_LEN, VnetHdr,
@@ -68,7 +68,7 @@ pub(super) struct WorkerSetup {
     pub index: usize,
     pub tap_name: String,
     pub queue: OwnedFd,
-    pub rx: Socket,
+    pub rx: Listener,
     pub pool: Vec<SourceSocket>,
     pub shared: Arc<Shared>,
     pub batch: usize,
@@ -134,6 +134,10 @@ pub(super) fn spawn(setup: WorkerSetup, split: bool) -> Result<WorkerHandle, Dat
     };
     let tap = File::from(queue);
     let tap_writer = tap.try_clone().map_err(tap_failed)?;
+    let covered_writer = match rx.covered {
+        Some(_) => Some(tap.try_clone().map_err(tap_failed)?),
+        None => None,
+    };
     let tx_parts = (tap, pool, tap_name.clone(), shared.clone());
     let build_tx = move || -> Result<TxTask, DataplaneError> {
         let (tap, pool, tap_name, shared) = tx_parts;
@@ -156,16 +160,31 @@ pub(super) fn spawn(setup: WorkerSetup, split: bool) -> Result<WorkerHandle, Dat
             batch,
         })
     };
-    let build_rx = move || -> Result<RxTask, DataplaneError> {
+    let build_rx = move || -> Result<RxTasks, DataplaneError> {
         drop(shared.router.load());
-        let socket = sys::register(rx).map_err(|source| DataplaneError::SocketFailed { source })?;
-        Ok(RxTask {
+        let register = |socket| {
+            sys::register(socket).map_err(|source| DataplaneError::SocketFailed { source })
+        };
+        let verify = RxTask {
             index,
             tap: tap_writer,
-            socket,
-            shared,
+            socket: register(rx.verify)?,
+            covered: false,
+            shared: shared.clone(),
             batch,
-        })
+        };
+        let covered = match (rx.covered, covered_writer) {
+            (Some(socket), Some(tap)) => Some(RxTask {
+                index,
+                tap,
+                socket: register(socket)?,
+                covered: true,
+                shared,
+                batch,
+            }),
+            _ => None,
+        };
+        Ok(RxTasks { verify, covered })
     };
     let mut handle = WorkerHandle {
         threads: Vec::new(),
@@ -750,11 +769,32 @@ async fn send_all(
     gso_eio
 }
 
+/// A worker's receive tasks: one per listening socket.
+struct RxTasks {
+    verify: RxTask,
+    covered: Option<RxTask>,
+}
+
+impl RxTasks {
+    async fn run(self) -> Result<(), DataplaneError> {
+        match self.covered {
+            Some(covered) => tokio::select! {
+                r = self.verify.run() => r,
+                r = covered.run() => r,
+            },
+            None => self.verify.run().await,
+        }
+    }
+}
+
 struct RxTask {
     index: usize,
     /// The worker's TAP queue, only written to (the TX task reads it).
     tap: File,
     socket: AsyncFd<Socket>,
+    /// This socket receives only datagrams with a nonzero outer UDP checksum
+    /// (which the kernel verified): their inner checksums are not checked again.
+    covered: bool,
     shared: Arc<Shared>,
     batch: usize,
 }
@@ -777,7 +817,8 @@ impl RxTask {
         // UDP runs go to the TAP with a UDP GSO header: only when it took USO.
         coalescer.set_udp(self.shared.offloads.uso);
         let counters = self.shared.counters.worker(self.index);
-        let verify = self.shared.verify_checksums;
+        let verify = self.shared.verify_checksums && !self.covered;
+        let overflows = &counters.socket_overflows[usize::from(self.covered)];
         loop {
             let n = self.recv_batch(&mut recv, &mut bufs, &mut meta).await?;
             let mut tally = BatchTally::default();
@@ -789,7 +830,7 @@ impl RxTask {
                     continue;
                 };
                 if let Some(total) = m.kernel_drops {
-                    counters.socket_overflows.store(u64::from(total), Relaxed);
+                    overflows.store(u64::from(total), Relaxed);
                 }
                 if m.truncated {
                     tally.drop(DropReason::TooBig);
@@ -819,6 +860,7 @@ impl RxTask {
                                 continue;
                             }
                             let frame = &*frame;
+                            tally.checksum_trusted += u64::from(self.covered);
                             tally.decap_frames += 1;
                             tally.decap_bytes += frame.len() as u64;
                             let at = FrameRef {
