@@ -231,3 +231,111 @@ fn source_socket(addr: SocketAddrV4, buffer: usize) -> std::io::Result<Socket> {
 pub fn gso_works(socket: &Socket) -> bool {
     sys::udp_gso_supported(socket)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs the classic BPF subset [`checksum_split_program`] uses, the way
+    /// the kernel runs a reuseport program: `net` is the packet from its IP
+    /// header (reached through `SKF_NET_OFF`); a load past it ends with 0.
+    fn run(program: &[libc::sock_filter], net: &[u8]) -> u32 {
+        use libc::*;
+        let (mut a, mut x, mut mem) = (0u32, 0u32, [0u32; 16]);
+        let load = |k: i64, size: usize| -> Option<u32> {
+            let at = usize::try_from(k - i64::from(SKF_NET_OFF)).ok()?;
+            let bytes = net.get(at..at + size)?;
+            Some(bytes.iter().fold(0, |v, b| (v << 8) | u32::from(*b)))
+        };
+        let mut pc = 0;
+        loop {
+            let i = program[pc];
+            let k = i.k;
+            let signed = i64::from(k as i32);
+            pc += 1;
+            match u32::from(i.code) {
+                c if c == BPF_LDX | BPF_B | BPF_MSH => match load(signed, 1) {
+                    Some(v) => x = (v & 0xf) * 4,
+                    None => return 0,
+                },
+                c if c == BPF_LD | BPF_H | BPF_IND => match load(signed + i64::from(x), 2) {
+                    Some(v) => a = v,
+                    None => return 0,
+                },
+                c if c == BPF_LD | BPF_W | BPF_ABS => match load(signed, 4) {
+                    Some(v) => a = v,
+                    None => return 0,
+                },
+                c if c == BPF_ST => mem[k as usize] = a,
+                c if c == BPF_LDX | BPF_MEM => x = mem[k as usize],
+                c if c == BPF_LD | BPF_MEM => a = mem[k as usize],
+                c if c == BPF_ALU | BPF_XOR | BPF_X => a ^= x,
+                c if c == BPF_ALU | BPF_MOD | BPF_K => a %= k,
+                c if c == BPF_ALU | BPF_ADD | BPF_K => a = a.wrapping_add(k),
+                c if c == BPF_MISC | BPF_TAX => x = a,
+                c if c == BPF_MISC | BPF_TXA => a = x,
+                c if c == BPF_JMP | BPF_JEQ | BPF_K => {
+                    pc += usize::from(if a == k { i.jt } else { i.jf });
+                }
+                c if c == BPF_RET | BPF_A => return a,
+                c => panic!("opcode {c:#x} not in the test interpreter"),
+            }
+        }
+    }
+
+    /// An IPv4 + UDP header from `src`:`sport` with UDP checksum `check`
+    /// (and `options` bytes of IP options).
+    fn packet(src: [u8; 4], sport: u16, check: u16, options: usize) -> Vec<u8> {
+        let mut p = vec![
+            0x45 + (options / 4) as u8,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            64,
+            17,
+            0,
+            0,
+        ];
+        p.extend_from_slice(&src);
+        p.extend_from_slice(&[192, 168, 0, 1]);
+        p.extend(std::iter::repeat_n(1, options));
+        p.extend_from_slice(&sport.to_be_bytes());
+        p.extend_from_slice(&4789u16.to_be_bytes());
+        p.extend_from_slice(&[0, 60]);
+        p.extend_from_slice(&check.to_be_bytes());
+        p
+    }
+
+    #[test]
+    fn the_program_sorts_by_outer_checksum_and_keeps_a_flow_on_its_worker() {
+        for workers in [1u32, 2, 3, 8] {
+            let program = checksum_split_program(workers);
+            let mut used = std::collections::BTreeSet::new();
+            for sport in 49152..49152 + 64 {
+                for options in [0, 4, 8] {
+                    let src = [10, 0, 0, (sport % 7) as u8];
+                    let zero = run(&program, &packet(src, sport, 0, options));
+                    let covered = run(&program, &packet(src, sport, 0xbeef, options));
+                    assert!(zero < workers, "{workers} workers: zero -> {zero}");
+                    assert_eq!(covered, zero + workers, "the flow's worker, covered socket");
+                    used.insert(zero);
+                }
+            }
+            assert_eq!(used.len(), workers as usize, "flows reach every worker");
+        }
+    }
+
+    #[test]
+    fn a_packet_too_short_for_the_program_goes_to_a_verifying_socket() {
+        let program = checksum_split_program(4);
+        let full = packet([10, 0, 0, 1], 50000, 0xbeef, 0);
+        for len in 0..full.len() {
+            assert_eq!(run(&program, &full[..len]), 0, "{len} bytes");
+        }
+        assert_eq!(run(&program, &full) / 4, 1);
+    }
+}
