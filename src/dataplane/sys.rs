@@ -120,14 +120,30 @@ fn setsockopt_int(
     name: libc::c_int,
     value: libc::c_int,
 ) -> io::Result<()> {
-    // SAFETY: `value` is a live c_int and its exact size is passed.
+    // SAFETY: a c_int holds no pointers.
+    unsafe { setsockopt(fd, level, name, &value) }
+}
+
+/// `setsockopt` with the option value `value` (`size_of::<T>()` bytes).
+///
+/// # Safety
+/// `T` must be the C type the option takes, and any pointer in it must be
+/// valid for the kernel to read, for the length it gives, during the call.
+unsafe fn setsockopt<T>(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &T,
+) -> io::Result<()> {
+    // SAFETY: `value` is a live `T` and its exact size is passed; the kernel
+    // only reads it during the call (the caller vouches for its pointers).
     let rc = unsafe {
         libc::setsockopt(
             fd,
             level,
             name,
-            &value as *const libc::c_int as *const libc::c_void,
-            mem::size_of::<libc::c_int>() as libc::socklen_t,
+            value as *const T as *const libc::c_void,
+            mem::size_of::<T>() as libc::socklen_t,
         )
     };
     if rc < 0 {
@@ -209,21 +225,17 @@ pub fn attach_reuseport_cbpf(fd: &impl AsRawFd, program: &[libc::sock_filter]) -
         len,
         filter: program.as_ptr().cast_mut(),
     };
-    // SAFETY: `prog` describes `program`, which outlives the call; the kernel
-    // copies the instructions and does not write through the pointer.
-    let rc = unsafe {
-        libc::setsockopt(
+    // SAFETY: SO_ATTACH_REUSEPORT_CBPF takes a sock_fprog; its pointer is to
+    // `len` instructions of `program`, which outlives the call (the kernel
+    // copies them and does not write through the pointer).
+    unsafe {
+        setsockopt(
             fd.as_raw_fd(),
             libc::SOL_SOCKET,
             SO_ATTACH_REUSEPORT_CBPF,
-            &prog as *const libc::sock_fprog as *const libc::c_void,
-            mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+            &prog,
         )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
     }
-    Ok(())
 }
 
 /// `SOL_SOCKET` option number on x86-64 and aarch64 (not exported by `libc`).

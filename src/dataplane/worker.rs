@@ -115,9 +115,6 @@ impl Drop for WorkerHandle {
 /// that sees a descriptor become ready runs the task that reads it, on the
 /// same thread, with no hand-off between threads.
 pub(super) fn spawn(setup: WorkerSetup, split: bool) -> Result<WorkerHandle, DataplaneError> {
-    // arc-swap gives each thread a debt node on its first load; the threads
-    // take theirs at start, not when their first frame arrives (that would be
-    // an allocation on the packet path, possibly long after start).
     let WorkerSetup {
         index,
         tap_name,
@@ -133,12 +130,16 @@ pub(super) fn spawn(setup: WorkerSetup, split: bool) -> Result<WorkerHandle, Dat
         source,
     };
     let tap = File::from(queue);
-    let tap_writer = tap.try_clone().map_err(tap_failed)?;
+    // The RX tasks only write to the queue, each through its own descriptor.
+    let verify_writer = tap.try_clone().map_err(tap_failed)?;
     let covered_writer = match rx.covered {
         Some(_) => Some(tap.try_clone().map_err(tap_failed)?),
         None => None,
     };
     let tx_parts = (tap, pool, tap_name.clone(), shared.clone());
+    // Each thread loads the router once at start: arc-swap gives a thread a
+    // debt node on its first load, which must not be an allocation on the
+    // packet path when the first frame arrives, possibly long after start.
     let build_tx = move || -> Result<TxTask, DataplaneError> {
         let (tap, pool, tap_name, shared) = tx_parts;
         drop(shared.router.load());
@@ -165,24 +166,20 @@ pub(super) fn spawn(setup: WorkerSetup, split: bool) -> Result<WorkerHandle, Dat
         let register = |socket| {
             sys::register(socket).map_err(|source| DataplaneError::SocketFailed { source })
         };
-        let verify = RxTask {
-            index,
-            tap: tap_writer,
-            socket: register(rx.verify)?,
-            covered: false,
-            shared: shared.clone(),
-            batch,
-        };
-        let covered = match (rx.covered, covered_writer) {
-            (Some(socket), Some(tap)) => Some(RxTask {
+        let task = |socket, tap, covered| -> Result<RxTask, DataplaneError> {
+            Ok(RxTask {
                 index,
                 tap,
                 socket: register(socket)?,
-                covered: true,
-                shared,
+                covered,
+                shared: shared.clone(),
                 batch,
-            }),
-            _ => None,
+            })
+        };
+        let verify = task(rx.verify, verify_writer, false)?;
+        let covered = match rx.covered.zip(covered_writer) {
+            Some((socket, tap)) => Some(task(socket, tap, true)?),
+            None => None,
         };
         Ok(RxTasks { verify, covered })
     };
