@@ -190,7 +190,7 @@ pub fn render(r: &StatusReport) -> String {
             if r.split_directions {
                 "a TX and an RX thread each"
             } else {
-                "one thread each for TX and RX"
+                "one thread each, running both TX and RX"
             }
         );
     }
@@ -255,7 +255,7 @@ pub fn render(r: &StatusReport) -> String {
         );
         let _ = writeln!(
             out,
-            "checksums     {} received frames covered by the outer UDP checksum, the rest verified",
+            "checksums     {} received frames covered by the outer UDP checksum",
             n("checksum_trusted")
         );
         let drops: Vec<String> = c["drops"]
