@@ -16,8 +16,8 @@ use weft::core::lease::{Lease, LeaseAttrs, VxlanBackendData};
 use weft::core::mac::MacAddr;
 use weft::core::offload::{self, Coalescer, FrameRef, VnetHdr};
 use weft::core::router::{Egress, LocalVtep, Peer, Router, SourceCheck, Tables};
-use weft::core::vxlan::{self, Vni};
 use weft::core::watcher::LeaseWatcher;
+use weft::core::wire::vxlan::{self, Vni};
 use weft::dataplane::sys::{CountingAllocator, allocations};
 
 #[global_allocator]

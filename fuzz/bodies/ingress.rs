@@ -14,7 +14,7 @@ use std::net::Ipv4Addr;
 use weft::core::fixtures;
 use weft::core::mac::MacAddr;
 use weft::core::router::{DropReason, Ingress, SourceCheck};
-use weft::core::vxlan::{self, Vni};
+use weft::core::wire::vxlan::{self, Vni};
 
 fn source(input: &mut Input<'_>) -> Ipv4Addr {
     match input.u8() % 6 {

@@ -12,7 +12,7 @@ use super::input::{Builder, Input};
 use super::wire::{self, ETH_LEN};
 use weft::core::fixtures;
 use weft::core::offload::{self, GsoType, VnetHdr};
-use weft::core::vxlan::{self, Vni};
+use weft::core::wire::vxlan::{self, Vni};
 
 fn check_segment(
     i: usize,

@@ -5,7 +5,7 @@
 use std::net::Ipv4Addr;
 use weft::core::mac::MacAddr;
 use weft::core::router::{LocalVtep, Peer, Router, SourceCheck, Tables};
-use weft::core::vxlan::Vni;
+use weft::core::wire::vxlan::Vni;
 
 pub const ETH_LEN: usize = 14;
 

@@ -3,16 +3,13 @@
 //! ARP never crosses the wire: every answer comes from a lease.
 
 use super::mac::MacAddr;
-use etherparse::{ArpHardwareId, ArpOperation, ArpPacketSlice, EtherType};
+use super::wire::ethernet::{self, ethertype};
+use etherparse::{ArpEthIpv4Packet, ArpHardwareId, ArpOperation, ArpPacketSlice, EtherType};
 use foldhash::HashMap;
 use std::net::Ipv4Addr;
 
-/// Ethernet header length.
-const ETH_LEN: usize = 14;
-/// Length of an ARP packet for IPv4 over Ethernet.
-const ARP_LEN: usize = 28;
 /// Length of the ARP reply frame the responder writes.
-pub const REPLY_LEN: usize = ETH_LEN + ARP_LEN;
+pub const REPLY_LEN: usize = ethernet::HEADER_LEN + ArpEthIpv4Packet::LEN;
 
 /// Why an ARP frame from the TAP got no answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,10 +61,8 @@ impl ArpTable {
     /// the reply frame into `out`, which must hold [`REPLY_LEN`] bytes.
     /// Returns the reply's length.
     pub fn respond(&self, frame: &[u8], out: &mut [u8]) -> Result<usize, ArpRefusal> {
-        let arp = frame
-            .get(ETH_LEN..)
-            .and_then(|payload| ArpPacketSlice::from_slice(payload).ok())
-            .ok_or(ArpRefusal::Malformed)?;
+        let eth = ethernet::Frame::new_checked(frame).map_err(|_| ArpRefusal::Malformed)?;
+        let arp = ArpPacketSlice::from_slice(eth.payload()).map_err(|_| ArpRefusal::Malformed)?;
         if arp.hw_addr_type() != ArpHardwareId::ETHERNET
             || arp.proto_addr_type() != EtherType::IPV4
             || arp.hw_addr_size() != 6
@@ -87,18 +82,24 @@ impl ArpTable {
             .ok_or(ArpRefusal::UnknownTarget)?;
         let requester_mac =
             MacAddr::from_slice(arp.sender_hw_addr()).ok_or(ArpRefusal::Malformed)?;
-        let requester_ip = arp.sender_protocol_addr();
+        let requester_ip: [u8; 4] = arp
+            .sender_protocol_addr()
+            .try_into()
+            .map_err(|_| ArpRefusal::Malformed)?;
         let out = out.get_mut(..REPLY_LEN).ok_or(ArpRefusal::Malformed)?;
         // Ethernet: to the requester, from the VTEP being answered for.
-        out[0..6].copy_from_slice(&requester_mac.0);
-        out[6..12].copy_from_slice(&answer.0);
-        out[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
-        // ARP reply: htype 1, ptype 0x0800, hlen 6, plen 4, op 2.
-        out[14..22].copy_from_slice(&[0x00, 0x01, 0x08, 0x00, 6, 4, 0x00, 0x02]);
-        out[22..28].copy_from_slice(&answer.0);
-        out[28..32].copy_from_slice(&target);
-        out[32..38].copy_from_slice(&requester_mac.0);
-        out[38..42].copy_from_slice(requester_ip);
+        let mut eth = ethernet::Frame::new_unchecked(&mut out[..]);
+        eth.set_dst_addr(requester_mac);
+        eth.set_src_addr(answer);
+        eth.set_ethertype(ethertype::ARP);
+        let reply = ArpEthIpv4Packet {
+            operation: ArpOperation::REPLY,
+            sender_mac: answer.0,
+            sender_ipv4: target,
+            target_mac: requester_mac.0,
+            target_ipv4: requester_ip,
+        };
+        eth.payload_mut().copy_from_slice(&reply.to_bytes());
         Ok(REPLY_LEN)
     }
 }

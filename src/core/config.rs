@@ -4,7 +4,7 @@
 //! The one deliberate difference: the default VXLAN port is 4789, not 8472.
 
 use super::json::Fields;
-use super::vxlan::Vni;
+use super::wire::vxlan::Vni;
 use ipnet::{Ipv4Net, Ipv6Net};
 use serde_json::value::RawValue;
 use std::net::{Ipv4Addr, Ipv6Addr};

@@ -15,5 +15,5 @@ pub mod mac;
 pub mod offload;
 pub mod router;
 pub mod subnet_env;
-pub mod vxlan;
 pub mod watcher;
+pub mod wire;

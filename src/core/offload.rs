@@ -934,7 +934,7 @@ pub fn icmp_frag_needed(frame: &[u8], mtu: u16, out: &mut [u8]) -> Option<usize>
 /// The size of the IP packet on the underlay that carries `frame_len` bytes of
 /// inner frame: outer IPv4 + UDP + VXLAN headers added.
 pub fn outer_len(frame_len: usize) -> usize {
-    frame_len + 20 + 8 + super::vxlan::HEADER_LEN
+    frame_len + 20 + 8 + super::wire::vxlan::HEADER_LEN
 }
 
 #[cfg(test)]

@@ -11,12 +11,10 @@ use super::arp::{ArpRefusal, ArpTable};
 use super::fdb::{Fdb, FdbMiss, SenderCheck};
 use super::flow;
 use super::mac::MacAddr;
-use super::vxlan::{self, Vni};
+use super::wire::ethernet::{self, ethertype};
+use super::wire::vxlan::{self, Vni};
 use ipnet::Ipv4Net;
 use std::net::Ipv4Addr;
-
-const ETH_LEN: usize = 14;
-const ETHERTYPE_ARP: u16 = 0x0806;
 
 /// Why a frame or datagram was not forwarded. Each reason is one metric label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -216,12 +214,10 @@ impl Router {
     /// Decides what to do with `frame` from the TAP. An ARP reply is written into `reply`
     /// (at least [`super::arp::REPLY_LEN`] bytes).
     pub fn egress(&self, frame: &[u8], reply: &mut [u8]) -> Egress {
-        if frame.len() < ETH_LEN {
+        let Ok(eth) = ethernet::Frame::new_checked(frame) else {
             return Egress::Drop(DropReason::TooShort);
-        }
-        let dst = MacAddr([frame[0], frame[1], frame[2], frame[3], frame[4], frame[5]]);
-        let ethertype = u16::from_be_bytes([frame[12], frame[13]]);
-        if ethertype == ETHERTYPE_ARP {
+        };
+        if eth.ethertype() == ethertype::ARP {
             return match self.tables.arp.respond(frame, reply) {
                 Ok(len) => Egress::ArpReply { len },
                 Err(ArpRefusal::UnknownTarget) => Egress::Drop(DropReason::ArpUnknownTarget),
@@ -230,7 +226,7 @@ impl Router {
                 }
             };
         }
-        match self.tables.fdb.lookup(dst) {
+        match self.tables.fdb.lookup(eth.dst_addr()) {
             Ok(ip) => Egress::Encap {
                 dst: ip,
                 flow: flow::hash(frame),
@@ -252,12 +248,10 @@ impl Router {
         if repr.vni != self.local.vni {
             return Ingress::Drop(DropReason::WrongVni);
         }
-        let inner = packet.payload();
-        if inner.len() < ETH_LEN {
+        let Ok(inner) = ethernet::Frame::new_checked(packet.payload()) else {
             return Ingress::Drop(DropReason::TooShort);
-        }
-        let inner_dst = MacAddr([inner[0], inner[1], inner[2], inner[3], inner[4], inner[5]]);
-        let inner_src = MacAddr([inner[6], inner[7], inner[8], inner[9], inner[10], inner[11]]);
+        };
+        let (inner_dst, inner_src) = (inner.dst_addr(), inner.src_addr());
         match self.check {
             SourceCheck::Strict => match self.tables.fdb.check_sender(src, inner_src) {
                 SenderCheck::Known => {}

@@ -86,7 +86,7 @@ impl Default for DataplaneConfig {
 /// this as the TAP's `gso_max_segs`, which TCP honours when it builds
 /// super-frames.
 pub fn tso_segments_per_send(overlay_mtu: u32) -> u32 {
-    let wire_segment = crate::core::vxlan::HEADER_LEN + 14 + overlay_mtu as usize;
+    let wire_segment = crate::core::wire::vxlan::HEADER_LEN + 14 + overlay_mtu as usize;
     (worker::MAX_UDP_PAYLOAD / wire_segment.max(1)).clamp(1, worker::MAX_GSO_SEGMENTS) as u32
 }
 

@@ -32,7 +32,7 @@ use crate::core::offload::{
     Write as GroWrite,
 };
 use crate::core::router::{DropReason, Egress, Ingress};
-use crate::core::vxlan;
+use crate::core::wire::vxlan;
 use socket2::Socket;
 use std::fs::File;
 use std::io::{self, IoSlice, Read, Write};

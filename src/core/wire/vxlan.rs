@@ -26,6 +26,7 @@ mod field {
 pub struct Vni(u32);
 
 impl Vni {
+    /// The largest VNI.
     pub const MAX: u32 = 0x00ff_ffff;
 
     /// `None` when `value` does not fit in 24 bits.
@@ -37,6 +38,7 @@ impl Vni {
         }
     }
 
+    /// The VNI as a number.
     pub const fn get(self) -> u32 {
         self.0
     }
@@ -47,6 +49,7 @@ impl Vni {
         [b[1], b[2], b[3]]
     }
 
+    /// The VNI of three octets in network order.
     pub const fn from_be_bytes(b: [u8; 3]) -> Vni {
         Vni(u32::from_be_bytes([0, b[0], b[1], b[2]]))
     }
@@ -98,14 +101,17 @@ impl<T: AsRef<[u8]>> Packet<T> {
         Ok(Packet { buffer })
     }
 
+    /// The wrapped buffer.
     pub fn into_inner(self) -> T {
         self.buffer
     }
 
+    /// The flags octet.
     pub fn flags(&self) -> u8 {
         self.buffer.as_ref()[field::FLAGS]
     }
 
+    /// The VNI field, whether or not the I flag says it is valid.
     pub fn vni(&self) -> Vni {
         let b = &self.buffer.as_ref()[field::VNI];
         Vni::from_be_bytes([b[0], b[1], b[2]])
@@ -133,6 +139,7 @@ pub const fn header_bytes(vni: Vni) -> [u8; HEADER_LEN] {
 /// The meaning of a VXLAN header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Repr {
+    /// The network the payload belongs to.
     pub vni: Vni,
 }
 
@@ -145,6 +152,7 @@ impl Repr {
         Ok(Repr { vni: packet.vni() })
     }
 
+    /// Writes the header (only the I flag set, reserved bits zero).
     pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, packet: &mut Packet<T>) {
         packet.fill_header(self.vni);
     }
