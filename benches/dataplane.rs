@@ -1,21 +1,24 @@
-//! Criterion benchmarks of the sans-IO dataplane: the per-frame work weftd
-//! does between the TAP and the UDP socket, without the syscalls.
+//! Criterion benchmarks of the sans-IO dataplane: the per-batch work weftd
+//! does between the TAP and the UDP socket, without the syscalls — the
+//! worker's own planning ([`TxBatch::plan`], [`RxBatch::decap`]) on batches
+//! of one frame or one GRO run, and the parts it is made of.
 //!
 //! `cargo bench --bench dataplane` (full run; HTML off) — in
 //! `cargo test --all-targets` each benchmark runs once as a smoke test.
 //!
-//! Before benchmarking, the steady-state work per frame is run under a
+//! Before benchmarking, the steady-state work per batch is run under a
 //! counting allocator and must allocate nothing.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use criterion::{BenchmarkId, Criterion, Throughput, black_box, criterion_group};
 use std::net::Ipv4Addr;
+use weft::core::batch::{Received, RxBatch, RxConfig, TxBatch, TxConfig};
 use weft::core::fixtures::{arp_request, tso_superframe, tso_vnet_hdr, udp4_frame};
 use weft::core::lease::{Lease, LeaseAttrs, VxlanBackendData};
 use weft::core::mac::MacAddr;
 use weft::core::offload::{self, Coalescer, FrameRef, VnetHdr};
-use weft::core::router::{Egress, LocalVtep, Peer, Router, SourceCheck, Tables};
+use weft::core::router::{LocalVtep, Peer, Router, SourceCheck, Tables};
 use weft::core::watcher::LeaseWatcher;
 use weft::core::wire::vxlan::{self, Vni};
 use weft::dataplane::sys::{CountingAllocator, allocations};
@@ -48,15 +51,54 @@ fn router(peers: u32) -> Router {
     Router::new(local, SourceCheck::Strict, Tables::from_peers(&list))
 }
 
-/// TX of one plain frame: decide, write the VXLAN header in front.
-fn encap(r: &Router, buf: &mut [u8], len: usize, reply: &mut [u8]) -> usize {
-    let (head, frame) = buf.split_at_mut(vxlan::HEADER_LEN);
-    match r.egress(&frame[..len], reply) {
-        Egress::Encap { .. } => {
-            head.copy_from_slice(&vxlan::header_bytes(r.local().vni));
-            vxlan::HEADER_LEN + len
-        }
-        _ => 0,
+/// TX as the worker configures it: 16 source sockets, UDP GSO, MTU 1500.
+fn tx_config(vnet_hdr: bool) -> TxConfig {
+    TxConfig {
+        vnet_hdr,
+        port: 4789,
+        underlay_mtu: 1500,
+        sockets: 16,
+        udp_gso: true,
+    }
+}
+
+/// RX as the worker configures its default socket: datagrams with an outer
+/// checksum the kernel verified (weft and flannel send one), so the inner
+/// checksums are not verified again; `verified`: the other socket.
+fn rx_config(verified: bool) -> RxConfig {
+    RxConfig {
+        vnet_hdr: true,
+        uso: true,
+        verify_checksums: verified,
+        outer_checksum_covered: !verified,
+    }
+}
+
+/// A TX read buffer holding `frame` as the TAP hands it over: after its
+/// virtio header, or after room for the VXLAN header.
+fn tx_buffer(frame: &[u8], hdr: Option<VnetHdr>) -> Vec<u8> {
+    let mut buf = match hdr {
+        Some(h) => h.emit().to_vec(),
+        None => vec![0; vxlan::HEADER_LEN],
+    };
+    buf.extend_from_slice(frame);
+    buf
+}
+
+/// `frame` sent by peer `from` to us, as the UDP payload.
+fn datagram_from(from: &Peer, len: usize) -> Vec<u8> {
+    let mut d = vxlan::header_bytes(Vni::new(1).unwrap()).to_vec();
+    d.extend_from_slice(&udp4_frame(OUR_MAC.0, from.vtep_mac.0, len));
+    d
+}
+
+fn received(src: Ipv4Addr, len: usize, stride: usize) -> Received {
+    Received {
+        src: Some(src),
+        len,
+        stride,
+        truncated: false,
+        control_truncated: false,
     }
 }
 
@@ -64,7 +106,7 @@ fn tso_hdr() -> VnetHdr {
     tso_vnet_hdr(1398)
 }
 
-/// 44 consecutive MSS segments of one flow, as UDP GRO hands them over.
+/// 44 consecutive MSS segments of one flow, as inner frames back to back.
 fn gro_batch() -> (Vec<u8>, Vec<FrameRef>) {
     let super_frame = tso_superframe(&vec![7u8; 44 * 1398]);
     let (mut arena, mut segs) = (Vec::new(), Vec::new());
@@ -83,39 +125,50 @@ fn gro_batch() -> (Vec<u8>, Vec<FrameRef>) {
     (buf, refs)
 }
 
-/// Runs the per-frame work many times after a warm-up and fails if it allocates.
+/// The same 44 segments as one UDP GRO run from `from`: each behind its
+/// VXLAN header, with the sender's and our MACs.
+fn gro_run(from: &Peer) -> (Vec<u8>, usize) {
+    let (buf, refs) = gro_batch();
+    let mut run = Vec::new();
+    for r in &refs {
+        run.extend_from_slice(&vxlan::header_bytes(Vni::new(1).unwrap()));
+        let at = run.len();
+        run.extend_from_slice(&buf[r.range()]);
+        run[at..at + 6].copy_from_slice(&OUR_MAC.0);
+        run[at + 6..at + 12].copy_from_slice(&from.vtep_mac.0);
+    }
+    let stride = vxlan::HEADER_LEN + (refs[0].end - refs[0].start) as usize;
+    (run, stride)
+}
+
+/// Runs the per-batch work many times after a warm-up and fails if it allocates.
 fn assert_no_allocations() {
     let r = router(1000);
-    let dst = peer(500).vtep_mac.0;
-    let frame = udp4_frame(dst, OUR_MAC.0, 1450);
-    let mut buf = vec![0u8; 65536];
-    buf[vxlan::HEADER_LEN..vxlan::HEADER_LEN + frame.len()].copy_from_slice(&frame);
-    let mut reply = [0u8; 128];
-    let datagram = {
-        let mut d = vxlan::header_bytes(Vni::new(1).unwrap()).to_vec();
-        d.extend_from_slice(&udp4_frame(OUR_MAC.0, dst, 1450));
-        d
-    };
-    let src = peer(500).public_ip;
-    let super_frame = tso_superframe(&vec![1u8; 60000]);
-    let (mut arena, mut segs) = (Vec::with_capacity(1 << 16), Vec::with_capacity(128));
-    let (gro_buf, gro_refs) = gro_batch();
-    let mut coalescer = Coalescer::with_capacity(64);
+    let dst = peer(500);
+    let frame = udp4_frame(dst.vtep_mac.0, OUR_MAC.0, 1450);
     let arp = arp_request(OUR_MAC.0, [10, 0, 0, 0], [10, 1, 244, 0]);
+    let super_frame = tso_superframe(&vec![1u8; 60000]);
+    let mut tx_bufs = vec![
+        tx_buffer(&frame, Some(VnetHdr::NONE)),
+        tx_buffer(&arp, Some(VnetHdr::NONE)),
+        tx_buffer(&super_frame, Some(tso_hdr())),
+    ];
+    let tx_lens = [frame.len(), arp.len(), super_frame.len()];
+    let mut tx = TxBatch::with_capacity(tx_bufs.len());
+    let d = datagram_from(&dst, 1450);
+    let (run, stride) = gro_run(&dst);
+    let mut rx_bufs = vec![d.clone(), run.clone()];
+    let meta = [
+        received(dst.public_ip, d.len(), d.len()),
+        received(dst.public_ip, run.len(), stride),
+    ];
+    let mut rx = RxBatch::new(rx_config(true), rx_bufs.len(), true);
     let mut work = |n: usize| {
         for _ in 0..n {
-            black_box(encap(&r, &mut buf, frame.len(), &mut reply));
-            black_box(r.ingress(src, &datagram));
-            black_box(r.egress(&arp, &mut reply));
-            arena.clear();
-            segs.clear();
-            offload::split(&super_frame, &tso_hdr(), &[0; 8], &mut arena, &mut segs).unwrap();
-            coalescer.clear();
-            for f in &gro_refs {
-                coalescer.push(&gro_buf[f.range()], *f);
-            }
-            coalescer.finish();
-            black_box(coalescer.writes().len());
+            tx.plan(&r, &tx_config(true), &mut tx_bufs, &tx_lens);
+            black_box(tx.messages().len());
+            rx.decap(&r, &mut rx_bufs, &meta);
+            black_box(rx.writes().len());
         }
     };
     work(10);
@@ -125,11 +178,11 @@ fn assert_no_allocations() {
     assert_eq!(
         after - before,
         0,
-        "the per-frame work allocated {} times in 1000 rounds",
+        "the per-batch work allocated {} times in 1000 rounds",
         after - before
     );
     println!(
-        "steady-state allocations per frame: 0 (1000 rounds of encap, decap, ARP, TSO split, GRO coalesce)"
+        "steady-state allocations per batch: 0 (1000 rounds of TX: frame, ARP, TSO super-frame; RX: datagram, 44-datagram GRO run)"
     );
 }
 
@@ -138,53 +191,99 @@ fn benches(c: &mut Criterion) {
     let dst = peer(50);
     let mut reply = [0u8; 128];
 
+    // TX of one frame as the worker plans it: decide, VXLAN header in front,
+    // the message to send.
+    let mut tx = TxBatch::with_capacity(1);
     let mut g = c.benchmark_group("encap");
     for len in [64usize, 1450] {
         let frame = udp4_frame(dst.vtep_mac.0, OUR_MAC.0, len);
-        let mut buf = vec![0u8; vxlan::HEADER_LEN + len];
-        buf[vxlan::HEADER_LEN..].copy_from_slice(&frame);
+        let mut bufs = [tx_buffer(&frame, None)];
         g.throughput(Throughput::Bytes(len as u64));
         g.bench_function(BenchmarkId::from_parameter(len), |b| {
-            b.iter(|| encap(&r, black_box(&mut buf), len, &mut reply))
+            b.iter(|| {
+                tx.plan(&r, &tx_config(false), black_box(&mut bufs), &[len]);
+                black_box(tx.messages().len())
+            })
         });
     }
     // A 64 KiB TSO super-frame: segmentation, per-segment headers and checksums included.
     let super_frame = tso_superframe(&vec![3u8; 65535 - 66]);
-    let (mut arena, mut segs) = (Vec::with_capacity(1 << 16), Vec::with_capacity(64));
+    let mut bufs = [tx_buffer(&super_frame, Some(tso_hdr()))];
+    let mut tx = TxBatch::with_capacity(1);
     g.throughput(Throughput::Bytes(super_frame.len() as u64));
     g.bench_function("tso_64k", |b| {
         b.iter(|| {
+            tx.plan(
+                &r,
+                &tx_config(true),
+                black_box(&mut bufs),
+                &[super_frame.len()],
+            );
+            black_box(tx.messages().len())
+        })
+    });
+    g.finish();
+
+    // RX of one datagram as the worker decides it: checked, (checksums
+    // looked at), queued for the TAP.
+    let mut rx = RxBatch::new(rx_config(false), 1, true);
+    let mut rx_verified = RxBatch::new(rx_config(true), 1, true);
+    let mut g = c.benchmark_group("decap");
+    for len in [64usize, 1450] {
+        let d = datagram_from(&dst, len);
+        let meta = [received(dst.public_ip, d.len(), d.len())];
+        let mut bufs = [d];
+        g.throughput(Throughput::Bytes(len as u64));
+        g.bench_function(BenchmarkId::from_parameter(len), |b| {
+            b.iter(|| {
+                rx.decap(&r, black_box(&mut bufs), &meta);
+                black_box(rx.writes().len())
+            })
+        });
+        g.bench_function(BenchmarkId::new("verified", len), |b| {
+            b.iter(|| {
+                rx_verified.decap(&r, black_box(&mut bufs), &meta);
+                black_box(rx_verified.writes().len())
+            })
+        });
+    }
+    // 64 KiB arriving as one GRO run of 44 datagrams: cut, checked and
+    // coalesced into one TAP write.
+    let (run, stride) = gro_run(&dst);
+    let meta = [received(dst.public_ip, run.len(), stride)];
+    let mut bufs = [run];
+    g.throughput(Throughput::Bytes(bufs[0].len() as u64));
+    g.bench_function("gro_44_segments", |b| {
+        b.iter(|| {
+            rx.decap(&r, black_box(&mut bufs), &meta);
+            black_box(rx.writes().len())
+        })
+    });
+    g.finish();
+
+    // The parts: segmentation alone, coalescing alone (the figures the
+    // worker-level benchmarks above are built from).
+    let mut g = c.benchmark_group("offload");
+    let (mut arena, mut segs) = (Vec::with_capacity(1 << 17), Vec::with_capacity(64));
+    g.throughput(Throughput::Bytes(super_frame.len() as u64));
+    g.bench_function("split_64k", |b| {
+        b.iter(|| {
             arena.clear();
             segs.clear();
-            let frame = &super_frame;
-            let egress = r.egress(&frame[..14], &mut reply);
             offload::split(
-                black_box(frame),
+                black_box(&super_frame),
                 &tso_hdr(),
                 &vxlan::header_bytes(Vni::new(1).unwrap()),
                 &mut arena,
                 &mut segs,
             )
-            .unwrap();
-            black_box(egress)
+            .unwrap()
         })
     });
-    g.finish();
-
-    let mut g = c.benchmark_group("decap");
-    for len in [64usize, 1450] {
-        let mut d = vxlan::header_bytes(Vni::new(1).unwrap()).to_vec();
-        d.extend_from_slice(&udp4_frame(OUR_MAC.0, dst.vtep_mac.0, len));
-        g.throughput(Throughput::Bytes(len as u64));
-        g.bench_function(BenchmarkId::from_parameter(len), |b| {
-            b.iter(|| r.ingress(dst.public_ip, black_box(&d)))
-        });
-    }
-    // 64 KiB arriving as 44 GRO'd segments, checked and coalesced into one TAP write.
     let (gro_buf, gro_refs) = gro_batch();
     let mut coalescer = Coalescer::with_capacity(64);
     g.throughput(Throughput::Bytes(gro_buf.len() as u64));
-    g.bench_function("gro_44_segments", |b| {
+    g.bench_function("coalesce_44", |b| {
         b.iter(|| {
             coalescer.clear();
             for f in &gro_refs {

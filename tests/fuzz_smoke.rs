@@ -197,6 +197,16 @@ fn egress() {
 }
 
 #[test]
+fn tx_batch() {
+    drive("tx_batch", 20_000);
+}
+
+#[test]
+fn rx_batch() {
+    drive("rx_batch", 20_000);
+}
+
+#[test]
 fn split() {
     drive("split", 20_000);
 }

@@ -28,9 +28,11 @@ pub mod kube;
 pub mod lease;
 pub mod local_record;
 pub mod net_conf;
+pub mod rx_batch;
 pub mod split;
 pub mod subnet_env;
 pub mod tunables;
+pub mod tx_batch;
 pub mod wire;
 
 /// A fuzz target: its name (the binary in `fuzz/fuzz_targets/`), its body,
@@ -54,6 +56,18 @@ pub const TARGETS: &[Target] = &[
         name: "egress",
         run: egress::run,
         seeds: egress::seeds,
+        dict: wire::FRAME_DICT,
+    },
+    Target {
+        name: "tx_batch",
+        run: tx_batch::run,
+        seeds: tx_batch::seeds,
+        dict: wire::FRAME_DICT,
+    },
+    Target {
+        name: "rx_batch",
+        run: rx_batch::run,
+        seeds: rx_batch::seeds,
         dict: wire::FRAME_DICT,
     },
     Target {

@@ -3,6 +3,7 @@
 //! reads a clock; callers pass bytes and `now` in and act on what comes back.
 
 pub mod arp;
+pub mod batch;
 pub mod checksum;
 pub mod config;
 pub mod fdb;

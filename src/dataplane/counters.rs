@@ -2,6 +2,7 @@
 //! bumped once per batch with relaxed adds (no locks, no sharing between
 //! workers), summed only when someone reads them (metrics, status).
 
+use crate::core::batch::Tally;
 use crate::core::router::DropReason;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -33,31 +34,9 @@ pub struct WorkerCounters {
     pub drops: [AtomicU64; DropReason::COUNT],
 }
 
-/// Plain numbers a worker accumulates during one batch.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct BatchTally {
-    pub encap_frames: u64,
-    pub encap_bytes: u64,
-    pub decap_frames: u64,
-    pub decap_bytes: u64,
-    pub arp_replies: u64,
-    pub tso_frames: u64,
-    pub gso_datagrams: u64,
-    pub gro_frames: u64,
-    pub icmp_too_big: u64,
-    pub checksum_trusted: u64,
-    pub drops: [u64; DropReason::COUNT],
-}
-
-impl BatchTally {
-    pub fn drop(&mut self, reason: DropReason) {
-        self.drops[reason.index()] += 1;
-    }
-}
-
 impl WorkerCounters {
     /// Adds a batch's tally (the only write on the hot path).
-    pub fn add(&self, t: &BatchTally) {
+    pub fn add(&self, t: &Tally) {
         let add = |c: &AtomicU64, v: u64| {
             if v != 0 {
                 c.fetch_add(v, Relaxed);
@@ -187,9 +166,9 @@ mod tests {
     #[test]
     fn snapshot_sums_workers() {
         let counters = Counters::new(2);
-        let mut t = BatchTally {
+        let mut t = Tally {
             encap_frames: 3,
-            ..BatchTally::default()
+            ..Tally::default()
         };
         t.drop(DropReason::WrongVni);
         counters.worker(0).add(&t);

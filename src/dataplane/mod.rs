@@ -20,6 +20,7 @@ pub mod tap;
 pub mod udp;
 mod worker;
 
+use crate::core::batch::{MAX_GSO_SEGMENTS, MAX_UDP_PAYLOAD};
 use crate::core::router::Router;
 use arc_swap::ArcSwap;
 pub use counters::{Counters, WorkerCounters};
@@ -87,7 +88,7 @@ impl Default for DataplaneConfig {
 /// super-frames.
 pub fn tso_segments_per_send(overlay_mtu: u32) -> u32 {
     let wire_segment = crate::core::wire::vxlan::HEADER_LEN + 14 + overlay_mtu as usize;
-    (worker::MAX_UDP_PAYLOAD / wire_segment.max(1)).clamp(1, worker::MAX_GSO_SEGMENTS) as u32
+    (MAX_UDP_PAYLOAD / wire_segment.max(1)).clamp(1, MAX_GSO_SEGMENTS) as u32
 }
 
 /// A failure that stops the dataplane; the agent exits so its supervisor restarts it.

@@ -316,6 +316,18 @@ pub struct RecvMeta {
     pub kernel_drops: Option<u32>,
 }
 
+impl From<RecvMeta> for crate::core::batch::Received {
+    fn from(m: RecvMeta) -> Self {
+        crate::core::batch::Received {
+            src: m.src.map(|a| *a.ip()),
+            len: m.len,
+            stride: m.stride,
+            truncated: m.truncated,
+            control_truncated: m.control_truncated,
+        }
+    }
+}
+
 /// Reusable `recvmmsg` state for up to `capacity` messages.
 pub struct RecvBatch {
     headers: Vec<libc::mmsghdr>,
