@@ -82,6 +82,41 @@ pub fn parse_subnet_key(key: &str) -> Result<(Ipv4Net, Option<Ipv6Net>), LeaseEr
     Ok((subnet, ipv6))
 }
 
+/// A lease's identity in every store: its IPv4 subnet and, in dual stack,
+/// its IPv6 subnet. Displays as flannel's key (`10.244.3.0-24`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SubnetKey {
+    /// The IPv4 subnet.
+    pub subnet: Ipv4Net,
+    /// The IPv6 subnet of a dual-stack lease.
+    pub ipv6_subnet: Option<Ipv6Net>,
+}
+
+impl SubnetKey {
+    /// The key of an IPv4-only lease.
+    pub const fn v4(subnet: Ipv4Net) -> SubnetKey {
+        SubnetKey {
+            subnet,
+            ipv6_subnet: None,
+        }
+    }
+
+    /// Parses flannel's key (see [`parse_subnet_key`]).
+    pub fn parse(key: &str) -> Result<SubnetKey, LeaseError> {
+        let (subnet, ipv6_subnet) = parse_subnet_key(key)?;
+        Ok(SubnetKey {
+            subnet,
+            ipv6_subnet,
+        })
+    }
+}
+
+impl fmt::Display for SubnetKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&subnet_key(self.subnet, self.ipv6_subnet))
+    }
+}
+
 /// flannel's `LeaseAttrs`. Backend data is kept as the raw JSON text it was given.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LeaseAttrs {
@@ -232,6 +267,14 @@ impl Lease {
         subnet_key(self.subnet, self.ipv6_subnet)
     }
 
+    /// The subnets that identify the lease.
+    pub fn subnet_key(&self) -> SubnetKey {
+        SubnetKey {
+            subnet: self.subnet,
+            ipv6_subnet: self.ipv6_subnet,
+        }
+    }
+
     /// Builds a lease from a store key and its JSON value.
     pub fn from_record(
         key: &str,
@@ -260,14 +303,16 @@ impl fmt::Display for Lease {
 pub enum LeaseEvent {
     /// A lease appeared or its attributes changed.
     Added(Lease),
-    /// A lease is gone; it carries the attributes it had.
-    Removed(Lease),
+    /// The lease of this key is gone (a store reports a delete by its key).
+    Removed(SubnetKey),
 }
 
 impl LeaseEvent {
-    pub fn lease(&self) -> &Lease {
+    /// The IPv4 subnet the event is about.
+    pub fn subnet(&self) -> Ipv4Net {
         match self {
-            LeaseEvent::Added(l) | LeaseEvent::Removed(l) => l,
+            LeaseEvent::Added(l) => l.subnet,
+            LeaseEvent::Removed(k) => k.subnet,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! semantics and configuration. Nothing in here opens a file descriptor or
 //! reads a clock; callers pass bytes and `now` in and act on what comes back.
 
+pub mod allocate;
 pub mod arp;
 pub mod batch;
 pub mod checksum;

@@ -3,9 +3,11 @@
 //!
 //! [`LeaseWatcher`] turns store results (a snapshot after a (re)list, or a
 //! batch of events) into the events the backend acts on: the own lease is
-//! skipped, `Added` replaces or appends, `Removed` carries the attributes the
-//! lease had, and a snapshot is applied with reset semantics (leases missing
-//! from it are removed). Two deliberate improvements over flannel: a snapshot
+//! skipped, `Added` replaces or appends, `Removed` forgets the lease of a key,
+//! and a snapshot is applied with reset semantics (leases missing from it are
+//! removed). Every store hands over snapshots (first list, relist after a
+//! desync, a changed poll) and events; this is the one place they are
+//! compared with what is known. Two deliberate improvements over flannel: a snapshot
 //! that changes a known lease's attributes emits `Added` (flannel misses such
 //! changes across relists), and repeated identical `Added` events (renewals)
 //! are absorbed instead of re-programming the lease.
@@ -48,7 +50,7 @@ impl LeaseWatcher {
         }
         for (subnet, lease) in &self.leases {
             if !next.contains_key(subnet) {
-                events.push(LeaseEvent::Removed(lease.clone()));
+                events.push(LeaseEvent::Removed(lease.subnet_key()));
             }
         }
         self.leases = next;
@@ -59,7 +61,7 @@ impl LeaseWatcher {
     pub fn update(&mut self, batch: Vec<LeaseEvent>) -> Vec<LeaseEvent> {
         let mut events = Vec::new();
         for event in batch {
-            let subnet = event.lease().subnet;
+            let subnet = event.subnet();
             if Some(subnet) == self.own {
                 continue;
             }
@@ -74,10 +76,10 @@ impl LeaseWatcher {
                     }
                     self.leases.insert(subnet, lease);
                 }
-                LeaseEvent::Removed(lease) => match self.leases.remove(&subnet) {
-                    Some(stored) => events.push(LeaseEvent::Removed(stored)),
-                    None => events.push(LeaseEvent::Removed(lease)),
-                },
+                LeaseEvent::Removed(key) => {
+                    self.leases.remove(&subnet);
+                    events.push(LeaseEvent::Removed(key));
+                }
             }
         }
         events
@@ -165,9 +167,9 @@ impl Peers {
                     }
                 }
             },
-            LeaseEvent::Removed(lease) => match self.forget(&lease.subnet) {
+            LeaseEvent::Removed(key) => match self.forget(&key.subnet) {
                 Some(peer) => PeerChange::Removed(peer),
-                None => PeerChange::Unknown(lease.subnet),
+                None => PeerChange::Unknown(key.subnet),
             },
         }
     }
@@ -270,7 +272,7 @@ mod tests {
             events,
             vec![
                 LeaseEvent::Added(lease(4, 4)),
-                LeaseEvent::Removed(lease(2, 2))
+                LeaseEvent::Removed(lease(2, 2).subnet_key())
             ]
         );
         // A relist that changed a lease's MAC reports it.
@@ -280,7 +282,7 @@ mod tests {
     }
 
     #[test]
-    fn update_replaces_absorbs_repeats_and_removes_with_stored_attrs() {
+    fn update_replaces_absorbs_repeats_and_removes_by_key() {
         let mut w = LeaseWatcher::new(own());
         assert_eq!(w.update(vec![LeaseEvent::Added(lease(2, 2))]).len(), 1);
         assert!(w.update(vec![LeaseEvent::Added(lease(2, 2))]).is_empty());
@@ -292,18 +294,18 @@ mod tests {
             w.update(vec![LeaseEvent::Added(lease(1, 1))]).is_empty(),
             "own lease is skipped"
         );
-        // The store only knows the key on delete; the event carries the stored attrs.
-        let mut bare = lease(2, 0);
-        bare.attrs.backend_data = None;
+        // The store only knows the key on delete.
+        let key = lease(2, 0).subnet_key();
         assert_eq!(
-            w.update(vec![LeaseEvent::Removed(bare.clone())]),
-            vec![LeaseEvent::Removed(lease(2, 5))]
-        );
-        assert_eq!(
-            w.update(vec![LeaseEvent::Removed(bare.clone())]),
-            vec![LeaseEvent::Removed(bare)]
+            w.update(vec![LeaseEvent::Removed(key)]),
+            vec![LeaseEvent::Removed(key)]
         );
         assert!(w.is_empty());
+        assert_eq!(
+            w.update(vec![LeaseEvent::Removed(key)]),
+            vec![LeaseEvent::Removed(key)],
+            "a removal of an unknown lease is passed on (its route may linger)"
+        );
     }
 
     #[test]
@@ -322,11 +324,11 @@ mod tests {
             PeerChange::Ignored { .. }
         ));
         assert!(matches!(
-            peers.apply(&LeaseEvent::Removed(lease(2, 0))),
+            peers.apply(&LeaseEvent::Removed(lease(2, 0).subnet_key())),
             PeerChange::Removed(_)
         ));
         assert!(matches!(
-            peers.apply(&LeaseEvent::Removed(lease(2, 0))),
+            peers.apply(&LeaseEvent::Removed(lease(2, 0).subnet_key())),
             PeerChange::Unknown(_)
         ));
         assert!(peers.is_empty());

@@ -37,11 +37,11 @@
 //! thin shell that talks to etcd.
 
 use super::{
-    AcquireRequest, RenewPolicy, StoreError, StoreStats, StoreUpdate, UpdateSender,
-    choose_free_subnet, renew_at,
+    AcquireRequest, RenewPolicy, StoreError, StoreStats, StoreUpdate, UpdateSender, renew_at,
 };
+use crate::core::allocate::{self, Claim, Held};
 use crate::core::config::NetConfig;
-use crate::core::lease::{Lease, LeaseAttrs, LeaseError, LeaseEvent, parse_subnet_key};
+use crate::core::lease::{Lease, LeaseAttrs, LeaseError, LeaseEvent, SubnetKey};
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
     KeyValue, PutOptions, TlsOptions, Txn, TxnOp, WatchOptions,
@@ -273,12 +273,9 @@ impl Keys {
         format!("{}{}", self.subnets, lease.key())
     }
 
-    fn subnet(&self, subnet: Ipv4Net) -> String {
-        format!(
-            "{}{}",
-            self.subnets,
-            crate::core::lease::subnet_key(subnet, None)
-        )
+    /// The key of a lease by its subnets: `<prefix>/subnets/10.244.3.0-24`.
+    pub fn subnet(&self, key: SubnetKey) -> String {
+        format!("{}{}", self.subnets, key)
     }
 }
 
@@ -320,10 +317,10 @@ pub fn parse_kv(keys: &Keys, kv: &Kv) -> Result<Lease, LeaseError> {
     Lease::from_record(name, value, None)
 }
 
-/// The subnet a key names, if it names one (also for a record with a bad value).
-fn subnet_of(keys: &Keys, key: &str) -> Option<(Ipv4Net, Option<ipnet::Ipv6Net>)> {
+/// The subnets a key names, if it names them (also for a record with a bad value).
+fn subnet_of(keys: &Keys, key: &str) -> Option<SubnetKey> {
     key.strip_prefix(&keys.subnets)
-        .and_then(|name| parse_subnet_key(name).ok())
+        .and_then(|name| SubnetKey::parse(name).ok())
 }
 
 /// A lease record as stored.
@@ -370,8 +367,8 @@ impl Listing {
                     lease_id: kv.lease,
                 }),
                 Err(error) => {
-                    if let Some((subnet, _)) = subnet_of(keys, &key) {
-                        listing.bad_subnets.push(subnet);
+                    if let Some(subnets) = subnet_of(keys, &key) {
+                        listing.bad_subnets.push(subnets.subnet);
                     }
                     listing.bad.push(BadRecord { key, error });
                 }
@@ -380,79 +377,22 @@ impl Listing {
         listing
     }
 
+    /// The leases as allocation sees them (a key without an etcd lease is a reservation).
+    pub fn held(&self) -> Vec<Held> {
+        self.leases
+            .iter()
+            .map(|s| Held {
+                key: s.lease.subnet_key(),
+                public_ip: s.lease.attrs.public_ip,
+                reservation: s.lease_id == 0,
+            })
+            .collect()
+    }
+
     /// Whether a key is present (as a lease or as a bad record).
     fn contains(&self, key: &str) -> bool {
         self.leases.iter().any(|s| s.key == key) || self.bad.iter().any(|b| b.key == key)
     }
-}
-
-/// How this node gets its subnet.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Claim {
-    /// Put this node's value again on the key it already holds, with a fresh
-    /// etcd lease — or none, for a reservation.
-    Reuse { subnet: Ipv4Net, reservation: bool },
-    /// Create the key if nobody holds it; `previous`: the subnet of the old subnet.env.
-    Create { subnet: Ipv4Net, previous: bool },
-}
-
-/// What acquisition will do, decided from one listing.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Plan {
-    /// This public IP's lease that no longer fits the config: delete it first.
-    pub delete: Option<Ipv4Net>,
-    pub claim: Claim,
-}
-
-/// flannel's `tryAcquireLease` decision.
-pub fn plan_acquire<R: rand::Rng + ?Sized>(
-    config: &NetConfig,
-    listing: &Listing,
-    req: &AcquireRequest,
-    rng: &mut R,
-) -> Result<Plan, StoreError> {
-    let mine = listing
-        .leases
-        .iter()
-        .find(|s| s.lease.attrs.public_ip == req.attrs.public_ip);
-    let mut delete = None;
-    if let Some(mine) = mine {
-        if config.fits(mine.lease.subnet) && mine.lease.ipv6_subnet.is_none() {
-            return Ok(Plan {
-                delete: None,
-                claim: Claim::Reuse {
-                    subnet: mine.lease.subnet,
-                    reservation: mine.lease_id == 0,
-                },
-            });
-        }
-        delete = Some(mine.lease.subnet);
-    }
-    let taken: Vec<Ipv4Net> = listing
-        .leases
-        .iter()
-        .map(|s| s.lease.subnet)
-        .filter(|s| Some(*s) != delete)
-        .chain(listing.bad_subnets.iter().copied())
-        .collect();
-    let free = |s: &Ipv4Net| !taken.iter().any(|t| t.contains(s) || s.contains(t));
-    if let Some(previous) = req.previous_subnet.filter(|s| config.fits(*s) && free(s)) {
-        return Ok(Plan {
-            delete,
-            claim: Claim::Create {
-                subnet: previous,
-                previous: true,
-            },
-        });
-    }
-    let subnet = choose_free_subnet(config, &taken, rng).ok_or(StoreError::OutOfSubnets)?;
-    Ok(Plan {
-        delete,
-        claim: Claim::Create {
-            subnet,
-            previous: false,
-        },
-    })
 }
 
 /// A change under `<prefix>/subnets/`, as a watch reports it.
@@ -536,9 +476,9 @@ impl WatchState {
                     };
                 }
                 if self.good.remove(&key)
-                    && let Some(lease) = self.bare_lease(&key)
+                    && let Some(subnets) = subnet_of(&self.keys, &key)
                 {
-                    events.push(LeaseEvent::Removed(lease));
+                    events.push(LeaseEvent::Removed(subnets));
                 }
                 continue;
             }
@@ -557,9 +497,9 @@ impl WatchState {
                     }
                     // A lease overwritten with a bad value is gone, as a relist would find.
                     if self.good.remove(&key)
-                        && let Some(lease) = self.bare_lease(&key)
+                        && let Some(subnets) = subnet_of(&self.keys, &key)
                     {
-                        events.push(LeaseEvent::Removed(lease));
+                        events.push(LeaseEvent::Removed(subnets));
                     }
                     self.bad.insert(key, error);
                 }
@@ -569,24 +509,6 @@ impl WatchState {
             update: (!events.is_empty()).then_some(StoreUpdate::Events(events)),
             new_bad,
         }
-    }
-
-    /// A lease that only knows its subnet (etcd reports a delete by key); the
-    /// agent's lease watcher fills in the attributes it stored.
-    fn bare_lease(&self, key: &str) -> Option<Lease> {
-        let (subnet, ipv6_subnet) = subnet_of(&self.keys, key)?;
-        Some(Lease {
-            subnet,
-            ipv6_subnet,
-            attrs: LeaseAttrs {
-                public_ip: Ipv4Addr::UNSPECIFIED,
-                public_ipv6: None,
-                backend_type: String::new(),
-                backend_data: None,
-                backend_v6_data: None,
-            },
-            expiration: None,
-        })
     }
 }
 
@@ -808,9 +730,15 @@ impl EtcdStore {
     ) -> Result<Lease, StoreError> {
         for _ in 0..RACE_RETRIES {
             let listing = self.list().await?;
-            let plan = plan_acquire(config, &listing, req, &mut rand::rng())?;
+            let plan = allocate::plan(
+                config,
+                &listing.held(),
+                &listing.bad_subnets,
+                &req.request(),
+                &mut rand::rng(),
+            )?;
             if let Some(old) = plan.delete {
-                info!(subnet = %old, public_ip = %req.attrs.public_ip, "found a lease for this public IP that does not fit the current config; deleting it");
+                info!(subnet = %old.subnet, public_ip = %req.attrs.public_ip, "found a lease for this public IP that does not fit the current config; deleting it");
                 let mut kv = self.client().await?.kv_client();
                 self.rpc(
                     "delete the old lease",
@@ -850,7 +778,7 @@ impl EtcdStore {
         attrs: &LeaseAttrs,
         reservation: bool,
     ) -> Result<Lease, StoreError> {
-        let key = self.keys.subnet(subnet);
+        let key = self.keys.subnet(SubnetKey::v4(subnet));
         let (options, expiration) = if reservation {
             (None, None)
         } else {
@@ -877,7 +805,7 @@ impl EtcdStore {
         subnet: Ipv4Net,
         attrs: &LeaseAttrs,
     ) -> Result<Option<Lease>, StoreError> {
-        let key = self.keys.subnet(subnet);
+        let key = self.keys.subnet(SubnetKey::v4(subnet));
         let (id, ttl) = self.grant().await?;
         let txn = Txn::new()
             .when([Compare::version(key.clone(), CompareOp::Equal, 0)])
@@ -1282,17 +1210,6 @@ mod tests {
         )
     }
 
-    fn config(text: &str) -> NetConfig {
-        NetConfig::parse_and_check(text).unwrap()
-    }
-
-    fn request(last: u8, previous: Option<&str>) -> AcquireRequest {
-        AcquireRequest {
-            attrs: attrs(last),
-            previous_subnet: previous.map(|p| p.parse().unwrap()),
-        }
-    }
-
     fn net(s: &str) -> Ipv4Net {
         s.parse().unwrap()
     }
@@ -1315,7 +1232,10 @@ mod tests {
         assert_eq!(Keys::new("a/..").subnets, "subnets/");
         let lease = Lease::from_record("10.5.34.0-24", DOC, None).unwrap();
         assert_eq!(k.lease(&lease), "/coreos.com/network/subnets/10.5.34.0-24");
-        assert_eq!(k.subnet(net("10.5.34.0/24")), k.lease(&lease));
+        assert_eq!(
+            k.subnet(SubnetKey::v4(net("10.5.34.0/24"))),
+            k.lease(&lease)
+        );
     }
 
     #[test]
@@ -1380,130 +1300,24 @@ mod tests {
     }
 
     #[test]
-    fn acquisition_reuses_the_lease_of_this_public_ip() {
-        let c = config(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#);
+    fn a_listing_is_what_allocation_sees() {
         let listing = Listing::new(
             &keys(),
             9,
-            vec![lease_kv(3, 1, 77, 2), lease_kv(4, 2, 78, 3)],
+            vec![
+                lease_kv(3, 1, 77, 2),
+                lease_kv(4, 2, 0, 3),
+                kv("10.244.5.0-24", "{bad", 1, 3),
+            ],
         );
-        let plan = plan_acquire(
-            &c,
-            &listing,
-            &request(1, Some("10.244.9.0/24")),
-            &mut rand::rng(),
-        )
-        .unwrap();
+        let held = listing.held();
         assert_eq!(
-            plan,
-            Plan {
-                delete: None,
-                claim: Claim::Reuse {
-                    subnet: net("10.244.3.0/24"),
-                    reservation: false
-                }
-            }
+            held.iter()
+                .map(|h| (h.key.subnet, h.reservation))
+                .collect::<Vec<_>>(),
+            [(net("10.244.3.0/24"), false), (net("10.244.4.0/24"), true)]
         );
-        // A reservation (no etcd lease) stays one.
-        let listing = Listing::new(&keys(), 9, vec![lease_kv(3, 1, 0, 2)]);
-        let plan = plan_acquire(&c, &listing, &request(1, None), &mut rand::rng()).unwrap();
-        assert_eq!(
-            plan.claim,
-            Claim::Reuse {
-                subnet: net("10.244.3.0/24"),
-                reservation: true
-            }
-        );
-    }
-
-    #[test]
-    fn acquisition_deletes_an_own_lease_outside_the_config() {
-        let c = config(r#"{"Network":"10.244.0.0/16","SubnetLen":25,"Backend":{"Type":"vxlan"}}"#);
-        let listing = Listing::new(&keys(), 9, vec![lease_kv(3, 1, 77, 2)]);
-        let plan = plan_acquire(&c, &listing, &request(1, None), &mut rand::rng()).unwrap();
-        assert_eq!(plan.delete, Some(net("10.244.3.0/24")));
-        match plan.claim {
-            Claim::Create { subnet, previous } => {
-                assert!(!previous);
-                assert!(c.fits(subnet), "{subnet}");
-            }
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn acquisition_takes_the_previous_subnet_only_when_free_and_fitting() {
-        let c = config(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#);
-        let listing = Listing::new(
-            &keys(),
-            9,
-            vec![lease_kv(3, 3, 77, 2), kv("10.244.5.0-24", "{bad", 1, 3)],
-        );
-        let create = |previous: &str| {
-            plan_acquire(&c, &listing, &request(1, Some(previous)), &mut rand::rng())
-                .unwrap()
-                .claim
-        };
-        assert_eq!(
-            create("10.244.9.0/24"),
-            Claim::Create {
-                subnet: net("10.244.9.0/24"),
-                previous: true
-            }
-        );
-        for taken_or_unfit in [
-            "10.244.3.0/24",
-            "10.244.5.0/24",
-            "10.244.0.0/24",
-            "10.99.0.0/24",
-            "10.244.8.0/25",
-        ] {
-            match create(taken_or_unfit) {
-                Claim::Create { subnet, previous } => {
-                    assert!(!previous, "{taken_or_unfit}");
-                    assert!(
-                        ![net("10.244.3.0/24"), net("10.244.5.0/24")].contains(&subnet),
-                        "{subnet}"
-                    );
-                }
-                other => panic!("{other:?}"),
-            }
-        }
-    }
-
-    #[test]
-    fn acquisition_picks_among_the_first_hundred_free_and_runs_out() {
-        let c = config(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#);
-        let taken: Vec<Kv> = (1..=50).map(|i| lease_kv(i, i + 100, 1, 2)).collect();
-        let listing = Listing::new(&keys(), 9, taken);
-        for _ in 0..200 {
-            match plan_acquire(&c, &listing, &request(1, None), &mut rand::rng())
-                .unwrap()
-                .claim
-            {
-                Claim::Create { subnet, .. } => {
-                    let third = subnet.network().octets()[2];
-                    assert!((51..=150).contains(&third), "{subnet}");
-                }
-                other => panic!("{other:?}"),
-            }
-        }
-        let small = config(r#"{"Network":"10.0.0.0/28","Backend":{"Type":"vxlan"}}"#);
-        let full: Vec<Kv> = small
-            .subnets()
-            .enumerate()
-            .map(|(i, s)| {
-                kv(
-                    &crate::core::lease::subnet_key(s, None),
-                    &attrs(10 + i as u8).to_json(),
-                    1,
-                    2,
-                )
-            })
-            .collect();
-        let listing = Listing::new(&keys(), 9, full);
-        let err = plan_acquire(&small, &listing, &request(1, None), &mut rand::rng()).unwrap_err();
-        assert_eq!(err.to_string(), "out of subnets");
+        assert_eq!(listing.bad_subnets, [net("10.244.5.0/24")]);
     }
 
     fn state() -> WatchState {

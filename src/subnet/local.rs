@@ -7,14 +7,16 @@
 //! exclusive `flock` on `<dir>/.lock` to claim or renew, and write through a
 //! temporary file and `rename`, so readers never see half a lease and two
 //! agents never claim the same subnet. Agents poll the directory (every 200
-//! ms) to see changes, including an operator deleting a file.
+//! ms) to see changes, including an operator deleting a file; a scan that
+//! differs from the last one is handed to the agent as a snapshot, and the
+//! agent's lease watcher works out what changed.
 
 use super::{
-    AcquireRequest, RenewPolicy, StoreError, StoreStats, StoreUpdate, UpdateSender,
-    choose_free_subnet, renew_at,
+    AcquireRequest, RenewPolicy, StoreError, StoreStats, StoreUpdate, UpdateSender, renew_at,
 };
+use crate::core::allocate::{self, Claim, Held};
 use crate::core::config::NetConfig;
-use crate::core::lease::{Lease, LeaseAttrs, LeaseError, LeaseEvent, parse_subnet_key, subnet_key};
+use crate::core::lease::{Lease, LeaseAttrs, LeaseError, SubnetKey, parse_subnet_key, subnet_key};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -98,9 +100,8 @@ impl LocalStore {
             .find(|l| l.attrs.public_ip == public_ip))
     }
 
-    /// Acquires a lease with flannel's rules: reuse this public IP's lease if it
-    /// fits the config (else delete it); else the previous subnet if free; else a
-    /// random free subnet among the first 100.
+    /// Acquires a lease with flannel's rules ([`allocate::plan`]), under the
+    /// directory lock, so a claimed subnet is never claimed twice.
     pub async fn acquire(
         &self,
         config: &NetConfig,
@@ -114,40 +115,35 @@ impl LocalStore {
         blocking(move || {
             let _lock = DirLock::take(&dir)?;
             let scan = scan(&dir, now)?;
-            let expiration = Some(now + ttl);
-            let lease_for = |subnet| Lease {
+            let held: Vec<Held> = scan
+                .leases
+                .values()
+                .map(|l| Held {
+                    key: l.subnet_key(),
+                    public_ip: l.attrs.public_ip,
+                    reservation: l.expiration.is_none(),
+                })
+                .collect();
+            let unusable: Vec<ipnet::Ipv4Net> = scan
+                .bad
+                .iter()
+                .filter_map(|(name, _)| SubnetKey::parse(name).ok())
+                .map(|k| k.subnet)
+                .collect();
+            let plan = allocate::plan(&config, &held, &unusable, &req.request(), &mut rand::rng())?;
+            if let Some(old) = plan.delete {
+                remove_record(&dir, &old.to_string())?;
+            }
+            // Under the lock a free subnet stays free: a claim cannot conflict.
+            // The directory store's own leases always expire (a reused
+            // reservation gets a TTL, as it always has here).
+            let (Claim::Reuse { subnet, .. } | Claim::Create { subnet, .. }) = plan.claim;
+            let lease = Lease {
                 subnet,
                 ipv6_subnet: None,
                 attrs: req.attrs.clone(),
-                expiration,
+                expiration: Some(now + ttl),
             };
-            if let Some(mine) = scan
-                .leases
-                .values()
-                .find(|l| l.attrs.public_ip == req.attrs.public_ip)
-            {
-                if config.fits(mine.subnet) {
-                    let lease = lease_for(mine.subnet);
-                    write_record(&dir, &lease)?;
-                    return Ok(lease);
-                }
-                remove_record(&dir, &mine.key())?;
-            }
-            let taken: Vec<_> = scan
-                .leases
-                .values()
-                .filter(|l| l.attrs.public_ip != req.attrs.public_ip)
-                .map(|l| l.subnet)
-                .collect();
-            let previous = req.previous_subnet.filter(|s| {
-                config.fits(*s) && !taken.iter().any(|t| t.contains(s) || s.contains(t))
-            });
-            let subnet = match previous {
-                Some(s) => s,
-                None => choose_free_subnet(&config, &taken, &mut rand::rng())
-                    .ok_or(StoreError::OutOfSubnets)?,
-            };
-            let lease = lease_for(subnet);
             write_record(&dir, &lease)?;
             Ok(lease)
         })
@@ -240,46 +236,33 @@ impl LocalStore {
                 let _ = tx.send(StoreUpdate::OwnLeaseRevoked(why)).await;
                 return;
             }
-            let update = match &known {
+            match &known {
                 None => {
                     self.stats
                         .snapshots
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    Some(StoreUpdate::Snapshot(
-                        scan.leases.values().cloned().collect(),
-                    ))
                 }
-                Some(previous) => {
-                    let events = diff(previous, &scan.leases);
-                    (!events.is_empty()).then_some(StoreUpdate::Events(events))
-                }
-            };
+                Some(previous) if same_leases(previous, &scan.leases) => continue,
+                Some(_) => {}
+            }
+            let update = StoreUpdate::Snapshot(scan.leases.values().cloned().collect());
             known = Some(scan.leases);
-            if let Some(update) = update {
-                self.stats.event(now);
-                if tx.send(update).await.is_err() {
-                    return;
-                }
+            self.stats.event(now);
+            if tx.send(update).await.is_err() {
+                return;
             }
         }
     }
 }
 
-/// The events that turn `before` into `after`.
-fn diff(before: &BTreeMap<String, Lease>, after: &BTreeMap<String, Lease>) -> Vec<LeaseEvent> {
-    let mut events = Vec::new();
-    for (key, lease) in after {
-        match before.get(key) {
-            Some(old) if old.attrs == lease.attrs => {}
-            _ => events.push(LeaseEvent::Added(lease.clone())),
-        }
-    }
-    for (key, lease) in before {
-        if !after.contains_key(key) {
-            events.push(LeaseEvent::Removed(lease.clone()));
-        }
-    }
-    events
+/// Whether two scans hold the same leases with the same attributes (a
+/// renewal, which only moves an expiration, is no change to report).
+fn same_leases(before: &BTreeMap<String, Lease>, after: &BTreeMap<String, Lease>) -> bool {
+    before.len() == after.len()
+        && before
+            .iter()
+            .zip(after)
+            .all(|((k1, l1), (k2, l2))| k1 == k2 && l1.attrs == l2.attrs)
 }
 
 async fn blocking<T: Send + 'static>(
@@ -613,16 +596,18 @@ mod tests {
         }
         fs::write(dir.path().join(key(peer)), record_for(peer, attrs(9), None)).unwrap();
         match rx.recv().await.unwrap() {
-            StoreUpdate::Events(events) => {
-                assert!(matches!(&events[..], [LeaseEvent::Added(l)] if l.subnet == peer))
+            StoreUpdate::Snapshot(leases) => {
+                let mut subnets: Vec<_> = leases.iter().map(|l| l.subnet).collect();
+                subnets.sort();
+                let mut want = vec![own.subnet, peer];
+                want.sort();
+                assert_eq!(subnets, want);
             }
             other => panic!("{other:?}"),
         }
         fs::remove_file(dir.path().join(key(peer))).unwrap();
         match rx.recv().await.unwrap() {
-            StoreUpdate::Events(events) => {
-                assert!(matches!(&events[..], [LeaseEvent::Removed(l)] if l.attrs == attrs(9)))
-            }
+            StoreUpdate::Snapshot(leases) => assert_eq!(leases, vec![own.clone()]),
             other => panic!("{other:?}"),
         }
         let bad = stats.snapshot().bad_records;

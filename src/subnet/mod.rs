@@ -85,9 +85,26 @@ impl StoreError {
 /// What the agent asks for when acquiring a lease.
 #[derive(Debug, Clone)]
 pub struct AcquireRequest {
+    /// The attributes to publish: this node's public IP and VTEP.
     pub attrs: LeaseAttrs,
     /// The subnet of the previous `subnet.env`, reused if still free (flannel's rule).
     pub previous_subnet: Option<Ipv4Net>,
+}
+
+impl AcquireRequest {
+    /// The request as [`crate::core::allocate::plan`] takes it.
+    pub fn request(&self) -> crate::core::allocate::Request {
+        crate::core::allocate::Request {
+            public_ip: self.attrs.public_ip,
+            previous_subnet: self.previous_subnet,
+        }
+    }
+}
+
+impl From<crate::core::allocate::OutOfSubnets> for StoreError {
+    fn from(_: crate::core::allocate::OutOfSubnets) -> StoreError {
+        StoreError::OutOfSubnets
+    }
 }
 
 /// Counters and state every store keeps for metrics and `weftd status`.
@@ -194,25 +211,6 @@ pub fn renew_at(
     }
 }
 
-/// Chooses among free subnets as flannel does: from the first (at most) 100
-/// subnets in SubnetMin..SubnetMax that overlap no taken subnet, one at random.
-pub fn choose_free_subnet<R: rand::Rng + ?Sized>(
-    config: &NetConfig,
-    taken: &[Ipv4Net],
-    rng: &mut R,
-) -> Option<Ipv4Net> {
-    use rand::RngExt;
-    let free: Vec<Ipv4Net> = config
-        .subnets()
-        .filter(|s| !taken.iter().any(|t| t.contains(s) || s.contains(t)))
-        .take(100)
-        .collect();
-    if free.is_empty() {
-        return None;
-    }
-    Some(free[rng.random_range(0..free.len())])
-}
-
 /// A channel end the running store sends on.
 pub type UpdateSender = mpsc::Sender<StoreUpdate>;
 
@@ -224,35 +222,6 @@ pub fn describe(lease: &Lease) -> (Ipv4Net, Ipv4Addr) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn choice_skips_taken_and_stays_in_first_hundred() {
-        let config = NetConfig::parse_and_check(
-            r#"{"Network":"10.0.0.0/8","SubnetLen":24,"Backend":{"Type":"vxlan"}}"#,
-        )
-        .unwrap();
-        let taken: Vec<Ipv4Net> = vec![
-            "10.0.1.0/24".parse().unwrap(),
-            "10.0.2.0/23".parse().unwrap(),
-        ];
-        let mut rng = rand::rng();
-        for _ in 0..200 {
-            let s = choose_free_subnet(&config, &taken, &mut rng).unwrap();
-            assert!(!taken.iter().any(|t| t.contains(&s)), "{s}");
-            let third = s.network().octets()[2];
-            assert!((4..=103).contains(&third), "{s}");
-        }
-    }
-
-    #[test]
-    fn full_network_has_no_choice() {
-        let config =
-            NetConfig::parse_and_check(r#"{"Network":"10.0.0.0/28","Backend":{"Type":"vxlan"}}"#)
-                .unwrap();
-        let taken: Vec<Ipv4Net> = config.subnets().collect();
-        assert_eq!(taken.len(), 3);
-        assert_eq!(choose_free_subnet(&config, &taken, &mut rand::rng()), None);
-    }
 
     #[test]
     fn renewal_time() {

@@ -433,7 +433,7 @@ impl NodeTable {
             None => None,
         };
         Step {
-            change: lease.map(|l| Change::Event(LeaseEvent::Removed(l))),
+            change: lease.map(|l| Change::Event(LeaseEvent::Removed(l.subnet_key()))),
             bad: Vec::new(),
         }
     }
