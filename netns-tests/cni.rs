@@ -98,6 +98,9 @@ fn add_pod(
 
 #[test]
 fn pods_on_two_nodes_get_their_node_subnet_and_reach_each_other() {
+    if skip_without_root() {
+        return;
+    }
     let mut lab = Lab::new(2);
     // As flannel's DaemonSet runs flanneld: with --ip-masq. (Without it the
     // bridge plugin masquerades everything leaving the node's subnet, pod to
@@ -183,6 +186,9 @@ fn pods_on_two_nodes_get_their_node_subnet_and_reach_each_other() {
 
 #[test]
 fn del_releases_everything_check_and_100_cycles_leak_nothing() {
+    if skip_without_root() {
+        return;
+    }
     let mut lab = Lab::new(1);
     let subnet = lab.start_weftd(0);
     let mut namespaces = PodNamespaces::default();
@@ -328,6 +334,9 @@ fn del_releases_everything_check_and_100_cycles_leak_nothing() {
 
 #[test]
 fn bad_input_gets_the_right_cni_error_and_leaves_nothing() {
+    if skip_without_root() {
+        return;
+    }
     let mut lab = Lab::new(1);
     let mut namespaces = PodNamespaces::default();
     let pod_ns = namespaces.create(&lab, "p");
@@ -497,6 +506,9 @@ fn bad_input_gets_the_right_cni_error_and_leaves_nothing() {
 /// view per plugin run (a mount namespace), so the plugins use them unchanged.
 #[test]
 fn flannels_shipped_conflist_with_portmap_works_with_weft_cni() {
+    if skip_without_root() {
+        return;
+    }
     let mut lab = Lab::new(2);
     let subnets = [lab.start_weftd(0), lab.start_weftd(1)];
     let outside = lab.add_host("out", OUTSIDE);
@@ -626,6 +638,9 @@ fn masq_opts() -> WeftdOpts {
 
 #[test]
 fn ip_masq_hides_pods_behind_the_node_outside_the_cluster_only() {
+    if skip_without_root() {
+        return;
+    }
     let mut lab = Lab::new(2);
     lab.start_weftd_with(0, masq_opts());
     let subnet = lab.wait_ready(0);
@@ -763,6 +778,9 @@ fn ip_masq_hides_pods_behind_the_node_outside_the_cluster_only() {
 
 #[test]
 fn enable_nftables_uses_flannels_nft_tables() {
+    if skip_without_root() {
+        return;
+    }
     let mut lab = Lab::new(1);
     lab.set_net_conf(
         r#"{"Network":"10.244.0.0/16","EnableNFTables":true,"Backend":{"Type":"vxlan"}}"#,
@@ -835,6 +853,9 @@ fn enable_nftables_uses_flannels_nft_tables() {
 /// the old subnet.env) when they changed; so does weftd.
 #[test]
 fn masquerade_rules_follow_a_network_change() {
+    if skip_without_root() {
+        return;
+    }
     let mut lab = Lab::new(1);
     lab.set_net_conf(r#"{"Network":"10.100.0.0/16","Backend":{"Type":"vxlan"}}"#);
     lab.start_weftd_with(0, masq_opts());
@@ -937,6 +958,9 @@ fn weft_cni_install_puts_the_plugin_and_conflist_in_place() {
 /// the figures; run with `--nocapture` to see them.
 #[test]
 fn pod_to_pod_rtt_and_throughput_weft_next_to_kernel_vxlan() {
+    if skip_without_root() {
+        return;
+    }
     let mut lab = Lab::new(4);
     lab.start_weftd(0);
     lab.start_weftd(1);

@@ -579,6 +579,9 @@ fn spare_subnets(from: u8, taken: &[Ipv4Net]) -> std::vec::IntoIter<Ipv4Net> {
 /// lease (found by public IP) with a fresh etcd lease.
 #[test]
 fn etcd_leases_are_flannels_keys_and_json_with_a_24h_ttl() {
+    if skip_without_root() {
+        return;
+    }
     let mut lab = Lab::new(2);
     let etcd = EtcdServer::start(&lab);
     lab.start_weftd_with(0, etcd_opts(&[]));
@@ -659,6 +662,9 @@ fn etcd_leases_are_flannels_keys_and_json_with_a_24h_ttl() {
 /// within seconds; the code path is the one a 24 h lease takes.
 #[test]
 fn etcd_renewal_attaches_a_fresh_ttl() {
+    if skip_without_root() {
+        return;
+    }
     let mut lab = Lab::new(1);
     let etcd = EtcdServer::start(&lab);
     etcd.put(CONFIG_KEY, DEFAULT_NET_CONF);
@@ -767,12 +773,18 @@ fn interop_with_a_flannel_kernel_node(net_conf: &str, port: u16, vni: u32) {
 /// see the README, such clusters set `"Port": 8472`).
 #[test]
 fn etcd_interop_with_a_flannel_kernel_node_defaults() {
+    if skip_without_root() {
+        return;
+    }
     interop_with_a_flannel_kernel_node(DEFAULT_NET_CONF, 4789, 1);
 }
 
 /// flannel's kernel port 8472 and a VNI other than 1.
 #[test]
 fn etcd_interop_with_a_flannel_kernel_node_port_8472_vni_42() {
+    if skip_without_root() {
+        return;
+    }
     interop_with_a_flannel_kernel_node(
         r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","Port":8472,"VNI":42}}"#,
         8472,
@@ -784,6 +796,9 @@ fn etcd_interop_with_a_flannel_kernel_node_port_8472_vni_42() {
 /// a third party is in routes and tables within a second, and traffic follows.
 #[test]
 fn etcd_third_party_changes_apply_within_a_second() {
+    if skip_without_root() {
+        return;
+    }
     let mut lab = Lab::new(2);
     let etcd = EtcdServer::start(&lab);
     etcd.put(CONFIG_KEY, DEFAULT_NET_CONF);
@@ -884,6 +899,9 @@ fn etcd_third_party_changes_apply_within_a_second() {
 /// others pick it up by resuming their watch (no relist).
 #[test]
 fn etcd_outage_keeps_traffic_and_recovers() {
+    if skip_without_root() {
+        return;
+    }
     let mut lab = Lab::new(3);
     let mut etcd = EtcdServer::start(&lab);
     etcd.put(CONFIG_KEY, DEFAULT_NET_CONF);
@@ -969,6 +987,9 @@ fn etcd_outage_keeps_traffic_and_recovers() {
 /// one added meanwhile appears.
 #[test]
 fn etcd_compaction_relists_and_converges() {
+    if skip_without_root() {
+        return;
+    }
     let mut lab = Lab::new(2);
     let etcd = EtcdServer::start(&lab);
     etcd.put(CONFIG_KEY, DEFAULT_NET_CONF);
@@ -1038,6 +1059,9 @@ fn etcd_compaction_relists_and_converges() {
 /// are skipped with a log line naming the key and counted; good leases work.
 #[test]
 fn etcd_bad_records_are_skipped_and_counted() {
+    if skip_without_root() {
+        return;
+    }
     let mut lab = Lab::new(2);
     let etcd = EtcdServer::start(&lab);
     etcd.put(CONFIG_KEY, DEFAULT_NET_CONF);
@@ -1110,6 +1134,9 @@ fn etcd_bad_records_are_skipped_and_counted() {
 /// This node's key deleted in etcd: weftd says so in flannel's words and exits non-zero.
 #[test]
 fn etcd_own_lease_deleted_exits_non_zero() {
+    if skip_without_root() {
+        return;
+    }
     let mut lab = Lab::new(1);
     let etcd = EtcdServer::start(&lab);
     etcd.put(CONFIG_KEY, DEFAULT_NET_CONF);
@@ -1134,6 +1161,9 @@ fn etcd_own_lease_deleted_exits_non_zero() {
 /// invalid config is refused with flannel's message and the key named.
 #[test]
 fn etcd_concurrent_claims_are_distinct_then_out_of_subnets() {
+    if skip_without_root() {
+        return;
+    }
     let mut lab = Lab::new(4);
     let etcd = EtcdServer::start(&lab);
     let tiny = r#"{"Network":"10.244.0.0/28","Backend":{"Type":"vxlan"}}"#;
@@ -1210,6 +1240,9 @@ fn etcd_concurrent_claims_are_distinct_then_out_of_subnets() {
 /// `--etcd-keyfile`; half a client identity is refused up front.
 #[test]
 fn etcd_over_tls_with_client_certificates() {
+    if skip_without_root() {
+        return;
+    }
     let mut lab = Lab::new(1);
     let tls = EtcdTls::generate(&lab.dir.path().join("pki"));
     let etcd = EtcdServer::start_with(&lab, Some(tls.clone()));
@@ -1259,6 +1292,9 @@ fn etcd_over_tls_with_client_certificates() {
 /// wrong one ends weftd with a message naming the flags to check.
 #[test]
 fn etcd_with_user_and_password() {
+    if skip_without_root() {
+        return;
+    }
     let mut lab = Lab::new(1);
     let mut etcd = EtcdServer::start(&lab);
     for args in [
@@ -1353,6 +1389,9 @@ fn with_timed_writer<T>(
 /// `cargo test --test netns etcd_lease_to_first_ping -- --nocapture`.
 #[test]
 fn etcd_lease_to_first_ping_latency() {
+    if skip_without_root() {
+        return;
+    }
     let mut lab = Lab::new(2);
     let etcd = EtcdServer::start(&lab);
     etcd.put(CONFIG_KEY, DEFAULT_NET_CONF);

@@ -105,10 +105,16 @@ fn weft_and_kernel_node(vni: u32, port: u16) {
 
 #[test]
 fn weft_and_a_flannel_kernel_node_reach_each_other() {
+    if skip_without_root() {
+        return;
+    }
     weft_and_kernel_node(1, 4789);
 }
 
 #[test]
 fn weft_and_a_kernel_node_on_flannels_default_port_and_another_vni() {
+    if skip_without_root() {
+        return;
+    }
     weft_and_kernel_node(42, 8472);
 }

@@ -52,6 +52,9 @@ fn health(lab: &Lab, node: usize, path: &str) -> Option<u16> {
 
 #[test]
 fn three_weft_nodes_in_kubernetes_mode_pass_traffic() {
+    if skip_without_root() {
+        return;
+    }
     let mut lab = Lab::new(3);
     let api = start_api(&lab);
     let cidr = |i: usize| format!("10.244.{}.0/24", (i + 1) * 10);
@@ -163,6 +166,9 @@ fn three_weft_nodes_in_kubernetes_mode_pass_traffic() {
 /// FDB entries it already had.
 #[test]
 fn a_node_switched_from_flannel_keeps_its_vtep_and_reaches_flannel_nodes() {
+    if skip_without_root() {
+        return;
+    }
     let mut lab = Lab::new(2);
     lab.set_net_conf(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","Port":8472}}"#);
     let api = start_api(&lab);
@@ -211,6 +217,9 @@ fn a_node_switched_from_flannel_keeps_its_vtep_and_reaches_flannel_nodes() {
 /// exits with flannel's message and leaves no device, file or annotation.
 #[test]
 fn a_node_without_a_pod_cidr_exits_with_flannels_message() {
+    if skip_without_root() {
+        return;
+    }
     let mut lab = Lab::new(1);
     let api = start_api(&lab);
     api.add_node(node("node-0", None));

@@ -1,6 +1,8 @@
 //! Tests on real kernels: network namespaces, veth, TAP devices, real `weftd`
 //! processes and real tools (ping, iperf3, tcpdump). They need root; CI runs
-//! them as root. See `harness.rs` for the lab they build.
+//! them as root. A plain `cargo test` without root skips them and says so
+//! (`harness::skip_without_root`); with `CI` set it fails instead. See
+//! `harness.rs` for the lab they build.
 
 #![allow(unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 

@@ -72,6 +72,9 @@ fn tshark_frames(pcap: &str, filter: &str) -> String {
 
 #[test]
 fn offloads_are_negotiated_and_super_frames_flow() {
+    if skip_without_root() {
+        return;
+    }
     let mut lab = Lab::new(2);
     let (s0, s1) = two_weft_nodes(&mut lab, offloads_on());
     lab.iperf3(0, s0.network(), 1, s1.network(), 2, &[]);
@@ -133,6 +136,9 @@ fn thread_names(pid: u64) -> Vec<String> {
 /// weft computes when it splits super-frames) correct.
 #[test]
 fn checksums_on_the_wire_are_correct() {
+    if skip_without_root() {
+        return;
+    }
     let mut lab = Lab::new(2);
     for n in 0..2 {
         let ns = lab.ns(n).to_owned();
@@ -241,6 +247,9 @@ fn checksums_on_the_wire_are_correct() {
 /// hole), TCP adapts to it, and non-DF traffic is fragmented outside.
 #[test]
 fn too_big_df_packets_get_icmp_frag_needed_and_tcp_still_flows() {
+    if skip_without_root() {
+        return;
+    }
     let mut lab = Lab::new(2);
     lab.set_net_conf(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","MTU":9000}}"#);
     let (s0, s1) = two_weft_nodes(&mut lab, offloads_on());
@@ -316,6 +325,9 @@ fn too_big_df_packets_get_icmp_frag_needed_and_tcp_still_flows() {
 /// (TCP both ways, ping, ARP) move without a single one.
 #[test]
 fn the_dataplane_allocates_nothing_per_packet() {
+    if skip_without_root() {
+        return;
+    }
     let mut lab = Lab::new(2);
     let (s0, s1) = two_weft_nodes(&mut lab, offloads_on());
     let ns1 = lab.ns(1).to_owned();
@@ -346,6 +358,9 @@ fn the_dataplane_allocates_nothing_per_packet() {
 /// one listening socket).
 #[test]
 fn flows_spread_over_workers_of_a_multi_queue_tap() {
+    if skip_without_root() {
+        return;
+    }
     let mut lab = Lab::new(2);
     let opts = dataplane_tunables("workers = 2");
     let (s0, s1) = two_weft_nodes(&mut lab, opts);
@@ -387,6 +402,9 @@ fn worker_frames(lab: &Lab, node: usize) -> Vec<[u64; 2]> {
 /// move it again on the peer: half of a stream's frames on each worker.
 #[test]
 fn a_tcp_stream_keeps_to_one_worker_on_both_nodes() {
+    if skip_without_root() {
+        return;
+    }
     let mut lab = Lab::new(2);
     let (s0, s1) = two_weft_nodes(&mut lab, dataplane_tunables("workers = 2"));
     for round in 0..6 {
@@ -428,6 +446,9 @@ fn iperf3_bytes(lab: &mut Lab, extra: &[&str], s0: ipnet::Ipv4Net, s1: ipnet::Ip
 /// hold are cut, nothing crashes, data flows.
 #[test]
 fn small_segments_coalesce_in_bounded_writes() {
+    if skip_without_root() {
+        return;
+    }
     let mut lab = Lab::new(2);
     let (s0, s1) = two_weft_nodes(&mut lab, offloads_on());
     let bytes = iperf3_bytes(&mut lab, &["-M", "536", "-P", "2"], s0, s1);
@@ -446,6 +467,9 @@ fn small_segments_coalesce_in_bounded_writes() {
 /// control buffer. The overflow is counted.
 #[test]
 fn after_a_socket_queue_overflow_gro_runs_still_split() {
+    if skip_without_root() {
+        return;
+    }
     let mut lab = Lab::new(2);
     // One worker: the flood and the traffic after it share one socket.
     let one = dataplane_tunables("workers = 1");
@@ -487,6 +511,9 @@ fn after_a_socket_queue_overflow_gro_runs_still_split() {
 /// own size with correct checksums.
 #[test]
 fn small_datagrams_batch_into_gso_sends_and_arrive_intact() {
+    if skip_without_root() {
+        return;
+    }
     let mut lab = Lab::new(2);
     let (s0, s1) = two_weft_nodes(&mut lab, offloads_on());
     let sent = 40 * 50;
@@ -582,6 +609,9 @@ fn vxlan_with_bad_inner_checksum(
 /// second run) both damaged frames are dropped and nothing is covered.
 #[test]
 fn zero_outer_checksums_are_verified_and_nonzero_ones_are_trusted() {
+    if skip_without_root() {
+        return;
+    }
     let trust = !offloads_forced_off();
     let mut lab = Lab::new(2);
     let (s0, s1) = two_weft_nodes(&mut lab, offloads_on());

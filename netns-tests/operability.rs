@@ -38,6 +38,9 @@ fn value(scrape: &prometheus_parse::Scrape, name: &str, label: Option<(&str, &st
 
 #[test]
 fn metrics_move_by_the_right_amounts_and_parse() {
+    if skip_without_root() {
+        return;
+    }
     let mut lab = Lab::new(2);
     lab.start_weftd_with(0, metrics_opts());
     let s0 = lab.wait_ready(0);
@@ -144,6 +147,9 @@ fn metrics_move_by_the_right_amounts_and_parse() {
 
 #[test]
 fn status_lists_peers_follows_departures_and_answers_with_the_store_gone() {
+    if skip_without_root() {
+        return;
+    }
     let mut lab = Lab::new(3);
     let subnets: Vec<_> = (0..3).map(|n| lab.start_weftd(n)).collect();
     let status = wait_for("two peers in status", Duration::from_secs(5), || {
@@ -211,6 +217,9 @@ fn status_lists_peers_follows_departures_and_answers_with_the_store_gone() {
 
 #[test]
 fn a_garbage_flood_produces_a_bounded_number_of_log_lines() {
+    if skip_without_root() {
+        return;
+    }
     let mut lab = Lab::new(1);
     lab.start_weftd(0);
     let target = SocketAddrV4::new(lab.nodes[0].ip, 4789);
@@ -249,6 +258,9 @@ fn a_garbage_flood_produces_a_bounded_number_of_log_lines() {
 /// `--log-format json`: every line weftd logs is a JSON object with a level and a message.
 #[test]
 fn json_logs_are_one_object_per_line() {
+    if skip_without_root() {
+        return;
+    }
     let mut lab = Lab::new(2);
     let json = WeftdOpts {
         extra: vec!["--log-format".into(), "json".into()],

@@ -8,6 +8,9 @@ use std::time::Duration;
 
 #[test]
 fn three_nodes_get_distinct_subnets_and_flannels_subnet_env() {
+    if skip_without_root() {
+        return;
+    }
     let mut lab = Lab::new(3);
     let subnets: Vec<_> = (0..3).map(|n| lab.start_weftd(n)).collect();
     let distinct: BTreeSet<_> = subnets.iter().collect();
@@ -66,6 +69,9 @@ fn three_nodes_get_distinct_subnets_and_flannels_subnet_env() {
 
 #[test]
 fn full_mesh_ping_iperf3_and_tcpdump_on_the_vtep() {
+    if skip_without_root() {
+        return;
+    }
     let mut lab = Lab::new(3);
     let subnets: Vec<_> = (0..3).map(|n| lab.start_weftd(n)).collect();
     for n in 0..3 {
@@ -143,6 +149,9 @@ fn full_mesh_ping_iperf3_and_tcpdump_on_the_vtep() {
 
 #[test]
 fn a_node_started_later_is_reachable_and_a_leaving_node_disappears() {
+    if skip_without_root() {
+        return;
+    }
     let mut lab = Lab::new(3);
     let subnets: Vec<_> = (0..3).map(|n| lab.start_weftd(n)).collect();
     let pids: Vec<_> = (0..3).map(|n| lab.weftd_pid(n)).collect();
@@ -178,6 +187,9 @@ fn a_node_started_later_is_reachable_and_a_leaving_node_disappears() {
 
 #[test]
 fn agents_started_at_the_same_instant_get_different_subnets() {
+    if skip_without_root() {
+        return;
+    }
     let mut lab = Lab::new(3);
     // Three subnets in all (10.10.1.0, .2.0, .3.0): a race would be likely without atomic claims.
     lab.set_net_conf(r#"{"Network":"10.10.0.0/22","SubnetLen":24,"Backend":{"Type":"vxlan"}}"#);
@@ -200,6 +212,9 @@ fn agents_started_at_the_same_instant_get_different_subnets() {
 
 #[test]
 fn malformed_datagrams_are_dropped_counted_and_traffic_flows() {
+    if skip_without_root() {
+        return;
+    }
     let mut lab = Lab::new(2);
     let s0 = lab.start_weftd(0);
     let s1 = lab.start_weftd(1);
@@ -265,6 +280,9 @@ fn malformed_datagrams_are_dropped_counted_and_traffic_flows() {
 
 #[test]
 fn sigkill_and_restart_keeps_subnet_mac_and_established_tcp() {
+    if skip_without_root() {
+        return;
+    }
     let mut lab = Lab::new(2);
     let s0 = lab.start_weftd(0);
     let s1 = lab.start_weftd(1);
@@ -322,6 +340,9 @@ fn sigkill_and_restart_keeps_subnet_mac_and_established_tcp() {
 
 #[test]
 fn bad_net_conf_exits_with_flannels_message_and_leaves_nothing_behind() {
+    if skip_without_root() {
+        return;
+    }
     let mut lab = Lab::new(1);
     lab.set_net_conf(r#"{"Network":"10.244.0.0/16","SubnetLen":31,"Backend":{"Type":"vxlan"}}"#);
     lab.start_weftd_with(0, WeftdOpts::default());
@@ -353,6 +374,9 @@ fn bad_net_conf_exits_with_flannels_message_and_leaves_nothing_behind() {
 /// Every flag is also read from `FLANNELD_<NAME>` when not given, as flanneld does.
 #[test]
 fn flags_come_from_flanneld_environment_variables() {
+    if skip_without_root() {
+        return;
+    }
     let lab = Lab::new(1);
     let ns = lab.ns(0).to_owned();
     let dir = lab.dir.path().to_owned();
