@@ -11,7 +11,6 @@
 //! device, its routes and the lease for a seamless restart.
 
 pub mod cli;
-pub mod files;
 pub mod iface;
 pub mod masq;
 pub mod metrics;
@@ -46,28 +45,75 @@ use tunables::Tunables;
 /// Why the agent stopped. Every message says what to do next.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
+    /// Flags that do not fit together.
+    #[error("{reason}")]
+    Usage {
+        /// Which flags, and what to change.
+        reason: String,
+    },
+    /// The `--tunables` file cannot be used.
+    #[error("{reason}")]
+    Tunables {
+        /// The file and what is wrong in it.
+        reason: String,
+    },
+    /// The network config cannot be read (or is not flannel's).
     #[error("{0}")]
-    Usage(String),
+    NetworkConfig(#[source] crate::subnet::StoreError),
+    /// The network config selects another backend, or a bad vxlan section.
     #[error("{0}")]
-    Config(String),
-    #[error("choosing the external interface: {0}")]
-    Interface(String),
+    NotVxlan(#[source] crate::core::config::ConfigError),
+    /// The network config has no IPv4 `Network`.
+    #[error("the config has no IPv4 Network")]
+    NoIpv4Network,
+    /// The network config asks for IPv6, which weft does not carry yet.
+    #[error(
+        "EnableIPv6 is set, but weft carries IPv4 only for now; remove EnableIPv6 or keep this node on flannel"
+    )]
+    Ipv6Unsupported,
+    /// No interface fits `--iface`, `--iface-regex`, `--iface-can-reach`, `--public-ip`.
+    #[error("choosing the external interface: {reason}")]
+    Interface {
+        /// What was looked for and not found.
+        reason: String,
+    },
+    /// The lease store failed.
     #[error(transparent)]
     Store(#[from] crate::subnet::StoreError),
+    /// No lease could be acquired.
     #[error("failed to acquire lease: {0}")]
-    Lease(crate::subnet::StoreError),
+    Lease(#[source] crate::subnet::StoreError),
+    /// The TAP device disappeared between its creation and its configuration.
+    #[error("{name} vanished right after it was created")]
+    TapVanished {
+        /// The device.
+        name: String,
+    },
+    /// Programming the kernel failed.
     #[error(transparent)]
     Netlink(#[from] crate::netlink::NetlinkError),
+    /// The masquerade and forward rules could not be installed.
+    #[error("failed to set up the masquerade rules: {0}")]
+    Masquerade(#[source] masq::MasqError),
+    /// The dataplane failed.
     #[error(transparent)]
     Dataplane(#[from] DataplaneError),
+    /// A file or socket the agent needs failed.
     #[error("{what}: {source}")]
     Io {
+        /// What the agent tried.
         what: String,
+        /// The system's error.
         #[source]
         source: std::io::Error,
     },
-    #[error("Lease has been revoked. Shutting down daemon. ({0})")]
-    Revoked(String),
+    /// Someone deleted this node's lease (flannel's message).
+    #[error("Lease has been revoked. Shutting down daemon. ({why})")]
+    Revoked {
+        /// How the store saw it go.
+        why: String,
+    },
+    /// The store's task ended without a reason.
     #[error("the lease store task stopped unexpectedly")]
     StoreStopped,
 }
@@ -79,9 +125,10 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> AgentError 
 
 /// Runs the agent until a signal (Ok) or a fatal error.
 pub async fn run(args: RunArgs) -> Result<(), AgentError> {
-    args.validate().map_err(AgentError::Usage)?;
+    args.validate()
+        .map_err(|reason| AgentError::Usage { reason })?;
     let tunables = match &args.tunables {
-        Some(path) => Tunables::load(path).map_err(AgentError::Config)?,
+        Some(path) => Tunables::load(path).map_err(|reason| AgentError::Tunables { reason })?,
         None => Tunables::default(),
     };
     let stats = Arc::new(StoreStats::default());
@@ -103,9 +150,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         )))?;
 
     let config = network_config(&store, &stats).await?;
-    let network = config
-        .network
-        .ok_or_else(|| AgentError::Config("the config has no IPv4 Network".into()))?;
+    let network = config.network.ok_or(AgentError::NoIpv4Network)?;
 
     let nl = Netlink::connect().map_err(io_err("cannot open a netlink socket"))?;
     let selector = iface::Selector {
@@ -116,7 +161,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     };
     let ext = iface::choose(&nl, &selector)
         .await
-        .map_err(AgentError::Interface)?;
+        .map_err(|reason| AgentError::Interface { reason })?;
     info!(interface = %ext.name, addr = %ext.addr, public_ip = %ext.public_ip, mtu = ext.mtu, "using interface");
     state.update(|i| {
         i.node = Some(NodeInfo {
@@ -190,9 +235,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
                 if created {
                     remove_device(&nl, &tap_name).await;
                 }
-                return Err(AgentError::Config(format!(
-                    "failed to set up the masquerade rules: {e}"
-                )));
+                return Err(AgentError::Masquerade(e));
             }
         };
 
@@ -233,10 +276,9 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         ip_masq: args.ip_masq,
         ..SubnetEnv::default()
     };
-    files::write_atomic(&args.subnet_file, &env.render(), 0o644).map_err(io_err(format!(
-        "cannot write {}",
-        args.subnet_file.display()
-    )))?;
+    crate::files::write_atomic(&args.subnet_file, &env.render(), 0o644).map_err(io_err(
+        format!("cannot write {}", args.subnet_file.display()),
+    ))?;
     state.ready.store(true, Relaxed);
     info!(subnet_file = %args.subnet_file.display(), peers = control.peers.len(), "weftd is ready");
     store.complete(&lease);
@@ -285,16 +327,12 @@ async fn network_config(store: &Store, stats: &StoreStats) -> Result<NetConfig, 
                 warn!(error = %e, "could not read the network config; retrying in 1 s");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
-            Err(e) => return Err(AgentError::Config(e.to_string())),
+            Err(e) => return Err(AgentError::NetworkConfig(e)),
         }
     };
-    config
-        .require_vxlan()
-        .map_err(|e| AgentError::Config(e.to_string()))?;
+    config.require_vxlan().map_err(AgentError::NotVxlan)?;
     if config.enable_ipv6 {
-        return Err(AgentError::Config(
-            "EnableIPv6 is set, but weft carries IPv4 only for now; remove EnableIPv6 or keep this node on flannel".into(),
-        ));
+        return Err(AgentError::Ipv6Unsupported);
     }
     for w in &config.warnings {
         warn!("{w}");
@@ -354,9 +392,12 @@ async fn start_dataplane(
 ) -> Result<Started, AgentError> {
     let network = config.network.unwrap_or_default();
     let tap = Tap::open(tap_name, tunables.workers(), &tunables.offloads())?;
-    let link = nl.link_by_name(tap_name).await?.ok_or_else(|| {
-        AgentError::Config(format!("{tap_name} vanished right after it was created"))
-    })?;
+    let link = nl
+        .link_by_name(tap_name)
+        .await?
+        .ok_or_else(|| AgentError::TapVanished {
+            name: tap_name.to_owned(),
+        })?;
     nl.configure_link(&link, mac, mtu).await?;
     quiet_ipv6(tap_name);
     nl.ensure_vtep_address(&link, lease.subnet.network(), network)
@@ -601,7 +642,7 @@ impl Control {
                     }
                 });
             }
-            StoreUpdate::OwnLeaseRevoked(why) => return Err(AgentError::Revoked(why)),
+            StoreUpdate::OwnLeaseRevoked(why) => return Err(AgentError::Revoked { why }),
         }
         Ok(())
     }

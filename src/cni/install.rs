@@ -5,7 +5,7 @@
 //! (it loads only `.conf`, `.conflist` and `.json` files, so the temporary
 //! `.<name>.<pid>.tmp` is never read).
 
-use crate::agent::files::write_atomic_bytes;
+use crate::files::write_atomic_bytes;
 use std::path::{Path, PathBuf};
 
 /// Arguments of `weft-cni install`.

@@ -4,7 +4,7 @@
 //! after `subnet.env` changed or vanished.
 
 use super::spec::{CniError, code};
-use crate::agent::files::write_atomic_bytes;
+use crate::files::write_atomic_bytes;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 

@@ -14,7 +14,9 @@
 //! without locks or allocation.
 
 pub mod counters;
+mod error;
 pub mod offload;
+mod shared;
 pub mod sys;
 pub mod tap;
 pub mod udp;
@@ -24,6 +26,8 @@ use crate::core::batch::{MAX_GSO_SEGMENTS, MAX_UDP_PAYLOAD};
 use crate::core::router::Router;
 use arc_swap::ArcSwap;
 pub use counters::{Counters, WorkerCounters};
+pub use error::DataplaneError;
+pub use shared::Shared;
 use std::net::SocketAddrV4;
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -89,86 +93,6 @@ impl Default for DataplaneConfig {
 pub fn tso_segments_per_send(overlay_mtu: u32) -> u32 {
     let wire_segment = crate::core::wire::vxlan::HEADER_LEN + 14 + overlay_mtu as usize;
     (MAX_UDP_PAYLOAD / wire_segment.max(1)).clamp(1, MAX_GSO_SEGMENTS) as u32
-}
-
-/// A failure that stops the dataplane; the agent exits so its supervisor restarts it.
-#[derive(Debug, thiserror::Error)]
-pub enum DataplaneError {
-    #[error(
-        "cannot open TAP device {name}: {source} (is /dev/net/tun present, and does weftd run as root or with CAP_NET_ADMIN?)"
-    )]
-    OpenTap {
-        name: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("cannot configure TAP device {name}: {what}: {source}")]
-    ConfigureTap {
-        name: String,
-        what: &'static str,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error(
-        "cannot open the VXLAN UDP socket on {addr}: {source} (another VXLAN device or process may hold the port; flannel's kernel device uses it too)"
-    )]
-    Bind {
-        addr: SocketAddrV4,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("cannot bind outer source ports in 49152-65535 on {ip}: {source}")]
-    SourcePorts {
-        ip: std::net::Ipv4Addr,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("the TAP device {name} failed: {source} (was it deleted?)")]
-    TapFailed {
-        name: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("the VXLAN socket failed: {source}")]
-    SocketFailed {
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("dataplane worker {index} crashed (a bug: please report it with the log above)")]
-    WorkerPanicked { index: usize },
-    #[error("every dataplane worker has stopped")]
-    WorkersGone,
-}
-
-/// State shared by the workers and the control plane.
-#[derive(Debug)]
-pub struct Shared {
-    pub router: ArcSwap<Router>,
-    pub counters: Counters,
-    /// The VXLAN port of every node (Backend.Port).
-    pub port: u16,
-    pub underlay_mtu: u32,
-    /// What was negotiated at startup.
-    pub offloads: offload::ActiveOffloads,
-    /// UDP GSO in use; turned off for good if the egress device cannot checksum.
-    pub udp_gso: std::sync::atomic::AtomicBool,
-    /// Verify inner checksums of received frames (see `tunables/weftd.toml`).
-    pub verify_checksums: bool,
-    /// Each worker runs a TX and an RX thread (else one thread for both).
-    pub split_directions: bool,
-    /// Datagrams with a nonzero outer UDP checksum arrive on their own
-    /// sockets and skip the inner checksum check (`trust_outer_checksum`).
-    pub outer_checksum_trusted: bool,
-}
-
-impl Shared {
-    /// The offloads in use now.
-    pub fn active_offloads(&self) -> offload::ActiveOffloads {
-        offload::ActiveOffloads {
-            udp_gso: self.udp_gso.load(std::sync::atomic::Ordering::Relaxed),
-            ..self.offloads
-        }
-    }
 }
 
 /// The running dataplane.

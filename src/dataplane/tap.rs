@@ -1,7 +1,7 @@
 //! The TAP device `flannel.<VNI>`: opening its queues, keeping it persistent
 //! across restarts, and negotiating offloads with the kernel.
 
-use super::DataplaneError;
+use super::error::DataplaneError;
 use super::offload::{ActiveOffloads, OffloadConfig};
 use super::sys;
 use std::os::fd::OwnedFd;

@@ -6,8 +6,9 @@
 //! (`SO_REUSEPORT` again), so a flow's source port does not depend on the
 //! worker that sends it.
 
+use super::error::DataplaneError;
 use super::offload::ActiveOffloads;
-use super::{DataplaneError, sys};
+use super::sys;
 use crate::core::flow::SOURCE_PORT_MIN;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::net::{Ipv4Addr, SocketAddrV4};

@@ -24,9 +24,10 @@
 //!   readiness wait means the runtime is shutting down: the worker reports it
 //!   as fatal and stops; the agent exits non-zero so its supervisor restarts it.
 
+use super::error::DataplaneError;
+use super::shared::Shared;
 use super::sys::{self, RecvBatch, RecvMeta, SendBatch, SendQueue};
 use super::udp::{Listener, SourceSocket};
-use super::{DataplaneError, Shared};
 use crate::core::batch::{
     MAX_FRAME, MAX_GSO_SEGMENTS, RxBatch, RxConfig, Tally, TxBatch, TxConfig,
 };

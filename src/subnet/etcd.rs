@@ -36,9 +36,9 @@
 //! are plain functions and types, tested without a server; [`EtcdStore`] is the
 //! thin shell that talks to etcd.
 
-use super::{
-    AcquireRequest, RenewPolicy, StoreError, StoreStats, StoreUpdate, UpdateSender, renew_at,
-};
+use super::contract::{AcquireRequest, RenewPolicy, StoreUpdate, UpdateSender, renew_at};
+use super::error::StoreError;
+use super::stats::StoreStats;
 use crate::core::allocate::{self, Claim, Held};
 use crate::core::config::NetConfig;
 use crate::core::lease::{Lease, LeaseAttrs, LeaseError, LeaseEvent, SubnetKey};
@@ -193,7 +193,9 @@ impl EtcdOptions {
 
     /// The client's connection settings; reads the TLS files.
     fn connect_options(&self) -> Result<ConnectOptions, StoreError> {
-        let scheme = self.scheme().map_err(StoreError::Other)?;
+        let scheme = self
+            .scheme()
+            .map_err(|reason| StoreError::EtcdOptions { reason })?;
         let mut options = ConnectOptions::new()
             .with_connect_timeout(RPC_TIMEOUT)
             .with_keep_alive(KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT)
@@ -606,26 +608,31 @@ impl EtcdStore {
     }
 
     fn timeout(&self, what: &str) -> StoreError {
-        StoreError::Unavailable(format!(
-            "{what}: no answer from etcd at {} within {} s",
-            self.endpoints.join(","),
-            RPC_TIMEOUT.as_secs()
-        ))
+        StoreError::EtcdTimeout {
+            doing: what.to_owned(),
+            endpoints: self.endpoints.join(","),
+            seconds: RPC_TIMEOUT.as_secs(),
+        }
     }
 
     /// Classifies a client error: refused credentials are the operator's to
     /// fix; anything else may pass (etcd down, no leader, a dropped connection).
     fn failure(&self, what: &str, e: etcd_client::Error) -> StoreError {
-        let at = self.endpoints.join(",");
+        let endpoints = self.endpoints.join(",");
         if let etcd_client::Error::GRpcStatus(status) = &e
             && is_refused_credentials(status.code(), status.message())
         {
-            return StoreError::Other(format!(
-                "{what}: etcd at {at} refused the credentials: {}; check --etcd-username/--etcd-password and the user's role",
-                status.message()
-            ));
+            return StoreError::EtcdCredentials {
+                doing: what.to_owned(),
+                endpoints,
+                message: status.message().to_owned(),
+            };
         }
-        StoreError::Unavailable(format!("{what} (etcd at {at}): {e}"))
+        StoreError::EtcdFailed {
+            doing: what.to_owned(),
+            endpoints,
+            source: e,
+        }
     }
 
     /// Runs one request with the request timeout; records connectivity.
@@ -654,14 +661,13 @@ impl EtcdStore {
             .rpc("read the network config", kv.get(key.clone(), None))
             .await?;
         let Some(found) = resp.kvs().first() else {
-            return Err(StoreError::ConfigMissing(format!(
-                "{CONFIG_NOT_FOUND} (no key {key} at {})",
-                self.endpoints.join(",")
-            )));
+            return Err(StoreError::ConfigMissing {
+                key,
+                endpoints: self.endpoints.join(","),
+            });
         };
-        let text = std::str::from_utf8(found.value()).map_err(|_| {
-            StoreError::Other(format!("the etcd key {key} does not hold UTF-8 JSON"))
-        })?;
+        let text = std::str::from_utf8(found.value())
+            .map_err(|_| StoreError::ConfigNotText { key: key.clone() })?;
         NetConfig::parse_and_check(text).map_err(|error| StoreError::ConfigInvalid {
             source_name: format!("etcd key {key}"),
             error,
@@ -993,9 +999,9 @@ impl EtcdStore {
             let resp = match stream.message().await {
                 Ok(Some(resp)) => resp,
                 Ok(None) => {
-                    return WatchEnd::Broken(StoreError::Unavailable(
-                        "etcd closed the watch stream".into(),
-                    ));
+                    return WatchEnd::Broken(StoreError::WatchEnded {
+                        how: "closed the watch stream".into(),
+                    });
                 }
                 Err(e) if is_compacted_error(&e) => {
                     warn!(revision = from, error = %e, "etcd watch fell behind compaction; re-listing the leases");
@@ -1012,10 +1018,9 @@ impl EtcdStore {
                 return WatchEnd::Compacted;
             }
             if resp.canceled() {
-                return WatchEnd::Broken(StoreError::Unavailable(format!(
-                    "etcd cancelled the watch: {}",
-                    resp.cancel_reason()
-                )));
+                return WatchEnd::Broken(StoreError::WatchEnded {
+                    how: format!("cancelled the watch: {}", resp.cancel_reason()),
+                });
             }
             if resp.created() {
                 self.reachable_again(reconnect, state.revision);

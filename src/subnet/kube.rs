@@ -21,7 +21,9 @@
 pub mod annotations;
 pub mod nodes;
 
-use super::{AcquireRequest, StoreError, StoreStats, StoreUpdate, UpdateSender};
+use super::contract::{AcquireRequest, StoreUpdate, UpdateSender};
+use super::error::StoreError;
+use super::stats::StoreStats;
 use crate::core::config::NetConfig;
 use crate::core::lease::{Lease, LeaseAttrs};
 use ::kube::api::{Api, Patch, PatchParams};
@@ -170,14 +172,13 @@ async fn client_config(opts: &KubeOptions) -> Result<Config, String> {
 impl KubeStore {
     /// Connects (lazily: kube-rs dials on the first request), finds the node name.
     pub async fn open(opts: KubeOptions, stats: Arc<StoreStats>) -> Result<KubeStore, StoreError> {
-        let keys = Annotations::new(&opts.annotation_prefix)
-            .map_err(|e| StoreError::Other(format!("error creating network manager: {e}")))?;
+        let keys =
+            Annotations::new(&opts.annotation_prefix).map_err(StoreError::AnnotationPrefix)?;
         let config = client_config(&opts)
             .await
-            .map_err(|e| StoreError::Other(format!("fail to create kubernetes config: {e}")))?;
+            .map_err(|reason| StoreError::KubeConfig { reason })?;
         let endpoint = config.cluster_url.to_string();
-        let client = Client::try_from(config)
-            .map_err(|e| StoreError::Other(format!("unable to initialize client: {e}")))?;
+        let client = Client::try_from(config).map_err(StoreError::KubeClient)?;
         let node_name = resolve_node_name(&client, &opts.identity).await?;
         info!(node = %node_name, api = %endpoint, prefix = %keys.prefix, "Kubernetes subnet manager");
         Ok(KubeStore {
@@ -237,10 +238,10 @@ impl KubeStore {
                 Err(e) => {
                     let why = describe_error(&e);
                     if tokio::time::Instant::now() + self.patience.poll > deadline {
-                        return Err(StoreError::Unavailable(format!(
-                            "timeout contacting kube-api, failed to patch node {:?}. Error: {why}",
-                            self.node_name
-                        )));
+                        return Err(StoreError::KubeTimeout {
+                            node: self.node_name.clone(),
+                            reason: why,
+                        });
                     }
                     log(&e, &why);
                     tokio::time::sleep(self.patience.poll).await;
@@ -273,8 +274,8 @@ impl KubeStore {
     pub async fn stored_public_ip(&self) -> Result<Option<Ipv4Addr>, StoreError> {
         match self.own_node().await {
             Ok(node) => {
-                let ip = nodes::node_public_ip(&node, &self.keys)
-                    .map_err(|e| StoreError::Other(format!("{e}; fix or remove the annotation")))?;
+                let ip =
+                    nodes::node_public_ip(&node, &self.keys).map_err(StoreError::BadAnnotation)?;
                 if let Some(ip) = ip {
                     info!(public_ip = %ip, annotation = %self.keys.node_public_ip, "using the public IP from the node annotation");
                 }
@@ -323,14 +324,11 @@ impl KubeStore {
         config: &NetConfig,
         req: &AcquireRequest,
     ) -> Result<Lease, StoreError> {
-        let network = config
-            .network
-            .ok_or_else(|| StoreError::Other("the config has no IPv4 Network".into()))?;
+        let network = config.network.ok_or(StoreError::NoIpv4Network)?;
         let node = self.own_node_patiently().await?;
-        let subnet =
-            nodes::own_subnet(&node, network).map_err(|e| StoreError::Other(e.to_string()))?;
+        let subnet = nodes::own_subnet(&node, network).map_err(StoreError::OwnSubnet)?;
         let changes = nodes::annotation_changes(&node, &self.keys, &req.attrs)
-            .map_err(|e| StoreError::Other(format!("{e}; fix or remove the annotation")))?;
+            .map_err(StoreError::BadAnnotation)?;
         if changes.is_empty() {
             info!(node = %self.node_name, "node annotations are up to date; not patching");
         } else {
@@ -381,7 +379,9 @@ impl KubeStore {
                     }
                     Err(e) => {
                         let why = describe_error(&e);
-                        store.stats.error(&StoreError::Unavailable(why.clone()));
+                        store.stats.error(&StoreError::KubeApi {
+                            reason: why.clone(),
+                        });
                         warn!(node = %store.node_name, error = %why, "Unable to set NetworkUnavailable to False; retrying in {delay:?}");
                         tokio::time::sleep(delay).await;
                         delay = (delay * 2).min(Duration::from_secs(30));
@@ -453,7 +453,9 @@ impl KubeStore {
                 }
                 Err(e) => {
                     self.stats.set_connected(false);
-                    self.stats.error(&StoreError::Unavailable(e.to_string()));
+                    self.stats.error(&StoreError::KubeApi {
+                        reason: e.to_string(),
+                    });
                     warn!(error = %e, "watching nodes failed; keeping the last known leases and retrying");
                     continue;
                 }
@@ -484,19 +486,19 @@ async fn resolve_node_name(client: &Client, id: &NodeIdentity) -> Result<String,
         id.pod_name.as_ref().filter(|v| !v.is_empty()),
         id.pod_namespace.as_ref().filter(|v| !v.is_empty()),
     ) else {
-        return Err(StoreError::Other(
-            "env variables POD_NAME and POD_NAMESPACE must be set".into(),
-        ));
+        return Err(StoreError::NoNodeIdentity);
     };
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let spec = pods.get(pod).await.map_err(|e| {
-        StoreError::Unavailable(format!(
-            "error retrieving pod spec for '{ns}/{pod}': {}",
-            describe_error(&e)
-        ))
+    let spec = pods.get(pod).await.map_err(|e| StoreError::PodSpec {
+        namespace: ns.clone(),
+        pod: pod.clone(),
+        reason: describe_error(&e),
     })?;
     spec.spec
         .and_then(|s| s.node_name)
         .filter(|n| !n.is_empty())
-        .ok_or_else(|| StoreError::Other(format!("node name not present in pod spec '{ns}/{pod}'")))
+        .ok_or_else(|| StoreError::NoNodeName {
+            namespace: ns.clone(),
+            pod: pod.clone(),
+        })
 }

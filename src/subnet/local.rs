@@ -11,9 +11,9 @@
 //! differs from the last one is handed to the agent as a snapshot, and the
 //! agent's lease watcher works out what changed.
 
-use super::{
-    AcquireRequest, RenewPolicy, StoreError, StoreStats, StoreUpdate, UpdateSender, renew_at,
-};
+use super::contract::{AcquireRequest, RenewPolicy, StoreUpdate, UpdateSender, renew_at};
+use super::error::StoreError;
+use super::stats::StoreStats;
 use crate::core::allocate::{self, Claim, Held};
 use crate::core::config::NetConfig;
 use crate::core::lease::{Lease, LeaseAttrs, LeaseError, SubnetKey, parse_subnet_key, subnet_key};
@@ -270,7 +270,7 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, StoreError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| StoreError::Other(format!("lease store task failed: {e}")))?
+        .map_err(StoreError::TaskFailed)?
 }
 
 /// An exclusive `flock` on `<dir>/.lock`, released on drop.

@@ -1,5 +1,6 @@
-//! Files the agent writes: `subnet.env`, atomically (temporary file in the
-//! same directory, fsync, rename, fsync of the directory), mode 0644.
+//! Files written atomically (temporary file in the same directory, fsync,
+//! rename, fsync of the directory): the agent's `subnet.env`, the CNI
+//! plugin's saved configurations and installed files.
 
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;

@@ -1,0 +1,38 @@
+//! What the workers and the control plane share: the router (swapped in
+//! whole on every lease change), the counters, and what was negotiated.
+
+use super::counters::Counters;
+use super::offload;
+use crate::core::router::Router;
+use arc_swap::ArcSwap;
+
+/// State shared by the workers and the control plane.
+#[derive(Debug)]
+pub struct Shared {
+    pub router: ArcSwap<Router>,
+    pub counters: Counters,
+    /// The VXLAN port of every node (Backend.Port).
+    pub port: u16,
+    pub underlay_mtu: u32,
+    /// What was negotiated at startup.
+    pub offloads: offload::ActiveOffloads,
+    /// UDP GSO in use; turned off for good if the egress device cannot checksum.
+    pub udp_gso: std::sync::atomic::AtomicBool,
+    /// Verify inner checksums of received frames (see `tunables/weftd.toml`).
+    pub verify_checksums: bool,
+    /// Each worker runs a TX and an RX thread (else one thread for both).
+    pub split_directions: bool,
+    /// Datagrams with a nonzero outer UDP checksum arrive on their own
+    /// sockets and skip the inner checksum check (`trust_outer_checksum`).
+    pub outer_checksum_trusted: bool,
+}
+
+impl Shared {
+    /// The offloads in use now.
+    pub fn active_offloads(&self) -> offload::ActiveOffloads {
+        offload::ActiveOffloads {
+            udp_gso: self.udp_gso.load(std::sync::atomic::Ordering::Relaxed),
+            ..self.offloads
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! What every store does for the agent, whatever its medium: the request it
+//! acquires a lease for, the updates it sends while it runs, and when it
+//! renews.
+
+use crate::core::lease::{Lease, LeaseAttrs};
+use ipnet::Ipv4Net;
+use std::net::Ipv4Addr;
+use std::time::SystemTime;
+use tokio::sync::mpsc;
+
+/// What a running store tells the agent.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreUpdate {
+    /// The complete set of leases (first list, or relist after a desync).
+    Snapshot(Vec<Lease>),
+    /// Changes since the last update.
+    Events(Vec<crate::core::lease::LeaseEvent>),
+    /// This node's lease was renewed; it now expires at the given time.
+    Renewed(Lease),
+    /// This node's lease was deleted by someone else: flannel exits so its supervisor restarts it.
+    OwnLeaseRevoked(String),
+}
+
+/// What the agent asks for when acquiring a lease.
+#[derive(Debug, Clone)]
+pub struct AcquireRequest {
+    /// The attributes to publish: this node's public IP and VTEP.
+    pub attrs: LeaseAttrs,
+    /// The subnet of the previous `subnet.env`, reused if still free (flannel's rule).
+    pub previous_subnet: Option<Ipv4Net>,
+}
+
+impl AcquireRequest {
+    /// The request as [`crate::core::allocate::plan`] takes it.
+    pub fn request(&self) -> crate::core::allocate::Request {
+        crate::core::allocate::Request {
+            public_ip: self.attrs.public_ip,
+            previous_subnet: self.previous_subnet,
+        }
+    }
+}
+
+/// How to renew: flannel renews `margin` before expiry and retries every minute.
+#[derive(Debug, Clone, Copy)]
+pub struct RenewPolicy {
+    pub margin: std::time::Duration,
+    pub retry: std::time::Duration,
+}
+
+impl Default for RenewPolicy {
+    fn default() -> Self {
+        RenewPolicy {
+            margin: std::time::Duration::from_secs(60 * 60),
+            retry: std::time::Duration::from_secs(60),
+        }
+    }
+}
+
+/// When to renew a lease expiring at `expiration`: `margin` before, or now.
+pub fn renew_at(
+    expiration: Option<SystemTime>,
+    margin: std::time::Duration,
+    now: SystemTime,
+) -> SystemTime {
+    match expiration {
+        Some(exp) => exp.checked_sub(margin).filter(|t| *t > now).unwrap_or(now),
+        None => now + std::time::Duration::from_secs(24 * 3600),
+    }
+}
+
+/// A channel end the running store sends on.
+pub type UpdateSender = mpsc::Sender<StoreUpdate>;
+
+/// The public IP of a lease, for logs.
+pub fn describe(lease: &Lease) -> (Ipv4Net, Ipv4Addr) {
+    (lease.subnet, lease.attrs.public_ip)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewal_time() {
+        let now = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1000);
+        let exp = now + std::time::Duration::from_secs(7200);
+        assert_eq!(
+            renew_at(Some(exp), std::time::Duration::from_secs(3600), now),
+            now + std::time::Duration::from_secs(3600)
+        );
+        assert_eq!(
+            renew_at(Some(now), std::time::Duration::from_secs(3600), now),
+            now
+        );
+    }
+}
