@@ -226,11 +226,7 @@ impl TxBatch {
         self.tally = Tally::default();
         let header = vxlan::header_bytes(router.local().vni);
         for (buf, &len) in bufs.iter_mut().zip(lens) {
-            let plan = if config.vnet_hdr {
-                self.plan_offloaded(router, config, &header, buf.as_mut(), len)
-            } else {
-                self.plan_plain(router, config, &header, buf.as_mut(), len)
-            };
+            let plan = self.plan_frame(router, config, &header, buf.as_mut(), len);
             self.plans.push(plan);
         }
         self.group_messages(config);
@@ -282,8 +278,10 @@ impl TxBatch {
         &mut self.tally
     }
 
-    /// Decides and prepares a frame read without a virtio header.
-    fn plan_plain(
+    /// Decides and prepares one frame: its virtio header (with offloads on)
+    /// read and a partial checksum completed, the router asked, then the
+    /// frame sent whole or split into the arena.
+    fn plan_frame(
         &mut self,
         router: &Router,
         config: &TxConfig,
@@ -291,79 +289,89 @@ impl TxBatch {
         buf: &mut [u8],
         len: usize,
     ) -> Plan {
-        let (head, rest) = buf.split_at_mut(vxlan::HEADER_LEN);
-        let frame = &rest[..len];
-        match self.egress(router, frame) {
-            Some((dst, socket)) => {
-                if self.too_big(config, frame, len) {
-                    return Plan::Skip;
-                }
-                head.copy_from_slice(header);
-                self.tally.encap_frames += 1;
-                self.tally.encap_bytes += len as u64;
-                Plan::Datagram {
-                    dst: SocketAddrV4::new(dst, config.port),
-                    socket: socket % config.sockets.max(1),
-                    start: 0,
-                    end: vxlan::HEADER_LEN + len,
-                }
+        let offset = config.frame_offset();
+        let mut super_frame = None;
+        if config.vnet_hdr {
+            let Some(hdr) = VnetHdr::parse(buf) else {
+                self.tally.drop(DropReason::BadOffload);
+                return Plan::Skip;
+            };
+            let frame = &mut buf[offset..offset + len];
+            if hdr.gso_type != GsoType::None {
+                super_frame = Some(hdr);
+            } else if hdr.flags & F_NEEDS_CSUM != 0
+                && offload::complete_checksum(
+                    frame,
+                    usize::from(hdr.csum_start),
+                    usize::from(hdr.csum_offset),
+                )
+                .is_err()
+            {
+                self.tally.drop(DropReason::BadOffload);
+                return Plan::Skip;
             }
-            None => Plan::Skip,
         }
-    }
-
-    /// Decides and prepares a frame read with a virtio header: completes a
-    /// partial checksum, splits a super-frame into the arena.
-    fn plan_offloaded(
-        &mut self,
-        router: &Router,
-        config: &TxConfig,
-        header: &[u8; vxlan::HEADER_LEN],
-        buf: &mut [u8],
-        len: usize,
-    ) -> Plan {
-        let Some(hdr) = VnetHdr::parse(buf) else {
-            self.tally.drop(DropReason::BadOffload);
-            return Plan::Skip;
-        };
-        let (vnet_area, rest) = buf.split_at_mut(VNET_HDR_LEN);
-        let frame = &mut rest[..len];
-        if hdr.gso_type == GsoType::None
-            && hdr.flags & F_NEEDS_CSUM != 0
-            && offload::complete_checksum(
-                frame,
-                usize::from(hdr.csum_start),
-                usize::from(hdr.csum_offset),
-            )
-            .is_err()
-        {
-            self.tally.drop(DropReason::BadOffload);
-            return Plan::Skip;
-        }
-        let frame = &*frame;
-        let Some((dst, flow)) = self.egress(router, frame) else {
+        let Some((dst, flow)) = self.egress(router, &buf[offset..offset + len]) else {
             return Plan::Skip;
         };
         let dst = SocketAddrV4::new(dst, config.port);
         let socket = flow % config.sockets.max(1);
-        if hdr.gso_type == GsoType::None {
-            if self.too_big(config, frame, len) {
-                return Plan::Skip;
-            }
-            // The VXLAN header replaces the tail of the (parsed) virtio header.
-            vnet_area[VNET_HDR_LEN - vxlan::HEADER_LEN..].copy_from_slice(header);
-            self.tally.encap_frames += 1;
-            self.tally.encap_bytes += len as u64;
-            return Plan::Datagram {
+        match super_frame {
+            None => self.plan_whole(config, header, buf, len, dst, socket),
+            Some(hdr) => self.plan_split(
+                config,
+                header,
+                &buf[offset..offset + len],
+                &hdr,
                 dst,
                 socket,
-                start: VNET_HDR_LEN - vxlan::HEADER_LEN,
-                end: VNET_HDR_LEN + len,
-            };
+            ),
         }
+    }
+
+    /// A frame that leaves as it is: the VXLAN header is written right in
+    /// front of it (over the tail of a parsed virtio header, or into the room
+    /// left for it), unless it is too big for the underlay.
+    fn plan_whole(
+        &mut self,
+        config: &TxConfig,
+        header: &[u8; vxlan::HEADER_LEN],
+        buf: &mut [u8],
+        len: usize,
+        dst: SocketAddrV4,
+        socket: usize,
+    ) -> Plan {
+        let offset = config.frame_offset();
+        let (before, rest) = buf.split_at_mut(offset);
+        if self.too_big(config, &rest[..len], len) {
+            return Plan::Skip;
+        }
+        let start = offset - vxlan::HEADER_LEN;
+        before[start..].copy_from_slice(header);
+        self.tally.encap_frames += 1;
+        self.tally.encap_bytes += len as u64;
+        Plan::Datagram {
+            dst,
+            socket,
+            start,
+            end: offset + len,
+        }
+    }
+
+    /// A super-frame cut into segments in the arena, unless they are too big
+    /// for the underlay.
+    fn plan_split(
+        &mut self,
+        config: &TxConfig,
+        header: &[u8; vxlan::HEADER_LEN],
+        frame: &[u8],
+        hdr: &VnetHdr,
+        dst: SocketAddrV4,
+        socket: usize,
+    ) -> Plan {
         let first = self.segs.len();
         let arena_mark = self.arena.len();
-        let split = match offload::split(frame, &hdr, header, &mut self.arena, &mut self.segs) {
+        let split = match offload::split(frame, hdr, header, &mut self.arena, &mut self.segs) {
             Ok(split) => split,
             Err(_) => {
                 self.segs.truncate(first);
@@ -734,32 +742,18 @@ impl RxBatch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::checksum;
     use crate::core::fixtures::{
-        arp_request, tcp4_frame, tso_superframe, tso_vnet_hdr, udp4_frame,
+        OUR_MAC, PEER_IP, PEER_MAC, arp_request, tcp4_frame, tso_superframe, tso_vnet_hdr,
+        two_node_router, udp4_frame, with_partial_checksum,
     };
-    use crate::core::mac::MacAddr;
     use crate::core::offload::test_support::payload;
-    use crate::core::router::{LocalVtep, Peer, SourceCheck, Tables};
+    use crate::core::router::SourceCheck;
     use crate::core::wire::vxlan::Vni;
 
-    const OUR_MAC: MacAddr = MacAddr([0x0e, 0, 0, 0, 0, 1]);
-    const PEER_MAC: MacAddr = MacAddr([0x0e, 0, 0, 0, 0, 2]);
-    const PEER_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 2);
     const PORT: u16 = 4789;
 
     fn router() -> Router {
-        let peer = Peer {
-            subnet: "10.244.2.0/24".parse().unwrap(),
-            public_ip: PEER_IP,
-            vtep_mac: PEER_MAC,
-        };
-        let local = LocalVtep {
-            vni: Vni::new(1).unwrap(),
-            mac: OUR_MAC,
-            public_ip: Ipv4Addr::new(192, 168, 100, 1),
-        };
-        Router::new(local, SourceCheck::Strict, Tables::from_peers([&peer]))
+        two_node_router(SourceCheck::Strict)
     }
 
     fn tx_config(vnet_hdr: bool, udp_gso: bool) -> TxConfig {
@@ -923,14 +917,7 @@ mod tests {
     #[test]
     fn offloaded_frames_get_their_checksum_completed_or_are_refused() {
         let good = tcp4_frame(&payload(300), 5, 0x18, 1);
-        let mut partial = good.clone();
-        let pseudo = checksum::pseudo_header_v4(
-            Ipv4Addr::new(10, 244, 1, 5),
-            Ipv4Addr::new(10, 244, 2, 7),
-            6,
-            32 + 300,
-        );
-        partial[50..52].copy_from_slice(&(pseudo as u16).to_be_bytes());
+        let partial = with_partial_checksum(&good);
         let needs_csum = VnetHdr {
             flags: F_NEEDS_CSUM,
             csum_start: 34,
@@ -1119,14 +1106,7 @@ mod tests {
     #[test]
     fn covered_datagrams_skip_the_check_and_partial_checksums_are_completed() {
         let inner = tcp4_frame(&payload(300), 5, 0x18, 1);
-        let mut partial = inner.clone();
-        let pseudo = checksum::pseudo_header_v4(
-            Ipv4Addr::new(10, 244, 1, 5),
-            Ipv4Addr::new(10, 244, 2, 7),
-            6,
-            32 + 300,
-        );
-        partial[50..52].copy_from_slice(&(pseudo as u16).to_be_bytes());
+        let partial = with_partial_checksum(&inner);
         let mut damaged = inner.clone();
         damaged[100] ^= 0xff;
         let slots = [from_peer(partial), from_peer(damaged)];

@@ -112,3 +112,39 @@ pub fn tso_vnet_hdr(mss: u16) -> super::offload::VnetHdr {
         csum_offset: 16,
     }
 }
+
+/// This node's VTEP in the unit tests: VNI 1, MAC `0e:00:00:00:00:01`.
+pub const OUR_MAC: super::mac::MacAddr = super::mac::MacAddr([0x0e, 0, 0, 0, 0, 1]);
+/// The peer's VTEP in the unit tests: MAC `0e:00:00:00:00:02`.
+pub const PEER_MAC: super::mac::MacAddr = super::mac::MacAddr([0x0e, 0, 0, 0, 0, 2]);
+/// The peer's public IP in the unit tests.
+pub const PEER_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 2);
+
+/// The router most unit tests decide with: this node (VNI 1, [`OUR_MAC`] at
+/// 192.168.100.1) and one peer ([`PEER_MAC`] at [`PEER_IP`], 10.244.2.0/24).
+pub fn two_node_router(check: super::router::SourceCheck) -> super::router::Router {
+    use super::router::{LocalVtep, Peer, Router, Tables};
+    let peer = Peer {
+        subnet: ipnet::Ipv4Net::new(Ipv4Addr::new(10, 244, 2, 0), 24).unwrap_or_default(),
+        public_ip: PEER_IP,
+        vtep_mac: PEER_MAC,
+    };
+    let local = LocalVtep {
+        vni: super::wire::vxlan::Vni::from_be_bytes([0, 0, 1]),
+        mac: OUR_MAC,
+        public_ip: Ipv4Addr::new(192, 168, 100, 1),
+    };
+    Router::new(local, check, Tables::from_peers([&peer]))
+}
+
+/// `frame` (TCP or UDP over IP) with its transport checksum left partial,
+/// as a sender that offloads checksums leaves it: the pseudo-header sum only.
+pub fn with_partial_checksum(frame: &[u8]) -> Vec<u8> {
+    let mut out = frame.to_vec();
+    if let Ok(f) = super::wire::ip::Frame::new_checked(frame) {
+        let pseudo = f.pseudo_header_sum(f.transport_len() as u32) as u16;
+        super::wire::ip::Frame::new_unchecked(&mut out[..], f.layout())
+            .set_transport_checksum(pseudo.to_be_bytes());
+    }
+    out
+}

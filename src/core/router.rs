@@ -275,23 +275,7 @@ impl Router {
 mod tests {
     use super::*;
 
-    const OUR_MAC: MacAddr = MacAddr([0x0e, 0, 0, 0, 0, 1]);
-    const PEER_MAC: MacAddr = MacAddr([0x0e, 0, 0, 0, 0, 2]);
-    const PEER_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 2);
-
-    fn router(check: SourceCheck) -> Router {
-        let peer = Peer {
-            subnet: "10.244.2.0/24".parse().unwrap(),
-            public_ip: PEER_IP,
-            vtep_mac: PEER_MAC,
-        };
-        let local = LocalVtep {
-            vni: Vni::new(1).unwrap(),
-            mac: OUR_MAC,
-            public_ip: Ipv4Addr::new(192, 168, 100, 1),
-        };
-        Router::new(local, check, Tables::from_peers([&peer]))
-    }
+    use crate::core::fixtures::{OUR_MAC, PEER_IP, PEER_MAC, two_node_router as router};
 
     fn ipv4_frame(dst: MacAddr, src: MacAddr) -> Vec<u8> {
         let mut f = Vec::new();

@@ -23,31 +23,14 @@ mod field {
     pub(super) const ETHERTYPE: usize = 12;
 }
 
-/// A view of an Ethernet frame.
-#[derive(Debug, Clone)]
-pub struct Frame<T: AsRef<[u8]>> {
-    buffer: T,
+view! {
+    /// A view of an Ethernet frame.
+    Frame,
+    min: HEADER_LEN,
+    short: Error = Error::Truncated
 }
 
 impl<T: AsRef<[u8]>> Frame<T> {
-    /// Wraps `buffer` without checking its length; accessors may panic.
-    pub const fn new_unchecked(buffer: T) -> Frame<T> {
-        Frame { buffer }
-    }
-
-    /// Wraps `buffer` after checking it holds a whole header, so no accessor can panic.
-    pub fn new_checked(buffer: T) -> Result<Frame<T>, Error> {
-        if buffer.as_ref().len() < HEADER_LEN {
-            return Err(Error::Truncated);
-        }
-        Ok(Frame { buffer })
-    }
-
-    /// The wrapped buffer.
-    pub fn into_inner(self) -> T {
-        self.buffer
-    }
-
     /// The destination MAC.
     pub fn dst_addr(&self) -> MacAddr {
         mac_at(self.buffer.as_ref(), field::DST.start)

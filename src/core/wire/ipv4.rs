@@ -35,27 +35,14 @@ mod field {
     pub(super) const DST: Range<usize> = 16..20;
 }
 
-/// A view of an IPv4 header and what follows it.
-#[derive(Debug, Clone)]
-pub struct Header<T: AsRef<[u8]>> {
-    buffer: T,
+view! {
+    /// A view of an IPv4 header and what follows it.
+    Header,
+    min: MIN_HEADER_LEN,
+    short: Error = Error::Truncated
 }
 
 impl<T: AsRef<[u8]>> Header<T> {
-    /// Wraps `buffer` without checking its length; accessors may panic.
-    pub const fn new_unchecked(buffer: T) -> Header<T> {
-        Header { buffer }
-    }
-
-    /// Wraps `buffer` after checking it holds the fixed header, so no
-    /// accessor of a fixed field can panic.
-    pub fn new_checked(buffer: T) -> Result<Header<T>, Error> {
-        if buffer.as_ref().len() < MIN_HEADER_LEN {
-            return Err(Error::Truncated);
-        }
-        Ok(Header { buffer })
-    }
-
     /// Checks the version is 4, the header length at least 20, and that the
     /// whole header with its options is in the buffer.
     pub fn check_header_len(&self) -> Result<(), Error> {

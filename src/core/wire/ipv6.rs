@@ -18,26 +18,14 @@ mod field {
     pub(super) const DST: Range<usize> = 24..40;
 }
 
-/// A view of an IPv6 fixed header and what follows it.
-#[derive(Debug, Clone)]
-pub struct Header<T: AsRef<[u8]>> {
-    buffer: T,
+view! {
+    /// A view of an IPv6 fixed header and what follows it.
+    Header,
+    min: HEADER_LEN,
+    short: Error = Error::Truncated
 }
 
 impl<T: AsRef<[u8]>> Header<T> {
-    /// Wraps `buffer` without checking its length; accessors may panic.
-    pub const fn new_unchecked(buffer: T) -> Header<T> {
-        Header { buffer }
-    }
-
-    /// Wraps `buffer` after checking it holds the fixed header, so no accessor can panic.
-    pub fn new_checked(buffer: T) -> Result<Header<T>, Error> {
-        if buffer.as_ref().len() < HEADER_LEN {
-            return Err(Error::Truncated);
-        }
-        Ok(Header { buffer })
-    }
-
     /// The version field (6 for IPv6).
     pub fn version(&self) -> u8 {
         self.buffer.as_ref()[field::VERSION] >> 4

@@ -11,6 +11,41 @@
 //! another on the hot path, and etherparse's slices are read-only (its owned
 //! headers copy and re-serialise).
 
+/// Declares a view over a buffer that starts with a header of at least
+/// `$min` bytes: the struct, `new_unchecked`, `new_checked` (which refuses a
+/// shorter buffer with `$short`) and `into_inner`. Accessors are written per
+/// format, next to the field offsets they read.
+macro_rules! view {
+    ($(#[$doc:meta])* $name:ident, min: $min:expr, short: $err:ty = $short:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone)]
+        pub struct $name<T: AsRef<[u8]>> {
+            buffer: T,
+        }
+
+        impl<T: AsRef<[u8]>> $name<T> {
+            /// Wraps `buffer` without checking its length; accessors may panic.
+            pub const fn new_unchecked(buffer: T) -> $name<T> {
+                $name { buffer }
+            }
+
+            /// Wraps `buffer` after checking it holds the fixed header, so no
+            /// accessor of a fixed field can panic.
+            pub fn new_checked(buffer: T) -> Result<$name<T>, $err> {
+                if buffer.as_ref().len() < $min {
+                    return Err($short);
+                }
+                Ok($name { buffer })
+            }
+
+            /// The wrapped buffer.
+            pub fn into_inner(self) -> T {
+                self.buffer
+            }
+        }
+    };
+}
+
 pub mod ethernet;
 pub mod ip;
 pub mod ipv4;

@@ -81,31 +81,14 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
-/// A read/write view of a VXLAN header followed by its payload.
-#[derive(Debug, Clone)]
-pub struct Packet<T: AsRef<[u8]>> {
-    buffer: T,
+view! {
+    /// A read/write view of a VXLAN header followed by its payload.
+    Packet,
+    min: HEADER_LEN,
+    short: Error = Error::Truncated
 }
 
 impl<T: AsRef<[u8]>> Packet<T> {
-    /// Wraps `buffer` without checking its length; accessors may panic.
-    pub const fn new_unchecked(buffer: T) -> Packet<T> {
-        Packet { buffer }
-    }
-
-    /// Wraps `buffer` after checking it holds a whole header, so no accessor can panic.
-    pub fn new_checked(buffer: T) -> Result<Packet<T>, Error> {
-        if buffer.as_ref().len() < HEADER_LEN {
-            return Err(Error::Truncated);
-        }
-        Ok(Packet { buffer })
-    }
-
-    /// The wrapped buffer.
-    pub fn into_inner(self) -> T {
-        self.buffer
-    }
-
     /// The flags octet.
     pub fn flags(&self) -> u8 {
         self.buffer.as_ref()[field::FLAGS]
