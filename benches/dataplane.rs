@@ -14,6 +14,7 @@
 use criterion::{BenchmarkId, Criterion, Throughput, black_box, criterion_group};
 use std::net::Ipv4Addr;
 use weft::core::batch::{Received, RxBatch, RxConfig, TxBatch, TxConfig};
+use weft::core::checksum;
 use weft::core::fixtures::{arp_request, tso_superframe, tso_vnet_hdr, udp4_frame};
 use weft::core::lease::{Lease, LeaseAttrs, VxlanBackendData};
 use weft::core::mac::MacAddr;
@@ -85,10 +86,19 @@ fn tx_buffer(frame: &[u8], hdr: Option<VnetHdr>) -> Vec<u8> {
     buf
 }
 
-/// `frame` sent by peer `from` to us, as the UDP payload.
+/// TX read buffers for `frames` (for a check outside the timed loop).
+fn bufs_tx_check(frames: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    frames.iter().map(|f| tx_buffer(f, None)).collect()
+}
+
+/// A UDP frame of `len` bytes sent by peer `from` to us, as the UDP payload,
+/// with a valid IP header checksum (and no UDP checksum, as IPv4 allows).
 fn datagram_from(from: &Peer, len: usize) -> Vec<u8> {
+    let mut frame = udp4_frame(OUR_MAC.0, from.vtep_mac.0, len);
+    let sum = checksum::finish(checksum::sum(&frame[14..34]));
+    frame[24..26].copy_from_slice(&sum);
     let mut d = vxlan::header_bytes(Vni::new(1).unwrap()).to_vec();
-    d.extend_from_slice(&udp4_frame(OUR_MAC.0, from.vtep_mac.0, len));
+    d.extend_from_slice(&frame);
     d
 }
 
@@ -100,6 +110,13 @@ fn received(src: Ipv4Addr, len: usize, stride: usize) -> Received {
         truncated: false,
         control_truncated: false,
     }
+}
+
+/// `frame` addressed to `peer`'s VTEP, as the kernel sends it once ARP resolved.
+fn to(peer: &Peer, mut frame: Vec<u8>) -> Vec<u8> {
+    frame[..6].copy_from_slice(&peer.vtep_mac.0);
+    frame[6..12].copy_from_slice(&OUR_MAC.0);
+    frame
 }
 
 fn tso_hdr() -> VnetHdr {
@@ -146,8 +163,8 @@ fn assert_no_allocations() {
     let r = router(1000);
     let dst = peer(500);
     let frame = udp4_frame(dst.vtep_mac.0, OUR_MAC.0, 1450);
-    let arp = arp_request(OUR_MAC.0, [10, 0, 0, 0], [10, 1, 244, 0]);
-    let super_frame = tso_superframe(&vec![1u8; 60000]);
+    let arp = arp_request(OUR_MAC.0, [10, 0, 0, 0], dst.subnet.network().octets());
+    let super_frame = to(&dst, tso_superframe(&vec![1u8; 60000]));
     let mut tx_bufs = vec![
         tx_buffer(&frame, Some(VnetHdr::NONE)),
         tx_buffer(&arp, Some(VnetHdr::NONE)),
@@ -163,6 +180,14 @@ fn assert_no_allocations() {
         received(dst.public_ip, run.len(), stride),
     ];
     let mut rx = RxBatch::new(rx_config(true), rx_bufs.len(), true);
+    tx.plan(&r, &tx_config(true), &mut tx_bufs, &tx_lens);
+    assert_eq!(
+        tx.tally().encap_frames,
+        1 + 60000usize.div_ceil(1398) as u64
+    );
+    assert_eq!(tx.tally().arp_replies, 1);
+    rx.decap(&r, &mut rx_bufs, &meta);
+    assert_eq!(rx.tally().decap_frames, 45);
     let mut work = |n: usize| {
         for _ in 0..n {
             tx.plan(&r, &tx_config(true), &mut tx_bufs, &tx_lens);
@@ -207,9 +232,15 @@ fn benches(c: &mut Criterion) {
         });
     }
     // A 64 KiB TSO super-frame: segmentation, per-segment headers and checksums included.
-    let super_frame = tso_superframe(&vec![3u8; 65535 - 66]);
+    let super_frame = to(&dst, tso_superframe(&vec![3u8; 65535 - 66]));
     let mut bufs = [tx_buffer(&super_frame, Some(tso_hdr()))];
     let mut tx = TxBatch::with_capacity(1);
+    tx.plan(&r, &tx_config(true), &mut bufs, &[super_frame.len()]);
+    assert_eq!(
+        tx.tally().tso_frames,
+        1,
+        "the super-frame is split, not dropped"
+    );
     g.throughput(Throughput::Bytes(super_frame.len() as u64));
     g.bench_function("tso_64k", |b| {
         b.iter(|| {
@@ -233,6 +264,12 @@ fn benches(c: &mut Criterion) {
         let d = datagram_from(&dst, len);
         let meta = [received(dst.public_ip, d.len(), d.len())];
         let mut bufs = [d];
+        rx_verified.decap(&r, &mut bufs, &meta);
+        assert_eq!(
+            rx_verified.tally().decap_frames,
+            1,
+            "delivered, not dropped"
+        );
         g.throughput(Throughput::Bytes(len as u64));
         g.bench_function(BenchmarkId::from_parameter(len), |b| {
             b.iter(|| {
@@ -254,6 +291,48 @@ fn benches(c: &mut Criterion) {
     let mut bufs = [run];
     g.throughput(Throughput::Bytes(bufs[0].len() as u64));
     g.bench_function("gro_44_segments", |b| {
+        b.iter(|| {
+            rx.decap(&r, black_box(&mut bufs), &meta);
+            black_box(rx.writes().len())
+        })
+    });
+    g.finish();
+
+    // Whole batches of 64, as the worker reads them (the default batch):
+    // the per-batch costs spread over the frames.
+    let mut g = c.benchmark_group("batch_64");
+    let frames: Vec<Vec<u8>> = (0..64u32)
+        .map(|i| udp4_frame(peer(1 + i % 8).vtep_mac.0, OUR_MAC.0, 1450))
+        .collect();
+    let mut bufs: Vec<Vec<u8>> = frames.iter().map(|f| tx_buffer(f, None)).collect();
+    let lens = vec![1450; 64];
+    let mut tx = TxBatch::with_capacity(64);
+    g.throughput(Throughput::Elements(64));
+    g.bench_function("encap_1450", |b| {
+        b.iter(|| {
+            tx.plan(&r, &tx_config(false), black_box(&mut bufs), &lens);
+            black_box(tx.messages().len())
+        })
+    });
+    let datagrams: Vec<Vec<u8>> = (0..64u32)
+        .map(|i| datagram_from(&peer(1 + i % 8), 1450))
+        .collect();
+    let meta: Vec<Received> = (0..64u32)
+        .map(|i| {
+            received(
+                peer(1 + i % 8).public_ip,
+                datagrams[0].len(),
+                datagrams[0].len(),
+            )
+        })
+        .collect();
+    let mut bufs = datagrams;
+    let mut rx = RxBatch::new(rx_config(false), 64, false);
+    rx.decap(&r, &mut bufs, &meta);
+    assert_eq!(rx.tally().decap_frames, 64);
+    tx.plan(&r, &tx_config(false), &mut bufs_tx_check(&frames), &lens);
+    assert_eq!(tx.tally().encap_frames, 64);
+    g.bench_function("decap_1450", |b| {
         b.iter(|| {
             rx.decap(&r, black_box(&mut bufs), &meta);
             black_box(rx.writes().len())

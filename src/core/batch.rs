@@ -281,6 +281,7 @@ impl TxBatch {
     /// Decides and prepares one frame: its virtio header (with offloads on)
     /// read and a partial checksum completed, the router asked, then the
     /// frame sent whole or split into the arena.
+    #[inline]
     fn plan_frame(
         &mut self,
         router: &Router,
@@ -332,6 +333,7 @@ impl TxBatch {
     /// A frame that leaves as it is: the VXLAN header is written right in
     /// front of it (over the tail of a parsed virtio header, or into the room
     /// left for it), unless it is too big for the underlay.
+    #[inline]
     fn plan_whole(
         &mut self,
         config: &TxConfig,
@@ -360,6 +362,7 @@ impl TxBatch {
 
     /// A super-frame cut into segments in the arena, unless they are too big
     /// for the underlay.
+    #[inline(never)]
     fn plan_split(
         &mut self,
         config: &TxConfig,
@@ -407,6 +410,7 @@ impl TxBatch {
 
     /// The router's decision for `frame`: where to send it and its flow hash,
     /// or `None` when it was answered (the reply queued) or dropped (counted).
+    #[inline]
     fn egress(&mut self, router: &Router, frame: &[u8]) -> Option<(Ipv4Addr, usize)> {
         match router.egress(frame, &mut self.scratch) {
             Egress::Encap { dst, flow } => Some((dst, flow as usize)),

@@ -32,21 +32,25 @@ view! {
 
 impl<T: AsRef<[u8]>> Frame<T> {
     /// The destination MAC.
+    #[inline]
     pub fn dst_addr(&self) -> MacAddr {
         mac_at(self.buffer.as_ref(), field::DST.start)
     }
 
     /// The source MAC.
+    #[inline]
     pub fn src_addr(&self) -> MacAddr {
         mac_at(self.buffer.as_ref(), field::SRC.start)
     }
 
     /// The EtherType.
+    #[inline]
     pub fn ethertype(&self) -> u16 {
         be16(self.buffer.as_ref(), field::ETHERTYPE)
     }
 
     /// What follows the header.
+    #[inline]
     pub fn payload(&self) -> &[u8] {
         &self.buffer.as_ref()[HEADER_LEN..]
     }
@@ -75,6 +79,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Frame<T> {
     }
 }
 
+#[inline]
 fn mac_at(b: &[u8], at: usize) -> MacAddr {
     MacAddr([b[at], b[at + 1], b[at + 2], b[at + 3], b[at + 4], b[at + 5]])
 }
