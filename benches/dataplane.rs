@@ -11,7 +11,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use criterion::{BenchmarkId, Criterion, Throughput, black_box, criterion_group};
+use criterion::{BenchmarkId, Criterion, Throughput, black_box};
 use std::net::Ipv4Addr;
 use weft::core::batch::{Received, RxBatch, RxConfig, TxBatch, TxConfig};
 use weft::core::checksum;
@@ -419,14 +419,9 @@ fn benches(c: &mut Criterion) {
     });
 }
 
-criterion_group! {
-    name = dataplane;
-    config = Criterion::default().without_plots();
-    targets = benches
-}
-
 fn main() {
     assert_no_allocations();
-    dataplane();
-    Criterion::default().configure_from_args().final_summary();
+    let mut criterion = Criterion::default().without_plots().configure_from_args();
+    benches(&mut criterion);
+    criterion.final_summary();
 }

@@ -6,6 +6,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
+/// The command line: `weftd [flags]`, `weftd status`, `weftd cleanup-masq`.
 #[command(
     name = "weftd",
     version,
@@ -13,12 +14,15 @@ use std::path::PathBuf;
     args_conflicts_with_subcommands = true
 )]
 pub struct Cli {
+    /// A subcommand; none: run the agent.
     #[command(subcommand)]
     pub command: Option<Command>,
+    /// The agent's flags.
     #[command(flatten)]
     pub run: RunArgs,
 }
 
+/// What to do instead of running the agent.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Show the running agent's lease, peers, counters and offloads.
@@ -29,6 +33,7 @@ pub enum Command {
     CleanupMasq,
 }
 
+/// `weftd status`.
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     /// The agent's status socket.
@@ -39,11 +44,17 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
+/// Where the agent serves its status.
 pub const DEFAULT_STATUS_SOCKET: &str = "/run/weft/weftd.sock";
 
+/// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
+    // No doc comments on the values: clap would print them in `--help`,
+    // whose text follows flanneld's.
+    #[allow(missing_docs)]
     Text,
+    #[allow(missing_docs)]
     Json,
 }
 
@@ -54,6 +65,7 @@ macro_rules! bool_flag {
     };
 }
 
+/// The agent's flags, flanneld's names (each also from `FLANNELD_<NAME>`).
 #[derive(Debug, Args, Clone)]
 pub struct RunArgs {
     /// Interface (name or IP address) to use for inter-node traffic; repeatable, tried in order.

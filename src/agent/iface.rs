@@ -10,21 +10,28 @@ use std::net::Ipv4Addr;
 /// The interface VXLAN traffic leaves through.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExternalInterface {
+    /// The interface index.
     pub index: u32,
+    /// The interface name.
     pub name: String,
     /// The interface address the VTEP listens on.
     pub addr: Ipv4Addr,
     /// What other nodes send to (`--public-ip`, or `addr`).
     pub public_ip: Ipv4Addr,
+    /// Its MTU (the overlay MTU is derived from it).
     pub mtu: u32,
 }
 
 /// Interface selection options.
 #[derive(Debug, Clone, Default)]
 pub struct Selector {
+    /// `--iface`: names or addresses, tried in order.
     pub iface: Vec<String>,
+    /// `--iface-regex`: patterns, tried in order.
     pub iface_regex: Vec<String>,
+    /// `--iface-can-reach`: the interface that routes there.
     pub can_reach: Option<Ipv4Addr>,
+    /// `--public-ip`.
     pub public_ip: Option<Ipv4Addr>,
 }
 

@@ -51,13 +51,16 @@ const NFT_TABLE_V6: &str = "flannel-ipv6";
 /// Which tool manages the rules (net-conf `EnableNFTables`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
+    /// iptables chains FLANNEL-POSTRTG and FLANNEL-FWD.
     Iptables,
+    /// nftables table `ip flannel-ipv4`.
     Nftables,
 }
 
 /// What to install.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MasqConfig {
+    /// Which tool.
     pub mode: Mode,
     /// The cluster network (net-conf `Network`).
     pub network: Ipv4Net,
@@ -76,20 +79,29 @@ pub struct MasqConfig {
 /// A rules tool failed.
 #[derive(Debug, thiserror::Error)]
 pub enum MasqError {
+    /// The tool cannot be started.
     #[error(
         "cannot run {tool}: {source}; install the Debian package `{package}` (or run weftd without --ip-masq and with --iptables-forward-rules=false)"
     )]
     Spawn {
+        /// The tool.
         tool: &'static str,
+        /// The Debian package that has it.
         package: &'static str,
+        /// The system's error.
         #[source]
         source: std::io::Error,
     },
+    /// The tool failed.
     #[error("{tool} {args} failed ({status}): {stderr}")]
     Failed {
+        /// The tool.
         tool: &'static str,
+        /// Its arguments.
         args: String,
+        /// Its exit status.
         status: String,
+        /// What it printed.
         stderr: String,
     },
 }
@@ -97,8 +109,11 @@ pub enum MasqError {
 /// One iptables rule: table, chain and match/target arguments.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
+    /// The table (`nat`, `filter`).
     pub table: &'static str,
+    /// The chain.
     pub chain: &'static str,
+    /// Match and target arguments.
     pub spec: Vec<String>,
 }
 
@@ -625,6 +640,7 @@ impl Masq {
         }
     }
 
+    /// How often rules someone removed are put back.
     pub fn resync_period(&self) -> Duration {
         self.config.resync
     }

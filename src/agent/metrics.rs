@@ -312,7 +312,9 @@ async fn metrics(State(h): State<Http>) -> impl IntoResponse {
 /// What one listener serves.
 #[derive(Debug, Clone, Copy)]
 pub struct Endpoints {
+    /// Serve `/healthz` and `/readyz`.
     pub health: bool,
+    /// Serve `/metrics`.
     pub metrics: bool,
 }
 

@@ -21,97 +21,148 @@ pub fn unix_secs(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
+/// The lease store in use.
 #[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq, Eq)]
 pub struct StoreInfo {
+    /// `local`, `etcd` or `kube`.
     pub kind: String,
+    /// Its directory, endpoints or API server.
     pub endpoint: String,
 }
 
+/// The interface VXLAN traffic uses.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct NodeInfo {
+    /// Its name.
     pub interface: String,
+    /// Its address.
     pub interface_addr: Ipv4Addr,
+    /// The public IP other nodes send to.
     pub public_ip: Ipv4Addr,
+    /// Its MTU.
     pub interface_mtu: u32,
 }
 
+/// This node's lease.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct OwnLease {
+    /// Its subnet.
     pub subnet: Ipv4Net,
+    /// The VtepMAC.
     pub vtep_mac: MacAddr,
+    /// The VNI.
     pub vni: u32,
+    /// The VXLAN port.
     pub port: u16,
+    /// The cluster network.
     pub network: Ipv4Net,
     /// Unix seconds; `None` for a lease that does not expire.
     pub expires: Option<u64>,
 }
 
+/// The TAP device.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct DeviceInfo {
+    /// Its name.
     pub name: String,
+    /// Its index.
     pub index: u32,
+    /// Its MTU.
     pub mtu: u32,
     /// TCP segments per TSO super-frame, when weftd capped it to one UDP GSO send.
     #[serde(default)]
     pub gso_max_segs: Option<u32>,
 }
 
+/// A peer as `weftd status` shows it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PeerStatus {
+    /// Its subnet.
     pub subnet: Ipv4Net,
+    /// Its public IP.
     pub public_ip: Ipv4Addr,
+    /// Its VtepMAC.
     pub vtep_mac: MacAddr,
     /// Unix seconds when this lease (with these attributes) was first seen.
     pub since: u64,
+    /// Its route is programmed.
     pub route: bool,
+    /// Why it is not.
     pub route_error: Option<String>,
 }
 
 /// The part of the status the control loop writes.
 #[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq, Eq)]
 pub struct StatusInfo {
+    /// The store in use.
     pub store: StoreInfo,
+    /// The interface in use.
     pub node: Option<NodeInfo>,
+    /// The lease.
     pub lease: Option<OwnLease>,
+    /// The TAP device.
     pub device: Option<DeviceInfo>,
+    /// The peers, by subnet.
     pub peers: BTreeMap<Ipv4Net, PeerStatus>,
+    /// The outer UDP source ports in use.
     pub source_ports: Vec<u16>,
 }
 
 /// Lease events the agent acted on, by type.
 #[derive(Debug, Default)]
 pub struct LeaseEventCounts {
+    /// Leases added.
     pub added: AtomicU64,
+    /// Leases whose public IP or VtepMAC changed.
     pub changed: AtomicU64,
+    /// Leases removed.
     pub removed: AtomicU64,
+    /// Leases the vxlan backend cannot use.
     pub ignored: AtomicU64,
 }
 
 /// Shared agent state.
 #[derive(Debug)]
 pub struct AgentState {
+    /// When the agent started.
     pub started: SystemTime,
+    /// weft's version.
     pub version: &'static str,
+    /// What the control loop last wrote.
     pub info: RwLock<StatusInfo>,
+    /// The store's counters.
     pub store: Arc<StoreStats>,
+    /// The dataplane, once started.
     pub dataplane: OnceLock<Arc<Shared>>,
+    /// `subnet.env` is written.
     pub ready: AtomicBool,
+    /// Lease events acted on.
     pub lease_events: LeaseEventCounts,
 }
 
 /// Everything `weftd status --json` prints.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StatusReport {
+    /// weft's version.
     pub version: String,
+    /// The agent's process id.
     pub pid: u32,
+    /// Seconds since start.
     pub uptime_seconds: u64,
+    /// Unix seconds now.
     pub now: u64,
+    /// `subnet.env` is written.
     pub ready: bool,
+    /// Store, node, lease, device, peers, source ports.
     #[serde(flatten)]
     pub info: StatusInfo,
+    /// The store's counters.
     pub store_stats: StoreStatsSnapshotOwned,
+    /// The dataplane's counters, once it runs.
     pub counters: Option<CounterSnapshotOwned>,
+    /// Offloads in use, by name.
     pub offloads: BTreeMap<String, bool>,
+    /// Lease events acted on, by type.
     pub lease_events: BTreeMap<String, u64>,
     /// Frames per dataplane worker: `[encapsulated, decapsulated]`.
     #[serde(default)]
@@ -131,6 +182,7 @@ pub type StoreStatsSnapshotOwned = serde_json::Value;
 pub type CounterSnapshotOwned = serde_json::Value;
 
 impl AgentState {
+    /// The state of an agent using the store counted in `store`.
     pub fn new(store: Arc<StoreStats>) -> Arc<AgentState> {
         Arc::new(AgentState {
             started: SystemTime::now(),
@@ -143,19 +195,23 @@ impl AgentState {
         })
     }
 
+    /// What the control loop last wrote.
     pub fn info(&self) -> std::sync::RwLockReadGuard<'_, StatusInfo> {
         self.info.read().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Changes what the control loop writes.
     pub fn update(&self, f: impl FnOnce(&mut StatusInfo)) {
         let mut guard = self.info.write().unwrap_or_else(|p| p.into_inner());
         f(&mut guard);
     }
 
+    /// The dataplane's counters, once it runs.
     pub fn counters(&self) -> Option<CounterSnapshot> {
         self.dataplane.get().map(|d| d.counters.snapshot())
     }
 
+    /// The store's counters.
     pub fn store_stats(&self) -> StoreStatsSnapshot {
         self.store.snapshot()
     }
@@ -168,6 +224,7 @@ impl AgentState {
             .unwrap_or_default()
     }
 
+    /// Everything `weftd status` shows, now.
     pub fn report(&self) -> StatusReport {
         let now = SystemTime::now();
         let offloads = self

@@ -6,13 +6,17 @@ use crate::dataplane::offload::OffloadConfig;
 use serde::Deserialize;
 use std::path::Path;
 
+/// The `--tunables` file: dataplane and agent knobs (see `tunables/weftd.toml`).
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct Tunables {
+    /// `[dataplane]`.
     pub dataplane: DataplaneTunables,
+    /// `[agent]`.
     pub agent: AgentTunables,
 }
 
+/// `[dataplane]`: workers, batches, buffers, offloads, checks.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct DataplaneTunables {
@@ -24,10 +28,15 @@ pub struct DataplaneTunables {
     pub socket_buffer_bytes: usize,
     /// Sending sockets per worker (distinct outer source ports).
     pub source_ports: usize,
+    /// Open the TAP with a virtio-net header (offloads).
     pub tap_vnet_hdr: bool,
+    /// Accept TCP super-frames from the TAP.
     pub tso: bool,
+    /// Accept UDP super-frames from the TAP.
     pub uso: bool,
+    /// Send segments with UDP GSO.
     pub udp_gso: bool,
+    /// Receive with UDP GRO and coalesce.
     pub udp_gro: bool,
     /// "strict" or "relaxed" (NATed underlays).
     pub source_check: SourceCheckName,
@@ -39,11 +48,14 @@ pub struct DataplaneTunables {
     pub split_directions: bool,
 }
 
+/// How strictly senders are checked.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum SourceCheckName {
+    /// A datagram must come from a lease's public IP with that lease's VtepMAC.
     #[default]
     Strict,
+    /// Any source, but a lease's VtepMAC (NATed underlays).
     Relaxed,
 }
 
@@ -56,6 +68,7 @@ impl From<SourceCheckName> for SourceCheck {
     }
 }
 
+/// `[agent]`: the control loop's periods.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct AgentTunables {
@@ -96,12 +109,14 @@ impl Default for AgentTunables {
 }
 
 impl Tunables {
+    /// Reads and checks the file at `path`.
     pub fn load(path: &Path) -> Result<Tunables, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read tunables {}: {e}", path.display()))?;
         Self::parse(&text).map_err(|e| format!("bad tunables file {}: {e}", path.display()))
     }
 
+    /// Parses and checks a tunables document.
     pub fn parse(text: &str) -> Result<Tunables, String> {
         let t: Tunables = toml::from_str(text).map_err(|e| e.to_string())?;
         if t.dataplane.batch == 0 || t.dataplane.batch > 1024 {
@@ -116,6 +131,7 @@ impl Tunables {
         Ok(t)
     }
 
+    /// The offloads to ask the kernel for.
     pub fn offloads(&self) -> OffloadConfig {
         let d = &self.dataplane;
         OffloadConfig {

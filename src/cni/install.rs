@@ -28,21 +28,34 @@ pub struct InstallArgs {
 /// Why installing failed.
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
+    /// The conflist cannot be read.
     #[error("cannot read {path}: {source}")]
     Read {
+        /// The file.
         path: PathBuf,
+        /// The system's error.
         #[source]
         source: std::io::Error,
     },
+    /// The conflist is not a CNI configuration.
     #[error(
         "{path} is not a CNI configuration: {why}; fix the file (the ConfigMap key cni-conf.json) and rerun"
     )]
-    BadConflist { path: PathBuf, why: String },
+    BadConflist {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// `--name` is not a plain conflist file name.
     #[error("--name {0:?} must be a plain file name ending in .conflist, .conf or .json")]
     BadName(String),
+    /// A file cannot be written.
     #[error("cannot write {path}: {source}")]
     Write {
+        /// The file.
         path: PathBuf,
+        /// The system's error.
         #[source]
         source: std::io::Error,
     },
@@ -51,7 +64,9 @@ pub enum InstallError {
 /// What was installed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Installed {
+    /// Where the plugin was put.
     pub plugin: PathBuf,
+    /// Where the conflist was put.
     pub conflist: PathBuf,
     /// True if some plugin in the conflist has `"type": "weft-cni"`.
     pub uses_weft: bool,

@@ -20,12 +20,19 @@ pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/flannel";
 /// What the plugin reads from its configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NetConf {
+    /// `name`.
     pub name: String,
+    /// `cniVersion`.
     pub cni_version: String,
+    /// `subnetFile` (default `/run/flannel/subnet.env`).
     pub subnet_file: PathBuf,
+    /// `dataDir` (default `/var/lib/cni/flannel`).
     pub data_dir: PathBuf,
+    /// `delegate`: merged into the bridge configuration.
     pub delegate: Option<Map<String, Value>>,
+    /// `ipam`: merged into the host-local configuration.
     pub ipam: Option<Map<String, Value>>,
+    /// `runtimeConfig`, passed on to the delegate.
     pub runtime_config: Option<Map<String, Value>>,
     /// The previous plugin's result (CHECK passes it on to the delegate).
     pub prev_result: Option<Value>,

@@ -25,7 +25,9 @@ use std::path::Path;
 /// What to print on stdout, and whether the exit status is 0.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
+    /// The result or error JSON.
     pub stdout: String,
+    /// Exit 0 (else non-zero).
     pub success: bool,
 }
 

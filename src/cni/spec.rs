@@ -44,12 +44,16 @@ pub mod code {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{msg}")]
 pub struct CniError {
+    /// The CNI error code (11: try again later, 50: not available, ...).
     pub code: u32,
+    /// What failed.
     pub msg: String,
+    /// More about it.
     pub details: String,
 }
 
 impl CniError {
+    /// An error with `code` and `msg`.
     pub fn new(code: u32, msg: impl Into<String>) -> CniError {
         CniError {
             code,
@@ -58,6 +62,7 @@ impl CniError {
         }
     }
 
+    /// The error with `details`.
     pub fn with_details(mut self, details: impl Into<String>) -> CniError {
         self.details = details.into();
         self
@@ -87,14 +92,20 @@ impl CniError {
 /// `CNI_COMMAND`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command {
+    /// Attach the container.
     Add,
+    /// Detach it.
     Del,
+    /// Check it is attached.
     Check,
+    /// Whether the plugin can attach containers now.
     Status,
+    /// The CNI versions supported.
     Version,
 }
 
 impl Command {
+    /// The name as in `CNI_COMMAND`.
     pub fn as_str(self) -> &'static str {
         match self {
             Command::Add => "ADD",
@@ -115,11 +126,17 @@ impl fmt::Display for Command {
 /// The `CNI_*` parameters of one invocation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Params {
+    /// `CNI_COMMAND`.
     pub command: Command,
+    /// `CNI_CONTAINERID`.
     pub container_id: String,
+    /// `CNI_NETNS`.
     pub netns: String,
+    /// `CNI_IFNAME`.
     pub ifname: String,
+    /// `CNI_ARGS`.
     pub args: String,
+    /// `CNI_PATH`, split.
     pub path: Vec<PathBuf>,
 }
 

@@ -19,6 +19,7 @@ fn io_error(what: String, e: std::io::Error) -> CniError {
 }
 
 impl DelegateStore {
+    /// The saved configurations in `dir` (flannel's `dataDir`).
     pub fn new(dir: impl Into<PathBuf>) -> DelegateStore {
         DelegateStore { dir: dir.into() }
     }

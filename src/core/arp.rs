@@ -29,30 +29,37 @@ pub struct ArpTable {
 }
 
 impl ArpTable {
+    /// An empty table.
     pub fn new() -> ArpTable {
         ArpTable::default()
     }
 
+    /// Answers ARP for `gateway` with `mac`; returns the MAC it answered with before.
     pub fn insert(&mut self, gateway: Ipv4Addr, mac: MacAddr) -> Option<MacAddr> {
         self.entries.insert(gateway, mac)
     }
 
+    /// Stops answering for `gateway`; returns the MAC it answered with.
     pub fn remove(&mut self, gateway: Ipv4Addr) -> Option<MacAddr> {
         self.entries.remove(&gateway)
     }
 
+    /// The MAC to answer with for `gateway`.
     pub fn lookup(&self, gateway: Ipv4Addr) -> Option<MacAddr> {
         self.entries.get(&gateway).copied()
     }
 
+    /// Gateways answered for.
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
+    /// Whether no gateway is answered for.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
+    /// Every (gateway, MAC) answered for.
     pub fn iter(&self) -> impl Iterator<Item = (Ipv4Addr, MacAddr)> + '_ {
         self.entries.iter().map(|(ip, mac)| (*ip, *mac))
     }

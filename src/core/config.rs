@@ -17,43 +17,61 @@ pub const ENCAP_OVERHEAD: u32 = 50;
 /// Why a network configuration is refused. Messages are flannel's where flannel has one.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
+    /// The JSON is not a net-conf document.
     #[error("error parsing subnet config: {0}")]
     Parse(String),
+    /// `Network` is missing or not an IPv4 network.
     #[error("please define a correct Network parameter in the flannel config")]
     MissingNetwork,
+    /// `EnableIPv6` without a usable `IPv6Network`.
     #[error("please define a correct IPv6Network parameter in the flannel config")]
     MissingIpv6Network,
+    /// `SubnetLen` leaves no room for hosts.
     #[error("SubnetLen must be less than /31")]
     SubnetLenTooLong,
+    /// `IPv6SubnetLen` leaves no room for hosts.
     #[error("SubnetLen must be less than /127")]
     Ipv6SubnetLenTooLong,
+    /// `Network` holds fewer than four subnets of `SubnetLen`.
     #[error("network must be able to accommodate at least four subnets")]
     TooFewSubnets,
+    /// `Network` is smaller than a /28.
     #[error("network is too small. Minimum useful network prefix is /28")]
     NetworkTooSmall,
+    /// `IPv6Network` is smaller than a /124.
     #[error("IPv6Network is too small. Minimum useful network prefix is /124")]
     Ipv6NetworkTooSmall,
+    /// `SubnetMin` lies outside `Network`.
     #[error("SubnetMin is not in the range of the Network")]
     SubnetMinOutside,
+    /// `SubnetMax` lies outside `Network`.
     #[error("SubnetMax is not in the range of the Network")]
     SubnetMaxOutside,
+    /// `SubnetMin` is not the start of a subnet.
     #[error("SubnetMin is not on a SubnetLen boundary: {0}")]
     SubnetMinUnaligned(Ipv4Addr),
+    /// `SubnetMax` is not the start of a subnet.
     #[error("SubnetMax is not on a SubnetLen boundary: {0}")]
     SubnetMaxUnaligned(Ipv4Addr),
+    /// `IPv6SubnetMin` lies outside `IPv6Network`.
     #[error("IPv6SubnetMin is not in the range of the IPv6Network")]
     Ipv6SubnetMinOutside,
+    /// `IPv6SubnetMax` lies outside `IPv6Network`.
     #[error("IPv6SubnetMax is not in the range of the IPv6Network")]
     Ipv6SubnetMaxOutside,
+    /// `IPv6SubnetMin` is not the start of a subnet.
     #[error("IPv6SubnetMin is not on a SubnetLen boundary: {0}")]
     Ipv6SubnetMinUnaligned(Ipv6Addr),
+    /// `IPv6SubnetMax` is not the start of a subnet.
     #[error("IPv6SubnetMax is not on a SubnetLen boundary: {0}")]
     Ipv6SubnetMaxUnaligned(Ipv6Addr),
+    /// `Backend.Type` is not vxlan (flannel defaults to udp).
     #[error(
         "weft implements only the vxlan backend, but the config selects {0:?}{hint}; set \"Backend\": {{\"Type\": \"vxlan\"}}",
         hint = if .0 == "udp" { " (flannel's default when Backend is absent)" } else { "" }
     )]
     UnsupportedBackend(String),
+    /// The vxlan `Backend` section has a value of the wrong type or range.
     #[error("error decoding VXLAN backend config: {0}")]
     BadVxlanConfig(String),
 }
@@ -61,12 +79,17 @@ pub enum ConfigError {
 /// The vxlan backend section (`Backend` with `Type: vxlan`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct VxlanConfig {
+    /// `VNI`, default 1.
     pub vni: Vni,
+    /// `Port`, the VXLAN UDP port, default 4789.
     pub port: u16,
     /// Underlay MTU to derive the overlay MTU from; `None`: the interface's.
     pub mtu: Option<u32>,
+    /// `GBP` (accepted, not acted on).
     pub gbp: bool,
+    /// `Learning` (accepted, not acted on: weft never learns from traffic).
     pub learning: bool,
+    /// `DirectRouting` (accepted, not acted on).
     pub direct_routing: bool,
 }
 
@@ -86,18 +109,31 @@ impl Default for VxlanConfig {
 /// A checked network configuration with every default filled in.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NetConfig {
+    /// `EnableIPv4`, default true.
     pub enable_ipv4: bool,
+    /// `EnableIPv6` (refused by the agent for now).
     pub enable_ipv6: bool,
+    /// `EnableNFTables`: masquerade with nftables instead of iptables.
     pub enable_nftables: bool,
+    /// `Network`, the cluster's pod network.
     pub network: Option<Ipv4Net>,
+    /// `SubnetLen`, each node's subnet size (default /24, or 4 bits longer than a small network).
     pub subnet_len: u8,
+    /// `SubnetMin`, the first subnet handed out.
     pub subnet_min: Ipv4Addr,
+    /// `SubnetMax`, the last subnet handed out.
     pub subnet_max: Ipv4Addr,
+    /// `IPv6Network`.
     pub ipv6_network: Option<Ipv6Net>,
+    /// `IPv6SubnetLen`.
     pub ipv6_subnet_len: u8,
+    /// `IPv6SubnetMin`.
     pub ipv6_subnet_min: Ipv6Addr,
+    /// `IPv6SubnetMax`.
     pub ipv6_subnet_max: Ipv6Addr,
+    /// `Backend.Type`.
     pub backend_type: String,
+    /// The vxlan backend section.
     pub vxlan: VxlanConfig,
     /// Settings accepted but not acted on, for the agent to log.
     pub warnings: Vec<String>,

@@ -44,6 +44,7 @@ pub struct Fdb {
 }
 
 impl Fdb {
+    /// An empty database.
     pub fn new() -> Fdb {
         Fdb::default()
     }
@@ -87,10 +88,12 @@ impl Fdb {
         self.by_mac.len()
     }
 
+    /// Whether no lease announces a MAC.
     pub fn is_empty(&self) -> bool {
         self.by_mac.is_empty()
     }
 
+    /// Every send entry, (VTEP MAC, public IP).
     pub fn iter(&self) -> impl Iterator<Item = (MacAddr, Ipv4Addr)> + '_ {
         self.by_mac.iter().map(|(m, ip)| (*m, *ip))
     }

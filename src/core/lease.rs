@@ -15,14 +15,19 @@ pub const BACKEND_VXLAN: &str = "vxlan";
 /// A lease record that cannot be used. The store skips it and counts it by [`LeaseError::kind`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LeaseError {
+    /// A store key that is not `a.b.c.d-len` (with host bits clear).
     #[error("{0:?} is not a subnet key (want a.b.c.d-len, optionally &ipv6-len)")]
     BadKey(String),
+    /// A value that is not lease JSON.
     #[error("lease is not valid JSON: {0}")]
     InvalidJson(String),
+    /// `PublicIP` (or `PublicIPv6`) is missing or not an address.
     #[error("lease has no usable PublicIP: {0}")]
     BadPublicIp(String),
+    /// `BackendType` is not vxlan.
     #[error("backend type {0:?} is not vxlan")]
     ForeignBackend(String),
+    /// `BackendData` is not `{"VNI":…,"VtepMAC":…}`.
     #[error("vxlan BackendData is unusable: {0}")]
     BadBackendData(String),
 }
@@ -120,10 +125,15 @@ impl fmt::Display for SubnetKey {
 /// flannel's `LeaseAttrs`. Backend data is kept as the raw JSON text it was given.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LeaseAttrs {
+    /// `PublicIP`: where the node's VTEP is reached.
     pub public_ip: Ipv4Addr,
+    /// `PublicIPv6` (null when absent).
     pub public_ipv6: Option<Ipv6Addr>,
+    /// `BackendType` (`vxlan` for weft).
     pub backend_type: String,
+    /// `BackendData`, as the raw JSON given.
     pub backend_data: Option<String>,
+    /// `BackendV6Data`, as the raw JSON given.
     pub backend_v6_data: Option<String>,
 }
 
@@ -227,15 +237,19 @@ fn json_string(s: &str) -> String {
 /// The vxlan backend's lease data: `{"VNI":1,"VtepMAC":"12:c6:65:89:b4:e3"}`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct VxlanBackendData {
+    /// `VNI`.
     pub vni: u32,
+    /// `VtepMAC`: the MAC of the node's VTEP.
     pub vtep_mac: MacAddr,
 }
 
 impl VxlanBackendData {
+    /// flannel's exact JSON.
     pub fn to_json(&self) -> String {
         format!("{{\"VNI\":{},\"VtepMAC\":\"{}\"}}", self.vni, self.vtep_mac)
     }
 
+    /// Reads the backend data (keys in any case).
     pub fn from_json(text: &str) -> Result<VxlanBackendData, LeaseError> {
         let bad = |e: String| LeaseError::BadBackendData(e);
         let fields = Fields::parse(text).map_err(|e| bad(e.to_string()))?;
@@ -254,8 +268,11 @@ impl VxlanBackendData {
 /// One node's claim on a subnet.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lease {
+    /// The node's IPv4 subnet.
     pub subnet: Ipv4Net,
+    /// Its IPv6 subnet, in dual stack.
     pub ipv6_subnet: Option<Ipv6Net>,
+    /// The node's public IP and VTEP.
     pub attrs: LeaseAttrs,
     /// When the store will forget the lease unless it is renewed; `None` for reservations.
     pub expiration: Option<SystemTime>,

@@ -9,6 +9,7 @@ use std::str::FromStr;
 pub struct MacAddr(pub [u8; 6]);
 
 impl MacAddr {
+    /// `ff:ff:ff:ff:ff:ff`.
     pub const BROADCAST: MacAddr = MacAddr([0xff; 6]);
 
     /// A random locally administered unicast address, as flannel makes them:
@@ -25,6 +26,7 @@ impl MacAddr {
         bytes.get(..6)?.try_into().ok().map(MacAddr)
     }
 
+    /// The six octets.
     pub fn octets(self) -> [u8; 6] {
         self.0
     }
@@ -34,6 +36,7 @@ impl MacAddr {
         self.0[0] & 0x01 != 0
     }
 
+    /// Locally administered unicast (how flannel and weft make VtepMACs).
     pub fn is_local_unicast(self) -> bool {
         self.0[0] & 0x03 == 0x02
     }

@@ -71,6 +71,7 @@ impl DropReason {
         DropReason::TapError,
     ];
 
+    /// How many reasons there are.
     pub const COUNT: usize = Self::ALL.len();
 
     /// The metric label and log name.
@@ -114,16 +115,22 @@ pub enum SourceCheck {
 /// This node's VTEP.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LocalVtep {
+    /// The network this node's VTEP is on.
     pub vni: Vni,
+    /// The VtepMAC (the TAP's MAC).
     pub mac: MacAddr,
+    /// The node's public IP.
     pub public_ip: Ipv4Addr,
 }
 
 /// A remote node, as its lease describes it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Peer {
+    /// Its subnet.
     pub subnet: Ipv4Net,
+    /// Where its VTEP is reached.
     pub public_ip: Ipv4Addr,
+    /// Its VtepMAC.
     pub vtep_mac: MacAddr,
 }
 
@@ -137,7 +144,9 @@ impl Peer {
 /// The tables the dataplane decides with, built from the set of peers.
 #[derive(Clone, Debug, Default)]
 pub struct Tables {
+    /// VtepMAC → public IP, and the senders accepted.
     pub fdb: Fdb,
+    /// Remote gateways answered for.
     pub arp: ArpTable,
 }
 
@@ -160,13 +169,17 @@ pub enum Egress {
     /// Prepend a VXLAN header and send to `dst`; `flow` is the inner flow's hash,
     /// which picks the outer UDP source port (one flow, one port).
     Encap {
+        /// The peer's public IP.
         dst: Ipv4Addr,
+        /// The inner flow's hash.
         flow: u32,
     },
     /// Write the ARP reply of this length (already in the caller's buffer) to the TAP.
     ArpReply {
+        /// The reply's length.
         len: usize,
     },
+    /// Dropped, counted by reason.
     Drop(DropReason),
 }
 
@@ -175,6 +188,7 @@ pub enum Egress {
 pub enum Ingress {
     /// Write `datagram[vxlan::HEADER_LEN..]` to the TAP.
     Deliver,
+    /// Dropped, counted by reason.
     Drop(DropReason),
 }
 
@@ -187,6 +201,7 @@ pub struct Router {
 }
 
 impl Router {
+    /// A router for `local` with `check` and `tables`.
     pub fn new(local: LocalVtep, check: SourceCheck, tables: Tables) -> Router {
         Router {
             local,
@@ -195,10 +210,12 @@ impl Router {
         }
     }
 
+    /// This node's VTEP.
     pub fn local(&self) -> &LocalVtep {
         &self.local
     }
 
+    /// The tables it decides with.
     pub fn tables(&self) -> &Tables {
         &self.tables
     }

@@ -14,25 +14,42 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 /// rendering writes the first host address, as flannel does.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct SubnetEnv {
+    /// `FLANNEL_NETWORK`.
     pub network: Option<Ipv4Net>,
+    /// `FLANNEL_SUBNET` (the lease subnet).
     pub subnet: Option<Ipv4Net>,
+    /// `FLANNEL_IPV6_NETWORK`.
     pub ipv6_network: Option<Ipv6Net>,
+    /// `FLANNEL_IPV6_SUBNET`.
     pub ipv6_subnet: Option<Ipv6Net>,
+    /// `FLANNEL_MTU`.
     pub mtu: u32,
+    /// `FLANNEL_IPMASQ`.
     pub ip_masq: bool,
 }
 
 /// A `subnet.env` that cannot be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SubnetEnvError {
+    /// A line that is not `KEY=VALUE`.
     #[error("line {line}: {text:?} is not KEY=VALUE")]
-    BadLine { line: usize, text: String },
+    BadLine {
+        /// The line number, from 1.
+        line: usize,
+        /// The line.
+        text: String,
+    },
+    /// A value that does not parse.
     #[error("{key}: {value:?} is not valid: {why}")]
     BadValue {
+        /// The key.
         key: String,
+        /// Its value.
         value: String,
+        /// What is wrong with it.
         why: String,
     },
+    /// A required key is absent.
     #[error("missing {0}")]
     Missing(String),
 }

@@ -85,14 +85,17 @@ impl LeaseWatcher {
         events
     }
 
+    /// The known leases, by subnet.
     pub fn leases(&self) -> impl Iterator<Item = &Lease> {
         self.leases.values()
     }
 
+    /// How many leases are known.
     pub fn len(&self) -> usize {
         self.leases.len()
     }
 
+    /// Whether no lease is known.
     pub fn is_empty(&self) -> bool {
         self.leases.is_empty()
     }
@@ -101,17 +104,24 @@ impl LeaseWatcher {
 /// What a lease event did to the set of peers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PeerChange {
+    /// A new peer.
     Added(Peer),
+    /// A peer whose public IP or VtepMAC changed.
     Changed {
+        /// What it was.
         old: Peer,
+        /// What it is.
         new: Peer,
     },
+    /// A peer that is gone.
     Removed(Peer),
     /// A removal for a peer we never had.
     Unknown(Ipv4Net),
     /// A lease the vxlan backend cannot use (another backend, bad data).
     Ignored {
+        /// The lease's subnet.
         subnet: Ipv4Net,
+        /// Why it cannot be used.
         reason: LeaseError,
     },
 }
@@ -126,6 +136,7 @@ pub struct Peers {
 }
 
 impl Peers {
+    /// No peers.
     pub fn new() -> Peers {
         Peers::default()
     }
@@ -209,18 +220,22 @@ impl Peers {
         groups
     }
 
+    /// The peer on `subnet`.
     pub fn get(&self, subnet: &Ipv4Net) -> Option<&Peer> {
         self.peers.get(subnet)
     }
 
+    /// Every peer, by subnet.
     pub fn iter(&self) -> impl Iterator<Item = &Peer> {
         self.peers.values()
     }
 
+    /// How many peers.
     pub fn len(&self) -> usize {
         self.peers.len()
     }
 
+    /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.peers.is_empty()
     }

@@ -10,10 +10,15 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 #[derive(Debug, Default)]
 #[repr(align(128))]
 pub struct WorkerCounters {
+    /// Frames encapsulated (segments of super-frames one by one).
     pub encap_frames: AtomicU64,
+    /// Inner bytes encapsulated.
     pub encap_bytes: AtomicU64,
+    /// Frames decapsulated.
     pub decap_frames: AtomicU64,
+    /// Inner bytes decapsulated.
     pub decap_bytes: AtomicU64,
+    /// ARP requests answered.
     pub arp_replies: AtomicU64,
     /// Super-frames (TSO) read from the TAP and split.
     pub tso_frames: AtomicU64,
@@ -31,6 +36,7 @@ pub struct WorkerCounters {
     /// queue was full (`SO_RXQ_OVFL`, a running total the kernel reports per
     /// socket): the socket for zero outer checksums, and the other.
     pub socket_overflows: [AtomicU64; 2],
+    /// Frames and datagrams dropped, by [`DropReason::index`].
     pub drops: [AtomicU64; DropReason::COUNT],
 }
 
@@ -67,14 +73,23 @@ pub struct Counters {
 /// A point-in-time sum over workers.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct CounterSnapshot {
+    /// Frames encapsulated.
     pub encap_frames: u64,
+    /// Inner bytes encapsulated.
     pub encap_bytes: u64,
+    /// Frames decapsulated.
     pub decap_frames: u64,
+    /// Inner bytes decapsulated.
     pub decap_bytes: u64,
+    /// ARP requests answered.
     pub arp_replies: u64,
+    /// Super-frames read from the TAP and split.
     pub tso_frames: u64,
+    /// Frames that left with others of their flow in one UDP GSO message.
     pub gso_datagrams: u64,
+    /// Super-frames written to the TAP after coalescing.
     pub gro_frames: u64,
+    /// ICMP "fragmentation needed" messages sent back into the TAP.
     pub icmp_too_big: u64,
     /// Decapsulated frames whose inner checksums a verified nonzero outer UDP
     /// checksum covered (not checked again).
@@ -83,6 +98,7 @@ pub struct CounterSnapshot {
     pub dataplane_allocations: u64,
     /// Datagrams the kernel dropped for a full socket queue.
     pub socket_overflows: u64,
+    /// Dropped frames and datagrams by reason, serialised as a map of labels.
     #[serde(serialize_with = "serialize_drops")]
     pub drops: [u64; DropReason::COUNT],
 }
@@ -100,16 +116,19 @@ fn serialize_drops<S: serde::Serializer>(
 }
 
 impl CounterSnapshot {
+    /// Drops for one reason.
     pub fn drop_count(&self, reason: DropReason) -> u64 {
         self.drops[reason.index()]
     }
 
+    /// Drops for every reason.
     pub fn total_drops(&self) -> u64 {
         self.drops.iter().sum()
     }
 }
 
 impl Counters {
+    /// Counters for `workers` workers (at least one).
     pub fn new(workers: usize) -> Counters {
         Counters {
             workers: (0..workers.max(1))
@@ -118,6 +137,7 @@ impl Counters {
         }
     }
 
+    /// The counters of worker `index`.
     pub fn worker(&self, index: usize) -> &WorkerCounters {
         &self.workers[index % self.workers.len()]
     }
@@ -130,6 +150,7 @@ impl Counters {
             .collect()
     }
 
+    /// Sums every worker's counters now.
     pub fn snapshot(&self) -> CounterSnapshot {
         let mut s = CounterSnapshot {
             dataplane_allocations: super::sys::dataplane_allocations(),

@@ -178,14 +178,17 @@ impl Dataplane {
         self.shared.router.store(Arc::new(router));
     }
 
+    /// The router in use now.
     pub fn router(&self) -> Arc<Router> {
         self.shared.router.load_full()
     }
 
+    /// What the workers share, for status and metrics.
     pub fn shared(&self) -> &Arc<Shared> {
         &self.shared
     }
 
+    /// The offloads in use now (UDP GSO may have been turned off).
     pub fn offloads(&self) -> offload::ActiveOffloads {
         self.shared.active_offloads()
     }

@@ -43,11 +43,17 @@ impl OffloadConfig {
 /// What is actually on after probing the kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 pub struct ActiveOffloads {
+    /// The TAP hands frames over with a virtio-net header.
     pub tap_vnet_hdr: bool,
+    /// The TAP takes frames whose checksums are to be completed.
     pub tap_csum: bool,
+    /// The TAP hands over TCP super-frames.
     pub tso: bool,
+    /// The TAP takes and hands over UDP super-frames.
     pub uso: bool,
+    /// Super-frames leave in one UDP GSO send.
     pub udp_gso: bool,
+    /// Datagrams arrive in GRO runs.
     pub udp_gro: bool,
 }
 

@@ -9,10 +9,13 @@ use arc_swap::ArcSwap;
 /// State shared by the workers and the control plane.
 #[derive(Debug)]
 pub struct Shared {
+    /// The router, swapped in whole after each lease change.
     pub router: ArcSwap<Router>,
+    /// Per-worker counters.
     pub counters: Counters,
     /// The VXLAN port of every node (Backend.Port).
     pub port: u16,
+    /// MTU of the underlay interface.
     pub underlay_mtu: u32,
     /// What was negotiated at startup.
     pub offloads: offload::ActiveOffloads,

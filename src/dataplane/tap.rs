@@ -12,8 +12,11 @@ pub const VNET_HDR_LEN: usize = 10;
 /// An opened multi-queue TAP device.
 #[derive(Debug)]
 pub struct Tap {
+    /// The device's name (`flannel.<VNI>`).
     pub name: String,
+    /// One descriptor per queue (per worker).
     pub queues: Vec<OwnedFd>,
+    /// What the kernel agreed to.
     pub offloads: ActiveOffloads,
 }
 

@@ -16,7 +16,9 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 /// A sending socket and the source port it gives its flows.
 #[derive(Debug)]
 pub struct SourceSocket {
+    /// The socket, bound to the port.
     pub socket: Socket,
+    /// The outer source port.
     pub port: u16,
 }
 

@@ -18,7 +18,9 @@ use crate::core::mac::MacAddr;
 #[derive(Debug, thiserror::Error)]
 #[error("netlink: {what}: {source}")]
 pub struct NetlinkError {
+    /// What weft asked the kernel for.
     pub what: String,
+    /// The kernel's (or the socket's) error.
     #[source]
     pub source: rtnetlink::Error,
 }
@@ -45,25 +47,35 @@ fn ctx(what: impl FnOnce() -> String) -> impl FnOnce(rtnetlink::Error) -> Netlin
 /// What weft needs to know about a link.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinkInfo {
+    /// The interface index.
     pub index: u32,
+    /// The interface name.
     pub name: String,
+    /// Its MAC, if it has one.
     pub mac: Option<MacAddr>,
+    /// Its MTU.
     pub mtu: u32,
+    /// Administratively up.
     pub up: bool,
 }
 
 /// An IPv4 address on a link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LinkAddr {
+    /// The interface index.
     pub index: u32,
+    /// The address.
     pub addr: Ipv4Addr,
+    /// Its prefix length.
     pub prefix_len: u8,
 }
 
 /// A route on the VTEP device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VtepRoute {
+    /// The destination subnet.
     pub dst: Ipv4Net,
+    /// The gateway, if any (weft's are `S.0` onlink).
     pub gateway: Option<Ipv4Addr>,
 }
 

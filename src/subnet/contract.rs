@@ -43,7 +43,9 @@ impl AcquireRequest {
 /// How to renew: flannel renews `margin` before expiry and retries every minute.
 #[derive(Debug, Clone, Copy)]
 pub struct RenewPolicy {
+    /// How long before expiry to renew.
     pub margin: std::time::Duration,
+    /// How long to wait after a failed renewal.
     pub retry: std::time::Duration,
 }
 

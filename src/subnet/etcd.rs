@@ -84,12 +84,19 @@ pub const CONFIG_NOT_FOUND: &str =
 /// The store's settings, from `--etcd-*`.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct EtcdOptions {
+    /// `--etcd-endpoints`.
     pub endpoints: Vec<String>,
+    /// `--etcd-prefix`.
     pub prefix: String,
+    /// `--etcd-cafile`.
     pub ca_file: Option<PathBuf>,
+    /// `--etcd-certfile`.
     pub cert_file: Option<PathBuf>,
+    /// `--etcd-keyfile`.
     pub key_file: Option<PathBuf>,
+    /// `--etcd-username`.
     pub username: Option<String>,
+    /// `--etcd-password`.
     pub password: Option<String>,
     /// Lifetime of the etcd lease attached to this node's key ([`SUBNET_TTL`]).
     pub lease_ttl: Duration,
@@ -284,10 +291,13 @@ impl Keys {
 /// One key/value as read from etcd.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Kv {
+    /// The key.
     pub key: Vec<u8>,
+    /// The value.
     pub value: Vec<u8>,
     /// The etcd lease the key is attached to; 0 for none (a reservation).
     pub lease: i64,
+    /// The revision it was last written at.
     pub mod_revision: i64,
 }
 
@@ -328,7 +338,9 @@ fn subnet_of(keys: &Keys, key: &str) -> Option<SubnetKey> {
 /// A lease record as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stored {
+    /// Its etcd key.
     pub key: String,
+    /// The lease it holds.
     pub lease: Lease,
     /// The etcd lease the key is attached to; 0 for a reservation.
     pub lease_id: i64,
@@ -337,21 +349,27 @@ pub struct Stored {
 /// A record that cannot be used, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BadRecord {
+    /// Its etcd key.
     pub key: String,
+    /// Why it is unusable.
     pub error: LeaseError,
 }
 
 /// Everything under `<prefix>/subnets/` at one revision.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Listing {
+    /// The revision listed at.
     pub revision: i64,
+    /// The usable leases.
     pub leases: Vec<Stored>,
+    /// The records that are not.
     pub bad: Vec<BadRecord>,
     /// Subnets named by the keys of bad records: taken, though unusable.
     pub bad_subnets: Vec<Ipv4Net>,
 }
 
 impl Listing {
+    /// Sorts what a list returned into leases and bad records.
     pub fn new(keys: &Keys, revision: i64, kvs: impl IntoIterator<Item = Kv>) -> Listing {
         let mut listing = Listing {
             revision,
@@ -400,13 +418,16 @@ impl Listing {
 /// A change under `<prefix>/subnets/`, as a watch reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
+    /// A delete (else a put).
     pub deleted: bool,
+    /// The key and value (a delete has only the key).
     pub kv: Kv,
 }
 
 /// What one list or one batch of changes means for the agent.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Applied {
+    /// What to send the agent, if anything.
     pub update: Option<StoreUpdate>,
     /// Records newly found bad (or bad in a new way): to log and count.
     pub new_bad: Vec<BadRecord>,
@@ -425,6 +446,7 @@ pub struct WatchState {
 }
 
 impl WatchState {
+    /// A watch for the keys under `keys` of a node that holds `own_key`.
     pub fn new(keys: Keys, own_key: String) -> WatchState {
         WatchState {
             keys,
@@ -589,6 +611,7 @@ impl EtcdStore {
         )
     }
 
+    /// The keys of this network.
     pub fn keys(&self) -> &Keys {
         &self.keys
     }

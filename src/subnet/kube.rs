@@ -47,8 +47,11 @@ use tracing::{debug, info, warn};
 /// Who this node is: flannel reads `NODE_NAME`, else `POD_NAME` + `POD_NAMESPACE`.
 #[derive(Debug, Clone, Default)]
 pub struct NodeIdentity {
+    /// `NODE_NAME`.
     pub node_name: Option<String>,
+    /// `POD_NAME`.
     pub pod_name: Option<String>,
+    /// `POD_NAMESPACE`.
     pub pod_namespace: Option<String>,
 }
 
@@ -67,7 +70,9 @@ impl NodeIdentity {
 /// How long to wait for the API server at startup (flannel: every 3 s for 30 s).
 #[derive(Debug, Clone, Copy)]
 pub struct Patience {
+    /// How often to try.
     pub poll: Duration,
+    /// How long to try before giving up.
     pub timeout: Duration,
 }
 
@@ -93,7 +98,9 @@ pub struct KubeOptions {
     pub net_config_path: PathBuf,
     /// `--set-node-network-unavailable`.
     pub set_node_network_unavailable: bool,
+    /// Who this node is.
     pub identity: NodeIdentity,
+    /// How long to wait for the API server at startup.
     pub patience: Patience,
 }
 
@@ -193,10 +200,12 @@ impl KubeStore {
         })
     }
 
+    /// This node's name.
     pub fn node_name(&self) -> &str {
         &self.node_name
     }
 
+    /// The API server's URL.
     pub fn endpoint(&self) -> &str {
         &self.endpoint
     }

@@ -67,6 +67,7 @@ impl LocalStore {
         })
     }
 
+    /// The store directory.
     pub fn dir(&self) -> &Path {
         &self.dir
     }

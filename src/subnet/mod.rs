@@ -25,8 +25,11 @@ use std::time::SystemTime;
 /// The lease store this agent uses.
 #[derive(Debug, Clone)]
 pub enum Store {
+    /// The embedded directory store.
     Local(std::sync::Arc<local::LocalStore>),
+    /// etcd.
     Etcd(std::sync::Arc<etcd::EtcdStore>),
+    /// The Kubernetes API.
     Kube(std::sync::Arc<self::kube::KubeStore>),
 }
 
@@ -49,6 +52,7 @@ impl Store {
         }
     }
 
+    /// The network config (net-conf.json, or etcd's config key).
     pub async fn network_config(&self) -> Result<NetConfig, StoreError> {
         match self {
             Store::Local(s) => s.network_config().await,
@@ -57,6 +61,7 @@ impl Store {
         }
     }
 
+    /// The lease this public IP held, if the store still has it.
     pub async fn find_own(&self, public_ip: Ipv4Addr) -> Result<Option<Lease>, StoreError> {
         match self {
             Store::Local(s) => s.find_own(public_ip, SystemTime::now()).await,
@@ -74,6 +79,7 @@ impl Store {
         }
     }
 
+    /// Acquires a lease ([`crate::core::allocate`]; Kubernetes: the node's pod CIDR).
     pub async fn acquire(
         &self,
         config: &NetConfig,

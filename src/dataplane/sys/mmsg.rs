@@ -85,6 +85,7 @@ impl std::fmt::Debug for RecvBatch {
 }
 
 impl RecvBatch {
+    /// Room for `capacity` messages.
     pub fn new(capacity: usize) -> RecvBatch {
         // SAFETY: all-zero is a valid (empty) value for these plain C structs.
         let zeroed_hdr: libc::mmsghdr = unsafe { mem::zeroed() };
@@ -104,6 +105,7 @@ impl RecvBatch {
         }
     }
 
+    /// How many messages one call receives at most.
     pub fn capacity(&self) -> usize {
         self.headers.len()
     }
@@ -223,7 +225,9 @@ impl std::fmt::Debug for SendBatch {
 /// Error from [`SendBatch::flush`]: how many messages went out before it.
 #[derive(Debug)]
 pub struct SendError {
+    /// Messages sent before the error.
     pub sent: usize,
+    /// The error.
     pub error: io::Error,
 }
 
@@ -245,10 +249,12 @@ impl SendBatch {
         }
     }
 
+    /// Messages queued.
     pub fn len(&self) -> usize {
         self.spans.len()
     }
 
+    /// Whether nothing is queued.
     pub fn is_empty(&self) -> bool {
         self.spans.is_empty()
     }
@@ -401,14 +407,17 @@ impl<'b> SendQueue<'_, 'b> {
         true
     }
 
+    /// Whether another message of `slices` slices fits.
     pub fn has_room(&self, slices: usize) -> bool {
         self.batch.has_room(slices)
     }
 
+    /// Messages queued.
     pub fn len(&self) -> usize {
         self.batch.len()
     }
 
+    /// Whether nothing is queued.
     pub fn is_empty(&self) -> bool {
         self.batch.is_empty()
     }

@@ -10,8 +10,10 @@ pub const DEFAULT_PREFIX: &str = "flannel.alpha.coreos.com";
 /// Why a prefix is refused (flannel's messages).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PrefixError {
+    /// More than one slash.
     #[error("subnet/kube: prefix can contain at most single slash")]
     TooManySlashes,
+    /// Not an FQDN, a slash and a name.
     #[error("subnet/kube: prefix must be in a format: fqdn/[0-9a-z-_]*")]
     BadFormat,
 }
@@ -21,15 +23,25 @@ pub enum PrefixError {
 pub struct Annotations {
     /// The normalised prefix (`flannel.alpha.coreos.com/`, `example.com/x-`).
     pub prefix: String,
+    /// `kube-subnet-manager`: the node is managed by flannel or weft.
     pub subnet_kube_managed: String,
+    /// `backend-data`.
     pub backend_data: String,
+    /// `backend-v6-data`.
     pub backend_v6_data: String,
+    /// `backend-type`.
     pub backend_type: String,
+    /// `public-ip`.
     pub public_ip: String,
+    /// `public-ipv6`.
     pub public_ipv6: String,
+    /// `node-public-ip`: replaces `--public-ip`.
     pub node_public_ip: String,
+    /// `node-public-ipv6`.
     pub node_public_ipv6: String,
+    /// `public-ip-overwrite`: published as `public-ip`.
     pub public_ip_overwrite: String,
+    /// `public-ipv6-overwrite`.
     pub public_ipv6_overwrite: String,
 }
 

@@ -14,36 +14,58 @@ use std::net::Ipv4Addr;
 /// Why a node cannot be used. Messages are flannel's where flannel has one.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NodeError {
+    /// The node has no pod CIDR yet.
     #[error("node {0:?} pod cidr not assigned")]
     PodCidrNotAssigned(String),
+    /// More than two pod CIDRs, or two of one family.
     #[error("node {0:?} pod cidrs should be IPv4/IPv6 only or dualstack")]
     TooManyPodCidrs(String),
+    /// A pod CIDR that does not parse.
     #[error("invalid CIDR address: {0}")]
     InvalidCidr(String),
+    /// Pod CIDRs without an IPv4 one.
     #[error("missing IPv4 address on n.Spec.PodCIDRs")]
     MissingIpv4PodCidr,
+    /// Pod CIDRs of another family only.
     #[error(
         "node {node:?} has no IPv4 pod CIDR (podCIDRs {cidrs:?}); weft carries IPv4 only: give the node an IPv4 podCIDR"
     )]
-    NoIpv4PodCidr { node: String, cidrs: Vec<String> },
+    NoIpv4PodCidr {
+        /// The node.
+        node: String,
+        /// Its pod CIDRs.
+        cidrs: Vec<String>,
+    },
+    /// The pod CIDR is outside `Network`.
     #[error(
         "subnet \"{network}\" specified in the flannel net config doesn't contain \"{cidr}\" PodCIDR of the {node:?} node"
     )]
     OutsideNetwork {
+        /// The network.
         network: Ipv4Net,
+        /// The pod CIDR.
         cidr: Ipv4Net,
+        /// The node.
         node: String,
     },
+    /// A public IP annotation is not an IPv4 address.
     #[error("node {node:?}: annotation {key}={value:?} is not an IPv4 address")]
     BadPublicIp {
+        /// The node.
         node: String,
+        /// The annotation.
         key: String,
+        /// Its value.
         value: String,
     },
+    /// The backend data annotation is not JSON.
     #[error("node {node:?}: annotation {key} is not valid JSON: {error}")]
     BadBackendData {
+        /// The node.
         node: String,
+        /// The annotation.
         key: String,
+        /// The parser's message.
         error: String,
     },
 }
@@ -272,20 +294,25 @@ struct Known {
 /// What the table wants sent to the agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
+    /// The listed nodes' leases, to apply with reset semantics.
     Snapshot(Vec<Lease>),
+    /// One lease added, changed or removed.
     Event(LeaseEvent),
 }
 
 /// A node skipped because its annotations or pod CIDR are unusable.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BadNode {
+    /// The node.
     pub node: String,
+    /// What is wrong with it.
     pub error: NodeError,
 }
 
 /// The result of one watcher event.
 #[derive(Debug, Default)]
 pub struct Step {
+    /// What to send the agent, if anything.
     pub change: Option<Change>,
     /// Newly seen bad nodes (each reported once per distinct bad state).
     pub bad: Vec<BadNode>,
@@ -302,6 +329,7 @@ pub struct NodeTable {
 }
 
 impl NodeTable {
+    /// An empty table for the annotation keys `keys`.
     pub fn new(keys: Annotations) -> NodeTable {
         NodeTable {
             keys,
