@@ -227,6 +227,11 @@ fn icmp() {
 }
 
 #[test]
+fn allocate() {
+    drive("allocate", 20_000);
+}
+
+#[test]
 fn lease() {
     drive("lease", 30_000);
 }

@@ -15,6 +15,7 @@
 // `pub` so the items are reachable from both including crates.
 #![allow(unreachable_pub)]
 
+pub mod allocate;
 pub mod backend_data;
 pub mod checksum;
 pub mod cni;
@@ -93,6 +94,12 @@ pub const TARGETS: &[Target] = &[
         run: icmp::run,
         seeds: icmp::seeds,
         dict: wire::FRAME_DICT,
+    },
+    Target {
+        name: "allocate",
+        run: allocate::run,
+        seeds: allocate::seeds,
+        dict: &[],
     },
     Target {
         name: "lease",
