@@ -529,6 +529,7 @@ fn flannels_shipped_conflist_with_portmap_works_with_weft_cni() {
         let runtime = ConfList {
             list: list.clone(),
             wrapper: Some(wrapper),
+            bin_dir: None,
         };
         let ns = namespaces.create(&lab, &format!("web{node}"));
         let id = format!("web-{node}");
@@ -596,7 +597,7 @@ fn flannels_shipped_conflist_with_portmap_works_with_weft_cni() {
 }
 
 /// flannel's masquerade rules as `iptables -S` prints them.
-fn expected_masq_rules(network: &str, subnet: &str) -> Vec<String> {
+pub fn expected_masq_rules(network: &str, subnet: &str) -> Vec<String> {
     [
         "-N FLANNEL-POSTRTG".to_owned(),
         r#"-A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 -m comment --comment "flanneld masq" -j RETURN"#.to_owned(),

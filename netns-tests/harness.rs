@@ -1161,6 +1161,9 @@ pub struct ConfList {
     pub list: serde_json::Value,
     /// Shell run before each plugin (a private view of default paths).
     pub wrapper: Option<String>,
+    /// Where the plugins are, before the standard ones (default: weft-cni is
+    /// the one this test build made).
+    pub bin_dir: Option<PathBuf>,
 }
 
 impl ConfList {
@@ -1189,10 +1192,10 @@ impl ConfList {
             obj.insert("runtimeConfig".into(), serde_json::Value::Object(rc));
         }
         let ty = plugin["type"].as_str().expect("plugin type").to_owned();
-        let binary = if ty == "weft-cni" {
-            WEFT_CNI.to_owned()
-        } else {
-            format!("{CNI_PLUGIN_DIR}/{ty}")
+        let binary = match &self.bin_dir {
+            Some(dir) if dir.join(&ty).exists() => dir.join(&ty).display().to_string(),
+            None if ty == "weft-cni" => WEFT_CNI.to_owned(),
+            _ => format!("{CNI_PLUGIN_DIR}/{ty}"),
         };
         (binary, conf.to_string())
     }

@@ -5,6 +5,7 @@
 #![allow(unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
 mod cni;
+mod container;
 mod etcd;
 mod harness;
 mod interop;
