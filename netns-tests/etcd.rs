@@ -1374,23 +1374,30 @@ fn etcd_lease_to_first_ping_latency() {
     let (mut latencies, mut commits) = with_timed_writer(&lab.underlay.clone(), |put| {
         let mut latencies = Vec::new();
         let mut commits = Vec::new();
-        for _ in 0..7 {
-            // Pinging every 1 ms before the lease exists; the first reply ends it.
-            let mut ping = Command::new("ip")
+        for round in 0..7 {
+            // Pinging before the lease exists; the first reply ends it. ping
+            // also gives up at the first ICMP error (it has a deadline), so
+            // say what it saw, and when.
+            let ping = Command::new("ip")
                 .args([
-                    "netns", "exec", &ns0, "ping", "-c", "1", "-w", "10", "-i", "0.001", "-q",
-                    &target,
+                    "netns", "exec", &ns0, "ping", "-c", "1", "-w", "10", "-i", "0.001", &target,
                 ])
                 .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
                 .spawn()
                 .expect("ping");
             std::thread::sleep(Duration::from_millis(100));
             let (issued, confirmed) = put(&key, &value);
-            let status = ping.wait().expect("ping");
+            let out = ping.wait_with_output().expect("ping");
             let answered = Instant::now();
-            assert!(status.success(), "no reply within 10 s");
+            assert!(
+                out.status.success(),
+                "round {round}: no reply {:?} after the lease was written; ping: {}{}",
+                answered - issued,
+                String::from_utf8_lossy(&out.stdout).trim(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
             latencies.push(answered - issued);
             commits.push(confirmed - issued);
             etcd.del(&key);
