@@ -11,4 +11,5 @@ mod interop;
 mod kube;
 mod offload;
 mod operability;
+mod readd;
 mod skeleton;
