@@ -330,7 +330,12 @@ impl DirWatch {
             let mut relevant = false;
             loop {
                 match std::io::Read::read(&mut fd.get_ref(), &mut buf) {
-                    Ok(n) => relevant |= names_a_lease_file(&buf[..n]),
+                    Ok(n) if n > 0 => relevant |= names_a_lease_file(&buf[..n]),
+                    // Nothing more queued (an inotify read never returns 0 bytes otherwise).
+                    Ok(_) => {
+                        guard.clear_ready();
+                        break;
+                    }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                         guard.clear_ready();
                         break;
