@@ -12,4 +12,5 @@ mod interop;
 mod kube;
 mod offload;
 mod operability;
+mod readd;
 mod skeleton;

@@ -6,8 +6,12 @@
 //! 3339), so the file still reads as a flannel lease. Writers take an
 //! exclusive `flock` on `<dir>/.lock` to claim or renew, and write through a
 //! temporary file and `rename`, so readers never see half a lease and two
-//! agents never claim the same subnet. Agents poll the directory (every 200
-//! ms) to see changes, including an operator deleting a file.
+//! agents never claim the same subnet. Agents watch the directory with
+//! inotify and read it again as soon as a lease file is written, renamed into
+//! place or removed (an operator deleting a file too), so a change reaches
+//! the dataplane within milliseconds, as with etcd's watch; they also read it
+//! every 200 ms, which catches expiries, and is all they do where inotify is
+//! not available.
 
 use super::{
     AcquireRequest, RenewPolicy, StoreError, StoreStats, StoreUpdate, UpdateSender,
@@ -24,7 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::task::JoinHandle;
 
-/// How often the directory is read for changes.
+/// How often the directory is read for changes without being told of one.
 const POLL: Duration = Duration::from_millis(200);
 /// flannel's lease lifetime.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -188,8 +192,12 @@ impl LocalStore {
         let mut next_renewal = renew_at(own.expiration, renew.margin, SystemTime::now());
         let mut ticker = tokio::time::interval(POLL);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut changes = DirWatch::open(&self.dir);
         loop {
-            ticker.tick().await;
+            tokio::select! {
+                _ = ticker.tick() => {}
+                () = changes.changed() => {}
+            }
             let now = SystemTime::now();
             if now >= next_renewal {
                 match self.renew(&own, now).await {
@@ -263,6 +271,105 @@ impl LocalStore {
             }
         }
     }
+}
+
+/// Tells when a lease file in the directory was written, renamed or removed.
+///
+/// Not a lease store of its own: the caller reads the whole directory again
+/// when told. Without inotify (no instances left, an old kernel) it never
+/// tells, and the caller's poll is all there is.
+struct DirWatch {
+    inotify: Option<tokio::io::unix::AsyncFd<File>>,
+}
+
+impl DirWatch {
+    fn open(dir: &Path) -> DirWatch {
+        use nix::sys::inotify::{AddWatchFlags as F, InitFlags, Inotify};
+        // Complete writes, renames in and out, removals: not IN_CREATE or
+        // IN_MODIFY, which would show a file before its content is there.
+        let mask = F::IN_CLOSE_WRITE
+            | F::IN_MOVED_TO
+            | F::IN_MOVED_FROM
+            | F::IN_DELETE
+            | F::IN_DELETE_SELF
+            | F::IN_MOVE_SELF;
+        let watch = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
+            .and_then(|inotify| inotify.add_watch(dir, mask).map(|_| inotify))
+            .map_err(std::io::Error::from)
+            .and_then(|inotify| {
+                let file = File::from(std::os::fd::OwnedFd::from(inotify));
+                crate::dataplane::sys::register(file)
+            });
+        match watch {
+            Ok(fd) => DirWatch { inotify: Some(fd) },
+            Err(e) => {
+                tracing::info!(
+                    dir = %dir.display(),
+                    error = %e,
+                    "cannot watch the lease directory with inotify; reading it every {} ms instead (changes take up to that long)",
+                    POLL.as_millis()
+                );
+                DirWatch { inotify: None }
+            }
+        }
+    }
+
+    /// Waits until a lease file changed (never returns without inotify).
+    async fn changed(&mut self) {
+        let Some(fd) = &self.inotify else {
+            return std::future::pending().await;
+        };
+        let mut buf = [0u8; 4096];
+        loop {
+            let Ok(mut guard) = fd.readable().await else {
+                self.inotify = None;
+                return std::future::pending().await;
+            };
+            // Drain everything queued before the caller reads the directory,
+            // so that a change made while it reads wakes it again.
+            let mut relevant = false;
+            loop {
+                match std::io::Read::read(&mut fd.get_ref(), &mut buf) {
+                    Ok(n) if n > 0 => relevant |= names_a_lease_file(&buf[..n]),
+                    // Nothing more queued (an inotify read never returns 0 bytes otherwise).
+                    Ok(_) => {
+                        guard.clear_ready();
+                        break;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        guard.clear_ready();
+                        break;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        tracing::info!(error = %e, "stopped watching the lease directory with inotify; reading it every {} ms instead", POLL.as_millis());
+                        self.inotify = None;
+                        return std::future::pending().await;
+                    }
+                }
+            }
+            if relevant {
+                return;
+            }
+        }
+    }
+}
+
+/// Whether a read of `struct inotify_event`s reports anything but temporary
+/// files and the lock (their names start with a dot). An event without a
+/// name is about the directory itself, or a queue overflow: relevant.
+fn names_a_lease_file(mut events: &[u8]) -> bool {
+    // wd (i32), mask, cookie, len (u32 each), then `len` bytes of NUL-padded name.
+    const HEADER: usize = 16;
+    while events.len() >= HEADER {
+        let len = u32::from_ne_bytes([events[12], events[13], events[14], events[15]]) as usize;
+        let name = events.get(HEADER..HEADER + len).unwrap_or_default();
+        if name.first().is_none_or(|&c| c != b'.') {
+            return true;
+        }
+        events = events.get(HEADER + len..).unwrap_or_default();
+    }
+    false
 }
 
 /// The events that turn `before` into `after`.
@@ -563,6 +670,41 @@ mod tests {
             .collect();
         let subnets: BTreeSet<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
         assert_eq!(subnets.len(), 12);
+    }
+
+    #[test]
+    fn inotify_events_for_dot_files_alone_are_not_changes() {
+        fn event(name: &str) -> Vec<u8> {
+            let padded = if name.is_empty() {
+                0
+            } else {
+                (name.len() + 1).next_multiple_of(16)
+            };
+            let mut e = Vec::new();
+            e.extend_from_slice(&1i32.to_ne_bytes());
+            e.extend_from_slice(&0x08u32.to_ne_bytes());
+            e.extend_from_slice(&0u32.to_ne_bytes());
+            e.extend_from_slice(&(padded as u32).to_ne_bytes());
+            let mut n = name.as_bytes().to_vec();
+            n.resize(padded, 0);
+            e.extend_from_slice(&n);
+            e
+        }
+        assert!(!names_a_lease_file(&[]));
+        assert!(!names_a_lease_file(
+            &[event(".lock"), event(".tmp-10.244.3.0-24-7")].concat()
+        ));
+        assert!(names_a_lease_file(
+            &[event(".lock"), event("10.244.3.0-24")].concat()
+        ));
+        assert!(
+            names_a_lease_file(&event("")),
+            "the directory itself, or an overflow"
+        );
+        assert!(
+            !names_a_lease_file(&event(".lock")[..10]),
+            "a cut header is ignored"
+        );
     }
 
     #[tokio::test]
