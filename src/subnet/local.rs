@@ -19,6 +19,7 @@ use super::{
 };
 use crate::core::config::NetConfig;
 use crate::core::lease::{Lease, LeaseAttrs, LeaseError, LeaseEvent, parse_subnet_key, subnet_key};
+use crate::dataplane::sys::{InotifyFd, register};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -279,7 +280,7 @@ impl LocalStore {
 /// when told. Without inotify (no instances left, an old kernel) it never
 /// tells, and the caller's poll is all there is.
 struct DirWatch {
-    inotify: Option<tokio::io::unix::AsyncFd<File>>,
+    inotify: Option<tokio::io::unix::AsyncFd<InotifyFd>>,
 }
 
 impl DirWatch {
@@ -296,10 +297,7 @@ impl DirWatch {
         let watch = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
             .and_then(|inotify| inotify.add_watch(dir, mask).map(|_| inotify))
             .map_err(std::io::Error::from)
-            .and_then(|inotify| {
-                let file = File::from(std::os::fd::OwnedFd::from(inotify));
-                crate::dataplane::sys::register(file)
-            });
+            .and_then(|inotify| register(InotifyFd(inotify)));
         match watch {
             Ok(fd) => DirWatch { inotify: Some(fd) },
             Err(e) => {
@@ -319,7 +317,6 @@ impl DirWatch {
         let Some(fd) = &self.inotify else {
             return std::future::pending().await;
         };
-        let mut buf = [0u8; 4096];
         loop {
             let Ok(mut guard) = fd.readable().await else {
                 self.inotify = None;
@@ -329,18 +326,15 @@ impl DirWatch {
             // so that a change made while it reads wakes it again.
             let mut relevant = false;
             loop {
-                match std::io::Read::read(&mut fd.get_ref(), &mut buf) {
-                    Ok(n) if n > 0 => relevant |= names_a_lease_file(&buf[..n]),
-                    // Nothing more queued (an inotify read never returns 0 bytes otherwise).
-                    Ok(_) => {
+                match guard.get_inner().0.read_events() {
+                    Ok(events) => {
+                        relevant |= events.iter().any(|e| names_a_lease_file(e.name.as_deref()))
+                    }
+                    Err(nix::errno::Errno::EAGAIN) => {
                         guard.clear_ready();
                         break;
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        guard.clear_ready();
-                        break;
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(nix::errno::Errno::EINTR) => {}
                     Err(e) => {
                         tracing::info!(error = %e, "stopped watching the lease directory with inotify; reading it every {} ms instead", POLL.as_millis());
                         self.inotify = None;
@@ -355,21 +349,12 @@ impl DirWatch {
     }
 }
 
-/// Whether a read of `struct inotify_event`s reports anything but temporary
-/// files and the lock (their names start with a dot). An event without a
-/// name is about the directory itself, or a queue overflow: relevant.
-fn names_a_lease_file(mut events: &[u8]) -> bool {
-    // wd (i32), mask, cookie, len (u32 each), then `len` bytes of NUL-padded name.
-    const HEADER: usize = 16;
-    while events.len() >= HEADER {
-        let len = u32::from_ne_bytes([events[12], events[13], events[14], events[15]]) as usize;
-        let name = events.get(HEADER..HEADER + len).unwrap_or_default();
-        if name.first().is_none_or(|&c| c != b'.') {
-            return true;
-        }
-        events = events.get(HEADER + len..).unwrap_or_default();
-    }
-    false
+/// Whether an inotify event is about anything but temporary files and the
+/// lock (their names start with a dot). An event without a name is about the
+/// directory itself, or a queue overflow: relevant.
+fn names_a_lease_file(name: Option<&std::ffi::OsStr>) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    name.is_none_or(|n| n.as_bytes().first() != Some(&b'.'))
 }
 
 /// The events that turn `before` into `after`.
@@ -674,37 +659,37 @@ mod tests {
 
     #[test]
     fn inotify_events_for_dot_files_alone_are_not_changes() {
-        fn event(name: &str) -> Vec<u8> {
-            let padded = if name.is_empty() {
-                0
-            } else {
-                (name.len() + 1).next_multiple_of(16)
-            };
-            let mut e = Vec::new();
-            e.extend_from_slice(&1i32.to_ne_bytes());
-            e.extend_from_slice(&0x08u32.to_ne_bytes());
-            e.extend_from_slice(&0u32.to_ne_bytes());
-            e.extend_from_slice(&(padded as u32).to_ne_bytes());
-            let mut n = name.as_bytes().to_vec();
-            n.resize(padded, 0);
-            e.extend_from_slice(&n);
-            e
-        }
-        assert!(!names_a_lease_file(&[]));
-        assert!(!names_a_lease_file(
-            &[event(".lock"), event(".tmp-10.244.3.0-24-7")].concat()
-        ));
-        assert!(names_a_lease_file(
-            &[event(".lock"), event("10.244.3.0-24")].concat()
-        ));
+        use std::ffi::OsStr;
+        assert!(!names_a_lease_file(Some(OsStr::new(".lock"))));
+        assert!(!names_a_lease_file(Some(OsStr::new(
+            ".tmp-10.244.3.0-24-7"
+        ))));
+        assert!(names_a_lease_file(Some(OsStr::new("10.244.3.0-24"))));
         assert!(
-            names_a_lease_file(&event("")),
+            names_a_lease_file(None),
             "the directory itself, or an overflow"
         );
+    }
+
+    #[tokio::test]
+    async fn the_directory_watch_wakes_for_lease_files_and_not_for_dot_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut watch = DirWatch::open(dir.path());
+        assert!(watch.inotify.is_some());
+        let quiet = std::time::Duration::from_millis(200);
+        std::fs::write(dir.path().join(".tmp-x"), "x").unwrap();
         assert!(
-            !names_a_lease_file(&event(".lock")[..10]),
-            "a cut header is ignored"
+            tokio::time::timeout(quiet, watch.changed()).await.is_err(),
+            "a dot file woke the watch"
         );
+        std::fs::rename(dir.path().join(".tmp-x"), dir.path().join("10.244.3.0-24")).unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(5), watch.changed())
+            .await
+            .expect("a lease file renamed into place wakes the watch");
+        std::fs::remove_file(dir.path().join("10.244.3.0-24")).unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(5), watch.changed())
+            .await
+            .expect("a lease file removed wakes the watch");
     }
 
     #[tokio::test]
