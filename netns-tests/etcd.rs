@@ -383,7 +383,7 @@ impl Drop for EtcdServer {
 // ======================================================================
 
 /// Options for a weftd on etcd: the lab's flags, no embedded store, `extra`.
-fn etcd_opts(extra: &[&str]) -> WeftdOpts {
+pub fn etcd_opts(extra: &[&str]) -> WeftdOpts {
     let mut flags = vec!["--etcd-endpoints".to_owned(), ETCD_ENDPOINT.to_owned()];
     flags.extend(extra.iter().map(|s| (*s).to_owned()));
     WeftdOpts {
@@ -405,7 +405,7 @@ fn flannel_json(public_ip: Ipv4Addr, vni: u32, mac: &str) -> String {
     )
 }
 
-fn own_mac(lab: &Lab, node: usize) -> String {
+pub fn own_mac(lab: &Lab, node: usize) -> String {
     lab.status(node)["lease"]["vtep_mac"]
         .as_str()
         .expect("vtep_mac")
@@ -1342,16 +1342,17 @@ fn etcd_with_user_and_password() {
     );
 }
 
-/// A writer in the underlay namespace that puts keys with an in-process etcd
-/// client and reports when each put was issued and when etcd confirmed it, so
-/// a latency measurement does not include starting etcdctl.
-fn with_timed_writer<T>(
+/// A writer in the underlay namespace that puts keys (`Some(value)`) or
+/// deletes them (`None`) with an in-process etcd client and reports when each
+/// request was issued and when etcd confirmed it, so a latency measurement
+/// does not include starting etcdctl.
+pub fn with_timed_writer<T>(
     underlay: &str,
-    f: impl FnOnce(&dyn Fn(&str, &str) -> (Instant, Instant)) -> T,
+    f: impl FnOnce(&dyn Fn(&str, Option<&str>) -> (Instant, Instant)) -> T,
 ) -> T {
     use std::sync::mpsc;
     let path = format!("/run/netns/{underlay}");
-    let (req_tx, req_rx) = mpsc::channel::<(String, String)>();
+    let (req_tx, req_rx) = mpsc::channel::<(String, Option<String>)>();
     let (done_tx, done_rx) = mpsc::channel::<(Instant, Instant)>();
     std::thread::scope(|scope| {
         scope.spawn(move || {
@@ -1366,15 +1367,18 @@ fn with_timed_writer<T>(
                 .expect("etcd client");
             for (key, value) in req_rx {
                 let issued = Instant::now();
-                rt.block_on(client.put(key, value, None)).expect("put");
+                match value {
+                    Some(value) => drop(rt.block_on(client.put(key, value, None)).expect("put")),
+                    None => drop(rt.block_on(client.delete(key, None)).expect("delete")),
+                }
                 if done_tx.send((issued, Instant::now())).is_err() {
                     return;
                 }
             }
         });
-        let put = |key: &str, value: &str| {
+        let put = |key: &str, value: Option<&str>| {
             req_tx
-                .send((key.to_owned(), value.to_owned()))
+                .send((key.to_owned(), value.map(str::to_owned)))
                 .expect("writer alive");
             done_rx.recv().expect("writer answered")
         };
@@ -1413,23 +1417,30 @@ fn etcd_lease_to_first_ping_latency() {
     let (mut latencies, mut commits) = with_timed_writer(&lab.underlay.clone(), |put| {
         let mut latencies = Vec::new();
         let mut commits = Vec::new();
-        for _ in 0..7 {
-            // Pinging every 1 ms before the lease exists; the first reply ends it.
-            let mut ping = Command::new("ip")
+        for round in 0..7 {
+            // Pinging before the lease exists; the first reply ends it. ping
+            // also gives up at the first ICMP error (it has a deadline), so
+            // say what it saw, and when.
+            let ping = Command::new("ip")
                 .args([
-                    "netns", "exec", &ns0, "ping", "-c", "1", "-w", "10", "-i", "0.001", "-q",
-                    &target,
+                    "netns", "exec", &ns0, "ping", "-c", "1", "-w", "10", "-i", "0.001", &target,
                 ])
                 .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
                 .spawn()
                 .expect("ping");
             std::thread::sleep(Duration::from_millis(100));
-            let (issued, confirmed) = put(&key, &value);
-            let status = ping.wait().expect("ping");
+            let (issued, confirmed) = put(&key, Some(&value));
+            let out = ping.wait_with_output().expect("ping");
             let answered = Instant::now();
-            assert!(status.success(), "no reply within 10 s");
+            assert!(
+                out.status.success(),
+                "round {round}: no reply {:?} after the lease was written; ping: {}{}",
+                answered - issued,
+                String::from_utf8_lossy(&out.stdout).trim(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
             latencies.push(answered - issued);
             commits.push(confirmed - issued);
             etcd.del(&key);

@@ -255,6 +255,39 @@ fn sweep_stale() {
     }
 }
 
+/// IPv4 settings every namespace of a lab starts with, whatever the host has.
+///
+/// A new namespace copies `net.ipv4.conf.{all,default}` from the host's
+/// initial namespace (`net.core.devconf_inherit_init_net = 0`, the kernel's
+/// default), so a host that forwards (a container runtime turned it on, or an
+/// operator) would make the underlay a router: it then answers the packets a
+/// node sends towards a peer subnet before weftd has routed it (they follow
+/// the default route to 192.168.100.254) with ICMP "net unreachable", and a
+/// `ping -w` gives up at the first such error. A host with strict `rp_filter`
+/// would drop replies that come back another way than they left (the kernel
+/// VTEP answers a node's eth0 address over the underlay). Tests must not
+/// depend on either: every namespace starts as on a fresh host, and where a
+/// node needs forwarding for pods, the CNI bridge plugin turns it on, as on a
+/// real node.
+const NS_IPV4_SETTINGS: [&str; 4] = [
+    "net.ipv4.conf.all.forwarding=0",
+    "net.ipv4.conf.default.forwarding=0",
+    "net.ipv4.conf.all.rp_filter=0",
+    "net.ipv4.conf.default.rp_filter=0",
+];
+
+/// Creates namespace `name` with the lab's IPv4 settings ([`NS_IPV4_SETTINGS`]).
+fn add_ns(name: &str) {
+    must(ip(&["netns", "add", name]), "create namespace");
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", name, "sysctl", "-q", "-w"])
+        .args(NS_IPV4_SETTINGS);
+    must(
+        output_with_timeout(&mut cmd, Duration::from_secs(10)),
+        "set the namespace's IPv4 settings",
+    );
+}
+
 fn delete_ns(name: &str) {
     if let Ok(out) = Command::new("ip").args(["netns", "pids", name]).output() {
         for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
@@ -272,10 +305,7 @@ impl Lab {
         let n = LABS.fetch_add(1, Ordering::SeqCst);
         let prefix = format!("wt-{}-{n}", std::process::id());
         let underlay = format!("{prefix}-u");
-        must(
-            ip(&["netns", "add", &underlay]),
-            "create underlay namespace",
-        );
+        add_ns(&underlay);
         let mut lab = Lab {
             prefix,
             underlay: underlay.clone(),
@@ -320,7 +350,7 @@ impl Lab {
     /// Wires a namespace `name` to the bridge with address `addr`; returns the namespace.
     fn attach(&mut self, name: &str, addr: Ipv4Addr, port: &str) -> String {
         let ns = format!("{}-{name}", self.prefix);
-        must(ip(&["netns", "add", &ns]), "create namespace");
+        add_ns(&ns);
         must(
             ip(&[
                 "link",
@@ -1119,7 +1149,7 @@ impl PodNamespaces {
     /// Creates `<lab prefix>-<name>` with `lo` up.
     pub fn create(&mut self, lab: &Lab, name: &str) -> String {
         let ns = format!("{}-{name}", lab.prefix);
-        must(ip(&["netns", "add", &ns]), "create pod namespace");
+        add_ns(&ns);
         self.names.push(ns.clone());
         must(ip(&["-n", &ns, "link", "set", "lo", "up"]), "pod lo up");
         ns
@@ -1198,6 +1228,9 @@ pub struct ConfList {
     pub list: serde_json::Value,
     /// Shell run before each plugin (a private view of default paths).
     pub wrapper: Option<String>,
+    /// Where the plugins are, before the standard ones (default: weft-cni is
+    /// the one this test build made).
+    pub bin_dir: Option<PathBuf>,
 }
 
 impl ConfList {
@@ -1226,10 +1259,10 @@ impl ConfList {
             obj.insert("runtimeConfig".into(), serde_json::Value::Object(rc));
         }
         let ty = plugin["type"].as_str().expect("plugin type").to_owned();
-        let binary = if ty == "weft-cni" {
-            WEFT_CNI.to_owned()
-        } else {
-            format!("{CNI_PLUGIN_DIR}/{ty}")
+        let binary = match &self.bin_dir {
+            Some(dir) if dir.join(&ty).exists() => dir.join(&ty).display().to_string(),
+            None if ty == "weft-cni" => WEFT_CNI.to_owned(),
+            _ => format!("{CNI_PLUGIN_DIR}/{ty}"),
         };
         (binary, conf.to_string())
     }

@@ -5,7 +5,7 @@
 //! reaches over eth0, as a real cluster's nodes reach the API server.
 
 #[path = "../tests/support/fake_kube.rs"]
-mod fake_kube;
+pub mod fake_kube;
 
 use crate::harness::*;
 use fake_kube::{FakeKube, annotation, condition, node, publish};
@@ -15,7 +15,7 @@ use std::time::Duration;
 const HEALTHZ: u16 = 9902;
 
 /// The fake API server, listening in the lab's underlay namespace.
-fn start_api(lab: &Lab) -> FakeKube {
+pub fn start_api(lab: &Lab) -> FakeKube {
     let ns = format!("/run/netns/{}", lab.underlay);
     FakeKube::start_on(std::net::SocketAddr::from((UNDERLAY_GW, 0)), move || {
         let f = std::fs::File::open(&ns).unwrap_or_else(|e| panic!("open {ns}: {e}"));

@@ -7,10 +7,12 @@
 #![allow(unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
 mod cni;
+mod container;
 mod etcd;
 mod harness;
 mod interop;
 mod kube;
 mod offload;
 mod operability;
+mod readd;
 mod skeleton;

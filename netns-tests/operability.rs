@@ -285,3 +285,38 @@ fn json_logs_are_one_object_per_line() {
         "{log}"
     );
 }
+
+/// A second weftd started with the running agent's `--status-socket` refuses
+/// with a message naming the flag and leaves the running agent's socket, device
+/// and traffic alone; one started after the agent was killed takes over the
+/// socket the dead agent left.
+#[test]
+fn a_second_agent_on_the_same_status_socket_refuses_and_the_first_keeps_running() {
+    let mut lab = Lab::new(2);
+    let s0 = lab.start_weftd(0);
+    let s1 = lab.start_weftd(1);
+    lab.wait_ping(lab.ns(0), s1.network(), Duration::from_secs(10));
+    let first = lab.weftd_pid(1);
+    let args = lab.weftd_args(1, &WeftdOpts::default());
+    let mut cmd = std::process::Command::new("ip");
+    cmd.args(["netns", "exec", lab.ns(1), WEFTD]).args(&args);
+    let out = output_with_timeout(&mut cmd, Duration::from_secs(20));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the second agent ran: {stderr}");
+    let pid = first.unwrap().to_string();
+    assert!(
+        stderr.contains("another weftd (pid ")
+            && stderr.contains(&pid)
+            && stderr.contains("--status-socket"),
+        "{stderr}"
+    );
+    // The first agent still answers on its socket and still forwards.
+    assert_eq!(lab.status(1)["pid"].as_u64(), first.map(u64::from));
+    assert!(lab.ping(lab.ns(0), s1.network(), 3));
+    assert!(lab.ping(lab.ns(1), s0.network(), 3));
+    // After a SIGKILL the socket file stays behind; the next agent replaces it.
+    lab.stop_weftd(1, nix::sys::signal::Signal::SIGKILL);
+    assert!(lab.status_socket(1).exists());
+    assert_eq!(lab.start_weftd(1), s1);
+    assert!(lab.ping(lab.ns(0), s1.network(), 3));
+}

@@ -113,6 +113,9 @@ pub enum AgentError {
         /// How the store saw it go.
         why: String,
     },
+    /// The status socket could not be claimed (another agent holds it, or a file is in the way).
+    #[error(transparent)]
+    StatusSocket(#[from] status::ServeError),
     /// The store's task ended without a reason.
     #[error("the lease store task stopped unexpectedly")]
     StoreStopped,
@@ -133,6 +136,9 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     };
     let stats = Arc::new(StoreStats::default());
     let state = AgentState::new(stats.clone());
+    // The status socket first: it is the claim that no other agent runs with
+    // this socket, before anything on the node is touched.
+    let _status = status::serve(args.status_socket.clone(), state.clone()).await?;
     let store = open_store(&args, &stats).await?;
     let (kind, endpoint) = store.describe();
     state.update(|i| {
@@ -142,12 +148,6 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     info!(store = kind, endpoint = %endpoint, version = state.version, "weftd starting");
 
     let _http = start_http(&args, &state).await?;
-    let _status = status::serve(args.status_socket.clone(), state.clone())
-        .await
-        .map_err(io_err(format!(
-            "cannot serve the status socket {}",
-            args.status_socket.display()
-        )))?;
 
     let config = network_config(&store, &stats).await?;
     let network = config.network.ok_or(AgentError::NoIpv4Network)?;

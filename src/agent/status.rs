@@ -5,27 +5,133 @@
 
 use super::state::{AgentState, StatusReport};
 use std::fmt::Write as _;
+use std::fs::{File, OpenOptions, TryLockError};
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 
-/// Binds the status socket (replacing a stale one) and serves it forever.
-pub async fn serve(
-    path: PathBuf,
-    state: Arc<AgentState>,
-) -> std::io::Result<tokio::task::JoinHandle<()>> {
+/// Why the status socket could not be served. Each says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Another agent holds the socket's lock and answers on it.
+    #[error(
+        "another weftd (pid {pid}) is running and serves the status socket {}: stop it first; \
+         one weftd per node owns the device and the routes (if you really mean to run a second \
+         one, in another network namespace, give it its own --status-socket)",
+        path.display()
+    )]
+    AgentRunning {
+        /// The status socket.
+        path: PathBuf,
+        /// The running agent's process id, as it reported it.
+        pid: u32,
+    },
+    /// Another agent holds the lock but does not answer (still starting, or hung).
+    #[error(
+        "another weftd holds {} but does not answer on the status socket {}: it is starting \
+         or hung; stop it first (`fuser {}` names it), or give this one its own --status-socket",
+        lock.display(),
+        path.display(),
+        lock.display()
+    )]
+    AgentNotAnswering {
+        /// The status socket.
+        path: PathBuf,
+        /// The lock file the other agent holds.
+        lock: PathBuf,
+    },
+    /// Something that is not a socket is in the way.
+    #[error(
+        "{} exists and is not a socket: remove it, or choose another --status-socket",
+        path.display()
+    )]
+    NotASocket {
+        /// The path given as --status-socket.
+        path: PathBuf,
+    },
+    /// Creating, binding or locking failed.
+    #[error("cannot serve the status socket {}: {source}", path.display())]
+    Io {
+        /// The status socket.
+        path: PathBuf,
+        /// What the system said.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The status socket, claimed: serving it until dropped. The lock file
+/// (`<socket>.lock`, flock held for the agent's lifetime and released by the
+/// kernel when the process dies) is what makes the claim safe: only its
+/// holder removes a socket left by an agent that died, and a second agent
+/// started on the same path refuses instead of taking the live one's socket.
+#[derive(Debug)]
+pub struct StatusServer {
+    task: tokio::task::JoinHandle<()>,
+    _lock: File,
+}
+
+impl Drop for StatusServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The lock file that guards the socket at `path`.
+fn lock_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    PathBuf::from(name)
+}
+
+/// Claims the status socket at `path` (refusing if a live agent has it,
+/// replacing a stale one) and serves `state` on it.
+pub async fn serve(path: PathBuf, state: Arc<AgentState>) -> Result<StatusServer, ServeError> {
+    let io = |source| ServeError::Io {
+        path: path.clone(),
+        source,
+    };
     if let Some(dir) = path.parent() {
-        tokio::fs::create_dir_all(dir).await?;
+        tokio::fs::create_dir_all(dir).await.map_err(io)?;
     }
-    match tokio::fs::remove_file(&path).await {
+    let lock_file = lock_path(&path);
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_file)
+        .map_err(io)?;
+    match lock.try_lock() {
         Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
+        Err(TryLockError::WouldBlock) => {
+            return Err(match fetch(&path).await {
+                Ok(report) => ServeError::AgentRunning {
+                    path,
+                    pid: report.pid,
+                },
+                Err(_) => ServeError::AgentNotAnswering {
+                    path,
+                    lock: lock_file,
+                },
+            });
+        }
+        Err(TryLockError::Error(e)) => return Err(io(e)),
     }
-    let listener = UnixListener::bind(&path)?;
-    Ok(tokio::spawn(async move {
+    // The lock is ours: whatever socket is at `path` was left by an agent
+    // that is gone (flock dies with its holder).
+    match std::fs::symlink_metadata(&path) {
+        Ok(meta) if !meta.file_type().is_socket() => {
+            return Err(ServeError::NotASocket { path });
+        }
+        Ok(_) => std::fs::remove_file(&path).map_err(io)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(e)),
+    }
+    let listener = UnixListener::bind(&path).map_err(io)?;
+    let task = tokio::spawn(async move {
         loop {
             let Ok((mut stream, _)) = listener.accept().await else {
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -38,7 +144,8 @@ pub async fn serve(
                 let _ = stream.shutdown().await;
             });
         }
-    }))
+    });
+    Ok(StatusServer { task, _lock: lock })
 }
 
 /// Asks the agent behind `path` for its status.
@@ -313,7 +420,7 @@ mod tests {
                 },
             );
         });
-        let task = serve(path.clone(), state).await.unwrap();
+        let server = serve(path.clone(), state).await.unwrap();
         let report = fetch(&path).await.unwrap();
         assert_eq!(report.info.peers.len(), 1);
         let text = render(&report);
@@ -321,12 +428,97 @@ mod tests {
             text.contains("10.244.3.0/24") && text.contains("0e:00:00:00:00:03"),
             "{text}"
         );
-        task.abort();
+        drop(server);
         assert!(
             fetch(&dir.path().join("none.sock"))
                 .await
                 .unwrap_err()
                 .contains("is weftd running")
         );
+    }
+
+    fn agent_state() -> Arc<AgentState> {
+        AgentState::new(Arc::new(StoreStats::default()))
+    }
+
+    #[tokio::test]
+    async fn a_second_agent_on_a_live_socket_refuses_and_leaves_it_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("weftd.sock");
+        let first = serve(path.clone(), agent_state()).await.unwrap();
+        let err = serve(path.clone(), agent_state()).await.unwrap_err();
+        assert!(
+            matches!(&err, ServeError::AgentRunning { pid, .. } if *pid == std::process::id()),
+            "{err:?}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains("--status-socket") && text.contains("weftd.sock"),
+            "{text}"
+        );
+        // The live agent still answers.
+        fetch(&path).await.unwrap();
+        drop(first);
+    }
+
+    #[tokio::test]
+    async fn two_agents_starting_at_once_get_one_socket_between_them() {
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("weftd.sock");
+            let (a, b) = tokio::join!(
+                serve(path.clone(), agent_state()),
+                serve(path.clone(), agent_state())
+            );
+            assert_eq!(a.is_ok() as u8 + b.is_ok() as u8, 1, "{a:?} {b:?}");
+            let err = a.as_ref().err().or(b.as_ref().err()).unwrap();
+            assert!(
+                matches!(
+                    err,
+                    ServeError::AgentRunning { .. } | ServeError::AgentNotAnswering { .. }
+                ),
+                "{err:?}"
+            );
+            fetch(&path).await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stale_socket_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("weftd.sock");
+        // A socket file whose agent is gone: bound once, listener dropped.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        assert!(path.exists());
+        let server = serve(path.clone(), agent_state()).await.unwrap();
+        fetch(&path).await.unwrap();
+        // And one left by an agent that released its lock on exit.
+        drop(server);
+        let _again = serve(path.clone(), agent_state()).await.unwrap();
+        fetch(&path).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_lock_holder_that_does_not_answer_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("weftd.sock");
+        let held = File::create(lock_path(&path)).unwrap();
+        held.try_lock().unwrap();
+        let err = serve(path.clone(), agent_state()).await.unwrap_err();
+        assert!(
+            matches!(&err, ServeError::AgentNotAnswering { .. }),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("weftd.sock.lock"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_file_that_is_not_a_socket_is_not_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("weftd.sock");
+        std::fs::write(&path, "keep me").unwrap();
+        let err = serve(path.clone(), agent_state()).await.unwrap_err();
+        assert!(matches!(&err, ServeError::NotASocket { .. }), "{err:?}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "keep me");
     }
 }

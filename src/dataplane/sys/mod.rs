@@ -13,7 +13,7 @@ pub mod tap;
 
 pub use alloc::{CountingAllocator, allocations, dataplane_allocations, mark_dataplane_thread};
 pub use mmsg::{RecvBatch, RecvMeta, SendBatch, SendError, SendQueue};
-pub use reactor::{OwnsFd, register};
+pub use reactor::{InotifyFd, OwnsFd, register};
 pub use sockopt::{
     attach_reuseport_cbpf, force_socket_buffers, set_pmtudisc_dont, set_rxq_ovfl, set_udp_gro,
     set_udp_no_check, udp_gso_supported,

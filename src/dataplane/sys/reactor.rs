@@ -1,7 +1,7 @@
 //! Registering descriptors with the tokio reactor.
 
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 
 /// Owners of one file descriptor for their whole life.
 ///
@@ -13,6 +13,20 @@ pub unsafe trait OwnsFd: AsRawFd {}
 unsafe impl OwnsFd for std::fs::File {}
 // SAFETY: a `Socket` owns its descriptor and never changes it.
 unsafe impl OwnsFd for socket2::Socket {}
+
+/// nix's inotify instance, with the raw descriptor tokio's reactor takes
+/// (the embedded lease store watches its directory with it).
+#[derive(Debug)]
+pub struct InotifyFd(pub nix::sys::inotify::Inotify);
+
+impl AsRawFd for InotifyFd {
+    fn as_raw_fd(&self) -> RawFd {
+        use std::os::fd::AsFd;
+        self.0.as_fd().as_raw_fd()
+    }
+}
+// SAFETY: an `Inotify` owns its descriptor (an `OwnedFd`) and never changes it.
+unsafe impl OwnsFd for InotifyFd {}
 
 /// Registers `inner` with the tokio reactor.
 pub fn register<T: OwnsFd>(inner: T) -> io::Result<tokio::io::unix::AsyncFd<T>> {
