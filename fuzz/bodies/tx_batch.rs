@@ -13,30 +13,13 @@
 
 use super::input::{Builder, Input};
 use super::wire::{self, ETH_LEN};
-use weft::core::batch::{MAX_GSO_SEGMENTS, MAX_UDP_PAYLOAD, Message, TxBatch, TxConfig};
+use weft::core::batch::{MAX_GSO_SEGMENTS, MAX_UDP_PAYLOAD, TxBatch, TxConfig};
 use weft::core::fixtures;
 use weft::core::offload::{VNET_HDR_LEN, VnetHdr};
 use weft::core::router::SourceCheck;
 use weft::core::wire::vxlan::{self, Vni};
 
 const PORT: u16 = 4789;
-
-fn datagrams(batch: &TxBatch, bufs: &[Vec<u8>], m: &Message) -> Vec<Vec<u8>> {
-    let bytes: Vec<u8> = batch.pieces()[m.pieces.clone()]
-        .iter()
-        .flat_map(|p| batch.piece(bufs, p).to_vec())
-        .collect();
-    match m.gso_size {
-        Some(size) => {
-            assert!(size > 0, "a GSO size of zero");
-            bytes
-                .chunks(usize::from(size))
-                .map(<[u8]>::to_vec)
-                .collect()
-        }
-        None => vec![bytes],
-    }
-}
 
 /// Plans the batch and checks it; returns every datagram on the wire with its destination.
 fn plan(config: &TxConfig, frames: &[&[u8]]) -> Vec<(std::net::SocketAddrV4, Vec<u8>)> {
@@ -77,7 +60,8 @@ fn plan(config: &TxConfig, frames: &[&[u8]]) -> Vec<(std::net::SocketAddrV4, Vec
             .find(|p| p.public_ip == *m.dst.ip())
             .expect("messages go to a peer");
         assert!(!m.pieces.is_empty() && m.pieces.len() <= MAX_GSO_SEGMENTS);
-        let ds = datagrams(&batch, &bufs, m);
+        assert_ne!(m.gso_size, Some(0), "a GSO size of zero");
+        let ds = batch.datagrams(&bufs, m);
         assert_eq!(ds.len() as u32, m.frames, "frames counted per datagram");
         frames_sent += u64::from(m.frames);
         if let Some(size) = m.gso_size {

@@ -72,55 +72,55 @@ impl Collector for WeftCollector {
             &mut e,
             "weft_encapsulated_frames",
             "Frames read from the TAP and sent to a peer (after segmentation).",
-            c.encap_frames,
+            c.frames.encap_frames,
         )?;
         counter(
             &mut e,
             "weft_encapsulated_bytes",
             "Bytes of inner frames encapsulated.",
-            c.encap_bytes,
+            c.frames.encap_bytes,
         )?;
         counter(
             &mut e,
             "weft_decapsulated_frames",
             "Frames received from peers and written to the TAP (before coalescing).",
-            c.decap_frames,
+            c.frames.decap_frames,
         )?;
         counter(
             &mut e,
             "weft_decapsulated_bytes",
             "Bytes of inner frames decapsulated.",
-            c.decap_bytes,
+            c.frames.decap_bytes,
         )?;
         counter(
             &mut e,
             "weft_tso_superframes",
             "TSO/USO super-frames read from the TAP and split.",
-            c.tso_frames,
+            c.frames.tso_frames,
         )?;
         counter(
             &mut e,
             "weft_gso_batched_datagrams",
             "Frames sent with others of their flow in one UDP GSO message (small packets batched, not split super-frames).",
-            c.gso_datagrams,
+            c.frames.gso_datagrams,
         )?;
         counter(
             &mut e,
             "weft_gro_superframes",
             "Coalesced super-frames written to the TAP.",
-            c.gro_frames,
+            c.frames.gro_frames,
         )?;
         counter(
             &mut e,
             "weft_checksum_trusted_frames",
             "Received frames whose inner checksums were covered by a nonzero outer UDP checksum the kernel verified, and not checked again.",
-            c.checksum_trusted,
+            c.frames.checksum_trusted,
         )?;
         counter(
             &mut e,
             "weft_icmp_frag_needed_sent",
             "ICMP fragmentation-needed messages returned for oversized frames.",
-            c.icmp_too_big,
+            c.frames.icmp_too_big,
         )?;
         labelled(
             &mut e,
@@ -140,7 +140,7 @@ impl Collector for WeftCollector {
             "ARP requests from the kernel on the TAP, answered from the ARP table or refused.",
             MetricType::Counter,
             "result",
-            [("answered", c.arp_replies), ("refused", refused)],
+            [("answered", c.frames.arp_replies), ("refused", refused)],
         )?;
         let (fdb, arp) = s
             .dataplane

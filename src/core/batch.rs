@@ -49,8 +49,8 @@ const REPLY_ROOM: usize = 128;
 const MAX_GRO_SEGMENTS: usize = 64;
 
 /// What a worker counts during one batch; added to its shared counters once
-/// per batch.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+/// per batch (and, summed over workers, what status and metrics show).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Tally {
     /// Frames encapsulated (segments of a super-frame counted one by one).
     pub encap_frames: u64,
@@ -73,8 +73,21 @@ pub struct Tally {
     pub icmp_too_big: u64,
     /// Decapsulated frames whose inner checksums were not checked again.
     pub checksum_trusted: u64,
-    /// Frames and datagrams dropped, by reason.
+    /// Frames and datagrams dropped, by reason (serialised as a map of labels).
+    #[serde(serialize_with = "serialize_drops")]
     pub drops: [u64; DropReason::COUNT],
+}
+
+fn serialize_drops<S: serde::Serializer>(
+    drops: &[u64; DropReason::COUNT],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut map = s.serialize_map(Some(DropReason::COUNT))?;
+    for reason in DropReason::ALL {
+        map.serialize_entry(reason.as_str(), &drops[reason.index()])?;
+    }
+    map.end()
 }
 
 impl Tally {
@@ -265,6 +278,24 @@ impl TxBatch {
         match piece {
             Piece::Frame { index, range } => &bufs[*index].as_ref()[range.clone()],
             Piece::Arena(range) => &self.arena[range.clone()],
+        }
+    }
+
+    /// The datagrams message `m` puts on the wire, each as its own bytes
+    /// (a GSO message cut at its segment size), as the kernel would send
+    /// them. Allocates: for tests, fuzzing and the simulation, not the
+    /// worker, which hands the pieces to `sendmsg` as they are.
+    pub fn datagrams<B: AsRef<[u8]>>(&self, bufs: &[B], m: &Message) -> Vec<Vec<u8>> {
+        let bytes: Vec<u8> = self.pieces[m.pieces.clone()]
+            .iter()
+            .flat_map(|p| self.piece(bufs, p).iter().copied())
+            .collect();
+        match m.gso_size {
+            Some(size) if size > 0 => bytes
+                .chunks(usize::from(size))
+                .map(<[u8]>::to_vec)
+                .collect(),
+            _ => vec![bytes],
         }
     }
 
@@ -794,21 +825,6 @@ mod tests {
         (Some(VnetHdr::NONE), frame)
     }
 
-    /// What a message sends, as the bytes of each datagram on the wire.
-    fn datagrams(batch: &TxBatch, bufs: &[Vec<u8>], m: &Message) -> Vec<Vec<u8>> {
-        let bytes: Vec<u8> = batch.pieces()[m.pieces.clone()]
-            .iter()
-            .flat_map(|p| batch.piece(bufs, p).to_vec())
-            .collect();
-        match m.gso_size {
-            Some(size) => bytes
-                .chunks(usize::from(size))
-                .map(<[u8]>::to_vec)
-                .collect(),
-            None => vec![bytes],
-        }
-    }
-
     #[test]
     fn a_frame_to_a_peer_leaves_behind_a_vxlan_header() {
         let frame = tcp4_frame(&payload(100), 1, 0x18, 1);
@@ -825,7 +841,7 @@ mod tests {
             assert_eq!((m.gso_size, m.frames), (None, 1));
             let mut want = vxlan::header_bytes(Vni::new(1).unwrap()).to_vec();
             want.extend_from_slice(&frame);
-            assert_eq!(datagrams(&batch, &bufs, m), [want]);
+            assert_eq!(batch.datagrams(&bufs, m), [want]);
             assert_eq!(batch.replies().count(), 0);
             let t = batch.tally();
             assert_eq!((t.encap_frames, t.encap_bytes), (1, frame.len() as u64));
@@ -906,7 +922,7 @@ mod tests {
         assert_eq!((t.tso_frames, t.encap_frames), (1, 46));
         let mut payload_out = Vec::new();
         for m in batch.messages() {
-            for d in datagrams(&batch, &bufs, m) {
+            for d in batch.datagrams(&bufs, m) {
                 assert_eq!(d[..8], vxlan::header_bytes(Vni::new(1).unwrap()));
                 payload_out.extend_from_slice(&d[8 + 66..]);
             }
@@ -943,7 +959,7 @@ mod tests {
         let [m] = batch.messages() else {
             panic!("{:?}", batch.messages())
         };
-        assert_eq!(&datagrams(&batch, &bufs, m)[0][8..], &good[..]);
+        assert_eq!(&batch.datagrams(&bufs, m)[0][8..], &good[..]);
         assert_eq!(batch.tally().drops[DropReason::BadOffload.index()], 2);
         // A buffer too short for a virtio header.
         let mut short = vec![vec![0u8; 4]];
@@ -969,7 +985,7 @@ mod tests {
         let sent: Vec<Vec<u8>> = batch
             .messages()
             .iter()
-            .flat_map(|m| datagrams(&batch, &bufs, m))
+            .flat_map(|m| batch.datagrams(&bufs, m))
             .map(|d| d[8..].to_vec())
             .collect();
         assert_eq!(sent, frames);

@@ -70,60 +70,28 @@ pub struct Counters {
     workers: Box<[WorkerCounters]>,
 }
 
-/// A point-in-time sum over workers.
+/// A point-in-time sum over workers: the batch tallies added up, and what
+/// only the sum knows (serialised flat, one JSON object).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct CounterSnapshot {
-    /// Frames encapsulated.
-    pub encap_frames: u64,
-    /// Inner bytes encapsulated.
-    pub encap_bytes: u64,
-    /// Frames decapsulated.
-    pub decap_frames: u64,
-    /// Inner bytes decapsulated.
-    pub decap_bytes: u64,
-    /// ARP requests answered.
-    pub arp_replies: u64,
-    /// Super-frames read from the TAP and split.
-    pub tso_frames: u64,
-    /// Frames that left with others of their flow in one UDP GSO message.
-    pub gso_datagrams: u64,
-    /// Super-frames written to the TAP after coalescing.
-    pub gro_frames: u64,
-    /// ICMP "fragmentation needed" messages sent back into the TAP.
-    pub icmp_too_big: u64,
-    /// Decapsulated frames whose inner checksums a verified nonzero outer UDP
-    /// checksum covered (not checked again).
-    pub checksum_trusted: u64,
+    /// Every worker's batch tallies, summed.
+    #[serde(flatten)]
+    pub frames: Tally,
     /// Heap allocations on dataplane threads since start (with weftd's counting allocator).
     pub dataplane_allocations: u64,
     /// Datagrams the kernel dropped for a full socket queue.
     pub socket_overflows: u64,
-    /// Dropped frames and datagrams by reason, serialised as a map of labels.
-    #[serde(serialize_with = "serialize_drops")]
-    pub drops: [u64; DropReason::COUNT],
-}
-
-fn serialize_drops<S: serde::Serializer>(
-    drops: &[u64; DropReason::COUNT],
-    s: S,
-) -> Result<S::Ok, S::Error> {
-    use serde::ser::SerializeMap;
-    let mut map = s.serialize_map(Some(DropReason::COUNT))?;
-    for reason in DropReason::ALL {
-        map.serialize_entry(reason.as_str(), &drops[reason.index()])?;
-    }
-    map.end()
 }
 
 impl CounterSnapshot {
     /// Drops for one reason.
     pub fn drop_count(&self, reason: DropReason) -> u64 {
-        self.drops[reason.index()]
+        self.frames.drops[reason.index()]
     }
 
     /// Drops for every reason.
     pub fn total_drops(&self) -> u64 {
-        self.drops.iter().sum()
+        self.frames.drops.iter().sum()
     }
 }
 
@@ -157,22 +125,22 @@ impl Counters {
             ..CounterSnapshot::default()
         };
         for w in self.workers.iter() {
-            s.encap_frames += w.encap_frames.load(Relaxed);
-            s.encap_bytes += w.encap_bytes.load(Relaxed);
-            s.decap_frames += w.decap_frames.load(Relaxed);
-            s.decap_bytes += w.decap_bytes.load(Relaxed);
-            s.arp_replies += w.arp_replies.load(Relaxed);
-            s.tso_frames += w.tso_frames.load(Relaxed);
-            s.gso_datagrams += w.gso_datagrams.load(Relaxed);
-            s.gro_frames += w.gro_frames.load(Relaxed);
-            s.icmp_too_big += w.icmp_too_big.load(Relaxed);
-            s.checksum_trusted += w.checksum_trusted.load(Relaxed);
+            s.frames.encap_frames += w.encap_frames.load(Relaxed);
+            s.frames.encap_bytes += w.encap_bytes.load(Relaxed);
+            s.frames.decap_frames += w.decap_frames.load(Relaxed);
+            s.frames.decap_bytes += w.decap_bytes.load(Relaxed);
+            s.frames.arp_replies += w.arp_replies.load(Relaxed);
+            s.frames.tso_frames += w.tso_frames.load(Relaxed);
+            s.frames.gso_datagrams += w.gso_datagrams.load(Relaxed);
+            s.frames.gro_frames += w.gro_frames.load(Relaxed);
+            s.frames.icmp_too_big += w.icmp_too_big.load(Relaxed);
+            s.frames.checksum_trusted += w.checksum_trusted.load(Relaxed);
             s.socket_overflows += w
                 .socket_overflows
                 .iter()
                 .map(|c| c.load(Relaxed))
                 .sum::<u64>();
-            for (sum, c) in s.drops.iter_mut().zip(&w.drops) {
+            for (sum, c) in s.frames.drops.iter_mut().zip(&w.drops) {
                 *sum += c.load(Relaxed);
             }
         }
@@ -195,7 +163,7 @@ mod tests {
         counters.worker(0).add(&t);
         counters.worker(1).add(&t);
         let s = counters.snapshot();
-        assert_eq!(s.encap_frames, 6);
+        assert_eq!(s.frames.encap_frames, 6);
         assert_eq!(s.drop_count(DropReason::WrongVni), 2);
         assert_eq!(s.total_drops(), 2);
         let json = serde_json::to_value(s).unwrap();
