@@ -434,6 +434,9 @@ fn cni_runtime(lab: &Lab, m: &Manifest, host: &Host, list: Value) -> ConfList {
 /// and routes are there for the next container.
 #[test]
 fn the_daemonset_runs_in_rootful_containers_on_three_nodes() {
+    if skip_without_root() {
+        return;
+    }
     let image = test_image();
     let exists = podman(None, &["image", "exists", &image], Duration::from_secs(30));
     assert!(

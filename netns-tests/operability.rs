@@ -292,6 +292,9 @@ fn json_logs_are_one_object_per_line() {
 /// socket the dead agent left.
 #[test]
 fn a_second_agent_on_the_same_status_socket_refuses_and_the_first_keeps_running() {
+    if skip_without_root() {
+        return;
+    }
     let mut lab = Lab::new(2);
     let s0 = lab.start_weftd(0);
     let s1 = lab.start_weftd(1);

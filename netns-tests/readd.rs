@@ -30,6 +30,9 @@ const BOUND: Duration = Duration::from_secs(1);
 
 #[test]
 fn a_lease_deleted_and_written_again_200_times_on_etcd_is_reachable_within_1s_each_time() {
+    if skip_without_root() {
+        return;
+    }
     let mut lab = Lab::new(2);
     let etcd = EtcdServer::start(&lab);
     etcd.put(CONFIG_KEY, DEFAULT_NET_CONF);
@@ -55,6 +58,9 @@ fn a_lease_deleted_and_written_again_200_times_on_etcd_is_reachable_within_1s_ea
 #[test]
 fn a_lease_deleted_and_written_again_200_times_in_the_directory_store_is_reachable_within_1s_each_time()
  {
+    if skip_without_root() {
+        return;
+    }
     let mut lab = Lab::new(2);
     let weft = lab.start_weftd(0);
     let kernel = kernel_peer(&lab, weft);
