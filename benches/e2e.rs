@@ -6,7 +6,9 @@
 //! measuring iperf3 TCP with 1 and 4 streams, UDP packet rate with 64-byte
 //! payloads, ping RTT p50/p99, weftd's CPU time per transferred GB and the
 //! whole machine's CPU time per GB. Prints a table with weft/kernel ratios,
-//! writes JSON and an SVG chart to `bench-results/`.
+//! writes JSON and an SVG chart to `bench-results/`. A round whose kernel
+//! VXLAN ran below 0.8x bare veth (TCP 1 stream) is marked DISTURBED and left
+//! out of the medians (a loaded machine slows the reference too).
 //!
 //! Full run:   `cargo bench --bench e2e` (as root)   (WEFT_BENCH_ROUNDS, WEFT_BENCH_SECONDS)
 //! Only some modes: WEFT_BENCH_MODES=kernel,weft. weftd with a tunables file
@@ -106,6 +108,9 @@ impl Sample {
         }
     }
 }
+
+/// kernel/veth (single-stream TCP) below which a round is disturbed.
+const DISTURBED_BELOW: f64 = 0.8;
 
 fn median(mut v: Vec<f64>) -> Option<f64> {
     v.retain(|x| x.is_finite());
@@ -386,10 +391,57 @@ fn main() {
             samples.entry(mode).or_default().push(sample);
         }
     }
+    // A round counts only when the reference is at its usual level: the
+    // kernel's VXLAN at >= 0.8x bare veth (single-stream TCP). A loaded
+    // machine slows the kernel path too, and a ratio against a slowed
+    // reference flatters weft.
+    let tcp1 = |mode: Mode, round: usize| {
+        samples
+            .get(&mode)
+            .and_then(|l| l.get(round))
+            .and_then(|s| s.get("tcp1_gbps"))
+    };
+    let disturbed: Vec<bool> = (0..rounds)
+        .map(|r| match (tcp1(Mode::Kernel, r), tcp1(Mode::Veth, r)) {
+            (Some(k), Some(v)) if v > 0.0 => k / v < DISTURBED_BELOW,
+            _ => false,
+        })
+        .collect();
+    eprintln!("\nround  kernel/veth  weft/kernel  (TCP 1 stream)");
+    for (r, &bad) in disturbed.iter().enumerate() {
+        let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+            _ => "-".to_owned(),
+        };
+        eprintln!(
+            "{:>5}  {:>11}  {:>11}  {}",
+            r + 1,
+            ratio(tcp1(Mode::Kernel, r), tcp1(Mode::Veth, r)),
+            ratio(tcp1(Mode::Weft, r), tcp1(Mode::Kernel, r)),
+            if bad {
+                "DISTURBED (kernel/veth < 0.8): left out of the medians"
+            } else {
+                ""
+            }
+        );
+    }
+    let counted: Vec<usize> = match (0..rounds).filter(|&r| !disturbed[r]).collect::<Vec<_>>() {
+        c if c.is_empty() => {
+            eprintln!(
+                "every round was DISTURBED (kernel/veth < 0.8): the medians below are of all rounds and do not count; run again on a quiet machine"
+            );
+            (0..rounds).collect()
+        }
+        c => c,
+    };
     let mut medians = BTreeMap::new();
     for (mode, list) in &samples {
         for (key, _, _) in METRICS {
-            if let Some(m) = median(list.iter().filter_map(|s| s.get(key)).collect()) {
+            let values = counted
+                .iter()
+                .filter_map(|&r| list.get(r).and_then(|s| s.get(key)))
+                .collect();
+            if let Some(m) = median(values) {
                 medians.insert((*mode, key), m);
             }
         }
@@ -458,6 +510,7 @@ fn main() {
     println!("verdict (ratios, the figure that matters): {verdict}");
     let report = serde_json::json!({
         "rounds": rounds,
+        "disturbed_rounds": disturbed.iter().enumerate().filter(|(_, d)| **d).map(|(r, _)| r + 1).collect::<Vec<_>>(),
         "seconds": seconds,
         "kernel": String::from_utf8_lossy(&Command::new("uname").arg("-r").output().map(|o| o.stdout).unwrap_or_default()).trim(),
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
