@@ -8,7 +8,9 @@ use ipnet::Ipv4Net;
 use netlink_packet_route::AddressFamily;
 use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::link::{LinkAttribute, LinkFlags};
-use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteType,
+};
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -77,6 +79,40 @@ pub struct VtepRoute {
     pub dst: Ipv4Net,
     /// The gateway, if any (weft's are `S.0` onlink).
     pub gateway: Option<Ipv4Addr>,
+}
+
+/// The route protocol (`ip route ... proto 87`) that marks every route weft
+/// installs. Unassigned: `linux/rtnetlink.h` lists 0-4, 8-18, 42, 99, 186-192,
+/// and `/etc/iproute2/rt_protos` knows no 87.
+pub const WEFT_ROUTE_PROTOCOL: u8 = 87;
+
+/// The kernel's own routes (`proto kernel`: prefix routes of addresses).
+pub const KERNEL_ROUTE_PROTOCOL: u8 = 2;
+
+/// A main-table IPv4 route, as the stale-route sweep sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelRoute {
+    /// The destination.
+    pub dst: Ipv4Net,
+    /// The gateway, if any.
+    pub gateway: Option<Ipv4Addr>,
+    /// The output interface, if any.
+    pub oif: Option<u32>,
+    /// Its protocol number (`proto`).
+    pub protocol: u8,
+    /// The kernel's message, to delete exactly this route.
+    pub message: RouteMessage,
+}
+
+/// The kernel's answer to `ip route get <ip>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteGet {
+    /// The gateway, when the destination is not on-link.
+    pub gateway: Option<Ipv4Addr>,
+    /// The output interface.
+    pub oif: Option<u32>,
+    /// A plain unicast route (not local, blackhole, unreachable, ...).
+    pub unicast: bool,
 }
 
 /// A connection to rtnetlink.
@@ -286,9 +322,85 @@ impl Netlink {
             .destination_prefix(subnet.network(), subnet.prefix_len())
             .gateway(subnet.network())
             .output_interface(index)
-            .protocol(RouteProtocol::Boot)
+            .protocol(RouteProtocol::from(WEFT_ROUTE_PROTOCOL))
             .onlink()
             .build()
+    }
+
+    fn direct_route(subnet: Ipv4Net, via: Ipv4Addr) -> RouteMessage {
+        RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(subnet.network(), subnet.prefix_len())
+            .gateway(via)
+            .protocol(RouteProtocol::from(WEFT_ROUTE_PROTOCOL))
+            .build()
+    }
+
+    /// `ip route replace S via P proto 87` (DirectRouting: P on-link on the underlay).
+    pub async fn replace_direct_route(&self, subnet: Ipv4Net, via: Ipv4Addr) -> Result<()> {
+        self.handle
+            .route()
+            .add(Self::direct_route(subnet, via))
+            .replace()
+            .execute()
+            .await
+            .map_err(ctx(|| format!("add direct route {subnet} via {via}")))
+    }
+
+    /// Removes the direct route to `subnet` via `via`; one already gone is fine.
+    pub async fn delete_direct_route(&self, subnet: Ipv4Net, via: Ipv4Addr) -> Result<()> {
+        let result = self
+            .handle
+            .route()
+            .del(Self::direct_route(subnet, via))
+            .execute()
+            .await;
+        ignore_esrch(result, || format!("delete direct route {subnet} via {via}"))
+    }
+
+    /// Deletes exactly the route `route` (from [`Netlink::main_table_routes`]).
+    pub async fn delete_kernel_route(&self, route: &KernelRoute) -> Result<()> {
+        let result = self
+            .handle
+            .route()
+            .del(route.message.clone())
+            .execute()
+            .await;
+        ignore_esrch(result, || format!("delete route {}", route.dst))
+    }
+
+    /// Every IPv4 route of the main table.
+    pub async fn main_table_routes(&self) -> Result<Vec<KernelRoute>> {
+        Ok(self
+            .main_routes()
+            .await?
+            .into_iter()
+            .map(|msg| {
+                let dst = msg.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Destination(RouteAddress::Inet(ip)) => Some(*ip),
+                    _ => None,
+                });
+                let gateway = msg.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Gateway(RouteAddress::Inet(ip)) => Some(*ip),
+                    _ => None,
+                });
+                let oif = msg.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Oif(i) => Some(*i),
+                    _ => None,
+                });
+                let dst = Ipv4Net::new(
+                    dst.unwrap_or(Ipv4Addr::UNSPECIFIED),
+                    msg.header.destination_prefix_length,
+                )
+                .unwrap_or_default();
+                KernelRoute {
+                    dst,
+                    gateway,
+                    oif,
+                    protocol: u8::from(msg.header.protocol),
+                    message: msg,
+                }
+            })
+            .collect())
     }
 
     /// `ip route replace S via S.0 dev <index> onlink`.
@@ -306,24 +418,13 @@ impl Netlink {
 
     /// Removes the route to `subnet` on the link; a route that is already gone is fine.
     pub async fn delete_route(&self, index: u32, subnet: Ipv4Net) -> Result<()> {
-        match self
+        let result = self
             .handle
             .route()
             .del(Self::vtep_route(index, subnet))
             .execute()
-            .await
-        {
-            Ok(()) => Ok(()),
-            Err(rtnetlink::Error::NetlinkError(msg))
-                if msg.code.is_some_and(|c| -c.get() == libc::ESRCH) =>
-            {
-                Ok(())
-            }
-            Err(source) => Err(NetlinkError {
-                what: format!("delete route {subnet}"),
-                source,
-            }),
-        }
+            .await;
+        ignore_esrch(result, || format!("delete route {subnet}"))
     }
 
     /// Forgets the kernel's neighbour entry for `ip` on the link, so the kernel
@@ -424,7 +525,48 @@ impl Netlink {
     }
 }
 
+fn ignore_esrch(
+    result: std::result::Result<(), rtnetlink::Error>,
+    what: impl FnOnce() -> String,
+) -> Result<()> {
+    match result {
+        Ok(()) => Ok(()),
+        Err(rtnetlink::Error::NetlinkError(msg))
+            if msg.code.is_some_and(|c| -c.get() == libc::ESRCH) =>
+        {
+            Ok(())
+        }
+        Err(source) => Err(NetlinkError {
+            what: what(),
+            source,
+        }),
+    }
+}
+
 impl Netlink {
+    /// The kernel's answer to `ip route get <ip>`: gateway, interface, type.
+    pub async fn route_get(&self, ip: Ipv4Addr) -> Result<Option<RouteGet>> {
+        let query = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(ip, 32)
+            .build();
+        let mut stream = self.handle.route().get(query).execute();
+        let msg = stream
+            .try_next()
+            .await
+            .map_err(ctx(|| format!("route get {ip}")))?;
+        Ok(msg.map(|m| RouteGet {
+            gateway: m.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Gateway(RouteAddress::Inet(ip)) => Some(*ip),
+                _ => None,
+            }),
+            oif: m.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Oif(i) => Some(*i),
+                _ => None,
+            }),
+            unicast: m.header.kind == RouteType::Unicast,
+        }))
+    }
+
     /// The interface the kernel would use to reach `ip` (`ip route get`).
     pub async fn route_interface_to(&self, ip: Ipv4Addr) -> Result<Option<u32>> {
         let query = RouteMessageBuilder::<Ipv4Addr>::new()
