@@ -252,6 +252,9 @@ fn stale_routes_of_an_earlier_network_go_and_others_stay() {
         log.contains("removing a stale route 10.244.77.0/24 (outside Network 10.50.0.0/16)"),
         "{log}"
     );
+    // The old Network's address left the device too (else the kernel may
+    // source pod traffic from it, which no peer routes back).
+    assert_eq!(vtep_device(&lab, &ns0).2, format!("{}/32", new[0].network()));
     lab.wait_ping(&ns0, new[1].network(), Duration::from_secs(5));
 }
 

@@ -428,7 +428,6 @@ async fn start_dataplane(
         mtu,
     } = device;
     let (tap_name, mac, mtu) = (tap_name.as_str(), *mac, *mtu);
-    let network = config.network.unwrap_or_default();
     let tap = Tap::open(tap_name, tunables.workers(), &tunables.offloads())?;
     let link = nl
         .link_by_name(tap_name)
@@ -438,8 +437,7 @@ async fn start_dataplane(
         })?;
     nl.configure_link(&link, mac, mtu).await?;
     quiet_ipv6(tap_name);
-    nl.ensure_vtep_address(&link, subnet.network(), network)
-        .await?;
+    nl.ensure_vtep_address(&link, subnet.network()).await?;
     let local = LocalVtep {
         vni: config.vxlan.vni,
         mac,
@@ -1041,7 +1039,7 @@ impl Control {
         }
         if let Err(e) = self
             .nl
-            .ensure_vtep_address(&self.link, self.own.network(), self.network)
+            .ensure_vtep_address(&self.link, self.own.network())
             .await
         {
             warn!(error = %e, "cannot check the VTEP address");

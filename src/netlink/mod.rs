@@ -265,14 +265,12 @@ impl Netlink {
         Ok(out)
     }
 
-    /// Makes `addr/32` the only address from `network` on the link (flannel's
-    /// `EnsureV4AddressOnLink`): other addresses inside the network are removed.
-    pub async fn ensure_vtep_address(
-        &self,
-        link: &LinkInfo,
-        addr: Ipv4Addr,
-        network: Ipv4Net,
-    ) -> Result<()> {
+    /// Makes `addr/32` the only IPv4 address on the link. flannel's
+    /// `EnsureV4AddressOnLink` removes other addresses inside the Network
+    /// only; the device is weft's, so an address an earlier Network left
+    /// (flannel issue #1604) goes too — else the kernel may pick it as the
+    /// source of pod traffic, which no peer routes back any more.
+    pub async fn ensure_vtep_address(&self, link: &LinkInfo, addr: Ipv4Addr) -> Result<()> {
         let mut present = false;
         let mut stream = self
             .handle
@@ -294,9 +292,19 @@ impl Netlink {
             let Some(ip) = ip else { continue };
             if ip == addr && msg.header.prefix_len == 32 {
                 present = true;
-            } else if network.contains(&ip) {
+            } else {
                 stale.push(msg);
             }
+        }
+        // Add before removing: a device left without IPv4 address loses all
+        // its routes (the kernel's fib_disable_ip).
+        if !present {
+            self.handle
+                .address()
+                .add(link.index, IpAddr::V4(addr), 32)
+                .execute()
+                .await
+                .map_err(ctx(|| format!("add {addr}/32 to {}", link.name)))?;
         }
         for msg in stale {
             self.handle
@@ -305,14 +313,6 @@ impl Netlink {
                 .execute()
                 .await
                 .map_err(ctx(|| format!("remove a stale address from {}", link.name)))?;
-        }
-        if !present {
-            self.handle
-                .address()
-                .add(link.index, IpAddr::V4(addr), 32)
-                .execute()
-                .await
-                .map_err(ctx(|| format!("add {addr}/32 to {}", link.name)))?;
         }
         Ok(())
     }
