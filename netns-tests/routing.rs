@@ -254,7 +254,10 @@ fn stale_routes_of_an_earlier_network_go_and_others_stay() {
     );
     // The old Network's address left the device too (else the kernel may
     // source pod traffic from it, which no peer routes back).
-    assert_eq!(vtep_device(&lab, &ns0).2, format!("{}/32", new[0].network()));
+    assert_eq!(
+        vtep_device(&lab, &ns0).2,
+        format!("{}/32", new[0].network())
+    );
     lab.wait_ping(&ns0, new[1].network(), Duration::from_secs(5));
 }
 
