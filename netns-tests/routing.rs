@@ -295,11 +295,19 @@ fn a_deleted_device_is_recreated_with_its_address_mac_and_routes() {
     let routes = lab.vtep_routes(0);
     assert_eq!(routes.len(), 1, "{routes:?}");
 
+    let deleted = std::time::Instant::now();
     lab.run(&ns0, &["ip", "link", "del", "flannel.1"]);
     wait_for(
         "flannel.1 is back with its route",
         Duration::from_secs(15),
         || (lab.vtep_routes(0) == routes).then_some(()),
+    );
+    // The workers' TAP errors report the deletion at once, not the 5 s resync.
+    let took = deleted.elapsed();
+    assert!(
+        took < Duration::from_secs(3),
+        "recreated after {took:?}:\n{}",
+        lab.weftd_log(0)
     );
     assert_eq!(
         vtep_device(&lab, &ns0),

@@ -623,6 +623,14 @@ async fn control_loop(
     let drop_every = Duration::from_secs(tunables.agent.drop_log_seconds);
     let mut drop_log = tokio::time::interval(drop_every);
     let mut last_counters = control.state.counters().unwrap_or_default();
+    // Deletions of the VTEP device, noticed at once (the resync is the fallback).
+    let mut links = match crate::netlink::LinkMonitor::open() {
+        Ok(monitor) => Some(monitor),
+        Err(e) => {
+            warn!(error = %e, "cannot watch for link deletions; a deleted VTEP device is noticed at the next resync");
+            None
+        }
+    };
     loop {
         tokio::select! {
             update = rx.recv() => match update {
@@ -636,6 +644,19 @@ async fn control_loop(
                 }
                 warn!(error = %e, device = %control.device.tap_name, "the VTEP device was deleted; recreating it");
                 control.recreate_device(&mut fatal_rx).await;
+            }
+            index = deleted_link(&mut links) => {
+                match index {
+                    Some(index) if index == control.link.index && control.dataplane.is_some() => {
+                        warn!(device = %control.device.tap_name, "the VTEP device was deleted; recreating it");
+                        control.recreate_device(&mut fatal_rx).await;
+                    }
+                    Some(_) => {}
+                    None => {
+                        warn!("the link-deletion watch stopped; a deleted VTEP device is noticed at the next resync");
+                        links = None;
+                    }
+                }
             }
             _ = sleep_until_or_never(control.recreate.next) => control.recreate_device(&mut fatal_rx).await,
             _ = resync.tick() => {
@@ -659,6 +680,14 @@ async fn control_loop(
                 return Ok(());
             }
         }
+    }
+}
+
+/// The next deleted link's index, or never without a monitor.
+async fn deleted_link(links: &mut Option<crate::netlink::LinkMonitor>) -> Option<u32> {
+    match links {
+        Some(monitor) => monitor.deleted().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -597,3 +597,39 @@ impl Netlink {
             .map_err(ctx(|| format!("delete link {index}")))
     }
 }
+
+/// Link deletions the kernel announces (`RTM_DELLINK` on the `RTNLGRP_LINK`
+/// multicast group), to notice someone deleting the VTEP device at once.
+#[derive(Debug)]
+pub struct LinkMonitor {
+    deleted: tokio::sync::mpsc::UnboundedReceiver<u32>,
+}
+
+impl LinkMonitor {
+    /// Subscribes; the socket's driver runs on the current tokio runtime.
+    pub fn open() -> std::io::Result<LinkMonitor> {
+        use futures::StreamExt;
+        use netlink_packet_route::RouteNetlinkMessage;
+        use rtnetlink::packet_core::NetlinkPayload;
+        let (connection, _handle, mut messages) =
+            rtnetlink::new_multicast_connection(&[rtnetlink::MulticastGroup::Link])?;
+        tokio::spawn(connection);
+        let (tx, deleted) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some((msg, _)) = messages.next().await {
+                if let NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(link)) =
+                    msg.payload
+                    && tx.send(link.header.index).is_err()
+                {
+                    return;
+                }
+            }
+        });
+        Ok(LinkMonitor { deleted })
+    }
+
+    /// The index of the next deleted link; `None` once the socket is gone.
+    pub async fn deleted(&mut self) -> Option<u32> {
+        self.deleted.recv().await
+    }
+}
