@@ -67,7 +67,7 @@ fn direct_routing_on_one_subnet_overlay_across_a_router() {
     }
     let mut lab = Lab::new(3);
     lab.set_net_conf(DIRECT_NET_CONF);
-    let far = move_behind_router(&mut lab, 2);
+    move_behind_router(&mut lab, 2);
     // Node 2 reaches the others through the router (and they it).
     assert!(lab.ping(lab.ns(2), lab.nodes[0].ip, 1));
     let s: Vec<ipnet::Ipv4Net> = (0..3).map(|i| lab.start_weftd(i)).collect();
@@ -147,7 +147,37 @@ fn direct_routing_on_one_subnet_overlay_across_a_router() {
     }
     assert!(encap_frames(&lab, 0) > e0);
     assert!(encap_frames(&lab, 2) >= e2 + 12);
-    let _ = far;
+
+    // The resync re-evaluates: node 1 reached through the router from node 0
+    // gets the overlay route, and the direct one again once on-link.
+    let host1 = format!("{ip1}/32");
+    lab.run(
+        &ns[0],
+        &["ip", "route", "add", &host1, "via", "192.168.100.254"],
+    );
+    let vxlan01 = format!(
+        "{} via {} dev flannel.1 proto 87 onlink",
+        s[1],
+        s[1].network()
+    );
+    wait_for(
+        "node 0 switches to the overlay for node 1",
+        Duration::from_secs(12),
+        || (route_to(&lab, &ns[0], s[1]) == vxlan01).then_some(()),
+    );
+    assert_eq!(
+        lab.status(0)["peers"][s[1].to_string()]["route_kind"],
+        "vxlan"
+    );
+    lab.wait_ping(&ns[0], s[1].network(), Duration::from_secs(5));
+    lab.run(&ns[0], &["ip", "route", "del", &host1]);
+    wait_for(
+        "node 0 routes node 1 directly again",
+        Duration::from_secs(12),
+        || (route_to(&lab, &ns[0], s[1]) == r01).then_some(()),
+    );
+    let log = lab.weftd_log(0);
+    assert!(log.contains("the route kind of a peer changed"), "{log}");
 }
 
 #[test]
