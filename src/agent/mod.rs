@@ -973,6 +973,13 @@ impl Control {
         for (route, reason) in
             routes::stale_routes(&routes, self.link.index, self.network, self.own, &wanted)
         {
+            // A peer whose route could not be programmed keeps what is there
+            // until the resync programs it.
+            if !self.kinds.contains_key(&route.dst)
+                && self.peers.iter().any(|p| p.subnet == route.dst)
+            {
+                continue;
+            }
             let via = route.gateway.map(|g| g.to_string()).unwrap_or_default();
             match self.nl.delete_kernel_route(route).await {
                 Ok(()) => {

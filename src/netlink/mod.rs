@@ -72,15 +72,6 @@ pub struct LinkAddr {
     pub prefix_len: u8,
 }
 
-/// A route on the VTEP device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct VtepRoute {
-    /// The destination subnet.
-    pub dst: Ipv4Net,
-    /// The gateway, if any (weft's are `S.0` onlink).
-    pub gateway: Option<Ipv4Addr>,
-}
-
 /// The route protocol (`ip route ... proto 87`) that marks every route weft
 /// installs. Unassigned: `linux/rtnetlink.h` lists 0-4, 8-18, 42, 99, 186-192,
 /// and `/etc/iproute2/rt_protos` knows no 87.
@@ -452,35 +443,6 @@ impl Netlink {
                 source,
             }),
         }
-    }
-
-    /// IPv4 routes of the main table that leave through `index`.
-    pub async fn routes_via(&self, index: u32) -> Result<Vec<VtepRoute>> {
-        let mut out = Vec::new();
-        for msg in self.main_routes().await? {
-            let oif = msg.attributes.iter().find_map(|a| match a {
-                RouteAttribute::Oif(i) => Some(*i),
-                _ => None,
-            });
-            if oif != Some(index) {
-                continue;
-            }
-            let dst = msg.attributes.iter().find_map(|a| match a {
-                RouteAttribute::Destination(RouteAddress::Inet(ip)) => Some(*ip),
-                _ => None,
-            });
-            let gateway = msg.attributes.iter().find_map(|a| match a {
-                RouteAttribute::Gateway(RouteAddress::Inet(ip)) => Some(*ip),
-                _ => None,
-            });
-            let dst = Ipv4Net::new(
-                dst.unwrap_or(Ipv4Addr::UNSPECIFIED),
-                msg.header.destination_prefix_length,
-            )
-            .unwrap_or_default();
-            out.push(VtepRoute { dst, gateway });
-        }
-        Ok(out)
     }
 
     async fn main_routes(&self) -> Result<Vec<RouteMessage>> {
