@@ -7,7 +7,10 @@
 //! logged and shown as unhealthy while the dataplane keeps the last known
 //! leases; a route that cannot be programmed is retried every resync; a
 //! revoked lease or a failed dataplane ends the process with a non-zero status
-//! so its supervisor restarts it. SIGTERM/SIGINT stop cleanly and keep the
+//! so its supervisor restarts it — except a VTEP device someone deleted, which
+//! is recreated in place (flannel issue #869: same VtepMAC, address, MTU, and
+//! every peer's route replayed), noticed by an `RTM_DELLINK` watch, the
+//! workers' TAP errors, or the resync. SIGTERM/SIGINT stop cleanly and keep the
 //! device, its routes and the lease for a seamless restart.
 
 pub mod cli;
