@@ -15,4 +15,5 @@ mod kube;
 mod offload;
 mod operability;
 mod readd;
+mod routing;
 mod skeleton;

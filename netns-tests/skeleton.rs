@@ -49,7 +49,7 @@ fn three_nodes_get_distinct_subnets_and_flannels_subnet_env() {
         let link = lab.run(lab.ns(n), &["ip", "-o", "link", "show", "dev", "flannel.1"]);
         assert!(link.contains("mtu 1450") && link.contains(",UP"), "{link}");
     }
-    // Every node routes every other node's subnet through its VTEP.
+    // Every node routes every other node's subnet through its VTEP, marked as weft's (proto 87).
     for n in 0..3 {
         let routes = wait_for("routes to both peers", Duration::from_secs(5), || {
             let r = lab.vtep_routes(n);
@@ -57,7 +57,7 @@ fn three_nodes_get_distinct_subnets_and_flannels_subnet_env() {
         });
         for (m, subnet) in subnets.iter().enumerate() {
             if m != n {
-                let want = format!("{subnet} via {} onlink", subnet.network());
+                let want = format!("{subnet} via {} proto 87 onlink", subnet.network());
                 assert!(
                     routes.iter().any(|r| r.starts_with(&want)),
                     "node {n}: {routes:?} lacks {want}"

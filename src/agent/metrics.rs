@@ -151,7 +151,18 @@ impl Collector for WeftCollector {
             })
             .unwrap_or((0, 0));
         let info = s.info();
+        counter(
+            &mut e,
+            "weft_device_recreated",
+            "Times the VTEP device was recreated after someone deleted it.",
+            info.device.as_ref().map_or(0, |d| d.recreated),
+        )?;
         let routes = info.peers.values().filter(|p| p.route).count();
+        let direct = info
+            .peers
+            .values()
+            .filter(|p| p.route && p.route_kind.as_deref() == Some("direct"))
+            .count();
         gauge(
             &mut e,
             "weft_fdb_entries",
@@ -167,8 +178,14 @@ impl Collector for WeftCollector {
         gauge(
             &mut e,
             "weft_routes",
-            "Peer routes programmed on the VTEP device.",
+            "Peer routes programmed (through the VTEP device, or direct).",
             routes as i64,
+        )?;
+        gauge(
+            &mut e,
+            "weft_direct_routes",
+            "Peer routes programmed as DirectRouting routes (via the peer's public IP, no encapsulation).",
+            direct as i64,
         )?;
         gauge(
             &mut e,

@@ -7,13 +7,17 @@
 //! logged and shown as unhealthy while the dataplane keeps the last known
 //! leases; a route that cannot be programmed is retried every resync; a
 //! revoked lease or a failed dataplane ends the process with a non-zero status
-//! so its supervisor restarts it. SIGTERM/SIGINT stop cleanly and keep the
+//! so its supervisor restarts it — except a VTEP device someone deleted, which
+//! is recreated in place (flannel issue #869: same VtepMAC, address, MTU, and
+//! every peer's route replayed), noticed by an `RTM_DELLINK` watch, the
+//! workers' TAP errors, or the resync. SIGTERM/SIGINT stop cleanly and keep the
 //! device, its routes and the lease for a seamless restart.
 
 pub mod cli;
 pub mod iface;
 pub mod masq;
 pub mod metrics;
+pub mod routes;
 pub mod state;
 pub mod status;
 pub mod tunables;
@@ -31,9 +35,10 @@ use crate::subnet::local::LocalStore;
 use crate::subnet::{AcquireRequest, RenewPolicy, Store, StoreStats, StoreUpdate};
 use cli::RunArgs;
 use ipnet::Ipv4Net;
+use routes::RouteKind;
 use state::{AgentState, DeviceInfo, NodeInfo, OwnLease, PeerStatus, unix_secs};
-use std::collections::BTreeSet;
-use std::net::{SocketAddr, SocketAddrV4};
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, SystemTime};
@@ -203,7 +208,16 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     // From here on a failure removes the device if this run created it.
     let created = existing.is_none();
     let mtu = config.overlay_mtu(ext.mtu);
-    let started = start_dataplane(&nl, &tap_name, &tunables, &config, &ext, &lease, mac, mtu).await;
+    let device = DeviceSpec {
+        tap_name: tap_name.clone(),
+        tunables: tunables.clone(),
+        config: config.clone(),
+        ext: ext.clone(),
+        subnet: lease.subnet,
+        mac,
+        mtu,
+    };
+    let started = start_dataplane(&nl, &device, Tables::default()).await;
     let (dataplane, link, fatal_rx, gso_max_segs) = match started {
         Ok(ok) => ok,
         Err(e) => {
@@ -213,7 +227,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
             return Err(e);
         }
     };
-    let _ = state.dataplane.set(dataplane.shared().clone());
+    state.dataplane.set(dataplane.shared().clone());
     state.update(|i| {
         i.lease = Some(own_lease(&lease, network, &config));
         i.device = Some(DeviceInfo {
@@ -221,6 +235,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
             index: link.index,
             mtu,
             gso_max_segs,
+            recreated: 0,
         });
         i.source_ports = dataplane.source_ports().to_vec();
     });
@@ -252,10 +267,15 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         own: lease.subnet,
         watcher: LeaseWatcher::new(Some(lease.subnet)),
         peers: Peers::new(),
-        dataplane,
+        router: dataplane.router(),
+        dataplane: Some(dataplane),
         state: state.clone(),
         stats,
         reported_conflicts: Vec::new(),
+        direct_routing: config.vxlan.direct_routing,
+        kinds: BTreeMap::new(),
+        device,
+        recreate: Recreate::default(),
     };
 
     // Program the current leases before announcing readiness.
@@ -284,6 +304,8 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     store.complete(&lease);
 
     let result = control_loop(&mut control, &mut rx, fatal_rx, &tunables).await;
+    // Stop the workers before the tasks they report to.
+    control.dataplane = None;
     store_task.abort();
     if let Some(task) = masq_task {
         task.abort();
@@ -379,18 +401,36 @@ type Started = (
     Option<u32>,
 );
 
-#[allow(clippy::too_many_arguments)]
-async fn start_dataplane(
-    nl: &Netlink,
-    tap_name: &str,
-    tunables: &Tunables,
-    config: &NetConfig,
-    ext: &iface::ExternalInterface,
-    lease: &Lease,
+/// What the VTEP device is made from, kept to recreate it.
+#[derive(Debug, Clone)]
+struct DeviceSpec {
+    tap_name: String,
+    tunables: Tunables,
+    config: NetConfig,
+    ext: iface::ExternalInterface,
+    /// The node's own subnet (the device's address is its `.0`).
+    subnet: Ipv4Net,
     mac: MacAddr,
     mtu: u32,
+}
+
+/// Creates (or reuses) and configures the VTEP device and starts the
+/// dataplane on it with `tables`.
+async fn start_dataplane(
+    nl: &Netlink,
+    device: &DeviceSpec,
+    tables: Tables,
 ) -> Result<Started, AgentError> {
-    let network = config.network.unwrap_or_default();
+    let DeviceSpec {
+        tap_name,
+        tunables,
+        config,
+        ext,
+        subnet,
+        mac,
+        mtu,
+    } = device;
+    let (tap_name, mac, mtu) = (tap_name.as_str(), *mac, *mtu);
     let tap = Tap::open(tap_name, tunables.workers(), &tunables.offloads())?;
     let link = nl
         .link_by_name(tap_name)
@@ -400,18 +440,13 @@ async fn start_dataplane(
         })?;
     nl.configure_link(&link, mac, mtu).await?;
     quiet_ipv6(tap_name);
-    nl.ensure_vtep_address(&link, lease.subnet.network(), network)
-        .await?;
+    nl.ensure_vtep_address(&link, subnet.network()).await?;
     let local = LocalVtep {
         vni: config.vxlan.vni,
         mac,
         public_ip: ext.public_ip,
     };
-    let router = Router::new(
-        local,
-        tunables.dataplane.source_check.into(),
-        Tables::default(),
-    );
+    let router = Router::new(local, tunables.dataplane.source_check.into(), tables);
     let dp_config = DataplaneConfig {
         listen: SocketAddrV4::new(ext.addr, config.vxlan.port),
         workers: tunables.workers(),
@@ -552,10 +587,28 @@ struct Control {
     own: Ipv4Net,
     watcher: LeaseWatcher,
     peers: Peers,
-    dataplane: Dataplane,
+    /// `None` while the device is being recreated.
+    dataplane: Option<Dataplane>,
+    /// The router last handed to the dataplane (kept across recreations).
+    router: Arc<Router>,
     state: Arc<AgentState>,
     stats: Arc<StoreStats>,
     reported_conflicts: Vec<Vec<Ipv4Net>>,
+    /// `Backend.DirectRouting`.
+    direct_routing: bool,
+    /// The kind of route installed for each peer subnet.
+    kinds: BTreeMap<Ipv4Net, RouteKind>,
+    /// What the VTEP device is made from.
+    device: DeviceSpec,
+    /// A pending recreation of the device after a failed attempt.
+    recreate: Recreate,
+}
+
+/// The backoff of device recreation (flannel's: 1 s doubling to 30 s).
+#[derive(Debug, Default)]
+struct Recreate {
+    backoff: Duration,
+    next: Option<tokio::time::Instant>,
 }
 
 async fn control_loop(
@@ -573,14 +626,49 @@ async fn control_loop(
     let drop_every = Duration::from_secs(tunables.agent.drop_log_seconds);
     let mut drop_log = tokio::time::interval(drop_every);
     let mut last_counters = control.state.counters().unwrap_or_default();
+    // Deletions of the VTEP device, noticed at once (the resync is the fallback).
+    let mut links = match crate::netlink::LinkMonitor::open() {
+        Ok(monitor) => Some(monitor),
+        Err(e) => {
+            warn!(error = %e, "cannot watch for link deletions; a deleted VTEP device is noticed at the next resync");
+            None
+        }
+    };
     loop {
         tokio::select! {
             update = rx.recv() => match update {
                 Some(update) => control.apply_update(update).await?,
                 None => return Err(AgentError::StoreStopped),
             },
-            e = fatal_rx.recv() => return Err(e.unwrap_or(DataplaneError::WorkersGone).into()),
-            _ = resync.tick() => control.resync().await,
+            e = fatal_rx.recv(), if control.dataplane.is_some() => {
+                let e = e.unwrap_or(DataplaneError::WorkersGone);
+                if !control.device_gone(Duration::from_secs(1)).await {
+                    return Err(e.into());
+                }
+                warn!(error = %e, device = %control.device.tap_name, "the VTEP device was deleted; recreating it");
+                control.recreate_device(&mut fatal_rx).await;
+            }
+            index = deleted_link(&mut links) => {
+                match index {
+                    Some(index) if index == control.link.index && control.dataplane.is_some() => {
+                        warn!(device = %control.device.tap_name, "the VTEP device was deleted; recreating it");
+                        control.recreate_device(&mut fatal_rx).await;
+                    }
+                    Some(_) => {}
+                    None => {
+                        warn!("the link-deletion watch stopped; a deleted VTEP device is noticed at the next resync");
+                        links = None;
+                    }
+                }
+            }
+            _ = sleep_until_or_never(control.recreate.next) => control.recreate_device(&mut fatal_rx).await,
+            _ = resync.tick() => {
+                if control.dataplane.is_some() && control.device_gone(Duration::ZERO).await {
+                    warn!(device = %control.device.tap_name, "the VTEP device is gone; recreating it");
+                    control.recreate_device(&mut fatal_rx).await;
+                }
+                control.resync().await;
+            }
             _ = drop_log.tick() => {
                 let now = control.state.counters().unwrap_or_default();
                 log_drops(&last_counters, &now, drop_every);
@@ -595,6 +683,22 @@ async fn control_loop(
                 return Ok(());
             }
         }
+    }
+}
+
+/// The next deleted link's index, or never without a monitor.
+async fn deleted_link(links: &mut Option<crate::netlink::LinkMonitor>) -> Option<u32> {
+    match links {
+        Some(monitor) => monitor.deleted().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sleeps until `when`, or forever when there is nothing to wait for.
+async fn sleep_until_or_never(when: Option<tokio::time::Instant>) {
+    match when {
+        Some(when) => tokio::time::sleep_until(when).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -668,11 +772,14 @@ impl Control {
             changes.push(self.peers.apply(event));
         }
         // Tables first: the kernel ARPs for S.0 as soon as the route exists.
-        let router = self
-            .dataplane
-            .router()
-            .with_tables(Tables::from_peers(self.peers.by_age()));
-        self.dataplane.set_router(router);
+        let router = Arc::new(
+            self.router
+                .with_tables(Tables::from_peers(self.peers.by_age())),
+        );
+        self.router = router.clone();
+        if let Some(dataplane) = &self.dataplane {
+            dataplane.set_router((*router).clone());
+        }
         for change in changes {
             self.program(change, now).await;
         }
@@ -738,11 +845,38 @@ impl Control {
         }
     }
 
+    /// The kind of route `peer` gets now (flannel's `ip.DirectRouting`).
+    async fn route_kind(&self, peer: &Peer) -> RouteKind {
+        if !self.direct_routing {
+            return RouteKind::Vxlan;
+        }
+        let answer = match self.nl.route_get(peer.public_ip).await {
+            Ok(answer) => answer,
+            Err(e) => {
+                warn!(public_ip = %peer.public_ip, error = %e, "cannot ask the kernel how it reaches a peer; using the overlay route");
+                None
+            }
+        };
+        routes::route_kind(true, peer.public_ip, answer.as_ref(), self.link.index)
+    }
+
     async fn add_route(&mut self, peer: &Peer, now: SystemTime) {
-        let result = self.nl.replace_route(self.link.index, peer.subnet).await;
+        let kind = self.route_kind(peer).await;
+        let result = match kind {
+            RouteKind::Vxlan => self.nl.replace_route(self.link.index, peer.subnet).await,
+            RouteKind::Direct { via } => self.nl.replace_direct_route(peer.subnet, via).await,
+        };
         let route_error = match &result {
             Ok(()) => {
-                info!(subnet = %peer.subnet, via = %peer.gateway(), device = %self.link.name, "route programmed");
+                match kind {
+                    RouteKind::Vxlan => {
+                        info!(subnet = %peer.subnet, via = %peer.gateway(), device = %self.link.name, "route programmed")
+                    }
+                    RouteKind::Direct { via } => {
+                        info!(subnet = %peer.subnet, via = %via, "direct route programmed (peer on a directly connected underlay subnet)")
+                    }
+                }
+                self.kinds.insert(peer.subnet, kind);
                 None
             }
             Err(e) => {
@@ -757,7 +891,17 @@ impl Control {
             since: unix_secs(now),
             route: result.is_ok(),
             route_error,
+            route_kind: None,
+            route_via: None,
+            route_dev: None,
         };
+        let mut status = status;
+        if result.is_ok() {
+            let (k, via, dev) = self.route_status(peer, kind);
+            status.route_kind = Some(k);
+            status.route_via = Some(via);
+            status.route_dev = dev;
+        }
         self.state.update(|i| {
             let since = i
                 .peers
@@ -782,9 +926,28 @@ impl Control {
         }
     }
 
+    /// How `weftd status` shows the route of `kind` to `peer`: kind, gateway, device.
+    fn route_status(&self, peer: &Peer, kind: RouteKind) -> (String, Ipv4Addr, Option<String>) {
+        match kind {
+            RouteKind::Vxlan => (
+                kind.name().to_owned(),
+                peer.gateway(),
+                Some(self.link.name.clone()),
+            ),
+            RouteKind::Direct { via } => (kind.name().to_owned(), via, None),
+        }
+    }
+
+    /// Removes the route of the kind installed for `subnet` (the overlay
+    /// route when none is known).
     async fn delete_route(&mut self, subnet: Ipv4Net) {
-        match self.nl.delete_route(self.link.index, subnet).await {
-            Ok(()) => info!(subnet = %subnet, device = %self.link.name, "route removed"),
+        let kind = self.kinds.remove(&subnet).unwrap_or(RouteKind::Vxlan);
+        let result = match kind {
+            RouteKind::Vxlan => self.nl.delete_route(self.link.index, subnet).await,
+            RouteKind::Direct { via } => self.nl.delete_direct_route(subnet, via).await,
+        };
+        match result {
+            Ok(()) => info!(subnet = %subnet, kind = kind.name(), "route removed"),
             Err(e) => error!(subnet = %subnet, error = %e, "cannot remove route"),
         }
         self.state.update(|i| {
@@ -792,52 +955,158 @@ impl Control {
         });
     }
 
-    /// Removes routes on the device into the cluster network that no lease backs
-    /// (nodes deleted while weftd was down: flannel issue #2554).
+    /// Removes the routes weft owns that no current lease wants: routes of an
+    /// earlier Network (flannel issue #1604), of nodes deleted while weftd was
+    /// down (#2554), and of a peer's former route kind. Owned: leaving through
+    /// the VTEP device (not a kernel prefix route), or carrying weft's route
+    /// protocol; nothing else is touched.
     async fn remove_stale_routes(&mut self) {
-        let routes = match self.nl.routes_via(self.link.index).await {
+        let routes = match self.nl.main_table_routes().await {
             Ok(routes) => routes,
             Err(e) => {
-                warn!(error = %e, "cannot list routes on the VTEP device");
+                warn!(error = %e, "cannot list the routing table to remove stale routes; trying again at the next resync");
                 return;
             }
         };
-        let wanted: BTreeSet<Ipv4Net> = self.peers.iter().map(|p| p.subnet).collect();
-        for route in routes {
-            if self.network.contains(&route.dst)
-                && !wanted.contains(&route.dst)
-                && route.dst != self.own
+        let wanted: BTreeMap<Ipv4Net, RouteKind> = self
+            .peers
+            .iter()
+            .filter_map(|p| self.kinds.get(&p.subnet).map(|k| (p.subnet, *k)))
+            .collect();
+        for (route, reason) in
+            routes::stale_routes(&routes, self.link.index, self.network, self.own, &wanted)
+        {
+            // A peer whose route could not be programmed keeps what is there
+            // until the resync programs it.
+            if !self.kinds.contains_key(&route.dst)
+                && self.peers.iter().any(|p| p.subnet == route.dst)
             {
-                info!(subnet = %route.dst, "removing a stale route left from a lease that no longer exists");
-                self.delete_route(route.dst).await;
+                continue;
+            }
+            let via = route.gateway.map(|g| g.to_string()).unwrap_or_default();
+            match self.nl.delete_kernel_route(route).await {
+                Ok(()) => {
+                    info!(subnet = %route.dst, via = %via, proto = route.protocol, "removing a stale route {} ({reason})", route.dst)
+                }
+                Err(e) => {
+                    warn!(subnet = %route.dst, error = %e, "cannot remove a stale route ({reason}); trying again at the next resync")
+                }
+            }
+        }
+    }
+
+    /// Whether the VTEP device is gone (deleted, or replaced by another with
+    /// the same name), watching for up to `patience` (a dataplane error can
+    /// arrive a moment before the deletion is visible).
+    async fn device_gone(&self, patience: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            match self.nl.link_by_name(&self.device.tap_name).await {
+                Ok(None) => return true,
+                Ok(Some(link)) if link.index != self.link.index => return true,
+                Ok(Some(_)) => {}
+                Err(e) => warn!(error = %e, "cannot look up the VTEP device"),
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Recreates the VTEP device someone deleted (flannel issue #869): the
+    /// same VtepMAC, address and MTU, a new dataplane with the current tables,
+    /// and every peer's route replayed (they went with the device). On failure
+    /// tries again after a backoff of 1 s doubling to 30 s.
+    async fn recreate_device(&mut self, fatal_rx: &mut mpsc::UnboundedReceiver<DataplaneError>) {
+        // The old workers hold the old device's queues and the VXLAN port.
+        self.dataplane = None;
+        self.recreate.next = None;
+        let name = self.device.tap_name.clone();
+        let tables = self.router.tables().clone();
+        match start_dataplane(&self.nl, &self.device, tables).await {
+            Ok((dataplane, link, rx, gso_max_segs)) => {
+                self.link = link;
+                *fatal_rx = rx;
+                dataplane.set_router((*self.router).clone());
+                self.state.dataplane.set(dataplane.shared().clone());
+                self.dataplane = Some(dataplane);
+                self.recreate = Recreate::default();
+                self.kinds.clear();
+                let peers: Vec<Peer> = self.peers.iter().copied().collect();
+                let now = SystemTime::now();
+                for peer in &peers {
+                    self.add_route(peer, now).await;
+                }
+                let routes = self.kinds.len();
+                let (index, mtu) = (self.link.index, self.device.mtu);
+                let source_ports = self
+                    .dataplane
+                    .as_ref()
+                    .map(|d| d.source_ports().to_vec())
+                    .unwrap_or_default();
+                self.state.update(|i| {
+                    i.source_ports = source_ports;
+                    let recreated = i.device.as_ref().map_or(0, |d| d.recreated) + 1;
+                    i.device = Some(DeviceInfo {
+                        name: name.clone(),
+                        index,
+                        mtu,
+                        gso_max_segs,
+                        recreated,
+                    });
+                });
+                warn!(device = %name, index, routes, "{name} was deleted; recreated with its address, MAC and {routes} routes");
+            }
+            Err(e) => {
+                let backoff = if self.recreate.backoff.is_zero() {
+                    Duration::from_secs(1)
+                } else {
+                    (self.recreate.backoff * 2).min(Duration::from_secs(30))
+                };
+                self.recreate.backoff = backoff;
+                self.recreate.next = Some(tokio::time::Instant::now() + backoff);
+                error!(device = %name, error = %e, "cannot recreate the VTEP device; trying again in {}s (pod traffic to other nodes is down until then)", backoff.as_secs());
             }
         }
     }
 
     /// Puts back what someone removed: the device address and peer routes.
     async fn resync(&mut self) {
+        if self.dataplane.is_none() {
+            return;
+        }
         if let Err(e) = self
             .nl
-            .ensure_vtep_address(&self.link, self.own.network(), self.network)
+            .ensure_vtep_address(&self.link, self.own.network())
             .await
         {
             warn!(error = %e, "cannot check the VTEP address");
         }
-        let present: BTreeSet<Ipv4Net> = match self.nl.routes_via(self.link.index).await {
-            Ok(routes) => routes.into_iter().map(|r| r.dst).collect(),
+        let present = match self.nl.main_table_routes().await {
+            Ok(routes) => routes,
             Err(e) => {
-                warn!(error = %e, "cannot list routes on the VTEP device");
+                warn!(error = %e, "cannot list the routing table");
                 return;
             }
         };
-        let missing: Vec<Peer> = self
-            .peers
-            .iter()
-            .filter(|p| !present.contains(&p.subnet))
-            .copied()
-            .collect();
-        for peer in missing {
-            warn!(subnet = %peer.subnet, "route to a peer was missing; adding it back");
+        // Re-evaluate every peer's kind (an underlay that changed) and put back
+        // routes someone removed.
+        let peers: Vec<Peer> = self.peers.iter().copied().collect();
+        for peer in peers {
+            let kind = self.route_kind(&peer).await;
+            let there = present
+                .iter()
+                .any(|r| r.dst == peer.subnet && kind.matches(r, self.link.index));
+            if there && self.kinds.get(&peer.subnet) == Some(&kind) {
+                continue;
+            }
+            match self.kinds.get(&peer.subnet) {
+                Some(old) if *old != kind => {
+                    info!(subnet = %peer.subnet, from = old.name(), to = kind.name(), "the route kind of a peer changed; replacing its route")
+                }
+                _ => warn!(subnet = %peer.subnet, "route to a peer was missing; adding it back"),
+            }
             self.add_route(&peer, SystemTime::now()).await;
         }
         self.remove_stale_routes().await;

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
 /// Seconds since the Unix epoch.
@@ -72,6 +72,9 @@ pub struct DeviceInfo {
     /// TCP segments per TSO super-frame, when weftd capped it to one UDP GSO send.
     #[serde(default)]
     pub gso_max_segs: Option<u32>,
+    /// Times weftd recreated the device after someone deleted it.
+    #[serde(default)]
+    pub recreated: u64,
 }
 
 /// A peer as `weftd status` shows it.
@@ -89,6 +92,16 @@ pub struct PeerStatus {
     pub route: bool,
     /// Why it is not.
     pub route_error: Option<String>,
+    /// The kind of route programmed: `vxlan` (through the VTEP device) or
+    /// `direct` (DirectRouting: via the peer's public IP on the underlay).
+    #[serde(default)]
+    pub route_kind: Option<String>,
+    /// The route's gateway: `S.0` for `vxlan`, the public IP for `direct`.
+    #[serde(default)]
+    pub route_via: Option<Ipv4Addr>,
+    /// The route's device, for `vxlan`.
+    #[serde(default)]
+    pub route_dev: Option<String>,
 }
 
 /// The part of the status the control loop writes.
@@ -132,12 +145,30 @@ pub struct AgentState {
     pub info: RwLock<StatusInfo>,
     /// The store's counters.
     pub store: Arc<StoreStats>,
-    /// The dataplane, once started.
-    pub dataplane: OnceLock<Arc<Shared>>,
+    /// The dataplane, once started (a new one after the device is recreated).
+    pub dataplane: DataplaneSlot,
+
     /// `subnet.env` is written.
     pub ready: AtomicBool,
     /// Lease events acted on.
     pub lease_events: LeaseEventCounts,
+}
+
+/// The running dataplane's shared state, replaced when the device is
+/// recreated (its counters then start again from zero).
+#[derive(Debug, Default)]
+pub struct DataplaneSlot(arc_swap::ArcSwapOption<Shared>);
+
+impl DataplaneSlot {
+    /// The dataplane in use, once started.
+    pub fn get(&self) -> Option<Arc<Shared>> {
+        self.0.load_full()
+    }
+
+    /// Makes `shared` the dataplane in use.
+    pub fn set(&self, shared: Arc<Shared>) {
+        self.0.store(Some(shared));
+    }
 }
 
 /// Everything `weftd status --json` prints.
@@ -189,7 +220,8 @@ impl AgentState {
             version: env!("CARGO_PKG_VERSION"),
             info: RwLock::new(StatusInfo::default()),
             store,
-            dataplane: OnceLock::new(),
+            dataplane: DataplaneSlot::default(),
+
             ready: AtomicBool::new(false),
             lease_events: LeaseEventCounts::default(),
         })

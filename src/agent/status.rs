@@ -261,6 +261,9 @@ pub fn render(r: &StatusReport) -> String {
         if let Some(segs) = dev.gso_max_segs {
             let _ = write!(out, ", gso_max_segs {segs}");
         }
+        if dev.recreated > 0 {
+            let _ = write!(out, ", recreated {} times after deletion", dev.recreated);
+        }
         out.push_str(")\n");
     }
     let on: Vec<_> = r
@@ -309,7 +312,11 @@ pub fn render(r: &StatusReport) -> String {
     );
     for p in r.info.peers.values() {
         let route = match (&p.route, &p.route_error) {
-            (true, _) => "yes".to_string(),
+            (true, _) => match (&p.route_kind, p.route_via, &p.route_dev) {
+                (Some(kind), Some(via), Some(dev)) => format!("{kind} via {via} dev {dev}"),
+                (Some(kind), Some(via), None) => format!("{kind} via {via}"),
+                _ => "yes".to_string(),
+            },
             (false, Some(e)) => format!("NO: {e}"),
             (false, None) => "no".to_string(),
         };
@@ -417,6 +424,9 @@ mod tests {
                     since: 1,
                     route: true,
                     route_error: None,
+                    route_kind: Some("direct".into()),
+                    route_via: Some("192.168.0.3".parse().unwrap()),
+                    route_dev: None,
                 },
             );
         });
@@ -425,7 +435,9 @@ mod tests {
         assert_eq!(report.info.peers.len(), 1);
         let text = render(&report);
         assert!(
-            text.contains("10.244.3.0/24") && text.contains("0e:00:00:00:00:03"),
+            text.contains("10.244.3.0/24")
+                && text.contains("0e:00:00:00:00:03")
+                && text.contains("direct via 192.168.0.3"),
             "{text}"
         );
         drop(server);

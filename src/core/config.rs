@@ -89,7 +89,8 @@ pub struct VxlanConfig {
     pub gbp: bool,
     /// `Learning` (accepted, not acted on: weft never learns from traffic).
     pub learning: bool,
-    /// `DirectRouting` (accepted, not acted on).
+    /// `DirectRouting`: a peer on a directly connected underlay subnet gets a
+    /// plain route via its public IP instead of the overlay route.
     pub direct_routing: bool,
 }
 
@@ -404,9 +405,6 @@ fn parse_vxlan(raw: &RawValue, warnings: &mut Vec<String>) -> Result<VxlanConfig
         warnings.push("Backend.Learning is ignored: weft never learns MACs from traffic, every entry comes from a lease".into());
     }
     config.direct_routing = flag("DirectRouting")?.unwrap_or(false);
-    if config.direct_routing {
-        warnings.push("Backend.DirectRouting is not supported: all traffic to other nodes is VXLAN-encapsulated".into());
-    }
     Ok(config)
 }
 
@@ -565,7 +563,8 @@ mod tests {
         let c =
             check(r#"{"Network":"10.0.0.0/16","Backend":{"Type":"vxlan","DirectRouting":true}}"#)
                 .unwrap();
-        assert_eq!(c.warnings.len(), 1);
+        assert!(c.vxlan.direct_routing);
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
     }
 
     #[test]

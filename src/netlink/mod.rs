@@ -8,7 +8,9 @@ use ipnet::Ipv4Net;
 use netlink_packet_route::AddressFamily;
 use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::link::{LinkAttribute, LinkFlags};
-use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteType,
+};
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -70,13 +72,38 @@ pub struct LinkAddr {
     pub prefix_len: u8,
 }
 
-/// A route on the VTEP device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct VtepRoute {
-    /// The destination subnet.
+/// The route protocol (`ip route ... proto 87`) that marks every route weft
+/// installs. Unassigned: `linux/rtnetlink.h` lists 0-4, 8-18, 42, 99, 186-192,
+/// and `/etc/iproute2/rt_protos` knows no 87.
+pub const WEFT_ROUTE_PROTOCOL: u8 = 87;
+
+/// The kernel's own routes (`proto kernel`: prefix routes of addresses).
+pub const KERNEL_ROUTE_PROTOCOL: u8 = 2;
+
+/// A main-table IPv4 route, as the stale-route sweep sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelRoute {
+    /// The destination.
     pub dst: Ipv4Net,
-    /// The gateway, if any (weft's are `S.0` onlink).
+    /// The gateway, if any.
     pub gateway: Option<Ipv4Addr>,
+    /// The output interface, if any.
+    pub oif: Option<u32>,
+    /// Its protocol number (`proto`).
+    pub protocol: u8,
+    /// The kernel's message, to delete exactly this route.
+    pub message: RouteMessage,
+}
+
+/// The kernel's answer to `ip route get <ip>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteGet {
+    /// The gateway, when the destination is not on-link.
+    pub gateway: Option<Ipv4Addr>,
+    /// The output interface.
+    pub oif: Option<u32>,
+    /// A plain unicast route (not local, blackhole, unreachable, ...).
+    pub unicast: bool,
 }
 
 /// A connection to rtnetlink.
@@ -229,14 +256,12 @@ impl Netlink {
         Ok(out)
     }
 
-    /// Makes `addr/32` the only address from `network` on the link (flannel's
-    /// `EnsureV4AddressOnLink`): other addresses inside the network are removed.
-    pub async fn ensure_vtep_address(
-        &self,
-        link: &LinkInfo,
-        addr: Ipv4Addr,
-        network: Ipv4Net,
-    ) -> Result<()> {
+    /// Makes `addr/32` the only IPv4 address on the link. flannel's
+    /// `EnsureV4AddressOnLink` removes other addresses inside the Network
+    /// only; the device is weft's, so an address an earlier Network left
+    /// (flannel issue #1604) goes too — else the kernel may pick it as the
+    /// source of pod traffic, which no peer routes back any more.
+    pub async fn ensure_vtep_address(&self, link: &LinkInfo, addr: Ipv4Addr) -> Result<()> {
         let mut present = false;
         let mut stream = self
             .handle
@@ -258,9 +283,19 @@ impl Netlink {
             let Some(ip) = ip else { continue };
             if ip == addr && msg.header.prefix_len == 32 {
                 present = true;
-            } else if network.contains(&ip) {
+            } else {
                 stale.push(msg);
             }
+        }
+        // Add before removing: a device left without IPv4 address loses all
+        // its routes (the kernel's fib_disable_ip).
+        if !present {
+            self.handle
+                .address()
+                .add(link.index, IpAddr::V4(addr), 32)
+                .execute()
+                .await
+                .map_err(ctx(|| format!("add {addr}/32 to {}", link.name)))?;
         }
         for msg in stale {
             self.handle
@@ -270,14 +305,6 @@ impl Netlink {
                 .await
                 .map_err(ctx(|| format!("remove a stale address from {}", link.name)))?;
         }
-        if !present {
-            self.handle
-                .address()
-                .add(link.index, IpAddr::V4(addr), 32)
-                .execute()
-                .await
-                .map_err(ctx(|| format!("add {addr}/32 to {}", link.name)))?;
-        }
         Ok(())
     }
 
@@ -286,9 +313,85 @@ impl Netlink {
             .destination_prefix(subnet.network(), subnet.prefix_len())
             .gateway(subnet.network())
             .output_interface(index)
-            .protocol(RouteProtocol::Boot)
+            .protocol(RouteProtocol::from(WEFT_ROUTE_PROTOCOL))
             .onlink()
             .build()
+    }
+
+    fn direct_route(subnet: Ipv4Net, via: Ipv4Addr) -> RouteMessage {
+        RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(subnet.network(), subnet.prefix_len())
+            .gateway(via)
+            .protocol(RouteProtocol::from(WEFT_ROUTE_PROTOCOL))
+            .build()
+    }
+
+    /// `ip route replace S via P proto 87` (DirectRouting: P on-link on the underlay).
+    pub async fn replace_direct_route(&self, subnet: Ipv4Net, via: Ipv4Addr) -> Result<()> {
+        self.handle
+            .route()
+            .add(Self::direct_route(subnet, via))
+            .replace()
+            .execute()
+            .await
+            .map_err(ctx(|| format!("add direct route {subnet} via {via}")))
+    }
+
+    /// Removes the direct route to `subnet` via `via`; one already gone is fine.
+    pub async fn delete_direct_route(&self, subnet: Ipv4Net, via: Ipv4Addr) -> Result<()> {
+        let result = self
+            .handle
+            .route()
+            .del(Self::direct_route(subnet, via))
+            .execute()
+            .await;
+        ignore_esrch(result, || format!("delete direct route {subnet} via {via}"))
+    }
+
+    /// Deletes exactly the route `route` (from [`Netlink::main_table_routes`]).
+    pub async fn delete_kernel_route(&self, route: &KernelRoute) -> Result<()> {
+        let result = self
+            .handle
+            .route()
+            .del(route.message.clone())
+            .execute()
+            .await;
+        ignore_esrch(result, || format!("delete route {}", route.dst))
+    }
+
+    /// Every IPv4 route of the main table.
+    pub async fn main_table_routes(&self) -> Result<Vec<KernelRoute>> {
+        Ok(self
+            .main_routes()
+            .await?
+            .into_iter()
+            .map(|msg| {
+                let dst = msg.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Destination(RouteAddress::Inet(ip)) => Some(*ip),
+                    _ => None,
+                });
+                let gateway = msg.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Gateway(RouteAddress::Inet(ip)) => Some(*ip),
+                    _ => None,
+                });
+                let oif = msg.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Oif(i) => Some(*i),
+                    _ => None,
+                });
+                let dst = Ipv4Net::new(
+                    dst.unwrap_or(Ipv4Addr::UNSPECIFIED),
+                    msg.header.destination_prefix_length,
+                )
+                .unwrap_or_default();
+                KernelRoute {
+                    dst,
+                    gateway,
+                    oif,
+                    protocol: u8::from(msg.header.protocol),
+                    message: msg,
+                }
+            })
+            .collect())
     }
 
     /// `ip route replace S via S.0 dev <index> onlink`.
@@ -306,24 +409,13 @@ impl Netlink {
 
     /// Removes the route to `subnet` on the link; a route that is already gone is fine.
     pub async fn delete_route(&self, index: u32, subnet: Ipv4Net) -> Result<()> {
-        match self
+        let result = self
             .handle
             .route()
             .del(Self::vtep_route(index, subnet))
             .execute()
-            .await
-        {
-            Ok(()) => Ok(()),
-            Err(rtnetlink::Error::NetlinkError(msg))
-                if msg.code.is_some_and(|c| -c.get() == libc::ESRCH) =>
-            {
-                Ok(())
-            }
-            Err(source) => Err(NetlinkError {
-                what: format!("delete route {subnet}"),
-                source,
-            }),
-        }
+            .await;
+        ignore_esrch(result, || format!("delete route {subnet}"))
     }
 
     /// Forgets the kernel's neighbour entry for `ip` on the link, so the kernel
@@ -351,35 +443,6 @@ impl Netlink {
                 source,
             }),
         }
-    }
-
-    /// IPv4 routes of the main table that leave through `index`.
-    pub async fn routes_via(&self, index: u32) -> Result<Vec<VtepRoute>> {
-        let mut out = Vec::new();
-        for msg in self.main_routes().await? {
-            let oif = msg.attributes.iter().find_map(|a| match a {
-                RouteAttribute::Oif(i) => Some(*i),
-                _ => None,
-            });
-            if oif != Some(index) {
-                continue;
-            }
-            let dst = msg.attributes.iter().find_map(|a| match a {
-                RouteAttribute::Destination(RouteAddress::Inet(ip)) => Some(*ip),
-                _ => None,
-            });
-            let gateway = msg.attributes.iter().find_map(|a| match a {
-                RouteAttribute::Gateway(RouteAddress::Inet(ip)) => Some(*ip),
-                _ => None,
-            });
-            let dst = Ipv4Net::new(
-                dst.unwrap_or(Ipv4Addr::UNSPECIFIED),
-                msg.header.destination_prefix_length,
-            )
-            .unwrap_or_default();
-            out.push(VtepRoute { dst, gateway });
-        }
-        Ok(out)
     }
 
     async fn main_routes(&self) -> Result<Vec<RouteMessage>> {
@@ -424,7 +487,48 @@ impl Netlink {
     }
 }
 
+fn ignore_esrch(
+    result: std::result::Result<(), rtnetlink::Error>,
+    what: impl FnOnce() -> String,
+) -> Result<()> {
+    match result {
+        Ok(()) => Ok(()),
+        Err(rtnetlink::Error::NetlinkError(msg))
+            if msg.code.is_some_and(|c| -c.get() == libc::ESRCH) =>
+        {
+            Ok(())
+        }
+        Err(source) => Err(NetlinkError {
+            what: what(),
+            source,
+        }),
+    }
+}
+
 impl Netlink {
+    /// The kernel's answer to `ip route get <ip>`: gateway, interface, type.
+    pub async fn route_get(&self, ip: Ipv4Addr) -> Result<Option<RouteGet>> {
+        let query = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(ip, 32)
+            .build();
+        let mut stream = self.handle.route().get(query).execute();
+        let msg = stream
+            .try_next()
+            .await
+            .map_err(ctx(|| format!("route get {ip}")))?;
+        Ok(msg.map(|m| RouteGet {
+            gateway: m.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Gateway(RouteAddress::Inet(ip)) => Some(*ip),
+                _ => None,
+            }),
+            oif: m.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Oif(i) => Some(*i),
+                _ => None,
+            }),
+            unicast: m.header.kind == RouteType::Unicast,
+        }))
+    }
+
     /// The interface the kernel would use to reach `ip` (`ip route get`).
     pub async fn route_interface_to(&self, ip: Ipv4Addr) -> Result<Option<u32>> {
         let query = RouteMessageBuilder::<Ipv4Addr>::new()
@@ -453,5 +557,41 @@ impl Netlink {
             .execute()
             .await
             .map_err(ctx(|| format!("delete link {index}")))
+    }
+}
+
+/// Link deletions the kernel announces (`RTM_DELLINK` on the `RTNLGRP_LINK`
+/// multicast group), to notice someone deleting the VTEP device at once.
+#[derive(Debug)]
+pub struct LinkMonitor {
+    deleted: tokio::sync::mpsc::UnboundedReceiver<u32>,
+}
+
+impl LinkMonitor {
+    /// Subscribes; the socket's driver runs on the current tokio runtime.
+    pub fn open() -> std::io::Result<LinkMonitor> {
+        use futures::StreamExt;
+        use netlink_packet_route::RouteNetlinkMessage;
+        use rtnetlink::packet_core::NetlinkPayload;
+        let (connection, _handle, mut messages) =
+            rtnetlink::new_multicast_connection(&[rtnetlink::MulticastGroup::Link])?;
+        tokio::spawn(connection);
+        let (tx, deleted) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some((msg, _)) = messages.next().await {
+                if let NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(link)) =
+                    msg.payload
+                    && tx.send(link.header.index).is_err()
+                {
+                    return;
+                }
+            }
+        });
+        Ok(LinkMonitor { deleted })
+    }
+
+    /// The index of the next deleted link; `None` once the socket is gone.
+    pub async fn deleted(&mut self) -> Option<u32> {
+        self.deleted.recv().await
     }
 }
