@@ -14,5 +14,6 @@ mod interop;
 mod kube;
 mod offload;
 mod operability;
+mod options;
 mod readd;
 mod skeleton;
