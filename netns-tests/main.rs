@@ -14,6 +14,7 @@ mod interop;
 mod kube;
 mod offload;
 mod operability;
+mod options;
 mod readd;
 mod routing;
 mod skeleton;

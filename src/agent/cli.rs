@@ -103,6 +103,9 @@ pub struct RunArgs {
     /// Seconds between checks that the masquerade/forward rules are in place (re-added if not).
     #[arg(long, env = "FLANNELD_IPTABLES_RESYNC", default_value_t = 5)]
     pub iptables_resync: u64,
+    /// Add a blackhole route for the node's own subnet (checked every --iptables-resync seconds).
+    #[arg(long, env = "FLANNELD_IP_BLACKHOLE_ROUTE", action = bool_flag!(), num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
+    pub ip_blackhole_route: bool,
     /// Add FORWARD accept rules for the cluster network (chain FLANNEL-FWD).
     #[arg(long, env = "FLANNELD_IPTABLES_FORWARD_RULES", action = bool_flag!(), num_args = 0..=1, default_value_t = true, default_missing_value = "true")]
     pub iptables_forward_rules: bool,

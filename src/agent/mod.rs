@@ -13,6 +13,7 @@
 //! workers' TAP errors, or the resync. SIGTERM/SIGINT stop cleanly and keep the
 //! device, its routes and the lease for a seamless restart.
 
+pub mod blackhole;
 pub mod cli;
 pub mod iface;
 pub mod masq;
@@ -124,6 +125,14 @@ pub enum AgentError {
     /// The store's task ended without a reason.
     #[error("the lease store task stopped unexpectedly")]
     StoreStopped,
+    /// Kube mode: the first list of nodes did not arrive in time.
+    #[error(
+        "error waiting for nodeController to sync state: timed out after {seconds} s (set CONT_WHEN_CACHE_NOT_READY=true to start anyway)"
+    )]
+    CacheNotReady {
+        /// The wait (tunable `agent.kube_sync_timeout_seconds`).
+        seconds: u64,
+    },
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> AgentError {
@@ -135,6 +144,14 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> AgentError 
 pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     args.validate()
         .map_err(|reason| AgentError::Usage { reason })?;
+    // Kube mode's EVENT_QUEUE_DEPTH bounds the store→agent channel (flannel's check, fatal).
+    let queue_depth = if args.kube_subnet_mgr {
+        let value = std::env::var("EVENT_QUEUE_DEPTH").ok();
+        crate::subnet::kube::env::event_queue_depth(value.as_deref())
+            .map_err(|reason| AgentError::Usage { reason })?
+    } else {
+        256
+    };
     let tunables = match &args.tunables {
         Some(path) => Tunables::load(path).map_err(|reason| AgentError::Tunables { reason })?,
         None => Tunables::default(),
@@ -254,7 +271,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
             }
         };
 
-    let (tx, mut rx) = mpsc::channel(256);
+    let (tx, mut rx) = mpsc::channel(queue_depth);
     let renew = RenewPolicy {
         margin: Duration::from_secs(u64::from(args.subnet_lease_renew_margin) * 60),
         ..RenewPolicy::default()
@@ -279,15 +296,32 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     };
 
     // Program the current leases before announcing readiness.
-    loop {
-        match rx.recv().await {
-            Some(StoreUpdate::Snapshot(leases)) => {
-                control.apply_snapshot(leases).await;
-                break;
+    let first_snapshot = async {
+        loop {
+            match rx.recv().await {
+                Some(StoreUpdate::Snapshot(leases)) => {
+                    control.apply_snapshot(leases).await;
+                    return Ok(());
+                }
+                Some(other) => control.apply_update(other).await?,
+                None => return Err(AgentError::StoreStopped),
             }
-            Some(other) => control.apply_update(other).await?,
-            None => return Err(AgentError::StoreStopped),
         }
+    };
+    if args.kube_subnet_mgr {
+        let seconds = tunables.agent.kube_sync_timeout_seconds;
+        let cont = crate::subnet::kube::env::cont_when_cache_not_ready(
+            std::env::var("CONT_WHEN_CACHE_NOT_READY").ok().as_deref(),
+        );
+        match tokio::time::timeout(Duration::from_secs(seconds), first_snapshot).await {
+            Ok(result) => result?,
+            Err(_) if cont => {
+                warn!("Timed out waiting for node controller sync. Continuing anyway.")
+            }
+            Err(_) => return Err(AgentError::CacheNotReady { seconds }),
+        }
+    } else {
+        first_snapshot.await?;
     }
     let env = SubnetEnv {
         network: Some(network),
@@ -299,6 +333,13 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     crate::files::write_atomic(&args.subnet_file, &env.render(), 0o644).map_err(io_err(
         format!("cannot write {}", args.subnet_file.display()),
     ))?;
+    let blackhole_task = args.ip_blackhole_route.then(|| {
+        blackhole::start(
+            control.nl.clone(),
+            lease.subnet,
+            Duration::from_secs(args.iptables_resync),
+        )
+    });
     state.ready.store(true, Relaxed);
     info!(subnet_file = %args.subnet_file.display(), peers = control.peers.len(), "weftd is ready");
     store.complete(&lease);
@@ -308,6 +349,9 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     control.dataplane = None;
     store_task.abort();
     if let Some(task) = masq_task {
+        task.abort();
+    }
+    if let Some(task) = blackhole_task {
         task.abort();
     }
     result

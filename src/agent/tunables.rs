@@ -76,6 +76,9 @@ pub struct AgentTunables {
     pub resync_seconds: u64,
     /// Seconds between summaries of dropped traffic in the log.
     pub drop_log_seconds: u64,
+    /// Kube mode: seconds to wait for the first node list before giving up
+    /// (or, with `CONT_WHEN_CACHE_NOT_READY=true`, going on without it).
+    pub kube_sync_timeout_seconds: u64,
 }
 
 impl Default for DataplaneTunables {
@@ -104,6 +107,7 @@ impl Default for AgentTunables {
         AgentTunables {
             resync_seconds: 5,
             drop_log_seconds: 10,
+            kube_sync_timeout_seconds: 600,
         }
     }
 }
@@ -125,7 +129,10 @@ impl Tunables {
         if t.dataplane.source_ports == 0 || t.dataplane.source_ports > 1024 {
             return Err("dataplane.source_ports must be 1..1024".into());
         }
-        if t.agent.resync_seconds == 0 || t.agent.drop_log_seconds == 0 {
+        if t.agent.resync_seconds == 0
+            || t.agent.drop_log_seconds == 0
+            || t.agent.kube_sync_timeout_seconds == 0
+        {
             return Err("agent intervals must be at least 1 second".into());
         }
         Ok(t)

@@ -85,7 +85,7 @@ pub struct VxlanConfig {
     pub port: u16,
     /// Underlay MTU to derive the overlay MTU from; `None`: the interface's.
     pub mtu: Option<u32>,
-    /// `GBP` (accepted, not acted on).
+    /// `GBP`; `true` is refused when the backend section is read (a TAP cannot carry `skb->mark`).
     pub gbp: bool,
     /// `Learning` (accepted, not acted on: weft never learns from traffic).
     pub learning: bool,
@@ -397,7 +397,7 @@ fn parse_vxlan(raw: &RawValue, warnings: &mut Vec<String>) -> Result<VxlanConfig
     config.gbp = flag("GBP")?.unwrap_or(false);
     if config.gbp {
         return Err(bad(
-            "GBP (VXLAN group policy) is not implemented by weft; remove \"GBP\" or keep this cluster on flannel".into(),
+            "GBP (VXLAN Group Based Policy) is not supported by weft: the policy ID is the packet mark (skb->mark), which a TAP device neither hands to nor takes from userspace; remove \"GBP\" from the Backend section, or keep this cluster on flannel's kernel vxlan backend".into(),
         ));
     }
     config.learning = flag("Learning")?.unwrap_or(false);
@@ -543,6 +543,16 @@ mod tests {
                 "{text}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn gbp_refusal_says_why_and_what_to_do() {
+        let err = check(r#"{"Network":"10.0.0.0/16","Backend":{"Type":"vxlan","GBP":true}}"#)
+            .unwrap_err();
+        assert!(err.contains("not supported by weft"), "{err}");
+        assert!(err.contains("skb->mark"), "{err}");
+        assert!(err.contains("remove \"GBP\""), "{err}");
+        check(r#"{"Network":"10.0.0.0/16","Backend":{"Type":"vxlan","GBP":false}}"#).unwrap();
     }
 
     #[test]

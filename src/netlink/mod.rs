@@ -16,6 +16,8 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use crate::core::mac::MacAddr;
 
+pub mod blackhole;
+
 /// A netlink request that failed, with what it was for.
 #[derive(Debug, thiserror::Error)]
 #[error("netlink: {what}: {source}")]

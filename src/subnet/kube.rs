@@ -19,6 +19,7 @@
 //! skipped, logged once per bad state and counted.
 
 pub mod annotations;
+pub mod env;
 pub mod nodes;
 
 use super::contract::{AcquireRequest, StoreUpdate, UpdateSender};

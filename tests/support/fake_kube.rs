@@ -70,6 +70,8 @@ struct State {
     compacted: u64,
     /// When false, changes are stored but not sent to open watches (as if missed).
     deliver: bool,
+    /// When true, node lists (and watches from no version, which list) wait.
+    stall_lists: bool,
     token: Option<String>,
     bookmark_every: Duration,
     watches: Vec<Watch>,
@@ -332,6 +334,7 @@ impl FakeKube {
             history: Vec::new(),
             compacted: 0,
             deliver: true,
+            stall_lists: false,
             token: None,
             bookmark_every: Duration::from_millis(200),
             watches: Vec::new(),
@@ -449,6 +452,12 @@ impl FakeKube {
         self.state().deliver = deliver;
     }
 
+    /// Holds (or releases) every node list, as an API server too slow to
+    /// answer one: list requests wait until released.
+    pub fn stall_lists(&self, stall: bool) {
+        self.state().stall_lists = stall;
+    }
+
     /// Compacts the history: watches from any version before `floor` get 410.
     pub fn compact_before(&self, floor: u64) {
         let mut st = self.state();
@@ -539,6 +548,16 @@ async fn handle(
         authorization: header(header::AUTHORIZATION),
         body: String::from_utf8_lossy(&body).into_owned(),
     };
+    if parts.method == Method::GET && recorded.path == "/api/v1/nodes" {
+        let q = params(&recorded.query);
+        let watching = matches!(q.get("watch").map(String::as_str), Some("true" | "1"));
+        let from = q.get("resourceVersion").map(String::as_str).unwrap_or("");
+        if !watching || from.is_empty() || from == "0" {
+            while lock(&state).stall_lists {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
     let mut st = lock(&state);
     st.requests.push(recorded.clone());
     if let Some(token) = &st.token

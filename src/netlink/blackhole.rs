@@ -1,0 +1,52 @@
+//! Blackhole routes for the node's own subnet (`--ip-blackhole-route`): the
+//! kernel drops traffic to pod IPs nobody holds instead of sending it to the
+//! default route.
+
+use super::{Netlink, NetlinkError, Result, ctx};
+use ipnet::Ipv4Net;
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteProtocol, RouteType};
+use rtnetlink::RouteMessageBuilder;
+use std::net::Ipv4Addr;
+
+/// weft's routing protocol number (`ip route ... proto 87`), so its routes can be told apart.
+pub const RTPROT_WEFT: u8 = 87;
+
+impl Netlink {
+    /// Whether the main table has a `blackhole <subnet>` route.
+    pub async fn has_blackhole(&self, subnet: Ipv4Net) -> Result<bool> {
+        Ok(self.main_routes().await?.iter().any(|msg| {
+            msg.header.kind == RouteType::BlackHole
+                && msg.header.destination_prefix_length == subnet.prefix_len()
+                && msg
+                    .attributes
+                    .iter()
+                    .find_map(|a| match a {
+                        RouteAttribute::Destination(RouteAddress::Inet(ip)) => Some(*ip),
+                        _ => None,
+                    })
+                    .unwrap_or(Ipv4Addr::UNSPECIFIED)
+                    == subnet.network()
+        }))
+    }
+
+    /// `ip route add blackhole <subnet> proto 87` (exclusive: fails with
+    /// `EEXIST` when another route owns the prefix, e.g. cni0's).
+    pub async fn add_blackhole(&self, subnet: Ipv4Net) -> Result<()> {
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(subnet.network(), subnet.prefix_len())
+            .kind(RouteType::BlackHole)
+            .protocol(RouteProtocol::Other(RTPROT_WEFT))
+            .build();
+        self.handle
+            .route()
+            .add(route)
+            .execute()
+            .await
+            .map_err(ctx(|| format!("add blackhole route {subnet}")))
+    }
+}
+
+/// Whether `e` is the kernel's "file exists" (another route owns the prefix).
+pub fn is_exists(e: &NetlinkError) -> bool {
+    e.errno() == Some(libc::EEXIST)
+}
