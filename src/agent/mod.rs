@@ -251,7 +251,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         network,
         own: lease.subnet,
         watcher: LeaseWatcher::new(Some(lease.subnet)),
-        peers: Peers::new(),
+        peers: Peers::for_node(lease.subnet, lease.attrs.public_ip, network),
         dataplane,
         state: state.clone(),
         stats,

@@ -1,0 +1,149 @@
+//! The fault and abuse suite (issue 17): hostile stores, hostile clients of
+//! the status socket and metrics endpoint. Each test prints its figures on
+//! stderr (`fault …:` lines) and asserts what the README promises under that
+//! fault ("What weft promises under faults").
+
+use crate::harness::*;
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+/// A vxlan lease record as the local store keeps it (never expires).
+fn lease_json(public_ip: Ipv4Addr, mac: &str) -> String {
+    format!(
+        r#"{{"PublicIP":"{public_ip}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{mac}"}}}}"#
+    )
+}
+
+fn key(subnet: ipnet::Ipv4Net) -> String {
+    format!("{}-{}", subnet.addr(), subnet.prefix_len())
+}
+
+/// Resident set (kB) and open descriptors of a process.
+fn rss_and_fds(pid: u32) -> (u64, usize) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    (rss, fds)
+}
+
+/// The weftd process itself (the lab's child is `ip netns exec`, which execs it).
+fn weftd_pid(lab: &Lab, node: usize) -> u32 {
+    lab.status(node)["pid"].as_u64().expect("pid") as u32
+}
+
+/// A hostile store: a 1 MB lease, 100 000 junk keys, leases claiming this
+/// node's subnet (a longer prefix inside it, a shorter one around it) and its
+/// public IP. Each is skipped and counted; the agent stays up, keeps its
+/// routes right and its log bounded.
+#[test]
+fn hostile_store_records_are_skipped_counted_and_never_hijack_a_route() {
+    if skip_without_root() {
+        return;
+    }
+    let mut lab = Lab::new(2);
+    let s0 = lab.start_weftd(0);
+    let s1 = lab.start_weftd(1);
+    lab.wait_ping(lab.ns(0), s1.network(), Duration::from_secs(10));
+    let pid = weftd_pid(&lab, 0);
+    let (rss_before, fds_before) = rss_and_fds(pid);
+    let lines_before = lab.weftd_log(0).lines().count();
+    let store = lab.store_dir();
+    let started = Instant::now();
+
+    // 100 000 keys that are not subnet keys, written while the agent watches.
+    for i in 0..100_000u32 {
+        std::fs::write(store.join(format!("junk-{i}")), b"").unwrap();
+    }
+    // A lease of 1 MB (valid JSON, padded).
+    let doc = lease_json(Ipv4Addr::new(192, 168, 100, 77), "0e:00:00:00:00:77");
+    let big = format!("{}{}}}", &doc[..doc.len() - 1], " ".repeat(1 << 20));
+    let big_subnet: ipnet::Ipv4Net = "10.244.200.0/24".parse().unwrap();
+    std::fs::write(store.join(key(big_subnet)), &big).unwrap();
+    // Leases claiming node 0's subnet: half of it, and the whole network around it.
+    let half = ipnet::Ipv4Net::new(s0.network(), 25).unwrap();
+    let around: ipnet::Ipv4Net = "10.244.0.0/16".parse().unwrap();
+    for (subnet, mac) in [(half, "0e:00:00:00:00:25"), (around, "0e:00:00:00:00:16")] {
+        std::fs::write(
+            store.join(key(subnet)),
+            lease_json(Ipv4Addr::new(192, 168, 100, 66), mac),
+        )
+        .unwrap();
+    }
+    // A lease naming node 0's public IP for another subnet.
+    let mine: ipnet::Ipv4Net = "10.244.201.0/24".parse().unwrap();
+    std::fs::write(
+        store.join(key(mine)),
+        lease_json(lab.nodes[0].ip, "0e:00:00:00:02:01"),
+    )
+    .unwrap();
+
+    let want = [
+        "bad_key",
+        "too_large",
+        "claims_own_subnet",
+        "claims_own_public_ip",
+    ];
+    let bad = wait_for(
+        "every hostile record counted",
+        Duration::from_secs(60),
+        || {
+            let bad = lab.status(0)["store_stats"]["bad_records"].clone();
+            want.iter()
+                .all(|k| bad[*k].as_u64().unwrap_or(0) > 0)
+                .then_some(bad)
+        },
+    );
+    let counted_after = started.elapsed();
+    assert!(
+        bad["bad_key"].as_u64().unwrap() >= 100_000,
+        "junk keys not all counted: {bad}"
+    );
+    // Still the one real peer, and only its route.
+    let routes = lab.vtep_routes(0);
+    assert_eq!(routes.len(), 1, "routes on node 0: {routes:?}");
+    assert!(routes[0].starts_with(&s1.to_string()), "{routes:?}");
+    let main = lab.run(lab.ns(0), &["ip", "-4", "route", "show"]);
+    for hijack in [half, around, mine, big_subnet] {
+        assert!(
+            !main.lines().any(|l| l.starts_with(&hijack.to_string())),
+            "route for hostile lease {hijack}:\n{main}"
+        );
+    }
+    let peers = lab.status(0)["peers"].clone();
+    assert_eq!(peers.as_object().unwrap().len(), 1, "{peers}");
+    assert!(lab.ping(lab.ns(0), s1.network(), 3), "dataplane broken");
+    assert!(lab.ping(lab.ns(1), s0.network(), 3), "dataplane broken");
+    let (rss_after, fds_after) = rss_and_fds(pid);
+    let new_lines = lab.weftd_log(0).lines().count() - lines_before;
+    eprintln!(
+        "fault hostile-store: 100000 junk keys + 1 MB lease + 3 hijack attempts: all skipped and counted ({bad}) within {} ms; routes hijacked 0; weftd RSS {rss_before} -> {rss_after} kB, fds {fds_before} -> {fds_after}, {new_lines} new log lines",
+        counted_after.as_millis()
+    );
+    assert!(
+        new_lines <= 60,
+        "{new_lines} log lines for the hostile store:\n{}",
+        lab.weftd_log(0)
+    );
+    assert!(
+        fds_after <= fds_before + 2,
+        "fds {fds_before} -> {fds_after}"
+    );
+    // Cleaning the store up brings no change to routes, and no crash.
+    for i in 0..100_000u32 {
+        let _ = std::fs::remove_file(store.join(format!("junk-{i}")));
+    }
+    for subnet in [big_subnet, half, around, mine] {
+        std::fs::remove_file(store.join(key(subnet))).unwrap();
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(lab.vtep_routes(0).len(), 1);
+    assert_eq!(weftd_pid(&lab, 0), pid, "weftd restarted");
+}
