@@ -4,8 +4,8 @@
 //! fault ("What weft promises under faults").
 
 use crate::harness::*;
-
-use std::net::Ipv4Addr;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 /// A vxlan lease record as the local store keeps it (never expires).
@@ -146,4 +146,169 @@ fn hostile_store_records_are_skipped_counted_and_never_hijack_a_route() {
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(lab.vtep_routes(0).len(), 1);
     assert_eq!(weftd_pid(&lab, 0), pid, "weftd restarted");
+}
+
+/// Runs `f` on a background thread inside namespace `ns`.
+fn in_netns_bg<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        f()
+    })
+}
+
+/// GET `path` with a deadline of `limit`; returns (status code, how long it took).
+fn timed_get(ns: &str, addr: SocketAddrV4, path: &str, limit: Duration) -> (u16, Duration) {
+    let path = path.to_owned();
+    crate::harness::in_netns(ns, move || {
+        let started = Instant::now();
+        let mut s = std::net::TcpStream::connect_timeout(&addr.into(), limit).expect("connect");
+        s.set_read_timeout(Some(limit)).unwrap();
+        write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+        let mut text = String::new();
+        let _ = s.read_to_string(&mut text);
+        let code = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        (code, started.elapsed())
+    })
+}
+
+/// `weftd status --json`, timed.
+fn timed_status(lab: &Lab, node: usize) -> Duration {
+    let started = Instant::now();
+    let s = lab.status(node);
+    assert!(s["pid"].is_u64(), "{s}");
+    started.elapsed()
+}
+
+/// The status socket is its owner's only (mode 0600, root), and neither its
+/// clients nor the metrics endpoint's can stall the agent or one another:
+/// hundreds of clients that connect and never read, or dribble garbage, leave
+/// `weftd status`, scrapes and the dataplane answering; a client opening more
+/// connections than the endpoint serves at once costs the agent a bounded
+/// number of descriptors and delays a scrape by at most a connection lifetime.
+#[test]
+fn endpoints_are_private_and_slow_or_hostile_clients_stall_nothing() {
+    if skip_without_root() {
+        return;
+    }
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mut lab = Lab::new(2);
+    lab.start_weftd_with(
+        0,
+        WeftdOpts {
+            extra: vec!["--healthz-port".into(), "9901".into()],
+            ..WeftdOpts::default()
+        },
+    );
+    lab.wait_ready(0);
+    let s1 = lab.start_weftd(1);
+    lab.wait_ping(lab.ns(0), s1.network(), Duration::from_secs(10));
+    let sock = lab.status_socket(0);
+    let meta = std::fs::metadata(&sock).unwrap();
+    assert_eq!(
+        meta.permissions().mode() & 0o777,
+        0o600,
+        "status socket mode"
+    );
+    assert_eq!(meta.uid(), 0, "status socket owner");
+    let metrics = SocketAddrV4::new(lab.nodes[0].ip, 9901);
+    let pid = weftd_pid(&lab, 0);
+    let (_, fds_before) = rss_and_fds(pid);
+    let quiet_status = timed_status(&lab, 0);
+    let (code, quiet_scrape) = timed_get(lab.ns(0), metrics, "/metrics", Duration::from_secs(5));
+    assert_eq!(code, 200);
+
+    // 200 status clients that never read, 200 HTTP clients that send half a
+    // request and then a garbage byte every 100 ms, for 3 s.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut never_read = Vec::new();
+    for _ in 0..200 {
+        let mut c = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+        let _ = c.write_all(b"garbage\n");
+        never_read.push(c);
+    }
+    let stop2 = stop.clone();
+    let dribblers = in_netns_bg(lab.ns(0), move || {
+        let mut conns: Vec<_> = (0..200)
+            .filter_map(|_| std::net::TcpStream::connect(metrics).ok())
+            .collect();
+        for c in &mut conns {
+            let _ = c.write_all(b"GET /metr");
+        }
+        while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+            for c in &mut conns {
+                let _ = c.write_all(b"\x01");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        conns.len()
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let busy_status = timed_status(&lab, 0);
+    let (code, busy_scrape) = timed_get(lab.ns(0), metrics, "/metrics", Duration::from_secs(5));
+    assert_eq!(code, 200, "scrape failed with 200 slow clients");
+    assert!(
+        lab.ping(lab.ns(0), s1.network(), 3),
+        "dataplane stalled by slow clients"
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let slow = dribblers.join().unwrap();
+    drop(never_read);
+    eprintln!(
+        "fault endpoints: status {} ms quiet, {} ms with 200 never-reading clients; scrape {} ms quiet, {} ms with {slow} dribbling clients",
+        quiet_status.as_millis(),
+        busy_status.as_millis(),
+        quiet_scrape.as_millis(),
+        busy_scrape.as_millis()
+    );
+    assert!(busy_status < Duration::from_secs(1), "status stalled");
+    assert!(busy_scrape < Duration::from_secs(1), "scrape stalled");
+
+    // 800 connections that send nothing: the agent serves a bounded number at
+    // once (the rest wait in the kernel's queue) and cuts each off.
+    let hogs = in_netns_bg(lab.ns(0), move || {
+        let conns: Vec<_> = (0..800)
+            .filter_map(|_| {
+                std::net::TcpStream::connect_timeout(&metrics.into(), Duration::from_secs(2)).ok()
+            })
+            .collect();
+        let n = conns.len();
+        std::thread::sleep(Duration::from_secs(3));
+        (n, conns)
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let (_, fds_hogged) = rss_and_fds(pid);
+    let busy_status = timed_status(&lab, 0);
+    let (code, hogged_scrape) = timed_get(lab.ns(0), metrics, "/metrics", Duration::from_secs(30));
+    let (opened, conns) = hogs.join().unwrap();
+    drop(conns);
+    eprintln!(
+        "fault endpoints: {opened} idle connections: weftd fds {fds_before} -> {fds_hogged}, status {} ms, a scrape answered after {} ms",
+        busy_status.as_millis(),
+        hogged_scrape.as_millis()
+    );
+    assert_eq!(
+        code, 200,
+        "scrape never answered behind {opened} idle connections"
+    );
+    assert!(
+        fds_hogged <= fds_before + 256 + 16,
+        "fds {fds_before} -> {fds_hogged}"
+    );
+    assert!(busy_status < Duration::from_secs(1), "status stalled");
+    assert!(
+        hogged_scrape < Duration::from_secs(20),
+        "scrape took {hogged_scrape:?}"
+    );
+    wait_for("descriptors released", Duration::from_secs(15), || {
+        (rss_and_fds(pid).1 <= fds_before + 4).then_some(())
+    });
 }
