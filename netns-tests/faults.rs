@@ -312,3 +312,155 @@ fn endpoints_are_private_and_slow_or_hostile_clients_stall_nothing() {
         (rss_and_fds(pid).1 <= fds_before + 4).then_some(())
     });
 }
+
+/// A background `ping -i 0.01` from `ns` for `secs` seconds; returns its id in the lab.
+fn fast_ping(lab: &mut Lab, ns: &str, target: Ipv4Addr, secs: u32, log: &str) -> usize {
+    let (c, t) = (secs.to_string(), target.to_string());
+    lab.spawn(
+        ns,
+        &["ping", "-w", &c, "-i", "0.01", "-W", "1", "-q", &t],
+        log,
+    )
+}
+
+/// (transmitted, received) from a finished ping's log.
+fn ping_summary(lab: &Lab, log: &str) -> (u32, u32) {
+    let text = lab.read_log(log);
+    let line = text
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .unwrap_or_else(|| panic!("ping output: {text}"));
+    let nums: Vec<u32> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    (nums[0], nums[1])
+}
+
+/// etcd down for 60 s under an established iperf3 flow and a 10 ms ping:
+/// nothing lost, and a change made as etcd returns is applied within seconds.
+/// Then one node alone partitioned from etcd for 10 s while leases are added
+/// and removed: it catches up on both when the path heals.
+#[test]
+fn etcd_down_60s_and_one_node_partitioned_lose_nothing_and_catch_up() {
+    if skip_without_root() {
+        return;
+    }
+    use crate::etcd::*;
+    let mut lab = Lab::new(2);
+    let mut etcd = EtcdServer::start(&lab);
+    etcd.put(CONFIG_KEY, DEFAULT_NET_CONF);
+    let s0 = start_etcd_weftd(&mut lab, 0);
+    let s1 = start_etcd_weftd(&mut lab, 1);
+    let (ns0, ns1) = (lab.ns(0).to_owned(), lab.ns(1).to_owned());
+    lab.wait_ping(&ns0, s1.network(), Duration::from_secs(10));
+
+    // 66 s of traffic: a rate-limited TCP flow and a ping every 10 ms.
+    iperf3_server(&mut lab, &ns1, s1.network(), "iperf3-server.log");
+    let (server, flow_secs) = (s1.network().to_string(), "66");
+    let flow = lab.spawn(
+        &ns0,
+        &["iperf3", "-c", &server, "-t", flow_secs, "-b", "50M", "-J"],
+        "iperf3-client.json",
+    );
+    let pings = fast_ping(&mut lab, &ns1, s0.network(), 64, "ping-outage.log");
+    std::thread::sleep(Duration::from_secs(2));
+    etcd.stop();
+    let down = Instant::now();
+    for node in [0, 1] {
+        wait_disconnected(&lab, node);
+    }
+    std::thread::sleep(Duration::from_secs(60).saturating_sub(down.elapsed()));
+    etcd.restart();
+    let back = Instant::now();
+    // A change made as soon as etcd is back: a new node's lease.
+    let newcomer: ipnet::Ipv4Net = "10.244.250.0/24".parse().unwrap();
+    etcd.put(
+        &lease_key(newcomer),
+        &flannel_json(Ipv4Addr::new(192, 168, 100, 250), 1, "0e:00:00:00:fa:01"),
+    );
+    let mut caught_up = Duration::ZERO;
+    for node in [0, 1] {
+        wait_for(
+            "the lease put after the outage",
+            Duration::from_secs(30),
+            || has_route(&lab, node, newcomer).then_some(()),
+        );
+        caught_up = caught_up.max(back.elapsed());
+    }
+    // ping exits non-zero when it lost any: the summary below says how many.
+    let _ = lab.wait_child(pings, Duration::from_secs(30));
+    assert!(lab.wait_child(flow, Duration::from_secs(30)), "iperf3 hung");
+    let (sent, got) = ping_summary(&lab, "ping-outage.log");
+    let report: serde_json::Value =
+        serde_json::from_str(&lab.read_log("iperf3-client.json")).expect("iperf3 JSON");
+    let retransmits = report["end"]["sum_sent"]["retransmits"]
+        .as_u64()
+        .unwrap_or(0);
+    let empty = report["intervals"]
+        .as_array()
+        .expect("iperf3 intervals")
+        .iter()
+        .filter(|iv| iv["sum"]["bytes"].as_f64() == Some(0.0))
+        .count();
+    eprintln!(
+        "fault etcd-down-60s: lost {} of {sent} pings (10 ms), iperf3 {} retransmits and {empty} empty 1-s intervals of {flow_secs}; caught up {} ms after etcd returned",
+        sent - got,
+        retransmits,
+        caught_up.as_millis()
+    );
+    // 10 ms is what ping is asked for; a loaded 2-core machine sends fewer.
+    assert!(sent >= 3000, "ping sent only {sent}");
+    assert!(
+        sent - got <= sent / 1000,
+        "lost {} pings while etcd was down",
+        sent - got
+    );
+    assert_eq!(empty, 0, "the flow stalled while etcd was down");
+    assert!(
+        caught_up < Duration::from_secs(10),
+        "caught up in {caught_up:?}"
+    );
+
+    // Node 0 alone loses etcd for 10 s; meanwhile a lease comes and one goes.
+    cut_from_etcd(&lab, &ns0);
+    wait_disconnected(&lab, 0);
+    let pings = fast_ping(&mut lab, &ns0, s1.network(), 11, "ping-partition.log");
+    let late: ipnet::Ipv4Net = "10.244.251.0/24".parse().unwrap();
+    etcd.put(
+        &lease_key(late),
+        &flannel_json(Ipv4Addr::new(192, 168, 100, 251), 1, "0e:00:00:00:fb:01"),
+    );
+    etcd.del(&lease_key(newcomer));
+    wait_for("node 1 to follow", Duration::from_secs(10), || {
+        (has_route(&lab, 1, late) && !has_route(&lab, 1, newcomer)).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(9));
+    assert!(
+        has_route(&lab, 0, newcomer) && !has_route(&lab, 0, late),
+        "node 0 saw etcd through the partition"
+    );
+    heal_etcd_path(&lab, &ns0);
+    let healed = Instant::now();
+    wait_for(
+        "node 0 to catch up after the partition",
+        Duration::from_secs(30),
+        || (has_route(&lab, 0, late) && !has_route(&lab, 0, newcomer)).then_some(()),
+    );
+    let caught_up = healed.elapsed();
+    // ping exits non-zero when it lost any: the summary below says how many.
+    let _ = lab.wait_child(pings, Duration::from_secs(30));
+    let (sent, got) = ping_summary(&lab, "ping-partition.log");
+    eprintln!(
+        "fault etcd-partition: node cut off etcd 10 s: lost {} of {sent} pings (10 ms) to its peer; caught up on 1 add + 1 delete {} ms after the path healed",
+        sent - got,
+        caught_up.as_millis()
+    );
+    assert!(sent >= 500, "ping sent only {sent}");
+    assert_eq!(got, sent, "pings lost during the partition");
+    assert!(
+        caught_up < Duration::from_secs(10),
+        "caught up in {caught_up:?}"
+    );
+    assert!(lab.ping(&ns0, s1.network(), 2) && lab.ping(&ns1, s0.network(), 2));
+}
