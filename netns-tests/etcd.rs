@@ -393,13 +393,13 @@ pub fn etcd_opts(extra: &[&str]) -> WeftdOpts {
     }
 }
 
-fn start_etcd_weftd(lab: &mut Lab, node: usize) -> Ipv4Net {
+pub fn start_etcd_weftd(lab: &mut Lab, node: usize) -> Ipv4Net {
     lab.start_weftd_with(node, etcd_opts(&[]));
     lab.wait_ready(node)
 }
 
 /// flannel's lease JSON for a vxlan node.
-fn flannel_json(public_ip: Ipv4Addr, vni: u32, mac: &str) -> String {
+pub fn flannel_json(public_ip: Ipv4Addr, vni: u32, mac: &str) -> String {
     format!(
         r#"{{"PublicIP":"{public_ip}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":{vni},"VtepMAC":"{mac}"}}}}"#
     )
@@ -419,12 +419,12 @@ fn peer(lab: &Lab, node: usize, subnet: Ipv4Net) -> Option<serde_json::Value> {
     (!p.is_null()).then(|| p.clone())
 }
 
-fn has_route(lab: &Lab, node: usize, subnet: Ipv4Net) -> bool {
+pub fn has_route(lab: &Lab, node: usize, subnet: Ipv4Net) -> bool {
     let prefix = format!("{subnet} via {}", subnet.network());
     lab.vtep_routes(node).iter().any(|r| r.starts_with(&prefix))
 }
 
-fn store_stat(lab: &Lab, node: usize, name: &str) -> serde_json::Value {
+pub fn store_stat(lab: &Lab, node: usize, name: &str) -> serde_json::Value {
     lab.status(node)["store_stats"][name].clone()
 }
 
@@ -494,7 +494,7 @@ fn iperf3(lab: &Lab, ns: &str, server: Ipv4Addr, seconds: u32) -> f64 {
 }
 
 /// Starts a one-shot iperf3 server on `addr` in `ns` and waits until it listens.
-fn iperf3_server(lab: &mut Lab, ns: &str, addr: Ipv4Addr, log: &str) {
+pub fn iperf3_server(lab: &mut Lab, ns: &str, addr: Ipv4Addr, log: &str) {
     lab.spawn(ns, &["iperf3", "-s", "-1", "-B", &addr.to_string()], log);
     let a = addr.to_string();
     wait_for("iperf3 server listening", Duration::from_secs(5), || {
@@ -504,7 +504,7 @@ fn iperf3_server(lab: &mut Lab, ns: &str, addr: Ipv4Addr, log: &str) {
 }
 
 /// Cuts `ns` off etcd: new connections are refused and the current ones killed.
-fn cut_from_etcd(lab: &Lab, ns: &str) {
+pub fn cut_from_etcd(lab: &Lab, ns: &str) {
     lab.run(ns, &["nft", "add", "table", "inet", "weft_etcd_cut"]);
     lab.run(
         ns,
@@ -545,11 +545,11 @@ fn cut_from_etcd(lab: &Lab, ns: &str) {
     );
 }
 
-fn heal_etcd_path(lab: &Lab, ns: &str) {
+pub fn heal_etcd_path(lab: &Lab, ns: &str) {
     lab.run(ns, &["nft", "delete", "table", "inet", "weft_etcd_cut"]);
 }
 
-fn wait_disconnected(lab: &Lab, node: usize) {
+pub fn wait_disconnected(lab: &Lab, node: usize) {
     wait_for(
         "weftd to notice it lost etcd",
         Duration::from_secs(10),

@@ -9,6 +9,7 @@
 mod cni;
 mod container;
 mod etcd;
+mod faults;
 mod harness;
 mod interop;
 mod kube;

@@ -18,8 +18,13 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 #[derive(Debug)]
 struct WeftCollector(Arc<AgentState>);
@@ -352,7 +357,11 @@ pub async fn serve(
         app = app.route("/metrics", get(metrics));
     }
     let app = app.with_state(Http { state, registry });
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let listener = Bounded {
+        listener: tokio::net::TcpListener::bind(addr).await?,
+        slots: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+        lifetime: CONNECTION_LIFETIME,
+    };
     Ok(tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "HTTP endpoint stopped");
@@ -360,10 +369,173 @@ pub async fn serve(
     }))
 }
 
+/// Connections served at once; more wait in the kernel's accept queue until
+/// one ends (a client that opens thousands cannot take the agent's descriptors).
+const MAX_CONNECTIONS: usize = 256;
+
+/// How long one connection may live, whatever it does: a client that sends
+/// its request a byte at a time, or never reads the answer, is cut off then
+/// (hyper sets no header-read timeout of its own). A scrape takes milliseconds;
+/// Prometheus reconnects for the next one.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(5);
+
+/// A TCP listener that serves at most [`MAX_CONNECTIONS`] connections at once,
+/// each for at most `lifetime`.
+struct Bounded {
+    listener: tokio::net::TcpListener,
+    slots: Arc<Semaphore>,
+    lifetime: Duration,
+}
+
+impl axum::serve::Listener for Bounded {
+    type Io = Deadlined;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let permit = self
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        loop {
+            match self.listener.accept().await {
+                Ok((stream, addr)) => {
+                    let io = Deadlined {
+                        stream,
+                        deadline: Box::pin(tokio::time::sleep(self.lifetime)),
+                        _slot: permit,
+                    };
+                    return (io, addr);
+                }
+                // Out of descriptors, or a connection reset before accept:
+                // wait a little rather than spin.
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.listener.local_addr()
+    }
+}
+
+/// A connection that fails every read and write once its deadline passed,
+/// holding its slot of the listener until dropped.
+struct Deadlined {
+    stream: tokio::net::TcpStream,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Deadlined {
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        self.deadline.as_mut().poll(cx).is_ready()
+    }
+}
+
+fn timed_out() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "connection open longer than the endpoint allows",
+    )
+}
+
+impl AsyncRead for Deadlined {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.expired(cx) {
+            return Poll::Ready(Err(timed_out()));
+        }
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Deadlined {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if self.expired(cx) {
+            return Poll::Ready(Err(timed_out()));
+        }
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if self.expired(cx) {
+            return Poll::Ready(Err(timed_out()));
+        }
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::subnet::StoreStats;
+
+    #[tokio::test]
+    async fn a_silent_client_is_cut_off_and_does_not_hold_up_others() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = Bounded {
+            listener: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            slots: Arc::new(Semaphore::new(4)),
+            lifetime: Duration::from_millis(300),
+        };
+        let addr = listener.listener.local_addr().unwrap();
+        let app = Router::new().route("/healthz", get(healthz));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        // Three slow clients: half a request line each, then nothing.
+        let mut slow = Vec::new();
+        for _ in 0..3 {
+            let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+            c.write_all(b"GET /hea").await.unwrap();
+            slow.push(c);
+        }
+        let started = std::time::Instant::now();
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        c.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(started.elapsed() < Duration::from_millis(250));
+        // The slow ones are closed at their deadline.
+        for mut c in slow {
+            let mut buf = [0u8; 64];
+            let n = tokio::time::timeout(Duration::from_secs(2), c.read(&mut buf))
+                .await
+                .expect("a slow client was never cut off");
+            assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+        }
+        // Once the slots are taken, the next client waits for one to free, not forever.
+        let mut hogs = Vec::new();
+        for _ in 0..4 {
+            hogs.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+        let started = std::time::Instant::now();
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        tokio::time::timeout(Duration::from_secs(2), c.read_to_string(&mut answer))
+            .await
+            .expect("served after the hogs' deadline")
+            .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(started.elapsed() >= Duration::from_millis(200));
+    }
 
     #[test]
     fn every_family_is_typed_and_counters_end_in_total() {

@@ -283,7 +283,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         network,
         own: lease.subnet,
         watcher: LeaseWatcher::new(Some(lease.subnet)),
-        peers: Peers::new(),
+        peers: Peers::for_node(lease.subnet, lease.attrs.public_ip, network),
         router: dataplane.router(),
         dataplane: Some(dataplane),
         state: state.clone(),

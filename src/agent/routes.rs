@@ -107,6 +107,10 @@ pub fn stale_routes<'a>(
             let reason = if !network.contains(&r.dst) {
                 StaleReason::OutsideNetwork(network)
             } else if r.dst == own {
+                if r.blackhole {
+                    // --ip-blackhole-route's own route: kept (flannel never removes it).
+                    return None;
+                }
                 StaleReason::OwnSubnet
             } else {
                 match wanted.get(&r.dst) {
@@ -142,6 +146,7 @@ mod tests {
             gateway: gateway.map(ip),
             oif: Some(oif),
             protocol,
+            blackhole: false,
             message: RouteMessage::default(),
         }
     }
@@ -228,6 +233,17 @@ mod tests {
             route("10.50.0.0/16", None, TAP, 2),
             route("10.244.5.0/24", Some("192.168.100.5"), ETH, 3),
         ];
+        // --ip-blackhole-route's routes: ours kept, an old subnet's removed.
+        let blackhole = |dst: &str| KernelRoute {
+            oif: None,
+            blackhole: true,
+            ..route(dst, None, 0, 87)
+        };
+        let routes = [
+            routes,
+            vec![blackhole("10.50.1.0/24"), blackhole("10.50.7.0/24")],
+        ]
+        .concat();
         let wanted = BTreeMap::from([
             (net("10.50.2.0/24"), RouteKind::Vxlan),
             (
@@ -256,6 +272,7 @@ mod tests {
                 ("10.244.4.0/24".to_owned(), outside),
                 ("10.50.9.0/24".to_owned(), StaleReason::NoLease),
                 ("10.50.4.0/24".to_owned(), StaleReason::WrongKind),
+                ("10.50.7.0/24".to_owned(), StaleReason::NoLease),
             ]
         );
         assert_eq!(

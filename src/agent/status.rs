@@ -6,7 +6,7 @@
 use super::state::{AgentState, StatusReport};
 use std::fmt::Write as _;
 use std::fs::{File, OpenOptions, TryLockError};
-use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -80,6 +80,9 @@ impl Drop for StatusServer {
     }
 }
 
+/// The status socket's mode: read and write (connect) for its owner, root.
+pub const SOCKET_MODE: u32 = 0o600;
+
 /// The lock file that guards the socket at `path`.
 fn lock_path(path: &Path) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
@@ -131,6 +134,9 @@ pub async fn serve(path: PathBuf, state: Arc<AgentState>) -> Result<StatusServer
         Err(e) => return Err(io(e)),
     }
     let listener = UnixListener::bind(&path).map_err(io)?;
+    // Owner only, whatever the umask: the status names every peer and
+    // counter (connecting to a Unix socket needs write permission on it).
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(SOCKET_MODE)).map_err(io)?;
     let task = tokio::spawn(async move {
         loop {
             let Ok((mut stream, _)) = listener.accept().await else {
@@ -431,6 +437,8 @@ mod tests {
             );
         });
         let server = serve(path.clone(), state).await.unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, SOCKET_MODE, "socket mode {mode:o}");
         let report = fetch(&path).await.unwrap();
         assert_eq!(report.info.peers.len(), 1);
         let text = render(&report);

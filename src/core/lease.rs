@@ -30,6 +30,21 @@ pub enum LeaseError {
     /// `BackendData` is not `{"VNI":…,"VtepMAC":…}`.
     #[error("vxlan BackendData is unusable: {0}")]
     BadBackendData(String),
+    /// The subnet overlaps this node's own subnet (a copy of our lease with
+    /// another owner, or a longer prefix inside it): routing it would take
+    /// our own pods' traffic away.
+    #[error("subnet overlaps this node's own subnet {0}")]
+    ClaimsOwnSubnet(ipnet::Ipv4Net),
+    /// The lease names this node's own public IP for another subnet: frames
+    /// for it would be sent to ourselves.
+    #[error("PublicIP {0} is this node's own address")]
+    ClaimsOwnPublicIp(std::net::Ipv4Addr),
+    /// A record longer than [`MAX_RECORD_BYTES`] (flannel's are ~200 bytes).
+    #[error("lease record of {0} bytes is larger than the {MAX_RECORD_BYTES}-byte limit")]
+    TooLarge(u64),
+    /// The subnet is not inside the cluster's `Network`.
+    #[error("subnet is outside the cluster network {0}")]
+    OutsideNetwork(ipnet::Ipv4Net),
 }
 
 impl LeaseError {
@@ -41,9 +56,18 @@ impl LeaseError {
             LeaseError::BadPublicIp(_) => "bad_public_ip",
             LeaseError::ForeignBackend(_) => "foreign_backend",
             LeaseError::BadBackendData(_) => "bad_backend_data",
+            LeaseError::ClaimsOwnSubnet(_) => "claims_own_subnet",
+            LeaseError::ClaimsOwnPublicIp(_) => "claims_own_public_ip",
+            LeaseError::OutsideNetwork(_) => "outside_network",
+            LeaseError::TooLarge(_) => "too_large",
         }
     }
 }
+
+/// The largest lease record a store reads: a flannel lease is a few hundred
+/// bytes; a larger one is skipped unread (a hostile or corrupt store cannot
+/// make the agent parse megabytes per change).
+pub const MAX_RECORD_BYTES: u64 = 64 * 1024;
 
 /// flannel's subnet key: `10.5.34.0-24`, or `10.5.34.0-24&fc00::-64` in dual stack.
 pub fn subnet_key(subnet: Ipv4Net, ipv6: Option<Ipv6Net>) -> String {
@@ -299,6 +323,9 @@ impl Lease {
         expiration: Option<SystemTime>,
     ) -> Result<Lease, LeaseError> {
         let (subnet, ipv6_subnet) = parse_subnet_key(key)?;
+        if value.len() as u64 > MAX_RECORD_BYTES {
+            return Err(LeaseError::TooLarge(value.len() as u64));
+        }
         let attrs = LeaseAttrs::from_json(value)?;
         Ok(Lease {
             subnet,
@@ -352,6 +379,15 @@ mod tests {
             LeaseAttrs::vxlan(attrs.public_ip, &data).to_json(),
             FLANNEL_DOC
         );
+    }
+
+    #[test]
+    fn a_record_over_the_limit_is_refused_unparsed() {
+        let pad = " ".repeat(MAX_RECORD_BYTES as usize);
+        let big = format!("{}{pad}}}", &FLANNEL_DOC[..FLANNEL_DOC.len() - 1]);
+        let err = Lease::from_record("10.5.34.0-24", &big, None).unwrap_err();
+        assert_eq!(err.kind(), "too_large");
+        assert!(Lease::from_record("10.5.34.0-24", FLANNEL_DOC, None).is_ok());
     }
 
     #[test]

@@ -17,6 +17,7 @@ use super::mac::MacAddr;
 use super::router::Peer;
 use ipnet::Ipv4Net;
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 
 /// The leases this node knows of, keyed by IPv4 subnet.
 #[derive(Debug, Clone, Default)]
@@ -129,16 +130,61 @@ pub enum PeerChange {
 /// The remote VTEPs: every usable vxlan lease except our own.
 #[derive(Debug, Clone, Default)]
 pub struct Peers {
+    /// This node, when known: leases that would take its traffic are refused.
+    node: Option<OwnNode>,
     peers: BTreeMap<Ipv4Net, Peer>,
     /// When each peer's current attributes arrived (a counter), for "newest wins".
     ages: BTreeMap<Ipv4Net, u64>,
     clock: u64,
 }
 
+/// What a lease must not claim: this node's subnet and public IP, and
+/// anything outside the cluster network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct OwnNode {
+    subnet: Ipv4Net,
+    public_ip: Ipv4Addr,
+    network: Ipv4Net,
+}
+
+impl OwnNode {
+    /// Refuses a lease a hostile or broken store could use to hijack a route:
+    /// one overlapping our subnet (a longer prefix inside it would win over
+    /// the pod bridge's route), one naming our public IP (frames for it would
+    /// loop to ourselves), one outside the network.
+    fn vet(&self, lease: &Lease) -> Result<(), LeaseError> {
+        let s = lease.subnet;
+        if s.contains(&self.subnet) || self.subnet.contains(&s) {
+            return Err(LeaseError::ClaimsOwnSubnet(self.subnet));
+        }
+        if lease.attrs.public_ip == self.public_ip {
+            return Err(LeaseError::ClaimsOwnPublicIp(self.public_ip));
+        }
+        if !self.network.contains(&s) {
+            return Err(LeaseError::OutsideNetwork(self.network));
+        }
+        Ok(())
+    }
+}
+
 impl Peers {
-    /// No peers.
+    /// No peers, and no knowledge of this node (every usable lease is a peer).
     pub fn new() -> Peers {
         Peers::default()
+    }
+
+    /// No peers, for a node holding `subnet` with `public_ip` in `network`:
+    /// leases that overlap `subnet`, name `public_ip` or lie outside `network`
+    /// are [`PeerChange::Ignored`] (and a known peer whose lease turns so is removed).
+    pub fn for_node(subnet: Ipv4Net, public_ip: Ipv4Addr, network: Ipv4Net) -> Peers {
+        Peers {
+            node: Some(OwnNode {
+                subnet,
+                public_ip,
+                network,
+            }),
+            ..Peers::default()
+        }
     }
 
     /// The peer a lease describes, if the vxlan backend can use it.
@@ -154,7 +200,11 @@ impl Peers {
     /// Applies one event from the [`LeaseWatcher`].
     pub fn apply(&mut self, event: &LeaseEvent) -> PeerChange {
         match event {
-            LeaseEvent::Added(lease) => match Self::peer_of(lease) {
+            LeaseEvent::Added(lease) => match self
+                .node
+                .map_or(Ok(()), |node| node.vet(lease))
+                .and_then(|()| Self::peer_of(lease))
+            {
                 Ok(peer) => {
                     let old = self.peers.insert(peer.subnet, peer);
                     if old != Some(peer) {
@@ -345,6 +395,55 @@ mod tests {
         assert!(matches!(
             peers.apply(&LeaseEvent::Removed(lease(2, 0).subnet_key())),
             PeerChange::Unknown(_)
+        ));
+        assert!(peers.is_empty());
+    }
+
+    #[test]
+    fn a_node_refuses_leases_that_claim_its_subnet_or_address_or_leave_the_network() {
+        let own_ip = Ipv4Addr::new(192, 168, 0, 1);
+        let mut peers = Peers::for_node(
+            "10.244.1.0/24".parse().unwrap(),
+            own_ip,
+            "10.244.0.0/16".parse().unwrap(),
+        );
+        let kind = |change: PeerChange| match change {
+            PeerChange::Ignored { reason, .. } => reason.kind(),
+            other => panic!("not ignored: {other:?}"),
+        };
+        let mut inside = lease(1, 9);
+        inside.subnet = "10.244.1.128/25".parse().unwrap();
+        assert_eq!(
+            kind(peers.apply(&LeaseEvent::Added(inside))),
+            "claims_own_subnet"
+        );
+        let mut around = lease(0, 9);
+        around.subnet = "10.244.0.0/16".parse().unwrap();
+        assert_eq!(
+            kind(peers.apply(&LeaseEvent::Added(around))),
+            "claims_own_subnet"
+        );
+        let mut same_ip = lease(5, 5);
+        same_ip.attrs.public_ip = own_ip;
+        assert_eq!(
+            kind(peers.apply(&LeaseEvent::Added(same_ip.clone()))),
+            "claims_own_public_ip"
+        );
+        let mut outside = lease(6, 6);
+        outside.subnet = "10.9.6.0/24".parse().unwrap();
+        assert_eq!(
+            kind(peers.apply(&LeaseEvent::Added(outside))),
+            "outside_network"
+        );
+        assert!(peers.is_empty());
+        // A peer whose lease later names our address is removed, not rerouted.
+        assert!(matches!(
+            peers.apply(&LeaseEvent::Added(lease(5, 5))),
+            PeerChange::Added(_)
+        ));
+        assert!(matches!(
+            peers.apply(&LeaseEvent::Added(same_ip)),
+            PeerChange::Removed(_)
         ));
         assert!(peers.is_empty());
     }

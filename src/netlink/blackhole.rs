@@ -8,9 +8,6 @@ use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteProtocol, R
 use rtnetlink::RouteMessageBuilder;
 use std::net::Ipv4Addr;
 
-/// weft's routing protocol number (`ip route ... proto 87`), so its routes can be told apart.
-pub const RTPROT_WEFT: u8 = 87;
-
 impl Netlink {
     /// Whether the main table has a `blackhole <subnet>` route.
     pub async fn has_blackhole(&self, subnet: Ipv4Net) -> Result<bool> {
@@ -35,7 +32,7 @@ impl Netlink {
         let route = RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(subnet.network(), subnet.prefix_len())
             .kind(RouteType::BlackHole)
-            .protocol(RouteProtocol::Other(RTPROT_WEFT))
+            .protocol(RouteProtocol::Other(super::WEFT_ROUTE_PROTOCOL))
             .build();
         self.handle
             .route()

@@ -93,6 +93,8 @@ pub struct KernelRoute {
     pub oif: Option<u32>,
     /// Its protocol number (`proto`).
     pub protocol: u8,
+    /// A `blackhole` route (`--ip-blackhole-route`'s kind).
+    pub blackhole: bool,
     /// The kernel's message, to delete exactly this route.
     pub message: RouteMessage,
 }
@@ -390,6 +392,7 @@ impl Netlink {
                     gateway,
                     oif,
                     protocol: u8::from(msg.header.protocol),
+                    blackhole: msg.header.kind == netlink_packet_route::route::RouteType::BlackHole,
                     message: msg,
                 }
             })

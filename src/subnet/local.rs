@@ -19,7 +19,9 @@ use super::error::StoreError;
 use super::stats::StoreStats;
 use crate::core::allocate::{self, Claim, Held};
 use crate::core::config::NetConfig;
-use crate::core::lease::{Lease, LeaseAttrs, LeaseError, SubnetKey, parse_subnet_key, subnet_key};
+use crate::core::lease::{
+    Lease, LeaseAttrs, LeaseError, MAX_RECORD_BYTES, SubnetKey, parse_subnet_key, subnet_key,
+};
 use crate::dataplane::sys::{InotifyFd, register};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
@@ -186,6 +188,7 @@ impl LocalStore {
     async fn run(&self, mut own: Lease, renew: RenewPolicy, tx: UpdateSender) {
         let mut known: Option<BTreeMap<String, Lease>> = None;
         let mut reported_bad: BTreeSet<(String, String)> = BTreeSet::new();
+        let mut bad_log = LogBudget::default();
         let mut next_renewal = renew_at(own.expiration, renew.margin, SystemTime::now());
         let mut ticker = tokio::time::interval(POLL);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -232,10 +235,21 @@ impl LocalStore {
             for (key, error) in &scan.bad {
                 if reported_bad.insert((key.clone(), error.to_string())) {
                     self.stats.bad_record(error);
-                    tracing::warn!(key = %key, error = %error, "skipping a bad lease record");
+                    if bad_log.admit(std::time::Instant::now()) {
+                        tracing::warn!(key = %key, error = %error, "skipping a bad lease record");
+                    }
                 }
             }
-            reported_bad.retain(|(key, _)| scan.bad.iter().any(|(k, _)| k == key));
+            if let Some(more) = bad_log.summary(std::time::Instant::now()) {
+                tracing::warn!(
+                    more,
+                    "skipped more bad lease records than are logged one by one; see store_stats.bad_records in weftd status"
+                );
+            }
+            // A set, not a scan per key: a directory of 100 000 junk files
+            // must not make this quadratic.
+            let bad_now: BTreeSet<&str> = scan.bad.iter().map(|(k, _)| k.as_str()).collect();
+            reported_bad.retain(|(key, _)| bad_now.contains(key.as_str()));
             if !scan.leases.contains_key(&own.key()) {
                 let why = format!(
                     "lease {} is gone from {} (deleted or expired)",
@@ -261,6 +275,63 @@ impl LocalStore {
                 return;
             }
         }
+    }
+}
+
+/// New bad records logged one by one per [`BAD_RECORD_LOG_WINDOW`]; the rest
+/// are counted and summed up in one line per window.
+const BAD_RECORDS_LOGGED: usize = 10;
+/// See [`BAD_RECORDS_LOGGED`].
+const BAD_RECORD_LOG_WINDOW: Duration = Duration::from_secs(60);
+
+/// How many bad-record lines may still be logged: a store that fills with
+/// junk (100 000 bad files) costs a few lines a minute, not a line a file.
+#[derive(Debug, Default)]
+struct LogBudget {
+    window_start: Option<std::time::Instant>,
+    logged: usize,
+    unlogged: usize,
+    summarised: bool,
+}
+
+impl LogBudget {
+    /// Whether one more line may be logged now (if not, it is counted).
+    fn admit(&mut self, now: std::time::Instant) -> bool {
+        match self.window_start {
+            Some(start) if now.duration_since(start) < BAD_RECORD_LOG_WINDOW => {}
+            _ => {
+                self.window_start = Some(now);
+                self.logged = 0;
+                self.summarised = false;
+            }
+        }
+        if self.logged < BAD_RECORDS_LOGGED {
+            self.logged += 1;
+            true
+        } else {
+            self.unlogged += 1;
+            false
+        }
+    }
+
+    /// The number of records not logged, once per window: when the budget
+    /// first runs out, and then at most once a window.
+    fn summary(&mut self, now: std::time::Instant) -> Option<usize> {
+        if self.unlogged == 0 {
+            return None;
+        }
+        let window_over = self
+            .window_start
+            .is_none_or(|start| now.duration_since(start) >= BAD_RECORD_LOG_WINDOW);
+        if self.summarised && !window_over {
+            return None;
+        }
+        self.summarised = true;
+        if window_over {
+            self.window_start = Some(now);
+            self.logged = 0;
+        }
+        Some(std::mem::take(&mut self.unlogged))
     }
 }
 
@@ -437,6 +508,12 @@ fn scan(dir: &Path, now: SystemTime) -> Result<Scan, StoreError> {
         }
         if let Err(e) = parse_subnet_key(&name) {
             out.bad.push((name, e));
+            continue;
+        }
+        if let Ok(meta) = entry.metadata()
+            && meta.len() > MAX_RECORD_BYTES
+        {
+            out.bad.push((name, LeaseError::TooLarge(meta.len())));
             continue;
         }
         let text = match fs::read_to_string(entry.path()) {
@@ -638,6 +715,23 @@ mod tests {
             .collect();
         let subnets: BTreeSet<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
         assert_eq!(subnets.len(), 12);
+    }
+
+    #[test]
+    fn bad_record_lines_are_a_few_per_window_however_many_records() {
+        let mut budget = LogBudget::default();
+        let t0 = std::time::Instant::now();
+        let mut lines = 0;
+        for scan in 0..1000u64 {
+            let now = t0 + Duration::from_millis(scan * 30);
+            lines += (0..100).filter(|_| budget.admit(now)).count();
+            lines += usize::from(budget.summary(now).is_some());
+        }
+        // 30 s of scans finding 100 new bad records each: one window.
+        assert_eq!(lines, BAD_RECORDS_LOGGED + 1);
+        let later = t0 + BAD_RECORD_LOG_WINDOW + Duration::from_secs(31);
+        assert_eq!(budget.summary(later), Some(999 * 100));
+        assert_eq!(budget.summary(later), None);
     }
 
     #[test]
