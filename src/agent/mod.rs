@@ -502,6 +502,7 @@ async fn start_dataplane(
         verify_checksums: tunables.dataplane.verify_checksums,
         trust_outer_checksum: tunables.dataplane.trust_outer_checksum,
         split_directions: tunables.dataplane.split_directions,
+        busy_poll: std::time::Duration::from_micros(tunables.dataplane.busy_poll_us),
     };
     let (fatal_tx, fatal_rx) = mpsc::unbounded_channel();
     let dataplane = Dataplane::start(tap, &dp_config, router, fatal_tx)?;

@@ -201,6 +201,9 @@ pub struct StatusReport {
     /// Each worker runs a TX and an RX thread (`split_directions`).
     #[serde(default)]
     pub split_directions: bool,
+    /// Microseconds a dataplane thread polls after traffic before it sleeps.
+    #[serde(default)]
+    pub busy_poll_us: u64,
     /// How received inner checksums are checked: "verified", "outer-covered
     /// or verified" (`trust_outer_checksum` in effect) or "not verified".
     #[serde(default)]
@@ -303,6 +306,10 @@ impl AgentState {
                 })
                 .unwrap_or_default(),
             split_directions: self.dataplane.get().is_some_and(|d| d.split_directions),
+            busy_poll_us: self
+                .dataplane
+                .get()
+                .map_or(0, |d| d.busy_poll.as_micros() as u64),
             inner_checksums: match self.dataplane.get() {
                 None => String::new(),
                 Some(d) if !d.verify_checksums => "not verified".into(),

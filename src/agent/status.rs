@@ -301,12 +301,17 @@ pub fn render(r: &StatusReport) -> String {
     if !r.workers.is_empty() {
         let _ = writeln!(
             out,
-            "workers  {} ({})",
+            "workers  {} ({}; {})",
             r.workers.len(),
             if r.split_directions {
                 "a TX and an RX thread each"
             } else {
                 "one thread each, running both TX and RX"
+            },
+            if r.busy_poll_us == 0 {
+                "no busy polling".to_owned()
+            } else {
+                format!("busy polling up to {} µs after traffic", r.busy_poll_us)
             }
         );
     }

@@ -46,6 +46,8 @@ pub struct DataplaneTunables {
     pub trust_outer_checksum: bool,
     /// One thread per direction in each worker.
     pub split_directions: bool,
+    /// Microseconds a dataplane thread keeps polling after traffic (0: off).
+    pub busy_poll_us: u64,
 }
 
 /// How strictly senders are checked.
@@ -98,6 +100,7 @@ impl Default for DataplaneTunables {
             verify_checksums: true,
             trust_outer_checksum: true,
             split_directions: true,
+            busy_poll_us: crate::dataplane::DEFAULT_BUSY_POLL_US,
         }
     }
 }
@@ -128,6 +131,9 @@ impl Tunables {
         }
         if t.dataplane.source_ports == 0 || t.dataplane.source_ports > 1024 {
             return Err("dataplane.source_ports must be 1..1024".into());
+        }
+        if t.dataplane.busy_poll_us > 10_000 {
+            return Err("dataplane.busy_poll_us must be 0..10000 (microseconds)".into());
         }
         if t.agent.resync_seconds == 0
             || t.agent.drop_log_seconds == 0

@@ -58,6 +58,9 @@ pub struct DataplaneConfig {
     /// Two threads per worker, one per direction (TX: TAP to UDP, RX: UDP to
     /// TAP), instead of one running both.
     pub split_directions: bool,
+    /// How long a dataplane thread keeps polling its descriptors after
+    /// traffic before it sleeps (zero: it sleeps as soon as they are empty).
+    pub busy_poll: std::time::Duration,
 }
 
 impl Default for DataplaneConfig {
@@ -76,9 +79,13 @@ impl Default for DataplaneConfig {
             verify_checksums: true,
             trust_outer_checksum: true,
             split_directions: true,
+            busy_poll: std::time::Duration::from_micros(DEFAULT_BUSY_POLL_US),
         }
     }
 }
+
+/// The default of `busy_poll_us`.
+pub const DEFAULT_BUSY_POLL_US: u64 = 100;
 
 /// The most TCP segments a TSO super-frame from the TAP should carry so that
 /// all of them, each with its VXLAN, Ethernet and IP headers, leave in one UDP
@@ -147,23 +154,23 @@ impl Dataplane {
             udp_gso: std::sync::atomic::AtomicBool::new(offloads.udp_gso),
             verify_checksums: config.verify_checksums,
             split_directions: config.split_directions,
+            busy_poll: config.busy_poll,
             outer_checksum_trusted,
         });
         let mut tasks = Vec::new();
         for (index, (queue, (rx, pool))) in tap.queues.into_iter().zip(sockets).enumerate() {
-            let handle = worker::spawn(
-                worker::WorkerSetup {
-                    index,
-                    tap_name: tap.name.clone(),
-                    queue,
-                    rx,
-                    pool,
-                    shared: shared.clone(),
-                    batch: config.batch.max(1),
-                    fatal: fatal.clone(),
-                },
-                config.split_directions,
-            )?;
+            let handle = worker::spawn(worker::WorkerSetup {
+                index,
+                tap_name: tap.name.clone(),
+                queue,
+                rx,
+                pool,
+                shared: shared.clone(),
+                batch: config.batch.max(1),
+                split: config.split_directions,
+                busy_poll: config.busy_poll,
+                fatal: fatal.clone(),
+            })?;
             tasks.push(handle);
         }
         Ok(Dataplane {

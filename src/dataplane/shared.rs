@@ -25,6 +25,8 @@ pub struct Shared {
     pub verify_checksums: bool,
     /// Each worker runs a TX and an RX thread (else one thread for both).
     pub split_directions: bool,
+    /// How long a thread polls after traffic before it sleeps.
+    pub busy_poll: std::time::Duration,
     /// Datagrams with a nonzero outer UDP checksum arrive on their own
     /// sockets and skip the inner checksum check (`trust_outer_checksum`).
     pub outer_checksum_trusted: bool,

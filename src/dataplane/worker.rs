@@ -40,6 +40,8 @@ use std::io::{self, IoSlice, Read, Write};
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 
@@ -56,6 +58,10 @@ pub(super) struct WorkerSetup {
     pub pool: Vec<SourceSocket>,
     pub shared: Arc<Shared>,
     pub batch: usize,
+    /// One thread per direction.
+    pub split: bool,
+    /// Busy polling after traffic (`busy_poll_us`).
+    pub busy_poll: Duration,
     pub fatal: mpsc::UnboundedSender<DataplaneError>,
 }
 
@@ -98,7 +104,7 @@ impl Drop for WorkerHandle {
 /// `split` is on), each running a single-threaded tokio runtime: the reactor
 /// that sees a descriptor become ready runs the task that reads it, on the
 /// same thread, with no hand-off between threads.
-pub(super) fn spawn(setup: WorkerSetup, split: bool) -> Result<WorkerHandle, DataplaneError> {
+pub(super) fn spawn(setup: WorkerSetup) -> Result<WorkerHandle, DataplaneError> {
     let WorkerSetup {
         index,
         tap_name,
@@ -107,6 +113,8 @@ pub(super) fn spawn(setup: WorkerSetup, split: bool) -> Result<WorkerHandle, Dat
         pool,
         shared,
         batch,
+        split,
+        busy_poll,
         fatal,
     } = setup;
     let tap_failed = |source| DataplaneError::TapFailed {
@@ -136,36 +144,28 @@ pub(super) fn spawn(setup: WorkerSetup, split: bool) -> Result<WorkerHandle, Dat
             .map(|s| sys::register(s.socket))
             .collect::<io::Result<Vec<_>>>()
             .map_err(|source| DataplaneError::SocketFailed { source })?;
-        Ok(TxTask {
-            index,
-            tap_name,
-            tap,
-            pool,
-            shared,
-            batch,
-        })
+        Ok(TxTask::new(index, tap_name, tap, pool, shared, batch))
     };
-    let build_rx = move || -> Result<RxTasks, DataplaneError> {
+    let build_rx = move || -> Result<[Option<RxTask>; 2], DataplaneError> {
         drop(shared.router.load());
-        let register = |socket| {
-            sys::register(socket).map_err(|source| DataplaneError::SocketFailed { source })
-        };
         let task = |socket, tap, covered| -> Result<RxTask, DataplaneError> {
-            Ok(RxTask {
+            let socket =
+                sys::register(socket).map_err(|source| DataplaneError::SocketFailed { source })?;
+            Ok(RxTask::new(
                 index,
                 tap,
-                socket: register(socket)?,
+                socket,
                 covered,
-                shared: shared.clone(),
+                shared.clone(),
                 batch,
-            })
+            ))
         };
         let verify = task(rx.verify, verify_writer, false)?;
         let covered = match rx.covered.zip(covered_writer) {
             Some((socket, tap)) => Some(task(socket, tap, true)?),
             None => None,
         };
-        Ok(RxTasks { verify, covered })
+        Ok([Some(verify), covered])
     };
     let mut handle = WorkerHandle {
         threads: Vec::new(),
@@ -175,13 +175,29 @@ pub(super) fn spawn(setup: WorkerSetup, split: bool) -> Result<WorkerHandle, Dat
             format!("weft-dp-{index}"),
             index,
             fatal.clone(),
-            move || build_tx().map(|tx| tx.run()),
+            move || {
+                let tx = build_tx()?;
+                Ok(Pump {
+                    tx: Some(tx),
+                    rx: [None, None],
+                    spin: SpinWindow::new(busy_poll),
+                }
+                .run())
+            },
         )?);
         handle.threads.push(start_thread(
             format!("weft-rx-{index}"),
             index,
             fatal,
-            move || build_rx().map(|rx| rx.run()),
+            move || {
+                let rx = build_rx()?;
+                Ok(Pump {
+                    tx: None,
+                    rx,
+                    spin: SpinWindow::new(busy_poll),
+                }
+                .run())
+            },
         )?);
     } else {
         handle.threads.push(start_thread(
@@ -190,12 +206,12 @@ pub(super) fn spawn(setup: WorkerSetup, split: bool) -> Result<WorkerHandle, Dat
             fatal,
             move || {
                 let (tx, rx) = (build_tx()?, build_rx()?);
-                Ok(async move {
-                    tokio::select! {
-                        r = tx.run() => r,
-                        r = rx.run() => r,
-                    }
-                })
+                Ok(Pump {
+                    tx: Some(tx),
+                    rx,
+                    spin: SpinWindow::new(busy_poll),
+                }
+                .run())
             },
         )?);
     }
@@ -299,132 +315,209 @@ struct TxTask {
     tap: AsyncFd<File>,
     pool: Vec<AsyncFd<Socket>>,
     shared: Arc<Shared>,
-    batch: usize,
+    /// Where a frame is read: after room for the VXLAN header without a
+    /// virtio header, at the start with one.
+    head: usize,
+    vnet: bool,
+    bufs: Vec<Box<[u8]>>,
+    lens: Vec<usize>,
+    plan: TxBatch,
+    send: SendBatch,
 }
 
 impl TxTask {
-    async fn run(self) -> Result<(), DataplaneError> {
-        let vnet = self.shared.offloads.tap_vnet_hdr;
-        // With a virtio header the frame is read right after it; without,
-        // after room for the VXLAN header.
+    fn new(
+        index: usize,
+        tap_name: String,
+        tap: AsyncFd<File>,
+        pool: Vec<AsyncFd<Socket>>,
+        shared: Arc<Shared>,
+        batch: usize,
+    ) -> TxTask {
+        let vnet = shared.offloads.tap_vnet_hdr;
         let head = if vnet { 0 } else { vxlan::HEADER_LEN };
-        let mut bufs = buffers(self.batch, head + VNET_HDR_LEN + MAX_FRAME);
-        let mut lens = vec![0; self.batch];
-        let mut plan = TxBatch::with_capacity(self.batch);
-        let mut send = SendBatch::new(self.batch * 4, self.batch * 4 + MAX_GSO_SEGMENTS);
-        let counters = self.shared.counters.worker(self.index);
-        loop {
-            let n = self.read_batch(&mut bufs, &mut lens, head).await?;
-            let config = TxConfig {
-                vnet_hdr: vnet,
-                port: self.shared.port,
-                underlay_mtu: self.shared.underlay_mtu,
-                sockets: self.pool.len(),
-                udp_gso: self.shared.udp_gso.load(Relaxed),
-            };
-            plan.plan(
-                &self.shared.router.load(),
-                &config,
-                &mut bufs[..n],
-                &lens[..n],
-            );
-            let mut tally = *plan.tally();
-            let zero: &[u8] = if vnet { &ZERO_VNET } else { &[] };
-            for reply in plan.replies() {
-                self.tap_write(&[IoSlice::new(zero), IoSlice::new(reply)], &mut tally);
-            }
-            self.send_planned(&plan, &bufs, &mut send, &mut tally).await;
-            counters.add(&tally);
+        TxTask {
+            index,
+            tap_name,
+            tap,
+            pool,
+            shared,
+            head,
+            vnet,
+            bufs: buffers(batch, head + VNET_HDR_LEN + MAX_FRAME),
+            lens: vec![0; batch],
+            plan: TxBatch::with_capacity(batch),
+            send: SendBatch::new(batch * 4, batch * 4 + MAX_GSO_SEGMENTS),
         }
     }
 
-    fn tap_write(&self, pieces: &[IoSlice<'_>], tally: &mut Tally) {
-        if write_frame(self.tap.get_ref(), pieces).is_err() {
-            tally.drop(DropReason::TapError);
+    /// Handles a batch if the TAP queue holds frames now; never sleeps for
+    /// frames (it may wait for room in a socket's send buffer).
+    async fn poll(&mut self) -> Result<bool, DataplaneError> {
+        let how = FrameRead {
+            head: self.head,
+            vnet: self.vnet,
+            shared: &self.shared,
+            index: self.index,
+        };
+        match read_frames(self.tap.get_ref(), &mut self.bufs, &mut self.lens, how) {
+            Ok(0) => Ok(false),
+            Ok(n) => {
+                self.handle(n).await;
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+            Err(e) => Err(self.tap_failed(e)),
         }
     }
 
-    /// Sends the planned messages: one `sendmmsg` per run of messages from
-    /// one source socket.
-    async fn send_planned(
-        &self,
-        plan: &TxBatch,
-        bufs: &[Box<[u8]>],
-        send: &mut SendBatch,
-        tally: &mut Tally,
-    ) {
-        let messages = plan.messages();
-        let mut i = 0;
-        while i < messages.len() {
-            let socket = messages[i].socket;
-            let mut queue = send.queue();
-            let mut failed_gso = false;
-            while let Some(m) = messages.get(i).filter(|m| m.socket == socket) {
-                let mut slices: [&[u8]; MAX_GSO_SEGMENTS] = [&[]; MAX_GSO_SEGMENTS];
-                let pieces = &plan.pieces()[m.pieces.clone()];
-                for (slice, piece) in slices.iter_mut().zip(pieces) {
-                    *slice = plan.piece(bufs, piece);
+    /// Sleeps until the TAP queue is readable, then handles a batch.
+    async fn wait(&mut self) -> Result<(), DataplaneError> {
+        let how = FrameRead {
+            head: self.head,
+            vnet: self.vnet,
+            shared: &self.shared,
+            index: self.index,
+        };
+        let (bufs, lens) = (&mut self.bufs, &mut self.lens);
+        let read = self
+            .tap
+            .async_io(Interest::READABLE, |tap| {
+                match read_frames(tap, bufs, lens, how) {
+                    Ok(0) => Err(io::ErrorKind::WouldBlock.into()),
+                    r => r,
                 }
-                let count = pieces.len().min(MAX_GSO_SEGMENTS);
-                if !queue.has_room(count) {
-                    failed_gso |= send_all(&self.pool[socket], &mut queue, tally).await;
-                }
-                if !queue.push(m.dst, &slices[..count], m.gso_size, m.frames) {
-                    tally.unsent(u64::from(m.frames));
-                }
-                i += 1;
-            }
-            failed_gso |= send_all(&self.pool[socket], &mut queue, tally).await;
-            if failed_gso && self.shared.udp_gso.swap(false, Relaxed) {
-                tracing::warn!(
-                    "UDP GSO failed with EIO (the egress device cannot checksum); sending one datagram per segment from now on"
-                );
-            }
-        }
+            })
+            .await;
+        let n = read.map_err(|e| self.tap_failed(e))?;
+        self.handle(n).await;
+        Ok(())
     }
 
-    /// Reads up to `bufs.len()` frames at offset `head`, waiting for the first.
-    async fn read_batch(
-        &self,
-        bufs: &mut [Box<[u8]>],
-        lens: &mut [usize],
-        head: usize,
-    ) -> Result<usize, DataplaneError> {
-        let vnet = self.shared.offloads.tap_vnet_hdr;
-        loop {
-            let mut guard = self.tap.readable().await.map_err(|e| self.tap_failed(e))?;
-            let mut n = 0;
-            while n < bufs.len() {
-                match self.tap.get_ref().read(&mut bufs[n][head..]) {
-                    Ok(len) if vnet && len < VNET_HDR_LEN => {}
-                    Ok(len) if len == bufs[n].len() - head => {
-                        // Filled the buffer: the frame may have been cut; never send half of one.
-                        let mut tally = Tally::default();
-                        tally.drop(DropReason::TooBig);
-                        self.shared.counters.worker(self.index).add(&tally);
-                    }
-                    Ok(len) => {
-                        lens[n] = if vnet { len - VNET_HDR_LEN } else { len };
-                        n += 1;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        guard.clear_ready();
-                        break;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(self.tap_failed(e)),
-                }
-            }
-            if n > 0 {
-                return Ok(n);
+    /// Plans the `n` frames read and performs the plan: replies to the TAP,
+    /// messages to the underlay.
+    async fn handle(&mut self, n: usize) {
+        let config = TxConfig {
+            vnet_hdr: self.vnet,
+            port: self.shared.port,
+            underlay_mtu: self.shared.underlay_mtu,
+            sockets: self.pool.len(),
+            udp_gso: self.shared.udp_gso.load(Relaxed),
+        };
+        self.plan.plan(
+            &self.shared.router.load(),
+            &config,
+            &mut self.bufs[..n],
+            &self.lens[..n],
+        );
+        let mut tally = *self.plan.tally();
+        let zero: &[u8] = if self.vnet { &ZERO_VNET } else { &[] };
+        for reply in self.plan.replies() {
+            if write_frame(
+                self.tap.get_ref(),
+                &[IoSlice::new(zero), IoSlice::new(reply)],
+            )
+            .is_err()
+            {
+                tally.drop(DropReason::TapError);
             }
         }
+        send_planned(
+            &self.plan,
+            &self.bufs,
+            &self.pool,
+            &self.shared,
+            &mut self.send,
+            &mut tally,
+        )
+        .await;
+        self.shared.counters.worker(self.index).add(&tally);
     }
 
     fn tap_failed(&self, source: io::Error) -> DataplaneError {
         DataplaneError::TapFailed {
             name: self.tap_name.clone(),
             source,
+        }
+    }
+}
+
+/// How frames are read from a TAP queue.
+#[derive(Clone, Copy)]
+struct FrameRead<'a> {
+    head: usize,
+    vnet: bool,
+    shared: &'a Shared,
+    index: usize,
+}
+
+/// Reads up to `bufs.len()` frames at offset `head` without waiting: the
+/// count read, or `WouldBlock` when the queue was empty.
+fn read_frames(
+    tap: &File,
+    bufs: &mut [Box<[u8]>],
+    lens: &mut [usize],
+    how: FrameRead<'_>,
+) -> io::Result<usize> {
+    let mut n = 0;
+    let mut tap = tap;
+    while n < bufs.len() {
+        match tap.read(&mut bufs[n][how.head..]) {
+            Ok(len) if how.vnet && len < VNET_HDR_LEN => {}
+            Ok(len) if len == bufs[n].len() - how.head => {
+                // Filled the buffer: the frame may have been cut; never send half of one.
+                let mut tally = Tally::default();
+                tally.drop(DropReason::TooBig);
+                how.shared.counters.worker(how.index).add(&tally);
+            }
+            Ok(len) => {
+                lens[n] = if how.vnet { len - VNET_HDR_LEN } else { len };
+                n += 1;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && n > 0 => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// Sends the planned messages: one `sendmmsg` per run of messages from one
+/// source socket.
+async fn send_planned(
+    plan: &TxBatch,
+    bufs: &[Box<[u8]>],
+    pool: &[AsyncFd<Socket>],
+    shared: &Shared,
+    send: &mut SendBatch,
+    tally: &mut Tally,
+) {
+    let messages = plan.messages();
+    let mut i = 0;
+    while i < messages.len() {
+        let socket = messages[i].socket;
+        let mut queue = send.queue();
+        let mut failed_gso = false;
+        while let Some(m) = messages.get(i).filter(|m| m.socket == socket) {
+            let mut slices: [&[u8]; MAX_GSO_SEGMENTS] = [&[]; MAX_GSO_SEGMENTS];
+            let pieces = &plan.pieces()[m.pieces.clone()];
+            for (slice, piece) in slices.iter_mut().zip(pieces) {
+                *slice = plan.piece(bufs, piece);
+            }
+            let count = pieces.len().min(MAX_GSO_SEGMENTS);
+            if !queue.has_room(count) {
+                failed_gso |= send_all(&pool[socket], &mut queue, tally).await;
+            }
+            if !queue.push(m.dst, &slices[..count], m.gso_size, m.frames) {
+                tally.unsent(u64::from(m.frames));
+            }
+            i += 1;
+        }
+        failed_gso |= send_all(&pool[socket], &mut queue, tally).await;
+        if failed_gso && shared.udp_gso.swap(false, Relaxed) {
+            tracing::warn!(
+                "UDP GSO failed with EIO (the egress device cannot checksum); sending one datagram per segment from now on"
+            );
         }
     }
 }
@@ -460,24 +553,6 @@ async fn send_all(
     gso_eio
 }
 
-/// A worker's receive tasks: one per listening socket.
-struct RxTasks {
-    verify: RxTask,
-    covered: Option<RxTask>,
-}
-
-impl RxTasks {
-    async fn run(self) -> Result<(), DataplaneError> {
-        match self.covered {
-            Some(covered) => tokio::select! {
-                r = self.verify.run() => r,
-                r = covered.run() => r,
-            },
-            None => self.verify.run().await,
-        }
-    }
-}
-
 struct RxTask {
     index: usize,
     /// The worker's TAP queue, only written to (the TX task reads it).
@@ -487,55 +562,120 @@ struct RxTask {
     /// (which the kernel verified): their inner checksums are not checked again.
     covered: bool,
     shared: Arc<Shared>,
-    batch: usize,
+    vnet: bool,
+    bufs: Vec<Box<[u8]>>,
+    meta: Vec<RecvMeta>,
+    recv: RecvBatch,
+    decap: RxBatch,
 }
 
 impl RxTask {
-    async fn run(self) -> Result<(), DataplaneError> {
-        let gro = self.shared.offloads.udp_gro;
-        let vnet = self.shared.offloads.tap_vnet_hdr;
+    fn new(
+        index: usize,
+        tap: File,
+        socket: AsyncFd<Socket>,
+        covered: bool,
+        shared: Arc<Shared>,
+        batch: usize,
+    ) -> RxTask {
+        let gro = shared.offloads.udp_gro;
+        let vnet = shared.offloads.tap_vnet_hdr;
         // With UDP GRO a slot holds a run of up to 64 datagrams.
-        let slots = if gro {
-            self.batch.div_ceil(8).max(2)
-        } else {
-            self.batch
-        };
-        let mut bufs = buffers(slots, MAX_FRAME);
-        let mut meta = vec![RecvMeta::default(); slots];
-        let mut recv = RecvBatch::new(slots);
+        let slots = if gro { batch.div_ceil(8).max(2) } else { batch };
         let config = RxConfig {
             vnet_hdr: vnet,
             // UDP runs go to the TAP with a UDP GSO header: only when it took USO.
-            uso: self.shared.offloads.uso,
-            verify_checksums: self.shared.verify_checksums && !self.covered,
-            outer_checksum_covered: self.covered,
+            uso: shared.offloads.uso,
+            verify_checksums: shared.verify_checksums && !covered,
+            outer_checksum_covered: covered,
         };
-        let mut batch = RxBatch::new(config, slots, gro);
-        let counters = self.shared.counters.worker(self.index);
-        let overflows = &counters.socket_overflows[usize::from(self.covered)];
-        loop {
-            let n = self.recv_batch(&mut recv, &mut bufs, &mut meta).await?;
-            for m in &meta[..n] {
-                if let (Some(_), Some(total)) = (m.src, m.kernel_drops) {
-                    overflows.store(u64::from(total), Relaxed);
-                }
-            }
-            batch.decap(&self.shared.router.load(), &mut bufs[..n], &meta[..n]);
-            let mut tally = *batch.tally();
-            self.write_batch(&batch, &bufs, vnet, &mut tally);
-            counters.add(&tally);
+        RxTask {
+            index,
+            tap,
+            socket,
+            covered,
+            vnet,
+            bufs: buffers(slots, MAX_FRAME),
+            meta: vec![RecvMeta::default(); slots],
+            recv: RecvBatch::new(slots),
+            decap: RxBatch::new(config, slots, gro),
+            shared,
         }
     }
 
+    /// Handles a batch if the socket holds datagrams now, without sleeping.
+    fn poll(&mut self) -> Result<bool, DataplaneError> {
+        match self.recv_now() {
+            Ok(0) => Ok(false),
+            Ok(n) => {
+                self.handle(n);
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+            Err(source) => Err(DataplaneError::SocketFailed { source }),
+        }
+    }
+
+    /// Sleeps until the socket is readable, then handles a batch.
+    async fn wait(&mut self) -> Result<(), DataplaneError> {
+        let (recv, bufs, meta) = (&mut self.recv, &mut self.bufs, &mut self.meta);
+        let shared = &self.shared;
+        let index = self.index;
+        let n = self
+            .socket
+            .async_io(Interest::READABLE, |socket| {
+                match receive(socket, recv, bufs, meta, shared, index) {
+                    Ok(0) => Err(io::ErrorKind::WouldBlock.into()),
+                    r => r,
+                }
+            })
+            .await
+            .map_err(|source| DataplaneError::SocketFailed { source })?;
+        self.handle(n);
+        Ok(())
+    }
+
+    fn recv_now(&mut self) -> io::Result<usize> {
+        receive(
+            self.socket.get_ref(),
+            &mut self.recv,
+            &mut self.bufs,
+            &mut self.meta,
+            &self.shared,
+            self.index,
+        )
+    }
+
+    /// Checks, decapsulates and coalesces the `n` datagrams received and
+    /// writes the frames and super-frames to the TAP.
+    fn handle(&mut self, n: usize) {
+        let counters = self.shared.counters.worker(self.index);
+        let overflows = &counters.socket_overflows[usize::from(self.covered)];
+        for m in &self.meta[..n] {
+            if let (Some(_), Some(total)) = (m.src, m.kernel_drops) {
+                overflows.store(u64::from(total), Relaxed);
+            }
+        }
+        self.decap.decap(
+            &self.shared.router.load(),
+            &mut self.bufs[..n],
+            &self.meta[..n],
+        );
+        let mut tally = *self.decap.tally();
+        self.write_batch(&mut tally);
+        counters.add(&tally);
+    }
+
     /// Writes the batch's frames and super-frames to the TAP, in order.
-    fn write_batch(&self, batch: &RxBatch, bufs: &[Box<[u8]>], vnet: bool, tally: &mut Tally) {
+    fn write_batch(&self, tally: &mut Tally) {
         let mut pieces: [IoSlice<'_>; MAX_WRITE_PIECES] = [IoSlice::new(&[]); MAX_WRITE_PIECES];
-        let zero: &[u8] = if vnet { &ZERO_VNET } else { &[] };
+        let zero: &[u8] = if self.vnet { &ZERO_VNET } else { &[] };
+        let (batch, bufs) = (&self.decap, &self.bufs);
         for w in batch.writes() {
-            match w {
+            let written = match w {
                 GroWrite::Single(r) => {
                     let frame = &bufs[r.slot as usize][r.range()];
-                    self.tap_write(&[IoSlice::new(zero), IoSlice::new(frame)], tally);
+                    write_frame(&self.tap, &[IoSlice::new(zero), IoSlice::new(frame)])
                 }
                 GroWrite::Merged { header, parts } => {
                     pieces[0] = IoSlice::new(batch.header(*header));
@@ -544,42 +684,161 @@ impl RxTask {
                         pieces[k] = IoSlice::new(&bufs[p.slot as usize][p.range()]);
                         k += 1;
                     }
-                    self.tap_write(&pieces[..k], tally);
+                    write_frame(&self.tap, &pieces[..k])
                 }
+            };
+            if written.is_err() {
+                tally.drop(DropReason::TapError);
             }
         }
     }
+}
 
-    fn tap_write(&self, pieces: &[IoSlice<'_>], tally: &mut Tally) {
-        if write_frame(&self.tap, pieces).is_err() {
-            tally.drop(DropReason::TapError);
+/// Receives a batch without waiting: the count, or `WouldBlock`. Any other
+/// error is transient (e.g. a queued ICMP error): counted, and reported as
+/// nothing received.
+fn receive(
+    socket: &Socket,
+    recv: &mut RecvBatch,
+    bufs: &mut [Box<[u8]>],
+    meta: &mut [RecvMeta],
+    shared: &Shared,
+    index: usize,
+) -> io::Result<usize> {
+    loop {
+        match recv.recv(socket, bufs, meta) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(e),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => {
+                let mut tally = Tally::default();
+                tally.drop(DropReason::SocketError);
+                shared.counters.worker(index).add(&tally);
+                return Ok(0);
+            }
+        }
+    }
+}
+
+/// Bounded busy polling: how long a thread keeps polling its descriptors
+/// after traffic before it sleeps in the reactor (`busy_poll_us`).
+///
+/// A sleeping thread costs a wake-up when the next packet comes (tens of
+/// microseconds on a VM whose idle vCPU halts), and a request's reply comes
+/// soon after the request: polling a little longer catches it awake. The
+/// window is on while gaps between bursts are shorter than it; after
+/// [`SpinWindow::GIVE_UP`] longer gaps in a row (sparse traffic, where every
+/// spin is wasted) it is off until a gap fits again.
+#[derive(Debug)]
+struct SpinWindow {
+    max: Duration,
+    on: bool,
+    misses: u32,
+}
+
+impl SpinWindow {
+    /// Gaps longer than the window in a row before spinning stops.
+    const GIVE_UP: u32 = 8;
+
+    fn new(max: Duration) -> SpinWindow {
+        SpinWindow {
+            max,
+            on: !max.is_zero(),
+            misses: 0,
         }
     }
 
-    async fn recv_batch(
-        &self,
-        recv: &mut RecvBatch,
-        bufs: &mut [Box<[u8]>],
-        meta: &mut [RecvMeta],
-    ) -> Result<usize, DataplaneError> {
+    fn window(&self) -> Duration {
+        if self.on { self.max } else { Duration::ZERO }
+    }
+
+    /// Traffic came again `gap` after the last.
+    fn after_gap(&mut self, gap: Duration) {
+        if self.max.is_zero() {
+        } else if gap <= self.max {
+            self.on = true;
+            self.misses = 0;
+        } else {
+            self.misses = self.misses.saturating_add(1);
+            if self.misses >= Self::GIVE_UP {
+                self.on = false;
+            }
+        }
+    }
+}
+
+/// What one dataplane thread runs: the TX task, the RX tasks, or both.
+///
+/// After traffic the thread polls every descriptor it owns directly (a
+/// non-blocking read each), handling what it finds, so a reply that arrives
+/// on another of its descriptors while it works (the kernel answers a frame
+/// written to the TAP within that write) is taken without a wake-up; within
+/// the spin window it keeps polling; then it sleeps in the reactor until one
+/// is readable.
+struct Pump {
+    tx: Option<TxTask>,
+    rx: [Option<RxTask>; 2],
+    spin: SpinWindow,
+}
+
+impl Pump {
+    async fn run(mut self) -> Result<(), DataplaneError> {
+        let mut last = Instant::now();
+        let mut quiet = false;
         loop {
-            let mut guard = self
-                .socket
-                .readable()
-                .await
-                .map_err(|source| DataplaneError::SocketFailed { source })?;
-            match recv.recv(self.socket.get_ref(), bufs, meta) {
-                Ok(n) if n > 0 => return Ok(n),
-                Ok(_) => guard.clear_ready(),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => guard.clear_ready(),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => {
-                    // A transient error (e.g. a queued ICMP error): count and go on.
-                    let mut tally = Tally::default();
-                    tally.drop(DropReason::SocketError);
-                    self.shared.counters.worker(self.index).add(&tally);
-                }
+            let mut busy = false;
+            if let Some(tx) = &mut self.tx {
+                busy |= tx.poll().await?;
             }
+            for rx in self.rx.iter_mut().flatten() {
+                busy |= rx.poll()?;
+            }
+            // Direct reads bypass tokio's cooperative budget: spend it here,
+            // so the thread still yields to its reactor (and to a stop).
+            tokio::task::consume_budget().await;
+            if busy {
+                if quiet {
+                    self.spin.after_gap(last.elapsed());
+                    quiet = false;
+                }
+                last = Instant::now();
+                continue;
+            }
+            quiet = true;
+            if last.elapsed() < self.spin.window() {
+                std::hint::spin_loop();
+                continue;
+            }
+            self.sleep().await?;
+            self.spin.after_gap(last.elapsed());
+            quiet = false;
+            last = Instant::now();
+        }
+    }
+
+    /// Sleeps until one descriptor is readable and handles that batch.
+    async fn sleep(&mut self) -> Result<(), DataplaneError> {
+        let Pump { tx, rx, .. } = self;
+        let [rx0, rx1] = rx;
+        tokio::select! {
+            r = async {
+                match tx {
+                    Some(tx) => tx.wait().await,
+                    None => std::future::pending().await,
+                }
+            } => r,
+            r = async {
+                match rx0 {
+                    Some(rx) => rx.wait().await,
+                    None => std::future::pending().await,
+                }
+            } => r,
+            r = async {
+                match rx1 {
+                    Some(rx) => rx.wait().await,
+                    None => std::future::pending().await,
+                }
+            } => r,
         }
     }
 }
