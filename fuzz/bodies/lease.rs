@@ -10,7 +10,8 @@
 use super::input;
 use weft::core::lease::{self, Lease, LeaseAttrs, LeaseError, VxlanBackendData};
 
-const KINDS: [&str; 5] = [
+const KINDS: [&str; 6] = [
+    "too_large",
     "bad_key",
     "invalid_json",
     "bad_public_ip",
