@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 /// ADD/DEL cycles of the churn test.
 const CYCLES: usize = 1000;
-/// Pods added at once (one thread each, each with its own pod namespace).
+/// Threads adding pods at once (each with two pod namespaces, used in turn).
 const WORKERS: usize = 8;
 
 /// What a node holds that a pod could leak.
@@ -68,8 +68,9 @@ fn percentile(sorted: &[Duration], p: usize) -> Duration {
     sorted[(sorted.len() - 1) * p / 100]
 }
 
-/// 1000 ADD/DEL cycles, 8 pods at a time, through weft-cni, the bridge and
-/// host-local: every ADD gets an address no other live pod holds, inside the
+/// 1000 ADD/DEL cycles, 8 threads ADDing at once (each DELs its previous pod
+/// after ADDing the next, so up to 16 pods hold addresses), through weft-cni,
+/// the bridge and host-local: every ADD gets an address no other live pod holds, inside the
 /// node's subnet, on the pod's eth0; afterwards nothing is left (no
 /// reservation, veth, saved configuration or iptables/nft rule; the bridge
 /// plugin's per-pod masquerade rules included: weftd runs without --ip-masq,
@@ -83,7 +84,7 @@ fn churn_of_concurrent_adds_and_dels_leaks_nothing() {
     // Without --ip-masq: the bridge masquerades, so every pod adds and removes its own rules.
     let subnet = lab.start_weftd(0);
     let mut namespaces = PodNamespaces::default();
-    let pods: Vec<String> = (0..WORKERS)
+    let pods: Vec<String> = (0..2 * WORKERS)
         .map(|w| namespaces.create(&lab, &format!("c{w}")))
         .collect();
     let config = conf(&lab, 0, "1.0.0");
@@ -110,18 +111,40 @@ fn churn_of_concurrent_adds_and_dels_leaks_nothing() {
     let (adding, max_adding) = (AtomicUsize::new(0), AtomicUsize::new(0));
     let start = Instant::now();
     std::thread::scope(|s| {
-        for pod_ns in &pods {
+        for pair in pods.chunks(2) {
             let (node_ns, config, subnet) = (&node_ns, &config, &subnet);
             let (next, live, max_live, failures, latencies, checked) =
                 (&next, &live, &max_live, &failures, &latencies, &checked);
             let (adding, max_adding) = (&adding, &max_adding);
             s.spawn(move || {
                 let fail = |what: String| failures.lock().unwrap().push(what);
-                loop {
+                // Forgets a pod's address, then DELs it (until the DEL
+                // releases it, host-local cannot hand the address out).
+                let release = |(id, pod_ns, ip): (String, &String, Option<Ipv4Addr>)| {
+                    if let Some(ip) = ip {
+                        live.lock().unwrap().remove(&ip);
+                    }
+                    let call = CniCall {
+                        node_ns,
+                        container_id: &id,
+                        pod_ns,
+                        ifname: "eth0",
+                    };
+                    let del = call.weft("DEL", config);
+                    if !del.success || !del.stdout.is_empty() {
+                        fail(format!("DEL {id}: {} {}", del.stdout, del.stderr));
+                    }
+                };
+                // Each thread alternates between its two pod namespaces and
+                // DELs a pod only after ADDing the next: its previous pod
+                // still holds an address while the next one gets one.
+                let mut previous = None;
+                for turn in 0.. {
                     let i = next.fetch_add(1, Ordering::SeqCst);
                     if i >= CYCLES {
                         break;
                     }
+                    let pod_ns = &pair[turn % 2];
                     let id = format!("churn-{i}");
                     let call = CniCall {
                         node_ns,
@@ -171,19 +194,20 @@ fn churn_of_concurrent_adds_and_dels_leaks_nothing() {
                             }
                             checked.fetch_add(1, Ordering::SeqCst);
                         }
-                        // Forgotten before the DEL: until the DEL releases it, host-local cannot hand it out.
-                        live.lock().unwrap().remove(&ip);
                     }
                     // A failed ADD is followed by a DEL too, as a runtime does.
-                    let del = call.weft("DEL", config);
-                    if !del.success || !del.stdout.is_empty() {
-                        fail(format!("DEL {id}: {} {}", del.stdout, del.stderr));
+                    if let Some(prev) = previous.replace((id, pod_ns, ip)) {
+                        release(prev);
                     }
+                }
+                if let Some(prev) = previous {
+                    release(prev);
                 }
             });
         }
     });
     let wall = start.elapsed();
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let after = NodeState::take(&lab);
     let mut latencies = latencies.into_inner().unwrap();
     latencies.sort();
@@ -197,11 +221,12 @@ fn churn_of_concurrent_adds_and_dels_leaks_nothing() {
         .filter(|l| l != "lo")
         .collect();
     eprintln!(
-        "fault cni: {CYCLES} ADD/DEL cycles through weft-cni+bridge+host-local, {WORKERS} threads: {:.1} s wall, {:.1} cycles/s, at most {} ADDs in flight and {} pods holding an address at once",
+        "fault cni: {CYCLES} ADD/DEL cycles through weft-cni+bridge+host-local, {WORKERS} threads: {:.1} s wall, {:.1} cycles/s, at most {} ADDs in flight and {} pods holding an address at once (load average {})",
         wall.as_secs_f64(),
         CYCLES as f64 / wall.as_secs_f64(),
         max_adding.load(Ordering::SeqCst),
-        max_live.load(Ordering::SeqCst)
+        max_live.load(Ordering::SeqCst),
+        load.split(' ').take(3).collect::<Vec<_>>().join(" ")
     );
     eprintln!(
         "fault cni: ADD latency p50 {} ms, p99 {} ms, max {} ms ({} ADDs; {} checked inside the pod)",
