@@ -417,6 +417,13 @@ fn gc_frees_the_pods_the_runtime_no_longer_has() {
         pods.push((ns, id, ip));
     }
     let links_with_pods = links(&lab, &node_ns);
+    let masq_chains = |lab: &Lab| {
+        lab.run(lab.ns(0), &["iptables-save", "-t", "nat"])
+            .lines()
+            .filter(|l| l.starts_with(":CNI-"))
+            .count()
+    };
+    let chains_with_pods = masq_chains(&lab);
     // The runtime lost g1 and g2 (their namespaces are gone) without a DEL.
     for (ns, ..) in &pods[1..] {
         delete_pod_ns(ns);
@@ -439,13 +446,15 @@ fn gc_frees_the_pods_the_runtime_no_longer_has() {
     );
     let forwarded = bridge.contains("\"1.1.0\"");
     eprintln!(
-        "fault cni: GC with 1 valid attachment of 3: {} ms, delegate {}",
+        "fault cni: GC with 1 valid attachment of 3: {} ms, delegate {}; bridge masquerade chains {} -> {} (a DEL without the pod's namespace cannot find the address its rules name)",
         took.as_millis(),
         if forwarded {
             "got GC (speaks 1.1.0)"
         } else {
             "got a DEL per stale pod (speaks up to 1.0.0)"
-        }
+        },
+        chains_with_pods,
+        masq_chains(&lab)
     );
     assert_eq!(files(&data_dir(&lab, 0)), [pods[0].1.clone()]);
     assert!(reserved(&lab, pods[0].2), "the valid pod keeps its address");

@@ -327,7 +327,9 @@ pub const GC_IFNAME: &str = "eth0";
 ///   delegate's DEL, with its saved configuration, its container ID,
 ///   [`GC_IFNAME`] and no namespace: host-local releases the address; the
 ///   interface went with the namespace. Its saved file is removed once that
-///   DEL succeeded, so a failure leaves the record for a later GC.
+///   DEL succeeded, so a failure leaves the record for a later GC. (Without
+///   the namespace the bridge cannot find the pod's address, so the per-pod
+///   masquerade chain it adds with `ipMasq` stays.)
 ///
 /// A container in the valid list is never touched, whatever its interface
 /// name (the saved files are per container, as flannel's). Errors do not stop
