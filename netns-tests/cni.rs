@@ -12,17 +12,17 @@ use std::time::Duration;
 /// A host on the underlay outside the cluster network.
 const OUTSIDE: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 200);
 
-fn data_dir(lab: &Lab, node: usize) -> PathBuf {
+pub(crate) fn data_dir(lab: &Lab, node: usize) -> PathBuf {
     lab.dir.path().join(format!("cni-data-{node}"))
 }
 
-fn ipam_dir(lab: &Lab, node: usize) -> PathBuf {
+pub(crate) fn ipam_dir(lab: &Lab, node: usize) -> PathBuf {
     lab.dir.path().join(format!("ipam-{node}"))
 }
 
 /// flannel's plugin configuration (the shipped delegate options), with the
 /// lab's per-node paths: subnet.env, the delegate data dir and host-local's dataDir.
-fn conf(lab: &Lab, node: usize, version: &str) -> String {
+pub(crate) fn conf(lab: &Lab, node: usize, version: &str) -> String {
     json!({
         "cniVersion": version,
         "name": "cbr0",
@@ -43,7 +43,7 @@ fn conf_with_prev(lab: &Lab, node: usize, version: &str, prev: &Value) -> String
 }
 
 /// Files in a directory (none if it does not exist).
-fn files(dir: &Path) -> Vec<String> {
+pub(crate) fn files(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .map(|entries| {
             entries

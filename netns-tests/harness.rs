@@ -597,6 +597,43 @@ impl Lab {
         }
     }
 
+    /// A node's reboot as its network sees it: weftd killed; the node
+    /// namespace, with every device, route and iptables/nftables rule in it
+    /// (the CNI bridge, the pods' veths, the masquerade rules), replaced by a
+    /// fresh one wired to the underlay as before (same name and address); and
+    /// the subnet file gone (flannel's `/run/flannel` is a tmpfs). Files on
+    /// disk (the lease store, CNI state directories in the lab dir) stay.
+    pub fn reboot_node(&mut self, node: usize) {
+        self.stop_weftd(node, nix::sys::signal::Signal::SIGKILL);
+        let ns = self.nodes[node].ns.clone();
+        delete_ns(&ns);
+        let name = ns
+            .strip_prefix(&format!("{}-", self.prefix))
+            .expect("a node namespace is <prefix>-<name>")
+            .to_owned();
+        // The kernel dismantles a namespace asynchronously: its veth's peer
+        // on the underlay goes a moment after `ip netns del`.
+        let port = format!("v{node}");
+        let underlay = self.underlay.clone();
+        wait_for(
+            "the old node's underlay port to go",
+            Duration::from_secs(10),
+            || {
+                (!ip(&["-n", &underlay, "link", "show", &port])
+                    .status
+                    .success())
+                .then_some(())
+            },
+        );
+        let again = self.attach(&name, self.nodes[node].ip, &port);
+        assert_eq!(again, ns);
+        match std::fs::remove_file(self.subnet_file(node)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => panic!("remove the subnet file: {e}"),
+        }
+    }
+
     /// Waits for node's weftd to exit by itself; returns its exit code.
     pub fn wait_weftd_exit(&mut self, node: usize, timeout: Duration) -> Option<i32> {
         let deadline = Instant::now() + timeout;

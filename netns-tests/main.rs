@@ -7,6 +7,7 @@
 #![allow(unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
 mod cni;
+mod cni_churn;
 mod container;
 mod etcd;
 mod faults;

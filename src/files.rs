@@ -3,7 +3,7 @@
 //! plugin's saved configurations and installed files.
 
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 /// Replaces `path` with `content` so that readers see the old or the new file, never half of one.
@@ -24,7 +24,15 @@ pub fn write_atomic_bytes(path: &Path, content: &[u8], mode: u32) -> std::io::Re
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let result = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
+        // Created with `mode` (less the umask), so the content is never
+        // readable by others, not even between create and chmod; then the
+        // exact mode, whatever the umask or a stale temporary file had.
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
         file.set_permissions(std::fs::Permissions::from_mode(mode))?;
         file.write_all(content)?;
         file.sync_all()?;
@@ -57,5 +65,21 @@ mod tests {
             1,
             "no temporary file left"
         );
+    }
+
+    #[test]
+    fn a_stale_temporary_file_neither_leaks_content_nor_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c1");
+        let stale = dir.path().join(format!(".c1.{}.tmp", std::process::id()));
+        std::fs::write(&stale, "a longer old content").unwrap();
+        std::fs::set_permissions(&stale, std::fs::Permissions::from_mode(0o666)).unwrap();
+        write_atomic_bytes(&path, b"{}", 0o600).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"{}");
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert!(!stale.exists());
     }
 }

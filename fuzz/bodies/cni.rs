@@ -14,8 +14,9 @@
 //!   `subnetFile` and `dataDir` of a configuration object are pointed into the
 //!   sandbox, so nothing outside it is read. Invariants: no panic; a failure
 //!   prints a CNI error result (JSON with code and msg); only VERSION, a DEL
-//!   of an unknown container or a CHECK of the saved one can succeed; the
-//!   sandbox is unchanged afterwards (no file written or removed).
+//!   of an unknown container or a CHECK of the saved one can succeed (a GC
+//!   cannot: there is no delegate to forward it to, so it removes nothing);
+//!   the sandbox is unchanged afterwards (no file written or removed).
 //!
 //! Input: `[command][container][ifname] subnet.env text \0 stdin bytes`.
 
@@ -27,7 +28,7 @@ use weft::cni::plugin;
 use weft::cni::spec::{self, CniError};
 use weft::core::subnet_env::SubnetEnv;
 
-const COMMANDS: [&str; 7] = ["ADD", "DEL", "CHECK", "STATUS", "VERSION", "", "GET"];
+const COMMANDS: [&str; 8] = ["ADD", "DEL", "CHECK", "STATUS", "VERSION", "", "GET", "GC"];
 const CONTAINERS: [&str; 4] = ["saved1", "absent1", "", "../etc"];
 const IFNAMES: [&str; 4] = ["eth0", "", "a/b", "0123456789abcdef"];
 const SUBNET_ENV: &str = "FLANNEL_NETWORK=10.1.0.0/16\nFLANNEL_SUBNET=10.1.17.1/24\nFLANNEL_MTU=1472\nFLANNEL_IPMASQ=true\n";
@@ -227,10 +228,13 @@ pub fn seeds() -> Vec<Vec<u8>> {
         r#"{"cniVersion":"1.1.0","name":"cbr0","type":"weft-cni","subnetFile":"/run/flannel/subnet.env","dataDir":"/var/lib/cni/flannel","ipam":{"routes":[{"dst":"192.168.0.0/16"}]},"runtimeConfig":{"portMappings":[]}}"#,
         r#"{"cniVersion":"0.4.0","name":"cbr0","type":"weft-cni","prevResult":{"cniVersion":"0.4.0","ips":[{"version":"4","address":"10.1.17.2/24"}]}}"#,
         r#"{"cniVersion":"1.0.0","name":"cbr0","type":"weft-cni","delegate":{"type":"ipvlan","name":"x"}}"#,
+        // GC's valid list (spec 1.1.0), and its draft name.
+        r#"{"cniVersion":"1.1.0","name":"cbr0","type":"weft-cni","cni.dev/valid-attachments":[{"containerID":"saved1","ifname":"eth0"}]}"#,
+        r#"{"cniVersion":"1.1.0","name":"cbr0","type":"weft-cni","cni.dev/attachments":[]}"#,
     ];
     let mut out = Vec::new();
     for (i, conf) in configs.iter().enumerate() {
-        for cmd in 0..5u8 {
+        for cmd in [0u8, 1, 2, 3, 4, 7] {
             let env = if i % 2 == 0 { SUBNET_ENV } else { v6_env };
             let mut seed = vec![cmd, (i % 2) as u8, 0];
             seed.extend_from_slice(env.as_bytes());

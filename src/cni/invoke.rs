@@ -36,12 +36,66 @@ pub fn find_plugin(plugin: &str, path: &[PathBuf]) -> Result<PathBuf, CniError> 
 /// Runs `plugin` for `command` with `config` on stdin; returns its stdout on
 /// success, or its error result (or, if it printed none, its stderr) on failure.
 pub fn exec(plugin: &Path, command: Command, config: &[u8]) -> Result<Vec<u8>, CniError> {
+    exec_with(plugin, command, config, None)
+}
+
+/// Like [`exec`], for another attachment than this invocation's: GC tearing
+/// down a stale one runs the delegate's DEL with that attachment's container
+/// ID and interface name, and no `CNI_NETNS` (the spec lets GC assume the
+/// namespace is gone; the reference plugins then release only what lies
+/// outside it, such as the IPAM reservation).
+pub fn exec_for(
+    plugin: &Path,
+    command: Command,
+    config: &[u8],
+    container_id: &str,
+    ifname: &str,
+) -> Result<Vec<u8>, CniError> {
+    exec_with(plugin, command, config, Some((container_id, ifname)))
+}
+
+/// Whether `plugin` lists `version` in its VERSION result.
+pub fn speaks(plugin: &Path, version: &str) -> Result<bool, CniError> {
+    let out = exec(
+        plugin,
+        Command::Version,
+        format!(r#"{{"cniVersion":"{version}"}}"#).as_bytes(),
+    )?;
+    let name = plugin.display();
+    let reply: serde_json::Value = serde_json::from_slice(&out).map_err(|e| {
+        CniError::new(
+            code::DECODING_FAILURE,
+            format!("the VERSION result of {name} is not JSON: {e}"),
+        )
+    })?;
+    let Some(versions) = reply["supportedVersions"].as_array() else {
+        return Err(CniError::new(
+            code::DECODING_FAILURE,
+            format!("the VERSION result of {name} has no \"supportedVersions\" list: {reply}"),
+        ));
+    };
+    Ok(versions.iter().any(|v| v.as_str() == Some(version)))
+}
+
+fn exec_with(
+    plugin: &Path,
+    command: Command,
+    config: &[u8],
+    attachment: Option<(&str, &str)>,
+) -> Result<Vec<u8>, CniError> {
     let name = plugin
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let mut child = Process::new(plugin)
-        .env("CNI_COMMAND", command.as_str())
+    let mut process = Process::new(plugin);
+    process.env("CNI_COMMAND", command.as_str());
+    if let Some((container_id, ifname)) = attachment {
+        process
+            .env("CNI_CONTAINERID", container_id)
+            .env("CNI_IFNAME", ifname)
+            .env_remove("CNI_NETNS");
+    }
+    let mut child = process
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -176,6 +230,30 @@ mod tests {
         assert_eq!(
             String::from_utf8(out).unwrap(),
             r#"{"cmd":"DEL","in":{"a":1}}"#
+        );
+    }
+
+    #[test]
+    fn another_attachment_and_version_support() {
+        let dir = tempfile::tempdir().unwrap();
+        let plugin = script(
+            dir.path(),
+            "env",
+            r#"cat >/dev/null; printf '%s %s %s netns=%s' "$CNI_COMMAND" "$CNI_CONTAINERID" "$CNI_IFNAME" "${CNI_NETNS:-none}""#,
+        );
+        let out = exec_for(&plugin, Command::Del, b"{}", "c9", "net1").unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "DEL c9 net1 netns=none");
+        let plugin = script(
+            dir.path(),
+            "old",
+            r#"cat >/dev/null; echo '{"cniVersion":"1.0.0","supportedVersions":["0.3.1","1.0.0"]}'"#,
+        );
+        assert!(speaks(&plugin, "1.0.0").unwrap());
+        assert!(!speaks(&plugin, "1.1.0").unwrap());
+        let plugin = script(dir.path(), "mute", "cat >/dev/null; echo '{}'");
+        assert_eq!(
+            speaks(&plugin, "1.1.0").unwrap_err().code,
+            code::DECODING_FAILURE
         );
     }
 

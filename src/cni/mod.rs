@@ -9,7 +9,7 @@
 //! - [`netconf`]: flannel's plugin configuration and the delegate rendering.
 //! - [`invoke`]: finding and running the delegate plugin from `CNI_PATH`.
 //! - [`store`]: the saved delegate configurations in `dataDir`.
-//! - [`plugin`]: one invocation, ADD/DEL/CHECK/STATUS/VERSION.
+//! - [`plugin`]: one invocation, ADD/DEL/CHECK/GC/STATUS/VERSION.
 //! - [`install`]: `weft-cni install`, the plugin and a conflist onto a node.
 //!
 //! No CNI crate is used: `cni-plugin` (0.2, last released 2021) rejects

@@ -113,6 +113,73 @@ pub fn cni_version(obj: &Map<String, Value>) -> Result<String, CniError> {
     Ok(string_field(obj, "cniVersion")?.unwrap_or_default())
 }
 
+/// An attachment the runtime still has: one entry of GC's valid list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attachment {
+    /// `containerID`: the `CNI_CONTAINERID` of its ADD.
+    pub container_id: String,
+    /// `ifname`: the `CNI_IFNAME` of its ADD.
+    pub ifname: String,
+}
+
+/// The key of GC's valid attachments (spec 1.1.0).
+pub const VALID_ATTACHMENTS: &str = "cni.dev/valid-attachments";
+/// The same list under the name of a spec draft; libcni sends both.
+pub const ATTACHMENTS_DRAFT: &str = "cni.dev/attachments";
+
+/// GC's list of still valid attachments, with the raw value (passed on to a
+/// delegate unchanged). `cni.dev/valid-attachments`, or `cni.dev/attachments`
+/// when only that is there. Absent is an error, never an empty list: read as
+/// empty, every attachment on the node would count as stale and be torn down.
+pub fn valid_attachments(obj: &Map<String, Value>) -> Result<(Vec<Attachment>, Value), CniError> {
+    let Some(raw) = obj
+        .get(VALID_ATTACHMENTS)
+        .or_else(|| obj.get(ATTACHMENTS_DRAFT))
+        .filter(|v| !v.is_null())
+    else {
+        return Err(invalid(format!(
+            "GC needs {VALID_ATTACHMENTS:?}, the attachments the runtime still has: without it every pod on the node would count as stale"
+        ))
+        .with_details("the runtime adds this key to the configuration of a GC (CNI spec 1.1.0); run GC through a runtime or libcni"));
+    };
+    let Value::Array(entries) = raw else {
+        return Err(invalid(format!(
+            "{VALID_ATTACHMENTS:?} must be a list of {{\"containerID\", \"ifname\"}} objects, not {raw}"
+        )));
+    };
+    let mut attachments = Vec::with_capacity(entries.len());
+    for (i, entry) in entries.iter().enumerate() {
+        let Value::Object(entry) = entry else {
+            return Err(invalid(format!(
+                "{VALID_ATTACHMENTS:?}[{i}] must be an object, not {entry}"
+            )));
+        };
+        let container_id = match field(entry, "containerID") {
+            Some(Value::String(id)) if !id.is_empty() => id.clone(),
+            other => {
+                return Err(invalid(format!(
+                    "{VALID_ATTACHMENTS:?}[{i}] has no \"containerID\" string (found {})",
+                    other.map_or_else(|| "nothing".to_owned(), ToString::to_string)
+                )));
+            }
+        };
+        let ifname = match field(entry, "ifname") {
+            None | Some(Value::Null) => String::new(),
+            Some(Value::String(name)) => name.clone(),
+            Some(other) => {
+                return Err(invalid(format!(
+                    "{VALID_ATTACHMENTS:?}[{i}].ifname must be a string, not {other}"
+                )));
+            }
+        };
+        attachments.push(Attachment {
+            container_id,
+            ifname,
+        });
+    }
+    Ok((attachments, raw.clone()))
+}
+
 impl NetConf {
     /// Reads flannel's plugin configuration; `subnetFile` and `dataDir` take flannel's defaults.
     pub fn parse(obj: &Map<String, Value>) -> Result<NetConf, CniError> {
@@ -244,6 +311,59 @@ mod tests {
 
     fn render(conf_text: &str, env_text: &str) -> Result<Map<String, Value>, CniError> {
         conf(conf_text).render_delegate(&SubnetEnv::parse(env_text).unwrap())
+    }
+
+    #[test]
+    fn gc_valid_attachments() {
+        let parse = |text: &str| valid_attachments(&decode(text.as_bytes()).unwrap());
+        let (list, raw) = parse(
+            r#"{"cni.dev/valid-attachments":[{"containerID":"c1","ifname":"eth0"},{"containerid":"c2"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            list,
+            [
+                Attachment {
+                    container_id: "c1".into(),
+                    ifname: "eth0".into()
+                },
+                Attachment {
+                    container_id: "c2".into(),
+                    ifname: String::new()
+                }
+            ]
+        );
+        assert_eq!(raw.as_array().unwrap().len(), 2, "passed on as given");
+        // The draft's name, which libcni sends too; an empty list is a list.
+        let (list, _) =
+            parse(r#"{"cni.dev/attachments":[{"containerID":"c3","ifname":"net1"}]}"#).unwrap();
+        assert_eq!(list[0].container_id, "c3");
+        assert_eq!(parse(r#"{"cni.dev/valid-attachments":[]}"#).unwrap().0, []);
+        // Absent is never "no attachment is valid".
+        for bad in [
+            r#"{}"#,
+            r#"{"cni.dev/valid-attachments":null}"#,
+            r#"{"cni.dev/valid-attachments":{"containerID":"c1"}}"#,
+            r#"{"cni.dev/valid-attachments":["c1"]}"#,
+            r#"{"cni.dev/valid-attachments":[{"ifname":"eth0"}]}"#,
+            r#"{"cni.dev/valid-attachments":[{"containerID":""}]}"#,
+            r#"{"cni.dev/valid-attachments":[{"containerID":7}]}"#,
+            r#"{"cni.dev/valid-attachments":[{"containerID":"c1","ifname":0}]}"#,
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert_eq!(e.code, code::INVALID_NETWORK_CONFIG, "{bad}");
+            assert!(
+                e.msg.contains("cni.dev/valid-attachments"),
+                "{bad}: {}",
+                e.msg
+            );
+        }
+        assert!(
+            parse("{}")
+                .unwrap_err()
+                .msg
+                .contains("every pod on the node would count as stale")
+        );
     }
 
     #[test]

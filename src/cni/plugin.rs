@@ -15,7 +15,7 @@
 //! retries the teardown with it.
 
 use super::invoke;
-use super::netconf::{self, NetConf};
+use super::netconf::{self, NetConf, VALID_ATTACHMENTS};
 use super::spec::{self, CniError, Command, Params, code};
 use super::store::DelegateStore;
 use crate::core::subnet_env::SubnetEnv;
@@ -75,6 +75,7 @@ fn dispatch(
         Command::Del => del(&params, &conf).map(|()| String::new()),
         Command::Check => check(&params, &conf).map(|()| String::new()),
         Command::Status => status(&params, &conf).map(|()| String::new()),
+        Command::Gc => gc(&params, &conf, &obj).map(|()| String::new()),
         Command::Version => Ok(spec::version_result()),
     }
 }
@@ -199,9 +200,9 @@ fn del(params: &Params, conf: &NetConf) -> Result<(), CniError> {
         // Unknown container, or already deleted: success (spec: DEL is idempotent).
         return Ok(());
     };
-    let delegate = match serde_json::from_slice::<Value>(&saved) {
-        Ok(Value::Object(obj)) if obj.get("type").is_some_and(Value::is_string) => obj,
-        _ => {
+    let delegate = match saved_delegate(&saved) {
+        Some(obj) => obj,
+        None => {
             // What flannel does: the interface stays on the bridge until the node reboots.
             eprintln!(
                 "weft-cni: DEL {}: {} is not a delegate configuration; removing it without a delegate DEL",
@@ -308,6 +309,135 @@ fn check(params: &Params, conf: &NetConf) -> Result<(), CniError> {
     Ok(())
 }
 
+/// The interface name GC assumes for a stale attachment it tears down with the
+/// delegate's DEL: weft-cni's saved file (flannel's format, the delegate
+/// configuration alone) does not record `CNI_IFNAME`, and Kubernetes runtimes
+/// (containerd, CRI-O) name the pod network's interface `eth0`.
+pub const GC_IFNAME: &str = "eth0";
+
+/// GC (spec 1.1.0): forgets the containers that are not in the runtime's
+/// `cni.dev/valid-attachments` and has the delegate release what they held.
+///
+/// - A delegate that speaks 1.1.0 gets the GC (spec: a plugin MUST forward
+///   it) with the valid list, in the configuration ADD would render now (or,
+///   when `subnet.env` is gone, as a saved configuration has it); once it succeeded,
+///   the stale saved configurations are removed.
+/// - An older delegate (Debian 12's reference plugins, 1.1.1, stop at 1.0.0)
+///   does not know GC. Each stale container is then torn down with the
+///   delegate's DEL, with its saved configuration, its container ID,
+///   [`GC_IFNAME`] and no namespace: host-local releases the address; the
+///   interface went with the namespace. Its saved file is removed once that
+///   DEL succeeded, so a failure leaves the record for a later GC. (Without
+///   the namespace the bridge cannot find the pod's address, so the per-pod
+///   masquerade chain it adds with `ipMasq` stays.)
+///
+/// A container in the valid list is never touched, whatever its interface
+/// name (the saved files are per container, as flannel's). Errors do not stop
+/// the sweep; the first is returned, with all of them in `details`.
+fn gc(params: &Params, conf: &NetConf, obj: &Map<String, Value>) -> Result<(), CniError> {
+    if !spec::version_at_least(&conf.cni_version, "1.1.0") {
+        return Err(CniError::new(
+            code::INCOMPATIBLE_VERSION,
+            "config version does not allow GC",
+        ));
+    }
+    let (valid, raw_valid) = netconf::valid_attachments(obj)?;
+    conf.check_delegate()?;
+    let store = DelegateStore::new(&conf.data_dir);
+    let saved = store.containers()?;
+    let stale: Vec<&String> = saved
+        .iter()
+        .filter(|id| !valid.iter().any(|a| &a.container_id == *id))
+        .collect();
+    let delegate = match load_subnet_env(&conf.subnet_file) {
+        Ok(env) => Some(conf.render_delegate(&env)?),
+        // A node just rebooted: weftd has not written subnet.env yet.
+        Err(e) if e.code == code::TRY_AGAIN_LATER => saved
+            .iter()
+            .rev()
+            .find_map(|id| saved_delegate(&store.load(id).ok().flatten()?)),
+        Err(e) => return Err(e),
+    };
+    let Some(mut delegate) = delegate else {
+        eprintln!(
+            "weft-cni: GC: no {} and nothing saved in {}: nothing to clean up",
+            conf.subnet_file.display(),
+            conf.data_dir.display()
+        );
+        return Ok(());
+    };
+    let plugin = invoke::find_plugin(delegate_type(&delegate), &params.path)?;
+    let mut errors = Vec::new();
+    if invoke::speaks(&plugin, "1.1.0")? {
+        delegate.insert("cniVersion".into(), Value::String(conf.cni_version.clone()));
+        delegate.insert(VALID_ATTACHMENTS.into(), raw_valid);
+        let config = serde_json::to_vec(&delegate).map_err(|e| {
+            CniError::new(
+                code::DECODING_FAILURE,
+                format!("error serializing delegate netconf: {e}"),
+            )
+        })?;
+        invoke::exec(&plugin, Command::Gc, &config)?;
+        for id in &stale {
+            if let Err(e) = store.remove(id) {
+                errors.push(e);
+            }
+        }
+    } else {
+        for id in &stale {
+            if let Err(e) = gc_del(params, &store, id) {
+                errors.push(e);
+            }
+        }
+    }
+    eprintln!(
+        "weft-cni: GC: {} valid attachment(s), {} saved, {} stale, {} error(s)",
+        valid.len(),
+        saved.len(),
+        stale.len(),
+        errors.len()
+    );
+    let Some(first) = errors.first() else {
+        return Ok(());
+    };
+    let all: Vec<String> = errors.iter().map(|e| e.msg.clone()).collect();
+    Err(CniError::new(
+        first.code,
+        format!(
+            "GC could not clean up {} of {} stale container(s): {}",
+            errors.len(),
+            stale.len(),
+            first.msg
+        ),
+    )
+    .with_details(all.join("; ")))
+}
+
+/// A saved delegate configuration, if it is one (an object with a string `type`).
+fn saved_delegate(bytes: &[u8]) -> Option<Map<String, Value>> {
+    match serde_json::from_slice::<Value>(bytes) {
+        Ok(Value::Object(obj)) if obj.get("type").is_some_and(Value::is_string) => Some(obj),
+        _ => None,
+    }
+}
+
+/// GC's teardown of one stale container through an older delegate's DEL.
+fn gc_del(params: &Params, store: &DelegateStore, id: &str) -> Result<(), CniError> {
+    let Some(saved) = store.load(id)? else {
+        return Ok(());
+    };
+    let Some(delegate) = saved_delegate(&saved) else {
+        eprintln!(
+            "weft-cni: GC: {} is not a delegate configuration; removing it",
+            store.path(id).display()
+        );
+        return store.remove(id);
+    };
+    let plugin = invoke::find_plugin(delegate_type(&delegate), &params.path)?;
+    invoke::exec_for(&plugin, Command::Del, &saved, id, GC_IFNAME)?;
+    store.remove(id)
+}
+
 /// STATUS (spec 1.1.0): ready when `subnet.env` is there and valid and the delegate plugin is installed.
 fn status(params: &Params, conf: &NetConf) -> Result<(), CniError> {
     let not_available = |e: CniError| CniError {
@@ -344,8 +474,18 @@ mod tests {
                 ),
                 None => String::new(),
             };
+            // VERSION answers from the file `versions` (Debian 12's plugins: up to 1.0.0); the
+            // other calls are logged, their attachment to `attachments`.
+            std::fs::write(
+                dir.path().join("versions"),
+                r#"{"cniVersion":"1.0.0","supportedVersions":["0.3.0","0.3.1","0.4.0","1.0.0"]}"#,
+            )
+            .unwrap();
             let body = format!(
-                "#!/bin/sh\nlog={}/calls\nprintf '%s ' \"$CNI_COMMAND\" >>$log\ncat >>$log\necho >>$log\n{fail}\n\
+                "#!/bin/sh\nif [ \"$CNI_COMMAND\" = VERSION ]; then cat {0}/versions; exit 0; fi\n\
+                 printf '%s %s %s %s\\n' \"$CNI_COMMAND\" \"$CNI_CONTAINERID\" \"$CNI_IFNAME\" \"${{CNI_NETNS:-none}}\" >>{0}/attachments\n\
+                 if [ -e {0}/gc-fails ] && [ \"$CNI_COMMAND\" = GC ]; then echo '{{\"code\":5,\"msg\":\"disk\"}}'; exit 1; fi\n\
+                 log={0}/calls\nprintf '%s ' \"$CNI_COMMAND\" >>$log\ncat >>$log\necho >>$log\n{fail}\n\
                  if [ \"$CNI_COMMAND\" = ADD ]; then echo '{{\"cniVersion\":\"0.3.1\",\"ips\":[{{\"version\":\"4\",\"address\":\"10.1.17.2/24\"}}]}}'; fi\n",
                 dir.path().display()
             );
@@ -378,6 +518,22 @@ mod tests {
             );
             let stdin = stdin.as_bytes().to_vec();
             run(move |k| env.get(k).cloned(), move || Ok(stdin))
+        }
+
+        /// `COMMAND CNI_CONTAINERID CNI_IFNAME CNI_NETNS` of each delegate call (VERSION not).
+        fn attachments(&self) -> String {
+            std::fs::read_to_string(self.dir.path().join("attachments")).unwrap_or_default()
+        }
+
+        /// A GC configuration with these valid attachments.
+        fn gc_conf(&self, version: &str, valid: &[(&str, &str)]) -> String {
+            let list: Vec<Value> = valid
+                .iter()
+                .map(|(id, ifname)| serde_json::json!({"containerID": id, "ifname": ifname}))
+                .collect();
+            let mut conf: Value = serde_json::from_str(&self.conf(version)).unwrap();
+            conf[VALID_ATTACHMENTS] = Value::Array(list);
+            conf.to_string()
         }
 
         fn calls(&self) -> String {
@@ -477,6 +633,125 @@ mod tests {
         // STATUS reports the same as not available.
         let e = error(&w.call("STATUS", "", &w.conf("1.1.0")));
         assert_eq!(e["code"], code::NOT_AVAILABLE);
+    }
+
+    #[test]
+    fn gc_with_an_older_delegate_deletes_each_stale_container() {
+        let w = World::new(None);
+        for c in ["c1", "c2", "c3"] {
+            assert!(w.call("ADD", c, &w.conf("1.0.0")).success);
+        }
+        let saved3 = w.saved("c3").unwrap();
+        let before = w.calls();
+        // c2 is valid on another interface: a container in the list is never touched.
+        let reply = w.call(
+            "GC",
+            "",
+            &w.gc_conf("1.1.0", &[("c1", "eth0"), ("c2", "net1")]),
+        );
+        assert!(reply.success && reply.stdout.is_empty(), "{reply:?}");
+        assert!(w.saved("c1").is_some() && w.saved("c2").is_some());
+        assert_eq!(w.saved("c3"), None);
+        // The delegate (no GC in 1.0.0) got c3's DEL, with its saved bytes, eth0 and no namespace.
+        assert_eq!(w.calls(), format!("{before}DEL {saved3}\n"));
+        assert!(
+            w.attachments().ends_with("DEL c3 eth0 none\n"),
+            "{}",
+            w.attachments()
+        );
+        // Nothing stale left: a second GC changes nothing.
+        let calls = w.calls();
+        assert!(
+            w.call(
+                "GC",
+                "",
+                &w.gc_conf("1.1.0", &[("c1", "eth0"), ("c2", "net1")])
+            )
+            .success
+        );
+        assert_eq!(w.calls(), calls);
+        // No valid attachment at all: everything goes.
+        assert!(w.call("GC", "", &w.gc_conf("1.1.0", &[])).success);
+        assert_eq!((w.saved("c1"), w.saved("c2")), (None, None));
+    }
+
+    #[test]
+    fn gc_is_forwarded_to_a_delegate_that_speaks_1_1_0() {
+        let w = World::new(None);
+        std::fs::write(
+            w.dir.path().join("versions"),
+            r#"{"cniVersion":"1.1.0","supportedVersions":["0.4.0","1.0.0","1.1.0"]}"#,
+        )
+        .unwrap();
+        for c in ["c1", "c2"] {
+            assert!(w.call("ADD", c, &w.conf("1.0.0")).success);
+        }
+        // The delegate's GC fails: nothing is forgotten, the error is the delegate's.
+        std::fs::write(w.dir.path().join("gc-fails"), "").unwrap();
+        let e = error(&w.call("GC", "", &w.gc_conf("1.1.0", &[("c1", "eth0")])));
+        assert_eq!(e["code"], 5);
+        assert_eq!(e["msg"], "delegate plugin bridge failed (GC): disk");
+        assert!(w.saved("c2").is_some());
+        std::fs::remove_file(w.dir.path().join("gc-fails")).unwrap();
+        let reply = w.call("GC", "", &w.gc_conf("1.1.0", &[("c1", "eth0")]));
+        assert!(reply.success, "{reply:?}");
+        assert!(w.saved("c1").is_some());
+        assert_eq!(w.saved("c2"), None);
+        let last = w.calls().lines().last().unwrap().to_owned();
+        let gc: Value = serde_json::from_str(last.strip_prefix("GC ").unwrap()).unwrap();
+        assert_eq!(gc["cniVersion"], "1.1.0");
+        assert_eq!(gc["type"], "bridge");
+        assert_eq!(gc["ipam"]["ranges"][0][0]["subnet"], "10.1.17.0/24");
+        assert_eq!(
+            gc[VALID_ATTACHMENTS],
+            serde_json::json!([{"containerID": "c1", "ifname": "eth0"}])
+        );
+        assert!(!w.calls().contains("DEL"), "GC, not DEL");
+        // After a reboot (no subnet.env yet) the delegate still gets its GC, from a saved configuration.
+        std::fs::remove_file(w.dir.path().join("subnet.env")).unwrap();
+        assert!(w.call("GC", "", &w.gc_conf("1.1.0", &[])).success);
+        assert_eq!(w.saved("c1"), None);
+        let last = w.calls().lines().last().unwrap().to_owned();
+        assert!(last.starts_with("GC {"), "{last}");
+        // Nothing saved and no subnet.env: nothing to do, and no delegate to ask.
+        let calls = w.calls();
+        assert!(w.call("GC", "", &w.gc_conf("1.1.0", &[])).success);
+        assert_eq!(w.calls(), calls);
+    }
+
+    #[test]
+    fn gc_refuses_what_could_remove_the_wrong_containers() {
+        let w = World::new(None);
+        assert!(w.call("ADD", "c1", &w.conf("1.0.0")).success);
+        let calls = w.calls();
+        // No valid list: never read as "nothing is valid".
+        let e = error(&w.call("GC", "", &w.conf("1.1.0")));
+        assert_eq!(e["code"], code::INVALID_NETWORK_CONFIG);
+        assert!(e["msg"].as_str().unwrap().contains(VALID_ATTACHMENTS));
+        let bad = w.conf("1.1.0").replace(
+            r#""type":"weft-cni""#,
+            r#""type":"weft-cni","cni.dev/valid-attachments":"c1""#,
+        );
+        assert_eq!(
+            error(&w.call("GC", "", &bad))["code"],
+            code::INVALID_NETWORK_CONFIG
+        );
+        // GC is 1.1.0's.
+        let e = error(&w.call("GC", "", &w.gc_conf("1.0.0", &[])));
+        assert_eq!(
+            (e["code"].as_u64(), e["msg"].as_str()),
+            (Some(1), Some("config version does not allow GC"))
+        );
+        // No delegate plugin: an error, and the record stays for a later GC.
+        let mut no_path = w.gc_conf("1.1.0", &[]);
+        no_path = no_path.replace(
+            r#""type":"weft-cni""#,
+            r#""type":"weft-cni","delegate":{"type":"nope"}"#,
+        );
+        let e = error(&w.call("GC", "", &no_path));
+        assert_eq!(e["code"], code::INVALID_NETWORK_CONFIG);
+        assert!(w.saved("c1").is_some());
+        assert_eq!(w.calls(), calls);
     }
 
     #[test]

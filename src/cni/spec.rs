@@ -100,6 +100,8 @@ pub enum Command {
     Check,
     /// Whether the plugin can attach containers now.
     Status,
+    /// Clean up what attachments not in the runtime's valid list left behind (spec 1.1.0).
+    Gc,
     /// The CNI versions supported.
     Version,
 }
@@ -112,6 +114,7 @@ impl Command {
             Command::Del => "DEL",
             Command::Check => "CHECK",
             Command::Status => "STATUS",
+            Command::Gc => "GC",
             Command::Version => "VERSION",
         }
     }
@@ -146,7 +149,7 @@ impl Params {
     pub fn from_env(getenv: impl Fn(&str) -> Option<String>) -> Result<Params, CniError> {
         let get = |name: &str| getenv(name).unwrap_or_default();
         let command = get("CNI_COMMAND");
-        // Which variables each command needs (skel's table; STATUS like CNI_PATH only).
+        // Which variables each command needs (skel's table; STATUS and GC need CNI_PATH only).
         let required: &[&str] = match command.as_str() {
             "ADD" | "CHECK" => &[
                 "CNI_COMMAND",
@@ -156,7 +159,7 @@ impl Params {
                 "CNI_PATH",
             ],
             "DEL" => &["CNI_COMMAND", "CNI_CONTAINERID", "CNI_IFNAME", "CNI_PATH"],
-            "STATUS" => &["CNI_COMMAND", "CNI_PATH"],
+            "STATUS" | "GC" => &["CNI_COMMAND", "CNI_PATH"],
             _ => &["CNI_COMMAND"],
         };
         let missing: Vec<&str> = required
@@ -171,7 +174,7 @@ impl Params {
             );
             if missing.contains(&"CNI_COMMAND") {
                 err = err.with_details(
-                    "weft-cni is a CNI plugin: a container runtime runs it with CNI_COMMAND=ADD|DEL|CHECK|STATUS|VERSION \
+                    "weft-cni is a CNI plugin: a container runtime runs it with CNI_COMMAND=ADD|DEL|CHECK|GC|STATUS|VERSION \
                      and the network configuration on stdin. To install it on a node run `weft-cni install --help`.",
                 );
             }
@@ -182,13 +185,14 @@ impl Params {
             "DEL" => Command::Del,
             "CHECK" => Command::Check,
             "STATUS" => Command::Status,
+            "GC" => Command::Gc,
             "VERSION" => Command::Version,
             other => {
                 return Err(CniError::new(
                     code::INVALID_ENVIRONMENT,
                     format!("unknown CNI_COMMAND: {other}"),
                 )
-                .with_details("weft-cni supports ADD, DEL, CHECK, STATUS and VERSION"));
+                .with_details("weft-cni supports ADD, DEL, CHECK, GC, STATUS and VERSION"));
             }
         };
         let params = Params {
@@ -336,6 +340,11 @@ mod tests {
         .unwrap();
         assert_eq!(p.command, Command::Del);
         assert_eq!(p.path, vec![PathBuf::from("/a"), PathBuf::from("/b")]);
+        // GC, like STATUS, needs only CNI_PATH.
+        let err = Params::from_env(env(&[("CNI_COMMAND", "GC")])).unwrap_err();
+        assert_eq!(err.msg, "required env variables [CNI_PATH] missing");
+        let p = Params::from_env(env(&[("CNI_COMMAND", "GC"), ("CNI_PATH", "/a")])).unwrap();
+        assert_eq!(p.command, Command::Gc);
         // VERSION needs nothing else.
         assert_eq!(
             Params::from_env(env(&[("CNI_COMMAND", "VERSION")]))

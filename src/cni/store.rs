@@ -3,7 +3,7 @@
 //! atomically and fsynced, so DEL tears down exactly what ADD set up even
 //! after `subnet.env` changed or vanished.
 
-use super::spec::{CniError, code};
+use super::spec::{CniError, code, validate_container_id};
 use crate::files::write_atomic_bytes;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -56,6 +56,39 @@ impl DelegateStore {
         }
     }
 
+    /// The containers with a saved configuration, sorted: the file names that
+    /// are container IDs (not the temporary file of a save in progress).
+    pub fn containers(&self) -> Result<Vec<String>, CniError> {
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => {
+                return Err(io_error(
+                    format!("cannot list the data directory {}", self.dir.display()),
+                    e,
+                ));
+            }
+        };
+        let mut ids = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| {
+                io_error(
+                    format!("cannot list the data directory {}", self.dir.display()),
+                    e,
+                )
+            })?;
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            if validate_container_id(&name).is_ok() && entry.file_type().is_ok_and(|t| t.is_file())
+            {
+                ids.push(name);
+            }
+        }
+        ids.sort();
+        Ok(ids)
+    }
+
     /// Forgets a container (absent is fine).
     pub fn remove(&self, container_id: &str) -> Result<(), CniError> {
         remove_file(&self.path(container_id))
@@ -92,8 +125,23 @@ mod tests {
             1,
             "no temporary file left"
         );
+        // Listing: container IDs only, not a save in progress or a directory.
+        store.save("c0", b"{}").unwrap();
+        std::fs::write(tmp.path().join("a/flannel/.c2.1.tmp"), b"").unwrap();
+        std::fs::create_dir(tmp.path().join("a/flannel/sub")).unwrap();
+        assert_eq!(store.containers().unwrap(), ["c0", "c1"]);
+        std::fs::remove_file(tmp.path().join("a/flannel/.c2.1.tmp")).unwrap();
+        std::fs::remove_dir(tmp.path().join("a/flannel/sub")).unwrap();
+        store.remove("c0").unwrap();
         store.remove("c1").unwrap();
         store.remove("c1").unwrap();
         assert_eq!(store.load("c1").unwrap(), None);
+        assert_eq!(store.containers().unwrap(), Vec::<String>::new());
+        assert_eq!(
+            DelegateStore::new(tmp.path().join("none"))
+                .containers()
+                .unwrap(),
+            Vec::<String>::new()
+        );
     }
 }
