@@ -5,22 +5,33 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "run as root: the netns tests create namespaces and TAP devices" >&2; exit 1; }
+START=$SECONDS
+# Each step says when it starts, seconds into the run (CI should stay well under 30 min).
+step() { echo "== [$((SECONDS - START)) s] $*"; }
+step "packages (setup.sh)"
 bash scripts/setup.sh
 export CARGO_TERM_COLOR=never
+step "fmt, clippy"
 cargo fmt --check
 cargo clippy --all-targets --locked -- -D warnings
 # setup.sh's packages suffice on a bare Debian: bookworm checked here (cargo
 # check in a minbase container), trixie by the image build below (a release
 # build in a minbase container), both suites resolving the full list.
+step "fresh-machine checks"
 bash scripts/fresh-check.sh bookworm
 bash scripts/fresh-check.sh trixie --packages-only
 # The node image the container test runs (deploy/Containerfile, on trixie).
+step "node image"
 bash scripts/image.sh
 # Unit, integration and netns tests (two at a time: the machine has few cores).
-cargo test --locked --lib --bins --tests -- --test-threads="${WEFT_TEST_THREADS:-2}"
+step "unit, integration and netns tests"
+cargo test --locked --no-fail-fast --lib --bins --tests -- --test-threads="${WEFT_TEST_THREADS:-2}"
 # The benchmarks as smoke tests: each criterion bench once, one short e2e round.
+step "benches (smoke)"
 cargo test --locked --benches
 # The netns suite again with every dataplane offload forced off: both paths
 # must work. (The container test runs the DaemonSet's spec, which has no
 # tunables: it ran above.)
+step "netns tests with offloads off"
 WEFT_TEST_OFFLOADS=off cargo test --locked --test netns -- --test-threads="${WEFT_TEST_THREADS:-2}" --skip container::
+step "done"
