@@ -536,20 +536,7 @@ impl Netlink {
 
     /// The interface the kernel would use to reach `ip` (`ip route get`).
     pub async fn route_interface_to(&self, ip: Ipv4Addr) -> Result<Option<u32>> {
-        let query = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(ip, 32)
-            .build();
-        let mut stream = self.handle.route().get(query).execute();
-        let msg = stream
-            .try_next()
-            .await
-            .map_err(ctx(|| format!("route get {ip}")))?;
-        Ok(msg.and_then(|m| {
-            m.attributes.iter().find_map(|a| match a {
-                RouteAttribute::Oif(i) => Some(*i),
-                _ => None,
-            })
-        }))
+        Ok(self.route_get(ip).await?.and_then(|r| r.oif))
     }
 }
 
