@@ -318,7 +318,7 @@ impl TxTask {
             let config = TxConfig {
                 vnet_hdr: vnet,
                 port: self.shared.port,
-                underlay_mtu: self.shared.underlay_mtu,
+                underlay_mtu: self.shared.underlay_mtu.load(Relaxed),
                 sockets: self.pool.len(),
                 udp_gso: self.shared.udp_gso.load(Relaxed),
             };
