@@ -10,6 +10,7 @@ mod cni;
 mod container;
 mod etcd;
 mod faults;
+mod faults_underlay;
 mod harness;
 mod interop;
 mod kube;
