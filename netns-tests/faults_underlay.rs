@@ -420,9 +420,11 @@ fn underlay_address_change_restarts_weftd_on_the_new_address_keeping_its_lease()
         },
     );
     let pings = ping.finish(&mut lab);
-    let recovered = pings
-        .recovered_after(changed)
-        .expect("no reply after the change");
+    assert!(
+        pings.recovered_after(changed + 1.0).is_some(),
+        "no reply after the change"
+    );
+    let outage = pings.longest_gap();
     let leases = std::fs::read_dir(lab.store_dir())
         .unwrap()
         .filter(|e| {
@@ -431,16 +433,16 @@ fn underlay_address_change_restarts_weftd_on_the_new_address_keeping_its_lease()
         })
         .count();
     eprintln!(
-        "fault underlay-address-change: 192.168.100.1 -> .11: weftd exited after {} ms (2 s grace), restarted ready after {} ms on the same subnet and VtepMAC; first reply {:.0} ms after the change, lost {} of {} pings (10 ms); {leases} leases in the store",
+        "fault underlay-address-change: 192.168.100.1 -> .11: weftd exited after {} ms (2 s grace), restarted ready after {} ms on the same subnet and VtepMAC; longest time without a reply {:.0} ms, lost {} of {} pings (10 ms); {leases} leases in the store",
         exited.as_millis(),
         restarted.as_millis(),
-        recovered * 1000.0,
+        outage * 1000.0,
         pings.lost(),
         pings.sent
     );
     assert_eq!(leases, 2, "a second lease was left for the node");
     assert!(exited < Duration::from_secs(5), "noticed after {exited:?}");
-    assert!(recovered < 10.0, "recovered after {recovered:.1} s");
+    assert!(outage < 10.0, "no reply for {outage:.1} s");
     assert!(lab.ping(&ns0, s1.network(), 3) && lab.ping(&ns1, s0.network(), 3));
 }
 
@@ -477,11 +479,15 @@ fn vtep_device_set_down_or_deleted_by_hand_comes_back() {
     );
     let restored = started.elapsed();
     let pings = ping.finish(&mut lab);
-    let recovered = pings.recovered_after(down).expect("no reply after down");
+    assert!(
+        pings.recovered_after(down + 1.0).is_some(),
+        "no reply after down"
+    );
+    let outage = pings.longest_gap();
     eprintln!(
-        "fault device-down: flannel.1 set down: up again with its route after {} ms, first reply {:.0} ms after, lost {} of {} pings (10 ms)",
+        "fault device-down: flannel.1 set down: up again with its route after {} ms, longest time without a reply {:.0} ms, lost {} of {} pings (10 ms)",
         restored.as_millis(),
-        recovered * 1000.0,
+        outage * 1000.0,
         pings.lost(),
         pings.sent
     );
@@ -489,7 +495,7 @@ fn vtep_device_set_down_or_deleted_by_hand_comes_back() {
         restored < Duration::from_secs(2),
         "restored after {restored:?}"
     );
-    assert!(recovered < 2.0);
+    assert!(outage < 2.0, "no reply for {outage:.2} s");
     let status = lab.status(0);
     assert_eq!(status["device"]["brought_up"], 1, "{status}");
     assert!(
@@ -512,13 +518,15 @@ fn vtep_device_set_down_or_deleted_by_hand_comes_back() {
     );
     let restored = started.elapsed();
     let pings = ping.finish(&mut lab);
-    let recovered = pings
-        .recovered_after(deleted)
-        .expect("no reply after delete");
+    assert!(
+        pings.recovered_after(deleted + 1.0).is_some(),
+        "no reply after delete"
+    );
+    let outage = pings.longest_gap();
     eprintln!(
-        "fault device-deleted: flannel.1 deleted: recreated with its route after {} ms, first reply {:.0} ms after, lost {} of {} pings (10 ms)",
+        "fault device-deleted: flannel.1 deleted: recreated with its route after {} ms, longest time without a reply {:.0} ms, lost {} of {} pings (10 ms)",
         restored.as_millis(),
-        recovered * 1000.0,
+        outage * 1000.0,
         pings.lost(),
         pings.sent
     );
@@ -526,7 +534,7 @@ fn vtep_device_set_down_or_deleted_by_hand_comes_back() {
         restored < Duration::from_secs(3),
         "restored after {restored:?}"
     );
-    assert!(recovered < 3.0);
+    assert!(outage < 3.0, "no reply for {outage:.2} s");
     assert_eq!(lab.status(0)["device"]["recreated"], 1);
     assert_eq!(weftd_pid(&lab, 0), pid, "weftd restarted");
     assert!(lab.ping(&ns0, s1.network(), 3) && lab.ping(&ns1, s0.network(), 3));
