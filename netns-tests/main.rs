@@ -11,6 +11,7 @@ mod cni_churn;
 mod container;
 mod etcd;
 mod faults;
+mod faults_underlay;
 mod harness;
 mod interop;
 mod kube;

@@ -5,10 +5,13 @@
 //! the config, is the previous subnet exactly when that one was free and
 //! fitting, and overlaps nothing taken (the lease deleted first excepted);
 //! the lease deleted first is this public IP's and did not fit; "out of
-//! subnets" only when no subnet of the config is free.
+//! subnets" only when no subnet of the config is free; a lease of another
+//! public IP is taken over only on the previous subnet and when it carries
+//! this node's VtepMAC (the node's address changed).
 //!
 //! Input: `[config][request ip][previous]` then leases as
-//! `[third][len][owner][flags]` (flags: reservation, dual stack, unusable).
+//! `[third][len][owner][flags]` (flags: reservation, dual stack, unusable,
+//! carries the requesting node's VtepMAC).
 
 use super::input::{Builder, Input};
 use ipnet::{Ipv4Net, Ipv6Net};
@@ -16,6 +19,7 @@ use std::net::Ipv4Addr;
 use weft::core::allocate::{self, Claim, Held, Request};
 use weft::core::config::NetConfig;
 use weft::core::lease::SubnetKey;
+use weft::core::mac::MacAddr;
 
 const CONFIGS: [&str; 4] = [
     r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#,
@@ -23,6 +27,11 @@ const CONFIGS: [&str; 4] = [
     r#"{"Network":"10.0.0.0/28","Backend":{"Type":"vxlan"}}"#,
     r#"{"Network":"10.244.0.0/22","SubnetMin":"10.244.1.0","SubnetMax":"10.244.2.0","Backend":{"Type":"vxlan"}}"#,
 ];
+
+/// The VtepMAC of node `n`.
+fn mac(n: u8) -> MacAddr {
+    MacAddr([0x0e, 0, 0, 0, 0, n])
+}
 
 fn overlaps(a: &Ipv4Net, b: &Ipv4Net) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())
@@ -58,11 +67,17 @@ pub fn run(data: &[u8]) {
             },
             public_ip: Ipv4Addr::new(192, 168, 0, owner % 8),
             reservation: flags & 1 != 0,
+            vtep_mac: Some(if flags & 8 != 0 {
+                mac(me.octets()[3])
+            } else {
+                mac(owner % 8)
+            }),
         });
     }
     let request = Request {
         public_ip: me,
         previous_subnet: previous,
+        vtep_mac: Some(mac(me.octets()[3])),
     };
     let mine = held.iter().find(|h| h.public_ip == me);
     let result = allocate::plan(&config, &held, &unusable, &request, &mut rand::rng());
@@ -90,10 +105,27 @@ pub fn run(data: &[u8]) {
         reservation,
     } = plan.claim
     {
-        let mine = mine.expect("reused a lease this IP holds");
-        assert_eq!((mine.key.subnet, mine.reservation), (subnet, reservation));
-        assert!(config.fits(subnet) && mine.key.ipv6_subnet.is_none());
-        assert_eq!(plan.delete, None);
+        match mine.filter(|m| config.fits(m.key.subnet) && m.key.ipv6_subnet.is_none()) {
+            Some(mine) => {
+                assert_eq!((mine.key.subnet, mine.reservation), (subnet, reservation));
+                assert_eq!(plan.delete, None);
+            }
+            None => {
+                // This node under another address: its lease on the previous
+                // subnet, known by its VtepMAC.
+                let moved = held
+                    .iter()
+                    .find(|h| {
+                        Some(h.key.subnet) == previous
+                            && h.key.ipv6_subnet.is_none()
+                            && h.vtep_mac == request.vtep_mac
+                    })
+                    .expect("took over a lease without this node's VtepMAC");
+                assert_eq!((moved.key.subnet, moved.reservation), (subnet, reservation));
+                assert!(config.fits(subnet));
+                assert_eq!(plan.delete, mine.map(|m| m.key));
+            }
+        }
         return;
     }
     let Claim::Create {

@@ -162,6 +162,12 @@ impl Collector for WeftCollector {
             "Times the VTEP device was recreated after someone deleted it.",
             info.device.as_ref().map_or(0, |d| d.recreated),
         )?;
+        counter(
+            &mut e,
+            "weft_device_brought_up",
+            "Times the VTEP device was brought back up after someone set it down.",
+            info.device.as_ref().map_or(0, |d| d.brought_up),
+        )?;
         let routes = info.peers.values().filter(|p| p.route).count();
         let direct = info
             .peers

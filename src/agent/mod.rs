@@ -10,8 +10,14 @@
 //! so its supervisor restarts it — except a VTEP device someone deleted, which
 //! is recreated in place (flannel issue #869: same VtepMAC, address, MTU, and
 //! every peer's route replayed), noticed by an `RTM_DELLINK` watch, the
-//! workers' TAP errors, or the resync. SIGTERM/SIGINT stop cleanly and keep the
-//! device, its routes and the lease for a seamless restart.
+//! workers' TAP errors, or the resync. The same link watch brings the device
+//! back up when someone sets it down (the kernel drops its routes then: they
+//! are put back), and follows the underlay interface: a new MTU is applied to
+//! the device and `subnet.env` in place; the loss of the address the lease
+//! announces, replaced by another, ends the process (the supervisor restarts
+//! weftd, which takes its lease over under the new address, keeping the subnet
+//! and VtepMAC). SIGTERM/SIGINT stop cleanly and keep the device, its routes
+//! and the lease for a seamless restart.
 
 pub mod blackhole;
 pub mod cli;
@@ -31,7 +37,7 @@ use crate::core::subnet_env::SubnetEnv;
 use crate::core::watcher::{LeaseWatcher, PeerChange, Peers};
 use crate::dataplane::tap::Tap;
 use crate::dataplane::{Dataplane, DataplaneConfig, DataplaneError};
-use crate::netlink::{LinkInfo, Netlink};
+use crate::netlink::{LinkEvent, LinkInfo, Netlink};
 use crate::subnet::local::LocalStore;
 use crate::subnet::{AcquireRequest, RenewPolicy, Store, StoreStats, StoreUpdate};
 use cli::RunArgs;
@@ -125,6 +131,18 @@ pub enum AgentError {
     /// The store's task ended without a reason.
     #[error("the lease store task stopped unexpectedly")]
     StoreStopped,
+    /// The underlay address the lease announces was replaced by another.
+    #[error(
+        "the address of {iface} changed from {old} to {new}: peers send to {old}, which this node no longer has; exiting so that weftd restarts on {new} (its subnet and VtepMAC are kept, the lease is rewritten with the new address)"
+    )]
+    UnderlayAddressChanged {
+        /// The external interface.
+        iface: String,
+        /// The address weftd listened on.
+        old: Ipv4Addr,
+        /// The address the interface has now.
+        new: Ipv4Addr,
+    },
     /// Kube mode: the first list of nodes did not arrive in time.
     #[error(
         "error waiting for nodeController to sync state: timed out after {seconds} s (set CONT_WHEN_CACHE_NOT_READY=true to start anyway)"
@@ -253,6 +271,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
             mtu,
             gso_max_segs,
             recreated: 0,
+            brought_up: 0,
         });
         i.source_ports = dataplane.source_ports().to_vec();
     });
@@ -293,6 +312,9 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         kinds: BTreeMap::new(),
         device,
         recreate: Recreate::default(),
+        subnet_env: None,
+        address_check: None,
+        underlay_address_present: true,
     };
 
     // Program the current leases before announcing readiness.
@@ -333,6 +355,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     crate::files::write_atomic(&args.subnet_file, &env.render(), 0o644).map_err(io_err(
         format!("cannot write {}", args.subnet_file.display()),
     ))?;
+    control.subnet_env = Some((args.subnet_file.clone(), env));
     let blackhole_task = args.ip_blackhole_route.then(|| {
         blackhole::start(
             control.nl.clone(),
@@ -647,7 +670,19 @@ struct Control {
     device: DeviceSpec,
     /// A pending recreation of the device after a failed attempt.
     recreate: Recreate,
+    /// `subnet.env` as written at readiness (rewritten when the MTU changes).
+    subnet_env: Option<(std::path::PathBuf, SubnetEnv)>,
+    /// When to look at the underlay interface's addresses again, after the
+    /// one weftd listens on was removed.
+    address_check: Option<tokio::time::Instant>,
+    /// Whether the underlay interface still has the address weftd listens on.
+    underlay_address_present: bool,
 }
+
+/// How long the underlay address may be missing before weftd looks for a
+/// replacement: an address that is removed and added back (a DHCP renewal, an
+/// operator's `ip addr flush` and re-add) is not a change.
+const ADDRESS_GRACE: Duration = Duration::from_secs(2);
 
 /// The backoff of device recreation (flannel's: 1 s doubling to 30 s).
 #[derive(Debug, Default)]
@@ -693,19 +728,22 @@ async fn control_loop(
                 warn!(error = %e, device = %control.device.tap_name, "the VTEP device was deleted; recreating it");
                 control.recreate_device(&mut fatal_rx).await;
             }
-            index = deleted_link(&mut links) => {
-                match index {
-                    Some(index) if index == control.link.index && control.dataplane.is_some() => {
+            event = link_event(&mut links) => {
+                match event {
+                    Some(LinkEvent::Deleted(index)) if index == control.link.index && control.dataplane.is_some() => {
                         warn!(device = %control.device.tap_name, "the VTEP device was deleted; recreating it");
                         control.recreate_device(&mut fatal_rx).await;
                     }
-                    Some(_) => {}
+                    Some(LinkEvent::Deleted(_)) => {}
+                    Some(LinkEvent::Changed(link)) => control.link_changed(&link).await,
+                    Some(LinkEvent::Address { index, addr, added }) => control.address_changed(index, addr, added),
                     None => {
-                        warn!("the link-deletion watch stopped; a deleted VTEP device is noticed at the next resync");
+                        warn!("the link watch stopped; a deleted VTEP device is noticed at the next resync");
                         links = None;
                     }
                 }
             }
+            _ = sleep_until_or_never(control.address_check) => control.check_underlay_address().await?,
             _ = sleep_until_or_never(control.recreate.next) => control.recreate_device(&mut fatal_rx).await,
             _ = resync.tick() => {
                 if control.dataplane.is_some() && control.device_gone(Duration::ZERO).await {
@@ -731,10 +769,10 @@ async fn control_loop(
     }
 }
 
-/// The next deleted link's index, or never without a monitor.
-async fn deleted_link(links: &mut Option<crate::netlink::LinkMonitor>) -> Option<u32> {
+/// The next link or address event, or never without a monitor.
+async fn link_event(links: &mut Option<crate::netlink::LinkMonitor>) -> Option<LinkEvent> {
     match links {
-        Some(monitor) => monitor.deleted().await,
+        Some(monitor) => monitor.next().await,
         None => std::future::pending().await,
     }
 }
@@ -1099,6 +1137,7 @@ impl Control {
                         mtu,
                         gso_max_segs,
                         recreated,
+                        brought_up: i.device.as_ref().map_or(0, |d| d.brought_up),
                     });
                 });
                 warn!(device = %name, index, routes, "{name} was deleted; recreated with its address, MAC and {routes} routes");
@@ -1113,6 +1152,157 @@ impl Control {
                 self.recreate.next = Some(tokio::time::Instant::now() + backoff);
                 error!(device = %name, error = %e, "cannot recreate the VTEP device; trying again in {}s (pod traffic to other nodes is down until then)", backoff.as_secs());
             }
+        }
+    }
+
+    /// A link changed: the VTEP device set down (brought back up, its routes
+    /// put back), or the underlay interface's MTU changed (followed).
+    async fn link_changed(&mut self, link: &LinkInfo) {
+        if link.index == self.link.index && !link.up && self.dataplane.is_some() {
+            // Events queue up: act on the device's state now, not then.
+            let now_down = matches!(
+                self.nl.link_by_name(&self.device.tap_name).await,
+                Ok(Some(l)) if l.index == self.link.index && !l.up
+            );
+            if now_down {
+                self.bring_device_up().await;
+            }
+        }
+        if link.index == self.device.ext.index && link.mtu != 0 && link.mtu != self.device.ext.mtu {
+            self.underlay_mtu_changed(link.mtu).await;
+        }
+    }
+
+    /// Someone set the VTEP device down; the kernel dropped every route
+    /// through it. Up again, routes back (flannel leaves the node cut off).
+    async fn bring_device_up(&mut self) {
+        let name = self.device.tap_name.clone();
+        if let Err(e) = self.nl.set_up(&self.link).await {
+            error!(device = %name, error = %e, "{name} was set down and cannot be brought up again; trying again at the next resync");
+            return;
+        }
+        self.state.update(|i| {
+            if let Some(d) = i.device.as_mut() {
+                d.brought_up += 1;
+            }
+        });
+        self.resync().await;
+        let routes = self.kinds.len();
+        warn!(device = %name, routes, "{name} was set down; brought it back up and put back its {routes} routes");
+    }
+
+    /// The underlay interface's MTU changed: the device's MTU (the
+    /// interface's − 50, unless Backend.MTU fixes it), the dataplane's limit
+    /// (larger frames get ICMP "fragmentation needed") and `subnet.env`'s
+    /// FLANNEL_MTU (for pods created from now on) follow.
+    async fn underlay_mtu_changed(&mut self, underlay_mtu: u32) {
+        let old_underlay = self.device.ext.mtu;
+        let old_mtu = self.device.mtu;
+        let mtu = self.device.config.overlay_mtu(underlay_mtu);
+        self.device.ext.mtu = underlay_mtu;
+        if let Some(dataplane) = &self.dataplane {
+            dataplane.set_underlay_mtu(underlay_mtu);
+        }
+        let mut gso_max_segs = None;
+        if mtu != old_mtu {
+            if let Err(e) = self
+                .nl
+                .configure_link(&self.link, self.device.mac, mtu)
+                .await
+            {
+                error!(device = %self.device.tap_name, mtu, error = %e, "cannot set the VTEP device's MTU; frames too big for the underlay are answered with ICMP fragmentation-needed");
+            } else {
+                self.link.mtu = mtu;
+                self.device.mtu = mtu;
+            }
+            if let Some(dataplane) = &self.dataplane {
+                gso_max_segs =
+                    fit_tso_to_udp_gso(&self.nl, &self.link, &dataplane.offloads(), mtu).await;
+            }
+            if let Some((path, env)) = self.subnet_env.as_mut() {
+                env.mtu = self.device.mtu;
+                if let Err(e) = crate::files::write_atomic(path, &env.render(), 0o644) {
+                    error!(file = %path.display(), error = %e, "cannot rewrite the subnet file with the new MTU");
+                }
+            }
+        }
+        let device_mtu = self.device.mtu;
+        self.state.update(|i| {
+            if let Some(node) = i.node.as_mut() {
+                node.interface_mtu = underlay_mtu;
+            }
+            if let Some(d) = i.device.as_mut() {
+                d.mtu = device_mtu;
+                if mtu != old_mtu {
+                    d.gso_max_segs = gso_max_segs;
+                }
+            }
+        });
+        warn!(
+            interface = %self.device.ext.name,
+            old = old_underlay,
+            new = underlay_mtu,
+            device_mtu,
+            "the MTU of {} changed from {old_underlay} to {underlay_mtu}: {} MTU {old_mtu} -> {device_mtu}, FLANNEL_MTU in the subnet file too (pods created before keep theirs; the kernel tells them the path MTU)",
+            self.device.ext.name,
+            self.device.tap_name,
+        );
+    }
+
+    /// An IPv4 address came or went on some link: the removal of the one
+    /// weftd listens on starts a grace period before it looks again.
+    fn address_changed(&mut self, index: u32, addr: Ipv4Addr, added: bool) {
+        if index != self.device.ext.index {
+            return;
+        }
+        if !added && addr == self.device.ext.addr {
+            warn!(interface = %self.device.ext.name, addr = %addr, "the underlay address {addr} was removed from {}; looking again in {} s", self.device.ext.name, ADDRESS_GRACE.as_secs());
+            self.address_check = Some(tokio::time::Instant::now() + ADDRESS_GRACE);
+        } else if added && self.address_check.is_none() && !self.underlay_address_present {
+            self.address_check = Some(tokio::time::Instant::now() + ADDRESS_GRACE);
+        }
+    }
+
+    /// After the grace period: the address is back (nothing to do), gone
+    /// with no other (wait for one, the overlay is down meanwhile), or
+    /// replaced (exit: the lease must announce the new address).
+    async fn check_underlay_address(&mut self) -> Result<(), AgentError> {
+        self.address_check = None;
+        let ext = &self.device.ext;
+        let addrs = match self.nl.addresses(Some(ext.index)).await {
+            Ok(addrs) => addrs,
+            Err(e) => {
+                warn!(error = %e, "cannot list the underlay interface's addresses; looking again in 2 s");
+                self.address_check = Some(tokio::time::Instant::now() + ADDRESS_GRACE);
+                return Ok(());
+            }
+        };
+        if addrs.iter().any(|a| a.addr == ext.addr) {
+            if !self.underlay_address_present {
+                info!(interface = %ext.name, addr = %ext.addr, "the underlay address {} is back on {}", ext.addr, ext.name);
+            }
+            self.underlay_address_present = true;
+            return Ok(());
+        }
+        let mut candidates: Vec<Ipv4Addr> = addrs
+            .iter()
+            .map(|a| a.addr)
+            .filter(|a| !a.is_loopback())
+            .collect();
+        candidates.sort_by_key(|a| a.is_link_local());
+        match candidates.first() {
+            None => {
+                if self.underlay_address_present {
+                    error!(interface = %ext.name, addr = %ext.addr, "{} has no IPv4 address any more: pod traffic to and from other nodes is down until {} is back (or another address comes, then weftd restarts on it)", ext.name, ext.addr);
+                }
+                self.underlay_address_present = false;
+                Ok(())
+            }
+            Some(new) => Err(AgentError::UnderlayAddressChanged {
+                iface: ext.name.clone(),
+                old: ext.addr,
+                new: *new,
+            }),
         }
     }
 

@@ -75,6 +75,9 @@ pub struct DeviceInfo {
     /// Times weftd recreated the device after someone deleted it.
     #[serde(default)]
     pub recreated: u64,
+    /// Times weftd brought the device back up after someone set it down.
+    #[serde(default)]
+    pub brought_up: u64,
 }
 
 /// A peer as `weftd status` shows it.

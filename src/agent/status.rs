@@ -270,6 +270,13 @@ pub fn render(r: &StatusReport) -> String {
         if dev.recreated > 0 {
             let _ = write!(out, ", recreated {} times after deletion", dev.recreated);
         }
+        if dev.brought_up > 0 {
+            let _ = write!(
+                out,
+                ", brought up {} times after being set down",
+                dev.brought_up
+            );
+        }
         out.push_str(")\n");
     }
     let on: Vec<_> = r

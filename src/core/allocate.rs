@@ -4,15 +4,20 @@
 //!
 //! 1. the lease this public IP already holds, if it still fits the config
 //!    and has no IPv6 subnet (else it is deleted first);
-//! 2. else the subnet of the previous `subnet.env`, if it fits and is free;
-//! 3. else one of the first 100 free subnets, at random;
-//! 4. else "out of subnets".
+//! 2. else the lease of the previous `subnet.env`'s subnet if it carries this
+//!    node's VtepMAC: the node's address changed (flannel #760, where
+//!    flanneld then takes a new subnet and strands its pods), so it is taken
+//!    over and rewritten with the new public IP;
+//! 3. else the subnet of the previous `subnet.env`, if it fits and is free;
+//! 4. else one of the first 100 free subnets, at random;
+//! 5. else "out of subnets".
 //!
 //! A subnet is taken by every lease in the store and by every record that
 //! names a subnet but is unusable (a bad value is still someone's claim).
 
 use super::config::NetConfig;
 use super::lease::SubnetKey;
+use super::mac::MacAddr;
 use ipnet::Ipv4Net;
 use std::fmt;
 use std::net::Ipv4Addr;
@@ -29,6 +34,8 @@ pub struct Held {
     pub public_ip: Ipv4Addr,
     /// It never expires (etcd: no etcd lease; directory store: no expiration).
     pub reservation: bool,
+    /// Its VtepMAC, when it is a vxlan lease.
+    pub vtep_mac: Option<MacAddr>,
 }
 
 /// What the node asks for.
@@ -38,6 +45,8 @@ pub struct Request {
     pub public_ip: Ipv4Addr,
     /// The subnet of the previous `subnet.env`, reused if still free.
     pub previous_subnet: Option<Ipv4Net>,
+    /// The node's VtepMAC: a lease on `previous_subnet` with this MAC is its own.
+    pub vtep_mac: Option<MacAddr>,
 }
 
 /// How the node gets its subnet.
@@ -102,6 +111,22 @@ pub fn plan<R: rand::Rng + ?Sized>(
             });
         }
         delete = Some(mine.key);
+    }
+    // This node under another address: same subnet.env subnet, same VtepMAC.
+    if let (Some(previous), Some(mac)) = (request.previous_subnet, request.vtep_mac)
+        && let Some(moved) = held.iter().find(|h| {
+            h.key.subnet == previous && h.key.ipv6_subnet.is_none() && h.vtep_mac == Some(mac)
+        })
+        && config.fits(previous)
+        && Some(moved.key) != delete
+    {
+        return Ok(Plan {
+            delete,
+            claim: Claim::Reuse {
+                subnet: previous,
+                reservation: moved.reservation,
+            },
+        });
     }
     let taken: Vec<Ipv4Net> = held
         .iter()
@@ -170,6 +195,7 @@ mod tests {
             key: SubnetKey::v4(Ipv4Net::new(Ipv4Addr::new(10, 244, third, 0), 24).unwrap()),
             public_ip: Ipv4Addr::new(192, 168, 0, node),
             reservation,
+            vtep_mac: Some(mac(node)),
         }
     }
 
@@ -177,7 +203,45 @@ mod tests {
         Request {
             public_ip: Ipv4Addr::new(192, 168, 0, node),
             previous_subnet: previous.map(net),
+            vtep_mac: Some(mac(node)),
         }
+    }
+
+    /// Node `node`'s VtepMAC.
+    fn mac(node: u8) -> MacAddr {
+        MacAddr([0x0e, 0, 0, 0, 0, node])
+    }
+
+    #[test]
+    fn a_node_whose_address_changed_takes_its_previous_lease_over() {
+        let c = config(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#);
+        // Node 1's lease on 10.244.3.0/24 names its old address 192.168.0.9.
+        let mut moved = held(3, 9, false);
+        moved.vtep_mac = Some(mac(1));
+        let leases = [moved, held(4, 2, false)];
+        assert_eq!(
+            plan_for(&c, &leases, &[], &request(1, Some("10.244.3.0/24"))),
+            Plan {
+                delete: None,
+                claim: Claim::Reuse {
+                    subnet: net("10.244.3.0/24"),
+                    reservation: false
+                }
+            }
+        );
+        // Another node's MAC on that subnet: taken, a new subnet is chosen.
+        let leases = [held(3, 9, false)];
+        let plan = plan_for(&c, &leases, &[], &request(1, Some("10.244.3.0/24")));
+        assert!(
+            matches!(
+                plan.claim,
+                Claim::Create {
+                    previous: false,
+                    ..
+                }
+            ),
+            "{plan:?}"
+        );
     }
 
     fn plan_for(c: &NetConfig, held: &[Held], unusable: &[Ipv4Net], r: &Request) -> Plan {
@@ -286,6 +350,7 @@ mod tests {
                 key: SubnetKey::v4(s),
                 public_ip: Ipv4Addr::new(192, 168, 1, i as u8),
                 reservation: false,
+                vtep_mac: None,
             })
             .collect();
         let err = plan(&small, &full, &[], &request(1, None), &mut rand::rng()).unwrap_err();

@@ -149,7 +149,7 @@ impl Dataplane {
             router: ArcSwap::from_pointee(router),
             counters: Counters::new(workers),
             port: config.listen.port(),
-            underlay_mtu: config.underlay_mtu,
+            underlay_mtu: std::sync::atomic::AtomicU32::new(config.underlay_mtu),
             offloads,
             udp_gso: std::sync::atomic::AtomicBool::new(offloads.udp_gso),
             verify_checksums: config.verify_checksums,
@@ -188,6 +188,14 @@ impl Dataplane {
     /// The router in use now.
     pub fn router(&self) -> Arc<Router> {
         self.shared.router.load_full()
+    }
+
+    /// Follows a changed MTU of the underlay interface: frames whose datagram
+    /// would exceed it are answered with ICMP "fragmentation needed".
+    pub fn set_underlay_mtu(&self, mtu: u32) {
+        self.shared
+            .underlay_mtu
+            .store(mtu, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// What the workers share, for status and metrics.

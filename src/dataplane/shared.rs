@@ -15,8 +15,8 @@ pub struct Shared {
     pub counters: Counters,
     /// The VXLAN port of every node (Backend.Port).
     pub port: u16,
-    /// MTU of the underlay interface.
-    pub underlay_mtu: u32,
+    /// MTU of the underlay interface (the agent follows changes to it).
+    pub underlay_mtu: std::sync::atomic::AtomicU32,
     /// What was negotiated at startup.
     pub offloads: offload::ActiveOffloads,
     /// UDP GSO in use; turned off for good if the egress device cannot checksum.

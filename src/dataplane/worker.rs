@@ -400,7 +400,7 @@ impl TxTask {
         let config = TxConfig {
             vnet_hdr: self.vnet,
             port: self.shared.port,
-            underlay_mtu: self.shared.underlay_mtu,
+            underlay_mtu: self.shared.underlay_mtu.load(Relaxed),
             sockets: self.pool.len(),
             udp_gso: self.shared.udp_gso.load(Relaxed),
         };

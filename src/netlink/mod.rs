@@ -225,6 +225,16 @@ impl Netlink {
         Ok(())
     }
 
+    /// Brings the link up.
+    pub async fn set_up(&self, link: &LinkInfo) -> Result<()> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(link.index).up().build())
+            .execute()
+            .await
+            .map_err(ctx(|| format!("bring {} up", link.name)))
+    }
+
     /// Every IPv4 address, or those on `index`.
     pub async fn addresses(&self, index: Option<u32>) -> Result<Vec<LinkAddr>> {
         let mut req = self.handle.address().get();
@@ -552,38 +562,98 @@ impl Netlink {
     }
 }
 
-/// Link deletions the kernel announces (`RTM_DELLINK` on the `RTNLGRP_LINK`
-/// multicast group), to notice someone deleting the VTEP device at once.
+/// What the kernel announces about links and IPv4 addresses
+/// (`RTNLGRP_LINK`, `RTNLGRP_IPV4_IFADDR`): the VTEP device deleted or set
+/// down, the underlay interface's MTU or addresses changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkEvent {
+    /// `RTM_DELLINK`: the link with this index is gone.
+    Deleted(u32),
+    /// `RTM_NEWLINK`: a link was added or changed (flags, MTU, ...).
+    Changed(LinkInfo),
+    /// `RTM_NEWADDR` / `RTM_DELADDR` on the link with this index.
+    Address {
+        /// The link.
+        index: u32,
+        /// The address.
+        addr: Ipv4Addr,
+        /// Added (else removed).
+        added: bool,
+    },
+}
+
+/// Subscription to [`LinkEvent`]s.
 #[derive(Debug)]
 pub struct LinkMonitor {
-    deleted: tokio::sync::mpsc::UnboundedReceiver<u32>,
+    events: tokio::sync::mpsc::UnboundedReceiver<LinkEvent>,
 }
 
 impl LinkMonitor {
     /// Subscribes; the socket's driver runs on the current tokio runtime.
     pub fn open() -> std::io::Result<LinkMonitor> {
         use futures::StreamExt;
-        use netlink_packet_route::RouteNetlinkMessage;
+        use netlink_packet_route::RouteNetlinkMessage as M;
         use rtnetlink::packet_core::NetlinkPayload;
-        let (connection, _handle, mut messages) =
-            rtnetlink::new_multicast_connection(&[rtnetlink::MulticastGroup::Link])?;
+        let (connection, _handle, mut messages) = rtnetlink::new_multicast_connection(&[
+            rtnetlink::MulticastGroup::Link,
+            rtnetlink::MulticastGroup::Ipv4Ifaddr,
+        ])?;
         tokio::spawn(connection);
-        let (tx, deleted) = tokio::sync::mpsc::unbounded_channel();
+        let (tx, events) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(async move {
             while let Some((msg, _)) = messages.next().await {
-                if let NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(link)) =
-                    msg.payload
-                    && tx.send(link.header.index).is_err()
-                {
+                let NetlinkPayload::InnerMessage(inner) = msg.payload else {
+                    continue;
+                };
+                let event = match inner {
+                    M::DelLink(link) => LinkEvent::Deleted(link.header.index),
+                    M::NewLink(link) => LinkEvent::Changed(Netlink::link_info(&link)),
+                    M::NewAddress(a) | M::DelAddress(a)
+                        if a.header.family != AddressFamily::Inet =>
+                    {
+                        continue;
+                    }
+                    M::NewAddress(a) => match address_of(&a) {
+                        Some(addr) => LinkEvent::Address {
+                            index: a.header.index,
+                            addr,
+                            added: true,
+                        },
+                        None => continue,
+                    },
+                    M::DelAddress(a) => match address_of(&a) {
+                        Some(addr) => LinkEvent::Address {
+                            index: a.header.index,
+                            addr,
+                            added: false,
+                        },
+                        None => continue,
+                    },
+                    _ => continue,
+                };
+                if tx.send(event).is_err() {
                     return;
                 }
             }
         });
-        Ok(LinkMonitor { deleted })
+        Ok(LinkMonitor { events })
     }
 
-    /// The index of the next deleted link; `None` once the socket is gone.
-    pub async fn deleted(&mut self) -> Option<u32> {
-        self.deleted.recv().await
+    /// The next event; `None` once the socket is gone.
+    pub async fn next(&mut self) -> Option<LinkEvent> {
+        self.events.recv().await
     }
+}
+
+/// The local IPv4 address of an address message.
+fn address_of(msg: &netlink_packet_route::address::AddressMessage) -> Option<Ipv4Addr> {
+    let local = msg.attributes.iter().find_map(|a| match a {
+        AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
+        _ => None,
+    });
+    let address = msg.attributes.iter().find_map(|a| match a {
+        AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
+        _ => None,
+    });
+    local.or(address)
 }

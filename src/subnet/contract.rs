@@ -36,6 +36,7 @@ impl AcquireRequest {
         crate::core::allocate::Request {
             public_ip: self.attrs.public_ip,
             previous_subnet: self.previous_subnet,
+            vtep_mac: self.attrs.vxlan_data().ok().map(|d| d.vtep_mac),
         }
     }
 }

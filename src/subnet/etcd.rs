@@ -405,6 +405,7 @@ impl Listing {
                 key: s.lease.subnet_key(),
                 public_ip: s.lease.attrs.public_ip,
                 reservation: s.lease_id == 0,
+                vtep_mac: s.lease.attrs.vxlan_data().ok().map(|d| d.vtep_mac),
             })
             .collect()
     }

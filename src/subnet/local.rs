@@ -129,6 +129,7 @@ impl LocalStore {
                     key: l.subnet_key(),
                     public_ip: l.attrs.public_ip,
                     reservation: l.expiration.is_none(),
+                    vtep_mac: l.attrs.vxlan_data().ok().map(|d| d.vtep_mac),
                 })
                 .collect();
             let unusable: Vec<ipnet::Ipv4Net> = scan
