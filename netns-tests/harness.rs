@@ -29,9 +29,9 @@ pub const DEFAULT_NET_CONF: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Typ
 static LABS: AtomicUsize = AtomicUsize::new(0);
 
 /// Tunables that turn every offload off, run each worker's two directions on
-/// one thread and verify every received frame's inner checksums (the other
-/// dataplane shape, against the defaults).
-pub const OFFLOADS_OFF: &str = "[dataplane]\ntap_vnet_hdr = false\ntso = false\nuso = false\nudp_gso = false\nudp_gro = false\nsplit_directions = false\ntrust_outer_checksum = false\n";
+/// one thread, busy-poll 50 µs after traffic and verify every received
+/// frame's inner checksums (the other dataplane shape, against the defaults).
+pub const OFFLOADS_OFF: &str = "[dataplane]\ntap_vnet_hdr = false\ntso = false\nuso = false\nudp_gso = false\nudp_gro = false\nsplit_directions = false\nbusy_poll_us = 50\ntrust_outer_checksum = false\n";
 
 /// `WEFT_TEST_OFFLOADS=off` runs every weftd of the suite with all offloads
 /// off and one thread per worker (test.sh runs the netns suite both ways);

@@ -184,6 +184,18 @@ mod tests {
         );
         assert!(Tunables::parse("[dataplane]\nbatch = 0\n").is_err());
         assert!(Tunables::parse("[dataplane]\nsource_check = \"loose\"\n").is_err());
+        assert!(
+            Tunables::parse("[dataplane]\nbusy_poll_us = 10001\n")
+                .unwrap_err()
+                .contains("busy_poll_us")
+        );
+        assert_eq!(
+            Tunables::parse("[dataplane]\nbusy_poll_us = 200\n")
+                .unwrap()
+                .dataplane
+                .busy_poll_us,
+            200
+        );
         let t = Tunables::parse("[dataplane]\ntso = false\nsource_check = \"relaxed\"\n").unwrap();
         assert!(!t.offloads().tso);
         assert_eq!(

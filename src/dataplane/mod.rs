@@ -85,7 +85,7 @@ impl Default for DataplaneConfig {
 }
 
 /// The default of `busy_poll_us`.
-pub const DEFAULT_BUSY_POLL_US: u64 = 100;
+pub const DEFAULT_BUSY_POLL_US: u64 = 0;
 
 /// The most TCP segments a TSO super-frame from the TAP should carry so that
 /// all of them, each with its VXLAN, Ethernet and IP headers, leave in one UDP

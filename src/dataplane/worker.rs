@@ -781,10 +781,23 @@ struct Pump {
     spin: SpinWindow,
 }
 
+/// Polling rounds between yields to the thread's runtime.
+const YIELD_EVERY: u32 = 64;
+
 impl Pump {
-    async fn run(mut self) -> Result<(), DataplaneError> {
+    /// Runs until a descriptor fails; outside tokio's cooperative budget.
+    async fn run(self) -> Result<(), DataplaneError> {
+        tokio::task::unconstrained(self.run_inner()).await
+    }
+
+    async fn run_inner(mut self) -> Result<(), DataplaneError> {
+        // The runtime keeps yielded tasks' wakers in a list it allocates on
+        // the first yield: yield once now, before any traffic, so that a
+        // thread whose first traffic comes late does not allocate then.
+        tokio::task::yield_now().await;
         let mut last = Instant::now();
         let mut quiet = false;
+        let mut rounds: u32 = 0;
         loop {
             let mut busy = false;
             if let Some(tx) = &mut self.tx {
@@ -793,9 +806,14 @@ impl Pump {
             for rx in self.rx.iter_mut().flatten() {
                 busy |= rx.poll()?;
             }
-            // Direct reads bypass tokio's cooperative budget: spend it here,
-            // so the thread still yields to its reactor (and to a stop).
-            tokio::task::consume_budget().await;
+            // The pump runs outside tokio's cooperative budget (a budget
+            // running out in two branches at once pushed a second deferred
+            // waker: an allocation mid-traffic); it yields on its own, so a
+            // stop is still seen under endless traffic.
+            rounds = rounds.wrapping_add(1);
+            if rounds % YIELD_EVERY == 0 {
+                tokio::task::yield_now().await;
+            }
             if busy {
                 if quiet {
                     self.spin.after_gap(last.elapsed());
@@ -840,5 +858,47 @@ impl Pump {
                 }
             } => r,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SpinWindow;
+    use std::time::Duration;
+
+    const US: Duration = Duration::from_micros(1);
+
+    #[test]
+    fn a_zero_window_never_spins() {
+        let mut w = SpinWindow::new(Duration::ZERO);
+        assert_eq!(w.window(), Duration::ZERO);
+        w.after_gap(Duration::ZERO);
+        assert_eq!(w.window(), Duration::ZERO);
+    }
+
+    #[test]
+    fn the_window_stops_after_long_gaps_in_a_row_and_resumes_when_one_fits() {
+        let mut w = SpinWindow::new(100 * US);
+        assert_eq!(w.window(), 100 * US);
+        for _ in 0..SpinWindow::GIVE_UP - 1 {
+            w.after_gap(10_000 * US);
+        }
+        assert_eq!(w.window(), 100 * US, "not yet: fewer than GIVE_UP misses");
+        w.after_gap(10_000 * US);
+        assert_eq!(w.window(), Duration::ZERO, "sparse traffic: off");
+        w.after_gap(80 * US);
+        assert_eq!(w.window(), 100 * US, "a gap that fits turns it on");
+    }
+
+    #[test]
+    fn request_reply_traffic_keeps_the_window() {
+        // A reply soon after each request, then a long pause: the short gaps
+        // reset the count of long ones, so the window stays on.
+        let mut w = SpinWindow::new(100 * US);
+        for _ in 0..100 {
+            w.after_gap(60 * US);
+            w.after_gap(10_000 * US);
+        }
+        assert_eq!(w.window(), 100 * US);
     }
 }
