@@ -811,7 +811,7 @@ impl Pump {
             // waker: an allocation mid-traffic); it yields on its own, so a
             // stop is still seen under endless traffic.
             rounds = rounds.wrapping_add(1);
-            if rounds % YIELD_EVERY == 0 {
+            if rounds.is_multiple_of(YIELD_EVERY) {
                 tokio::task::yield_now().await;
             }
             if busy {
