@@ -559,16 +559,6 @@ pub fn wait_disconnected(lab: &Lab, node: usize) {
 
 const KERNEL_SUBNET: &str = "10.244.200.0/24";
 
-/// Subnets 10.244.N.0/24, N counting up from `from`, that are none of `taken`:
-/// for leases a test writes after its weftds picked theirs at random.
-fn spare_subnets(from: u8, taken: &[Ipv4Net]) -> std::vec::IntoIter<Ipv4Net> {
-    (from..=u8::MAX)
-        .map(|n| Ipv4Net::new(Ipv4Addr::new(10, 244, n, 0), 24).expect("a /24"))
-        .filter(|n| !taken.contains(n))
-        .collect::<Vec<_>>()
-        .into_iter()
-}
-
 // ======================================================================
 // tests
 // ======================================================================

@@ -65,7 +65,9 @@ fn hostile_store_records_are_skipped_counted_and_never_hijack_a_route() {
     // A lease of 1 MB (valid JSON, padded).
     let doc = lease_json(Ipv4Addr::new(192, 168, 100, 77), "0e:00:00:00:00:77");
     let big = format!("{}{}}}", &doc[..doc.len() - 1], " ".repeat(1 << 20));
-    let big_subnet: ipnet::Ipv4Net = "10.244.200.0/24".parse().unwrap();
+    // Subnets clear of the two nodes' random leases.
+    let mut spare = spare_subnets(200, &[s0, s1]);
+    let big_subnet = spare.next().unwrap();
     std::fs::write(store.join(key(big_subnet)), &big).unwrap();
     // Leases claiming node 0's subnet: half of it, and the whole network around it.
     let half = ipnet::Ipv4Net::new(s0.network(), 25).unwrap();
@@ -78,7 +80,7 @@ fn hostile_store_records_are_skipped_counted_and_never_hijack_a_route() {
         .unwrap();
     }
     // A lease naming node 0's public IP for another subnet.
-    let mine: ipnet::Ipv4Net = "10.244.201.0/24".parse().unwrap();
+    let mine = spare.next().unwrap();
     std::fs::write(
         store.join(key(mine)),
         lease_json(lab.nodes[0].ip, "0e:00:00:00:02:01"),
@@ -374,7 +376,8 @@ fn etcd_down_60s_and_one_node_partitioned_lose_nothing_and_catch_up() {
     etcd.restart();
     let back = Instant::now();
     // A change made as soon as etcd is back: a new node's lease.
-    let newcomer: ipnet::Ipv4Net = "10.244.250.0/24".parse().unwrap();
+    let mut spare = spare_subnets(250, &[s0, s1]);
+    let newcomer = spare.next().unwrap();
     etcd.put(
         &lease_key(newcomer),
         &flannel_json(Ipv4Addr::new(192, 168, 100, 250), 1, "0e:00:00:00:fa:01"),
@@ -426,7 +429,7 @@ fn etcd_down_60s_and_one_node_partitioned_lose_nothing_and_catch_up() {
     cut_from_etcd(&lab, &ns0);
     wait_disconnected(&lab, 0);
     let pings = fast_ping(&mut lab, &ns0, s1.network(), 11, "ping-partition.log");
-    let late: ipnet::Ipv4Net = "10.244.251.0/24".parse().unwrap();
+    let late = spare.next().unwrap();
     etcd.put(
         &lease_key(late),
         &flannel_json(Ipv4Addr::new(192, 168, 100, 251), 1, "0e:00:00:00:fb:01"),

@@ -1486,3 +1486,13 @@ pub fn iperf3_gbps(
         .unwrap_or(0.0)
         / 1e9
 }
+
+/// Subnets 10.244.N.0/24, N counting up from `from`, that are none of `taken`:
+/// for leases a test writes after its weftds picked theirs at random.
+pub fn spare_subnets(from: u8, taken: &[ipnet::Ipv4Net]) -> std::vec::IntoIter<ipnet::Ipv4Net> {
+    (from..=u8::MAX)
+        .map(|n| ipnet::Ipv4Net::new(Ipv4Addr::new(10, 244, n, 0), 24).expect("a /24"))
+        .filter(|n| !taken.contains(n))
+        .collect::<Vec<_>>()
+        .into_iter()
+}

@@ -199,7 +199,12 @@ fn stale_routes_of_an_earlier_network_go_and_others_stay() {
     // SIGTERM keeps the routes.
     route_to(&lab, &ns0, old[1]);
     // Someone else's route, a flannel-era (proto boot) overlay route and an
-    // old direct route of weft's, all outside the next Network.
+    // old direct route of weft's, all outside the next Network. Their
+    // subnets are picked clear of the two leases (allocation is random: a
+    // fixed pick collided with node 1's lease one run in 256).
+    let mut free = spare_subnets(77, &old).map(|n| n.to_string());
+    let (boot_net, direct_net) = (free.next().unwrap(), free.next().unwrap());
+    let boot_via = boot_net.trim_end_matches("/24").to_owned();
     lab.run(
         &ns0,
         &[
@@ -219,9 +224,9 @@ fn stale_routes_of_an_earlier_network_go_and_others_stay() {
             "ip",
             "route",
             "add",
-            "10.244.77.0/24",
+            &boot_net,
             "via",
-            "10.244.77.0",
+            &boot_via,
             "dev",
             "flannel.1",
             "onlink",
@@ -235,7 +240,7 @@ fn stale_routes_of_an_earlier_network_go_and_others_stay() {
             "ip",
             "route",
             "add",
-            "10.244.78.0/24",
+            &direct_net,
             "via",
             "192.168.100.9",
             "proto",
@@ -259,7 +264,7 @@ fn stale_routes_of_an_earlier_network_go_and_others_stay() {
     });
 
     let after = routes(&lab, &ns0);
-    for gone in ["10.244.77.0/24", "10.244.78.0/24", &old[1].to_string()] {
+    for gone in [&boot_net, &direct_net, &old[1].to_string()] {
         assert!(
             !after.iter().any(|r| r.starts_with(&format!("{gone} "))),
             "{gone} still there: {after:?}"
@@ -279,7 +284,9 @@ fn stale_routes_of_an_earlier_network_go_and_others_stay() {
     );
     let log = lab.weftd_log(0);
     assert!(
-        log.contains("removing a stale route 10.244.77.0/24 (outside Network 10.50.0.0/16)"),
+        log.contains(&format!(
+            "removing a stale route {boot_net} (outside Network 10.50.0.0/16)"
+        )),
         "{log}"
     );
     // The old Network's address left the device too (else the kernel may
