@@ -734,12 +734,13 @@ fn lease_churn_of_10000_events_through_etcd_leaves_exact_tables_and_flat_resourc
     assert!(lab.ping(&ns0, s1.network(), 3) && lab.ping(&ns1, s0.network(), 3));
     let (rss_after, fds_after) = rss_and_fds(pid);
     let stats = lab.status(0)["store_stats"].clone();
+    let log_lines = new_log_lines(&lab, 0, lines_before);
     eprintln!(
         "fault lease-churn: {EVENTS} etcd events (puts and deletes of 100 leases) in {:.1} s; both nodes exact {} ms after the last ({} leases: routes, FDB, ARP answers); weftd RSS {rss_before} -> {rss_after} kB, fds {fds_before} -> {fds_after}; {} new log lines; store events added {} removed {}; total {:.1} s",
         took.as_secs_f64(),
         lag.as_millis(),
         final_set.len(),
-        new_log_lines(&lab, 0, lines_before),
+        log_lines,
         stats["events_added"],
         stats["events_removed"],
         total.as_secs_f64()
@@ -755,6 +756,17 @@ fn lease_churn_of_10000_events_through_etcd_leaves_exact_tables_and_flat_resourc
     assert!(
         lag < Duration::from_secs(10),
         "converged {lag:?} after the last event"
+    );
+    // 100 changes a minute logged one by one (2-3 lines each), the rest
+    // summed up: bounded, not a line per event.
+    assert!(
+        log_lines < 1000,
+        "{log_lines} log lines for {EVENTS} lease events"
+    );
+    let log = lab.weftd_log(0);
+    assert!(
+        log.contains("more lease changes were applied without a log line each"),
+        "no summary line"
     );
 }
 

@@ -31,6 +31,7 @@ pub mod tunables;
 
 use crate::core::config::NetConfig;
 use crate::core::lease::{Lease, LeaseAttrs, LeaseEvent, VxlanBackendData};
+use crate::core::log_budget::LogBudget;
 use crate::core::mac::MacAddr;
 use crate::core::router::{LocalVtep, Peer, Router, Tables};
 use crate::core::subnet_env::SubnetEnv;
@@ -48,7 +49,7 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
@@ -315,6 +316,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         subnet_env: None,
         address_check: None,
         underlay_address_present: true,
+        lease_log: LogBudget::new(LEASE_CHANGES_LOGGED, LEASE_LOG_WINDOW),
     };
 
     // Program the current leases before announcing readiness.
@@ -677,7 +679,18 @@ struct Control {
     address_check: Option<tokio::time::Instant>,
     /// Whether the underlay interface still has the address weftd listens on.
     underlay_address_present: bool,
+    /// Lease changes logged one by one (the rest summed up: a churning store
+    /// must not fill the node's disk with log lines).
+    lease_log: LogBudget,
 }
+
+/// Lease changes (added, changed, removed) logged one by one per
+/// [`LEASE_LOG_WINDOW`]; more are applied as usual, counted, and summed up in
+/// one line a window. A node joining or leaving is a few changes; only a
+/// churning store reaches this.
+const LEASE_CHANGES_LOGGED: usize = 100;
+/// See [`LEASE_CHANGES_LOGGED`].
+const LEASE_LOG_WINDOW: Duration = Duration::from_secs(60);
 
 /// How long the underlay address may be missing before weftd looks for a
 /// replacement: an address that is removed and added back (a DHCP renewal, an
@@ -866,7 +879,21 @@ impl Control {
         for change in changes {
             self.program(change, now).await;
         }
+        self.summarise_lease_log();
         self.report_conflicts();
+    }
+
+    /// One line for the lease changes applied without a line each, when the
+    /// budget ran out and then once a window (also from the resync, so the
+    /// last ones of a burst are reported too).
+    fn summarise_lease_log(&mut self) {
+        if let Some(more) = self.lease_log.summary(Instant::now()) {
+            info!(
+                not_logged = more,
+                "{more} more lease changes were applied without a log line each (over {LEASE_CHANGES_LOGGED} in {}s); `weftd status` lists every peer and its route",
+                LEASE_LOG_WINDOW.as_secs()
+            );
+        }
     }
 
     /// Warns once about each set of leases that share a VtepMAC or public IP
@@ -891,33 +918,42 @@ impl Control {
         match change {
             PeerChange::Added(peer) => {
                 counts.added.fetch_add(1, Relaxed);
-                info!(subnet = %peer.subnet, public_ip = %peer.public_ip, vtep_mac = %peer.vtep_mac, "lease added");
-                self.add_route(&peer, now).await;
+                let log = self.lease_log.admit(Instant::now());
+                if log {
+                    info!(subnet = %peer.subnet, public_ip = %peer.public_ip, vtep_mac = %peer.vtep_mac, "lease added");
+                }
+                self.add_route(&peer, now, log).await;
             }
             PeerChange::Changed { old, new } => {
                 counts.changed.fetch_add(1, Relaxed);
-                info!(
-                    subnet = %new.subnet,
-                    public_ip = %new.public_ip,
-                    vtep_mac = %new.vtep_mac,
-                    old_public_ip = %old.public_ip,
-                    old_vtep_mac = %old.vtep_mac,
-                    "lease changed"
-                );
-                self.add_route(&new, now).await;
+                let log = self.lease_log.admit(Instant::now());
+                if log {
+                    info!(
+                        subnet = %new.subnet,
+                        public_ip = %new.public_ip,
+                        vtep_mac = %new.vtep_mac,
+                        old_public_ip = %old.public_ip,
+                        old_vtep_mac = %old.vtep_mac,
+                        "lease changed"
+                    );
+                }
+                self.add_route(&new, now, log).await;
                 if old.vtep_mac != new.vtep_mac {
                     self.forget_neighbour(new.gateway()).await;
                 }
             }
             PeerChange::Removed(peer) => {
                 counts.removed.fetch_add(1, Relaxed);
-                info!(subnet = %peer.subnet, public_ip = %peer.public_ip, vtep_mac = %peer.vtep_mac, "lease removed");
-                self.delete_route(peer.subnet).await;
+                let log = self.lease_log.admit(Instant::now());
+                if log {
+                    info!(subnet = %peer.subnet, public_ip = %peer.public_ip, vtep_mac = %peer.vtep_mac, "lease removed");
+                }
+                self.delete_route(peer.subnet, log).await;
                 self.forget_neighbour(peer.gateway()).await;
             }
             PeerChange::Unknown(subnet) => {
                 debug!(subnet = %subnet, "removal of a lease that was never programmed");
-                self.delete_route(subnet).await;
+                self.delete_route(subnet, false).await;
             }
             PeerChange::Ignored { subnet, reason } => {
                 counts.ignored.fetch_add(1, Relaxed);
@@ -943,7 +979,9 @@ impl Control {
         routes::route_kind(true, peer.public_ip, answer.as_ref(), self.link.index)
     }
 
-    async fn add_route(&mut self, peer: &Peer, now: SystemTime) {
+    /// Programs the route to `peer`; `log`: a line when it worked (errors
+    /// are always logged).
+    async fn add_route(&mut self, peer: &Peer, now: SystemTime, log: bool) {
         let kind = self.route_kind(peer).await;
         let result = match kind {
             RouteKind::Vxlan => self.nl.replace_route(self.link.index, peer.subnet).await,
@@ -952,6 +990,7 @@ impl Control {
         let route_error = match &result {
             Ok(()) => {
                 match kind {
+                    _ if !log => {}
                     RouteKind::Vxlan => {
                         info!(subnet = %peer.subnet, via = %peer.gateway(), device = %self.link.name, "route programmed")
                     }
@@ -1023,14 +1062,15 @@ impl Control {
 
     /// Removes the route of the kind installed for `subnet` (the overlay
     /// route when none is known).
-    async fn delete_route(&mut self, subnet: Ipv4Net) {
+    async fn delete_route(&mut self, subnet: Ipv4Net, log: bool) {
         let kind = self.kinds.remove(&subnet).unwrap_or(RouteKind::Vxlan);
         let result = match kind {
             RouteKind::Vxlan => self.nl.delete_route(self.link.index, subnet).await,
             RouteKind::Direct { via } => self.nl.delete_direct_route(subnet, via).await,
         };
         match result {
-            Ok(()) => info!(subnet = %subnet, kind = kind.name(), "route removed"),
+            Ok(()) if log => info!(subnet = %subnet, kind = kind.name(), "route removed"),
+            Ok(()) => {}
             Err(e) => error!(subnet = %subnet, error = %e, "cannot remove route"),
         }
         self.state.update(|i| {
@@ -1119,7 +1159,7 @@ impl Control {
                 let peers: Vec<Peer> = self.peers.iter().copied().collect();
                 let now = SystemTime::now();
                 for peer in &peers {
-                    self.add_route(peer, now).await;
+                    self.add_route(peer, now, true).await;
                 }
                 let routes = self.kinds.len();
                 let (index, mtu) = (self.link.index, self.device.mtu);
@@ -1342,8 +1382,9 @@ impl Control {
                 }
                 _ => warn!(subnet = %peer.subnet, "route to a peer was missing; adding it back"),
             }
-            self.add_route(&peer, SystemTime::now()).await;
+            self.add_route(&peer, SystemTime::now(), true).await;
         }
         self.remove_stale_routes().await;
+        self.summarise_lease_log();
     }
 }

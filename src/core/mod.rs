@@ -13,6 +13,7 @@ pub mod fixtures;
 pub mod flow;
 pub(crate) mod json;
 pub mod lease;
+pub mod log_budget;
 pub mod mac;
 pub mod offload;
 pub mod router;

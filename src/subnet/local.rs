@@ -22,6 +22,7 @@ use crate::core::config::NetConfig;
 use crate::core::lease::{
     Lease, LeaseAttrs, LeaseError, MAX_RECORD_BYTES, SubnetKey, parse_subnet_key, subnet_key,
 };
+use crate::core::log_budget::LogBudget;
 use crate::dataplane::sys::{InotifyFd, register};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
@@ -189,7 +190,7 @@ impl LocalStore {
     async fn run(&self, mut own: Lease, renew: RenewPolicy, tx: UpdateSender) {
         let mut known: Option<BTreeMap<String, Lease>> = None;
         let mut reported_bad: BTreeSet<(String, String)> = BTreeSet::new();
-        let mut bad_log = LogBudget::default();
+        let mut bad_log = LogBudget::new(BAD_RECORDS_LOGGED, BAD_RECORD_LOG_WINDOW);
         let mut next_renewal = renew_at(own.expiration, renew.margin, SystemTime::now());
         let mut ticker = tokio::time::interval(POLL);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -284,57 +285,6 @@ impl LocalStore {
 const BAD_RECORDS_LOGGED: usize = 10;
 /// See [`BAD_RECORDS_LOGGED`].
 const BAD_RECORD_LOG_WINDOW: Duration = Duration::from_secs(60);
-
-/// How many bad-record lines may still be logged: a store that fills with
-/// junk (100 000 bad files) costs a few lines a minute, not a line a file.
-#[derive(Debug, Default)]
-struct LogBudget {
-    window_start: Option<std::time::Instant>,
-    logged: usize,
-    unlogged: usize,
-    summarised: bool,
-}
-
-impl LogBudget {
-    /// Whether one more line may be logged now (if not, it is counted).
-    fn admit(&mut self, now: std::time::Instant) -> bool {
-        match self.window_start {
-            Some(start) if now.duration_since(start) < BAD_RECORD_LOG_WINDOW => {}
-            _ => {
-                self.window_start = Some(now);
-                self.logged = 0;
-                self.summarised = false;
-            }
-        }
-        if self.logged < BAD_RECORDS_LOGGED {
-            self.logged += 1;
-            true
-        } else {
-            self.unlogged += 1;
-            false
-        }
-    }
-
-    /// The number of records not logged, once per window: when the budget
-    /// first runs out, and then at most once a window.
-    fn summary(&mut self, now: std::time::Instant) -> Option<usize> {
-        if self.unlogged == 0 {
-            return None;
-        }
-        let window_over = self
-            .window_start
-            .is_none_or(|start| now.duration_since(start) >= BAD_RECORD_LOG_WINDOW);
-        if self.summarised && !window_over {
-            return None;
-        }
-        self.summarised = true;
-        if window_over {
-            self.window_start = Some(now);
-            self.logged = 0;
-        }
-        Some(std::mem::take(&mut self.unlogged))
-    }
-}
 
 /// Tells when a lease file in the directory was written, renamed or removed.
 ///
@@ -716,23 +666,6 @@ mod tests {
             .collect();
         let subnets: BTreeSet<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
         assert_eq!(subnets.len(), 12);
-    }
-
-    #[test]
-    fn bad_record_lines_are_a_few_per_window_however_many_records() {
-        let mut budget = LogBudget::default();
-        let t0 = std::time::Instant::now();
-        let mut lines = 0;
-        for scan in 0..1000u64 {
-            let now = t0 + Duration::from_millis(scan * 30);
-            lines += (0..100).filter(|_| budget.admit(now)).count();
-            lines += usize::from(budget.summary(now).is_some());
-        }
-        // 30 s of scans finding 100 new bad records each: one window.
-        assert_eq!(lines, BAD_RECORDS_LOGGED + 1);
-        let later = t0 + BAD_RECORD_LOG_WINDOW + Duration::from_secs(31);
-        assert_eq!(budget.summary(later), Some(999 * 100));
-        assert_eq!(budget.summary(later), None);
     }
 
     #[test]
