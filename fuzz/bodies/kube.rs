@@ -8,7 +8,8 @@
 //! attributes that round-trip through flannel's JSON; once the annotations
 //! `annotation_changes` asks for are applied, it asks for nothing more; the
 //! table only adds leases `node_to_lease` gives for managed nodes, snapshots
-//! only leases of listed managed nodes, and removes only leases it published
+//! only leases of listed managed nodes (or the last good lease of a listed
+//! node whose annotations turned bad), and removes only leases it published
 //! (or, for a node it never saw, that node's own lease).
 //!
 //! Input: `prefix \0 (op node-json \0)...` with ops `a`pply, `d`elete,
@@ -131,11 +132,17 @@ impl Model {
             Some(Change::Snapshot(leases)) => {
                 assert_eq!(op, b'f');
                 for l in leases {
-                    assert!(
-                        self.listing.iter().any(|n| nodes::is_managed(n, keys)
-                            && nodes::node_to_lease(n, keys).as_ref() == Ok(l)),
-                        "{l} is no listed node's lease"
-                    );
+                    let current = self.listing.iter().any(|n| {
+                        nodes::is_managed(n, keys)
+                            && nodes::node_to_lease(n, keys).as_ref() == Ok(l)
+                    });
+                    // A listed node whose annotations turned bad keeps the
+                    // lease it had (as on a watch event).
+                    let kept = self.published.contains(l)
+                        && self.listing.iter().any(|n| {
+                            nodes::is_managed(n, keys) && nodes::node_to_lease(n, keys).is_err()
+                        });
+                    assert!(current || kept, "{l} is no listed node's lease");
                 }
                 self.published.extend(leases.iter().cloned());
                 self.listing.clear();
@@ -264,5 +271,24 @@ pub fn seeds() -> Vec<Vec<u8>> {
             &[(b'a', &a), (b'a', &bad), (b'd', &bad), (b'd', &b)],
         ),
         seq("a.b/c/d", &[(b'a', &unmanaged), (b'a', &a)]),
+        // A relist in which node a's public IP turned bad: a keeps its
+        // last good lease (libFuzzer found the model missing this).
+        seq(
+            "flannel.alpha.coreos.com",
+            &[
+                (b'i', &a),
+                (b'l', &a),
+                (b'f', &a),
+                (b'i', &a),
+                (
+                    b'l',
+                    &a.replace(
+                        "/public-ip\":\"192.168.100.2\"",
+                        "/public-ip\":\"192.168.100.~\"",
+                    ),
+                ),
+                (b'f', &a),
+            ],
+        ),
     ]
 }
