@@ -5,8 +5,9 @@
 //! Each view follows one pattern: `new_checked` on bytes from the wire
 //! checks the lengths its accessors read, after which no accessor can panic;
 //! `new_unchecked` wraps a buffer the caller built. Setters live in the
-//! `AsMut` impl. ARP is read and written with etherparse (see
-//! [`crate::core::arp`]), which fits it; the IP views are written here
+//! `AsMut` impl. ARP and the ICMPv6 messages of Neighbor Discovery are read
+//! and written with etherparse (see [`crate::core::arp`],
+//! [`crate::core::ndp`]), which fits them; the IP views are written here
 //! because the offload code rewrites header fields in place, one frame after
 //! another on the hot path, and etherparse's slices are read-only (its owned
 //! headers copy and re-serialise).
@@ -85,6 +86,8 @@ pub mod protocol {
     pub const TCP: u8 = 6;
     /// UDP.
     pub const UDP: u8 = 17;
+    /// ICMP for IPv6 (RFC 4443).
+    pub const ICMPV6: u8 = 58;
 }
 
 /// A big-endian `u16` at `at`; the caller has checked the length.
