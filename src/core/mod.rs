@@ -15,6 +15,7 @@ pub(crate) mod json;
 pub mod lease;
 pub mod log_budget;
 pub mod mac;
+pub mod ndp;
 pub mod offload;
 pub mod router;
 pub mod subnet_env;
