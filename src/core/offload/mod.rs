@@ -5,7 +5,8 @@
 //! on the wire must still carry one MSS-sized segment. [`tso::split`] cuts a
 //! super-frame into segments written into a caller-owned arena, so the shell
 //! sends them with one UDP GSO `sendmsg`. A frame too big for the underlay
-//! gets an ICMP "fragmentation needed" back ([`icmp`]).
+//! gets an ICMP "fragmentation needed" back ([`icmp`]), or for IPv6 an
+//! ICMPv6 "packet too big" ([`icmp6`], not yet used by the TX planning).
 //!
 //! On receive, [`verify`] checks (and completes) inner checksums, and
 //! [`gro::Coalescer`] merges consecutive TCP segments of a flow back into one
@@ -20,12 +21,14 @@
 
 pub mod gro;
 pub mod icmp;
+pub mod icmp6;
 pub mod tso;
 pub mod verify;
 pub mod vnet;
 
 pub use gro::{Coalescer, FrameRef, MAX_MERGED_PARTS, Write};
 pub use icmp::{icmp_frag_needed, outer_len};
+pub use icmp6::icmp6_packet_too_big;
 pub use tso::{MAX_HEADERS, Segment, Split, split};
 pub use verify::{Checked, check_checksums, complete_checksum, complete_partial_checksum};
 pub use vnet::{F_DATA_VALID, F_NEEDS_CSUM, GsoType, VNET_HDR_LEN, VnetHdr};
