@@ -227,6 +227,16 @@ fn icmp() {
 }
 
 #[test]
+fn icmp6() {
+    drive("icmp6", 20_000);
+}
+
+#[test]
+fn ndp() {
+    drive("ndp", 50_000);
+}
+
+#[test]
 fn allocate() {
     drive("allocate", 20_000);
 }

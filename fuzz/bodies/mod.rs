@@ -23,11 +23,13 @@ pub mod coalesce;
 pub mod egress;
 pub mod etcd;
 pub mod icmp;
+pub mod icmp6;
 pub mod ingress;
 pub mod input;
 pub mod kube;
 pub mod lease;
 pub mod local_record;
+pub mod ndp;
 pub mod net_conf;
 pub mod rx_batch;
 pub mod split;
@@ -94,6 +96,18 @@ pub const TARGETS: &[Target] = &[
         run: icmp::run,
         seeds: icmp::seeds,
         dict: wire::FRAME_DICT,
+    },
+    Target {
+        name: "icmp6",
+        run: icmp6::run,
+        seeds: icmp6::seeds,
+        dict: wire::FRAME_DICT,
+    },
+    Target {
+        name: "ndp",
+        run: ndp::run,
+        seeds: ndp::seeds,
+        dict: ndp::DICT,
     },
     Target {
         name: "allocate",
