@@ -13,7 +13,10 @@
 //! the Solicited and Override flags set: no other node on the TAP's link
 //! answers for these addresses, so the lease is authoritative, and Override
 //! makes a VtepMAC that changed with its lease replace the kernel's cached
-//! one at the next probe.
+//! one at the next probe. (S's network address is formally S's
+//! Subnet-Router anycast address, RFC 4291 §2.6.1, for which RFC 4861
+//! §7.2.7 would clear Override; but on this link it names exactly one
+//! node, the peer's VTEP, and flannel programs it as a plain neighbour.)
 //!
 //! A new IPv6 device also sends Router Solicitations and MLD reports (and
 //! DAD solicitations for its own addresses). They are refused with reasons
