@@ -1,6 +1,7 @@
 //! `offload::icmp_frag_needed`: the answer to a frame too big for the
 //! underlay. Invariants: no panic; an answer is given exactly for IPv4 with DF
-//! that is not a later fragment nor an ICMP error; it is a valid Ethernet +
+//! that is not a later fragment nor an ICMP error, from a unicast source to a
+//! unicast destination, for an MTU of at least 576; it is a valid Ethernet +
 //! IPv4 + ICMP type 3 code 4 frame (both checksums verify) from the original
 //! destination back to the original source, with the MTU and the quoted
 //! original header; nothing is written beyond its length.
@@ -13,16 +14,31 @@ use weft::core::fixtures;
 use weft::core::offload;
 
 /// The length of the answer the model expects, or `None`.
-fn expected_len(frame: &[u8], out_len: usize) -> Option<usize> {
+fn expected_len(frame: &[u8], mtu: u16, out_len: usize) -> Option<usize> {
     if frame.get(12..14)? != [0x08, 0x00] {
         return None;
     }
     let ihl = usize::from(*frame.get(ETH_LEN)? & 0x0f) * 4;
-    if ihl < 20 || frame.len() < ETH_LEN + ihl {
+    if *frame.get(ETH_LEN)? >> 4 != 4 || ihl < 20 || frame.len() < ETH_LEN + ihl {
         return None;
     }
     let frag = wire::be16(frame, ETH_LEN + 6);
     if frag & 0x4000 == 0 || frag & 0x1fff != 0 {
+        return None;
+    }
+    // RFC 1122 3.2.2: no error about a group or broadcast destination, none
+    // to an unspecified, loopback, broadcast or group source; no MTU < 576.
+    let (src, dst) = (
+        &frame[ETH_LEN + 12..ETH_LEN + 16],
+        &frame[ETH_LEN + 16..ETH_LEN + 20],
+    );
+    let group = |a: &[u8]| a[0] >> 4 == 0xe;
+    let broadcast = |a: &[u8]| a == [255; 4];
+    if group(dst) || broadcast(dst) || src[0] == 0 || src[0] == 127 || group(src) || broadcast(src)
+    {
+        return None;
+    }
+    if mtu < 576 {
         return None;
     }
     if frame[ETH_LEN + 9] == 1 && !matches!(frame.get(ETH_LEN + ihl)?, 0 | 8 | 13 | 14 | 15 | 16) {
@@ -40,7 +56,7 @@ pub fn run(data: &[u8]) {
     let frame = input.rest();
     let mut out = vec![0x5au8; out_len];
     let got = offload::icmp_frag_needed(frame, mtu, &mut out);
-    assert_eq!(got, expected_len(frame, out_len));
+    assert_eq!(got, expected_len(frame, mtu, out_len));
     let Some(n) = got else {
         assert!(
             out.iter().all(|b| *b == 0x5a),
@@ -86,8 +102,13 @@ pub fn seeds() -> Vec<Vec<u8>> {
         0x46, 0, 0x05, 0xdc, 0, 1, 0x40, 0, 64, 6, 0, 0, 10, 244, 1, 5, 10, 244, 2, 7, 1, 1, 1, 1,
     ]);
     options.extend_from_slice(&tcp[34..]);
-    [tcp, echo, options]
+    let mut group = tcp.clone();
+    group[30..34].copy_from_slice(&[239, 1, 2, 3]);
+    let mut seeds: Vec<Vec<u8>> = [tcp.clone(), echo, options, group]
         .iter()
         .map(|f| Builder::new().u16(1450).u8(88).bytes(f).build())
-        .collect()
+        .collect();
+    // An MTU below 576 gets no answer.
+    seeds.push(Builder::new().u16(575).u8(88).bytes(&tcp).build());
+    seeds
 }

@@ -14,11 +14,16 @@ const ICMP_HEADER_LEN: usize = 8;
 /// ICMP types that are queries (echo, timestamp, information): the only ICMP
 /// an ICMP error may answer (RFC 1122 §3.2.2).
 const QUERIES: [u8; 6] = [0, 8, 13, 14, 15, 16];
+/// The smallest MTU an IPv4 "fragmentation needed" may announce (the
+/// kernel's tunnels send none below it).
+const MIN_MTU: u16 = 576;
 
 /// The ICMP "fragmentation needed" (type 3 code 4) answering an IPv4 frame too big
 /// for the underlay, addressed back to its sender with the overlay MTU, written
 /// into `out` as an Ethernet frame for the TAP. Returns its length, or `None`
-/// when the frame is not IPv4 with DF set (or is ICMP other than a query).
+/// when the frame is not IPv4 with DF set (or is ICMP other than a query, is
+/// addressed to a group or broadcast address, comes from an address that
+/// cannot take an error, or `mtu` is below 576).
 /// Source address: the original destination, as the kernel's bridged tunnels do.
 pub fn icmp_frag_needed(frame: &[u8], mtu: u16, out: &mut [u8]) -> Option<usize> {
     let eth = ethernet::Frame::new_checked(frame).ok()?;
@@ -27,12 +32,25 @@ pub fn icmp_frag_needed(frame: &[u8], mtu: u16, out: &mut [u8]) -> Option<usize>
     }
     let packet = eth.payload();
     let ip = ipv4::Header::new_checked(packet).ok()?;
+    ip.check_header_len().ok()?;
     let ihl = ip.header_len();
-    if ihl < ipv4::MIN_HEADER_LEN || packet.len() < ihl {
-        return None;
-    }
     if !ip.dont_frag() || ip.is_later_fragment() {
         return None; // no DF, or a non-first fragment
+    }
+    // As the kernel's tunnels (iptunnel_pmtud_check_icmp): no error about a
+    // packet to a group or broadcast address, none to a source that cannot
+    // take one (RFC 1122 §3.2.2), and no MTU below IPv4's 576. The frame
+    // then leaves and the underlay fragments it.
+    let (src, dst) = (ip.src_addr(), ip.dst_addr());
+    if dst.is_multicast()
+        || dst.is_broadcast()
+        || src.octets()[0] == 0
+        || src.is_loopback()
+        || src.is_broadcast()
+        || src.is_multicast()
+        || mtu < MIN_MTU
+    {
+        return None;
     }
     if ip.protocol() == protocol::ICMP {
         // Never answer an ICMP error with an ICMP error.
@@ -98,5 +116,38 @@ mod tests {
         no_df[20] = 0;
         assert_eq!(icmp_frag_needed(&no_df, 1450, &mut out), None);
         assert_eq!(icmp_frag_needed(&frame[..20], 1450, &mut out), None);
+    }
+
+    #[test]
+    fn no_frag_needed_about_groups_broadcasts_odd_sources_or_a_tiny_mtu() {
+        let frame = tcp4_frame(&payload(3000), 1, 0x10, 9);
+        let mut out = [0u8; 128];
+        let with = |at: usize, addr: [u8; 4]| {
+            let mut f = frame.clone();
+            f[at..at + 4].copy_from_slice(&addr);
+            f
+        };
+        let (src, dst) = (26, 30);
+        for f in [
+            with(dst, [224, 0, 0, 5]),
+            with(dst, [239, 1, 2, 3]),
+            with(dst, [255, 255, 255, 255]),
+            with(src, [0, 0, 0, 0]),
+            with(src, [127, 0, 0, 1]),
+            with(src, [255, 255, 255, 255]),
+            with(src, [230, 0, 0, 1]),
+        ] {
+            assert_eq!(
+                icmp_frag_needed(&f, 1450, &mut out),
+                None,
+                "{:?}",
+                &f[26..34]
+            );
+        }
+        assert_eq!(icmp_frag_needed(&frame, 575, &mut out), None);
+        assert!(icmp_frag_needed(&frame, 576, &mut out).is_some());
+        let mut v6_nibble = frame.clone();
+        v6_nibble[14] = 0x65;
+        assert_eq!(icmp_frag_needed(&v6_nibble, 1450, &mut out), None);
     }
 }
