@@ -7,6 +7,9 @@
 //! on every run. A failing input is printed as a byte string to paste into a
 //! unit test (or into a file for `cargo fuzz run <target> FILE`).
 //!
+//! Then every file of the target's kept libFuzzer corpus, `fuzz/corpus/<target>/`
+//! (grown by `scripts/fuzz-campaign.sh`), runs as a regression input.
+//!
 //! `WEFT_FUZZ_ITERATIONS=N` runs N inputs per target instead of the default,
 //! `WEFT_FUZZ_SEED=S` draws another sequence (for a longer local hunt).
 
@@ -162,6 +165,44 @@ fn drive(name: &str, iterations: usize) {
     for (i, fixed) in inputs.enumerate() {
         let data = fixed.unwrap_or_else(|| input(&mut rng, &seeds, target.dict));
         one(target, i, &data);
+    }
+    // The libFuzzer corpus kept in git (scripts/fuzz-campaign.sh): every
+    // input that reached new code in a long run is a regression test here.
+    for (path, data) in corpus(name) {
+        one_named(target, &path, &data);
+    }
+}
+
+/// The files of `fuzz/corpus/<name>/`, in name order (none if it is absent).
+fn corpus(name: &str) -> Vec<(String, Vec<u8>)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/corpus")
+        .join(name);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<_> = entries
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|p| {
+            let data = std::fs::read(&p).unwrap();
+            (p.display().to_string(), data)
+        })
+        .collect()
+}
+
+/// Runs one corpus file, naming it when it fails.
+fn one_named(target: &Target, path: &str, data: &[u8]) {
+    if let Err(panic) = panic::catch_unwind(AssertUnwindSafe(|| (target.run)(data))) {
+        eprintln!(
+            "fuzz target {} failed on corpus file {path} (replay: cargo fuzz run -s none {} {path})",
+            target.name, target.name
+        );
+        panic::resume_unwind(panic);
     }
 }
 
