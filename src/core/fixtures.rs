@@ -148,3 +148,23 @@ pub fn with_partial_checksum(frame: &[u8]) -> Vec<u8> {
     }
     out
 }
+
+/// A reference ICMPv6 checksum for tests, written plainly (RFC 1071 over the
+/// RFC 8200 §8.1 pseudo-header and `icmp`, byte pairs, folded, complemented)
+/// rather than through `checksum`: 0 when the checksum field in `icmp` is
+/// right, else the value the field should hold when it is zero.
+pub fn reference_icmpv6_checksum(src: [u8; 16], dst: [u8; 16], icmp: &[u8]) -> u16 {
+    let mut bytes = src.to_vec();
+    bytes.extend_from_slice(&dst);
+    bytes.extend_from_slice(&(icmp.len() as u32).to_be_bytes());
+    bytes.extend_from_slice(&[0, 0, 0, 58]);
+    bytes.extend_from_slice(icmp);
+    let mut acc: u32 = 0;
+    for pair in bytes.chunks(2) {
+        acc += u32::from(pair[0]) << 8 | u32::from(*pair.get(1).unwrap_or(&0));
+    }
+    while acc > 0xffff {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    !(acc as u16)
+}

@@ -46,7 +46,7 @@
 use super::checksum;
 use super::mac::MacAddr;
 use super::wire::ethernet::{self, ethertype};
-use super::wire::ipv6::{self, Fragment};
+use super::wire::ipv6::{self, Fragment, Icmpv6Frame};
 use super::wire::protocol;
 use etherparse::icmpv6::{
     self, NdpOptionHeader, NdpOptionType, NeighborAdvertisementHeader,
@@ -316,18 +316,14 @@ fn write_advert(
     to_ip: Ipv6Addr,
     solicited: bool,
 ) {
-    let mut eth = ethernet::Frame::new_unchecked(&mut out[..]);
-    eth.set_dst_addr(to_mac);
-    eth.set_src_addr(mac);
-    eth.set_ethertype(ethertype::IPV6);
-    let mut ip = ipv6::Header::new_unchecked(eth.payload_mut());
-    ip.set_version_class_flow(0, 0);
-    ip.set_payload_len(ADVERT_ICMP_LEN as u16);
-    ip.set_next_header(protocol::ICMPV6);
-    ip.set_hop_limit(NDP_HOP_LIMIT);
-    ip.set_src_addr(target);
-    ip.set_dst_addr(to_ip);
-    let message = ip.payload_mut();
+    let reply = Icmpv6Frame {
+        eth_dst: to_mac,
+        eth_src: mac,
+        src: target,
+        dst: to_ip,
+        hop_limit: NDP_HOP_LIMIT,
+    };
+    let message = reply.write_headers(out, ADVERT_ICMP_LEN as u16);
     let header = Icmpv6Header::new(Icmpv6Type::NeighborAdvertisement(
         NeighborAdvertisementHeader {
             router: false,
@@ -379,21 +375,9 @@ mod tests {
         t
     }
 
-    /// Reference: the plain RFC 1071 sum, folded, over the pseudo-header and `icmp`.
+    /// Reference: the plain RFC 1071 sum over the pseudo-header and `icmp`.
     fn reference_checksum(src: Ipv6Addr, dst: Ipv6Addr, icmp: &[u8]) -> u16 {
-        let mut bytes = src.octets().to_vec();
-        bytes.extend_from_slice(&dst.octets());
-        bytes.extend_from_slice(&(icmp.len() as u32).to_be_bytes());
-        bytes.extend_from_slice(&[0, 0, 0, 58]);
-        bytes.extend_from_slice(icmp);
-        let mut acc: u32 = 0;
-        for pair in bytes.chunks(2) {
-            acc += u32::from(pair[0]) << 8 | u32::from(*pair.get(1).unwrap_or(&0));
-        }
-        while acc > 0xffff {
-            acc = (acc & 0xffff) + (acc >> 16);
-        }
-        !(acc as u16)
+        crate::core::fixtures::reference_icmpv6_checksum(src.octets(), dst.octets(), icmp)
     }
 
     /// An IPv6 frame from the kernel's MAC with `icmp` (its checksum field

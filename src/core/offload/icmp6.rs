@@ -30,7 +30,7 @@
 
 use crate::core::checksum;
 use crate::core::wire::ethernet::{self, ethertype};
-use crate::core::wire::ipv6::{self, Fragment};
+use crate::core::wire::ipv6::{self, Fragment, Icmpv6Frame};
 use crate::core::wire::protocol;
 use etherparse::{Icmpv6Header, Icmpv6Type, icmpv6};
 
@@ -98,18 +98,14 @@ pub fn icmp6_packet_too_big(frame: &[u8], mtu: u32, out: &mut [u8]) -> Option<us
     let icmp_len = ICMP_HEADER_LEN + quoted;
     let total = ethernet::HEADER_LEN + ipv6::HEADER_LEN + icmp_len;
     let out = out.get_mut(..total)?;
-    let mut reply = ethernet::Frame::new_unchecked(&mut out[..]);
-    reply.set_dst_addr(eth.src_addr());
-    reply.set_src_addr(eth.dst_addr());
-    reply.set_ethertype(ethertype::IPV6);
-    let mut header = ipv6::Header::new_unchecked(reply.payload_mut());
-    header.set_version_class_flow(0, 0);
-    header.set_payload_len(icmp_len as u16);
-    header.set_next_header(protocol::ICMPV6);
-    header.set_hop_limit(HOP_LIMIT);
-    header.set_src_addr(dst);
-    header.set_dst_addr(src);
-    let icmp = header.payload_mut();
+    let reply = Icmpv6Frame {
+        eth_dst: eth.src_addr(),
+        eth_src: eth.dst_addr(),
+        src: dst,
+        dst: src,
+        hop_limit: HOP_LIMIT,
+    };
+    let icmp = reply.write_headers(out, icmp_len as u16);
     let too_big = Icmpv6Header::new(Icmpv6Type::PacketTooBig { mtu });
     icmp[..ICMP_HEADER_LEN].copy_from_slice(&too_big.to_bytes());
     icmp[ICMP_HEADER_LEN..].copy_from_slice(&packet[..quoted]);
@@ -158,19 +154,8 @@ mod tests {
     /// Reference: the plain RFC 1071 sum over the pseudo-header and `icmp`;
     /// 0xffff when the checksum field in `icmp` is right.
     fn reference_sum(src: &[u8], dst: &[u8], icmp: &[u8]) -> u16 {
-        let mut bytes = src.to_vec();
-        bytes.extend_from_slice(dst);
-        bytes.extend_from_slice(&(icmp.len() as u32).to_be_bytes());
-        bytes.extend_from_slice(&[0, 0, 0, 58]);
-        bytes.extend_from_slice(icmp);
-        let mut acc: u32 = 0;
-        for pair in bytes.chunks(2) {
-            acc += u32::from(pair[0]) << 8 | u32::from(*pair.get(1).unwrap_or(&0));
-        }
-        while acc > 0xffff {
-            acc = (acc & 0xffff) + (acc >> 16);
-        }
-        acc as u16
+        let (src, dst) = (src.try_into().unwrap(), dst.try_into().unwrap());
+        !crate::core::fixtures::reference_icmpv6_checksum(src, dst, icmp)
     }
 
     #[test]

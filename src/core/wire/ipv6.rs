@@ -5,8 +5,9 @@
 //! ICMPv6 code (NDP, Packet Too Big), which must find an ICMPv6 message
 //! behind a Hop-by-Hop header (MLD) and never answer an ICMPv6 error.
 
-use super::{Error, be16};
+use super::{Error, be16, ethernet};
 use crate::core::checksum;
+use crate::core::mac::MacAddr;
 use std::net::Ipv6Addr;
 
 /// Length of the fixed header.
@@ -197,6 +198,44 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Header<T> {
     /// What follows the fixed header, writable.
     pub fn payload_mut(&mut self) -> &mut [u8] {
         &mut self.buffer.as_mut()[HEADER_LEN..]
+    }
+}
+
+/// The addresses of an ICMPv6 frame weft writes to the TAP (a Neighbor
+/// Advertisement, a Packet Too Big): the one place both get their Ethernet
+/// and IPv6 headers from.
+#[derive(Clone, Copy, Debug)]
+pub struct Icmpv6Frame {
+    /// Ethernet destination.
+    pub eth_dst: MacAddr,
+    /// Ethernet source.
+    pub eth_src: MacAddr,
+    /// IPv6 source.
+    pub src: Ipv6Addr,
+    /// IPv6 destination.
+    pub dst: Ipv6Addr,
+    /// IPv6 hop limit.
+    pub hop_limit: u8,
+}
+
+impl Icmpv6Frame {
+    /// Writes the Ethernet header and a fixed IPv6 header (traffic class and
+    /// flow label 0, next header ICMPv6, payload length `icmp_len`) at the
+    /// start of `frame` and returns the rest, where the ICMPv6 message goes.
+    /// `frame` holds at least the two headers.
+    pub fn write_headers<'a>(&self, frame: &'a mut [u8], icmp_len: u16) -> &'a mut [u8] {
+        let mut eth = ethernet::Frame::new_unchecked(&mut frame[..]);
+        eth.set_dst_addr(self.eth_dst);
+        eth.set_src_addr(self.eth_src);
+        eth.set_ethertype(ethernet::ethertype::IPV6);
+        let mut ip = Header::new_unchecked(eth.payload_mut());
+        ip.set_version_class_flow(0, 0);
+        ip.set_payload_len(icmp_len);
+        ip.set_next_header(super::protocol::ICMPV6);
+        ip.set_hop_limit(self.hop_limit);
+        ip.set_src_addr(self.src);
+        ip.set_dst_addr(self.dst);
+        &mut frame[ethernet::HEADER_LEN + HEADER_LEN..]
     }
 }
 
