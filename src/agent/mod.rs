@@ -235,6 +235,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
             &AcquireRequest {
                 attrs,
                 previous_subnet,
+                previous_ipv6_subnet: None,
             },
         )
         .await

@@ -1,26 +1,32 @@
 //! Lease allocation, flannel's `tryAcquireLease`, as one decision every
 //! store that hands out subnets carries out in its own medium (a CAS in
-//! etcd, a file under a lock in the directory store):
+//! etcd, a file under a lock in the directory store). A lease is an IPv4
+//! subnet and, when `EnableIPv6` is set, an IPv6 subnet (key
+//! `10.5.34.0-24&fc00::-64`):
 //!
 //! 1. the lease this public IP already holds, if it still fits the config
-//!    and has no IPv6 subnet (else it is deleted first);
-//! 2. else the lease of the previous `subnet.env`'s subnet if it carries this
-//!    node's VtepMAC: the node's address changed (flannel #760, where
+//!    (its IPv4 subnet in SubnetMin..SubnetMax with SubnetLen; with IPv6 on,
+//!    an IPv6 subnet in IPv6SubnetMin..IPv6SubnetMax with IPv6SubnetLen; with
+//!    IPv6 off, none); else it is deleted first;
+//! 2. else the lease of the previous `subnet.env`'s subnet pair if it carries
+//!    this node's VtepMAC: the node's address changed (flannel #760, where
 //!    flanneld then takes a new subnet and strands its pods), so it is taken
 //!    over and rewritten with the new public IP;
-//! 3. else the subnet of the previous `subnet.env`, if it fits and is free;
-//! 4. else one of the first 100 free subnets, at random;
-//! 5. else "out of subnets".
+//! 3. else the subnet pair of the previous `subnet.env`, if it fits and both
+//!    subnets are free (flannel checks the IPv4 one only);
+//! 4. else one of the first 100 free IPv4 subnets at random and, with IPv6
+//!    on, independently one of the first 100 free IPv6 subnets;
+//! 5. else "out of subnets" (of either family).
 //!
 //! A subnet is taken by every lease in the store and by every record that
 //! names a subnet but is unusable (a bad value is still someone's claim).
+//! IPv6-only (`EnableIPv4: false`) is not supported: planning refuses it.
 
 use super::config::NetConfig;
 use super::lease::SubnetKey;
 use super::mac::MacAddr;
-use ipnet::Ipv4Net;
-use std::fmt;
-use std::net::Ipv4Addr;
+use ipnet::{Ipv4Net, Ipv6Net};
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// How many free subnets the random choice is made among (flannel's rule).
 const CHOICES: usize = 100;
@@ -43,30 +49,52 @@ pub struct Held {
 pub struct Request {
     /// The node's public IP: a lease it holds is its own.
     pub public_ip: Ipv4Addr,
-    /// The subnet of the previous `subnet.env`, reused if still free.
+    /// The IPv4 subnet of the previous `subnet.env` (`FLANNEL_SUBNET`), reused if still free.
     pub previous_subnet: Option<Ipv4Net>,
-    /// The node's VtepMAC: a lease on `previous_subnet` with this MAC is its own.
+    /// The IPv6 subnet of the previous `subnet.env` (`FLANNEL_IPV6_SUBNET`):
+    /// with IPv6 on, the pair is reused only with it.
+    pub previous_ipv6_subnet: Option<Ipv6Net>,
+    /// The node's VtepMAC: a lease on the previous subnets with this MAC is its own.
     pub vtep_mac: Option<MacAddr>,
 }
 
-/// How the node gets its subnet.
+impl Request {
+    /// The previous `subnet.env`'s subnets as a key, if it named an IPv4 subnet.
+    pub fn previous(&self) -> Option<SubnetKey> {
+        self.previous_subnet.map(|subnet| SubnetKey {
+            subnet,
+            ipv6_subnet: self.previous_ipv6_subnet,
+        })
+    }
+}
+
+/// How the node gets its subnet(s).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Claim {
-    /// Write this node's lease again on the subnet it already holds (with a
+    /// Write this node's lease again on the key it already holds (with a
     /// fresh expiry, unless it is a reservation).
     Reuse {
-        /// The subnet held.
-        subnet: Ipv4Net,
+        /// The subnets held.
+        key: SubnetKey,
         /// The lease is a reservation and stays one.
         reservation: bool,
     },
-    /// Claim the subnet if nobody holds it (a conflict: plan again).
+    /// Claim the key if nobody holds it (a conflict: plan again).
     Create {
-        /// The subnet to claim.
-        subnet: Ipv4Net,
-        /// It is the subnet of the previous `subnet.env`.
+        /// The subnets to claim.
+        key: SubnetKey,
+        /// They are the subnets of the previous `subnet.env`.
         previous: bool,
     },
+}
+
+impl Claim {
+    /// The subnets the node ends up with.
+    pub fn key(&self) -> SubnetKey {
+        match *self {
+            Claim::Reuse { key, .. } | Claim::Create { key, .. } => key,
+        }
+    }
 }
 
 /// What acquisition will do, decided from one listing of the store.
@@ -78,84 +106,186 @@ pub struct Plan {
     pub claim: Claim,
 }
 
-/// Every subnet of the network is taken.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OutOfSubnets;
-
-impl fmt::Display for OutOfSubnets {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("out of subnets")
-    }
+/// Why no plan can be made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AllocError {
+    /// Every subnet of the network (IPv4, or IPv6 when enabled) is taken.
+    #[error("out of subnets")]
+    OutOfSubnets,
+    /// `EnableIPv4` is off or `Network` is missing or unchecked: weft needs an IPv4 network.
+    #[error(
+        "the config has no usable IPv4 Network (EnableIPv4 false, Network missing or SubnetLen unset): weft does not support IPv6-only networks yet"
+    )]
+    NoIpv4Network,
+    /// `EnableIPv6` is on but `IPv6Network` is missing or unchecked.
+    #[error(
+        "EnableIPv6 is set but the config has no usable IPv6Network (missing, or IPv6SubnetLen/Min/Max unset): set IPv6Network or turn EnableIPv6 off"
+    )]
+    NoIpv6Network,
 }
 
-impl std::error::Error for OutOfSubnets {}
+/// Whether `subnet` is a v6 subnet this configuration could hand out, or
+/// the absence of one is right (flannel's `isIPv6SubnetConfigCompat`): with
+/// IPv6 on, present, within IPv6SubnetMin..IPv6SubnetMax and of
+/// IPv6SubnetLen; with IPv6 off, absent.
+pub fn fits_v6(config: &NetConfig, subnet: Option<Ipv6Net>) -> bool {
+    if !config.enable_ipv6 {
+        return subnet.is_none();
+    }
+    subnet.is_some_and(|s| {
+        config.ipv6_network.is_some_and(|n| n.contains(&s))
+            && s.prefix_len() == config.ipv6_subnet_len
+            && s.network() >= config.ipv6_subnet_min
+            && s.network() <= config.ipv6_subnet_max
+    })
+}
 
-/// Decides how `request` gets a subnet, given the leases the store holds
-/// and the subnets of its unusable records.
+/// Whether a lease key fits the config in both families (what makes an own
+/// lease, or the previous `subnet.env`, reusable).
+pub fn fits(config: &NetConfig, key: SubnetKey) -> bool {
+    config.fits(key.subnet) && fits_v6(config, key.ipv6_subnet)
+}
+
+/// Refuses configs that plan cannot walk (not checked, or IPv6-only).
+fn check_config(config: &NetConfig) -> Result<(), AllocError> {
+    let v4_ok = config.enable_ipv4
+        && config.network.is_some()
+        && (1..=32).contains(&config.subnet_len)
+        && config.subnet_min <= config.subnet_max;
+    if !v4_ok {
+        return Err(AllocError::NoIpv4Network);
+    }
+    if config.enable_ipv6 {
+        let v6_ok = config.ipv6_network.is_some()
+            && (1..=128).contains(&config.ipv6_subnet_len)
+            && config.ipv6_subnet_min <= config.ipv6_subnet_max;
+        if !v6_ok {
+            return Err(AllocError::NoIpv6Network);
+        }
+    }
+    Ok(())
+}
+
+/// Decides how `request` gets its subnet(s), given the leases the store
+/// holds and the keys of its unusable records.
 pub fn plan<R: rand::Rng + ?Sized>(
     config: &NetConfig,
     held: &[Held],
-    unusable: &[Ipv4Net],
+    unusable: &[SubnetKey],
     request: &Request,
     rng: &mut R,
-) -> Result<Plan, OutOfSubnets> {
+) -> Result<Plan, AllocError> {
+    check_config(config)?;
     let mut delete = None;
     if let Some(mine) = held.iter().find(|h| h.public_ip == request.public_ip) {
-        if config.fits(mine.key.subnet) && mine.key.ipv6_subnet.is_none() {
+        if fits(config, mine.key) {
             return Ok(Plan {
                 delete: None,
                 claim: Claim::Reuse {
-                    subnet: mine.key.subnet,
+                    key: mine.key,
                     reservation: mine.reservation,
                 },
             });
         }
         delete = Some(mine.key);
     }
-    // This node under another address: same subnet.env subnet, same VtepMAC.
-    if let (Some(previous), Some(mac)) = (request.previous_subnet, request.vtep_mac)
-        && let Some(moved) = held.iter().find(|h| {
-            h.key.subnet == previous && h.key.ipv6_subnet.is_none() && h.vtep_mac == Some(mac)
-        })
-        && config.fits(previous)
+    let previous = request.previous();
+    // This node under another address: same subnet.env subnets, same VtepMAC.
+    if let (Some(previous), Some(mac)) = (previous, request.vtep_mac)
+        && let Some(moved) = held
+            .iter()
+            .find(|h| h.key == previous && h.vtep_mac == Some(mac))
+        && fits(config, previous)
         && Some(moved.key) != delete
     {
         return Ok(Plan {
             delete,
             claim: Claim::Reuse {
-                subnet: previous,
+                key: previous,
                 reservation: moved.reservation,
             },
         });
     }
-    let taken: Vec<Ipv4Net> = held
+    let others: Vec<SubnetKey> = held
         .iter()
         .map(|h| h.key)
         .filter(|k| Some(*k) != delete)
-        .map(|k| k.subnet)
         .chain(unusable.iter().copied())
         .collect();
+    let taken: Vec<Ipv4Net> = others.iter().map(|k| k.subnet).collect();
+    let taken_v6: Vec<Ipv6Net> = others.iter().filter_map(|k| k.ipv6_subnet).collect();
     let free = |s: &Ipv4Net| !taken.iter().any(|t| t.contains(s) || s.contains(t));
-    if let Some(previous) = request
-        .previous_subnet
-        .filter(|s| config.fits(*s) && free(s))
-    {
+    let free_v6 = |s: &Ipv6Net| !taken_v6.iter().any(|t| t.contains(s) || s.contains(t));
+    if let Some(previous) = previous.filter(|p| {
+        fits(config, *p) && free(&p.subnet) && p.ipv6_subnet.is_none_or(|s| free_v6(&s))
+    }) {
         return Ok(Plan {
             delete,
             claim: Claim::Create {
-                subnet: previous,
+                key: previous,
                 previous: true,
             },
         });
     }
-    let subnet = choose_free_subnet(config, &taken, rng).ok_or(OutOfSubnets)?;
+    let subnet = choose_free_subnet(config, &taken, rng).ok_or(AllocError::OutOfSubnets)?;
+    let ipv6_subnet = if config.enable_ipv6 {
+        Some(choose_free_ipv6_subnet(config, &taken_v6, rng).ok_or(AllocError::OutOfSubnets)?)
+    } else {
+        None
+    };
     Ok(Plan {
         delete,
         claim: Claim::Create {
-            subnet,
+            key: SubnetKey {
+                subnet,
+                ipv6_subnet,
+            },
             previous: false,
         },
     })
+}
+
+/// The first (at most) [`CHOICES`] subnet starts in `min..=max` (stepping by
+/// `2^host_bits` from `min`) that overlap no `taken` range (inclusive
+/// `(first, last)` addresses). A taken range larger than one subnet is
+/// jumped over in one step, so a huge IPv6 range of taken or tiny subnets
+/// costs no more than its leases.
+fn free_starts(min: u128, max: u128, host_bits: u32, taken: &[(u128, u128)]) -> Vec<u128> {
+    let Some(size) = 1u128.checked_shl(host_bits) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let mut start = min;
+    while start <= max && out.len() < CHOICES {
+        let last = start.saturating_add(size - 1);
+        let blocking = taken
+            .iter()
+            .filter(|(first, end)| *first <= last && start <= *end)
+            .map(|(_, end)| *end)
+            .max();
+        let next = match blocking {
+            None => {
+                out.push(start);
+                start.checked_add(size)
+            }
+            // Skip to the first candidate after the blocking range.
+            Some(end) => end
+                .checked_add(1)
+                .map(|after| after - start)
+                .and_then(|gap| gap.div_ceil(size).max(1).checked_mul(size))
+                .and_then(|step| start.checked_add(step)),
+        };
+        match next {
+            Some(n) => start = n,
+            None => break,
+        }
+    }
+    out
+}
+
+fn pick<T: Copy, R: rand::Rng + ?Sized>(free: &[T], rng: &mut R) -> Option<T> {
+    use rand::RngExt;
+    (!free.is_empty()).then(|| free[rng.random_range(0..free.len())])
 }
 
 /// Chooses among free subnets as flannel does: from the first (at most) 100
@@ -165,16 +295,47 @@ pub fn choose_free_subnet<R: rand::Rng + ?Sized>(
     taken: &[Ipv4Net],
     rng: &mut R,
 ) -> Option<Ipv4Net> {
-    use rand::RngExt;
-    let free: Vec<Ipv4Net> = config
-        .subnets()
-        .filter(|s| !taken.iter().any(|t| t.contains(s) || s.contains(t)))
-        .take(CHOICES)
+    let len = config.subnet_len.min(32);
+    let ranges: Vec<(u128, u128)> = taken
+        .iter()
+        .map(|t| {
+            (
+                u128::from(u32::from(t.network())),
+                u128::from(u32::from(t.broadcast())),
+            )
+        })
         .collect();
-    if free.is_empty() {
-        return None;
-    }
-    Some(free[rng.random_range(0..free.len())])
+    let free = free_starts(
+        u128::from(u32::from(config.subnet_min)),
+        u128::from(u32::from(config.subnet_max)),
+        32 - u32::from(len),
+        &ranges,
+    );
+    let start = pick(&free, rng)?;
+    Ipv4Net::new(Ipv4Addr::from(start as u32), len).ok()
+}
+
+/// The IPv6 choice, made the same way independently of the IPv4 one: from
+/// the first (at most) 100 subnets in IPv6SubnetMin..IPv6SubnetMax that
+/// overlap no taken IPv6 subnet, one at random.
+pub fn choose_free_ipv6_subnet<R: rand::Rng + ?Sized>(
+    config: &NetConfig,
+    taken: &[Ipv6Net],
+    rng: &mut R,
+) -> Option<Ipv6Net> {
+    let len = config.ipv6_subnet_len.min(128);
+    let ranges: Vec<(u128, u128)> = taken
+        .iter()
+        .map(|t| (u128::from(t.network()), u128::from(t.broadcast())))
+        .collect();
+    let free = free_starts(
+        u128::from(config.ipv6_subnet_min),
+        u128::from(config.ipv6_subnet_max),
+        128 - u32::from(len),
+        &ranges,
+    );
+    let start = pick(&free, rng)?;
+    Ipv6Net::new(Ipv6Addr::from(start), len).ok()
 }
 
 #[cfg(test)]
@@ -189,6 +350,14 @@ mod tests {
         s.parse().unwrap()
     }
 
+    fn net6(s: &str) -> Ipv6Net {
+        s.parse().unwrap()
+    }
+
+    fn key(s: &str) -> SubnetKey {
+        SubnetKey::v4(net(s))
+    }
+
     /// 10.244.`third`.0/24 held by 192.168.0.`node`.
     fn held(third: u8, node: u8, reservation: bool) -> Held {
         Held {
@@ -199,11 +368,28 @@ mod tests {
         }
     }
 
+    /// 10.244.`third`.0/24 and fd00:0:0:`v6`::/64 held by 192.168.0.`node`.
+    fn held_dual(third: u8, v6: u16, node: u8) -> Held {
+        let mut h = held(third, node, false);
+        h.key.ipv6_subnet =
+            Some(Ipv6Net::new(Ipv6Addr::new(0xfd00, 0, 0, v6, 0, 0, 0, 0), 64).unwrap());
+        h
+    }
+
     fn request(node: u8, previous: Option<&str>) -> Request {
         Request {
             public_ip: Ipv4Addr::new(192, 168, 0, node),
             previous_subnet: previous.map(net),
+            previous_ipv6_subnet: None,
             vtep_mac: Some(mac(node)),
+        }
+    }
+
+    fn request_dual(node: u8, previous: Option<(&str, &str)>) -> Request {
+        Request {
+            previous_subnet: previous.map(|p| net(p.0)),
+            previous_ipv6_subnet: previous.map(|p| net6(p.1)),
+            ..request(node, None)
         }
     }
 
@@ -212,9 +398,23 @@ mod tests {
         MacAddr([0x0e, 0, 0, 0, 0, node])
     }
 
+    const V4: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
+    const DUAL: &str = r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/48","Backend":{"Type":"vxlan"}}"#;
+
+    fn plan_for(c: &NetConfig, held: &[Held], unusable: &[SubnetKey], r: &Request) -> Plan {
+        plan(c, held, unusable, r, &mut rand::rng()).unwrap()
+    }
+
+    fn created(plan: &Plan) -> (SubnetKey, bool) {
+        match plan.claim {
+            Claim::Create { key, previous } => (key, previous),
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn a_node_whose_address_changed_takes_its_previous_lease_over() {
-        let c = config(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#);
+        let c = config(V4);
         // Node 1's lease on 10.244.3.0/24 names its old address 192.168.0.9.
         let mut moved = held(3, 9, false);
         moved.vtep_mac = Some(mac(1));
@@ -224,7 +424,7 @@ mod tests {
             Plan {
                 delete: None,
                 claim: Claim::Reuse {
-                    subnet: net("10.244.3.0/24"),
+                    key: key("10.244.3.0/24"),
                     reservation: false
                 }
             }
@@ -232,32 +432,42 @@ mod tests {
         // Another node's MAC on that subnet: taken, a new subnet is chosen.
         let leases = [held(3, 9, false)];
         let plan = plan_for(&c, &leases, &[], &request(1, Some("10.244.3.0/24")));
-        assert!(
-            matches!(
-                plan.claim,
-                Claim::Create {
-                    previous: false,
-                    ..
-                }
-            ),
-            "{plan:?}"
-        );
+        assert!(!created(&plan).1, "{plan:?}");
     }
 
-    fn plan_for(c: &NetConfig, held: &[Held], unusable: &[Ipv4Net], r: &Request) -> Plan {
-        plan(c, held, unusable, r, &mut rand::rng()).unwrap()
+    #[test]
+    fn a_dual_stack_node_whose_address_changed_takes_its_pair_over() {
+        let c = config(DUAL);
+        let mut moved = held_dual(3, 3, 9);
+        moved.vtep_mac = Some(mac(1));
+        let pair = ("10.244.3.0/24", "fd00:0:0:3::/64");
+        assert_eq!(
+            plan_for(&c, &[moved], &[], &request_dual(1, Some(pair))).claim,
+            Claim::Reuse {
+                key: moved.key,
+                reservation: false
+            }
+        );
+        // The subnet.env's v6 subnet differs from the lease's: not this
+        // node's lease; both subnets stay taken.
+        let other = ("10.244.3.0/24", "fd00:0:0:4::/64");
+        let plan = plan_for(&c, &[moved], &[], &request_dual(1, Some(other)));
+        let (got, previous) = created(&plan);
+        assert!(!previous);
+        assert_ne!(got.subnet, moved.key.subnet);
+        assert_ne!(got.ipv6_subnet, moved.key.ipv6_subnet);
     }
 
     #[test]
     fn the_lease_of_this_public_ip_is_reused_and_a_reservation_stays_one() {
-        let c = config(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#);
+        let c = config(V4);
         let leases = [held(3, 1, false), held(4, 2, false)];
         assert_eq!(
             plan_for(&c, &leases, &[], &request(1, Some("10.244.9.0/24"))),
             Plan {
                 delete: None,
                 claim: Claim::Reuse {
-                    subnet: net("10.244.3.0/24"),
+                    key: key("10.244.3.0/24"),
                     reservation: false
                 }
             }
@@ -266,9 +476,30 @@ mod tests {
         assert_eq!(
             plan.claim,
             Claim::Reuse {
-                subnet: net("10.244.3.0/24"),
+                key: key("10.244.3.0/24"),
                 reservation: true
             }
+        );
+    }
+
+    #[test]
+    fn an_own_dual_stack_lease_that_fits_is_reused_whole() {
+        let c = config(DUAL);
+        let mine = held_dual(3, 7, 1);
+        let plan = plan_for(&c, &[mine, held_dual(4, 8, 2)], &[], &request(1, None));
+        assert_eq!(
+            plan,
+            Plan {
+                delete: None,
+                claim: Claim::Reuse {
+                    key: mine.key,
+                    reservation: false
+                }
+            }
+        );
+        assert_eq!(
+            plan.claim.key().to_string(),
+            "10.244.3.0-24&fd00:0:0:7::-64"
         );
     }
 
@@ -277,35 +508,69 @@ mod tests {
         let c = config(r#"{"Network":"10.244.0.0/16","SubnetLen":25,"Backend":{"Type":"vxlan"}}"#);
         let plan = plan_for(&c, &[held(3, 1, false)], &[], &request(1, None));
         assert_eq!(plan.delete, Some(held(3, 1, false).key));
-        match plan.claim {
-            Claim::Create { subnet, previous } => {
-                assert!(!previous);
-                assert!(c.fits(subnet), "{subnet}");
-            }
-            other => panic!("{other:?}"),
-        }
-        let c = config(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#);
-        let mut dual = held(3, 1, false);
-        dual.key.ipv6_subnet = Some("fd00:3::/64".parse().unwrap());
+        let (got, previous) = created(&plan);
+        assert!(!previous);
+        assert!(c.fits(got.subnet), "{got}");
+        assert_eq!(got.ipv6_subnet, None);
+        // IPv6 off: an own lease with a v6 subnet does not fit.
+        let c = config(V4);
+        let dual = held_dual(3, 3, 1);
         let plan = plan_for(&c, &[dual], &[], &request(1, None));
         assert_eq!(
             plan.delete,
             Some(dual.key),
             "the whole key, IPv6 part included"
         );
+        assert_eq!(created(&plan).0.ipv6_subnet, None);
+    }
+
+    #[test]
+    fn with_ipv6_on_an_own_lease_without_a_fitting_v6_subnet_is_deleted_first() {
+        let c = config(
+            r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/48","IPv6SubnetMin":"fd00:0:0:10::","IPv6SubnetMax":"fd00:0:0:20::","Backend":{"Type":"vxlan"}}"#,
+        );
+        let v6 = |s: &str| {
+            let mut h = held(3, 1, false);
+            h.key.ipv6_subnet = Some(net6(s));
+            h
+        };
+        for (mine, why) in [
+            (held(3, 1, false), "no v6 subnet"),
+            (v6("fd00:0:0:f::/64"), "below IPv6SubnetMin"),
+            (v6("fd00:0:0:21::/64"), "above IPv6SubnetMax"),
+            (v6("fd00:0:0:12::/80"), "not IPv6SubnetLen"),
+            (v6("fd01:0:0:12::/64"), "outside IPv6Network"),
+        ] {
+            let plan = plan_for(&c, &[mine], &[], &request(1, None));
+            assert_eq!(plan.delete, Some(mine.key), "{why}");
+            let (got, _) = created(&plan);
+            assert!(fits(&c, got), "{why}: {got}");
+        }
+        // At the bounds it fits.
+        for s in ["fd00:0:0:10::/64", "fd00:0:0:20::/64"] {
+            let mine = v6(s);
+            assert_eq!(
+                plan_for(&c, &[mine], &[], &request(1, None)).claim,
+                Claim::Reuse {
+                    key: mine.key,
+                    reservation: false
+                },
+                "{s}"
+            );
+        }
     }
 
     #[test]
     fn the_previous_subnet_only_when_free_and_fitting() {
-        let c = config(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#);
+        let c = config(V4);
         let leases = [held(3, 3, false)];
-        let unusable = [net("10.244.5.0/24")];
+        let unusable = [key("10.244.5.0/24")];
         let create =
             |previous: &str| plan_for(&c, &leases, &unusable, &request(1, Some(previous))).claim;
         assert_eq!(
             create("10.244.9.0/24"),
             Claim::Create {
-                subnet: net("10.244.9.0/24"),
+                key: key("10.244.9.0/24"),
                 previous: true
             }
         );
@@ -317,30 +582,84 @@ mod tests {
             "10.244.8.0/25",
         ] {
             match create(taken_or_unfit) {
-                Claim::Create { subnet, previous } => {
+                Claim::Create { key: got, previous } => {
                     assert!(!previous, "{taken_or_unfit}");
                     assert!(
-                        ![net("10.244.3.0/24"), net("10.244.5.0/24")].contains(&subnet),
-                        "{subnet}"
+                        ![net("10.244.3.0/24"), net("10.244.5.0/24")].contains(&got.subnet),
+                        "{got}"
                     );
                 }
                 other => panic!("{other:?}"),
             }
         }
+        // IPv6 off: a previous pair (the subnet.env of a dual-stack run) does not fit.
+        let plan = plan_for(
+            &c,
+            &[],
+            &[],
+            &request_dual(1, Some(("10.244.9.0/24", "fd00:0:0:9::/64"))),
+        );
+        assert!(!created(&plan).1);
+    }
+
+    #[test]
+    fn the_previous_pair_is_reused_only_whole_free_and_fitting() {
+        let c = config(DUAL);
+        let leases = [held_dual(3, 3, 3)];
+        let unusable = [SubnetKey {
+            subnet: net("10.244.5.0/24"),
+            ipv6_subnet: Some(net6("fd00:0:0:5::/64")),
+        }];
+        let create = |pair: (&str, &str)| {
+            created(&plan_for(
+                &c,
+                &leases,
+                &unusable,
+                &request_dual(1, Some(pair)),
+            ))
+        };
+        assert_eq!(
+            create(("10.244.9.0/24", "fd00:0:0:9::/64")),
+            (
+                SubnetKey {
+                    subnet: net("10.244.9.0/24"),
+                    ipv6_subnet: Some(net6("fd00:0:0:9::/64"))
+                },
+                true
+            )
+        );
+        for (pair, why) in [
+            (("10.244.9.0/24", "fd00:0:0:3::/64"), "v6 held by a lease"),
+            (
+                ("10.244.9.0/24", "fd00:0:0:5::/80"),
+                "v6 inside an unusable record's",
+            ),
+            (("10.244.3.0/24", "fd00:0:0:9::/64"), "v4 held"),
+            (
+                ("10.244.9.0/24", "fd00:0:0:0::/64"),
+                "v6 below IPv6SubnetMin",
+            ),
+            (("10.244.9.0/24", "fd01::/64"), "v6 outside IPv6Network"),
+        ] {
+            let (got, previous) = create(pair);
+            assert!(!previous, "{why}");
+            assert!(fits(&c, got), "{why}: {got}");
+        }
+        // With IPv6 on, a previous v4 subnet alone (a v4-only subnet.env) is not reused.
+        let plan = plan_for(&c, &[], &[], &request(1, Some("10.244.9.0/24")));
+        let (got, previous) = created(&plan);
+        assert!(!previous);
+        assert!(got.ipv6_subnet.is_some());
     }
 
     #[test]
     fn a_random_one_of_the_first_hundred_free_then_out_of_subnets() {
-        let c = config(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#);
+        let c = config(V4);
         let leases: Vec<Held> = (1..=50).map(|i| held(i, i + 100, false)).collect();
         for _ in 0..200 {
-            match plan_for(&c, &leases, &[], &request(1, None)).claim {
-                Claim::Create { subnet, .. } => {
-                    let third = subnet.network().octets()[2];
-                    assert!((51..=150).contains(&third), "{subnet}");
-                }
-                other => panic!("{other:?}"),
-            }
+            let (got, _) = created(&plan_for(&c, &leases, &[], &request(1, None)));
+            let third = got.subnet.network().octets()[2];
+            assert!((51..=150).contains(&third), "{got}");
         }
         let small = config(r#"{"Network":"10.0.0.0/28","Backend":{"Type":"vxlan"}}"#);
         let full: Vec<Held> = small
@@ -355,6 +674,130 @@ mod tests {
             .collect();
         let err = plan(&small, &full, &[], &request(1, None), &mut rand::rng()).unwrap_err();
         assert_eq!(err.to_string(), "out of subnets");
+    }
+
+    #[test]
+    fn a_random_v6_subnet_among_the_first_hundred_free_never_overlapping() {
+        let c = config(DUAL);
+        // v6 subnets 1..=50 held (10.244.x with x far away), one /60 (16
+        // subnets from 0x40) and one /80 inside 0x60 unusable.
+        let mut leases: Vec<Held> = (1..=50u8)
+            .map(|i| held_dual(i + 100, u16::from(i), i))
+            .collect();
+        leases.push(held(200, 200, false)); // v4-only: takes no v6 subnet
+        let unusable = [
+            SubnetKey {
+                subnet: net("10.244.201.0/24"),
+                ipv6_subnet: Some(net6("fd00:0:0:40::/60")),
+            },
+            SubnetKey {
+                subnet: net("10.244.202.0/24"),
+                ipv6_subnet: Some(net6("fd00:0:0:60::/80")),
+            },
+        ];
+        let taken_v6: Vec<Ipv6Net> = leases
+            .iter()
+            .chain([].iter())
+            .filter_map(|h| h.key.ipv6_subnet)
+            .chain(unusable.iter().filter_map(|k| k.ipv6_subnet))
+            .collect();
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..500 {
+            let (got, previous) = created(&plan_for(&c, &leases, &unusable, &request(250, None)));
+            assert!(!previous);
+            let v6 = got.ipv6_subnet.expect("IPv6 on: a v6 subnet");
+            assert!(fits(&c, got), "{got}");
+            assert!(
+                !taken_v6.iter().any(|t| t.contains(&v6) || v6.contains(t)),
+                "{v6} overlaps a taken subnet"
+            );
+            // The first 100 free: 51..=0x3f (13), 0x50..=0x5f (16), 0x61.. (71 more).
+            let n = v6.network().segments()[3];
+            assert!(
+                (51..=0xa7).contains(&n),
+                "{v6} is not among the first 100 free"
+            );
+            seen.insert(n);
+        }
+        assert!(
+            seen.len() > 50,
+            "the choice is random: {} distinct",
+            seen.len()
+        );
+    }
+
+    #[test]
+    fn out_of_v6_subnets_is_out_of_subnets() {
+        let c = config(
+            r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/124","Backend":{"Type":"vxlan"}}"#,
+        );
+        assert_eq!(c.ipv6_subnet_len, 126);
+        // Three v6 subnets (the first is skipped), all held by v4-free leases.
+        let leases: Vec<Held> = (1..=3u8)
+            .map(|i| {
+                let mut h = held(i, i, false);
+                h.key.ipv6_subnet = Some(
+                    Ipv6Net::new(Ipv6Addr::from(0xfd00u128 << 112 | u128::from(i) * 4), 126)
+                        .unwrap(),
+                );
+                h
+            })
+            .collect();
+        let err = plan(&c, &leases, &[], &request(9, None), &mut rand::rng()).unwrap_err();
+        assert_eq!(err, AllocError::OutOfSubnets);
+        assert_eq!(err.to_string(), "out of subnets");
+        // One unusable record covering the whole v6 network does it too.
+        let unusable = [SubnetKey {
+            subnet: net("10.244.99.0/24"),
+            ipv6_subnet: Some(net6("fd00::/64")),
+        }];
+        let err = plan(&c, &[], &unusable, &request(9, None), &mut rand::rng()).unwrap_err();
+        assert_eq!(err, AllocError::OutOfSubnets);
+    }
+
+    #[test]
+    fn a_huge_taken_v6_range_is_skipped_not_walked() {
+        // 2^64 candidate /64s after one /0-sized unusable key: must not walk them.
+        let c = config(
+            r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/8","IPv6SubnetLen":72,"Backend":{"Type":"vxlan"}}"#,
+        );
+        let unusable = [SubnetKey {
+            subnet: net("10.244.99.0/24"),
+            ipv6_subnet: Some(net6("fd00::/9")),
+        }];
+        let (got, _) = created(&plan_for(&c, &[], &unusable, &request(1, None)));
+        let v6 = got.ipv6_subnet.unwrap();
+        assert!(net6("fd80::/9").contains(&v6), "{v6}");
+        let all = [SubnetKey {
+            subnet: net("10.244.99.0/24"),
+            ipv6_subnet: Some(net6("::/0")),
+        }];
+        assert_eq!(
+            plan(&c, &[], &all, &request(1, None), &mut rand::rng()).unwrap_err(),
+            AllocError::OutOfSubnets
+        );
+    }
+
+    #[test]
+    fn unplannable_configs_are_clear_errors() {
+        let no_v4 = NetConfig::parse(
+            r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/48","Backend":{"Type":"vxlan"}}"#,
+        )
+        .unwrap();
+        let err = plan(&no_v4, &[], &[], &request(1, None), &mut rand::rng()).unwrap_err();
+        assert_eq!(err, AllocError::NoIpv4Network);
+        assert!(err.to_string().contains("IPv6-only"), "{err}");
+        // Parsed but not checked (no defaults filled in): refused, not walked.
+        let unchecked = NetConfig::parse(V4).unwrap();
+        assert_eq!(
+            plan(&unchecked, &[], &[], &request(1, None), &mut rand::rng()).unwrap_err(),
+            AllocError::NoIpv4Network
+        );
+        let mut v6_unchecked = config(V4);
+        v6_unchecked.enable_ipv6 = true;
+        let err = plan(&v6_unchecked, &[], &[], &request(1, None), &mut rand::rng()).unwrap_err();
+        assert_eq!(err, AllocError::NoIpv6Network);
+        assert!(err.to_string().contains("IPv6Network"), "{err}");
     }
 
     #[test]
@@ -375,5 +818,44 @@ mod tests {
         let all: Vec<Ipv4Net> = tiny.subnets().collect();
         assert_eq!(all.len(), 3);
         assert_eq!(choose_free_subnet(&tiny, &all, &mut rand::rng()), None);
+    }
+
+    #[test]
+    fn the_walk_matches_the_plain_enumeration() {
+        // The skipping walk finds exactly the subnets a plain filter finds.
+        let c = config(r#"{"Network":"10.0.0.0/16","SubnetLen":26,"Backend":{"Type":"vxlan"}}"#);
+        let taken = [
+            net("10.0.0.64/26"),
+            net("10.0.1.0/24"),
+            net("10.0.2.17/32"),
+            net("10.0.3.0/25"),
+            net("10.0.0.0/20"),
+        ];
+        for taken in [&taken[..4], &taken[..]] {
+            let plain: Vec<Ipv4Net> = c
+                .subnets()
+                .filter(|s| !taken.iter().any(|t| t.contains(s) || s.contains(t)))
+                .take(CHOICES)
+                .collect();
+            let ranges: Vec<(u128, u128)> = taken
+                .iter()
+                .map(|t| {
+                    (
+                        u128::from(u32::from(t.network())),
+                        u128::from(u32::from(t.broadcast())),
+                    )
+                })
+                .collect();
+            let walked: Vec<Ipv4Net> = free_starts(
+                u128::from(u32::from(c.subnet_min)),
+                u128::from(u32::from(c.subnet_max)),
+                32 - u32::from(c.subnet_len),
+                &ranges,
+            )
+            .into_iter()
+            .map(|s| Ipv4Net::new(Ipv4Addr::from(s as u32), c.subnet_len).unwrap())
+            .collect();
+            assert_eq!(walked, plain);
+        }
     }
 }

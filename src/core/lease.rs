@@ -98,8 +98,24 @@ pub fn parse_subnet_key(key: &str) -> Result<(Ipv4Net, Option<Ipv6Net>), LeaseEr
     let ipv6 = match v6 {
         None => None,
         Some(v6) => {
-            let (addr, len) = v6.rsplit_once('-').ok_or_else(bad)?;
-            let addr: Ipv6Addr = addr.parse().map_err(|_| bad())?;
+            let (text, len) = v6.rsplit_once('-').ok_or_else(bad)?;
+            // flannel's pattern (`[a-f\d:]+-\d+`), and the canonical form it
+            // writes (Go's net.IP.String(), which Rust's Display matches for
+            // every address the pattern admits): a key must name its lease
+            // exactly as it is written back, renewed and deleted.
+            if text.is_empty()
+                || !text
+                    .bytes()
+                    .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f' | b':'))
+                || len.is_empty()
+                || !len.bytes().all(|b| b.is_ascii_digit())
+            {
+                return Err(bad());
+            }
+            let addr: Ipv6Addr = text.parse().map_err(|_| bad())?;
+            if addr.to_string() != text {
+                return Err(bad());
+            }
             let len: u8 = len.parse().map_err(|_| bad())?;
             let net = Ipv6Net::new(addr, len).map_err(|_| bad())?;
             if net.network() != addr {
@@ -137,6 +153,12 @@ impl SubnetKey {
             subnet,
             ipv6_subnet,
         })
+    }
+}
+
+impl From<Ipv4Net> for SubnetKey {
+    fn from(subnet: Ipv4Net) -> SubnetKey {
+        SubnetKey::v4(subnet)
     }
 }
 
@@ -252,6 +274,19 @@ impl LeaseAttrs {
             .ok_or_else(|| LeaseError::BadBackendData("BackendData is missing".into()))?;
         VxlanBackendData::from_json(data)
     }
+
+    /// The VXLAN data of this lease's IPv6 VTEP (`BackendV6Data`, dual
+    /// stack); an error for other backends, or when it is missing or unusable.
+    pub fn vxlan_v6_data(&self) -> Result<VxlanBackendData, LeaseError> {
+        if !self.backend_type.eq_ignore_ascii_case(BACKEND_VXLAN) {
+            return Err(LeaseError::ForeignBackend(self.backend_type.clone()));
+        }
+        let data = self
+            .backend_v6_data
+            .as_deref()
+            .ok_or_else(|| LeaseError::BadBackendData("BackendV6Data is missing".into()))?;
+        VxlanBackendData::from_json(data)
+    }
 }
 
 fn json_string(s: &str) -> String {
@@ -338,7 +373,14 @@ impl Lease {
 
 impl fmt::Display for Lease {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} (public IP {})", self.subnet, self.attrs.public_ip)
+        write!(f, "{} (public IP {})", self.subnet, self.attrs.public_ip)?;
+        if let Some(v6) = self.ipv6_subnet {
+            write!(f, ", {v6}")?;
+            if let Some(ip) = self.attrs.public_ipv6 {
+                write!(f, " (public IPv6 {ip})")?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -464,6 +506,84 @@ mod tests {
         assert_eq!(subnet_key(v4, v6), "10.5.34.0-24&fc00::-64");
     }
 
+    const DUAL: &str = r#"{"PublicIP":"192.168.64.3","PublicIPv6":"fd00::3","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"},"BackendV6Data":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:45"}}"#;
+
+    #[test]
+    fn a_dual_stack_lease_is_read_and_written_byte_for_byte() {
+        let lease = Lease::from_record("10.5.34.0-24&fc00:0:0:22::-64", DUAL, None).unwrap();
+        assert_eq!(lease.key(), "10.5.34.0-24&fc00:0:0:22::-64");
+        assert_eq!(
+            lease.ipv6_subnet,
+            Some("fc00:0:0:22::/64".parse::<Ipv6Net>().unwrap())
+        );
+        assert_eq!(
+            lease.attrs.public_ipv6,
+            Some("fd00::3".parse::<Ipv6Addr>().unwrap())
+        );
+        assert_eq!(
+            lease.attrs.vxlan_data().unwrap().vtep_mac.to_string(),
+            "c6:d2:32:6f:8f:44"
+        );
+        assert_eq!(
+            lease.attrs.vxlan_v6_data().unwrap().vtep_mac.to_string(),
+            "c6:d2:32:6f:8f:45"
+        );
+        assert_eq!(lease.attrs.to_json(), DUAL);
+        // Built from parts, as the agent builds its own.
+        let v4 = VxlanBackendData {
+            vni: 1,
+            vtep_mac: "c6:d2:32:6f:8f:44".parse().unwrap(),
+        };
+        let v6 = VxlanBackendData {
+            vni: 1,
+            vtep_mac: "c6:d2:32:6f:8f:45".parse().unwrap(),
+        };
+        let mut attrs = LeaseAttrs::vxlan(Ipv4Addr::new(192, 168, 64, 3), &v4);
+        attrs.public_ipv6 = Some("fd00::3".parse().unwrap());
+        attrs.backend_v6_data = Some(v6.to_json());
+        assert_eq!(attrs.to_json(), DUAL);
+        assert_eq!(LeaseAttrs::from_json(&attrs.to_json()).unwrap(), attrs);
+        // BackendV6Data absent: omitted, and the v6 accessor says so.
+        let v4_only = LeaseAttrs::from_json(FLANNEL_DOC).unwrap();
+        assert_eq!(
+            v4_only.vxlan_v6_data().unwrap_err().to_string(),
+            "vxlan BackendData is unusable: BackendV6Data is missing"
+        );
+        // A public IPv6 without v6 data: PublicIPv6 set, nothing else added.
+        let mut half = v4_only.clone();
+        half.public_ipv6 = Some("2001:db8::1".parse().unwrap());
+        assert_eq!(
+            half.to_json(),
+            r#"{"PublicIP":"192.168.64.3","PublicIPv6":"2001:db8::1","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}}"#
+        );
+        assert_eq!(
+            LeaseAttrs::from_json(r#"{"PublicIP":"10.0.0.1","PublicIPv6":"10.0.0.2"}"#)
+                .unwrap_err()
+                .kind(),
+            "bad_public_ip"
+        );
+    }
+
+    #[test]
+    fn dual_stack_keys_round_trip_in_flannels_form() {
+        for key in [
+            "10.5.34.0-24&fc00::-64",
+            "10.244.1.0-24&2001:db8:1:2::-64",
+            "10.244.1.0-24&fd00:0:0:1:2::-80",
+            "10.244.1.0-24&fc00::1:0:0:0-112",
+        ] {
+            let parsed = SubnetKey::parse(key).unwrap();
+            assert_eq!(parsed.to_string(), key);
+            assert!(parsed.ipv6_subnet.is_some(), "{key}");
+        }
+        let key = SubnetKey {
+            subnet: "10.5.34.0/24".parse().unwrap(),
+            ipv6_subnet: Some("fc00:0:0:0::/64".parse().unwrap()),
+        };
+        assert_eq!(key.to_string(), "10.5.34.0-24&fc00::-64");
+        assert_eq!(SubnetKey::from(key.subnet), SubnetKey::v4(key.subnet));
+    }
+
     #[test]
     fn bad_subnet_keys_are_refused() {
         for key in [
@@ -474,6 +594,15 @@ mod tests {
             "10.5.34.0-+4",
             "x10.5.34.0-24",
             "10.5.34.0-24&zz-64",
+            // Not flannel's pattern, or not the canonical form written back.
+            "10.5.34.0-24&FC00::-64",
+            "10.5.34.0-24&fc00:0::-64",
+            "10.5.34.0-24&fc00::-+64",
+            "10.5.34.0-24&fc00::-",
+            "10.5.34.0-24&fc00::-129",
+            "10.5.34.0-24&fc00::1-64",
+            "10.5.34.0-24&::ffff:10.0.0.0-120",
+            "10.5.34.0-24&-64",
             "",
         ] {
             assert_eq!(

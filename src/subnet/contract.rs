@@ -2,8 +2,10 @@
 //! acquires a lease for, the updates it sends while it runs, and when it
 //! renews.
 
+use super::error::StoreError;
+use crate::core::config::NetConfig;
 use crate::core::lease::{Lease, LeaseAttrs};
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use std::net::Ipv4Addr;
 use std::time::SystemTime;
 use tokio::sync::mpsc;
@@ -22,12 +24,20 @@ pub enum StoreUpdate {
 }
 
 /// What the agent asks for when acquiring a lease.
+///
+/// With `EnableIPv6` the attributes carry the node's IPv6 VTEP too
+/// (`attrs.public_ipv6`, `attrs.backend_v6_data`), and the lease returned
+/// has an `ipv6_subnet`.
 #[derive(Debug, Clone)]
 pub struct AcquireRequest {
-    /// The attributes to publish: this node's public IP and VTEP.
+    /// The attributes to publish: this node's public IP(s) and VTEP(s).
     pub attrs: LeaseAttrs,
-    /// The subnet of the previous `subnet.env`, reused if still free (flannel's rule).
+    /// The subnet of the previous `subnet.env` (`FLANNEL_SUBNET`), reused if
+    /// still free (flannel's rule).
     pub previous_subnet: Option<Ipv4Net>,
+    /// The IPv6 subnet of the previous `subnet.env` (`FLANNEL_IPV6_SUBNET`):
+    /// with `EnableIPv6`, the previous pair is reused only with it.
+    pub previous_ipv6_subnet: Option<Ipv6Net>,
 }
 
 impl AcquireRequest {
@@ -36,8 +46,24 @@ impl AcquireRequest {
         crate::core::allocate::Request {
             public_ip: self.attrs.public_ip,
             previous_subnet: self.previous_subnet,
+            previous_ipv6_subnet: self.previous_ipv6_subnet,
             vtep_mac: self.attrs.vxlan_data().ok().map(|d| d.vtep_mac),
         }
+    }
+
+    /// Refuses a request the config cannot serve: an IPv6-only config, or
+    /// IPv6 on without the node's public IPv6 (flanneld stops earlier,
+    /// finding no IPv6 address on the interface).
+    pub fn check(&self, config: &NetConfig) -> Result<(), StoreError> {
+        if !config.enable_ipv4 || config.network.is_none() {
+            return Err(StoreError::NoIpv4Network);
+        }
+        if config.enable_ipv6 && self.attrs.public_ipv6.is_none() {
+            return Err(StoreError::Ipv6Request {
+                reason: "EnableIPv6 is set but the lease request has no public IPv6 address: give the interface an IPv6 address (or set --public-ipv6), or turn EnableIPv6 off".into(),
+            });
+        }
+        Ok(())
     }
 }
 

@@ -4,7 +4,7 @@
 use super::etcd::CONFIG_NOT_FOUND;
 use super::kube::annotations::PrefixError;
 use super::kube::nodes::NodeError;
-use crate::core::allocate::OutOfSubnets;
+use crate::core::allocate::AllocError;
 use crate::core::config::ConfigError;
 
 /// Why a store operation failed. Messages quote flannel's where flannel has one.
@@ -33,9 +33,22 @@ pub enum StoreError {
         /// The config key read.
         key: String,
     },
-    /// The config has no IPv4 `Network`.
-    #[error("the config has no IPv4 Network")]
+    /// The config has no IPv4 `Network` (or `EnableIPv4` is off).
+    #[error(
+        "the config has no IPv4 Network (EnableIPv4 false or Network missing): weft does not support IPv6-only networks yet"
+    )]
     NoIpv4Network,
+    /// `EnableIPv6` is on but the config has no usable `IPv6Network`.
+    #[error(
+        "EnableIPv6 is set but the config has no usable IPv6Network: set IPv6Network or turn EnableIPv6 off"
+    )]
+    NoIpv6Network,
+    /// The acquisition request does not match the config's IP families.
+    #[error("{reason}")]
+    Ipv6Request {
+        /// What is missing or extra, and what to change.
+        reason: String,
+    },
     /// Every subnet of the network is taken.
     #[error("out of subnets")]
     OutOfSubnets,
@@ -175,6 +188,8 @@ impl StoreError {
             StoreError::Io { .. } => "io",
             StoreError::ConfigNotText { .. }
             | StoreError::NoIpv4Network
+            | StoreError::NoIpv6Network
+            | StoreError::Ipv6Request { .. }
             | StoreError::EtcdOptions { .. }
             | StoreError::EtcdCredentials { .. }
             | StoreError::AnnotationPrefix(_)
@@ -194,8 +209,12 @@ impl StoreError {
     }
 }
 
-impl From<OutOfSubnets> for StoreError {
-    fn from(_: OutOfSubnets) -> StoreError {
-        StoreError::OutOfSubnets
+impl From<AllocError> for StoreError {
+    fn from(e: AllocError) -> StoreError {
+        match e {
+            AllocError::OutOfSubnets => StoreError::OutOfSubnets,
+            AllocError::NoIpv4Network => StoreError::NoIpv4Network,
+            AllocError::NoIpv6Network => StoreError::NoIpv6Network,
+        }
     }
 }

@@ -46,7 +46,6 @@ use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
     KeyValue, PutOptions, TlsOptions, Txn, TxnOp, WatchOptions,
 };
-use ipnet::Ipv4Net;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::future::Future;
@@ -365,7 +364,7 @@ pub struct Listing {
     /// The records that are not.
     pub bad: Vec<BadRecord>,
     /// Subnets named by the keys of bad records: taken, though unusable.
-    pub bad_subnets: Vec<Ipv4Net>,
+    pub bad_subnets: Vec<SubnetKey>,
 }
 
 impl Listing {
@@ -388,7 +387,7 @@ impl Listing {
                 }),
                 Err(error) => {
                     if let Some(subnets) = subnet_of(keys, &key) {
-                        listing.bad_subnets.push(subnets.subnet);
+                        listing.bad_subnets.push(subnets);
                     }
                     listing.bad.push(BadRecord { key, error });
                 }
@@ -758,6 +757,7 @@ impl EtcdStore {
         config: &NetConfig,
         req: &AcquireRequest,
     ) -> Result<Lease, StoreError> {
+        req.check(config)?;
         for _ in 0..RACE_RETRIES {
             let listing = self.list().await?;
             let plan = allocate::plan(
@@ -768,7 +768,7 @@ impl EtcdStore {
                 &mut rand::rng(),
             )?;
             if let Some(old) = plan.delete {
-                info!(subnet = %old.subnet, public_ip = %req.attrs.public_ip, "found a lease for this public IP that does not fit the current config; deleting it");
+                info!(key = %old, public_ip = %req.attrs.public_ip, "found a lease for this public IP that does not fit the current config; deleting it");
                 let mut kv = self.client().await?.kv_client();
                 self.rpc(
                     "delete the old lease",
@@ -777,23 +777,20 @@ impl EtcdStore {
                 .await?;
             }
             match plan.claim {
-                Claim::Reuse {
-                    subnet,
-                    reservation,
-                } => {
-                    info!(subnet = %subnet, public_ip = %req.attrs.public_ip, reservation, "found the lease of this public IP; reusing it");
-                    return self.put_existing(subnet, &req.attrs, reservation).await;
+                Claim::Reuse { key, reservation } => {
+                    info!(key = %key, public_ip = %req.attrs.public_ip, reservation, "found the lease of this public IP; reusing it");
+                    return self.put_existing(key, &req.attrs, reservation).await;
                 }
-                Claim::Create { subnet, previous } => {
-                    if let Some(lease) = self.create(subnet, &req.attrs).await? {
+                Claim::Create { key, previous } => {
+                    if let Some(lease) = self.create(key, &req.attrs).await? {
                         if previous {
-                            info!(subnet = %subnet, "reusing the previous subnet from the subnet file");
+                            info!(key = %key, "reusing the previous subnet from the subnet file");
                         } else {
-                            info!(subnet = %subnet, public_ip = %req.attrs.public_ip, "allocated a new lease");
+                            info!(key = %key, public_ip = %req.attrs.public_ip, "allocated a new lease");
                         }
                         return Ok(lease);
                     }
-                    info!(subnet = %subnet, "another node claimed the subnet first; trying again");
+                    info!(key = %key, "another node claimed the subnet first; trying again");
                 }
             }
         }
@@ -804,11 +801,11 @@ impl EtcdStore {
     /// etcd lease (a reservation stays without one).
     async fn put_existing(
         &self,
-        subnet: Ipv4Net,
+        subnets: SubnetKey,
         attrs: &LeaseAttrs,
         reservation: bool,
     ) -> Result<Lease, StoreError> {
-        let key = self.keys.subnet(SubnetKey::v4(subnet));
+        let key = self.keys.subnet(subnets);
         let (options, expiration) = if reservation {
             (None, None)
         } else {
@@ -822,8 +819,8 @@ impl EtcdStore {
         self.rpc("write the lease", kv.put(key, attrs.to_json(), options))
             .await?;
         Ok(Lease {
-            subnet,
-            ipv6_subnet: None,
+            subnet: subnets.subnet,
+            ipv6_subnet: subnets.ipv6_subnet,
             attrs: attrs.clone(),
             expiration,
         })
@@ -832,10 +829,10 @@ impl EtcdStore {
     /// flannel's `createSubnet`: claim the key only if it does not exist. `None`: taken.
     async fn create(
         &self,
-        subnet: Ipv4Net,
+        subnets: SubnetKey,
         attrs: &LeaseAttrs,
     ) -> Result<Option<Lease>, StoreError> {
-        let key = self.keys.subnet(SubnetKey::v4(subnet));
+        let key = self.keys.subnet(subnets);
         let (id, ttl) = self.grant().await?;
         let txn = Txn::new()
             .when([Compare::version(key.clone(), CompareOp::Equal, 0)])
@@ -855,8 +852,8 @@ impl EtcdStore {
             return Ok(None);
         }
         Ok(Some(Lease {
-            subnet,
-            ipv6_subnet: None,
+            subnet: subnets.subnet,
+            ipv6_subnet: subnets.ipv6_subnet,
             attrs: attrs.clone(),
             expiration: Some(SystemTime::now() + ttl),
         }))
@@ -1204,6 +1201,7 @@ mod tests {
     use super::*;
     use crate::core::lease::VxlanBackendData;
     use crate::core::mac::MacAddr;
+    use ipnet::Ipv4Net;
 
     const DOC: &str = r#"{"PublicIP":"192.168.64.3","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}}"#;
 
@@ -1325,7 +1323,10 @@ mod tests {
         assert_eq!(listing.leases.len(), 1);
         assert_eq!(listing.leases[0].lease_id, 5);
         assert_eq!(listing.bad.len(), 2);
-        assert_eq!(listing.bad_subnets, vec![net("10.244.2.0/24")]);
+        assert_eq!(
+            listing.bad_subnets,
+            vec![SubnetKey::v4(net("10.244.2.0/24"))]
+        );
     }
 
     #[test]
@@ -1346,7 +1347,7 @@ mod tests {
                 .collect::<Vec<_>>(),
             [(net("10.244.3.0/24"), false), (net("10.244.4.0/24"), true)]
         );
-        assert_eq!(listing.bad_subnets, [net("10.244.5.0/24")]);
+        assert_eq!(listing.bad_subnets, [SubnetKey::v4(net("10.244.5.0/24"))]);
     }
 
     fn state() -> WatchState {

@@ -17,7 +17,7 @@
 use super::contract::{AcquireRequest, RenewPolicy, StoreUpdate, UpdateSender, renew_at};
 use super::error::StoreError;
 use super::stats::StoreStats;
-use crate::core::allocate::{self, Claim, Held};
+use crate::core::allocate::{self, Held};
 use crate::core::config::NetConfig;
 use crate::core::lease::{
     Lease, LeaseAttrs, LeaseError, MAX_RECORD_BYTES, SubnetKey, parse_subnet_key, subnet_key,
@@ -116,6 +116,7 @@ impl LocalStore {
         req: &AcquireRequest,
         now: SystemTime,
     ) -> Result<Lease, StoreError> {
+        req.check(config)?;
         let dir = self.dir.clone();
         let config = config.clone();
         let req = req.clone();
@@ -133,11 +134,10 @@ impl LocalStore {
                     vtep_mac: l.attrs.vxlan_data().ok().map(|d| d.vtep_mac),
                 })
                 .collect();
-            let unusable: Vec<ipnet::Ipv4Net> = scan
+            let unusable: Vec<SubnetKey> = scan
                 .bad
                 .iter()
                 .filter_map(|(name, _)| SubnetKey::parse(name).ok())
-                .map(|k| k.subnet)
                 .collect();
             let plan = allocate::plan(&config, &held, &unusable, &req.request(), &mut rand::rng())?;
             if let Some(old) = plan.delete {
@@ -146,10 +146,10 @@ impl LocalStore {
             // Under the lock a free subnet stays free: a claim cannot conflict.
             // The directory store's own leases always expire (a reused
             // reservation gets a TTL, as it always has here).
-            let (Claim::Reuse { subnet, .. } | Claim::Create { subnet, .. }) = plan.claim;
+            let key = plan.claim.key();
             let lease = Lease {
-                subnet,
-                ipv6_subnet: None,
+                subnet: key.subnet,
+                ipv6_subnet: key.ipv6_subnet,
                 attrs: req.attrs.clone(),
                 expiration: Some(now + ttl),
             };
@@ -514,15 +514,17 @@ fn remove_record(dir: &Path, key: &str) -> Result<(), StoreError> {
     }
 }
 
-/// A lease record for `attrs` on `subnet`, for tests and tools.
+/// A lease record for `attrs` on `key` (an IPv4 subnet, or a dual-stack
+/// [`SubnetKey`]), for tests and tools.
 pub fn record_for(
-    subnet: ipnet::Ipv4Net,
+    key: impl Into<SubnetKey>,
     attrs: LeaseAttrs,
     expiration: Option<SystemTime>,
 ) -> String {
+    let key = key.into();
     render_record(&Lease {
-        subnet,
-        ipv6_subnet: None,
+        subnet: key.subnet,
+        ipv6_subnet: key.ipv6_subnet,
         attrs,
         expiration,
     })
@@ -555,7 +557,11 @@ mod tests {
     #[test]
     fn record_is_flannel_json_plus_expiration() {
         let exp = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-        let text = record_for("10.244.3.0/24".parse().unwrap(), attrs(3), Some(exp));
+        let text = record_for(
+            "10.244.3.0/24".parse::<ipnet::Ipv4Net>().unwrap(),
+            attrs(3),
+            Some(exp),
+        );
         assert_eq!(
             text,
             r#"{"PublicIP":"192.168.0.3","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:00:00:00:00:03"},"Expiration":"2027-01-15T08:00:00Z"}"#
@@ -581,6 +587,7 @@ mod tests {
         let req = |last, previous| AcquireRequest {
             attrs: attrs(last),
             previous_subnet: previous,
+            previous_ipv6_subnet: None,
         };
         let a = s
             .acquire(&c, &req(1, Some("10.0.0.8/30".parse().unwrap())), now)
@@ -613,6 +620,7 @@ mod tests {
         let req = AcquireRequest {
             attrs: attrs(1),
             previous_subnet: None,
+            previous_ipv6_subnet: None,
         };
         let a = s
             .acquire(
@@ -654,6 +662,7 @@ mod tests {
                                 &AcquireRequest {
                                     attrs: attrs(i),
                                     previous_subnet: None,
+                                    previous_ipv6_subnet: None,
                                 },
                                 SystemTime::now(),
                             )
@@ -724,6 +733,7 @@ mod tests {
                 &AcquireRequest {
                     attrs: attrs(1),
                     previous_subnet: None,
+                    previous_ipv6_subnet: None,
                 },
                 now,
             )
