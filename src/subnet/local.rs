@@ -642,6 +642,209 @@ mod tests {
         assert!(!dir.path().join(a.key()).exists());
     }
 
+    /// Node `last`'s dual-stack attributes: a public IPv6 and `BackendV6Data`.
+    fn dual_attrs(last: u8) -> LeaseAttrs {
+        let mut a = attrs(last);
+        a.public_ipv6 = Some(std::net::Ipv6Addr::new(
+            0xfd00,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            u16::from(last),
+        ));
+        a.backend_v6_data = Some(
+            VxlanBackendData {
+                vni: 1,
+                vtep_mac: MacAddr([0x0e, 6, 0, 0, 0, last]),
+            }
+            .to_json(),
+        );
+        a
+    }
+
+    const DUAL: &str = r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd10::/56","Backend":{"Type":"vxlan"}}"#;
+
+    #[tokio::test]
+    async fn dual_stack_acquire_writes_flannels_key_and_json_renews_and_is_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let c = config(DUAL);
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let req = |last, previous: Option<&Lease>| AcquireRequest {
+            attrs: dual_attrs(last),
+            previous_subnet: previous.map(|l| l.subnet),
+            previous_ipv6_subnet: previous.and_then(|l| l.ipv6_subnet),
+        };
+        let a = s.acquire(&c, &req(1, None), now).await.unwrap();
+        let v6 = a.ipv6_subnet.expect("a dual-stack lease");
+        assert!(allocate::fits(&c, a.subnet_key()), "{}", a.key());
+        assert_eq!(v6.prefix_len(), 64);
+        assert_eq!(a.key(), format!("{}-24&{}-64", a.subnet.addr(), v6.addr()));
+        // On disk: flannel's key as the file name, flannel's JSON (+ Expiration).
+        let text = fs::read_to_string(dir.path().join(a.key())).unwrap();
+        assert_eq!(
+            text,
+            r#"{"PublicIP":"192.168.0.1","PublicIPv6":"fd00::1","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:00:00:00:00:01"},"BackendV6Data":{"VNI":1,"VtepMAC":"0e:06:00:00:00:01"},"Expiration":"2027-01-16T08:00:00Z"}"#
+        );
+        assert_eq!(parse_record(&a.key(), &text).unwrap(), a);
+        // Renewal keeps the v6 part, in the same file.
+        let later = now + Duration::from_secs(3600);
+        let renewed = s.renew(&a, later).await.unwrap().expect("still there");
+        assert_eq!(renewed.subnet_key(), a.subnet_key());
+        assert_eq!(renewed.attrs, a.attrs);
+        assert_eq!(renewed.expiration, Some(later + DEFAULT_TTL));
+        let names: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        assert_eq!(names, [a.key()]);
+        // A restart finds and reuses the whole pair.
+        assert_eq!(
+            s.find_own(Ipv4Addr::new(192, 168, 0, 1), later)
+                .await
+                .unwrap()
+                .map(|l| l.subnet_key()),
+            Some(a.subnet_key())
+        );
+        let again = s.acquire(&c, &req(1, None), later).await.unwrap();
+        assert_eq!(again.subnet_key(), a.subnet_key());
+        // Another node never gets an overlapping v6 subnet.
+        let b = s.acquire(&c, &req(2, None), later).await.unwrap();
+        assert_ne!(b.subnet, a.subnet);
+        assert_ne!(b.ipv6_subnet, a.ipv6_subnet);
+        // After its lease expired, node 1 gets its subnet.env pair back.
+        let expired = later + DEFAULT_TTL + Duration::from_secs(1);
+        let mut moved = req(1, Some(&a));
+        moved.attrs.public_ip = Ipv4Addr::new(192, 168, 0, 101);
+        let back = s.acquire(&c, &moved, expired).await.unwrap();
+        assert_eq!(back.subnet_key(), a.subnet_key());
+    }
+
+    #[tokio::test]
+    async fn turning_ipv6_on_replaces_a_v4_only_lease_and_off_again_replaces_the_dual_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let now = SystemTime::now();
+        let v4 = s
+            .acquire(
+                &config(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#),
+                &AcquireRequest {
+                    attrs: attrs(1),
+                    previous_subnet: None,
+                    previous_ipv6_subnet: None,
+                },
+                now,
+            )
+            .await
+            .unwrap();
+        let dual_req = AcquireRequest {
+            attrs: dual_attrs(1),
+            previous_subnet: Some(v4.subnet),
+            previous_ipv6_subnet: None,
+        };
+        let dual = s.acquire(&config(DUAL), &dual_req, now).await.unwrap();
+        assert!(dual.ipv6_subnet.is_some());
+        assert!(
+            !dir.path().join(v4.key()).exists(),
+            "the v4-only lease is deleted"
+        );
+        assert!(dir.path().join(dual.key()).exists());
+        let back = s
+            .acquire(
+                &config(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#),
+                &AcquireRequest {
+                    attrs: attrs(1),
+                    previous_subnet: None,
+                    previous_ipv6_subnet: None,
+                },
+                now,
+            )
+            .await
+            .unwrap();
+        assert_eq!(back.ipv6_subnet, None);
+        assert!(
+            !dir.path().join(dual.key()).exists(),
+            "the dual lease is deleted"
+        );
+        // IPv6 on without a public IPv6: refused before anything is written.
+        let err = s
+            .acquire(
+                &config(DUAL),
+                &AcquireRequest {
+                    attrs: attrs(1),
+                    previous_subnet: None,
+                    previous_ipv6_subnet: None,
+                },
+                now,
+            )
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("no public IPv6"), "{err}");
+        assert!(dir.path().join(back.key()).exists());
+    }
+
+    #[tokio::test]
+    async fn the_watch_carries_dual_stack_leases() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Arc::new(store(dir.path()));
+        let c = config(DUAL);
+        let own = s
+            .acquire(
+                &c,
+                &AcquireRequest {
+                    attrs: dual_attrs(1),
+                    previous_subnet: None,
+                    previous_ipv6_subnet: None,
+                },
+                SystemTime::now(),
+            )
+            .await
+            .unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+        let task = s.clone().spawn(own.clone(), RenewPolicy::default(), tx);
+        match rx.recv().await.unwrap() {
+            StoreUpdate::Snapshot(leases) => assert_eq!(leases, vec![own.clone()]),
+            other => panic!("{other:?}"),
+        }
+        let peer = SubnetKey {
+            subnet: if own.subnet.to_string() == "10.244.9.0/24" {
+                "10.244.10.0/24".parse().unwrap()
+            } else {
+                "10.244.9.0/24".parse().unwrap()
+            },
+            ipv6_subnet: Some(
+                if own.ipv6_subnet.unwrap().to_string() == "fd10:0:0:9::/64" {
+                    "fd10:0:0:a::/64".parse().unwrap()
+                } else {
+                    "fd10:0:0:9::/64".parse().unwrap()
+                },
+            ),
+        };
+        fs::write(
+            dir.path().join(peer.to_string()),
+            record_for(peer, dual_attrs(9), None),
+        )
+        .unwrap();
+        match rx.recv().await.unwrap() {
+            StoreUpdate::Snapshot(leases) => {
+                let got = leases.iter().find(|l| l.subnet == peer.subnet).unwrap();
+                assert_eq!(got.ipv6_subnet, peer.ipv6_subnet);
+                assert_eq!(got.attrs, dual_attrs(9));
+                assert_eq!(
+                    got.attrs.vxlan_v6_data().unwrap().vtep_mac,
+                    MacAddr([0x0e, 6, 0, 0, 0, 9])
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        drop(rx);
+        task.abort();
+    }
+
     #[test]
     fn concurrent_claims_get_distinct_subnets() {
         let dir = tempfile::tempdir().unwrap();
