@@ -64,6 +64,7 @@ fn req(ip: &str, vtep_mac: &str) -> AcquireRequest {
             },
         ),
         previous_subnet: None,
+        previous_ipv6_subnet: None,
     }
 }
 

@@ -38,9 +38,10 @@ use k8s_openapi::api::core::v1::{Node, NodeCondition, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use nodes::{Change, NodeTable};
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, SystemTime};
 use tracing::{debug, info, warn};
@@ -116,6 +117,9 @@ pub struct KubeStore {
     endpoint: String,
     patience: Patience,
     stats: Arc<StoreStats>,
+    /// `EnableIPv6` of the config acquired with: the watch then reads the
+    /// nodes' IPv6 pod CIDRs and annotations too.
+    enable_ipv6: AtomicBool,
 }
 
 /// A kube-rs error in a line an operator can read.
@@ -198,6 +202,7 @@ impl KubeStore {
             endpoint,
             patience: opts.patience,
             stats,
+            enable_ipv6: AtomicBool::new(false),
         })
     }
 
@@ -298,8 +303,30 @@ impl KubeStore {
         }
     }
 
+    /// The `node-public-ipv6` annotation, which replaces `--public-ipv6`
+    /// (flannel's `GetStoredPublicIP` for IPv6; an unreachable API server is
+    /// logged, not fatal).
+    pub async fn stored_public_ipv6(&self) -> Result<Option<Ipv6Addr>, StoreError> {
+        match self.own_node().await {
+            Ok(node) => {
+                let ip = nodes::node_public_ipv6(&node, &self.keys)
+                    .map_err(StoreError::BadAnnotation)?;
+                if let Some(ip) = ip {
+                    info!(public_ipv6 = %ip, annotation = %self.keys.node_public_ipv6, "using the public IPv6 from the node annotation");
+                }
+                Ok(ip)
+            }
+            Err(e) => {
+                warn!(node = %self.node_name, error = %describe_error(&e), "Failed to get node for its stored public IPv6");
+                Ok(None)
+            }
+        }
+    }
+
     /// This node's previous lease as its annotations describe it: the VtepMAC
-    /// in `backend-data` is what peers know, so a restart keeps it.
+    /// in `backend-data` is what peers know, so a restart keeps it (and the
+    /// IPv6 VtepMAC in `backend-v6-data`, with the IPv6 pod CIDR, when the
+    /// node has them).
     pub async fn find_own(&self, public_ip: Ipv4Addr) -> Result<Option<Lease>, StoreError> {
         let node = match self.own_node().await {
             Ok(node) => node,
@@ -319,9 +346,16 @@ impl KubeStore {
         if let Some(t) = nodes::annotation(&node, &self.keys.backend_type) {
             t.clone_into(&mut attrs.backend_type);
         }
+        let v6 = nodes::stored_vxlan_v6_data(&node, &self.keys);
+        if let Some(data) = v6 {
+            debug!(vtep_mac = %data.vtep_mac, "found the IPv6 VtepMAC this node published before");
+            attrs.backend_v6_data = Some(data.to_json());
+            attrs.public_ipv6 =
+                nodes::annotation(&node, &self.keys.public_ipv6).and_then(|ip| ip.parse().ok());
+        }
         Ok(Some(Lease {
             subnet,
-            ipv6_subnet: None,
+            ipv6_subnet: v6.and_then(|_| nodes::pod_cidrs(&node).ok()?.1),
             attrs,
             expiration: None,
         }))
@@ -335,8 +369,19 @@ impl KubeStore {
         req: &AcquireRequest,
     ) -> Result<Lease, StoreError> {
         let network = config.network.ok_or(StoreError::NoIpv4Network)?;
+        req.check(config)?;
+        let ipv6_network = match (config.enable_ipv6, config.ipv6_network) {
+            (false, _) => None,
+            (true, Some(net)) => Some(net),
+            (true, None) => return Err(StoreError::NoIpv6Network),
+        };
         let node = self.own_node_patiently().await?;
         let subnet = nodes::own_subnet(&node, network).map_err(StoreError::OwnSubnet)?;
+        let ipv6_subnet = ipv6_network
+            .map(|net| nodes::own_ipv6_subnet(&node, net))
+            .transpose()
+            .map_err(StoreError::OwnSubnet)?;
+        self.enable_ipv6.store(config.enable_ipv6, Relaxed);
         let changes = nodes::annotation_changes(&node, &self.keys, &req.attrs)
             .map_err(StoreError::BadAnnotation)?;
         if changes.is_empty() {
@@ -347,7 +392,7 @@ impl KubeStore {
         }
         Ok(Lease {
             subnet,
-            ipv6_subnet: None,
+            ipv6_subnet,
             attrs: req.attrs.clone(),
             expiration: None,
         })
@@ -426,7 +471,7 @@ impl KubeStore {
     }
 
     async fn run(&self, tx: UpdateSender) {
-        let mut table = NodeTable::new(self.keys.clone());
+        let mut table = NodeTable::with_ipv6(self.keys.clone(), self.enable_ipv6.load(Relaxed));
         // Lists with resourceVersion=0, served from the API server's watch
         // cache, as client-go's informers (and so flannel) do: every node of a
         // cluster relists after a desync, so the cheap list matters. The

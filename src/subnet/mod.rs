@@ -19,7 +19,7 @@ pub use stats::{StoreStats, StoreStatsSnapshot};
 
 use crate::core::config::NetConfig;
 use crate::core::lease::Lease;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::SystemTime;
 
 /// The lease store this agent uses.
@@ -79,7 +79,17 @@ impl Store {
         }
     }
 
-    /// Acquires a lease ([`crate::core::allocate`]; Kubernetes: the node's pod CIDR).
+    /// A public IPv6 the store holds for this node, replacing `--public-ipv6`
+    /// (flannel's `GetStoredPublicIP`: the `node-public-ipv6` annotation).
+    pub async fn stored_public_ipv6(&self) -> Result<Option<Ipv6Addr>, StoreError> {
+        match self {
+            Store::Local(_) | Store::Etcd(_) => Ok(None),
+            Store::Kube(s) => s.stored_public_ipv6().await,
+        }
+    }
+
+    /// Acquires a lease ([`crate::core::allocate`]; Kubernetes: the node's
+    /// pod CIDRs). With `EnableIPv6` the lease has an `ipv6_subnet`.
     pub async fn acquire(
         &self,
         config: &NetConfig,

@@ -3,13 +3,18 @@
 //! [`NodeTable`], the state machine that turns node watch events into lease
 //! updates with flannel's semantics (an update counts only when backend data,
 //! backend type or public IP changed; a relist is a snapshot).
+//!
+//! With `EnableIPv6` a lease also takes the node's first IPv6 pod CIDR and
+//! the `public-ipv6` and `backend-v6-data` annotations. One deliberate
+//! difference: flannel's update handler lets an unchanged IPv6 triple mask a
+//! changed IPv4 one (and the reverse); here a change of either counts.
 
 use super::annotations::Annotations;
 use crate::core::lease::{Lease, LeaseAttrs, LeaseEvent, VxlanBackendData};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use k8s_openapi::api::core::v1::Node;
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// Why a node cannot be used. Messages are flannel's where flannel has one.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -26,6 +31,41 @@ pub enum NodeError {
     /// Pod CIDRs without an IPv4 one.
     #[error("missing IPv4 address on n.Spec.PodCIDRs")]
     MissingIpv4PodCidr,
+    /// Pod CIDRs without an IPv6 one, with `EnableIPv6` (flannel's `nodeToLease` message).
+    #[error("missing IPv6 address on n.Spec.PodCIDRs")]
+    MissingIpv6PodCidr,
+    /// This node has no IPv6 pod CIDR, with `EnableIPv6`.
+    #[error(
+        "node {node:?} has no IPv6 pod CIDR (podCIDRs {cidrs:?}) but EnableIPv6 is set: give the node an IPv6 podCIDR (kube-controller-manager --cluster-cidr with an IPv6 range) or turn EnableIPv6 off"
+    )]
+    NoIpv6PodCidr {
+        /// The node.
+        node: String,
+        /// Its pod CIDRs.
+        cidrs: Vec<String>,
+    },
+    /// The IPv6 pod CIDR is outside `IPv6Network`.
+    #[error(
+        "subnet \"{network}\" specified in the flannel net config doesn't contain \"{cidr}\" IPv6 PodCIDR of the {node:?} node"
+    )]
+    Ipv6OutsideNetwork {
+        /// The network.
+        network: Ipv6Net,
+        /// The pod CIDR.
+        cidr: Ipv6Net,
+        /// The node.
+        node: String,
+    },
+    /// A public IPv6 annotation is not an IPv6 address.
+    #[error("node {node:?}: annotation {key}={value:?} is not an IPv6 address")]
+    BadPublicIpv6 {
+        /// The node.
+        node: String,
+        /// The annotation.
+        key: String,
+        /// Its value.
+        value: String,
+    },
     /// Pod CIDRs of another family only.
     #[error(
         "node {node:?} has no IPv4 pod CIDR (podCIDRs {cidrs:?}); weft carries IPv4 only: give the node an IPv4 podCIDR"
@@ -79,8 +119,11 @@ impl NodeError {
             | NodeError::InvalidCidr(_)
             | NodeError::MissingIpv4PodCidr
             | NodeError::NoIpv4PodCidr { .. }
-            | NodeError::OutsideNetwork { .. } => "bad_pod_cidr",
-            NodeError::BadPublicIp { .. } => "bad_public_ip",
+            | NodeError::OutsideNetwork { .. }
+            | NodeError::MissingIpv6PodCidr
+            | NodeError::NoIpv6PodCidr { .. }
+            | NodeError::Ipv6OutsideNetwork { .. } => "bad_pod_cidr",
+            NodeError::BadPublicIp { .. } | NodeError::BadPublicIpv6 { .. } => "bad_public_ip",
             NodeError::BadBackendData { .. } => "invalid_json",
         }
     }
@@ -145,12 +188,10 @@ pub fn own_subnet(node: &Node, network: Ipv4Net) -> Result<Ipv4Net, NodeError> {
     let cidr = match pod_cidrs(node)? {
         (Some(v4), _) => v4,
         (None, _) => {
-            let cidrs = spec
-                .and_then(|s| s.pod_cidrs.clone())
-                .filter(|l| !l.is_empty())
-                .or_else(|| spec.and_then(|s| s.pod_cidr.clone()).map(|c| vec![c]))
-                .unwrap_or_default();
-            return Err(NodeError::NoIpv4PodCidr { node: name, cidrs });
+            return Err(NodeError::NoIpv4PodCidr {
+                node: name,
+                cidrs: listed_cidrs(node),
+            });
         }
     };
     if !network.contains(&cidr) {
@@ -163,9 +204,85 @@ pub fn own_subnet(node: &Node, network: Ipv4Net) -> Result<Ipv4Net, NodeError> {
     Ok(cidr)
 }
 
-/// flannel's `nodeToLease` (IPv4): public IP, backend type and data from the
-/// annotations, subnet from the pod CIDRs.
+/// The pod CIDRs as the node lists them, for messages.
+fn listed_cidrs(node: &Node) -> Vec<String> {
+    let spec = node.spec.as_ref();
+    spec.and_then(|s| s.pod_cidrs.clone())
+        .filter(|l| !l.is_empty())
+        .or_else(|| spec.and_then(|s| s.pod_cidr.clone()).map(|c| vec![c]))
+        .unwrap_or_default()
+}
+
+/// This node's own IPv6 subnet for `AcquireLease` with `EnableIPv6`: the
+/// first IPv6 pod CIDR, which must lie inside the config's `IPv6Network`
+/// (flannel's message). Call after [`own_subnet`] (which checks that a pod
+/// CIDR is assigned at all).
+pub fn own_ipv6_subnet(node: &Node, network: Ipv6Net) -> Result<Ipv6Net, NodeError> {
+    let name = name_of(node);
+    let Some(cidr) = pod_cidrs(node)?.1 else {
+        return Err(NodeError::NoIpv6PodCidr {
+            node: name,
+            cidrs: listed_cidrs(node),
+        });
+    };
+    if !network.contains(&cidr) {
+        return Err(NodeError::Ipv6OutsideNetwork {
+            network,
+            cidr,
+            node: name,
+        });
+    }
+    Ok(cidr)
+}
+
+/// A backend data annotation, kept as written (compacted as flannel's
+/// json.Marshal would), only validated; `null` or empty is none.
+fn backend_json(node: &Node, key: &str) -> Result<Option<String>, NodeError> {
+    match annotation(node, key).filter(|d| !d.is_empty()) {
+        None => Ok(None),
+        Some(text) => Ok(Some(crate::core::json::compact(
+            serde_json::from_str::<&serde_json::value::RawValue>(text)
+                .map_err(|e| NodeError::BadBackendData {
+                    node: name_of(node),
+                    key: key.to_owned(),
+                    error: e.to_string(),
+                })?
+                .get(),
+        ))
+        .filter(|d| d != "null")),
+    }
+}
+
+/// flannel's `nodeToLease` with IPv6 off (see [`node_to_lease_with`]).
 pub fn node_to_lease(node: &Node, keys: &Annotations) -> Result<Lease, NodeError> {
+    node_to_lease_with(node, keys, false)
+}
+
+/// flannel's `nodeToLease`: public IP, backend type and data from the
+/// annotations, subnet from the first IPv4 pod CIDR; with `enable_ipv6`
+/// also the public IPv6 (`public-ipv6`), `backend-v6-data` and the first
+/// IPv6 pod CIDR, which must be there.
+pub fn node_to_lease_with(
+    node: &Node,
+    keys: &Annotations,
+    enable_ipv6: bool,
+) -> Result<Lease, NodeError> {
+    let mut lease = node_to_lease_v4(node, keys)?;
+    if enable_ipv6 {
+        let raw = annotation(node, &keys.public_ipv6).unwrap_or_default();
+        let public_ipv6: Ipv6Addr = raw.parse().map_err(|_| NodeError::BadPublicIpv6 {
+            node: name_of(node),
+            key: keys.public_ipv6.clone(),
+            value: raw.to_owned(),
+        })?;
+        lease.attrs.public_ipv6 = Some(public_ipv6);
+        lease.attrs.backend_v6_data = backend_json(node, &keys.backend_v6_data)?;
+        lease.ipv6_subnet = Some(pod_cidrs(node)?.1.ok_or(NodeError::MissingIpv6PodCidr)?);
+    }
+    Ok(lease)
+}
+
+fn node_to_lease_v4(node: &Node, keys: &Annotations) -> Result<Lease, NodeError> {
     let name = name_of(node);
     let raw_ip = annotation(node, &keys.public_ip).unwrap_or_default();
     let public_ip: Ipv4Addr = raw_ip.parse().map_err(|_| NodeError::BadPublicIp {
@@ -173,19 +290,7 @@ pub fn node_to_lease(node: &Node, keys: &Annotations) -> Result<Lease, NodeError
         key: keys.public_ip.clone(),
         value: raw_ip.to_owned(),
     })?;
-    let backend_data = match annotation(node, &keys.backend_data).filter(|d| !d.is_empty()) {
-        None => None,
-        // Kept as written (compacted as flannel's json.Marshal would), only validated.
-        Some(text) => Some(crate::core::json::compact(
-            serde_json::from_str::<&serde_json::value::RawValue>(text)
-                .map_err(|e| NodeError::BadBackendData {
-                    node: name.clone(),
-                    key: keys.backend_data.clone(),
-                    error: e.to_string(),
-                })?
-                .get(),
-        )),
-    };
+    let backend_data = backend_json(node, &keys.backend_data)?;
     let subnet = pod_cidrs(node)?.0.ok_or(NodeError::MissingIpv4PodCidr)?;
     Ok(Lease {
         subnet,
@@ -196,7 +301,7 @@ pub fn node_to_lease(node: &Node, keys: &Annotations) -> Result<Lease, NodeError
             backend_type: annotation(node, &keys.backend_type)
                 .unwrap_or_default()
                 .to_owned(),
-            backend_data: backend_data.filter(|d| d != "null"),
+            backend_data,
             backend_v6_data: None,
         },
         expiration: None,
@@ -237,6 +342,28 @@ pub fn annotation_changes(
     if let Some(data) = &attrs.backend_data {
         wanted.push((keys.backend_data.clone(), data.clone()));
     }
+    // IPv6 (flannel: vxlan with BackendV6Data not null): backend-v6-data, and
+    // public-ipv6 from public-ipv6-overwrite when that is set.
+    if let Some(data) = &attrs.backend_v6_data {
+        wanted.push((keys.backend_v6_data.clone(), data.clone()));
+        let overwrite = annotation(node, &keys.public_ipv6_overwrite).filter(|v| !v.is_empty());
+        let public_ipv6 = match overwrite {
+            Some(overwrite) => {
+                overwrite
+                    .parse::<Ipv6Addr>()
+                    .map_err(|_| NodeError::BadPublicIpv6 {
+                        node: name_of(node),
+                        key: keys.public_ipv6_overwrite.clone(),
+                        value: overwrite.to_owned(),
+                    })?;
+                Some(overwrite.to_owned())
+            }
+            None => attrs.public_ipv6.map(|ip| ip.to_string()),
+        };
+        if let Some(ip) = public_ipv6 {
+            wanted.push((keys.public_ipv6.clone(), ip));
+        }
+    }
     Ok(wanted
         .into_iter()
         .filter(|(k, v)| annotation(node, k) != Some(v.as_str()))
@@ -247,6 +374,25 @@ pub fn annotation_changes(
 /// so the VtepMAC peers know survives a restart.
 pub fn stored_vxlan_data(node: &Node, keys: &Annotations) -> Option<VxlanBackendData> {
     annotation(node, &keys.backend_data).and_then(|d| VxlanBackendData::from_json(d).ok())
+}
+
+/// The IPv6 VXLAN data this node published before (`backend-v6-data`), so
+/// the IPv6 VtepMAC peers know survives a restart too.
+pub fn stored_vxlan_v6_data(node: &Node, keys: &Annotations) -> Option<VxlanBackendData> {
+    annotation(node, &keys.backend_v6_data).and_then(|d| VxlanBackendData::from_json(d).ok())
+}
+
+/// The `node-public-ipv6` annotation (flannel's `GetStoredPublicIP` for
+/// IPv6): when set it replaces `--public-ipv6`.
+pub fn node_public_ipv6(node: &Node, keys: &Annotations) -> Result<Option<Ipv6Addr>, NodeError> {
+    match annotation(node, &keys.node_public_ipv6).filter(|v| !v.is_empty()) {
+        None => Ok(None),
+        Some(v) => v.parse().map(Some).map_err(|_| NodeError::BadPublicIpv6 {
+            node: name_of(node),
+            key: keys.node_public_ipv6.clone(),
+            value: v.to_owned(),
+        }),
+    }
 }
 
 /// The `node-public-ip` annotation (flannel's `GetStoredPublicIP`): when set it
@@ -268,15 +414,18 @@ struct LeaseFields {
     backend_data: Option<String>,
     backend_type: Option<String>,
     public_ip: Option<String>,
+    /// `backend-v6-data` and `public-ipv6`, compared with IPv6 on only.
+    v6: Option<(Option<String>, Option<String>)>,
 }
 
 impl LeaseFields {
-    fn of(node: &Node, keys: &Annotations) -> LeaseFields {
+    fn of(node: &Node, keys: &Annotations, enable_ipv6: bool) -> LeaseFields {
         let get = |k: &str| annotation(node, k).map(str::to_owned);
         LeaseFields {
             backend_data: get(&keys.backend_data),
             backend_type: get(&keys.backend_type),
             public_ip: get(&keys.public_ip),
+            v6: enable_ipv6.then(|| (get(&keys.backend_v6_data), get(&keys.public_ipv6))),
         }
     }
 }
@@ -323,24 +472,40 @@ pub struct Step {
 #[derive(Debug)]
 pub struct NodeTable {
     keys: Annotations,
+    enable_ipv6: bool,
     known: BTreeMap<String, Known>,
     /// Nodes of a (re)list in progress.
     listing: Option<BTreeMap<String, Known>>,
 }
 
 impl NodeTable {
-    /// An empty table for the annotation keys `keys`.
+    /// An empty table for the annotation keys `keys`, IPv6 off.
     pub fn new(keys: Annotations) -> NodeTable {
+        NodeTable::with_ipv6(keys, false)
+    }
+
+    /// An empty table; with `enable_ipv6` leases carry the nodes' IPv6 pod
+    /// CIDR and VTEP, and a node without them is skipped as bad.
+    pub fn with_ipv6(keys: Annotations, enable_ipv6: bool) -> NodeTable {
         NodeTable {
             keys,
+            enable_ipv6,
             known: BTreeMap::new(),
             listing: None,
         }
     }
 
+    fn fields(&self, node: &Node) -> LeaseFields {
+        LeaseFields::of(node, &self.keys, self.enable_ipv6)
+    }
+
+    fn lease_of(&self, node: &Node) -> Result<Lease, NodeError> {
+        node_to_lease_with(node, &self.keys, self.enable_ipv6)
+    }
+
     fn known_of(&self, node: &Node, previous: Option<&Known>) -> Known {
         let managed = is_managed(node, &self.keys);
-        let fields = LeaseFields::of(node, &self.keys);
+        let fields = self.fields(node);
         if !managed {
             return Known {
                 managed,
@@ -349,7 +514,7 @@ impl NodeTable {
                 error: None,
             };
         }
-        match node_to_lease(node, &self.keys) {
+        match self.lease_of(node) {
             Ok(lease) => Known {
                 managed,
                 fields,
@@ -427,7 +592,7 @@ impl NodeTable {
         }
         if let Some(p) = previous
             && p.managed
-            && p.fields == LeaseFields::of(node, &self.keys)
+            && p.fields == self.fields(node)
         {
             return Step::default();
         }
@@ -457,7 +622,7 @@ impl NodeTable {
         let name = name_of(node);
         let lease = match self.known.remove(&name) {
             Some(k) => k.lease,
-            None if is_managed(node, &self.keys) => node_to_lease(node, &self.keys).ok(),
+            None if is_managed(node, &self.keys) => self.lease_of(node).ok(),
             None => None,
         };
         Step {
@@ -642,6 +807,295 @@ mod tests {
                 .to_string(),
             "0e:00:00:00:00:02"
         );
+    }
+
+    /// A dual-stack peer as flannel publishes it.
+    fn dual_peer(name: &str, cidrs: [&str; 2], ip: &str, ip6: &str, mac6: &str) -> Node {
+        let data = r#"{"VNI":1,"VtepMAC":"0e:00:00:00:00:01"}"#;
+        let data6 = format!(r#"{{"VNI":1,"VtepMAC":"{mac6}"}}"#);
+        node(
+            name,
+            &cidrs,
+            &[
+                ("kube-subnet-manager", "true"),
+                ("backend-type", "vxlan"),
+                ("public-ip", ip),
+                ("backend-data", data),
+                ("public-ipv6", ip6),
+                ("backend-v6-data", &data6),
+            ],
+        )
+    }
+
+    #[test]
+    fn node_to_lease_reads_both_families_with_ipv6_on() {
+        let keys = Annotations::default();
+        let n = dual_peer(
+            "b",
+            ["10.244.2.0/24", "fd00:0:0:2::/64"],
+            "192.168.1.2",
+            "fd01::2",
+            "0e:06:00:00:00:02",
+        );
+        let lease = node_to_lease_with(&n, &keys, true).unwrap();
+        assert_eq!(lease.key(), "10.244.2.0-24&fd00:0:0:2::-64");
+        assert_eq!(
+            lease.attrs.to_json(),
+            r#"{"PublicIP":"192.168.1.2","PublicIPv6":"fd01::2","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:00:00:00:00:01"},"BackendV6Data":{"VNI":1,"VtepMAC":"0e:06:00:00:00:02"}}"#
+        );
+        assert_eq!(
+            lease.attrs.vxlan_v6_data().unwrap().vtep_mac.to_string(),
+            "0e:06:00:00:00:02"
+        );
+        // The IPv6 pod CIDR first in the list: the same lease.
+        let swapped = dual_peer(
+            "b",
+            ["fd00:0:0:2::/64", "10.244.2.0/24"],
+            "192.168.1.2",
+            "fd01::2",
+            "0e:06:00:00:00:02",
+        );
+        assert_eq!(node_to_lease_with(&swapped, &keys, true).unwrap(), lease);
+        // IPv6 off: the v6 parts are ignored, as flannel's nodeToLease does.
+        let v4 = node_to_lease(&n, &keys).unwrap();
+        assert_eq!(v4.ipv6_subnet, None);
+        assert_eq!(v4.attrs.public_ipv6, None);
+        assert_eq!(v4.attrs.backend_v6_data, None);
+        // IPv6 on and no IPv6 pod CIDR: flannel's message.
+        let mut v4_only = n.clone();
+        v4_only.spec.as_mut().unwrap().pod_cidrs = Some(vec!["10.244.2.0/24".into()]);
+        v4_only.spec.as_mut().unwrap().pod_cidr = Some("10.244.2.0/24".into());
+        assert_eq!(
+            node_to_lease_with(&v4_only, &keys, true)
+                .unwrap_err()
+                .to_string(),
+            "missing IPv6 address on n.Spec.PodCIDRs"
+        );
+        // A bad or missing public-ipv6, a bad backend-v6-data.
+        let with = |k: &str, v: &str| {
+            let mut m = n.clone();
+            m.metadata
+                .annotations
+                .as_mut()
+                .unwrap()
+                .insert(format!("flannel.alpha.coreos.com/{k}"), v.into());
+            node_to_lease_with(&m, &keys, true)
+        };
+        assert_eq!(
+            with("public-ipv6", "10.0.0.1").unwrap_err().kind(),
+            "bad_public_ip"
+        );
+        assert_eq!(with("public-ipv6", "").unwrap_err().kind(), "bad_public_ip");
+        assert_eq!(
+            with("backend-v6-data", "{").unwrap_err().kind(),
+            "invalid_json"
+        );
+        assert_eq!(
+            with("backend-v6-data", "null")
+                .unwrap()
+                .attrs
+                .backend_v6_data,
+            None
+        );
+    }
+
+    #[test]
+    fn own_ipv6_subnet_rules_and_messages() {
+        let net: Ipv6Net = "fd00::/48".parse().unwrap();
+        assert_eq!(
+            own_ipv6_subnet(&node("a", &["10.244.1.0/24", "fd00:0:0:1::/64"], &[]), net)
+                .unwrap()
+                .to_string(),
+            "fd00:0:0:1::/64"
+        );
+        assert_eq!(
+            own_ipv6_subnet(&node("a", &["10.244.1.0/24", "fd09::/64"], &[]), net)
+                .unwrap_err()
+                .to_string(),
+            r#"subnet "fd00::/48" specified in the flannel net config doesn't contain "fd09::/64" IPv6 PodCIDR of the "a" node"#
+        );
+        let err = own_ipv6_subnet(&node("a", &["10.244.1.0/24"], &[]), net).unwrap_err();
+        assert!(matches!(err, NodeError::NoIpv6PodCidr { .. }), "{err}");
+        assert!(err.to_string().contains("EnableIPv6"), "{err}");
+        assert_eq!(err.kind(), "bad_pod_cidr");
+    }
+
+    #[test]
+    fn v6_annotations_are_published_and_honour_the_v6_overwrite() {
+        let keys = Annotations::default();
+        let mut attrs = LeaseAttrs::vxlan(
+            "192.168.1.2".parse().unwrap(),
+            &VxlanBackendData {
+                vni: 1,
+                vtep_mac: "0e:00:00:00:00:01".parse().unwrap(),
+            },
+        );
+        attrs.public_ipv6 = Some("fd01::2".parse().unwrap());
+        attrs.backend_v6_data = Some(r#"{"VNI":1,"VtepMAC":"0e:06:00:00:00:02"}"#.into());
+        let fresh = node("b", &["10.244.2.0/24", "fd00:0:0:2::/64"], &[]);
+        let all = annotation_changes(&fresh, &keys, &attrs).unwrap();
+        assert_eq!(all.len(), 6);
+        assert_eq!(all[&keys.public_ipv6], "fd01::2");
+        assert_eq!(
+            all[&keys.backend_v6_data],
+            r#"{"VNI":1,"VtepMAC":"0e:06:00:00:00:02"}"#
+        );
+        let done = dual_peer(
+            "b",
+            ["10.244.2.0/24", "fd00:0:0:2::/64"],
+            "192.168.1.2",
+            "fd01::2",
+            "0e:06:00:00:00:02",
+        );
+        assert!(annotation_changes(&done, &keys, &attrs).unwrap().is_empty());
+        // Only the v6 MAC changed: only backend-v6-data is patched.
+        let mut moved = attrs.clone();
+        moved.backend_v6_data = Some(r#"{"VNI":1,"VtepMAC":"0e:06:00:00:00:22"}"#.into());
+        assert_eq!(
+            annotation_changes(&done, &keys, &moved)
+                .unwrap()
+                .into_keys()
+                .collect::<Vec<_>>(),
+            vec![keys.backend_v6_data.clone()]
+        );
+        let mut natted = done.clone();
+        let ann = natted.metadata.annotations.as_mut().unwrap();
+        ann.insert(keys.public_ipv6_overwrite.clone(), "2001:db8::9".into());
+        assert_eq!(
+            annotation_changes(&natted, &keys, &attrs)
+                .unwrap()
+                .into_iter()
+                .collect::<Vec<_>>(),
+            vec![(keys.public_ipv6.clone(), "2001:db8::9".to_owned())]
+        );
+        let ann = natted.metadata.annotations.as_mut().unwrap();
+        ann.insert(keys.public_ipv6_overwrite.clone(), "203.0.113.9".into());
+        assert_eq!(
+            annotation_changes(&natted, &keys, &attrs)
+                .unwrap_err()
+                .to_string(),
+            r#"node "b": annotation flannel.alpha.coreos.com/public-ipv6-overwrite="203.0.113.9" is not an IPv6 address"#
+        );
+        // No BackendV6Data (IPv6 off): no v6 annotation is asked for.
+        let v4 = LeaseAttrs {
+            backend_v6_data: None,
+            ..attrs.clone()
+        };
+        assert!(
+            !annotation_changes(&fresh, &keys, &v4)
+                .unwrap()
+                .keys()
+                .any(|k| k == &keys.public_ipv6 || k == &keys.backend_v6_data)
+        );
+        assert_eq!(
+            stored_vxlan_v6_data(&done, &keys)
+                .unwrap()
+                .vtep_mac
+                .to_string(),
+            "0e:06:00:00:00:02"
+        );
+        assert_eq!(stored_vxlan_v6_data(&fresh, &keys), None);
+    }
+
+    #[test]
+    fn node_public_ipv6_is_read_and_checked() {
+        let keys = Annotations::default();
+        assert_eq!(node_public_ipv6(&node("a", &[], &[]), &keys), Ok(None));
+        assert_eq!(
+            node_public_ipv6(&node("a", &[], &[("node-public-ipv6", "")]), &keys),
+            Ok(None)
+        );
+        assert_eq!(
+            node_public_ipv6(
+                &node("a", &[], &[("node-public-ipv6", "2001:db8::7")]),
+                &keys
+            ),
+            Ok(Some("2001:db8::7".parse().unwrap()))
+        );
+        let err = node_public_ipv6(&node("a", &[], &[("node-public-ipv6", "10.1.1.1")]), &keys)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            r#"node "a": annotation flannel.alpha.coreos.com/node-public-ipv6="10.1.1.1" is not an IPv6 address"#
+        );
+        // The v4 one is separate.
+        assert_eq!(
+            node_public_ip(
+                &node("a", &[], &[("node-public-ipv6", "2001:db8::7")]),
+                &keys
+            ),
+            Ok(None)
+        );
+    }
+
+    #[test]
+    fn with_ipv6_on_the_table_carries_v6_and_sees_v6_changes() {
+        let keys = Annotations::default();
+        let mut t = NodeTable::with_ipv6(keys.clone(), true);
+        let a = dual_peer(
+            "a",
+            ["10.244.1.0/24", "fd00:0:0:1::/64"],
+            "192.168.1.1",
+            "fd01::1",
+            "0e:06:00:00:00:01",
+        );
+        let v4_only = peer("b", "10.244.2.0/24", "192.168.1.2", "0e:00:00:00:00:02");
+        t.init();
+        t.init_apply(&a);
+        t.init_apply(&v4_only);
+        let step = t.init_done();
+        let Some(Change::Snapshot(leases)) = step.change else {
+            panic!("{step:?}")
+        };
+        assert_eq!(
+            leases.iter().map(Lease::key).collect::<Vec<_>>(),
+            ["10.244.1.0-24&fd00:0:0:1::-64"]
+        );
+        assert_eq!(
+            step.bad.len(),
+            1,
+            "a node without IPv6 is skipped with IPv6 on"
+        );
+        // flannel's order: the public IPv6 is read before the pod CIDRs.
+        assert_eq!(step.bad[0].error.kind(), "bad_public_ip");
+        // A new IPv6 VtepMAC alone is a change.
+        let moved = dual_peer(
+            "a",
+            ["10.244.1.0/24", "fd00:0:0:1::/64"],
+            "192.168.1.1",
+            "fd01::1",
+            "0e:06:00:00:00:11",
+        );
+        assert!(matches!(
+            t.apply(&moved).change,
+            Some(Change::Event(LeaseEvent::Added(l))) if l.attrs.vxlan_v6_data().unwrap().vtep_mac.to_string() == "0e:06:00:00:00:11"
+        ));
+        // So is a new public IPv6, and removal names the whole key.
+        let mut readdressed = moved.clone();
+        readdressed
+            .metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert(keys.public_ipv6.clone(), "fd01::99".into());
+        assert!(matches!(
+            t.apply(&readdressed).change,
+            Some(Change::Event(LeaseEvent::Added(l))) if l.attrs.public_ipv6 == Some("fd01::99".parse().unwrap())
+        ));
+        assert!(
+            t.apply(&readdressed).change.is_none(),
+            "no change, no event"
+        );
+        assert!(matches!(
+            t.delete(&readdressed).change,
+            Some(Change::Event(LeaseEvent::Removed(k))) if k.to_string() == "10.244.1.0-24&fd00:0:0:1::-64"
+        ));
+        // IPv6 off: a v6-only annotation change is no event (flannel's fields).
+        let mut v4_table = NodeTable::new(keys.clone());
+        v4_table.init();
+        v4_table.init_apply(&a);
+        v4_table.init_done();
+        assert!(v4_table.apply(&moved).change.is_none());
     }
 
     #[test]
