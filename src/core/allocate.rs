@@ -737,8 +737,11 @@ mod tests {
             .map(|i| {
                 let mut h = held(i, i, false);
                 h.key.ipv6_subnet = Some(
-                    Ipv6Net::new(Ipv6Addr::from(0xfd00u128 << 112 | u128::from(i) * 4), 126)
-                        .unwrap(),
+                    Ipv6Net::new(
+                        Ipv6Addr::from((0xfd00u128 << 112) | (u128::from(i) * 4)),
+                        126,
+                    )
+                    .unwrap(),
                 );
                 h
             })
