@@ -788,3 +788,151 @@ async fn net_conf_is_parsed_without_flannels_check_and_errors_name_the_file() {
     let e = store.network_config().await.unwrap_err().to_string();
     assert!(e.starts_with("failed to read net conf"), "{e}");
 }
+
+const DUAL_NET_CONF: &str = r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/48","Backend":{"Type":"vxlan"}}"#;
+
+/// A node with a dual-stack pod CIDR pair.
+fn dual_node(name: &str, v4: &str, v6: &str) -> k8s_openapi::api::core::v1::Node {
+    let mut n = node(name, Some(v4));
+    n.spec.as_mut().unwrap().pod_cidrs = Some(vec![v4.into(), v6.into()]);
+    n
+}
+
+fn dual_req(ip: &str, ip6: &str, vtep_mac: &str, v6_mac: &str) -> AcquireRequest {
+    let mut r = req(ip, vtep_mac);
+    r.attrs.public_ipv6 = Some(ip6.parse().unwrap());
+    r.attrs.backend_v6_data = Some(
+        VxlanBackendData {
+            vni: 1,
+            vtep_mac: mac(v6_mac),
+        }
+        .to_json(),
+    );
+    r
+}
+
+#[tokio::test]
+async fn dual_stack_acquire_publishes_v6_annotations_and_the_watch_carries_v6() {
+    let fake = FakeKube::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut n1 = dual_node("n1", "10.244.1.0/24", "fd00:0:0:1::/64");
+    n1.metadata
+        .annotations
+        .as_mut()
+        .unwrap()
+        .insert(format!("{P}node-public-ipv6"), "2001:db8::1".into());
+    fake.add_node(n1);
+    let o = opts(&fake, "n1", dir.path());
+    std::fs::write(&o.net_config_path, DUAL_NET_CONF).unwrap();
+    let (store, _) = open(o.clone()).await;
+    let config = store.network_config().await.unwrap();
+    assert_eq!(
+        store.stored_public_ipv6().await.unwrap(),
+        Some("2001:db8::1".parse().unwrap())
+    );
+    assert_eq!(store.stored_public_ip().await.unwrap(), None);
+    let r = dual_req(
+        "192.168.1.1",
+        "2001:db8::1",
+        "0e:00:00:00:00:01",
+        "0e:06:00:00:00:01",
+    );
+    let lease = store.acquire(&config, &r).await.unwrap();
+    assert_eq!(lease.key(), "10.244.1.0-24&fd00:0:0:1::-64");
+    assert_eq!(lease.attrs, r.attrs);
+    assert_eq!(
+        fake.annotation_patches("n1"),
+        vec![json!({"metadata":{"annotations":{
+            "flannel.alpha.coreos.com/backend-data": r#"{"VNI":1,"VtepMAC":"0e:00:00:00:00:01"}"#,
+            "flannel.alpha.coreos.com/backend-type": "vxlan",
+            "flannel.alpha.coreos.com/backend-v6-data": r#"{"VNI":1,"VtepMAC":"0e:06:00:00:00:01"}"#,
+            "flannel.alpha.coreos.com/kube-subnet-manager": "true",
+            "flannel.alpha.coreos.com/public-ip": "192.168.1.1",
+            "flannel.alpha.coreos.com/public-ipv6": "2001:db8::1",
+        }}})]
+    );
+    // A restart: both VtepMACs come back, nothing is patched.
+    drop(store);
+    let (store, _) = open(o).await;
+    let own = store
+        .find_own("192.168.1.1".parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        own.attrs.vxlan_v6_data().unwrap().vtep_mac,
+        mac("0e:06:00:00:00:01")
+    );
+    assert_eq!(own.key(), lease.key());
+    let again = store.acquire(&config, &r).await.unwrap();
+    assert_eq!(again, lease);
+    assert_eq!(fake.annotation_patches("n1").len(), 1);
+
+    // The watch reads peers' IPv6 pod CIDRs and annotations.
+    let mut peer = dual_node("n2", "10.244.2.0/24", "fd00:0:0:2::/64");
+    publish(&mut peer, "192.168.1.2", "0e:00:00:00:00:02");
+    let a = peer.metadata.annotations.as_mut().unwrap();
+    a.insert(format!("{P}public-ipv6"), "2001:db8::2".into());
+    a.insert(
+        format!("{P}backend-v6-data"),
+        r#"{"VNI":1,"VtepMAC":"0e:06:00:00:00:02"}"#.into(),
+    );
+    let (tx, mut rx) = mpsc::channel(16);
+    let task = store.clone().spawn(tx);
+    let first = next(&mut rx).await;
+    assert_eq!(snapshot_subnets(&first), ["10.244.1.0/24"]);
+    fake.add_node(peer);
+    match single_event(next(&mut rx).await) {
+        LeaseEvent::Added(l) => {
+            assert_eq!(l.key(), "10.244.2.0-24&fd00:0:0:2::-64");
+            assert_eq!(l.attrs.public_ipv6, Some("2001:db8::2".parse().unwrap()));
+            assert_eq!(
+                l.attrs.vxlan_v6_data().unwrap().vtep_mac,
+                mac("0e:06:00:00:00:02")
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    fake.delete_node("n2");
+    match single_event(next(&mut rx).await) {
+        LeaseEvent::Removed(k) => assert_eq!(k.to_string(), "10.244.2.0-24&fd00:0:0:2::-64"),
+        other => panic!("{other:?}"),
+    }
+    task.abort();
+    assert_flannel_rbac(&fake);
+}
+
+#[tokio::test]
+async fn dual_stack_pod_cidr_errors_are_flannels() {
+    let fake = FakeKube::start();
+    let dir = tempfile::tempdir().unwrap();
+    fake.add_node(node("v4only", Some("10.244.1.0/24")));
+    fake.add_node(dual_node("outside", "10.244.2.0/24", "fd09::/64"));
+    let r = dual_req(
+        "192.168.1.1",
+        "2001:db8::1",
+        "0e:00:00:00:00:01",
+        "0e:06:00:00:00:01",
+    );
+    for (name, want) in [
+        ("v4only", "has no IPv6 pod CIDR"),
+        (
+            "outside",
+            r#"subnet "fd00::/48" specified in the flannel net config doesn't contain "fd09::/64" IPv6 PodCIDR of the "outside" node"#,
+        ),
+    ] {
+        let o = opts(&fake, name, dir.path());
+        std::fs::write(&o.net_config_path, DUAL_NET_CONF).unwrap();
+        let (store, _) = open(o).await;
+        let config = store.network_config().await.unwrap();
+        let err = store.acquire(&config, &r).await.unwrap_err();
+        assert!(err.to_string().contains(want), "{name}: {err}");
+        // Without a public IPv6 the request itself is refused.
+        let err = store
+            .acquire(&config, &req("192.168.1.1", "0e:00:00:00:00:01"))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("no public IPv6"), "{err}");
+    }
+    assert!(fake.annotation_patches("v4only").is_empty());
+}
