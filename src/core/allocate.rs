@@ -59,11 +59,12 @@ pub struct Request {
 }
 
 impl Request {
-    /// The previous `subnet.env`'s subnets as a key, if it named an IPv4 subnet.
+    /// The previous `subnet.env`'s subnets as a key, if it named an IPv4
+    /// subnet (host bits cleared: `subnet.env` names the gateway address).
     pub fn previous(&self) -> Option<SubnetKey> {
         self.previous_subnet.map(|subnet| SubnetKey {
-            subnet,
-            ipv6_subnet: self.previous_ipv6_subnet,
+            subnet: subnet.trunc(),
+            ipv6_subnet: self.previous_ipv6_subnet.map(|s| s.trunc()),
         })
     }
 }
@@ -645,6 +646,11 @@ mod tests {
             assert!(!previous, "{why}");
             assert!(fits(&c, got), "{why}: {got}");
         }
+        // As subnet.env writes them (gateway addresses): the subnets.
+        assert_eq!(
+            create(("10.244.9.1/24", "fd00:0:0:9::1/64")).0.to_string(),
+            "10.244.9.0-24&fd00:0:0:9::-64"
+        );
         // With IPv6 on, a previous v4 subnet alone (a v4-only subnet.env) is not reused.
         let plan = plan_for(&c, &[], &[], &request(1, Some("10.244.9.0/24")));
         let (got, previous) = created(&plan);
