@@ -853,4 +853,43 @@ mod tests {
         assert!(!forward_only.contains("postrtg"));
         assert!(forward_only.contains("forward ip saddr"));
     }
+
+    /// The whole IPv4 nft transaction, byte for byte (kept identical when IPv6 was added).
+    #[test]
+    fn ipv4_nft_script_byte_for_byte() {
+        let config = MasqConfig {
+            mode: Mode::Nftables,
+            network: "10.244.0.0/16".parse().unwrap(),
+            subnet: "10.244.3.0/24".parse().unwrap(),
+            masquerade: true,
+            forward: true,
+            random_fully_disable: false,
+            resync: Duration::from_secs(5),
+        };
+        assert_eq!(
+            nft_script(&config, true),
+            "add table ip flannel-ipv4 { comment \"rules for flannel-ipv4\" ; }\n\
+             add chain ip flannel-ipv4 forward { type filter hook forward priority filter ; comment \"chain to accept flannel traffic\" ; }\n\
+             flush chain ip flannel-ipv4 forward\n\
+             add rule ip flannel-ipv4 forward ip saddr 10.244.0.0/16 accept\n\
+             add rule ip flannel-ipv4 forward ip daddr 10.244.0.0/16 accept\n\
+             add chain ip flannel-ipv4 postrtg { type nat hook postrouting priority srcnat ; comment \"chain to manage traffic masquerading by flannel\" ; }\n\
+             flush chain ip flannel-ipv4 postrtg\n\
+             add rule ip flannel-ipv4 postrtg meta mark 0x4000 return\n\
+             add rule ip flannel-ipv4 postrtg ip saddr 10.244.3.0/24 ip daddr 10.244.0.0/16 return\n\
+             add rule ip flannel-ipv4 postrtg ip saddr 10.244.0.0/16 ip daddr 10.244.3.0/24 return\n\
+             add rule ip flannel-ipv4 postrtg ip saddr != 10.244.3.0/24 ip daddr 10.244.0.0/16 return\n\
+             add rule ip flannel-ipv4 postrtg ip saddr 10.244.0.0/16 ip daddr != 224.0.0.0/4 masquerade fully-random\n\
+             add rule ip flannel-ipv4 postrtg ip saddr != 10.244.0.0/16 ip daddr 10.244.0.0/16 masquerade fully-random\n"
+        );
+        let plain = nft_script(
+            &MasqConfig {
+                forward: false,
+                ..config
+            },
+            false,
+        );
+        assert!(!plain.contains("forward"));
+        assert!(plain.ends_with("ip daddr 10.244.0.0/16 masquerade\n"));
+    }
 }
