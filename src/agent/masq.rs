@@ -21,8 +21,9 @@
 //!   `ip6 flannel-ipv6` with the same chains; checked, re-asserted and, for a
 //!   previous IPv6 network/subnet, deleted the same way.
 //!
-//! The rules are installed by running the `iptables`, `iptables-restore` and
-//! `nft` tools (Debian packages `iptables`, `nftables`), as flannel does
+//! The rules are installed by running the `iptables`, `iptables-restore`
+//! (`ip6tables`, `ip6tables-restore` for IPv6) and `nft` tools (Debian
+//! packages `iptables`, `nftables`), as flannel does
 //! through go-iptables and knftables: the node's `iptables` alternative picks
 //! the same backend (nft or legacy) kube-proxy uses, `iptables-restore` gives
 //! the one-transaction ordering flannel relies on, and the rule text is exactly
