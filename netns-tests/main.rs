@@ -15,6 +15,7 @@ mod faults_underlay;
 mod harness;
 mod interop;
 mod kube;
+mod masq6;
 mod offload;
 mod operability;
 mod options;

@@ -15,9 +15,15 @@
 //!   flushed and refilled in one `nft -f` transaction; every resync the table
 //!   is listed and compared with what nft listed right after applying it, and
 //!   applied again if anything differs. (flannel itself does not resync nft.)
+//! - IPv6 (`EnableIPv6`, when the agent passes an IPv6 network and subnet):
+//!   the same rules with `ff00::/8` for multicast, beside the IPv4 ones:
+//!   `ip6tables`/`ip6tables-restore` chains of the same names, or table
+//!   `ip6 flannel-ipv6` with the same chains; checked, re-asserted and, for a
+//!   previous IPv6 network/subnet, deleted the same way.
 //!
-//! The rules are installed by running the `iptables`, `iptables-restore` and
-//! `nft` tools (Debian packages `iptables`, `nftables`), as flannel does
+//! The rules are installed by running the `iptables`, `iptables-restore`
+//! (`ip6tables`, `ip6tables-restore` for IPv6) and `nft` tools (Debian
+//! packages `iptables`, `nftables`), as flannel does
 //! through go-iptables and knftables: the node's `iptables` alternative picks
 //! the same backend (nft or legacy) kube-proxy uses, `iptables-restore` gives
 //! the one-transaction ordering flannel relies on, and the rule text is exactly
@@ -33,7 +39,7 @@
 //! a restart does not interrupt pod traffic; `weftd cleanup-masq` removes all
 //! of them.
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -53,7 +59,7 @@ const NFT_TABLE_V6: &str = "flannel-ipv6";
 pub enum Mode {
     /// iptables chains FLANNEL-POSTRTG and FLANNEL-FWD.
     Iptables,
-    /// nftables table `ip flannel-ipv4`.
+    /// nftables table `ip flannel-ipv4` (and `ip6 flannel-ipv6`).
     Nftables,
 }
 
@@ -74,6 +80,9 @@ pub struct MasqConfig {
     pub random_fully_disable: bool,
     /// `--iptables-resync`.
     pub resync: Duration,
+    /// IPv6 (net-conf `IPv6Network`, this node's IPv6 subnet), when the node
+    /// has an IPv6 lease: flannel's IPv6 rules are installed beside the IPv4 ones.
+    pub ipv6: Option<(Ipv6Net, Ipv6Net)>,
 }
 
 /// A rules tool failed.
@@ -150,9 +159,32 @@ impl Rule {
     }
 }
 
+/// IPv4 multicast, never masqueraded.
+const MULTICAST_V4: &str = "224.0.0.0/4";
+/// IPv6 multicast, never masqueraded.
+const MULTICAST_V6: &str = "ff00::/8";
+
 /// flannel's `masqRules`, in order.
 pub fn masq_rules(network: Ipv4Net, subnet: Ipv4Net, random_fully: bool) -> Vec<Rule> {
-    let (cluster, pod) = (network.to_string(), subnet.to_string());
+    family_masq_rules(
+        &network.to_string(),
+        &subnet.to_string(),
+        MULTICAST_V4,
+        random_fully,
+    )
+}
+
+/// flannel's `masqIP6Rules` (for `ip6tables`), in order: [`masq_rules`] with `ff00::/8`.
+pub fn masq6_rules(network: Ipv6Net, subnet: Ipv6Net, random_fully: bool) -> Vec<Rule> {
+    family_masq_rules(
+        &network.to_string(),
+        &subnet.to_string(),
+        MULTICAST_V6,
+        random_fully,
+    )
+}
+
+fn family_masq_rules(cluster: &str, pod: &str, multicast: &str, random_fully: bool) -> Vec<Rule> {
     let comment = ["-m", "comment", "--comment", MASQ_COMMENT];
     let with = |head: &[&str], tail: &[&str]| {
         let mut spec: Vec<&str> = head.to_vec();
@@ -173,24 +205,32 @@ pub fn masq_rules(network: Ipv4Net, subnet: Ipv4Net, random_fully: bool) -> Vec<
             &["-m", "mark", "--mark", KUBE_PROXY_MARK],
             &["-j", "RETURN"],
         ),
-        with(&["-s", &pod, "-d", &cluster], &["-j", "RETURN"]),
-        with(&["-s", &cluster, "-d", &pod], &["-j", "RETURN"]),
-        with(&["!", "-s", &cluster, "-d", &pod], &["-j", "RETURN"]),
-        with(&["-s", &cluster, "!", "-d", "224.0.0.0/4"], masquerade),
-        with(&["!", "-s", &cluster, "-d", &cluster], masquerade),
+        with(&["-s", pod, "-d", cluster], &["-j", "RETURN"]),
+        with(&["-s", cluster, "-d", pod], &["-j", "RETURN"]),
+        with(&["!", "-s", cluster, "-d", pod], &["-j", "RETURN"]),
+        with(&["-s", cluster, "!", "-d", multicast], masquerade),
+        with(&["!", "-s", cluster, "-d", cluster], masquerade),
     ]
 }
 
 /// flannel's `forwardRules`.
 pub fn forward_rules(network: Ipv4Net) -> Vec<Rule> {
-    let cluster = network.to_string();
+    family_forward_rules(&network.to_string())
+}
+
+/// flannel's `forwardRules` for an IPv6 network (for `ip6tables`).
+pub fn forward6_rules(network: Ipv6Net) -> Vec<Rule> {
+    family_forward_rules(&network.to_string())
+}
+
+fn family_forward_rules(cluster: &str) -> Vec<Rule> {
     let comment = ["-m", "comment", "--comment", FORWARD_COMMENT];
     let mut jump = comment.to_vec();
     jump.extend_from_slice(&["-j", FWD]);
-    let mut from = vec!["-s", cluster.as_str()];
+    let mut from = vec!["-s", cluster];
     from.extend_from_slice(&comment);
     from.extend_from_slice(&["-j", "ACCEPT"]);
-    let mut to = vec!["-d", cluster.as_str()];
+    let mut to = vec!["-d", cluster];
     to.extend_from_slice(&comment);
     to.extend_from_slice(&["-j", "ACCEPT"]);
     vec![
@@ -228,20 +268,74 @@ pub fn restore_input(rules: &[Rule], existing: &[bool]) -> String {
 /// The nftables transaction: table, then each wanted chain flushed and refilled
 /// (flannel's `initTable`, `SetupAndEnsureForwardRules`, `addMasqRules`).
 pub fn nft_script(config: &MasqConfig, fully_random: bool) -> String {
-    let t = format!("ip {NFT_TABLE_V4}");
-    let (cluster, pod) = (config.network, config.subnet);
+    family_nft_script(
+        NftFamily::V4,
+        config,
+        &config.network.to_string(),
+        &config.subnet.to_string(),
+        fully_random,
+    )
+}
+
+/// The IPv6 transaction (table `ip6 flannel-ipv6`, `ff00::/8`), empty
+/// without [`MasqConfig::ipv6`].
+pub fn nft6_script(config: &MasqConfig, fully_random: bool) -> String {
+    match config.ipv6 {
+        Some((network, subnet)) => family_nft_script(
+            NftFamily::V6,
+            config,
+            &network.to_string(),
+            &subnet.to_string(),
+            fully_random,
+        ),
+        None => String::new(),
+    }
+}
+
+/// One nftables family's table (flannel's `knftables` interface per family).
+#[derive(Debug, Clone, Copy)]
+struct NftFamily {
+    /// The family, also the address match keyword (`ip saddr`, `ip6 saddr`).
+    family: &'static str,
+    table: &'static str,
+    multicast: &'static str,
+}
+
+impl NftFamily {
+    const V4: NftFamily = NftFamily {
+        family: "ip",
+        table: NFT_TABLE_V4,
+        multicast: MULTICAST_V4,
+    };
+    const V6: NftFamily = NftFamily {
+        family: "ip6",
+        table: NFT_TABLE_V6,
+        multicast: MULTICAST_V6,
+    };
+}
+
+fn family_nft_script(
+    f: NftFamily,
+    config: &MasqConfig,
+    cluster: &str,
+    pod: &str,
+    fully_random: bool,
+) -> String {
+    let (ip, name) = (f.family, f.table);
+    let t = format!("{ip} {name}");
+    let multicast = f.multicast;
     let masquerade = if fully_random {
         "masquerade fully-random"
     } else {
         "masquerade"
     };
-    let mut s = format!("add table {t} {{ comment \"rules for {NFT_TABLE_V4}\" ; }}\n");
+    let mut s = format!("add table {t} {{ comment \"rules for {name}\" ; }}\n");
     if config.forward {
         s.push_str(&format!(
             "add chain {t} forward {{ type filter hook forward priority filter ; comment \"chain to accept flannel traffic\" ; }}\n\
              flush chain {t} forward\n\
-             add rule {t} forward ip saddr {cluster} accept\n\
-             add rule {t} forward ip daddr {cluster} accept\n"
+             add rule {t} forward {ip} saddr {cluster} accept\n\
+             add rule {t} forward {ip} daddr {cluster} accept\n"
         ));
     }
     if config.masquerade {
@@ -249,11 +343,11 @@ pub fn nft_script(config: &MasqConfig, fully_random: bool) -> String {
             "add chain {t} postrtg {{ type nat hook postrouting priority srcnat ; comment \"chain to manage traffic masquerading by flannel\" ; }}\n\
              flush chain {t} postrtg\n\
              add rule {t} postrtg meta mark 0x4000 return\n\
-             add rule {t} postrtg ip saddr {pod} ip daddr {cluster} return\n\
-             add rule {t} postrtg ip saddr {cluster} ip daddr {pod} return\n\
-             add rule {t} postrtg ip saddr != {pod} ip daddr {cluster} return\n\
-             add rule {t} postrtg ip saddr {cluster} ip daddr != 224.0.0.0/4 {masquerade}\n\
-             add rule {t} postrtg ip saddr != {cluster} ip daddr {cluster} {masquerade}\n"
+             add rule {t} postrtg {ip} saddr {pod} {ip} daddr {cluster} return\n\
+             add rule {t} postrtg {ip} saddr {cluster} {ip} daddr {pod} return\n\
+             add rule {t} postrtg {ip} saddr != {pod} {ip} daddr {cluster} return\n\
+             add rule {t} postrtg {ip} saddr {cluster} {ip} daddr != {multicast} {masquerade}\n\
+             add rule {t} postrtg {ip} saddr != {cluster} {ip} daddr {cluster} {masquerade}\n"
         ));
     }
     s
@@ -418,6 +512,33 @@ impl Iptables {
         self.restore(&input)
     }
 
+    /// Bootstraps `rules` again if any is missing (flannel's resync),
+    /// per table as flannel: the masquerade and the forward set. Returns true
+    /// if it had to.
+    fn reassert(&self, rules: &[Rule]) -> Result<bool, MasqError> {
+        let mut missing = false;
+        for rule in rules {
+            if !self.rule_exists(rule)? {
+                missing = true;
+                break;
+            }
+        }
+        if missing {
+            warn!(
+                "some {} rules are missing; deleting and recreating rules",
+                self.iptables
+            );
+            let (nat, filter): (Vec<Rule>, Vec<Rule>) =
+                rules.iter().cloned().partition(|r| r.table == "nat");
+            for set in [nat, filter] {
+                if !set.is_empty() {
+                    self.bootstrap(&set)?;
+                }
+            }
+        }
+        Ok(missing)
+    }
+
     /// Removes our jumps and chains, whatever rules they hold.
     fn remove_all(&self) -> Result<(), MasqError> {
         for (table, parent, chain, comment) in [
@@ -498,25 +619,82 @@ fn nft_has_fully_random() -> bool {
 #[derive(Debug)]
 pub struct Masq {
     config: MasqConfig,
+    /// iptables mode: the IPv4 rules.
     rules: Vec<Rule>,
-    nft_script: String,
-    /// `nft list table` right after applying (nftables mode).
-    nft_listing: String,
+    /// iptables mode: the IPv6 rules (ip6tables).
+    rules6: Vec<Rule>,
+    /// nftables mode: the IPv4 table.
+    nft: NftTable,
+    /// nftables mode: the IPv6 table.
+    nft6: NftTable,
+}
+
+/// One applied nftables table and how nft listed it.
+#[derive(Debug)]
+struct NftTable {
+    family: NftFamily,
+    script: String,
+    /// `nft list table` right after applying.
+    listing: String,
+}
+
+impl NftTable {
+    fn new(family: NftFamily) -> NftTable {
+        NftTable {
+            family,
+            script: String::new(),
+            listing: String::new(),
+        }
+    }
+
+    fn list(&self) -> Result<String, MasqError> {
+        capture(
+            "nft",
+            "nftables",
+            &["list", "table", self.family.family, self.family.table],
+        )
+    }
+
+    fn apply(&mut self) -> Result<(), MasqError> {
+        nft(&["-f", "-"], Some(&self.script))?;
+        self.listing = self.list()?;
+        Ok(())
+    }
+
+    /// Applies the table again if its listing changed. Returns true if it had to.
+    fn ensure(&mut self) -> Result<bool, MasqError> {
+        if self.script.is_empty() {
+            return Ok(false);
+        }
+        let now = self.list().unwrap_or_default();
+        if now == self.listing {
+            return Ok(false);
+        }
+        warn!(
+            "the nftables table {} was changed or deleted; applying it again",
+            self.family.table
+        );
+        self.apply()?;
+        Ok(true)
+    }
 }
 
 impl Masq {
     /// Sets the rules up: removes the other mode's rules, deletes the rules of
-    /// a previous (network, subnet) if they differ, then installs ours.
+    /// a previous (network, subnet) — `previous` for IPv4, `previous6` for
+    /// IPv6 — if they differ, then installs ours.
     /// Masquerade failures are errors (weftd stops: a node that silently does
     /// not masquerade is worse); forward-rule failures only warnings, as in flannel.
     pub fn setup(
         config: MasqConfig,
         previous: Option<(Ipv4Net, Ipv4Net)>,
+        previous6: Option<(Ipv6Net, Ipv6Net)>,
     ) -> Result<Masq, MasqError> {
         let mut masq = Masq {
             rules: Vec::new(),
-            nft_script: String::new(),
-            nft_listing: String::new(),
+            rules6: Vec::new(),
+            nft: NftTable::new(NftFamily::V4),
+            nft6: NftTable::new(NftFamily::V6),
             config,
         };
         match masq.config.mode {
@@ -526,7 +704,7 @@ impl Masq {
                 {
                     info!(error = %e, "could not clean up nftables rules left by the nftables mode");
                 }
-                masq.setup_iptables(previous)?;
+                masq.setup_iptables(previous, previous6)?;
             }
             Mode::Nftables => {
                 for family in [IPV4, IPV6] {
@@ -540,7 +718,11 @@ impl Masq {
         Ok(masq)
     }
 
-    fn setup_iptables(&mut self, previous: Option<(Ipv4Net, Ipv4Net)>) -> Result<(), MasqError> {
+    fn setup_iptables(
+        &mut self,
+        previous: Option<(Ipv4Net, Ipv4Net)>,
+        previous6: Option<(Ipv6Net, Ipv6Net)>,
+    ) -> Result<(), MasqError> {
         let c = self.config.clone();
         let random_fully = !c.random_fully_disable && IPV4.has_random_fully();
         if c.masquerade {
@@ -561,6 +743,27 @@ impl Masq {
             IPV4.bootstrap(&rules)?;
             self.rules.extend(rules);
         }
+        if c.masquerade
+            && let Some((network, subnet)) = c.ipv6
+        {
+            let random_fully = !c.random_fully_disable && IPV6.has_random_fully();
+            if let Some((old_network, old_subnet)) = previous6
+                && (old_network, old_subnet) != (network, subnet)
+            {
+                info!(
+                    %network, %subnet, %old_network, %old_subnet,
+                    "IPv6 network or subnet changed since the last run; removing the masquerade rules of the old ones"
+                );
+                for fully in [true, false] {
+                    IPV6.teardown(&masq6_rules(old_network, old_subnet, fully))?;
+                }
+            }
+            info!(%network, %subnet, random_fully, "setting up IPv6 masquerade rules (ip6tables)");
+            let rules = masq6_rules(network, subnet, random_fully);
+            IPV6.clear_chain("nat", POSTRTG)?;
+            IPV6.bootstrap(&rules)?;
+            self.rules6.extend(rules);
+        }
         if c.forward {
             info!(network = %c.network, "setting up forward-accept rules (iptables)");
             let rules = forward_rules(c.network);
@@ -574,6 +777,21 @@ impl Masq {
                 }
             }
         }
+        if c.forward
+            && let Some((network, _)) = c.ipv6
+        {
+            info!(%network, "setting up IPv6 forward-accept rules (ip6tables)");
+            let rules = forward6_rules(network);
+            match IPV6
+                .clear_chain("filter", FWD)
+                .and_then(|()| IPV6.bootstrap(&rules))
+            {
+                Ok(()) => self.rules6.extend(rules),
+                Err(e) => {
+                    warn!(error = %e, "cannot set up the IPv6 forward-accept rules; IPv6 pod traffic is dropped if ip6tables FORWARD's policy is DROP")
+                }
+            }
+        }
         Ok(())
     }
 
@@ -581,63 +799,37 @@ impl Masq {
         let c = self.config.clone();
         let fully_random = !c.random_fully_disable && nft_has_fully_random();
         info!(network = %c.network, subnet = %c.subnet, masquerade = c.masquerade, forward = c.forward, fully_random, "setting up nftables rules");
-        self.nft_script = nft_script(&c, fully_random);
-        match self.apply_nft() {
-            Ok(()) => Ok(()),
+        self.nft.script = nft_script(&c, fully_random);
+        match self.nft.apply() {
+            Ok(()) => {}
             Err(e) if !c.masquerade => {
                 warn!(error = %e, "cannot set up the forward-accept rules (nftables)");
-                Ok(())
             }
-            Err(e) => Err(e),
+            Err(e) => return Err(e),
         }
-    }
-
-    fn apply_nft(&mut self) -> Result<(), MasqError> {
-        nft(&["-f", "-"], Some(&self.nft_script))?;
-        self.nft_listing = capture("nft", "nftables", &["list", "table", "ip", NFT_TABLE_V4])?;
+        if let Some((network, subnet)) = c.ipv6 {
+            info!(%network, %subnet, masquerade = c.masquerade, forward = c.forward, fully_random, "setting up IPv6 nftables rules");
+            self.nft6.script = nft6_script(&c, fully_random);
+            match self.nft6.apply() {
+                Ok(()) => {}
+                Err(e) if !c.masquerade => {
+                    warn!(error = %e, "cannot set up the IPv6 forward-accept rules (nftables)");
+                }
+                Err(e) => return Err(e),
+            }
+        }
         Ok(())
     }
 
-    /// Puts back what someone deleted or changed. Returns true if it had to.
+    /// Puts back what someone deleted or changed, IPv4 then IPv6. Returns
+    /// true if it had to. Both families are checked even if one fails; the
+    /// first error is returned.
     pub fn ensure(&mut self) -> Result<bool, MasqError> {
-        match self.config.mode {
-            Mode::Iptables => {
-                let mut missing = false;
-                for rule in &self.rules {
-                    if !IPV4.rule_exists(rule)? {
-                        missing = true;
-                        break;
-                    }
-                }
-                if missing {
-                    warn!("some iptables rules are missing; deleting and recreating rules");
-                    // Per table, as flannel: the masquerade and the forward set.
-                    let (nat, filter): (Vec<Rule>, Vec<Rule>) =
-                        self.rules.iter().cloned().partition(|r| r.table == "nat");
-                    for set in [nat, filter] {
-                        if !set.is_empty() {
-                            IPV4.bootstrap(&set)?;
-                        }
-                    }
-                }
-                Ok(missing)
-            }
-            Mode::Nftables => {
-                if self.nft_script.is_empty() {
-                    return Ok(false);
-                }
-                let now = capture("nft", "nftables", &["list", "table", "ip", NFT_TABLE_V4])
-                    .unwrap_or_default();
-                if now == self.nft_listing {
-                    return Ok(false);
-                }
-                warn!(
-                    "the nftables table {NFT_TABLE_V4} was changed or deleted; applying it again"
-                );
-                self.apply_nft()?;
-                Ok(true)
-            }
-        }
+        let (v4, v6) = match self.config.mode {
+            Mode::Iptables => (IPV4.reassert(&self.rules), IPV6.reassert(&self.rules6)),
+            Mode::Nftables => (self.nft.ensure(), self.nft6.ensure()),
+        };
+        Ok(v4? | v6?)
     }
 
     /// How often rules someone removed are put back.
@@ -646,14 +838,31 @@ impl Masq {
     }
 }
 
-/// What weftd's flags ask for: nothing unless `--ip-masq` or
-/// `--iptables-forward-rules` (default on, as in flannel); nftables when the
-/// net-conf says `EnableNFTables`. `previous` is the old `subnet.env`.
+/// What weftd's flags ask for (IPv4 only): [`start_from_flags_dual_stack`]
+/// without IPv6.
 pub async fn start_from_flags(
     args: &super::cli::RunArgs,
     config: &crate::core::config::NetConfig,
     network: Ipv4Net,
     subnet: Ipv4Net,
+    previous: Option<&crate::core::subnet_env::SubnetEnv>,
+) -> Result<Option<tokio::task::JoinHandle<()>>, MasqError> {
+    start_from_flags_dual_stack(args, config, network, subnet, None, previous).await
+}
+
+/// What weftd's flags ask for: nothing unless `--ip-masq` or
+/// `--iptables-forward-rules` (default on, as in flannel); nftables when the
+/// net-conf says `EnableNFTables`. `ipv6` is (net-conf `IPv6Network`, this
+/// node's IPv6 lease subnet) when the node has an IPv6 lease: the IPv6 rules
+/// are set up beside the IPv4 ones. `previous` is the old `subnet.env`: the
+/// rules of its `FLANNEL_NETWORK`/`FLANNEL_SUBNET` and
+/// `FLANNEL_IPV6_NETWORK`/`FLANNEL_IPV6_SUBNET` are deleted if they differ.
+pub async fn start_from_flags_dual_stack(
+    args: &super::cli::RunArgs,
+    config: &crate::core::config::NetConfig,
+    network: Ipv4Net,
+    subnet: Ipv4Net,
+    ipv6: Option<(Ipv6Net, Ipv6Net)>,
     previous: Option<&crate::core::subnet_env::SubnetEnv>,
 ) -> Result<Option<tokio::task::JoinHandle<()>>, MasqError> {
     if !args.ip_masq && !args.iptables_forward_rules {
@@ -671,9 +880,11 @@ pub async fn start_from_flags(
         forward: args.iptables_forward_rules,
         random_fully_disable: args.ip_masq_fully_random_disable,
         resync: Duration::from_secs(args.iptables_resync),
+        ipv6,
     };
+    let previous6 = previous.and_then(|env| env.ipv6_network.zip(env.ipv6_subnet));
     let previous = previous.and_then(|env| env.network.zip(env.subnet));
-    start(masq_config, previous).await.map(Some)
+    start(masq_config, previous, previous6).await.map(Some)
 }
 
 /// Sets the rules up (see [`Masq::setup`]) and keeps them in place every
@@ -682,8 +893,9 @@ pub async fn start_from_flags(
 pub async fn start(
     config: MasqConfig,
     previous: Option<(Ipv4Net, Ipv4Net)>,
+    previous6: Option<(Ipv6Net, Ipv6Net)>,
 ) -> Result<tokio::task::JoinHandle<()>, MasqError> {
-    let masq = tokio::task::spawn_blocking(move || Masq::setup(config, previous))
+    let masq = tokio::task::spawn_blocking(move || Masq::setup(config, previous, previous6))
         .await
         .map_err(|e| MasqError::Spawn {
             tool: "iptables",
@@ -822,6 +1034,7 @@ mod tests {
             forward: true,
             random_fully_disable: false,
             resync: Duration::from_secs(5),
+            ipv6: None,
         };
         let script = nft_script(&config, true);
         for line in [
@@ -852,5 +1065,172 @@ mod tests {
         );
         assert!(!forward_only.contains("postrtg"));
         assert!(forward_only.contains("forward ip saddr"));
+    }
+
+    /// The whole IPv4 nft transaction, byte for byte (kept identical when IPv6 was added).
+    #[test]
+    fn ipv4_nft_script_byte_for_byte() {
+        let config = MasqConfig {
+            mode: Mode::Nftables,
+            network: "10.244.0.0/16".parse().unwrap(),
+            subnet: "10.244.3.0/24".parse().unwrap(),
+            masquerade: true,
+            forward: true,
+            random_fully_disable: false,
+            resync: Duration::from_secs(5),
+            ipv6: None,
+        };
+        assert_eq!(
+            nft_script(&config, true),
+            "add table ip flannel-ipv4 { comment \"rules for flannel-ipv4\" ; }\n\
+             add chain ip flannel-ipv4 forward { type filter hook forward priority filter ; comment \"chain to accept flannel traffic\" ; }\n\
+             flush chain ip flannel-ipv4 forward\n\
+             add rule ip flannel-ipv4 forward ip saddr 10.244.0.0/16 accept\n\
+             add rule ip flannel-ipv4 forward ip daddr 10.244.0.0/16 accept\n\
+             add chain ip flannel-ipv4 postrtg { type nat hook postrouting priority srcnat ; comment \"chain to manage traffic masquerading by flannel\" ; }\n\
+             flush chain ip flannel-ipv4 postrtg\n\
+             add rule ip flannel-ipv4 postrtg meta mark 0x4000 return\n\
+             add rule ip flannel-ipv4 postrtg ip saddr 10.244.3.0/24 ip daddr 10.244.0.0/16 return\n\
+             add rule ip flannel-ipv4 postrtg ip saddr 10.244.0.0/16 ip daddr 10.244.3.0/24 return\n\
+             add rule ip flannel-ipv4 postrtg ip saddr != 10.244.3.0/24 ip daddr 10.244.0.0/16 return\n\
+             add rule ip flannel-ipv4 postrtg ip saddr 10.244.0.0/16 ip daddr != 224.0.0.0/4 masquerade fully-random\n\
+             add rule ip flannel-ipv4 postrtg ip saddr != 10.244.0.0/16 ip daddr 10.244.0.0/16 masquerade fully-random\n"
+        );
+        let plain = nft_script(
+            &MasqConfig {
+                forward: false,
+                ..config
+            },
+            false,
+        );
+        assert!(!plain.contains("forward"));
+        assert!(plain.ends_with("ip daddr 10.244.0.0/16 masquerade\n"));
+    }
+
+    const NETWORK6: &str = "fd00:10::/48";
+    const SUBNET6: &str = "fd00:10:0:3::/64";
+
+    fn dual_stack_config() -> MasqConfig {
+        MasqConfig {
+            mode: Mode::Nftables,
+            network: "10.244.0.0/16".parse().unwrap(),
+            subnet: "10.244.3.0/24".parse().unwrap(),
+            masquerade: true,
+            forward: true,
+            random_fully_disable: false,
+            resync: Duration::from_secs(5),
+            ipv6: Some((NETWORK6.parse().unwrap(), SUBNET6.parse().unwrap())),
+        }
+    }
+
+    /// flannel's `masqIP6Rules` (flannel-compat §7: "IPv6 identical with
+    /// `ff00::/8`"), as ip6tables-restore input and as `ip6tables -S` prints them.
+    #[test]
+    fn flannels_ipv6_masquerade_rules_exactly() {
+        let rules = masq6_rules(NETWORK6.parse().unwrap(), SUBNET6.parse().unwrap(), true);
+        assert!(rules.iter().all(|r| r.table == "nat"));
+        assert_eq!(
+            lines(&rules),
+            [
+                r#"-A POSTROUTING -m comment --comment "flanneld masq" -j FLANNEL-POSTRTG"#,
+                r#"-A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 -m comment --comment "flanneld masq" -j RETURN"#,
+                r#"-A FLANNEL-POSTRTG -s fd00:10:0:3::/64 -d fd00:10::/48 -m comment --comment "flanneld masq" -j RETURN"#,
+                r#"-A FLANNEL-POSTRTG -s fd00:10::/48 -d fd00:10:0:3::/64 -m comment --comment "flanneld masq" -j RETURN"#,
+                r#"-A FLANNEL-POSTRTG ! -s fd00:10::/48 -d fd00:10:0:3::/64 -m comment --comment "flanneld masq" -j RETURN"#,
+                r#"-A FLANNEL-POSTRTG -s fd00:10::/48 ! -d ff00::/8 -m comment --comment "flanneld masq" -j MASQUERADE --random-fully"#,
+                r#"-A FLANNEL-POSTRTG ! -s fd00:10::/48 -d fd00:10::/48 -m comment --comment "flanneld masq" -j MASQUERADE --random-fully"#,
+            ]
+        );
+        let plain = masq6_rules(NETWORK6.parse().unwrap(), SUBNET6.parse().unwrap(), false);
+        assert!(
+            plain[5]
+                .restore_line("-A")
+                .ends_with("! -d ff00::/8 -m comment --comment \"flanneld masq\" -j MASQUERADE")
+        );
+        assert!(plain[6].restore_line("-A").ends_with("-j MASQUERADE"));
+        // The chain each rule's existence check looks at, as flannel's ipTablesRulesExist.
+        assert!(rules.iter().all(|r| r.own_chain() == POSTRTG));
+    }
+
+    #[test]
+    fn flannels_ipv6_forward_rules_and_restore_input() {
+        let mut rules = masq6_rules(NETWORK6.parse().unwrap(), SUBNET6.parse().unwrap(), false);
+        rules.truncate(1);
+        rules.extend(forward6_rules(NETWORK6.parse().unwrap()));
+        assert_eq!(
+            restore_input(&rules, &[false, false, true, false]),
+            "*nat\n\
+             -A POSTROUTING -m comment --comment \"flanneld masq\" -j FLANNEL-POSTRTG\n\
+             COMMIT\n\
+             *filter\n\
+             -A FORWARD -m comment --comment \"flanneld forward\" -j FLANNEL-FWD\n\
+             -D FLANNEL-FWD -s fd00:10::/48 -m comment --comment \"flanneld forward\" -j ACCEPT\n\
+             -A FLANNEL-FWD -s fd00:10::/48 -m comment --comment \"flanneld forward\" -j ACCEPT\n\
+             -A FLANNEL-FWD -d fd00:10::/48 -m comment --comment \"flanneld forward\" -j ACCEPT\n\
+             COMMIT\n"
+        );
+        assert!(rules[1..].iter().all(|r| r.own_chain() == FWD));
+    }
+
+    /// flannel's `ip6 flannel-ipv6` table (`SetupAndEnsureForwardRules` and
+    /// `addMasqRules` with `knftables.IPv6Family`), byte for byte; the IPv4
+    /// transaction does not change with IPv6 on.
+    #[test]
+    fn flannels_ipv6_nftables_table_byte_for_byte() {
+        let config = dual_stack_config();
+        assert_eq!(
+            nft6_script(&config, true),
+            "add table ip6 flannel-ipv6 { comment \"rules for flannel-ipv6\" ; }\n\
+             add chain ip6 flannel-ipv6 forward { type filter hook forward priority filter ; comment \"chain to accept flannel traffic\" ; }\n\
+             flush chain ip6 flannel-ipv6 forward\n\
+             add rule ip6 flannel-ipv6 forward ip6 saddr fd00:10::/48 accept\n\
+             add rule ip6 flannel-ipv6 forward ip6 daddr fd00:10::/48 accept\n\
+             add chain ip6 flannel-ipv6 postrtg { type nat hook postrouting priority srcnat ; comment \"chain to manage traffic masquerading by flannel\" ; }\n\
+             flush chain ip6 flannel-ipv6 postrtg\n\
+             add rule ip6 flannel-ipv6 postrtg meta mark 0x4000 return\n\
+             add rule ip6 flannel-ipv6 postrtg ip6 saddr fd00:10:0:3::/64 ip6 daddr fd00:10::/48 return\n\
+             add rule ip6 flannel-ipv6 postrtg ip6 saddr fd00:10::/48 ip6 daddr fd00:10:0:3::/64 return\n\
+             add rule ip6 flannel-ipv6 postrtg ip6 saddr != fd00:10:0:3::/64 ip6 daddr fd00:10::/48 return\n\
+             add rule ip6 flannel-ipv6 postrtg ip6 saddr fd00:10::/48 ip6 daddr != ff00::/8 masquerade fully-random\n\
+             add rule ip6 flannel-ipv6 postrtg ip6 saddr != fd00:10::/48 ip6 daddr fd00:10::/48 masquerade fully-random\n"
+        );
+        assert_eq!(
+            nft_script(&config, true),
+            nft_script(
+                &MasqConfig {
+                    ipv6: None,
+                    ..config.clone()
+                },
+                true
+            )
+        );
+        let masq_only = nft6_script(
+            &MasqConfig {
+                forward: false,
+                ..config.clone()
+            },
+            false,
+        );
+        assert!(!masq_only.contains("forward"));
+        assert!(masq_only.ends_with("ip6 daddr fd00:10::/48 masquerade\n"));
+        let forward_only = nft6_script(
+            &MasqConfig {
+                masquerade: false,
+                ..config.clone()
+            },
+            true,
+        );
+        assert!(!forward_only.contains("postrtg"));
+        assert!(forward_only.contains("forward ip6 saddr fd00:10::/48 accept"));
+        assert_eq!(
+            nft6_script(
+                &MasqConfig {
+                    ipv6: None,
+                    ..config
+                },
+                true
+            ),
+            ""
+        );
     }
 }

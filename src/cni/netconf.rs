@@ -476,6 +476,76 @@ mod tests {
         );
     }
 
+    /// flannel's fixtures `onlyIpv6FlannelSubnetEnv` and `dualStackFlannelSubnetEnv`
+    /// (`flannel_linux_test.go`).
+    const SUBNET_ENV_V6: &str = "FLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc00::1/64\nFLANNEL_MTU=1472\nFLANNEL_IPMASQ=true\n";
+    const SUBNET_ENV_DUAL: &str = "FLANNEL_NETWORK=10.1.0.0/16\nFLANNEL_SUBNET=10.1.17.1/24\nFLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc00::1/64\nFLANNEL_MTU=1472\nFLANNEL_IPMASQ=true\n";
+
+    /// flannel's "CNI lifecycle" expectations for the IPv6-only and dual-stack
+    /// subnet.env, and the bytes Go's `json.Marshal` saves for them.
+    #[test]
+    fn flannels_ipv6_only_and_dual_stack_delegates_byte_for_byte() {
+        let plugin = r#"{"name":"cni-flannel","type":"weft-cni","subnetFile":"/x/subnet.env","dataDir":"/x/data"}"#;
+        let v6 = render(plugin, SUBNET_ENV_V6).unwrap();
+        let expected: Value = serde_json::from_str(
+            r#"{"ipMasq":false,"ipam":{"routes":[{"dst":"fc00::/48"}],"ranges":[[{"subnet":"fc00::/64"}]],"type":"host-local"},"isGateway":true,"mtu":1472,"name":"cni-flannel","type":"bridge"}"#,
+        )
+        .unwrap();
+        assert_eq!(Value::Object(v6.clone()), expected);
+        assert_eq!(
+            serde_json::to_string(&v6).unwrap(),
+            r#"{"ipMasq":false,"ipam":{"ranges":[[{"subnet":"fc00::/64"}]],"routes":[{"dst":"fc00::/48"}],"type":"host-local"},"isGateway":true,"mtu":1472,"name":"cni-flannel","type":"bridge"}"#
+        );
+        let dual = render(plugin, SUBNET_ENV_DUAL).unwrap();
+        let expected: Value = serde_json::from_str(
+            r#"{"ipMasq":false,"ipam":{"routes":[{"dst":"10.1.0.0/16"},{"dst":"fc00::/48"}],"ranges":[[{"subnet":"10.1.17.0/24"}],[{"subnet":"fc00::/64"}]],"type":"host-local"},"isGateway":true,"mtu":1472,"name":"cni-flannel","type":"bridge"}"#,
+        )
+        .unwrap();
+        assert_eq!(Value::Object(dual.clone()), expected);
+        assert_eq!(
+            serde_json::to_string(&dual).unwrap(),
+            r#"{"ipMasq":false,"ipam":{"ranges":[[{"subnet":"10.1.17.0/24"}],[{"subnet":"fc00::/64"}]],"routes":[{"dst":"10.1.0.0/16"},{"dst":"fc00::/48"}],"type":"host-local"},"isGateway":true,"mtu":1472,"name":"cni-flannel","type":"bridge"}"#
+        );
+    }
+
+    /// flannel's `getDelegateIPAM` "input IPAM is provided" cases for IPv6
+    /// only and dual stack: other keys kept, the input routes first, then one
+    /// route per network (IPv4 before IPv6), `ranges` replaced.
+    #[test]
+    fn given_ipam_with_ipv6_only_and_dual_stack() {
+        let plugin = r#"{"name":"cni-flannel","type":"weft-cni","ipam":{"type":"my-ipam","unknown-param":"unknown-value",
+            "routes":[{"dst":"10.96.0.0/12"},{"dst":"192.168.244.0/24","gw":"10.1.17.20"}],"ranges":[[{"subnet":"1.2.3.0/24"}]]}}"#;
+        let v6 = render(plugin, SUBNET_ENV_V6).unwrap();
+        assert_eq!(
+            v6["ipam"],
+            serde_json::json!({
+                "type": "my-ipam", "unknown-param": "unknown-value",
+                "routes": [{"dst": "10.96.0.0/12"}, {"dst": "192.168.244.0/24", "gw": "10.1.17.20"}, {"dst": "fc00::/48"}],
+                "ranges": [[{"subnet": "fc00::/64"}]]
+            })
+        );
+        let dual = render(plugin, SUBNET_ENV_DUAL).unwrap();
+        assert_eq!(
+            dual["ipam"],
+            serde_json::json!({
+                "type": "my-ipam", "unknown-param": "unknown-value",
+                "routes": [{"dst": "10.96.0.0/12"}, {"dst": "192.168.244.0/24", "gw": "10.1.17.20"},
+                           {"dst": "10.1.0.0/16"}, {"dst": "fc00::/48"}],
+                "ranges": [[{"subnet": "10.1.17.0/24"}], [{"subnet": "fc00::/64"}]]
+            })
+        );
+        // An IPv6 route given in the input is kept as it is.
+        let with_v6_route = render(
+            r#"{"name":"n","ipam":{"routes":[{"dst":"fd99::/64","gw":"fc00::5"}]}}"#,
+            SUBNET_ENV_DUAL,
+        )
+        .unwrap();
+        assert_eq!(
+            with_v6_route["ipam"]["routes"],
+            serde_json::json!([{"dst": "fd99::/64", "gw": "fc00::5"}, {"dst": "10.1.0.0/16"}, {"dst": "fc00::/48"}])
+        );
+    }
+
     #[test]
     fn delegate_overrides_and_refusals() {
         // Explicit values win over flannel's defaults; runtimeConfig is copied in.

@@ -801,6 +801,58 @@ mod tests {
         );
     }
 
+    /// A dual-stack subnet.env: ADD saves flannel's delegate with both
+    /// families' ranges and routes; CHECK checks the addresses of both
+    /// families against them and sees an IPv6 lease change.
+    #[test]
+    fn dual_stack_add_saves_both_families_and_check_verifies_both() {
+        let w = World::new(None);
+        let dual = "FLANNEL_NETWORK=10.1.0.0/16\nFLANNEL_SUBNET=10.1.17.1/24\nFLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc00::1/64\nFLANNEL_MTU=1472\nFLANNEL_IPMASQ=true\n";
+        std::fs::write(w.dir.path().join("subnet.env"), dual).unwrap();
+        assert!(w.call("ADD", "c1", &w.conf("1.0.0")).success);
+        assert_eq!(
+            w.saved("c1").unwrap(),
+            r#"{"cniVersion":"1.0.0","ipMasq":false,"ipam":{"ranges":[[{"subnet":"10.1.17.0/24"}],[{"subnet":"fc00::/64"}]],"routes":[{"dst":"10.1.0.0/16"},{"dst":"fc00::/48"}],"type":"host-local"},"isGateway":true,"mtu":1472,"name":"cbr0","type":"bridge"}"#
+        );
+        let with_prev = |addresses: &[&str]| {
+            let ips: Vec<String> = addresses
+                .iter()
+                .map(|a| format!(r#"{{"address":"{a}"}}"#))
+                .collect();
+            w.conf("1.0.0")
+                .replace(r#""ips":[]"#, &format!(r#""ips":[{}]"#, ips.join(",")))
+        };
+        let ok = w.call("CHECK", "c1", &with_prev(&["10.1.17.2/24", "fc00::2/64"]));
+        assert!(ok.success, "{}", ok.stdout);
+        let e = error(&w.call("CHECK", "c1", &with_prev(&["10.1.17.2/24", "fc01::2/64"])));
+        assert_eq!(e["code"], code::SUBNET_CHANGED);
+        assert!(e["msg"].as_str().unwrap().contains("fc01::2/64 is outside"));
+        // The node's IPv6 lease changed under the pod.
+        std::fs::write(
+            w.dir.path().join("subnet.env"),
+            dual.replace("fc00::1/64", "fc00:0:0:1::1/64"),
+        )
+        .unwrap();
+        let e = error(&w.call("CHECK", "c1", &with_prev(&["10.1.17.2/24", "fc00::2/64"])));
+        assert_eq!(e["code"], code::SUBNET_CHANGED);
+        assert!(
+            e["msg"]
+                .as_str()
+                .unwrap()
+                .contains("fc00::/64 is no longer this node's")
+        );
+        // DEL hands the saved dual-stack delegate to the bridge as it is.
+        assert!(w.call("DEL", "c1", &w.conf("1.0.0")).success);
+        assert!(w.saved("c1").is_none());
+        assert!(
+            w.calls()
+                .lines()
+                .last()
+                .unwrap()
+                .contains(r#"[{"subnet":"fc00::/64"}]"#)
+        );
+    }
+
     #[test]
     fn bad_input_codes() {
         let w = World::new(None);
