@@ -144,7 +144,14 @@ fn assert_outer_family(lab: &mut Lab, from: usize, to: usize, target: IpAddr) {
         IpAddr::V4(_) => ("ip", lab.nodes[from].ip.into(), lab.nodes[to].ip.into()),
         IpAddr::V6(_) => ("ip6", lab.ip6(from).into(), lab.ip6(to).into()),
     };
-    let filter = format!("{family} and udp port {PORT}");
+    // The port in use: a weft node's from its status, else the kernel pair's.
+    let port = match lab.weftd_pid(from) {
+        Some(_) => lab.status(from)["lease"]["port"]
+            .as_u64()
+            .expect("the lease port in status"),
+        None => u64::from(PORT),
+    };
+    let filter = format!("{family} and udp port {port}");
     let log = format!("tcpdump-{family}-{from}-{to}.log");
     let dump = lab.spawn(
         &ns,
@@ -164,11 +171,11 @@ fn assert_outer_family(lab: &mut Lab, from: usize, to: usize, target: IpAddr) {
     );
     let dumped = lab.read_log(&log);
     let want = format!("{src}.");
-    let dst_port = format!("> {dst}.{PORT}");
+    let dst_port = format!("> {dst}.{port}");
     let tag = if family == "ip6" { "IP6 " } else { "IP " };
     assert!(
         dumped.contains(tag) && dumped.contains(&want) && dumped.contains(&dst_port),
-        "the overlay to {target} is not carried as {family}/UDP {src} -> {dst}.{PORT}: {dumped}"
+        "the overlay to {target} is not carried as {family}/UDP {src} -> {dst}.{port}: {dumped}"
     );
 }
 
