@@ -3,6 +3,8 @@
 //! A [`Lab`] is one underlay (a namespace holding bridge `br0`,
 //! 192.168.100.254/24) and any number of node namespaces, each wired to the
 //! bridge by a veth (`eth0`, 192.168.100.<n>/24, default route via .254).
+//! A dual-stack lab ([`Lab::new_dual`]) adds IPv6 to the same wires
+//! (`fd00:99::<n>/64`, default route via `fd00:99::fe`).
 //! Names carry the test process's pid and a counter, so tests run in parallel;
 //! dropping the lab kills every process it started and deletes every namespace
 //! (and with them their links, TAP devices and routes), also when the test
@@ -14,7 +16,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,6 +25,8 @@ use std::time::{Duration, Instant};
 pub const WEFTD: &str = env!("CARGO_BIN_EXE_weftd");
 pub const WEFT_CNI: &str = env!("CARGO_BIN_EXE_weft-cni");
 pub const UNDERLAY_GW: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 254);
+/// The underlay bridge's IPv6 address in a dual-stack lab ([`Lab::new_dual`]).
+pub const UNDERLAY_GW6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x99, 0, 0, 0, 0, 0, 0xfe);
 /// The net-conf.json the tests use unless they write their own.
 pub const DEFAULT_NET_CONF: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
 
@@ -185,6 +189,8 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
 pub struct Node {
     pub ns: String,
     pub ip: Ipv4Addr,
+    /// The node's underlay IPv6 address (`fd00:99::<n>`), in a dual-stack lab only.
+    pub ip6: Option<Ipv6Addr>,
 }
 
 /// A running weftd.
@@ -218,6 +224,8 @@ pub struct Lab {
     hosts: Vec<String>,
     children: Vec<Child>,
     weftds: BTreeMap<usize, Weftd>,
+    /// Whether the underlay also carries IPv6 ([`Lab::new_dual`]).
+    dual_stack: bool,
 }
 
 fn ip(args: &[&str]) -> Output {
@@ -276,6 +284,29 @@ const NS_IPV4_SETTINGS: [&str; 4] = [
     "net.ipv4.conf.default.rp_filter=0",
 ];
 
+/// IPv6 settings of every namespace of a dual-stack lab: IPv6 on, no
+/// forwarding (as [`NS_IPV4_SETTINGS`]; the CNI bridge plugin turns it on
+/// where pods need it), no router advertisements taken from anyone.
+const NS_IPV6_SETTINGS: [&str; 6] = [
+    "net.ipv6.conf.all.disable_ipv6=0",
+    "net.ipv6.conf.default.disable_ipv6=0",
+    "net.ipv6.conf.all.forwarding=0",
+    "net.ipv6.conf.default.forwarding=0",
+    "net.ipv6.conf.all.accept_ra=0",
+    "net.ipv6.conf.default.accept_ra=0",
+];
+
+/// Applies [`NS_IPV6_SETTINGS`] in namespace `name` (dual-stack labs only).
+fn set_ipv6_settings(name: &str) {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", name, "sysctl", "-q", "-w"])
+        .args(NS_IPV6_SETTINGS);
+    must(
+        output_with_timeout(&mut cmd, Duration::from_secs(10)),
+        "set the namespace's IPv6 settings",
+    );
+}
+
 /// Creates namespace `name` with the lab's IPv4 settings ([`NS_IPV4_SETTINGS`]).
 fn add_ns(name: &str) {
     must(ip(&["netns", "add", name]), "create namespace");
@@ -300,6 +331,24 @@ fn delete_ns(name: &str) {
 impl Lab {
     /// A new underlay with `nodes` node namespaces.
     pub fn new(nodes: usize) -> Lab {
+        Lab::build(nodes, false)
+    }
+
+    /// A new dual-stack underlay with `nodes` node namespaces: as [`Lab::new`],
+    /// and besides every namespace on the bridge has an IPv6 address on its
+    /// `eth0` (`fd00:99::<last octet of its IPv4 address, as a number>/64`,
+    /// node `i` has `fd00:99::<i+1>`), added `nodad` so that it is usable at
+    /// once, and an IPv6 default route via the bridge's [`UNDERLAY_GW6`].
+    pub fn new_dual(nodes: usize) -> Lab {
+        Lab::build(nodes, true)
+    }
+
+    /// Whether this lab's underlay carries IPv6 too.
+    pub fn dual_stack(&self) -> bool {
+        self.dual_stack
+    }
+
+    fn build(nodes: usize, dual_stack: bool) -> Lab {
         require_root();
         sweep_stale();
         let n = LABS.fetch_add(1, Ordering::SeqCst);
@@ -317,6 +366,7 @@ impl Lab {
             hosts: Vec::new(),
             children: Vec::new(),
             weftds: BTreeMap::new(),
+            dual_stack,
         };
         for cmd in [
             vec!["link", "set", "lo", "up"],
@@ -327,6 +377,28 @@ impl Lab {
             let mut args = vec!["-n", underlay.as_str()];
             args.extend(cmd);
             must(ip(&args), "set up the underlay");
+        }
+        if dual_stack {
+            set_ipv6_settings(&underlay);
+            let gw6 = format!("{UNDERLAY_GW6}/64");
+            for cmd in [
+                // No MLD snooping: the bridge floods neighbour solicitations
+                // to every port, whatever the nodes reported (or not) yet.
+                vec![
+                    "link",
+                    "set",
+                    "br0",
+                    "type",
+                    "bridge",
+                    "mcast_snooping",
+                    "0",
+                ],
+                vec!["-6", "addr", "add", &gw6, "dev", "br0", "nodad"],
+            ] {
+                let mut args = vec!["-n", underlay.as_str()];
+                args.extend(cmd);
+                must(ip(&args), "set up the underlay's IPv6");
+            }
         }
         std::fs::write(lab.net_conf_path(), DEFAULT_NET_CONF).expect("write net-conf");
         for _ in 0..nodes {
@@ -392,7 +464,37 @@ impl Lab {
             ]),
             "default route",
         );
+        if let Some(addr6) = self.underlay_v6(addr) {
+            set_ipv6_settings(&ns);
+            let cidr6 = format!("{addr6}/64");
+            must(
+                ip(&[
+                    "-n", &ns, "-6", "addr", "add", &cidr6, "dev", "eth0", "nodad",
+                ]),
+                "address eth0 (IPv6)",
+            );
+            must(
+                ip(&[
+                    "-n",
+                    &ns,
+                    "-6",
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    &UNDERLAY_GW6.to_string(),
+                ]),
+                "default route (IPv6)",
+            );
+        }
         ns
+    }
+
+    /// The underlay IPv6 address that goes with underlay IPv4 address `addr`
+    /// in a dual-stack lab (`fd00:99::<last octet>`); none in an IPv4 lab.
+    pub fn underlay_v6(&self, addr: Ipv4Addr) -> Option<Ipv6Addr> {
+        self.dual_stack
+            .then(|| Ipv6Addr::new(0xfd00, 0x99, 0, 0, 0, 0, 0, u16::from(addr.octets()[3])))
     }
 
     /// Adds a node namespace; returns its index (node `i` has address 192.168.100.`i+1`).
@@ -400,7 +502,8 @@ impl Lab {
         let i = self.nodes.len();
         let addr = Ipv4Addr::new(192, 168, 100, (i + 1) as u8);
         let ns = self.attach(&format!("n{i}"), addr, &format!("v{i}"));
-        self.nodes.push(Node { ns, ip: addr });
+        let ip6 = self.underlay_v6(addr);
+        self.nodes.push(Node { ns, ip: addr, ip6 });
         i
     }
 
@@ -1495,4 +1598,335 @@ pub fn spare_subnets(from: u8, taken: &[ipnet::Ipv4Net]) -> std::vec::IntoIter<i
         .filter(|n| !taken.contains(n))
         .collect::<Vec<_>>()
         .into_iter()
+}
+
+// ---------------------------------------------------------------------------
+// Dual stack: IPv6 on the underlay and the overlay (netns-tests/dualstack.rs)
+// ---------------------------------------------------------------------------
+
+/// A net-conf with both families: `10.244.0.0/16` and `fd10:244::/56` (a /24
+/// and a /64 per node), VNI 1 and UDP port `port`.
+pub fn dual_net_conf(port: u16) -> String {
+    format!(
+        r#"{{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd10:244::/56","Backend":{{"Type":"vxlan","VNI":1,"Port":{port}}}}}"#
+    )
+}
+
+/// flannel's lease key of a dual-stack lease (`10.244.5.0-24&fd10:244:0:5::-64`):
+/// the directory store's file name and the last part of the etcd key.
+pub fn dual_lease_key(v4: ipnet::Ipv4Net, v6: ipnet::Ipv6Net) -> String {
+    format!(
+        "{}-{}&{}-{}",
+        v4.network(),
+        v4.prefix_len(),
+        v6.network(),
+        v6.prefix_len()
+    )
+}
+
+/// flannel's lease JSON of a dual-stack vxlan node, byte for byte.
+pub fn dual_lease_json(
+    public_ip: Ipv4Addr,
+    public_ipv6: Ipv6Addr,
+    vni: u32,
+    mac: &str,
+    mac6: &str,
+) -> String {
+    format!(
+        r#"{{"PublicIP":"{public_ip}","PublicIPv6":"{public_ipv6}","BackendType":"vxlan","BackendData":{{"VNI":{vni},"VtepMAC":"{mac}"}},"BackendV6Data":{{"VNI":{vni},"VtepMAC":"{mac6}"}}}}"#
+    )
+}
+
+impl Lab {
+    /// The node's underlay IPv6 address; panics in an IPv4-only lab.
+    pub fn ip6(&self, node: usize) -> Ipv6Addr {
+        self.nodes[node]
+            .ip6
+            .unwrap_or_else(|| panic!("node {node} has no IPv6 address: use Lab::new_dual"))
+    }
+
+    /// The node's subnet file as `KEY → value` (empty if there is none).
+    pub fn subnet_env(&self, node: usize) -> BTreeMap<String, String> {
+        std::fs::read_to_string(self.subnet_file(node))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()
+    }
+
+    /// The node's IPv6 subnet, from `FLANNEL_IPV6_SUBNET` of its subnet file
+    /// (`fd10:244:0:5::1/64` → `fd10:244:0:5::/64`); panics, showing the
+    /// file, when it has none.
+    pub fn subnet_v6(&self, node: usize) -> ipnet::Ipv6Net {
+        let env = self.subnet_env(node);
+        let value = env.get("FLANNEL_IPV6_SUBNET").unwrap_or_else(|| {
+            panic!(
+                "node {node}'s subnet file has no FLANNEL_IPV6_SUBNET:\n{}",
+                std::fs::read_to_string(self.subnet_file(node)).unwrap_or_default()
+            )
+        });
+        let net: ipnet::Ipv6Net = value
+            .parse()
+            .unwrap_or_else(|e| panic!("node {node}: FLANNEL_IPV6_SUBNET={value}: {e}"));
+        net.trunc()
+    }
+
+    /// Waits until node's weftd is ready; returns its (IPv4, IPv6) subnets.
+    pub fn wait_ready_dual(&mut self, node: usize) -> (ipnet::Ipv4Net, ipnet::Ipv6Net) {
+        let v4 = self.wait_ready(node);
+        (v4, self.subnet_v6(node))
+    }
+
+    /// Starts weftd on `node` with `opts` and waits until it is ready; returns its (IPv4, IPv6) subnets.
+    pub fn start_weftd_dual(
+        &mut self,
+        node: usize,
+        opts: WeftdOpts,
+    ) -> (ipnet::Ipv4Net, ipnet::Ipv6Net) {
+        self.start_weftd_with(node, opts);
+        self.wait_ready_dual(node)
+    }
+
+    /// Peer routes on node's IPv6 VTEP device `flannel-v6.1`, as `ip -6 route` prints them.
+    pub fn vtep6_routes(&self, node: usize) -> Vec<String> {
+        let out = self.exec(
+            self.ns(node),
+            &["ip", "-6", "route", "show", "dev", "flannel-v6.1"],
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l.trim().to_owned())
+            .collect()
+    }
+
+    /// Pings IPv6 `target` from namespace `ns`: `count` packets, true if all answered.
+    pub fn ping6(&self, ns: &str, target: Ipv6Addr, count: u32) -> bool {
+        let c = count.to_string();
+        let target = target.to_string();
+        self.exec(
+            ns,
+            &[
+                "ping", "-6", "-c", &c, "-i", "0.2", "-W", "2", "-q", &target,
+            ],
+        )
+        .status
+        .success()
+    }
+
+    /// Pings IPv6 `target` until one reply comes back, or panics after `timeout`.
+    pub fn wait_ping6(&self, ns: &str, target: Ipv6Addr, timeout: Duration) {
+        let target_s = target.to_string();
+        wait_for(&format!("ping -6 {target} from {ns}"), timeout, || {
+            self.exec(ns, &["ping", "-6", "-c", "1", "-W", "1", "-q", &target_s])
+                .status
+                .success()
+                .then_some(())
+        })
+    }
+}
+
+/// `(MAC, MTU, flags)` of link `dev` in `ns` from `ip -o link show`; none if
+/// there is no such link.
+pub fn link_info(lab: &Lab, ns: &str, dev: &str) -> Option<(String, u32, String)> {
+    let out = lab.exec(ns, &["ip", "-o", "link", "show", "dev", dev]);
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let after = |key: &str| {
+        words
+            .iter()
+            .position(|w| *w == key)
+            .and_then(|i| words.get(i + 1))
+            .map(|w| (*w).to_owned())
+    };
+    let mac = after("link/ether").unwrap_or_default();
+    let mtu = after("mtu").and_then(|m| m.parse().ok()).unwrap_or(0);
+    let flags = words.get(2).map(|w| (*w).to_owned()).unwrap_or_default();
+    Some((mac, mtu, flags))
+}
+
+/// The first IPv6 address of an ADD result (any result version).
+pub fn result_ipv6(result: &serde_json::Value) -> (Ipv6Addr, ipnet::Ipv6Net) {
+    let address = result["ips"]
+        .as_array()
+        .and_then(|ips| {
+            ips.iter()
+                .filter_map(|ip| ip["address"].as_str())
+                .find(|a| a.contains(':'))
+        })
+        .unwrap_or_else(|| panic!("no IPv6 address in {result}"));
+    let net: ipnet::Ipv6Net = address.parse().expect("address/prefix");
+    (net.addr(), net)
+}
+
+/// iperf3 TCP for `seconds` s from `client_ns` to a one-shot server started in
+/// `server_ns` on `server_ip` (either family); returns (bytes received, Gbit/s).
+pub fn iperf3_bytes_gbps(
+    lab: &mut Lab,
+    server_ns: &str,
+    server_ip: IpAddr,
+    client_ns: &str,
+    seconds: u32,
+) -> (f64, f64) {
+    let ip = server_ip.to_string();
+    let log = format!("iperf3-{server_ns}-{}.log", lab.children.len());
+    let server = lab.spawn(server_ns, &["iperf3", "-s", "-1", "-B", &ip], &log);
+    wait_for("the iperf3 server", Duration::from_secs(5), || {
+        let out = lab.exec(server_ns, &["ss", "-ltn", "sport", "= :5201"]);
+        String::from_utf8_lossy(&out.stdout)
+            .contains("5201")
+            .then_some(())
+    });
+    let out = lab.exec(
+        client_ns,
+        &["iperf3", "-c", &ip, "-t", &seconds.to_string(), "-J"],
+    );
+    assert!(
+        out.status.success(),
+        "iperf3 {client_ns} -> {ip}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    lab.wait_child(server, Duration::from_secs(10));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("iperf3 JSON");
+    let sum = &report["end"]["sum_received"];
+    (
+        sum["bytes"].as_f64().unwrap_or(0.0),
+        sum["bits_per_second"].as_f64().unwrap_or(0.0) / 1e9,
+    )
+}
+
+/// The IPv6 half of a node programmed exactly as flannel's vxlan backend
+/// programs the kernel (flannel-compat.md §5), parallel to [`KernelVtep`]: a
+/// kernel `vxlan` device `flannel-v6.<VNI>` with `nolearning`, the local
+/// underlay IPv6 address, the configured port, MTU = underlay − 70 (what
+/// the kernel clamps flannel's − 50 to on an IPv6 VTEP), address `S6::/128`;
+/// per remote lease a permanent neighbour `S6:: → MAC`, a `self permanent`
+/// FDB entry `MAC → public IPv6`, and `S6 via S6:: onlink`.
+#[derive(Debug, Clone)]
+pub struct KernelVtep6 {
+    pub vni: u32,
+    pub port: u16,
+    pub subnet: ipnet::Ipv6Net,
+    pub mac: String,
+}
+
+impl KernelVtep6 {
+    pub fn device(&self) -> String {
+        format!("flannel-v6.{}", self.vni)
+    }
+
+    /// Creates and configures the device in `ns`, whose underlay IPv6 address is `local`.
+    pub fn create(&self, lab: &Lab, ns: &str, local: Ipv6Addr) {
+        let dev = self.device();
+        let vni = self.vni.to_string();
+        let port = self.port.to_string();
+        let local = local.to_string();
+        lab.run(
+            ns,
+            &[
+                "ip",
+                "link",
+                "add",
+                &dev,
+                "type",
+                "vxlan",
+                "id",
+                &vni,
+                "local",
+                &local,
+                "dev",
+                "eth0",
+                "dstport",
+                &port,
+                "nolearning",
+                "ttl",
+                "auto",
+            ],
+        );
+        lab.run(
+            ns,
+            &[
+                "ip", "link", "set", &dev, "address", &self.mac, "mtu", "1430",
+            ],
+        );
+        // flannel sets accept_ra = 0 on its devices.
+        let _ = lab.exec(
+            ns,
+            &[
+                "sysctl",
+                "-q",
+                "-w",
+                &format!("net.ipv6.conf.{dev}.accept_ra=0"),
+            ],
+        );
+        let addr = format!("{}/128", self.subnet.network());
+        lab.run(
+            ns,
+            &["ip", "-6", "addr", "add", &addr, "dev", &dev, "nodad"],
+        );
+        lab.run(ns, &["ip", "link", "set", &dev, "up"]);
+    }
+
+    /// Programs a remote lease: neighbour, FDB entry, then the route (flannel's order).
+    pub fn add_peer(
+        &self,
+        lab: &Lab,
+        ns: &str,
+        subnet: ipnet::Ipv6Net,
+        public_ipv6: Ipv6Addr,
+        mac: &str,
+    ) {
+        let dev = self.device();
+        let gw = subnet.network().to_string();
+        lab.run(
+            ns,
+            &[
+                "ip",
+                "-6",
+                "neigh",
+                "replace",
+                &gw,
+                "lladdr",
+                mac,
+                "dev",
+                &dev,
+                "nud",
+                "permanent",
+            ],
+        );
+        lab.run(
+            ns,
+            &[
+                "bridge",
+                "fdb",
+                "replace",
+                mac,
+                "dev",
+                &dev,
+                "dst",
+                &public_ipv6.to_string(),
+                "self",
+                "permanent",
+            ],
+        );
+        lab.run(
+            ns,
+            &[
+                "ip",
+                "-6",
+                "route",
+                "replace",
+                &subnet.to_string(),
+                "via",
+                &gw,
+                "dev",
+                &dev,
+                "onlink",
+            ],
+        );
+    }
 }

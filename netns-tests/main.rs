@@ -9,6 +9,7 @@
 mod cni;
 mod cni_churn;
 mod container;
+mod dualstack;
 mod etcd;
 mod faults;
 mod faults_underlay;
