@@ -39,6 +39,7 @@ fn peer(i: u32) -> Peer {
         .unwrap(),
         public_ip: Ipv4Addr::new(192, 168, b[2], b[3]),
         vtep_mac: MacAddr([0x0e, 1, 0, b[1], b[2], b[3]]),
+        v6: None,
     }
 }
 
@@ -47,7 +48,7 @@ fn router(peers: u32) -> Router {
     let local = LocalVtep {
         vni: Vni::new(1).unwrap(),
         mac: OUR_MAC,
-        public_ip: Ipv4Addr::new(192, 168, 0, 1),
+        public_ip: Ipv4Addr::new(192, 168, 0, 1).into(),
     };
     Router::new(local, SourceCheck::Strict, Tables::from_peers(&list))
 }
@@ -60,6 +61,7 @@ fn tx_config(vnet_hdr: bool) -> TxConfig {
         underlay_mtu: 1500,
         sockets: 16,
         udp_gso: true,
+        ipv6_underlay: false,
     }
 }
 
@@ -104,7 +106,7 @@ fn datagram_from(from: &Peer, len: usize) -> Vec<u8> {
 
 fn received(src: Ipv4Addr, len: usize, stride: usize) -> Received {
     Received {
-        src: Some(src),
+        src: Some(src.into()),
         len,
         stride,
         truncated: false,

@@ -19,7 +19,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use ipnet::Ipv4Net;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use weft::core::batch::{Received, RxBatch, RxConfig, TxBatch, TxConfig};
 use weft::core::fixtures::{arp_request, tso_superframe, tso_vnet_hdr, udp4_frame};
 use weft::core::lease::{Lease, LeaseAttrs, LeaseEvent, VxlanBackendData};
@@ -76,7 +76,7 @@ impl Node {
         let local = LocalVtep {
             vni: Vni::new(1).unwrap(),
             mac,
-            public_ip,
+            public_ip: public_ip.into(),
         };
         let rx = RxConfig {
             vnet_hdr,
@@ -124,6 +124,7 @@ impl Node {
             underlay_mtu: UNDERLAY_MTU,
             sockets: 4,
             udp_gso: true,
+            ipv6_underlay: false,
         };
         let (mut bufs, lens): (Vec<Vec<u8>>, Vec<usize>) = frames
             .iter()
@@ -149,7 +150,10 @@ impl Node {
                     .iter()
                     .flat_map(|p| self.tx.piece(&bufs, p).to_vec())
                     .collect();
-                (m.dst, bytes, m.gso_size.unwrap_or(0))
+                let SocketAddr::V4(dst) = m.dst else {
+                    panic!("an IPv4 node sent to {}", m.dst)
+                };
+                (dst, bytes, m.gso_size.unwrap_or(0))
             })
             .collect()
     }
@@ -163,7 +167,7 @@ impl Node {
             usize::from(stride)
         };
         let meta = [Received {
-            src: Some(src),
+            src: Some(src.into()),
             len: message.len(),
             stride,
             truncated: false,

@@ -93,7 +93,7 @@ pub fn run(data: &[u8]) {
             assert_eq!(
                 got,
                 Egress::Encap {
-                    dst: peer.public_ip,
+                    dst: peer.public_ip.into(),
                     flow: hash
                 }
             );

@@ -110,7 +110,7 @@ pub fn run(data: &[u8]) {
     }
 
     let router = wire::lab_router(check);
-    let got = router.ingress(src, datagram);
+    let got = router.ingress(src.into(), datagram);
     assert_eq!(
         got,
         expected(check, src, datagram),

@@ -26,7 +26,7 @@ fn received(selector: u8, len: usize, stride: usize) -> Received {
         _ => Some(Ipv4Addr::new(192, 168, 100, 2)),
     };
     Received {
-        src,
+        src: src.map(Into::into),
         len,
         stride,
         truncated: selector & 0x40 != 0,

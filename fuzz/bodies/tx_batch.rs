@@ -22,7 +22,7 @@ use weft::core::wire::vxlan::{self, Vni};
 const PORT: u16 = 4789;
 
 /// Plans the batch and checks it; returns every datagram on the wire with its destination.
-fn plan(config: &TxConfig, frames: &[&[u8]]) -> Vec<(std::net::SocketAddrV4, Vec<u8>)> {
+fn plan(config: &TxConfig, frames: &[&[u8]]) -> Vec<(std::net::SocketAddr, Vec<u8>)> {
     // The buffers as the reader fills them: with the virtio flag each chunk
     // is what one read returned (header and frame; a read shorter than a
     // virtio header still reaches the plan, which must refuse it); without,
@@ -57,7 +57,7 @@ fn plan(config: &TxConfig, frames: &[&[u8]]) -> Vec<(std::net::SocketAddrV4, Vec
         assert_eq!(m.dst.port(), PORT);
         let peer = peers
             .iter()
-            .find(|p| p.public_ip == *m.dst.ip())
+            .find(|p| std::net::IpAddr::from(p.public_ip) == m.dst.ip())
             .expect("messages go to a peer");
         assert!(!m.pieces.is_empty() && m.pieces.len() <= MAX_GSO_SEGMENTS);
         assert_ne!(m.gso_size, Some(0), "a GSO size of zero");
@@ -88,10 +88,14 @@ fn plan(config: &TxConfig, frames: &[&[u8]]) -> Vec<(std::net::SocketAddrV4, Vec
         match wire::be16(r, 12) {
             0x0806 => assert_eq!(r.len(), 42),
             0x0800 => assert_eq!(r[ETH_LEN + 9], 1, "ICMP"),
+            0x86dd => assert_eq!(r[ETH_LEN + 6], 58, "ICMPv6"),
             other => panic!("a reply of ethertype {other:#06x}"),
         }
     }
-    assert_eq!(replies, tally.arp_replies + tally.icmp_too_big);
+    assert_eq!(
+        replies,
+        tally.arp_replies + tally.ndp_replies + tally.icmp_too_big
+    );
     out
 }
 
@@ -110,6 +114,7 @@ pub fn run(data: &[u8]) {
         underlay_mtu: mtu,
         sockets,
         udp_gso,
+        ipv6_underlay: false,
     };
     let with = plan(&config(true), &frames);
     let without = plan(&config(false), &frames);

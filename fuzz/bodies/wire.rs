@@ -113,6 +113,7 @@ pub fn peers() -> [Peer; 3] {
         subnet: ipnet::Ipv4Net::new(Ipv4Addr::new(10, 244, i, 0), 24).expect("a /24"),
         public_ip: Ipv4Addr::new(192, 168, 100, i),
         vtep_mac: MacAddr([0x0e, 0, 0, 0, 0, i]),
+        v6: None,
     };
     [peer(2), peer(3), peer(4)]
 }
@@ -121,7 +122,7 @@ pub fn lab_router(check: SourceCheck) -> Router {
     let local = LocalVtep {
         vni: Vni::new(1).expect("1 fits"),
         mac: OUR_MAC,
-        public_ip: OUR_IP,
+        public_ip: OUR_IP.into(),
     };
     Router::new(local, check, Tables::from_peers(peers().iter()))
 }

@@ -25,7 +25,7 @@ use super::offload::{
 };
 use super::router::{DropReason, Egress, Ingress, Router};
 use super::wire::{ethernet, vxlan};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 
 /// Largest frame (or super-frame) read from the TAP — an IP packet of 64 KiB
@@ -42,9 +42,10 @@ pub const MAX_UDP_PAYLOAD: usize = 65507;
 /// make it grow, once.
 const ARENA_PER_FRAME: usize =
     MAX_FRAME + MAX_GSO_SEGMENTS * (vxlan::HEADER_LEN + offload::MAX_HEADERS);
-/// Room for one reply written back into the TAP: an ARP reply (42 bytes) or
-/// an ICMP "fragmentation needed" (at most 110).
-const REPLY_ROOM: usize = 128;
+/// Room for one reply written back into the TAP: an ARP reply (42 bytes), a
+/// Neighbor Advertisement (86), an ICMP "fragmentation needed" (at most
+/// 110) or an ICMPv6 Packet Too Big (at most 1294).
+const REPLY_ROOM: usize = offload::icmp6::MAX_REPLY_LEN;
 /// Most datagrams one GRO run holds (`UDP_MAX_SEGMENTS`).
 const MAX_GRO_SEGMENTS: usize = 64;
 
@@ -62,6 +63,8 @@ pub struct Tally {
     pub decap_bytes: u64,
     /// ARP requests answered.
     pub arp_replies: u64,
+    /// Neighbor Solicitations answered.
+    pub ndp_replies: u64,
     /// Super-frames read from the TAP and split.
     pub tso_frames: u64,
     /// Frames (not split from a super-frame) that left with others of their
@@ -69,7 +72,8 @@ pub struct Tally {
     pub gso_datagrams: u64,
     /// Super-frames written to the TAP after coalescing.
     pub gro_frames: u64,
-    /// ICMP "fragmentation needed" messages sent back into the TAP.
+    /// ICMP "fragmentation needed" and ICMPv6 "packet too big" messages sent
+    /// back into the TAP.
     pub icmp_too_big: u64,
     /// Decapsulated frames whose inner checksums were not checked again.
     pub checksum_trusted: u64,
@@ -117,6 +121,9 @@ pub struct TxConfig {
     pub sockets: usize,
     /// UDP GSO is in use.
     pub udp_gso: bool,
+    /// The underlay is IPv6: each datagram carries a 40-byte outer IP header
+    /// instead of 20.
+    pub ipv6_underlay: bool,
 }
 
 impl TxConfig {
@@ -128,6 +135,12 @@ impl TxConfig {
         } else {
             vxlan::HEADER_LEN
         }
+    }
+
+    /// The size of the IP packet on the underlay that carries `frame_len`
+    /// bytes of inner frame: outer IP, UDP and VXLAN headers added.
+    pub fn outer_len(&self, frame_len: usize) -> usize {
+        offload::outer_len(frame_len) + if self.ipv6_underlay { 20 } else { 0 }
     }
 }
 
@@ -152,7 +165,7 @@ pub struct Message {
     /// Index of the sending socket in the pool.
     pub socket: usize,
     /// The peer's VXLAN endpoint.
-    pub dst: SocketAddrV4,
+    pub dst: SocketAddr,
     /// Its data, as indices into [`TxBatch::pieces`].
     pub pieces: Range<usize>,
     /// The UDP GSO segment size, for a message of several datagrams.
@@ -166,14 +179,14 @@ pub struct Message {
 enum Plan {
     /// Send `frames[index][start..end]` (VXLAN header in place) as one datagram.
     Datagram {
-        dst: SocketAddrV4,
+        dst: SocketAddr,
         socket: usize,
         start: usize,
         end: usize,
     },
     /// Send segments `segs[first..last]` (GSO segment length `seg_len`; 0: no GSO).
     Segments {
-        dst: SocketAddrV4,
+        dst: SocketAddr,
         socket: usize,
         first: usize,
         last: usize,
@@ -346,7 +359,7 @@ impl TxBatch {
         let Some((dst, flow)) = self.egress(router, &buf[offset..offset + len]) else {
             return Plan::Skip;
         };
-        let dst = SocketAddrV4::new(dst, config.port);
+        let dst = SocketAddr::new(dst, config.port);
         let socket = flow % config.sockets.max(1);
         match super_frame {
             None => self.plan_whole(config, header, buf, len, dst, socket),
@@ -371,7 +384,7 @@ impl TxBatch {
         header: &[u8; vxlan::HEADER_LEN],
         buf: &mut [u8],
         len: usize,
-        dst: SocketAddrV4,
+        dst: SocketAddr,
         socket: usize,
     ) -> Plan {
         let offset = config.frame_offset();
@@ -400,7 +413,7 @@ impl TxBatch {
         header: &[u8; vxlan::HEADER_LEN],
         frame: &[u8],
         hdr: &VnetHdr,
-        dst: SocketAddrV4,
+        dst: SocketAddr,
         socket: usize,
     ) -> Plan {
         let first = self.segs.len();
@@ -415,11 +428,11 @@ impl TxBatch {
             }
         };
         let inner_segment = split.segment_len - vxlan::HEADER_LEN;
-        if offload::outer_len(inner_segment) > config.underlay_mtu as usize {
+        if config.outer_len(inner_segment) > config.underlay_mtu as usize {
             self.segs.truncate(first);
             self.arena.truncate(arena_mark);
             if !self.too_big(config, frame, inner_segment) {
-                // No ICMP possible (no DF, IPv6): the super-frame cannot go out.
+                // No ICMP possible (no DF): the super-frame cannot go out.
                 self.tally.drop(DropReason::TooBig);
             }
             return Plan::Skip;
@@ -442,12 +455,17 @@ impl TxBatch {
     /// The router's decision for `frame`: where to send it and its flow hash,
     /// or `None` when it was answered (the reply queued) or dropped (counted).
     #[inline]
-    fn egress(&mut self, router: &Router, frame: &[u8]) -> Option<(Ipv4Addr, usize)> {
+    fn egress(&mut self, router: &Router, frame: &[u8]) -> Option<(IpAddr, usize)> {
         match router.egress(frame, &mut self.scratch) {
             Egress::Encap { dst, flow } => Some((dst, flow as usize)),
             Egress::ArpReply { len } => {
                 self.keep_reply(len);
                 self.tally.arp_replies += 1;
+                None
+            }
+            Egress::NdpReply { len } => {
+                self.keep_reply(len);
+                self.tally.ndp_replies += 1;
                 None
             }
             Egress::Drop(reason) => {
@@ -458,16 +476,23 @@ impl TxBatch {
     }
 
     /// Handles a frame whose datagram would exceed the underlay MTU: IPv4 with DF
-    /// gets an ICMP "fragmentation needed" back through the TAP and is dropped;
-    /// anything else goes out and the kernel fragments the outer packet, as
-    /// flannel's kernel device (no DF) would. Returns true when dropped.
+    /// gets an ICMP "fragmentation needed" back through the TAP, IPv6 (bigger
+    /// than 1280 bytes) an ICMPv6 "packet too big", and is dropped; anything
+    /// else goes out and the kernel fragments the outer packet, as flannel's
+    /// kernel device (no DF) would. Returns true when dropped.
     fn too_big(&mut self, config: &TxConfig, frame: &[u8], inner_len: usize) -> bool {
         let mtu = config.underlay_mtu as usize;
-        if offload::outer_len(inner_len) <= mtu {
+        if config.outer_len(inner_len) <= mtu {
             return false;
         }
-        let overlay_mtu = mtu.saturating_sub(offload::outer_len(ethernet::HEADER_LEN)) as u16;
-        match offload::icmp_frag_needed(frame, overlay_mtu, &mut self.scratch) {
+        let overlay_mtu = mtu.saturating_sub(config.outer_len(ethernet::HEADER_LEN));
+        let ipv6 = frame.get(12..14) == Some(&[0x86, 0xdd][..]);
+        let reply = if ipv6 {
+            offload::icmp6_packet_too_big(frame, overlay_mtu as u32, &mut self.scratch)
+        } else {
+            offload::icmp_frag_needed(frame, overlay_mtu as u16, &mut self.scratch)
+        };
+        match reply {
             Some(len) => {
                 self.keep_reply(len);
                 self.tally.icmp_too_big += 1;
@@ -572,7 +597,7 @@ impl TxBatch {
             return i;
         };
         let size = end - start;
-        if offload::outer_len(size - vxlan::HEADER_LEN) > config.underlay_mtu as usize {
+        if config.outer_len(size - vxlan::HEADER_LEN) > config.underlay_mtu as usize {
             return i;
         }
         let (mut last, mut total, mut count) = (i, size, 1);
@@ -610,8 +635,8 @@ impl TxBatch {
 /// of `stride` bytes each (the last may be shorter).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Received {
-    /// The sender's address (`None`: not IPv4).
-    pub src: Option<Ipv4Addr>,
+    /// The sender's address (`None`: unknown family).
+    pub src: Option<IpAddr>,
     /// Bytes received into the slot.
     pub len: usize,
     /// The size of each datagram of a GRO run but the last (`len` when not a run).
@@ -798,6 +823,7 @@ mod tests {
             underlay_mtu: 1500,
             sockets: 4,
             udp_gso,
+            ipv6_underlay: false,
         }
     }
 
@@ -836,7 +862,7 @@ mod tests {
             let [m] = batch.messages() else {
                 panic!("{:?}", batch.messages())
             };
-            assert_eq!(m.dst, SocketAddrV4::new(PEER_IP, PORT));
+            assert_eq!(m.dst, SocketAddr::new(PEER_IP.into(), PORT));
             assert_eq!(m.socket, crate::core::flow::hash(&frame) as usize % 4);
             assert_eq!((m.gso_size, m.frames), (None, 1));
             let mut want = vxlan::header_bytes(Vni::new(1).unwrap()).to_vec();
@@ -1028,7 +1054,7 @@ mod tests {
 
     fn received(buf: &[u8], stride: usize) -> Received {
         Received {
-            src: Some(PEER_IP),
+            src: Some(PEER_IP.into()),
             len: buf.len(),
             stride,
             truncated: false,

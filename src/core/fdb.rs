@@ -12,7 +12,7 @@
 
 use super::mac::MacAddr;
 use foldhash::{HashMap, HashSet};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 /// Why a destination MAC has no FDB entry. weft never floods either kind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,9 +37,9 @@ pub enum SenderCheck {
 /// VtepMAC → public IP for sending; announced (public IP, VtepMAC) pairs for receiving.
 #[derive(Clone, Debug, Default)]
 pub struct Fdb {
-    by_mac: HashMap<MacAddr, Ipv4Addr>,
-    pairs: HashSet<(Ipv4Addr, MacAddr)>,
-    ips: HashMap<Ipv4Addr, usize>,
+    by_mac: HashMap<MacAddr, IpAddr>,
+    pairs: HashSet<(IpAddr, MacAddr)>,
+    ips: HashMap<IpAddr, usize>,
     macs: HashMap<MacAddr, usize>,
 }
 
@@ -51,7 +51,8 @@ impl Fdb {
 
     /// Records that a lease announces `mac` at `ip`; for sending, replaces any
     /// earlier entry for `mac`.
-    pub fn insert(&mut self, mac: MacAddr, ip: Ipv4Addr) {
+    pub fn insert(&mut self, mac: MacAddr, ip: impl Into<IpAddr>) {
+        let ip = ip.into();
         self.by_mac.insert(mac, ip);
         if self.pairs.insert((ip, mac)) {
             *self.ips.entry(ip).or_default() += 1;
@@ -60,7 +61,7 @@ impl Fdb {
     }
 
     /// The public IP to send frames for `mac` to.
-    pub fn lookup(&self, mac: MacAddr) -> Result<Ipv4Addr, FdbMiss> {
+    pub fn lookup(&self, mac: MacAddr) -> Result<IpAddr, FdbMiss> {
         if mac.is_multicast() {
             return Err(FdbMiss::Group);
         }
@@ -68,7 +69,7 @@ impl Fdb {
     }
 
     /// Whether a datagram from `ip` carrying inner source `mac` comes from a known VTEP.
-    pub fn check_sender(&self, ip: Ipv4Addr, mac: MacAddr) -> SenderCheck {
+    pub fn check_sender(&self, ip: IpAddr, mac: MacAddr) -> SenderCheck {
         if self.pairs.contains(&(ip, mac)) {
             SenderCheck::Known
         } else if self.ips.contains_key(&ip) {
@@ -94,7 +95,7 @@ impl Fdb {
     }
 
     /// Every send entry, (VTEP MAC, public IP).
-    pub fn iter(&self) -> impl Iterator<Item = (MacAddr, Ipv4Addr)> + '_ {
+    pub fn iter(&self) -> impl Iterator<Item = (MacAddr, IpAddr)> + '_ {
         self.by_mac.iter().map(|(m, ip)| (*m, *ip))
     }
 }
@@ -107,8 +108,10 @@ mod tests {
         MacAddr([0x0e, 0, 0, 0, 0, last])
     }
 
-    const A: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 1);
-    const B: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 9);
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    const A: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 168, 0, 1));
+    const B: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 168, 0, 9));
 
     #[test]
     fn lookup_and_sender_check() {
@@ -146,5 +149,19 @@ mod tests {
         assert_eq!(fdb.check_sender(A, mac(2)), SenderCheck::Known);
         assert_eq!(fdb.lookup(mac(1)), Ok(A));
         assert_eq!(fdb.lookup(mac(2)), Ok(A));
+    }
+
+    #[test]
+    fn ipv6_vteps_and_ipv4_vteps_are_told_apart() {
+        let v6 = IpAddr::V6(Ipv6Addr::new(0xfd00, 0x99, 0, 0, 0, 0, 0, 1));
+        let mut fdb = Fdb::new();
+        fdb.insert(mac(1), A);
+        fdb.insert(mac(2), v6);
+        assert_eq!(fdb.lookup(mac(2)), Ok(v6));
+        assert_eq!(fdb.check_sender(v6, mac(2)), SenderCheck::Known);
+        assert_eq!(fdb.check_sender(v6, mac(1)), SenderCheck::WrongMac);
+        // The v4-mapped form of A is another address: no lease announces it.
+        let mapped = IpAddr::V6(Ipv4Addr::new(192, 168, 0, 1).to_ipv6_mapped());
+        assert_eq!(fdb.check_sender(mapped, mac(1)), SenderCheck::UnknownIp);
     }
 }

@@ -128,11 +128,12 @@ pub fn two_node_router(check: super::router::SourceCheck) -> super::router::Rout
         subnet: ipnet::Ipv4Net::new(Ipv4Addr::new(10, 244, 2, 0), 24).unwrap_or_default(),
         public_ip: PEER_IP,
         vtep_mac: PEER_MAC,
+        v6: None,
     };
     let local = LocalVtep {
         vni: super::wire::vxlan::Vni::from_be_bytes([0, 0, 1]),
         mac: OUR_MAC,
-        public_ip: Ipv4Addr::new(192, 168, 100, 1),
+        public_ip: Ipv4Addr::new(192, 168, 100, 1).into(),
     };
     Router::new(local, check, Tables::from_peers([&peer]))
 }

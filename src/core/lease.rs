@@ -45,6 +45,15 @@ pub enum LeaseError {
     /// The subnet is not inside the cluster's `Network`.
     #[error("subnet is outside the cluster network {0}")]
     OutsideNetwork(ipnet::Ipv4Net),
+    /// The IPv6 subnet overlaps this node's own IPv6 subnet (dual stack).
+    #[error("IPv6 subnet overlaps this node's own IPv6 subnet {0}")]
+    ClaimsOwnIpv6Subnet(ipnet::Ipv6Net),
+    /// The lease names this node's own public IPv6 address (dual stack).
+    #[error("PublicIPv6 {0} is this node's own address")]
+    ClaimsOwnPublicIpv6(std::net::Ipv6Addr),
+    /// The IPv6 subnet is not inside the cluster's `IPv6Network`.
+    #[error("IPv6 subnet is outside the cluster IPv6 network {0}")]
+    OutsideIpv6Network(ipnet::Ipv6Net),
 }
 
 impl LeaseError {
@@ -56,9 +65,13 @@ impl LeaseError {
             LeaseError::BadPublicIp(_) => "bad_public_ip",
             LeaseError::ForeignBackend(_) => "foreign_backend",
             LeaseError::BadBackendData(_) => "bad_backend_data",
-            LeaseError::ClaimsOwnSubnet(_) => "claims_own_subnet",
-            LeaseError::ClaimsOwnPublicIp(_) => "claims_own_public_ip",
-            LeaseError::OutsideNetwork(_) => "outside_network",
+            LeaseError::ClaimsOwnSubnet(_) | LeaseError::ClaimsOwnIpv6Subnet(_) => {
+                "claims_own_subnet"
+            }
+            LeaseError::ClaimsOwnPublicIp(_) | LeaseError::ClaimsOwnPublicIpv6(_) => {
+                "claims_own_public_ip"
+            }
+            LeaseError::OutsideNetwork(_) | LeaseError::OutsideIpv6Network(_) => "outside_network",
             LeaseError::TooLarge(_) => "too_large",
         }
     }

@@ -11,10 +11,11 @@ use super::arp::{ArpRefusal, ArpTable};
 use super::fdb::{Fdb, FdbMiss, SenderCheck};
 use super::flow;
 use super::mac::MacAddr;
+use super::ndp::{NdpRefusal, NdpTable};
 use super::wire::ethernet::{self, ethertype};
 use super::wire::vxlan::{self, Vni};
-use ipnet::Ipv4Net;
-use std::net::Ipv4Addr;
+use ipnet::{Ipv4Net, Ipv6Net};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Why a frame or datagram was not forwarded. Each reason is one metric label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -39,6 +40,14 @@ pub enum DropReason {
     ArpUnknownTarget,
     /// ARP that is not a request, or not IPv4 over Ethernet.
     ArpMalformed,
+    /// Neighbor Solicitation for an address that is no remote IPv6 subnet's gateway.
+    NdpUnknownTarget,
+    /// Router Solicitations, MLD reports and other neighbour-discovery
+    /// messages a new IPv6 device sends: nobody on the overlay answers them.
+    NdpIgnored,
+    /// A Neighbor Solicitation that breaks RFC 4861 (bad checksum, hop
+    /// limit, length, options or addressing).
+    NdpMalformed,
     /// A frame or segment bigger than the underlay can carry.
     TooBig,
     /// An offload header (virtio-net) the dataplane cannot handle.
@@ -53,7 +62,7 @@ pub enum DropReason {
 
 impl DropReason {
     /// Every reason, in label order.
-    pub const ALL: [DropReason; 15] = [
+    pub const ALL: [DropReason; 18] = [
         DropReason::TooShort,
         DropReason::BadFlags,
         DropReason::WrongVni,
@@ -64,6 +73,9 @@ impl DropReason {
         DropReason::GroupDestination,
         DropReason::ArpUnknownTarget,
         DropReason::ArpMalformed,
+        DropReason::NdpUnknownTarget,
+        DropReason::NdpIgnored,
+        DropReason::NdpMalformed,
         DropReason::TooBig,
         DropReason::BadOffload,
         DropReason::BadChecksum,
@@ -87,6 +99,9 @@ impl DropReason {
             DropReason::GroupDestination => "group_destination",
             DropReason::ArpUnknownTarget => "arp_unknown_target",
             DropReason::ArpMalformed => "arp_malformed",
+            DropReason::NdpUnknownTarget => "ndp_unknown_target",
+            DropReason::NdpIgnored => "ndp_ignored",
+            DropReason::NdpMalformed => "ndp_malformed",
             DropReason::TooBig => "too_big",
             DropReason::BadOffload => "bad_offload",
             DropReason::BadChecksum => "bad_checksum",
@@ -119,8 +134,8 @@ pub struct LocalVtep {
     pub vni: Vni,
     /// The VtepMAC (the TAP's MAC).
     pub mac: MacAddr,
-    /// The node's public IP.
-    pub public_ip: Ipv4Addr,
+    /// The node's public IP (of the underlay family this VTEP sends over).
+    pub public_ip: IpAddr,
 }
 
 /// A remote node, as its lease describes it.
@@ -132,6 +147,8 @@ pub struct Peer {
     pub public_ip: Ipv4Addr,
     /// Its VtepMAC.
     pub vtep_mac: MacAddr,
+    /// Its IPv6 VTEP (`flannel-v6.<VNI>`), when its lease has an IPv6 subnet.
+    pub v6: Option<PeerV6>,
 }
 
 impl Peer {
@@ -141,13 +158,35 @@ impl Peer {
     }
 }
 
+/// A remote node's IPv6 VTEP, as the IPv6 half of its lease describes it
+/// (`IPv6Subnet`, `PublicIPv6`, `BackendV6Data`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerV6 {
+    /// Its IPv6 subnet.
+    pub subnet: Ipv6Net,
+    /// Where its IPv6 VTEP is reached: its public IPv6 address.
+    pub public_ip: Ipv6Addr,
+    /// The VtepMAC of its `flannel-v6.<VNI>`.
+    pub vtep_mac: MacAddr,
+}
+
+impl PeerV6 {
+    /// The address the kernel routes the peer's IPv6 subnet through: the
+    /// subnet's network address, as flannel programs it.
+    pub fn gateway(&self) -> Ipv6Addr {
+        self.subnet.network()
+    }
+}
+
 /// The tables the dataplane decides with, built from the set of peers.
 #[derive(Clone, Debug, Default)]
 pub struct Tables {
     /// VtepMAC → public IP, and the senders accepted.
     pub fdb: Fdb,
-    /// Remote gateways answered for.
+    /// Remote gateways answered for (IPv4 device).
     pub arp: ArpTable,
+    /// Remote IPv6 gateways answered for (IPv6 device).
+    pub ndp: NdpTable,
 }
 
 impl Tables {
@@ -161,6 +200,17 @@ impl Tables {
         }
         tables
     }
+
+    /// The tables of the IPv6 device `flannel-v6.<VNI>`: the IPv6 half of
+    /// each peer's lease (peers without one are left out), oldest first.
+    pub fn from_peers_v6<'a>(peers: impl IntoIterator<Item = &'a Peer>) -> Tables {
+        let mut tables = Tables::default();
+        for v6 in peers.into_iter().filter_map(|p| p.v6.as_ref()) {
+            tables.fdb.insert(v6.vtep_mac, v6.public_ip);
+            tables.ndp.insert(v6.gateway(), v6.vtep_mac);
+        }
+        tables
+    }
 }
 
 /// What to do with a frame read from the TAP.
@@ -170,12 +220,18 @@ pub enum Egress {
     /// which picks the outer UDP source port (one flow, one port).
     Encap {
         /// The peer's public IP.
-        dst: Ipv4Addr,
+        dst: IpAddr,
         /// The inner flow's hash.
         flow: u32,
     },
     /// Write the ARP reply of this length (already in the caller's buffer) to the TAP.
     ArpReply {
+        /// The reply's length.
+        len: usize,
+    },
+    /// Write the Neighbor Advertisement of this length (already in the
+    /// caller's buffer) to the TAP.
+    NdpReply {
         /// The reply's length.
         len: usize,
     },
@@ -228,8 +284,14 @@ impl Router {
         }
     }
 
-    /// Decides what to do with `frame` from the TAP. An ARP reply is written into `reply`
-    /// (at least [`super::arp::REPLY_LEN`] bytes).
+    /// Decides what to do with `frame` from the TAP. An ARP reply or a
+    /// Neighbor Advertisement is written into `reply` (at least
+    /// [`super::ndp::ADVERT_LEN`] bytes).
+    ///
+    /// Every IPv6 frame is first offered to the NDP responder: the kernel's
+    /// solicitations for remote gateways are answered from the leases, its
+    /// router solicitations and MLD reports dropped (counted), and anything
+    /// that is no neighbour discovery goes on to the FDB like any frame.
     pub fn egress(&self, frame: &[u8], reply: &mut [u8]) -> Egress {
         let Ok(eth) = ethernet::Frame::new_checked(frame) else {
             return Egress::Drop(DropReason::TooShort);
@@ -243,6 +305,25 @@ impl Router {
                 }
             };
         }
+        if eth.ethertype() == ethertype::IPV6 {
+            match self.tables.ndp.respond(frame, reply) {
+                Ok(len) => return Egress::NdpReply { len },
+                Err(NdpRefusal::NotNdp) => {}
+                Err(NdpRefusal::UnknownTarget) => {
+                    return Egress::Drop(DropReason::NdpUnknownTarget);
+                }
+                Err(NdpRefusal::RouterSolicitation | NdpRefusal::Mld | NdpRefusal::OtherNdp) => {
+                    return Egress::Drop(DropReason::NdpIgnored);
+                }
+                Err(
+                    NdpRefusal::Malformed
+                    | NdpRefusal::BadChecksum
+                    | NdpRefusal::HopLimit
+                    | NdpRefusal::Misaddressed
+                    | NdpRefusal::NoRoom,
+                ) => return Egress::Drop(DropReason::NdpMalformed),
+            }
+        }
         match self.tables.fdb.lookup(eth.dst_addr()) {
             Ok(ip) => Egress::Encap {
                 dst: ip,
@@ -254,7 +335,7 @@ impl Router {
     }
 
     /// Decides what to do with a VXLAN `datagram` (UDP payload) from `src`.
-    pub fn ingress(&self, src: Ipv4Addr, datagram: &[u8]) -> Ingress {
+    pub fn ingress(&self, src: IpAddr, datagram: &[u8]) -> Ingress {
         let Ok(packet) = vxlan::Packet::new_checked(datagram) else {
             return Ingress::Drop(DropReason::TooShort);
         };
@@ -316,7 +397,7 @@ mod tests {
         let r = router(SourceCheck::Strict);
         let mut reply = [0u8; 64];
         match r.egress(&ipv4_frame(PEER_MAC, OUR_MAC), &mut reply) {
-            Egress::Encap { dst, flow: _ } => assert_eq!(dst, PEER_IP),
+            Egress::Encap { dst, flow: _ } => assert_eq!(dst, IpAddr::from(PEER_IP)),
             other => panic!("{other:?}"),
         }
     }
@@ -347,34 +428,37 @@ mod tests {
     fn ingress_accepts_only_the_real_peer() {
         let r = router(SourceCheck::Strict);
         let good = datagram(1, &ipv4_frame(OUR_MAC, PEER_MAC));
-        assert_eq!(r.ingress(PEER_IP, &good), Ingress::Deliver);
-        assert_eq!(r.ingress(PEER_IP, &[]), Ingress::Drop(DropReason::TooShort));
+        assert_eq!(r.ingress(PEER_IP.into(), &good), Ingress::Deliver);
         assert_eq!(
-            r.ingress(PEER_IP, &good[..12]),
+            r.ingress(PEER_IP.into(), &[]),
+            Ingress::Drop(DropReason::TooShort)
+        );
+        assert_eq!(
+            r.ingress(PEER_IP.into(), &good[..12]),
             Ingress::Drop(DropReason::TooShort)
         );
         let mut unflagged = good.clone();
         unflagged[0] = 0;
         assert_eq!(
-            r.ingress(PEER_IP, &unflagged),
+            r.ingress(PEER_IP.into(), &unflagged),
             Ingress::Drop(DropReason::BadFlags)
         );
         assert_eq!(
-            r.ingress(PEER_IP, &datagram(2, &ipv4_frame(OUR_MAC, PEER_MAC))),
+            r.ingress(PEER_IP.into(), &datagram(2, &ipv4_frame(OUR_MAC, PEER_MAC))),
             Ingress::Drop(DropReason::WrongVni)
         );
         assert_eq!(
-            r.ingress(Ipv4Addr::new(192, 168, 100, 66), &good),
+            r.ingress(Ipv4Addr::new(192, 168, 100, 66).into(), &good),
             Ingress::Drop(DropReason::UnknownVtep)
         );
         let spoofed = datagram(1, &ipv4_frame(OUR_MAC, MacAddr([0x0e, 6, 6, 6, 6, 6])));
         assert_eq!(
-            r.ingress(PEER_IP, &spoofed),
+            r.ingress(PEER_IP.into(), &spoofed),
             Ingress::Drop(DropReason::SpoofedSourceMac)
         );
         let elsewhere = datagram(1, &ipv4_frame(MacAddr([0x0e, 7, 7, 7, 7, 7]), PEER_MAC));
         assert_eq!(
-            r.ingress(PEER_IP, &elsewhere),
+            r.ingress(PEER_IP.into(), &elsewhere),
             Ingress::Drop(DropReason::NotForUs)
         );
     }
@@ -384,12 +468,12 @@ mod tests {
         let r = router(SourceCheck::Relaxed);
         let good = datagram(1, &ipv4_frame(OUR_MAC, PEER_MAC));
         assert_eq!(
-            r.ingress(Ipv4Addr::new(203, 0, 113, 9), &good),
+            r.ingress(Ipv4Addr::new(203, 0, 113, 9).into(), &good),
             Ingress::Deliver
         );
         let spoofed = datagram(1, &ipv4_frame(OUR_MAC, MacAddr([0x0e, 6, 6, 6, 6, 6])));
         assert_eq!(
-            r.ingress(PEER_IP, &spoofed),
+            r.ingress(PEER_IP.into(), &spoofed),
             Ingress::Drop(DropReason::SpoofedSourceMac)
         );
     }

@@ -14,10 +14,10 @@
 
 use super::lease::{Lease, LeaseError, LeaseEvent};
 use super::mac::MacAddr;
-use super::router::Peer;
-use ipnet::Ipv4Net;
+use super::router::{Peer, PeerV6};
+use ipnet::{Ipv4Net, Ipv6Net};
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// The leases this node knows of, keyed by IPv4 subnet.
 #[derive(Debug, Clone, Default)]
@@ -145,6 +145,16 @@ struct OwnNode {
     subnet: Ipv4Net,
     public_ip: Ipv4Addr,
     network: Ipv4Net,
+    /// In dual stack: the same for IPv6, vetting the leases' IPv6 halves.
+    v6: Option<OwnV6>,
+}
+
+/// This node's IPv6 subnet, public IPv6 address and the cluster's `IPv6Network`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct OwnV6 {
+    subnet: Ipv6Net,
+    public_ip: Ipv6Addr,
+    network: Ipv6Net,
 }
 
 impl OwnNode {
@@ -162,6 +172,17 @@ impl OwnNode {
         }
         if !self.network.contains(&s) {
             return Err(LeaseError::OutsideNetwork(self.network));
+        }
+        if let (Some(own), Some(s6)) = (self.v6, lease.ipv6_subnet) {
+            if s6.contains(&own.subnet) || own.subnet.contains(&s6) {
+                return Err(LeaseError::ClaimsOwnIpv6Subnet(own.subnet));
+            }
+            if lease.attrs.public_ipv6 == Some(own.public_ip) {
+                return Err(LeaseError::ClaimsOwnPublicIpv6(own.public_ip));
+            }
+            if !own.network.contains(&s6) {
+                return Err(LeaseError::OutsideIpv6Network(own.network));
+            }
         }
         Ok(())
     }
@@ -182,18 +203,44 @@ impl Peers {
                 subnet,
                 public_ip,
                 network,
+                v6: None,
             }),
             ..Peers::default()
         }
     }
 
-    /// The peer a lease describes, if the vxlan backend can use it.
+    /// Also vets the IPv6 half of each lease (dual stack): refused when it
+    /// overlaps `subnet`, names `public_ip` or lies outside `network`.
+    pub fn with_v6(mut self, subnet: Ipv6Net, public_ip: Ipv6Addr, network: Ipv6Net) -> Peers {
+        if let Some(node) = &mut self.node {
+            node.v6 = Some(OwnV6 {
+                subnet,
+                public_ip,
+                network,
+            });
+        }
+        self
+    }
+
+    /// The peer a lease describes, if the vxlan backend can use it. Its IPv6
+    /// VTEP is known when the lease has an IPv6 subnet, a `PublicIPv6` and
+    /// usable `BackendV6Data`; a lease missing any of them is an IPv4-only
+    /// peer (flannel skips the IPv6 half of such a lease the same way).
     pub fn peer_of(lease: &Lease) -> Result<Peer, LeaseError> {
         let data = lease.attrs.vxlan_data()?;
+        let v6 = match (lease.ipv6_subnet, lease.attrs.public_ipv6) {
+            (Some(subnet), Some(public_ip)) => lease.attrs.vxlan_v6_data().ok().map(|d| PeerV6 {
+                subnet,
+                public_ip,
+                vtep_mac: d.vtep_mac,
+            }),
+            _ => None,
+        };
         Ok(Peer {
             subnet: lease.subnet,
             public_ip: lease.attrs.public_ip,
             vtep_mac: data.vtep_mac,
+            v6,
         })
     }
 

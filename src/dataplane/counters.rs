@@ -20,6 +20,8 @@ pub struct WorkerCounters {
     pub decap_bytes: AtomicU64,
     /// ARP requests answered.
     pub arp_replies: AtomicU64,
+    /// Neighbor Solicitations answered.
+    pub ndp_replies: AtomicU64,
     /// Super-frames (TSO) read from the TAP and split.
     pub tso_frames: AtomicU64,
     /// Frames (not split from a super-frame) that left with others of their
@@ -53,6 +55,7 @@ impl WorkerCounters {
         add(&self.decap_frames, t.decap_frames);
         add(&self.decap_bytes, t.decap_bytes);
         add(&self.arp_replies, t.arp_replies);
+        add(&self.ndp_replies, t.ndp_replies);
         add(&self.tso_frames, t.tso_frames);
         add(&self.gso_datagrams, t.gso_datagrams);
         add(&self.gro_frames, t.gro_frames);
@@ -93,6 +96,28 @@ impl CounterSnapshot {
     pub fn total_drops(&self) -> u64 {
         self.frames.drops.iter().sum()
     }
+
+    /// Adds `other`'s counts (the IPv6 dataplane's to the IPv4 one's in
+    /// dual stack). The allocation count is process-wide: kept, not added.
+    pub fn merge(&mut self, other: &CounterSnapshot) {
+        let (a, b) = (&mut self.frames, &other.frames);
+        a.encap_frames += b.encap_frames;
+        a.encap_bytes += b.encap_bytes;
+        a.decap_frames += b.decap_frames;
+        a.decap_bytes += b.decap_bytes;
+        a.arp_replies += b.arp_replies;
+        a.ndp_replies += b.ndp_replies;
+        a.tso_frames += b.tso_frames;
+        a.gso_datagrams += b.gso_datagrams;
+        a.gro_frames += b.gro_frames;
+        a.icmp_too_big += b.icmp_too_big;
+        a.checksum_trusted += b.checksum_trusted;
+        for (sum, d) in a.drops.iter_mut().zip(b.drops) {
+            *sum += d;
+        }
+        self.socket_overflows += other.socket_overflows;
+        self.dataplane_allocations = self.dataplane_allocations.max(other.dataplane_allocations);
+    }
 }
 
 impl Counters {
@@ -130,6 +155,7 @@ impl Counters {
             s.frames.decap_frames += w.decap_frames.load(Relaxed);
             s.frames.decap_bytes += w.decap_bytes.load(Relaxed);
             s.frames.arp_replies += w.arp_replies.load(Relaxed);
+            s.frames.ndp_replies += w.ndp_replies.load(Relaxed);
             s.frames.tso_frames += w.tso_frames.load(Relaxed);
             s.frames.gso_datagrams += w.gso_datagrams.load(Relaxed);
             s.frames.gro_frames += w.gro_frames.load(Relaxed);
@@ -168,5 +194,32 @@ mod tests {
         assert_eq!(s.total_drops(), 2);
         let json = serde_json::to_value(s).unwrap();
         assert_eq!(json["drops"]["wrong_vni"], 2);
+    }
+
+    #[test]
+    fn merge_adds_the_ipv6_dataplane_counts() {
+        let v4 = Counters::new(1);
+        let v6 = Counters::new(2);
+        let mut t = Tally {
+            encap_frames: 3,
+            arp_replies: 1,
+            ..Tally::default()
+        };
+        t.drop(DropReason::WrongVni);
+        v4.worker(0).add(&t);
+        let mut t6 = Tally {
+            encap_frames: 5,
+            ndp_replies: 2,
+            ..Tally::default()
+        };
+        t6.drop(DropReason::NdpUnknownTarget);
+        v6.worker(1).add(&t6);
+        let mut s = v4.snapshot();
+        s.merge(&v6.snapshot());
+        assert_eq!(s.frames.encap_frames, 8);
+        assert_eq!((s.frames.arp_replies, s.frames.ndp_replies), (1, 2));
+        assert_eq!(s.drop_count(DropReason::WrongVni), 1);
+        assert_eq!(s.drop_count(DropReason::NdpUnknownTarget), 1);
+        assert_eq!(s.total_drops(), 2);
     }
 }

@@ -1,6 +1,6 @@
 //! Failures that stop the dataplane.
 
-use std::net::SocketAddrV4;
+use std::net::{IpAddr, SocketAddr};
 
 /// A failure that stops the dataplane; the agent exits so its supervisor restarts it.
 #[derive(Debug, thiserror::Error)]
@@ -33,7 +33,7 @@ pub enum DataplaneError {
     )]
     Bind {
         /// The address and port.
-        addr: SocketAddrV4,
+        addr: SocketAddr,
         /// The system's error.
         #[source]
         source: std::io::Error,
@@ -42,7 +42,7 @@ pub enum DataplaneError {
     #[error("cannot bind outer source ports in 49152-65535 on {ip}: {source}")]
     SourcePorts {
         /// The address.
-        ip: std::net::Ipv4Addr,
+        ip: IpAddr,
         /// The system's error.
         #[source]
         source: std::io::Error,

@@ -28,15 +28,17 @@ use arc_swap::ArcSwap;
 pub use counters::{Counters, WorkerCounters};
 pub use error::DataplaneError;
 pub use shared::Shared;
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
 /// How the dataplane is built; see `tunables/dataplane.md`.
 #[derive(Debug, Clone)]
 pub struct DataplaneConfig {
-    /// Address and port the VXLAN socket listens on (the node's public IP, Backend.Port).
-    pub listen: SocketAddrV4,
+    /// Address and port the VXLAN socket listens on (the node's public IP,
+    /// Backend.Port); an IPv6 address makes this the dataplane of
+    /// `flannel-v6.<VNI>`, over an IPv6 underlay.
+    pub listen: SocketAddr,
     /// Number of workers (TAP queues).
     pub workers: usize,
     /// Sending sockets per worker: distinct outer source ports.
@@ -66,8 +68,8 @@ pub struct DataplaneConfig {
 impl Default for DataplaneConfig {
     fn default() -> Self {
         DataplaneConfig {
-            listen: SocketAddrV4::new(
-                std::net::Ipv4Addr::UNSPECIFIED,
+            listen: SocketAddr::new(
+                std::net::Ipv4Addr::UNSPECIFIED.into(),
                 crate::core::config::DEFAULT_PORT,
             ),
             workers: 1,
@@ -123,7 +125,7 @@ impl Dataplane {
         let mut offloads = tap.offloads;
         offloads.udp_gro = config.offloads.udp_gro;
         let pools = udp::bind_source_pools(
-            *config.listen.ip(),
+            config.listen.ip(),
             config.source_ports,
             workers,
             config.socket_buffer,
@@ -143,6 +145,7 @@ impl Dataplane {
             );
         }
         let outer_checksum_trusted = split && refused.is_none();
+        let ipv6_underlay = config.listen.is_ipv6();
         let sockets: Vec<_> = listeners.into_iter().zip(pools).collect();
         offloads.udp_gso = config.offloads.udp_gso && udp::gso_works(&sockets[0].1[0].socket);
         let shared = Arc::new(Shared {
@@ -156,6 +159,7 @@ impl Dataplane {
             split_directions: config.split_directions,
             busy_poll: config.busy_poll,
             outer_checksum_trusted,
+            ipv6_underlay,
         });
         let mut tasks = Vec::new();
         for (index, (queue, (rx, pool))) in tap.queues.into_iter().zip(sockets).enumerate() {

@@ -30,6 +30,8 @@ pub struct Shared {
     /// Datagrams with a nonzero outer UDP checksum arrive on their own
     /// sockets and skip the inner checksum check (`trust_outer_checksum`).
     pub outer_checksum_trusted: bool,
+    /// The underlay is IPv6 (the dataplane of `flannel-v6.<VNI>`).
+    pub ipv6_underlay: bool,
 }
 
 impl Shared {

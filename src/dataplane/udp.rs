@@ -5,13 +5,19 @@
 //! flow its own outer source port. Every worker's pool has the same ports
 //! (`SO_REUSEPORT` again), so a flow's source port does not depend on the
 //! worker that sends it.
+//!
+//! Over an IPv6 underlay the sockets are IPv6 (`IPV6_V6ONLY`). The kernel
+//! verifies the checksum of every UDP datagram over IPv6 and drops those
+//! with a zero one (RFC 8200; flannel's kernel device sends checksums over
+//! IPv6 by default), so there is nothing to sort and one listener per worker
+//! receives everything as covered.
 
 use super::error::DataplaneError;
 use super::offload::ActiveOffloads;
 use super::sys;
 use crate::core::flow::SOURCE_PORT_MIN;
 use socket2::{Domain, Protocol, Socket, Type};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 
 /// A sending socket and the source port it gives its flows.
 #[derive(Debug)]
@@ -22,12 +28,17 @@ pub struct SourceSocket {
     pub port: u16,
 }
 
-fn new_udp() -> std::io::Result<Socket> {
+/// A nonblocking UDP socket of the family of `addr`; an IPv6 one takes
+/// only IPv6 (weft runs one dataplane per family).
+fn new_udp(addr: &SocketAddr) -> std::io::Result<Socket> {
     let socket = Socket::new(
-        Domain::IPV4,
+        Domain::for_address(*addr),
         Type::DGRAM.nonblocking().cloexec(),
         Some(Protocol::UDP),
     )?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
     Ok(socket)
 }
 
@@ -40,6 +51,9 @@ pub struct Listener {
     /// Datagrams that came with a nonzero outer UDP checksum, which the
     /// kernel verified before delivering them.
     pub covered: Option<Socket>,
+    /// Every datagram on `verify` was checksummed and verified by the kernel
+    /// (IPv6, when the split was wanted): its inner checksums are not checked again.
+    pub all_covered: bool,
 }
 
 /// Binds the listening sockets of `workers` workers on `addr`, one
@@ -52,8 +66,11 @@ pub struct Listener {
 ///
 /// The `verify` sockets are bound first, so until the program is attached
 /// (and if it cannot be) every datagram lands on one of them.
+///
+/// On IPv6 no program is needed: every datagram has a checksum the kernel
+/// verified, and with `split_by_checksum` the one socket per worker is `all_covered`.
 pub fn bind_listeners(
-    addr: SocketAddrV4,
+    addr: SocketAddr,
     workers: usize,
     buffer: usize,
     offloads: &mut ActiveOffloads,
@@ -66,7 +83,8 @@ pub fn bind_listeners(
     }
     let mut refused = None;
     let mut covered = Vec::new();
-    if split_by_checksum {
+    let all_covered = addr.is_ipv6() && split_by_checksum;
+    if split_by_checksum && !addr.is_ipv6() {
         match sys::attach_reuseport_cbpf(&verify[0], &checksum_split_program(workers as u32)) {
             Ok(()) => {
                 for _ in 0..workers {
@@ -82,6 +100,7 @@ pub fn bind_listeners(
         .map(|verify| Listener {
             verify,
             covered: covered.next(),
+            all_covered,
         })
         .collect();
     Ok((listeners, refused))
@@ -142,18 +161,18 @@ pub fn checksum_split_program(workers: u32) -> Vec<libc::sock_filter> {
 /// One listening socket. Turns on UDP GRO if `offloads` wants it and the
 /// kernel has it (clearing `offloads.udp_gro` otherwise).
 fn bind_listener(
-    addr: SocketAddrV4,
+    addr: SocketAddr,
     buffer: usize,
     offloads: &mut ActiveOffloads,
 ) -> Result<Socket, DataplaneError> {
     let err = |source| DataplaneError::Bind { addr, source };
-    let socket = new_udp().map_err(err)?;
+    let socket = new_udp(&addr).map_err(err)?;
     socket.set_reuse_port(true).map_err(err)?;
     socket.bind(&addr.into()).map_err(err)?;
     // Buffers are best effort: a small buffer costs drops under bursts, not correctness.
     let _ = sys::force_socket_buffers(&socket, buffer, buffer);
     let _ = sys::set_rxq_ovfl(&socket, true);
-    let _ = sys::set_pmtudisc_dont(&socket);
+    let _ = sys::set_pmtudisc_dont(&socket, addr.is_ipv6());
     if offloads.udp_gro && sys::set_udp_gro(&socket, true).is_err() {
         offloads.udp_gro = false;
     }
@@ -177,7 +196,7 @@ fn bind_listener(
 /// Ports are tried from a start that depends on the address so that
 /// restarts usually get the same ports.
 pub fn bind_source_pools(
-    ip: Ipv4Addr,
+    ip: IpAddr,
     count: usize,
     workers: usize,
     buffer: usize,
@@ -188,15 +207,19 @@ pub fn bind_source_pools(
         .map(|_| Vec::with_capacity(count))
         .collect();
     let mut last_err = None;
-    let start = (u32::from(ip.octets()[3]) * 31) % span;
+    let last_octet = match ip {
+        IpAddr::V4(v4) => v4.octets()[3],
+        IpAddr::V6(v6) => v6.octets()[15],
+    };
+    let start = (u32::from(last_octet) * 31) % span;
     // 7919 is prime and so coprime with the span: every port is tried once.
     for i in 0..span {
         if pools[0].len() == count {
             break;
         }
         let port = SOURCE_PORT_MIN + ((start + i * 7919) % span) as u16;
-        let addr = SocketAddrV4::new(ip, port);
-        let free = new_udp().and_then(|probe| probe.bind(&addr.into()));
+        let addr = SocketAddr::new(ip, port);
+        let free = new_udp(&addr).and_then(|probe| probe.bind(&addr.into()));
         if let Err(e) = free {
             last_err = Some(e);
             continue;
@@ -219,12 +242,12 @@ pub fn bind_source_pools(
     Ok(pools)
 }
 
-fn source_socket(addr: SocketAddrV4, buffer: usize) -> std::io::Result<Socket> {
-    let socket = new_udp()?;
+fn source_socket(addr: SocketAddr, buffer: usize) -> std::io::Result<Socket> {
+    let socket = new_udp(&addr)?;
     socket.set_reuse_port(true)?;
     socket.bind(&addr.into())?;
     let _ = sys::force_socket_buffers(&socket, 64 << 10, buffer);
-    let _ = sys::set_pmtudisc_dont(&socket);
+    let _ = sys::set_pmtudisc_dont(&socket, addr.is_ipv6());
     // Nothing is ever read from a sending socket: keep its receive queue tiny.
     let _ = socket.set_recv_buffer_size(4096);
     Ok(socket)

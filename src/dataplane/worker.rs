@@ -160,7 +160,7 @@ pub(super) fn spawn(setup: WorkerSetup) -> Result<WorkerHandle, DataplaneError> 
                 batch,
             ))
         };
-        let verify = task(rx.verify, verify_writer, false)?;
+        let verify = task(rx.verify, verify_writer, rx.all_covered)?;
         let covered = match rx.covered.zip(covered_writer) {
             Some((socket, tap)) => Some(task(socket, tap, true)?),
             None => None,
@@ -403,6 +403,7 @@ impl TxTask {
             underlay_mtu: self.shared.underlay_mtu.load(Relaxed),
             sockets: self.pool.len(),
             udp_gso: self.shared.udp_gso.load(Relaxed),
+            ipv6_underlay: self.shared.ipv6_underlay,
         };
         self.plan.plan(
             &self.shared.router.load(),

@@ -10,17 +10,65 @@
 
 use std::io;
 use std::mem;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::AsRawFd;
 
-fn sockaddr_v4(addr: SocketAddrV4) -> libc::sockaddr_in {
-    libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: addr.port().to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(*addr.ip()).to_be(),
-        },
-        sin_zero: [0; 8],
+/// Room for a socket address of either family: a `sockaddr_in6`, which a
+/// `sockaddr_in` fits in (both start with the family).
+type RawAddr = libc::sockaddr_in6;
+
+/// Writes `addr` into `out` as the kernel reads it; returns its length.
+fn write_sockaddr(addr: SocketAddr, out: &mut RawAddr) -> libc::socklen_t {
+    match addr {
+        SocketAddr::V4(a) => {
+            let v4 = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from(*a.ip()).to_be(),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: `RawAddr` (28 bytes) is larger than `sockaddr_in` (16) and
+            // at least as aligned (4); the write stays inside `out`.
+            unsafe { (out as *mut RawAddr).cast::<libc::sockaddr_in>().write(v4) };
+            mem::size_of::<libc::sockaddr_in>() as libc::socklen_t
+        }
+        SocketAddr::V6(a) => {
+            *out = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo().to_be(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: a.scope_id(),
+            };
+            mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t
+        }
+    }
+}
+
+/// The address the kernel wrote into `raw` (`None`: neither IPv4 nor IPv6).
+fn read_sockaddr(raw: &RawAddr) -> Option<SocketAddr> {
+    let family = libc::c_int::from(raw.sin6_family);
+    if family == libc::AF_INET {
+        // SAFETY: the kernel wrote a `sockaddr_in` (family AF_INET) at the start
+        // of `raw`, which is larger and at least as aligned.
+        let v4 = unsafe { (raw as *const RawAddr).cast::<libc::sockaddr_in>().read() };
+        Some(SocketAddr::V4(SocketAddrV4::new(
+            Ipv4Addr::from(u32::from_be(v4.sin_addr.s_addr)),
+            u16::from_be(v4.sin_port),
+        )))
+    } else if family == libc::AF_INET6 {
+        Some(SocketAddr::V6(SocketAddrV6::new(
+            Ipv6Addr::from(raw.sin6_addr.s6_addr),
+            u16::from_be(raw.sin6_port),
+            u32::from_be(raw.sin6_flowinfo),
+            raw.sin6_scope_id,
+        )))
+    } else {
+        None
     }
 }
 
@@ -38,8 +86,8 @@ fn cmsg_space(len: usize) -> usize {
 pub struct RecvMeta {
     /// Bytes received into the slot.
     pub len: usize,
-    /// Source address (IPv4 only; other families report 0.0.0.0:0).
-    pub src: Option<SocketAddrV4>,
+    /// Source address (`None`: a family other than IPv4 and IPv6).
+    pub src: Option<SocketAddr>,
     /// With UDP_GRO: the size of each coalesced datagram but the last; `len` when not coalesced.
     pub stride: usize,
     /// The message was truncated to the slot size.
@@ -54,7 +102,7 @@ pub struct RecvMeta {
 impl From<RecvMeta> for crate::core::batch::Received {
     fn from(m: RecvMeta) -> Self {
         crate::core::batch::Received {
-            src: m.src.map(|a| *a.ip()),
+            src: m.src.map(|a| a.ip()),
             len: m.len,
             stride: m.stride,
             truncated: m.truncated,
@@ -67,7 +115,7 @@ impl From<RecvMeta> for crate::core::batch::Received {
 pub struct RecvBatch {
     headers: Vec<libc::mmsghdr>,
     iovecs: Vec<libc::iovec>,
-    addrs: Vec<libc::sockaddr_in>,
+    addrs: Vec<RawAddr>,
     control: Vec<[u64; CMSG_BUF / 8]>,
 }
 
@@ -90,7 +138,7 @@ impl RecvBatch {
         // SAFETY: all-zero is a valid (empty) value for these plain C structs.
         let zeroed_hdr: libc::mmsghdr = unsafe { mem::zeroed() };
         // SAFETY: as above.
-        let zeroed_addr: libc::sockaddr_in = unsafe { mem::zeroed() };
+        let zeroed_addr: RawAddr = unsafe { mem::zeroed() };
         RecvBatch {
             headers: vec![zeroed_hdr; capacity],
             iovecs: vec![
@@ -127,8 +175,8 @@ impl RecvBatch {
             };
             let hdr = &mut self.headers[i];
             hdr.msg_len = 0;
-            hdr.msg_hdr.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_in).cast();
-            hdr.msg_hdr.msg_namelen = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            hdr.msg_hdr.msg_name = (&mut self.addrs[i] as *mut RawAddr).cast();
+            hdr.msg_hdr.msg_namelen = mem::size_of::<RawAddr>() as libc::socklen_t;
             hdr.msg_hdr.msg_iov = &mut self.iovecs[i];
             hdr.msg_hdr.msg_iovlen = 1;
             hdr.msg_hdr.msg_control = self.control[i].as_mut_ptr().cast();
@@ -154,13 +202,7 @@ impl RecvBatch {
         for (i, meta) in meta.iter_mut().enumerate().take(got) {
             let hdr = &self.headers[i];
             let len = hdr.msg_len as usize;
-            let addr = &self.addrs[i];
-            let src = (addr.sin_family == libc::AF_INET as libc::sa_family_t).then(|| {
-                SocketAddrV4::new(
-                    Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr)),
-                    u16::from_be(addr.sin_port),
-                )
-            });
+            let src = read_sockaddr(&self.addrs[i]);
             let mut stride = len;
             let mut kernel_drops = None;
             // SAFETY: the kernel filled `msg_control`/`msg_controllen` of this header;
@@ -200,7 +242,9 @@ impl RecvBatch {
 pub struct SendBatch {
     headers: Vec<libc::mmsghdr>,
     iovecs: Vec<libc::iovec>,
-    addrs: Vec<libc::sockaddr_in>,
+    addrs: Vec<RawAddr>,
+    /// The length of each queued message's address.
+    addr_lens: Vec<libc::socklen_t>,
     control: Vec<[u64; CMSG_BUF / 8]>,
     /// iovec range of each queued message.
     spans: Vec<(usize, usize)>,
@@ -237,11 +281,12 @@ impl SendBatch {
         // SAFETY: all-zero is a valid value for these plain C structs.
         let zeroed_hdr: libc::mmsghdr = unsafe { mem::zeroed() };
         // SAFETY: as above.
-        let zeroed_addr: libc::sockaddr_in = unsafe { mem::zeroed() };
+        let zeroed_addr: RawAddr = unsafe { mem::zeroed() };
         SendBatch {
             headers: vec![zeroed_hdr; messages],
             iovecs: Vec::with_capacity(iovecs),
             addrs: vec![zeroed_addr; messages],
+            addr_lens: vec![0; messages],
             control: vec![[0; CMSG_BUF / 8]; messages],
             spans: Vec::with_capacity(messages),
             gso: Vec::with_capacity(messages),
@@ -283,7 +328,7 @@ impl SendBatch {
     }
 
     /// Records one message; the caller guarantees the slices outlive its sending.
-    fn push_raw(&mut self, dst: SocketAddrV4, slices: &[&[u8]], gso: Option<u16>, frames: u32) {
+    fn push_raw(&mut self, dst: SocketAddr, slices: &[&[u8]], gso: Option<u16>, frames: u32) {
         debug_assert!(self.has_room(slices.len()));
         let i = self.spans.len();
         let start = self.iovecs.len();
@@ -296,7 +341,7 @@ impl SendBatch {
         self.spans.push((start, self.iovecs.len()));
         self.gso.push(gso.unwrap_or(0));
         self.frames.push(frames);
-        self.addrs[i] = sockaddr_v4(dst);
+        self.addr_lens[i] = write_sockaddr(dst, &mut self.addrs[i]);
     }
 
     /// Sends everything queued, retrying partial sends. On error the unsent
@@ -308,8 +353,8 @@ impl SendBatch {
             let (start, end) = self.spans[i];
             let hdr = &mut self.headers[i];
             hdr.msg_len = 0;
-            hdr.msg_hdr.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_in).cast();
-            hdr.msg_hdr.msg_namelen = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            hdr.msg_hdr.msg_name = (&mut self.addrs[i] as *mut RawAddr).cast();
+            hdr.msg_hdr.msg_namelen = self.addr_lens[i];
             hdr.msg_hdr.msg_iov = self.iovecs[start..end].as_mut_ptr();
             hdr.msg_hdr.msg_iovlen = end - start;
             hdr.msg_hdr.msg_flags = 0;
@@ -370,6 +415,7 @@ impl SendBatch {
         self.gso.drain(..n);
         self.frames.drain(..n);
         self.addrs.rotate_left(n);
+        self.addr_lens.rotate_left(n);
     }
 }
 
@@ -395,7 +441,7 @@ impl<'b> SendQueue<'_, 'b> {
     #[must_use]
     pub fn push(
         &mut self,
-        dst: SocketAddrV4,
+        dst: SocketAddr,
         slices: &[&'b [u8]],
         gso: Option<u16>,
         frames: u32,

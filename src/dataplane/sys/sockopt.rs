@@ -95,13 +95,23 @@ pub fn force_socket_buffers(fd: &impl AsRawFd, recv: usize, send: usize) -> io::
 
 /// Never sets DF on outgoing datagrams and fragments them when needed, as
 /// flannel's kernel VXLAN device does (no `df` attribute: the outer header's DF is clear).
-pub fn set_pmtudisc_dont(fd: &impl AsRawFd) -> io::Result<()> {
-    setsockopt_int(
-        fd.as_raw_fd(),
-        libc::IPPROTO_IP,
-        libc::IP_MTU_DISCOVER,
-        libc::IP_PMTUDISC_DONT,
-    )
+/// On an IPv6 socket (`ipv6`) the same for `IPV6_MTU_DISCOVER`: datagrams
+/// larger than the path MTU are fragmented by this host.
+pub fn set_pmtudisc_dont(fd: &impl AsRawFd, ipv6: bool) -> io::Result<()> {
+    let (level, name, value) = if ipv6 {
+        (
+            libc::IPPROTO_IPV6,
+            libc::IPV6_MTU_DISCOVER,
+            libc::IPV6_PMTUDISC_DONT,
+        )
+    } else {
+        (
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_DONT,
+        )
+    };
+    setsockopt_int(fd.as_raw_fd(), level, name, value)
 }
 
 /// `SO_ATTACH_REUSEPORT_CBPF` (Linux 4.5; not exported by `libc` for every target).
