@@ -17,6 +17,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use crate::core::mac::MacAddr;
 
 pub mod blackhole;
+pub mod v6;
 
 /// A netlink request that failed, with what it was for.
 #[derive(Debug, thiserror::Error)]

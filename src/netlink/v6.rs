@@ -1,0 +1,261 @@
+//! The IPv6 half of a dual-stack node: the global IPv6 addresses of the
+//! underlay, the `flannel-v6.<VNI>` device's `/128` address, and the routes
+//! to remote IPv6 subnets (`S6 via S6::0 dev flannel-v6.<VNI> onlink`, as
+//! flannel programs them).
+
+use super::{Netlink, NetlinkError, Result, WEFT_ROUTE_PROTOCOL, ctx, ignore_esrch};
+use futures::TryStreamExt;
+use ipnet::Ipv6Net;
+use netlink_packet_route::AddressFamily;
+use netlink_packet_route::address::{AddressAttribute, AddressFlags};
+use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol};
+use rtnetlink::RouteMessageBuilder;
+use std::net::{IpAddr, Ipv6Addr};
+
+/// An IPv6 address on a link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkAddr6 {
+    /// The interface index.
+    pub index: u32,
+    /// The address.
+    pub addr: Ipv6Addr,
+    /// Its prefix length.
+    pub prefix_len: u8,
+}
+
+impl LinkAddr6 {
+    /// An address another node can reach: not loopback, link-local or multicast.
+    pub fn is_global(&self) -> bool {
+        !(self.addr.is_loopback()
+            || self.addr.is_unspecified()
+            || self.addr.is_multicast()
+            || self.addr.is_unicast_link_local())
+    }
+}
+
+/// A main-table IPv6 route weft may own, as the stale-route sweep sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelRoute6 {
+    /// The destination.
+    pub dst: Ipv6Net,
+    /// The gateway, if any.
+    pub gateway: Option<Ipv6Addr>,
+    /// The output interface, if any.
+    pub oif: Option<u32>,
+    /// Its protocol number (`proto`).
+    pub protocol: u8,
+    /// The message, to delete exactly this route.
+    pub message: RouteMessage,
+}
+
+impl Netlink {
+    /// Every IPv6 address, or those on `index`.
+    pub async fn addresses_v6(&self, index: Option<u32>) -> Result<Vec<LinkAddr6>> {
+        let mut req = self.handle.address().get();
+        if let Some(index) = index {
+            req = req.set_link_index_filter(index);
+        }
+        let mut stream = req.execute();
+        let mut out = Vec::new();
+        while let Some(msg) = stream
+            .try_next()
+            .await
+            .map_err(ctx(|| "list IPv6 addresses".into()))?
+        {
+            if msg.header.family != AddressFamily::Inet6 {
+                continue;
+            }
+            let addr = msg.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Address(IpAddr::V6(ip))
+                | AddressAttribute::Local(IpAddr::V6(ip)) => Some(*ip),
+                _ => None,
+            });
+            if let Some(addr) = addr {
+                out.push(LinkAddr6 {
+                    index: msg.header.index,
+                    addr,
+                    prefix_len: msg.header.prefix_len,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Makes `addr/128` the only global IPv6 address on the IPv6 VTEP
+    /// (flannel's `EnsureV6AddressOnLink`), without duplicate address
+    /// detection (no other node has it: it is this node's subnet's). The
+    /// link-local address stays.
+    pub async fn ensure_vtep_address_v6(
+        &self,
+        link: &super::LinkInfo,
+        addr: Ipv6Addr,
+    ) -> Result<()> {
+        let mut present = false;
+        let mut stale = Vec::new();
+        let mut stream = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(link.index)
+            .execute();
+        while let Some(msg) = stream
+            .try_next()
+            .await
+            .map_err(ctx(|| format!("list addresses of {}", link.name)))?
+        {
+            let ip = msg.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Address(IpAddr::V6(ip))
+                | AddressAttribute::Local(IpAddr::V6(ip)) => Some(*ip),
+                _ => None,
+            });
+            let Some(ip) = ip else { continue };
+            if ip.is_unicast_link_local() {
+                continue;
+            }
+            if ip == addr && msg.header.prefix_len == 128 {
+                present = true;
+            } else {
+                stale.push(msg);
+            }
+        }
+        if !present {
+            let mut add = self.handle.address().add(link.index, IpAddr::V6(addr), 128);
+            add.message_mut()
+                .attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+            add.execute()
+                .await
+                .map_err(ctx(|| format!("add {addr}/128 to {}", link.name)))?;
+        }
+        for msg in stale {
+            self.handle
+                .address()
+                .del(msg)
+                .execute()
+                .await
+                .map_err(ctx(|| {
+                    format!("remove a stale IPv6 address from {}", link.name)
+                }))?;
+        }
+        Ok(())
+    }
+
+    fn vtep_route_v6(index: u32, subnet: Ipv6Net) -> RouteMessage {
+        RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(subnet.network(), subnet.prefix_len())
+            .gateway(subnet.network())
+            .output_interface(index)
+            .protocol(RouteProtocol::from(WEFT_ROUTE_PROTOCOL))
+            .onlink()
+            .build()
+    }
+
+    /// `ip -6 route replace S6 via S6::0 dev <index> onlink proto 87`.
+    pub async fn replace_route_v6(&self, index: u32, subnet: Ipv6Net) -> Result<()> {
+        self.handle
+            .route()
+            .add(Self::vtep_route_v6(index, subnet))
+            .replace()
+            .execute()
+            .await
+            .map_err(ctx(|| {
+                format!("add route {subnet} via {}", subnet.network())
+            }))
+    }
+
+    /// Removes the IPv6 route to `subnet` on the link; one already gone is fine.
+    pub async fn delete_route_v6(&self, index: u32, subnet: Ipv6Net) -> Result<()> {
+        let result = self
+            .handle
+            .route()
+            .del(Self::vtep_route_v6(index, subnet))
+            .execute()
+            .await;
+        ignore_esrch(result, || format!("delete route {subnet}"))
+    }
+
+    /// Deletes exactly `route` (from [`Netlink::main_table_routes_v6`]).
+    pub async fn delete_kernel_route_v6(&self, route: &KernelRoute6) -> Result<()> {
+        let result = self
+            .handle
+            .route()
+            .del(route.message.clone())
+            .execute()
+            .await;
+        ignore_esrch(result, || format!("delete route {}", route.dst))
+    }
+
+    /// Every IPv6 route of the main table.
+    pub async fn main_table_routes_v6(&self) -> Result<Vec<KernelRoute6>> {
+        let filter = RouteMessageBuilder::<Ipv6Addr>::new().build();
+        let mut stream = self.handle.route().get(filter).execute();
+        let mut out = Vec::new();
+        while let Some(msg) = stream
+            .try_next()
+            .await
+            .map_err(ctx(|| "list IPv6 routes".into()))?
+        {
+            let table = msg
+                .attributes
+                .iter()
+                .find_map(|a| match a {
+                    RouteAttribute::Table(t) => Some(*t),
+                    _ => None,
+                })
+                .unwrap_or(u32::from(msg.header.table));
+            if table != u32::from(netlink_packet_route::route::RouteHeader::RT_TABLE_MAIN) {
+                continue;
+            }
+            let dst = msg.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Destination(RouteAddress::Inet6(ip)) => Some(*ip),
+                _ => None,
+            });
+            let gateway = msg.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Gateway(RouteAddress::Inet6(ip)) => Some(*ip),
+                _ => None,
+            });
+            let oif = msg.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Oif(i) => Some(*i),
+                _ => None,
+            });
+            let dst = Ipv6Net::new(
+                dst.unwrap_or(Ipv6Addr::UNSPECIFIED),
+                msg.header.destination_prefix_length,
+            )
+            .unwrap_or_default();
+            out.push(KernelRoute6 {
+                dst,
+                gateway,
+                oif,
+                protocol: u8::from(msg.header.protocol),
+                message: msg,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Forgets the kernel's neighbour entry for `ip` on the link, so the
+    /// kernel solicits it again (weftd answers from its NDP table). An
+    /// absent entry is fine.
+    pub async fn forget_neighbour_v6(&self, index: u32, ip: Ipv6Addr) -> Result<()> {
+        let mut message = NeighbourMessage::default();
+        message.header.family = AddressFamily::Inet6;
+        message.header.ifindex = index;
+        message
+            .attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet6(ip)));
+        match self.handle.neighbours().del(message).execute().await {
+            Ok(()) => Ok(()),
+            Err(rtnetlink::Error::NetlinkError(msg))
+                if msg.code.is_some_and(|c| -c.get() == libc::ENOENT) =>
+            {
+                Ok(())
+            }
+            Err(source) => Err(NetlinkError {
+                what: format!("delete neighbour {ip}"),
+                source,
+            }),
+        }
+    }
+}
