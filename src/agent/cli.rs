@@ -80,6 +80,10 @@ pub struct RunArgs {
     /// IP accessible by other nodes for inter-host communication (default: the interface's).
     #[arg(long, env = "FLANNELD_PUBLIC_IP")]
     pub public_ip: Option<Ipv4Addr>,
+    /// IPv6 address accessible by other nodes (dual stack; default: the
+    /// interface's first global IPv6 address).
+    #[arg(long, env = "FLANNELD_PUBLIC_IPV6")]
+    pub public_ipv6: Option<std::net::Ipv6Addr>,
     /// File the network information (FLANNEL_*) is written to.
     #[arg(
         long,
@@ -275,10 +279,12 @@ mod tests {
             "10.0.0.1",
             "--ip-masq",
             "--public-ip=192.168.1.2",
+            "--public-ipv6=fd00::2",
         ]);
         assert_eq!(cli.run.iface, vec!["eth0", "10.0.0.1"]);
         assert!(cli.run.ip_masq);
         assert_eq!(cli.run.public_ip, Some(Ipv4Addr::new(192, 168, 1, 2)));
+        assert_eq!(cli.run.public_ipv6, Some("fd00::2".parse().unwrap()));
         assert_eq!(
             cli.run.subnet_file,
             PathBuf::from("/run/flannel/subnet.env")

@@ -147,6 +147,16 @@ impl Collector for WeftCollector {
             "result",
             [("answered", c.frames.arp_replies), ("refused", refused)],
         )?;
+        let refused =
+            c.drop_count(DropReason::NdpUnknownTarget) + c.drop_count(DropReason::NdpMalformed);
+        labelled(
+            &mut e,
+            "weft_ndp_solicitations",
+            "IPv6 Neighbor Solicitations from the kernel on flannel-v6.<VNI>, answered from the leases or refused.",
+            MetricType::Counter,
+            "result",
+            [("answered", c.frames.ndp_replies), ("refused", refused)],
+        )?;
         let (fdb, arp) = s
             .dataplane
             .get()

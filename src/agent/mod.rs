@@ -21,6 +21,7 @@
 
 pub mod blackhole;
 pub mod cli;
+pub mod dual;
 pub mod iface;
 pub mod masq;
 pub mod metrics;
@@ -46,7 +47,7 @@ use ipnet::Ipv4Net;
 use routes::RouteKind;
 use state::{AgentState, DeviceInfo, NodeInfo, OwnLease, PeerStatus, unix_secs};
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant, SystemTime};
@@ -79,11 +80,14 @@ pub enum AgentError {
     /// The network config has no IPv4 `Network`.
     #[error("the config has no IPv4 Network")]
     NoIpv4Network,
-    /// The network config asks for IPv6, which weft does not carry yet.
+    /// The store handed out a lease without the IPv6 subnet asked for.
     #[error(
-        "EnableIPv6 is set, but weft carries IPv4 only for now; remove EnableIPv6 or keep this node on flannel"
+        "EnableIPv6 is set but the lease {key} has no IPv6 subnet; check the store's IPv6Network (or the node's podCIDRs in kube mode) and restart weftd"
     )]
-    Ipv6Unsupported,
+    NoIpv6Subnet {
+        /// The lease.
+        key: String,
+    },
     /// No interface fits `--iface`, `--iface-regex`, `--iface-can-reach`, `--public-ip`.
     #[error("choosing the external interface: {reason}")]
     Interface {
@@ -222,25 +226,69 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     let existing = nl.link_by_name(&tap_name).await?;
     let previous_lease = store.find_own(ext.public_ip).await?;
     let mac = choose_mac(previous_lease.as_ref(), existing.as_ref());
-    let attrs = LeaseAttrs::vxlan(
+    let mut attrs = LeaseAttrs::vxlan(
         ext.public_ip,
         &VxlanBackendData {
             vni: vni.get(),
             vtep_mac: mac,
         },
     );
+    // Dual stack: the IPv6 VTEP's addresses and VtepMAC go into the same lease.
+    let tap6_name = dual::device_name(vni.get());
+    let mut v6_plan = None;
+    if config.enable_ipv6 {
+        let explicit = match args.public_ipv6 {
+            Some(ip) => Some(ip),
+            None => store.stored_public_ipv6().await?,
+        };
+        let addrs = nl.addresses_v6(Some(ext.index)).await?;
+        let addrs = dual::choose_addresses(&ext.name, &addrs, explicit)
+            .map_err(|reason| AgentError::Interface { reason })?;
+        let existing6 = nl.link_by_name(&tap6_name).await?;
+        let mac6 = dual::choose_mac(previous_lease.as_ref(), existing6.as_ref(), mac);
+        attrs.public_ipv6 = Some(addrs.public_ip);
+        attrs.backend_v6_data = Some(
+            VxlanBackendData {
+                vni: vni.get(),
+                vtep_mac: mac6,
+            }
+            .to_json(),
+        );
+        info!(public_ipv6 = %addrs.public_ip, addr = %addrs.listen, vtep_mac_v6 = %mac6, "IPv6 enabled");
+        v6_plan = Some((addrs, mac6, existing6.is_none()));
+    }
     let lease = store
         .acquire(
             &config,
             &AcquireRequest {
                 attrs,
                 previous_subnet,
-                previous_ipv6_subnet: None,
+                previous_ipv6_subnet: previous_env.as_ref().and_then(|e| e.ipv6_subnet),
             },
         )
         .await
         .map_err(AgentError::Lease)?;
-    info!(subnet = %lease.subnet, vtep_mac = %mac, "acquired lease");
+    info!(subnet = %lease.subnet, ipv6_subnet = ?lease.ipv6_subnet, vtep_mac = %mac, "acquired lease");
+    let v6_spec = match v6_plan {
+        None => None,
+        Some((addrs, mac6, created6)) => {
+            let (Some(subnet6), Some(network6)) = (lease.ipv6_subnet, config.ipv6_network) else {
+                return Err(AgentError::NoIpv6Subnet { key: lease.key() });
+            };
+            let spec = dual::DeviceSpec {
+                tap_name: tap6_name.clone(),
+                tunables: tunables.clone(),
+                config: config.clone(),
+                addrs,
+                underlay_mtu: ext.mtu,
+                subnet: subnet6,
+                network: network6,
+                mac: mac6,
+                mtu: dual::overlay_mtu(&config, ext.mtu),
+            };
+            Some((spec, created6))
+        }
+    };
 
     // From here on a failure removes the device if this run created it.
     let created = existing.is_none();
@@ -264,6 +312,43 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
             return Err(e);
         }
     };
+    // Removes what this run created when a later step of the start fails.
+    let undo = |nl: Netlink| {
+        let tap_name = tap_name.clone();
+        let tap6 = v6_spec
+            .as_ref()
+            .filter(|(_, created6)| *created6)
+            .map(|(spec, _)| spec.tap_name.clone());
+        async move {
+            if created {
+                remove_device(&nl, &tap_name).await;
+            }
+            if let Some(name) = tap6 {
+                remove_device(&nl, &name).await;
+            }
+        }
+    };
+    let (v6, fatal6_rx) = match &v6_spec {
+        None => (None, None),
+        Some((spec, _)) => match dual::start_dataplane(&nl, spec, Tables::default()).await {
+            Ok((dp, link6, rx6, segs6)) => (
+                Some(dual::V6Side::new(spec.clone(), (dp, link6, segs6))),
+                Some(rx6),
+            ),
+            Err(e) => {
+                drop(dataplane);
+                undo(nl.clone()).await;
+                return Err(e);
+            }
+        },
+    };
+    if let Some(v6) = &v6 {
+        if let Some(dp) = &v6.dataplane {
+            state.dataplane_v6.set(dp.shared().clone());
+        }
+        let status = v6.status(BTreeMap::new());
+        state.update(|i| i.ipv6 = Some(status));
+    }
     state.dataplane.set(dataplane.shared().clone());
     state.update(|i| {
         i.lease = Some(own_lease(&lease, network, &config));
@@ -279,18 +364,25 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     });
 
     // Masquerade and forward rules after the dataplane, before subnet.env (flannel's order).
-    let masq_task =
-        match masq::start_from_flags(&args, &config, network, lease.subnet, previous_env.as_ref())
-            .await
-        {
-            Ok(task) => task,
-            Err(e) => {
-                if created {
-                    remove_device(&nl, &tap_name).await;
-                }
-                return Err(AgentError::Masquerade(e));
-            }
-        };
+    let masq_v6 = v6.as_ref().map(|v6| (v6.spec.network, v6.spec.subnet));
+    let masq_task = match masq::start_from_flags_dual_stack(
+        &args,
+        &config,
+        network,
+        lease.subnet,
+        masq_v6,
+        previous_env.as_ref(),
+    )
+    .await
+    {
+        Ok(task) => task,
+        Err(e) => {
+            drop(dataplane);
+            drop(v6);
+            undo(nl.clone()).await;
+            return Err(AgentError::Masquerade(e));
+        }
+    };
 
     let (tx, mut rx) = mpsc::channel(queue_depth);
     let renew = RenewPolicy {
@@ -304,7 +396,14 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         network,
         own: lease.subnet,
         watcher: LeaseWatcher::new(Some(lease.subnet)),
-        peers: Peers::for_node(lease.subnet, lease.attrs.public_ip, network),
+        peers: match &v6 {
+            Some(v6) => Peers::for_node(lease.subnet, lease.attrs.public_ip, network).with_v6(
+                v6.spec.subnet,
+                v6.spec.addrs.public_ip,
+                v6.spec.network,
+            ),
+            None => Peers::for_node(lease.subnet, lease.attrs.public_ip, network),
+        },
         router: dataplane.router(),
         dataplane: Some(dataplane),
         state: state.clone(),
@@ -318,6 +417,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         address_check: None,
         underlay_address_present: true,
         lease_log: LogBudget::new(LEASE_CHANGES_LOGGED, LEASE_LOG_WINDOW),
+        v6,
     };
 
     // Program the current leases before announcing readiness.
@@ -351,9 +451,10 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     let env = SubnetEnv {
         network: Some(network),
         subnet: Some(lease.subnet),
+        ipv6_network: control.v6.as_ref().map(|v6| v6.spec.network),
+        ipv6_subnet: control.v6.as_ref().map(|v6| v6.spec.subnet),
         mtu,
         ip_masq: args.ip_masq,
-        ..SubnetEnv::default()
     };
     crate::files::write_atomic(&args.subnet_file, &env.render(), 0o644).map_err(io_err(
         format!("cannot write {}", args.subnet_file.display()),
@@ -370,9 +471,12 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     info!(subnet_file = %args.subnet_file.display(), peers = control.peers.len(), "weftd is ready");
     store.complete(&lease);
 
-    let result = control_loop(&mut control, &mut rx, fatal_rx, &tunables).await;
+    let result = control_loop(&mut control, &mut rx, fatal_rx, fatal6_rx, &tunables).await;
     // Stop the workers before the tasks they report to.
     control.dataplane = None;
+    if let Some(v6) = control.v6.as_mut() {
+        v6.dataplane = None;
+    }
     store_task.abort();
     if let Some(task) = masq_task {
         task.abort();
@@ -423,9 +527,6 @@ async fn network_config(store: &Store, stats: &StoreStats) -> Result<NetConfig, 
         }
     };
     config.require_vxlan().map_err(AgentError::NotVxlan)?;
-    if config.enable_ipv6 {
-        return Err(AgentError::Ipv6Unsupported);
-    }
     for w in &config.warnings {
         warn!("{w}");
     }
@@ -464,7 +565,7 @@ fn own_lease(lease: &Lease, network: Ipv4Net, config: &NetConfig) -> OwnLease {
 
 /// The dataplane, its device, where fatal errors arrive, and the device's
 /// `gso_max_segs` if weftd set it.
-type Started = (
+pub(crate) type Started = (
     Dataplane,
     LinkInfo,
     mpsc::UnboundedReceiver<DataplaneError>,
@@ -514,11 +615,11 @@ async fn start_dataplane(
     let local = LocalVtep {
         vni: config.vxlan.vni,
         mac,
-        public_ip: ext.public_ip,
+        public_ip: ext.public_ip.into(),
     };
     let router = Router::new(local, tunables.dataplane.source_check.into(), tables);
     let dp_config = DataplaneConfig {
-        listen: SocketAddrV4::new(ext.addr, config.vxlan.port),
+        listen: SocketAddr::new(ext.addr.into(), config.vxlan.port),
         workers: tunables.workers(),
         source_ports: tunables.dataplane.source_ports,
         batch: tunables.dataplane.batch,
@@ -540,7 +641,7 @@ async fn start_dataplane(
 /// With TSO and UDP GSO both on, caps the TAP's super-frames at what one UDP
 /// GSO send carries ([`tso_segments_per_send`]). Best effort: a kernel that
 /// refuses keeps its default and each super-frame goes out in two sends.
-async fn fit_tso_to_udp_gso(
+pub(crate) async fn fit_tso_to_udp_gso(
     nl: &Netlink,
     link: &LinkInfo,
     offloads: &crate::dataplane::offload::ActiveOffloads,
@@ -562,7 +663,7 @@ async fn fit_tso_to_udp_gso(
     }
 }
 
-fn log_offloads(
+pub(crate) fn log_offloads(
     wanted: &crate::dataplane::offload::OffloadConfig,
     got: &crate::dataplane::offload::ActiveOffloads,
 ) {
@@ -683,6 +784,8 @@ struct Control {
     /// Lease changes logged one by one (the rest summed up: a churning store
     /// must not fill the node's disk with log lines).
     lease_log: LogBudget,
+    /// The IPv6 half, in dual stack.
+    v6: Option<dual::V6Side>,
 }
 
 /// Lease changes (added, changed, removed) logged one by one per
@@ -709,6 +812,7 @@ async fn control_loop(
     control: &mut Control,
     rx: &mut mpsc::Receiver<StoreUpdate>,
     mut fatal_rx: mpsc::UnboundedReceiver<DataplaneError>,
+    mut fatal6_rx: Option<mpsc::UnboundedReceiver<DataplaneError>>,
     tunables: &Tunables,
 ) -> Result<(), AgentError> {
     let mut term =
@@ -742,8 +846,17 @@ async fn control_loop(
                 warn!(error = %e, device = %control.device.tap_name, "the VTEP device was deleted; recreating it");
                 control.recreate_device(&mut fatal_rx).await;
             }
+            e = fatal_v6(&mut fatal6_rx) => {
+                if !control.v6_device_gone(Duration::from_secs(1)).await {
+                    return Err(e.into());
+                }
+                control.recreate_v6(&mut fatal6_rx).await;
+            }
             event = link_event(&mut links) => {
                 match event {
+                    Some(LinkEvent::Deleted(index)) if control.v6.as_ref().is_some_and(|v6| v6.link.index == index && v6.dataplane.is_some()) => {
+                        control.recreate_v6(&mut fatal6_rx).await;
+                    }
                     Some(LinkEvent::Deleted(index)) if index == control.link.index && control.dataplane.is_some() => {
                         warn!(device = %control.device.tap_name, "the VTEP device was deleted; recreating it");
                         control.recreate_device(&mut fatal_rx).await;
@@ -764,6 +877,9 @@ async fn control_loop(
                     warn!(device = %control.device.tap_name, "the VTEP device is gone; recreating it");
                     control.recreate_device(&mut fatal_rx).await;
                 }
+                if control.v6_device_gone(Duration::ZERO).await {
+                    control.recreate_v6(&mut fatal6_rx).await;
+                }
                 control.resync().await;
             }
             _ = drop_log.tick() => {
@@ -780,6 +896,14 @@ async fn control_loop(
                 return Ok(());
             }
         }
+    }
+}
+
+/// The next fatal error of the IPv6 dataplane, or never without one.
+async fn fatal_v6(rx: &mut Option<mpsc::UnboundedReceiver<DataplaneError>>) -> DataplaneError {
+    match rx {
+        Some(rx) => rx.recv().await.unwrap_or(DataplaneError::WorkersGone),
+        None => std::future::pending().await,
     }
 }
 
@@ -877,7 +1001,14 @@ impl Control {
         if let Some(dataplane) = &self.dataplane {
             dataplane.set_router((*router).clone());
         }
+        if let Some(v6) = self.v6.as_mut() {
+            v6.set_tables(self.peers.by_age());
+        }
         for change in changes {
+            if let Some(v6) = self.v6.as_mut() {
+                let statuses = v6.program(&self.nl, &change).await;
+                self.set_v6_statuses(statuses);
+            }
             self.program(change, now).await;
         }
         self.summarise_lease_log();
@@ -1237,6 +1368,15 @@ impl Control {
     /// (larger frames get ICMP "fragmentation needed") and `subnet.env`'s
     /// FLANNEL_MTU (for pods created from now on) follow.
     async fn underlay_mtu_changed(&mut self, underlay_mtu: u32) {
+        if let Some(v6) = self.v6.as_mut() {
+            v6.underlay_mtu_changed(&self.nl, underlay_mtu).await;
+            let mtu6 = v6.spec.mtu;
+            self.state.update(|i| {
+                if let Some(s) = i.ipv6.as_mut() {
+                    s.device.mtu = mtu6;
+                }
+            });
+        }
         let old_underlay = self.device.ext.mtu;
         let old_mtu = self.device.mtu;
         let mtu = self.device.config.overlay_mtu(underlay_mtu);
@@ -1386,6 +1526,73 @@ impl Control {
             self.add_route(&peer, SystemTime::now(), true).await;
         }
         self.remove_stale_routes().await;
+        if let Some(v6) = self.v6.as_mut() {
+            let peers: Vec<Peer> = self.peers.iter().copied().collect();
+            let statuses = v6.resync(&self.nl, &peers).await;
+            self.set_v6_statuses(statuses);
+        }
         self.summarise_lease_log();
+    }
+
+    /// Records IPv6 peer statuses (`None`: the entry goes) in `weftd status`.
+    fn set_v6_statuses(&self, statuses: Vec<(ipnet::Ipv6Net, Option<state::PeerV6Status>)>) {
+        if statuses.is_empty() {
+            return;
+        }
+        self.state.update(|i| {
+            if let Some(v6) = i.ipv6.as_mut() {
+                for (subnet, status) in statuses {
+                    match status {
+                        Some(status) => v6.peers.insert(subnet, status),
+                        None => v6.peers.remove(&subnet),
+                    };
+                }
+            }
+        });
+    }
+
+    /// Whether `flannel-v6.<VNI>` is gone, watching for up to `patience`.
+    async fn v6_device_gone(&self, patience: Duration) -> bool {
+        let Some(v6) = self.v6.as_ref() else {
+            return false;
+        };
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            if v6.device_gone(&self.nl).await {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Recreates a deleted `flannel-v6.<VNI>` (flannel issue #869, for the
+    /// IPv6 device): on failure the next resync tries again.
+    async fn recreate_v6(
+        &mut self,
+        fatal6_rx: &mut Option<mpsc::UnboundedReceiver<DataplaneError>>,
+    ) {
+        let Some(v6) = self.v6.as_mut() else {
+            return;
+        };
+        warn!(device = %v6.spec.tap_name, "the IPv6 VTEP device was deleted; recreating it");
+        *fatal6_rx = None;
+        self.state.dataplane_v6.clear();
+        let peers: Vec<Peer> = self.peers.by_age().into_iter().copied().collect();
+        if let Some((rx, statuses)) = v6.recreate(&self.nl, &peers).await {
+            *fatal6_rx = Some(rx);
+            if let Some(dp) = &v6.dataplane {
+                self.state.dataplane_v6.set(dp.shared().clone());
+            }
+            let status = v6.status(BTreeMap::new());
+            self.state.update(|i| {
+                if let Some(s) = i.ipv6.as_mut() {
+                    s.device = status.device;
+                }
+            });
+            self.set_v6_statuses(statuses);
+        }
     }
 }

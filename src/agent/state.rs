@@ -6,10 +6,10 @@ use crate::dataplane::Shared;
 use crate::dataplane::counters::CounterSnapshot;
 use crate::dataplane::offload::ActiveOffloads;
 use crate::subnet::{StoreStats, StoreStatsSnapshot};
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
@@ -107,6 +107,40 @@ pub struct PeerStatus {
     pub route_dev: Option<String>,
 }
 
+/// The IPv6 half of a dual-stack node (`EnableIPv6`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Ipv6Status {
+    /// The underlay interface's IPv6 address the IPv6 VTEP listens on.
+    pub interface_addr: Ipv6Addr,
+    /// The public IPv6 address other nodes send to (`PublicIPv6`).
+    pub public_ip: Ipv6Addr,
+    /// The cluster's `IPv6Network`.
+    pub network: Ipv6Net,
+    /// This node's IPv6 subnet.
+    pub subnet: Ipv6Net,
+    /// The VtepMAC of `flannel-v6.<VNI>` (`BackendV6Data`).
+    pub vtep_mac: MacAddr,
+    /// The device `flannel-v6.<VNI>`.
+    pub device: DeviceInfo,
+    /// The peers' IPv6 halves, by IPv6 subnet.
+    pub peers: BTreeMap<Ipv6Net, PeerV6Status>,
+}
+
+/// A peer's IPv6 VTEP as `weftd status` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PeerV6Status {
+    /// The peer's IPv4 subnet (its lease).
+    pub subnet: Ipv4Net,
+    /// Its public IPv6 address.
+    pub public_ip: Ipv6Addr,
+    /// Its IPv6 VtepMAC.
+    pub vtep_mac: MacAddr,
+    /// Its route (`S6 via S6::0 dev flannel-v6.<VNI> onlink`) is programmed.
+    pub route: bool,
+    /// Why it is not.
+    pub route_error: Option<String>,
+}
+
 /// The part of the status the control loop writes.
 #[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq, Eq)]
 pub struct StatusInfo {
@@ -122,6 +156,9 @@ pub struct StatusInfo {
     pub peers: BTreeMap<Ipv4Net, PeerStatus>,
     /// The outer UDP source ports in use.
     pub source_ports: Vec<u16>,
+    /// The IPv6 half, in dual stack.
+    #[serde(default)]
+    pub ipv6: Option<Ipv6Status>,
 }
 
 /// Lease events the agent acted on, by type.
@@ -150,7 +187,8 @@ pub struct AgentState {
     pub store: Arc<StoreStats>,
     /// The dataplane, once started (a new one after the device is recreated).
     pub dataplane: DataplaneSlot,
-
+    /// The dataplane of `flannel-v6.<VNI>`, in dual stack.
+    pub dataplane_v6: DataplaneSlot,
     /// `subnet.env` is written.
     pub ready: AtomicBool,
     /// Lease events acted on.
@@ -171,6 +209,11 @@ impl DataplaneSlot {
     /// Makes `shared` the dataplane in use.
     pub fn set(&self, shared: Arc<Shared>) {
         self.0.store(Some(shared));
+    }
+
+    /// No dataplane in use (while a device is recreated).
+    pub fn clear(&self) {
+        self.0.store(None);
     }
 }
 
@@ -227,7 +270,7 @@ impl AgentState {
             info: RwLock::new(StatusInfo::default()),
             store,
             dataplane: DataplaneSlot::default(),
-
+            dataplane_v6: DataplaneSlot::default(),
             ready: AtomicBool::new(false),
             lease_events: LeaseEventCounts::default(),
         })
@@ -244,9 +287,14 @@ impl AgentState {
         f(&mut guard);
     }
 
-    /// The dataplane's counters, once it runs.
+    /// The dataplane's counters, once it runs: in dual stack, both
+    /// devices' summed.
     pub fn counters(&self) -> Option<CounterSnapshot> {
-        self.dataplane.get().map(|d| d.counters.snapshot())
+        let mut sum = self.dataplane.get().map(|d| d.counters.snapshot())?;
+        if let Some(v6) = self.dataplane_v6.get() {
+            sum.merge(&v6.counters.snapshot());
+        }
+        Some(sum)
     }
 
     /// The store's counters.

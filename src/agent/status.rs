@@ -279,6 +279,25 @@ pub fn render(r: &StatusReport) -> String {
         }
         out.push_str(")\n");
     }
+    if let Some(v6) = &r.info.ipv6 {
+        let d = &v6.device;
+        let _ = write!(
+            out,
+            "ipv6     {} of {}  VtepMAC {}  public {} (via {})\n         device {} (index {}, mtu {}",
+            v6.subnet,
+            v6.network,
+            v6.vtep_mac,
+            v6.public_ip,
+            v6.interface_addr,
+            d.name,
+            d.index,
+            d.mtu
+        );
+        if d.recreated > 0 {
+            let _ = write!(out, ", recreated {} times after deletion", d.recreated);
+        }
+        out.push_str(")\n");
+    }
     let on: Vec<_> = r
         .offloads
         .iter()
@@ -348,6 +367,30 @@ pub fn render(r: &StatusReport) -> String {
             route
         );
     }
+    if let Some(v6) = &r.info.ipv6 {
+        let _ = writeln!(out, "\nIPV6 PEERS ({})", v6.peers.len());
+        let _ = writeln!(
+            out,
+            "{:<24} {:<20} {:<26} {:<18} ROUTE",
+            "IPV6 SUBNET", "LEASE", "PUBLIC IPV6", "VTEP MAC"
+        );
+        for (subnet6, p) in &v6.peers {
+            let route = match (&p.route, &p.route_error) {
+                (true, _) => format!("vxlan via {} dev {}", subnet6.network(), v6.device.name),
+                (false, Some(e)) => format!("NO: {e}"),
+                (false, None) => "no".to_string(),
+            };
+            let _ = writeln!(
+                out,
+                "{:<24} {:<20} {:<26} {:<18} {}",
+                subnet6.to_string(),
+                p.subnet.to_string(),
+                p.public_ip.to_string(),
+                p.vtep_mac.to_string(),
+                route
+            );
+        }
+    }
     if let Some(c) = &r.counters {
         let n = |k: &str| c[k].as_u64().unwrap_or(0);
         let _ = writeln!(out, "\nTRAFFIC");
@@ -364,6 +407,9 @@ pub fn render(r: &StatusReport) -> String {
             bytes(n("decap_bytes"))
         );
         let _ = writeln!(out, "arp answered  {}", n("arp_replies"));
+        if r.info.ipv6.is_some() {
+            let _ = writeln!(out, "ndp answered  {}", n("ndp_replies"));
+        }
         if r.workers.len() > 1 {
             let per: Vec<String> = r
                 .workers
