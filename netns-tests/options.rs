@@ -104,6 +104,55 @@ fn blackhole_route_is_kept_and_a_bridge_owned_prefix_is_logged_once() {
     assert!(lab.weftd_pid(0).is_some());
 }
 
+/// Dual stack: a blackhole route for the IPv6 subnet as well, kept the same way.
+#[test]
+fn blackhole_routes_cover_both_families_in_dual_stack() {
+    if skip_without_root() {
+        return;
+    }
+    let mut lab = Lab::new_dual(1);
+    lab.set_net_conf(&dual_net_conf(4789));
+    let (s4, s6) = lab.start_weftd_dual(
+        0,
+        WeftdOpts {
+            extra: vec![
+                "--ip-blackhole-route".into(),
+                "--iptables-resync".into(),
+                "1".into(),
+            ],
+            ..WeftdOpts::default()
+        },
+    );
+    let blackholes6 = |lab: &Lab| {
+        lab.run(
+            lab.ns(0),
+            &["ip", "-6", "route", "show", "type", "blackhole"],
+        )
+    };
+    let line4 = format!("blackhole {s4} proto 87");
+    let line6 = format!("blackhole {s6} proto 87");
+    wait_until(
+        "both blackhole routes at ready",
+        Duration::from_secs(2),
+        || blackholes(&lab, 0).contains(&line4) && blackholes6(&lab).contains(&line6),
+    );
+    lab.run(
+        lab.ns(0),
+        &["ip", "-6", "route", "del", "blackhole", &s6.to_string()],
+    );
+    assert!(!blackholes6(&lab).contains(&line6));
+    wait_until(
+        "IPv6 blackhole route re-added",
+        Duration::from_millis(2500),
+        || blackholes6(&lab).contains(&line6),
+    );
+    // The stale-route sweep leaves the node's own blackholes alone.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(blackholes(&lab, 0).contains(&line4));
+    assert!(blackholes6(&lab).contains(&line6));
+    assert!(!lab.weftd_log(0).contains("stale"), "{}", lab.weftd_log(0));
+}
+
 #[test]
 fn blackhole_route_is_off_by_default() {
     if skip_without_root() {

@@ -59,7 +59,7 @@ fn table() -> NdpTable {
     t
 }
 
-fn solicited_node(target: &[u8]) -> [u8; 16] {
+pub(super) fn solicited_node(target: &[u8]) -> [u8; 16] {
     let mut a = [0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01, 0xff, 0, 0, 0];
     a[13..].copy_from_slice(&target[13..16]);
     a
@@ -216,7 +216,7 @@ pub fn run(data: &[u8]) {
 
 /// An IPv6 frame from the kernel (`0e:00:00:00:00:01`) carrying `icmp`
 /// (checksum filled in), behind `ext` (a Hop-by-Hop header) unless empty.
-fn frame(
+pub(super) fn frame(
     eth_dst: [u8; 6],
     src: [u8; 16],
     dst: [u8; 16],
@@ -238,7 +238,7 @@ fn frame(
     f
 }
 
-fn solicitation(target: [u8; 16], slla: bool) -> Vec<u8> {
+pub(super) fn solicitation(target: [u8; 16], slla: bool) -> Vec<u8> {
     let mut icmp = vec![135, 0, 0, 0, 0, 0, 0, 0];
     icmp.extend_from_slice(&target);
     if slla {

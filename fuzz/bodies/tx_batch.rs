@@ -4,12 +4,15 @@
 //! each carry our VXLAN header and an inner frame for the MAC that peer
 //! announced, a GSO message holds at most 64 datagrams and 64 KiB, all but
 //! its last of the GSO size; the frames the messages carry are the frames
-//! counted as encapsulated; every reply is an ARP reply or an ICMP error; and
+//! counted as encapsulated; every reply is an ARP reply, a Neighbor
+//! Advertisement or an ICMP/ICMPv6 error; and
 //! the datagrams on the wire are the same with UDP GSO on and off (only how
 //! they are grouped into messages differs).
 //!
 //! Input: `[flags][sockets]` then frames as chunks (with the virtio flag,
-//! each chunk starts with the 10-byte virtio header).
+//! each chunk starts with the 10-byte virtio header). Flags: bit 0 virtio
+//! headers, bits 2–3 the underlay MTU, bit 4 the IPv6 device (`flannel-v6.1`:
+//! the IPv6 underlay, 20 more bytes of outer header, NDP answered).
 
 use super::input::{Builder, Input};
 use super::wire::{self, ETH_LEN};
@@ -39,12 +42,16 @@ fn plan(config: &TxConfig, frames: &[&[u8]]) -> Vec<(std::net::SocketAddr, Vec<u
             }
         })
         .unzip();
-    let router = wire::lab_router(SourceCheck::Strict);
+    let router = if config.ipv6_underlay {
+        wire::lab_router_v6(SourceCheck::Strict)
+    } else {
+        wire::lab_router(SourceCheck::Strict)
+    };
     let mut batch = TxBatch::with_capacity(frames.len());
     batch.plan(&router, config, &mut bufs, &lens);
     let tally = *batch.tally();
     let header = vxlan::header_bytes(Vni::new(1).expect("1 fits"));
-    let peers = wire::peers();
+    let peers = wire::peers_dual();
     let mut out = Vec::new();
     let mut frames_sent = 0u64;
     for m in batch.messages() {
@@ -57,7 +64,11 @@ fn plan(config: &TxConfig, frames: &[&[u8]]) -> Vec<(std::net::SocketAddr, Vec<u
         assert_eq!(m.dst.port(), PORT);
         let peer = peers
             .iter()
-            .find(|p| std::net::IpAddr::from(p.public_ip) == m.dst.ip())
+            .find(|p| match (m.dst.ip(), p.v6) {
+                (std::net::IpAddr::V4(ip), _) => !config.ipv6_underlay && p.public_ip == ip,
+                (std::net::IpAddr::V6(ip), Some(v6)) => config.ipv6_underlay && v6.public_ip == ip,
+                (std::net::IpAddr::V6(_), None) => false,
+            })
             .expect("messages go to a peer");
         assert!(!m.pieces.is_empty() && m.pieces.len() <= MAX_GSO_SEGMENTS);
         assert_ne!(m.gso_size, Some(0), "a GSO size of zero");
@@ -114,7 +125,7 @@ pub fn run(data: &[u8]) {
         underlay_mtu: mtu,
         sockets,
         udp_gso,
-        ipv6_underlay: false,
+        ipv6_underlay: flags & 0x10 != 0,
     };
     let with = plan(&config(true), &frames);
     let without = plan(&config(false), &frames);
@@ -172,5 +183,36 @@ pub fn seeds() -> Vec<Vec<u8>> {
                 vnet(VnetHdr::NONE, &big),
             ],
         ),
+        // flannel-v6.1: over the IPv6 underlay, a Neighbor Solicitation for
+        // peer 2's gateway answered from the leases.
+        plain(
+            0x10,
+            &[udp(200), tcp.clone(), neighbor_solicitation(), big.clone()],
+        ),
+        plain(
+            0x11,
+            &[
+                vnet(fixtures::tso_vnet_hdr(1398), &tso),
+                vnet(VnetHdr::NONE, &neighbor_solicitation()),
+            ],
+        ),
     ]
+}
+
+/// The kernel's solicitation for peer 2's IPv6 gateway `fd10:244:0:2::`.
+fn neighbor_solicitation() -> Vec<u8> {
+    use super::ndp;
+    let target = std::net::Ipv6Addr::new(0xfd10, 0x244, 0, 2, 0, 0, 0, 0).octets();
+    let group = ndp::solicited_node(&target);
+    let mut mac = [0x33, 0x33, 0, 0, 0, 0];
+    mac[2..].copy_from_slice(&group[12..]);
+    let link_local = std::net::Ipv6Addr::new(0xfe80, 0, 0, 0, 0xc, 0, 0, 1).octets();
+    ndp::frame(
+        mac,
+        link_local,
+        group,
+        255,
+        &[],
+        &ndp::solicitation(target, true),
+    )
 }

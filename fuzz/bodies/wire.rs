@@ -4,7 +4,7 @@
 
 use std::net::Ipv4Addr;
 use weft::core::mac::MacAddr;
-use weft::core::router::{LocalVtep, Peer, Router, SourceCheck, Tables};
+use weft::core::router::{LocalVtep, Peer, PeerV6, Router, SourceCheck, Tables};
 use weft::core::wire::vxlan::Vni;
 
 pub const ETH_LEN: usize = 14;
@@ -116,6 +116,37 @@ pub fn peers() -> [Peer; 3] {
         v6: None,
     };
     [peer(2), peer(3), peer(4)]
+}
+
+/// The peers with their IPv6 halves (dual stack): subnet `fd10:244:0:<i>::/64`,
+/// public address `fd00:99::<i>`, the same VtepMACs (each device has its own table).
+pub fn peers_dual() -> [Peer; 3] {
+    peers().map(|mut p| {
+        let i = p.vtep_mac.0[5];
+        p.v6 = Some(PeerV6 {
+            subnet: ipnet::Ipv6Net::new(
+                std::net::Ipv6Addr::new(0xfd10, 0x244, 0, u16::from(i), 0, 0, 0, 0),
+                64,
+            )
+            .expect("a /64"),
+            public_ip: std::net::Ipv6Addr::new(0xfd00, 0x99, 0, 0, 0, 0, 0, u16::from(i)),
+            vtep_mac: p.vtep_mac,
+        });
+        p
+    })
+}
+
+/// This node's IPv6 underlay address in the dual-stack lab.
+pub const OUR_IP6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0xfd00, 0x99, 0, 0, 0, 0, 0, 1);
+
+/// The router of the lab's `flannel-v6.1`: over the IPv6 underlay, NDP for the peers' gateways.
+pub fn lab_router_v6(check: SourceCheck) -> Router {
+    let local = LocalVtep {
+        vni: Vni::new(1).expect("1 fits"),
+        mac: OUR_MAC,
+        public_ip: OUR_IP6.into(),
+    };
+    Router::new(local, check, Tables::from_peers_v6(peers_dual().iter()))
 }
 
 pub fn lab_router(check: SourceCheck) -> Router {

@@ -1,5 +1,5 @@
 //! `--ip-blackhole-route`: keeps a `blackhole <own subnet>` route in the main
-//! table, so traffic to pod IPs that no pod holds is dropped on the node
+//! table (one per family in dual stack), so traffic to pod IPs that no pod holds is dropped on the node
 //! rather than sent to the default route (flannel's "in case the bridge plugin
 //! is not enabled", e.g. Canal).
 //!
@@ -10,7 +10,7 @@
 
 use crate::netlink::Netlink;
 use crate::netlink::blackhole::is_exists;
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use std::time::Duration;
 use tracing::{info, warn};
 
@@ -38,7 +38,7 @@ pub fn worth_logging(previous: Option<Outcome>, now: Outcome) -> bool {
 }
 
 /// One check: adds the route if it is missing.
-pub async fn ensure(nl: &Netlink, subnet: Ipv4Net) -> Outcome {
+pub async fn ensure(nl: &Netlink, subnet: IpNet) -> Outcome {
     match nl.has_blackhole(subnet).await {
         Ok(true) => return Outcome::Present,
         Ok(false) => {}
@@ -57,26 +57,28 @@ pub async fn ensure(nl: &Netlink, subnet: Ipv4Net) -> Outcome {
     }
 }
 
-/// Checks now and then every `period` until the task is aborted.
-pub fn start(nl: Netlink, subnet: Ipv4Net, period: Duration) -> tokio::task::JoinHandle<()> {
+/// Checks `subnets` now and then every `period` until the task is aborted.
+pub fn start(nl: Netlink, subnets: Vec<IpNet>, period: Duration) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut previous = None;
+        let mut previous = vec![None; subnets.len()];
         let mut ticks = tokio::time::interval(period);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
-            let outcome = ensure(&nl, subnet).await;
-            if worth_logging(previous, outcome) {
-                match outcome {
-                    Outcome::Added => info!(%subnet, "added blackhole route"),
-                    Outcome::Shadowed => info!(
-                        %subnet,
-                        "another route owns the subnet's prefix (the bridge's, e.g. cni0): no blackhole route while it exists; checked every period"
-                    ),
-                    Outcome::Present | Outcome::Failed => {}
+            for (&subnet, previous) in subnets.iter().zip(previous.iter_mut()) {
+                let outcome = ensure(&nl, subnet).await;
+                if worth_logging(*previous, outcome) {
+                    match outcome {
+                        Outcome::Added => info!(%subnet, "added blackhole route"),
+                        Outcome::Shadowed => info!(
+                            %subnet,
+                            "another route owns the subnet's prefix (the bridge's, e.g. cni0): no blackhole route while it exists; checked every period"
+                        ),
+                        Outcome::Present | Outcome::Failed => {}
+                    }
                 }
+                *previous = Some(outcome);
             }
-            previous = Some(outcome);
         }
     })
 }

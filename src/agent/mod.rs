@@ -461,9 +461,13 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     ))?;
     control.subnet_env = Some((args.subnet_file.clone(), env));
     let blackhole_task = args.ip_blackhole_route.then(|| {
+        let mut subnets = vec![ipnet::IpNet::V4(lease.subnet)];
+        if let Some(v6) = &control.v6 {
+            subnets.push(ipnet::IpNet::V6(v6.spec.subnet));
+        }
         blackhole::start(
             control.nl.clone(),
-            lease.subnet,
+            subnets,
             Duration::from_secs(args.iptables_resync),
         )
     });
@@ -976,6 +980,12 @@ impl Control {
         let events = self.watcher.reset(leases);
         self.apply_events(events).await;
         self.remove_stale_routes().await;
+        // The IPv6 sweep (and routes of peers that failed) likewise.
+        if let Some(v6) = self.v6.as_mut() {
+            let peers: Vec<Peer> = self.peers.iter().copied().collect();
+            let statuses = v6.resync(&self.nl, &peers).await;
+            self.set_v6_statuses(statuses);
+        }
     }
 
     async fn apply_events(&mut self, events: Vec<LeaseEvent>) {
