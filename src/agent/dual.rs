@@ -9,8 +9,8 @@
 //! from the leases, as ARP is on `flannel.<VNI>`.
 //!
 //! Not here yet: IPv6-only networks (`EnableIPv4: false`, refused when the
-//! config is read), DirectRouting for the IPv6 half (its peers always go
-//! through the overlay) and `--ip-blackhole-route` for the IPv6 subnet.
+//! config is read) and DirectRouting for the IPv6 half (its peers always go
+//! through the overlay).
 
 use super::state::{DeviceInfo, Ipv6Status, PeerV6Status};
 use super::tunables::Tunables;
@@ -58,14 +58,20 @@ pub struct Addresses {
     pub public_ip: Ipv6Addr,
 }
 
-/// Picks the IPv6 addresses on the chosen interface: its first global IPv6
+/// Picks the IPv6 addresses on the chosen interface: the `--iface` entry
+/// that is one of its IPv6 addresses (`wanted`), else its first global IPv6
 /// address (flannel's `IfaceV6Addr`), and `explicit` as the public one when given.
 pub fn choose_addresses(
     iface: &str,
     addrs: &[crate::netlink::v6::LinkAddr6],
+    wanted: &[String],
     explicit: Option<Ipv6Addr>,
 ) -> Result<Addresses, String> {
-    let global = addrs.iter().find(|a| a.is_global()).map(|a| a.addr);
+    let named = wanted
+        .iter()
+        .filter_map(|s| s.parse::<Ipv6Addr>().ok())
+        .find(|ip| addrs.iter().any(|a| a.addr == *ip));
+    let global = named.or_else(|| addrs.iter().find(|a| a.is_global()).map(|a| a.addr));
     match (global, explicit) {
         (Some(listen), public) => Ok(Addresses {
             listen,
@@ -500,25 +506,29 @@ mod tests {
             addr(2, "fd00:99::7", 64),
             addr(2, "fd00:99::8", 64),
         ];
-        let a = choose_addresses("eth0", &addrs, None).unwrap();
+        let a = choose_addresses("eth0", &addrs, &[], None).unwrap();
         assert_eq!(a.listen, "fd00:99::7".parse::<Ipv6Addr>().unwrap());
         assert_eq!(a.public_ip, a.listen);
         let public: Ipv6Addr = "2001:db8::5".parse().unwrap();
-        let a = choose_addresses("eth0", &addrs, Some(public)).unwrap();
+        let a = choose_addresses("eth0", &addrs, &[], Some(public)).unwrap();
         assert_eq!(
             (a.listen, a.public_ip),
             ("fd00:99::7".parse().unwrap(), public)
         );
+        // `--iface fd00:99::8` picks that address of the interface.
+        let a = choose_addresses("eth0", &addrs, &["fd00:99::8".into()], None).unwrap();
+        let want: Ipv6Addr = "fd00:99::8".parse().unwrap();
+        assert_eq!((a.listen, a.public_ip), (want, want));
     }
 
     #[test]
     fn an_interface_without_a_global_ipv6_address_is_a_clear_error() {
-        let e = choose_addresses("eth0", &[addr(2, "fe80::1", 64)], None).unwrap_err();
+        let e = choose_addresses("eth0", &[addr(2, "fe80::1", 64)], &[], None).unwrap_err();
         assert!(
             e.contains("failed to find IPv6 address for interface eth0"),
             "{e}"
         );
-        assert!(choose_addresses("eth0", &[], Some("2001:db8::5".parse().unwrap())).is_err());
+        assert!(choose_addresses("eth0", &[], &[], Some("2001:db8::5".parse().unwrap())).is_err());
     }
 
     #[test]

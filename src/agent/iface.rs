@@ -126,10 +126,44 @@ pub fn select(
     build(link, addr)
 }
 
+/// `--iface` entries that are IPv6 addresses (dual stack, as flanneld takes
+/// them) replaced by the name of the link holding the address, in place; an
+/// address no link holds is left as it is (it matches nothing).
+pub fn resolve_ipv6_specs(
+    specs: &[String],
+    links: &[LinkInfo],
+    addrs6: &[crate::netlink::v6::LinkAddr6],
+) -> Vec<String> {
+    specs
+        .iter()
+        .map(|spec| {
+            spec.parse::<std::net::Ipv6Addr>()
+                .ok()
+                .and_then(|ip| addrs6.iter().find(|a| a.addr == ip))
+                .and_then(|a| links.iter().find(|l| l.index == a.index))
+                .map_or_else(|| spec.clone(), |l| l.name.clone())
+        })
+        .collect()
+}
+
 /// Reads links, addresses and routes, then [`select`]s.
 pub async fn choose(nl: &Netlink, sel: &Selector) -> Result<ExternalInterface, String> {
     let links = nl.links().await.map_err(|e| e.to_string())?;
     let addrs = nl.addresses(None).await.map_err(|e| e.to_string())?;
+    let resolved;
+    let mut sel = sel;
+    if sel
+        .iface
+        .iter()
+        .any(|s| s.parse::<std::net::Ipv6Addr>().is_ok())
+    {
+        let addrs6 = nl.addresses_v6(None).await.map_err(|e| e.to_string())?;
+        resolved = Selector {
+            iface: resolve_ipv6_specs(&sel.iface, &links, &addrs6),
+            ..sel.clone()
+        };
+        sel = &resolved;
+    }
     let default_route = nl
         .default_route_interface()
         .await
@@ -172,6 +206,32 @@ mod tests {
                 addr(3, [192, 168, 56, 10]),
             ],
         )
+    }
+
+    #[test]
+    fn an_ipv6_iface_entry_names_the_link_holding_it() {
+        let (links, addrs) = world();
+        let addrs6 = [crate::netlink::v6::LinkAddr6 {
+            index: 3,
+            addr: "fd00:99::10".parse().unwrap(),
+            prefix_len: 64,
+        }];
+        let specs = vec![
+            "fd00:99::7".to_string(),
+            "fd00:99::10".into(),
+            "eth0".into(),
+        ];
+        let resolved = resolve_ipv6_specs(&specs, &links, &addrs6);
+        assert_eq!(resolved, ["fd00:99::7", "eth1", "eth0"]);
+        let sel = Selector {
+            iface: resolved,
+            ..Selector::default()
+        };
+        let e = select(&sel, &links, &addrs, Some(2), None).unwrap();
+        assert_eq!(
+            (e.name.as_str(), e.addr),
+            ("eth1", Ipv4Addr::new(192, 168, 56, 10))
+        );
     }
 
     #[test]

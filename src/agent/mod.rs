@@ -242,7 +242,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
             None => store.stored_public_ipv6().await?,
         };
         let addrs = nl.addresses_v6(Some(ext.index)).await?;
-        let addrs = dual::choose_addresses(&ext.name, &addrs, explicit)
+        let addrs = dual::choose_addresses(&ext.name, &addrs, &args.iface, explicit)
             .map_err(|reason| AgentError::Interface { reason })?;
         let existing6 = nl.link_by_name(&tap6_name).await?;
         let mac6 = dual::choose_mac(previous_lease.as_ref(), existing6.as_ref(), mac);
