@@ -465,11 +465,10 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         if let Some(v6) = &control.v6 {
             subnets.push(ipnet::IpNet::V6(v6.spec.subnet));
         }
-        blackhole::start(
-            control.nl.clone(),
-            subnets,
-            Duration::from_secs(args.iptables_resync),
-        )
+        // A socket of its own: the kernel refuses (EBUSY) a dump on a socket
+        // while another dump on it runs, and the control loop dumps too.
+        let nl = Netlink::connect().unwrap_or_else(|_| control.nl.clone());
+        blackhole::start(nl, subnets, Duration::from_secs(args.iptables_resync))
     });
     state.ready.store(true, Relaxed);
     info!(subnet_file = %args.subnet_file.display(), peers = control.peers.len(), "weftd is ready");
