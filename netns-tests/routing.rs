@@ -180,6 +180,151 @@ fn direct_routing_on_one_subnet_overlay_across_a_router() {
     assert!(log.contains("the route kind of a peer changed"), "{log}");
 }
 
+/// The main-table IPv6 routes of a namespace, as `ip -6 route show` prints them.
+fn routes6(lab: &Lab, ns: &str) -> Vec<String> {
+    lab.run(ns, &["ip", "-6", "route", "show", "table", "main"])
+        .lines()
+        .map(|l| l.trim().to_owned())
+        .collect()
+}
+
+/// The IPv6 route to `dst` in a namespace's main table, or `None`.
+fn route6_to(lab: &Lab, ns: &str, dst: ipnet::Ipv6Net) -> Option<String> {
+    let prefix = format!("{dst} ");
+    routes6(lab, ns)
+        .into_iter()
+        .find(|r| r.starts_with(&prefix))
+}
+
+/// DirectRouting in dual stack, as flannel does it for both families: the
+/// IPv6 subnets of nodes on one underlay subnet get `S6 via <PublicIPv6>`,
+/// a node behind a router the overlay through `flannel-v6.1`; IPv6 traffic
+/// between the first two is not encapsulated, and status shows both kinds.
+#[test]
+fn direct_routing_covers_the_ipv6_half_in_dual_stack() {
+    if skip_without_root() {
+        return;
+    }
+    let mut lab = Lab::new_dual(3);
+    lab.set_net_conf(
+        r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd10:244::/56","Backend":{"Type":"vxlan","DirectRouting":true}}"#,
+    );
+    // Node 2 behind the underlay namespace acting as a router for both families.
+    let u = lab.underlay.clone();
+    let far4 = move_behind_router(&mut lab, 2);
+    for args in [
+        vec![
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            "fd00:98::fe/64",
+            "dev",
+            "br1",
+            "nodad",
+        ],
+        vec!["sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1"],
+    ] {
+        lab.run(&u, &args);
+    }
+    let ns2 = lab.ns(2).to_owned();
+    for args in [
+        vec![
+            "ip", "-6", "addr", "flush", "dev", "eth0", "scope", "global",
+        ],
+        vec![
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            "fd00:98::12/64",
+            "dev",
+            "eth0",
+            "nodad",
+        ],
+        vec![
+            "ip",
+            "-6",
+            "route",
+            "replace",
+            "default",
+            "via",
+            "fd00:98::fe",
+        ],
+    ] {
+        lab.run(&ns2, &args);
+    }
+    lab.nodes[2].ip6 = Some("fd00:98::12".parse().unwrap());
+    assert!(
+        lab.ping(&ns2, lab.nodes[0].ip, 1),
+        "node 2 reaches node 0 via {far4}"
+    );
+    assert!(
+        lab.ping6(&ns2, lab.ip6(0), 1),
+        "node 2 reaches node 0 over IPv6"
+    );
+
+    let s: Vec<(ipnet::Ipv4Net, ipnet::Ipv6Net)> = (0..3)
+        .map(|i| lab.start_weftd_dual(i, WeftdOpts::default()))
+        .collect();
+    let ns: Vec<String> = (0..3).map(|i| lab.ns(i).to_owned()).collect();
+    for i in 0..3 {
+        wait_for(
+            &format!("node {i} has IPv6 routes to both peers"),
+            Duration::from_secs(10),
+            || (lab.status(i)["ipv6"]["peers"].as_object()?.len() == 2).then_some(()),
+        );
+    }
+    let (ip6_0, ip6_1) = (lab.ip6(0), lab.ip6(1));
+    // Same subnet: direct, weft's protocol.
+    for (node, peer, via) in [(0, 1, ip6_1), (1, 0, ip6_0)] {
+        let r = route6_to(&lab, &ns[node], s[peer].1)
+            .unwrap_or_else(|| panic!("node {node}: no route to {}", s[peer].1));
+        assert!(
+            r.starts_with(&format!("{} via {via} dev eth0 proto 87", s[peer].1)),
+            "node {node} to node {peer}: {r}"
+        );
+    }
+    // Across the router: the overlay.
+    for (node, peer) in [(0, 2), (1, 2), (2, 0), (2, 1)] {
+        let r = route6_to(&lab, &ns[node], s[peer].1)
+            .unwrap_or_else(|| panic!("node {node}: no route to {}", s[peer].1));
+        assert!(
+            r.starts_with(&format!(
+                "{} via {} dev flannel-v6.1 proto 87",
+                s[peer].1,
+                s[peer].1.network()
+            )) && r.contains("onlink"),
+            "node {node} to node {peer}: {r}"
+        );
+    }
+    let st = lab.status(0);
+    let p1 = &st["ipv6"]["peers"][s[1].1.to_string()];
+    assert_eq!(p1["route_kind"], "direct", "{st}");
+    assert_eq!(p1["route_via"], ip6_1.to_string(), "{st}");
+    let p2 = &st["ipv6"]["peers"][s[2].1.to_string()];
+    assert_eq!(p2["route_kind"], "vxlan", "{st}");
+    let sock = lab.status_socket(0).display().to_string();
+    let text = lab.run(&ns[0], &[WEFTD, "status", "--status-socket", &sock]);
+    assert!(text.contains(&format!("direct via {ip6_1}")), "{text}");
+
+    // IPv6 between the same-subnet nodes is not encapsulated; to the far node it is.
+    let e0 = encap_frames(&lab, 0);
+    lab.wait_ping6(&ns[0], s[1].1.network(), Duration::from_secs(5));
+    assert!(lab.ping6(&ns[0], s[1].1.network(), 3));
+    assert_eq!(
+        encap_frames(&lab, 0),
+        e0,
+        "node 0 encapsulated same-subnet IPv6"
+    );
+    lab.wait_ping6(&ns[0], s[2].1.network(), Duration::from_secs(5));
+    assert!(lab.ping6(&ns[0], s[2].1.network(), 3));
+    assert!(
+        encap_frames(&lab, 0) >= e0 + 3,
+        "IPv6 to the far node went through the overlay"
+    );
+}
+
 #[test]
 fn stale_routes_of_an_earlier_network_go_and_others_stay() {
     if skip_without_root() {

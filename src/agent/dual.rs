@@ -5,12 +5,13 @@
 //! one), a dataplane of its own over the IPv6 underlay (its sockets listen
 //! on the interface's IPv6 address; peers are reached at their
 //! `PublicIPv6`), and a route per peer `S6 via S6::0 dev flannel-v6.<VNI>
-//! onlink`. The kernel's Neighbor Solicitations for `S6::0` are answered
-//! from the leases, as ARP is on `flannel.<VNI>`.
+//! onlink` — or, with DirectRouting, `S6 via <its PublicIPv6>` when the
+//! kernel reaches that address on-link on the underlay, as flannel does for
+//! both families. The kernel's Neighbor Solicitations for `S6::0` are
+//! answered from the leases, as ARP is on `flannel.<VNI>`.
 //!
 //! Not here yet: IPv6-only networks (`EnableIPv4: false`, refused when the
-//! config is read) and DirectRouting for the IPv6 half (its peers always go
-//! through the overlay).
+//! config is read).
 
 use super::state::{DeviceInfo, Ipv6Status, PeerV6Status};
 use super::tunables::Tunables;
@@ -195,8 +196,8 @@ pub struct V6Side {
     pub dataplane: Option<Dataplane>,
     /// The router last handed to the dataplane.
     pub router: Arc<Router>,
-    /// The routes programmed: IPv6 subnet → the peer (by its IPv4 subnet).
-    pub routed: BTreeMap<Ipv6Net, Ipv4Key>,
+    /// The routes programmed, by IPv6 subnet.
+    pub routed: BTreeMap<Ipv6Net, Routed>,
     /// Times the device was recreated.
     pub recreated: u64,
     /// `gso_max_segs` if weftd set it.
@@ -205,6 +206,31 @@ pub struct V6Side {
 
 /// A lease's IPv4 subnet, naming the peer an IPv6 route belongs to.
 pub type Ipv4Key = ipnet::Ipv4Net;
+
+/// An IPv6 route weftd programmed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Routed {
+    /// The peer's lease.
+    pub lease: Ipv4Key,
+    /// `Some(public IPv6)`: a direct route via the peer (DirectRouting);
+    /// `None`: through the overlay.
+    pub direct_via: Option<Ipv6Addr>,
+}
+
+/// flannel's `ip.DirectRouting` for IPv6: a direct route when DirectRouting
+/// is on and the kernel reaches `public_ip` on-link — a unicast answer
+/// without a gateway, not through the IPv6 VTEP itself.
+pub fn direct_via(
+    direct_routing: bool,
+    public_ip: Ipv6Addr,
+    answer: Option<&crate::netlink::v6::RouteGet6>,
+    tap_index: u32,
+) -> Option<Ipv6Addr> {
+    let on_link = answer.is_some_and(|a| {
+        a.unicast && a.gateway.is_none() && a.oif.is_some() && a.oif != Some(tap_index)
+    });
+    (direct_routing && on_link).then_some(public_ip)
+}
 
 impl V6Side {
     /// The running side after [`start_dataplane`].
@@ -288,16 +314,41 @@ impl V6Side {
         out
     }
 
+    /// The kind of route `v6` gets now: `Some(via)` for a direct route.
+    async fn route_kind(&self, nl: &Netlink, v6: &PeerV6) -> Option<Ipv6Addr> {
+        if !self.spec.config.vxlan.direct_routing {
+            return None;
+        }
+        let answer = match nl.route_get_v6(v6.public_ip).await {
+            Ok(answer) => answer,
+            Err(e) => {
+                warn!(public_ip = %v6.public_ip, error = %e, "cannot ask the kernel how it reaches a peer; using the overlay route");
+                None
+            }
+        };
+        direct_via(true, v6.public_ip, answer.as_ref(), self.link.index)
+    }
+
     async fn add_route(
         &mut self,
         nl: &Netlink,
         lease: Ipv4Key,
         v6: PeerV6,
     ) -> (Ipv6Net, Option<PeerV6Status>) {
-        let result = nl.replace_route_v6(self.link.index, v6.subnet).await;
+        let direct_via = self.route_kind(nl, &v6).await;
+        // A route of the other kind goes first (replace matches on the metric, not the kind).
+        if let Some(old) = self.routed.get(&v6.subnet).copied()
+            && old.direct_via != direct_via
+        {
+            self.delete_routed(nl, v6.subnet, old).await;
+        }
+        let result = match direct_via {
+            None => nl.replace_route_v6(self.link.index, v6.subnet).await,
+            Some(via) => nl.replace_direct_route_v6(v6.subnet, via).await,
+        };
         let route_error = match &result {
             Ok(()) => {
-                self.routed.insert(v6.subnet, lease);
+                self.routed.insert(v6.subnet, Routed { lease, direct_via });
                 None
             }
             Err(e) => {
@@ -314,15 +365,35 @@ impl V6Side {
                 vtep_mac: v6.vtep_mac,
                 route: result.is_ok(),
                 route_error,
+                route_kind: Some(
+                    if direct_via.is_some() {
+                        "direct"
+                    } else {
+                        "vxlan"
+                    }
+                    .into(),
+                ),
+                route_via: Some(direct_via.unwrap_or(v6.gateway())),
             }),
         )
     }
 
-    async fn remove_route(&mut self, nl: &Netlink, v6: PeerV6) -> (Ipv6Net, Option<PeerV6Status>) {
-        self.routed.remove(&v6.subnet);
-        if let Err(e) = nl.delete_route_v6(self.link.index, v6.subnet).await {
-            error!(subnet = %v6.subnet, error = %e, "cannot remove IPv6 route");
+    async fn delete_routed(&self, nl: &Netlink, subnet: Ipv6Net, routed: Routed) {
+        let result = match routed.direct_via {
+            None => nl.delete_route_v6(self.link.index, subnet).await,
+            Some(via) => nl.delete_direct_route_v6(subnet, via).await,
+        };
+        if let Err(e) = result {
+            error!(subnet = %subnet, error = %e, "cannot remove IPv6 route");
         }
+    }
+
+    async fn remove_route(&mut self, nl: &Netlink, v6: PeerV6) -> (Ipv6Net, Option<PeerV6Status>) {
+        let routed = self.routed.remove(&v6.subnet).unwrap_or(Routed {
+            lease: Ipv4Key::default(),
+            direct_via: None,
+        });
+        self.delete_routed(nl, v6.subnet, routed).await;
         self.forget_neighbour(nl, v6.gateway()).await;
         (v6.subnet, None)
     }
@@ -415,15 +486,27 @@ impl V6Side {
             .filter_map(|p| p.v6.map(|v6| (v6.subnet, (p.subnet, v6))))
             .collect();
         for (subnet6, (lease, v6)) in &wanted {
+            let kind = self.route_kind(nl, v6).await;
             let there = present.iter().any(|r| {
                 r.dst == *subnet6
-                    && r.oif == Some(self.link.index)
-                    && r.gateway == Some(subnet6.network())
+                    && match kind {
+                        None => {
+                            r.oif == Some(self.link.index) && r.gateway == Some(subnet6.network())
+                        }
+                        Some(via) => r.gateway == Some(via) && r.oif != Some(self.link.index),
+                    }
             });
-            if !there {
-                warn!(subnet = %subnet6, "IPv6 route to a peer was missing; adding it back");
-                out.push(self.add_route(nl, *lease, *v6).await);
+            let known = self.routed.get(subnet6).map(|r| r.direct_via);
+            if there && known == Some(kind) {
+                continue;
             }
+            match known {
+                Some(old) if old != kind => {
+                    info!(subnet = %subnet6, direct = kind.is_some(), "the IPv6 route kind of a peer changed; replacing its route")
+                }
+                _ => warn!(subnet = %subnet6, "IPv6 route to a peer was missing; adding it back"),
+            }
+            out.push(self.add_route(nl, *lease, *v6).await);
         }
         for route in stale_routes_v6(&present, self.link.index, self.spec.subnet, &wanted) {
             match nl.delete_kernel_route_v6(route).await {
@@ -567,6 +650,35 @@ mod tests {
         assert_eq!(overlay_mtu(&config, 1500), 1430);
         config.vxlan.mtu = Some(9000);
         assert_eq!(overlay_mtu(&config, 1500), 8930);
+    }
+
+    #[test]
+    fn an_on_link_ipv6_peer_gets_a_direct_route_only_with_direct_routing() {
+        use crate::netlink::v6::RouteGet6;
+        let ip: Ipv6Addr = "fd00:99::2".parse().unwrap();
+        let on_link = RouteGet6 {
+            gateway: None,
+            oif: Some(2),
+            unicast: true,
+        };
+        assert_eq!(direct_via(true, ip, Some(&on_link), 9), Some(ip));
+        assert_eq!(direct_via(false, ip, Some(&on_link), 9), None);
+        let routed = RouteGet6 {
+            gateway: Some("fd00:99::fe".parse().unwrap()),
+            ..on_link
+        };
+        assert_eq!(direct_via(true, ip, Some(&routed), 9), None);
+        let through_vtep = RouteGet6 {
+            oif: Some(9),
+            ..on_link
+        };
+        assert_eq!(direct_via(true, ip, Some(&through_vtep), 9), None);
+        let unreachable = RouteGet6 {
+            unicast: false,
+            ..on_link
+        };
+        assert_eq!(direct_via(true, ip, Some(&unreachable), 9), None);
+        assert_eq!(direct_via(true, ip, None, 9), None);
     }
 
     fn route(dst: &str, oif: u32, proto: u8) -> KernelRoute6 {

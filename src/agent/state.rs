@@ -139,6 +139,12 @@ pub struct PeerV6Status {
     pub route: bool,
     /// Why it is not.
     pub route_error: Option<String>,
+    /// `vxlan` (through `flannel-v6.<VNI>`) or `direct` (DirectRouting).
+    #[serde(default)]
+    pub route_kind: Option<String>,
+    /// `S6::0` for `vxlan`, the public IPv6 address for `direct`.
+    #[serde(default)]
+    pub route_via: Option<Ipv6Addr>,
 }
 
 /// The part of the status the control loop writes.

@@ -376,7 +376,10 @@ pub fn render(r: &StatusReport) -> String {
         );
         for (subnet6, p) in &v6.peers {
             let route = match (&p.route, &p.route_error) {
-                (true, _) => format!("vxlan via {} dev {}", subnet6.network(), v6.device.name),
+                (true, _) => match (p.route_kind.as_deref(), p.route_via) {
+                    (Some("direct"), Some(via)) => format!("direct via {via}"),
+                    _ => format!("vxlan via {} dev {}", subnet6.network(), v6.device.name),
+                },
                 (false, Some(e)) => format!("NO: {e}"),
                 (false, None) => "no".to_string(),
             };

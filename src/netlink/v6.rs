@@ -49,6 +49,17 @@ pub struct KernelRoute6 {
     pub message: RouteMessage,
 }
 
+/// The kernel's answer to `ip -6 route get`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteGet6 {
+    /// The gateway, when the destination is not on-link.
+    pub gateway: Option<Ipv6Addr>,
+    /// The output interface.
+    pub oif: Option<u32>,
+    /// A plain unicast route (not local, blackhole, unreachable, ...).
+    pub unicast: bool,
+}
+
 impl Netlink {
     /// Every IPv6 address, or those on `index`.
     pub async fn addresses_v6(&self, index: Option<u32>) -> Result<Vec<LinkAddr6>> {
@@ -233,6 +244,60 @@ impl Netlink {
             });
         }
         Ok(out)
+    }
+
+    fn direct_route_v6(subnet: Ipv6Net, via: Ipv6Addr) -> RouteMessage {
+        RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(subnet.network(), subnet.prefix_len())
+            .gateway(via)
+            .protocol(RouteProtocol::from(WEFT_ROUTE_PROTOCOL))
+            .build()
+    }
+
+    /// `ip -6 route replace S6 via P proto 87` (DirectRouting: the peer's
+    /// public IPv6 address on-link on the underlay).
+    pub async fn replace_direct_route_v6(&self, subnet: Ipv6Net, via: Ipv6Addr) -> Result<()> {
+        self.handle
+            .route()
+            .add(Self::direct_route_v6(subnet, via))
+            .replace()
+            .execute()
+            .await
+            .map_err(ctx(|| format!("add direct route {subnet} via {via}")))
+    }
+
+    /// Removes the direct route to `subnet` via `via`; one already gone is fine.
+    pub async fn delete_direct_route_v6(&self, subnet: Ipv6Net, via: Ipv6Addr) -> Result<()> {
+        let result = self
+            .handle
+            .route()
+            .del(Self::direct_route_v6(subnet, via))
+            .execute()
+            .await;
+        ignore_esrch(result, || format!("delete direct route {subnet} via {via}"))
+    }
+
+    /// The kernel's answer to `ip -6 route get <ip>`: gateway, interface, type.
+    pub async fn route_get_v6(&self, ip: Ipv6Addr) -> Result<Option<RouteGet6>> {
+        let query = RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(ip, 128)
+            .build();
+        let mut stream = self.handle.route().get(query).execute();
+        let msg = stream
+            .try_next()
+            .await
+            .map_err(ctx(|| format!("route get {ip}")))?;
+        Ok(msg.map(|m| RouteGet6 {
+            gateway: m.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Gateway(RouteAddress::Inet6(ip)) => Some(*ip),
+                _ => None,
+            }),
+            oif: m.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Oif(i) => Some(*i),
+                _ => None,
+            }),
+            unicast: m.header.kind == netlink_packet_route::route::RouteType::Unicast,
+        }))
     }
 
     /// Forgets the kernel's neighbour entry for `ip` on the link, so the
