@@ -586,6 +586,15 @@ fn the_daemonset_runs_in_rootful_containers_on_three_nodes() {
         );
     }
 
+    // A dual-stack cluster's --ip-masq runs the IPv6 tools: the image has them.
+    for tool in ["ip6tables", "ip6tables-restore", "ip6tables-save"] {
+        let out = podman_ok(
+            Some(&hosts[0].ns),
+            &["exec", &names[hosts[0].index], tool, "--version"],
+        );
+        assert!(out.contains("v1."), "{tool} --version: {out}");
+    }
+
     // A pod on each node, wired by the installed plugin with the installed conflist.
     let mut pod_namespaces = PodNamespaces::default();
     let mut pods = Vec::new();

@@ -239,3 +239,52 @@ fn a_node_without_a_pod_cidr_exits_with_flannels_message() {
     assert!(!lab.subnet_file(0).exists());
     assert!(api.annotation_patches("node-0").is_empty());
 }
+
+/// Kubernetes mode in dual stack: each node's podCIDRs hold an IPv4 and an
+/// IPv6 CIDR; weftd takes both (subnet.env, `flannel-v6.1`), publishes
+/// `public-ipv6` and `backend-v6-data` with the IPv6 VtepMAC, and the nodes
+/// reach each other's IPv6 subnets over the IPv6 underlay.
+#[test]
+fn dual_stack_nodes_in_kubernetes_mode_pass_ipv6_traffic() {
+    if skip_without_root() {
+        return;
+    }
+    let mut lab = Lab::new_dual(2);
+    lab.set_net_conf(&dual_net_conf(4789));
+    let api = start_api(&lab);
+    let cidr4 = |i: usize| format!("10.244.{}.0/24", (i + 1) * 10);
+    let cidr6 = |i: usize| format!("fd10:244:0:{}::/64", (i + 1) * 10);
+    for i in 0..2 {
+        let mut n = node(&format!("node-{i}"), Some(&cidr4(i)));
+        if let Some(spec) = n.spec.as_mut() {
+            spec.pod_cidrs = Some(vec![cidr4(i), cidr6(i)]);
+        }
+        api.add_node(n);
+    }
+    let subnets: Vec<_> = (0..2)
+        .map(|i| lab.start_weftd_dual(i, kube_opts(&api, i)))
+        .collect();
+    for (i, (s4, s6)) in subnets.iter().enumerate() {
+        assert_eq!(s4.to_string(), cidr4(i), "node {i}'s IPv4 podCIDR");
+        assert_eq!(s6.to_string(), cidr6(i), "node {i}'s IPv6 podCIDR");
+        let status = lab.status(i);
+        let mac6 = status["ipv6"]["vtep_mac"]
+            .as_str()
+            .expect("IPv6 VtepMAC")
+            .to_owned();
+        assert_ne!(Some(mac6.as_str()), status["lease"]["vtep_mac"].as_str());
+        let n = api.node(&format!("node-{i}")).unwrap();
+        let p = "flannel.alpha.coreos.com/";
+        assert_eq!(
+            annotation(&n, &format!("{p}public-ipv6")),
+            Some(lab.ip6(i).to_string().as_str())
+        );
+        assert_eq!(
+            annotation(&n, &format!("{p}backend-v6-data")),
+            Some(format!(r#"{{"VNI":1,"VtepMAC":"{mac6}"}}"#).as_str())
+        );
+    }
+    lab.wait_ping6(lab.ns(0), subnets[1].1.network(), Duration::from_secs(10));
+    lab.wait_ping6(lab.ns(1), subnets[0].1.network(), Duration::from_secs(10));
+    lab.wait_ping(lab.ns(0), subnets[1].0.network(), Duration::from_secs(10));
+}
