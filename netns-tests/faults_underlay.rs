@@ -1126,3 +1126,48 @@ fn udp_rcvbuf_errors(lab: &Lab, ns: &str) -> u64 {
         .expect("RcvbufErrors");
     values[at].parse().unwrap()
 }
+
+/// Dual stack: `flannel-v6.1` set down by hand comes back up with its
+/// address and IPv6 route (the kernel drops both with the link), and IPv6
+/// traffic flows again; the IPv4 device is untouched.
+#[test]
+fn ipv6_vtep_device_set_down_by_hand_comes_back() {
+    if skip_without_root() {
+        return;
+    }
+    let mut lab = Lab::new_dual(2);
+    lab.set_net_conf(&dual_net_conf(4789));
+    let (_, a6) = lab.start_weftd_dual(0, WeftdOpts::default());
+    let (s1, b6) = lab.start_weftd_dual(1, WeftdOpts::default());
+    let ns0 = lab.ns(0).to_owned();
+    lab.wait_ping6(&ns0, b6.network(), Duration::from_secs(10));
+    let routes = lab.vtep6_routes(0);
+    let addr = format!("inet6 {}/128", a6.network());
+    let has_addr = |lab: &Lab| {
+        lab.run(
+            &ns0,
+            &["ip", "-6", "-o", "addr", "show", "dev", "flannel-v6.1"],
+        )
+        .contains(&addr)
+    };
+    assert!(has_addr(&lab));
+    lab.run(&ns0, &["ip", "link", "set", "flannel-v6.1", "down"]);
+    wait_for(
+        "flannel-v6.1 up with its address and route",
+        Duration::from_secs(10),
+        || {
+            let link = lab.run(&ns0, &["ip", "-o", "link", "show", "flannel-v6.1"]);
+            (link.contains(",UP") && has_addr(&lab) && lab.vtep6_routes(0) == routes).then_some(())
+        },
+    );
+    lab.wait_ping6(&ns0, b6.network(), Duration::from_secs(5));
+    assert!(lab.ping(&ns0, s1.network(), 2), "IPv4 across still works");
+    let status = lab.status(0);
+    assert_eq!(status["ipv6"]["device"]["brought_up"], 1, "{status}");
+    assert_eq!(status["device"]["brought_up"], 0, "{status}");
+    let log = lab.weftd_log(0);
+    assert!(
+        log.contains("flannel-v6.1 was set down; brought it back up"),
+        "{log}"
+    );
+}

@@ -1349,9 +1349,46 @@ impl Control {
                 self.bring_device_up().await;
             }
         }
+        if let Some(v6) = self.v6.as_ref()
+            && link.index == v6.link.index
+            && !link.up
+            && v6.dataplane.is_some()
+        {
+            let now_down = matches!(
+                self.nl.link_by_name(&v6.spec.tap_name).await,
+                Ok(Some(l)) if l.index == v6.link.index && !l.up
+            );
+            if now_down {
+                self.bring_v6_device_up().await;
+            }
+        }
         if link.index == self.device.ext.index && link.mtu != 0 && link.mtu != self.device.ext.mtu {
             self.underlay_mtu_changed(link.mtu).await;
         }
+    }
+
+    /// Someone set `flannel-v6.<VNI>` down: up again, its address and routes back.
+    async fn bring_v6_device_up(&mut self) {
+        let Some(v6) = self.v6.as_mut() else {
+            return;
+        };
+        let name = v6.spec.tap_name.clone();
+        if let Err(e) = self.nl.set_up(&v6.link).await {
+            error!(device = %name, error = %e, "{name} was set down and cannot be brought up again; trying again at the next resync");
+            return;
+        }
+        // The kernel dropped the routes (and, for IPv6, the addresses) with the link.
+        v6.routed.clear();
+        let peers: Vec<Peer> = self.peers.iter().copied().collect();
+        let statuses = v6.resync(&self.nl, &peers).await;
+        let routes = v6.routed.len();
+        self.state.update(|i| {
+            if let Some(s) = i.ipv6.as_mut() {
+                s.device.brought_up += 1;
+            }
+        });
+        self.set_v6_statuses(statuses);
+        warn!(device = %name, routes, "{name} was set down; brought it back up and put back its address and {routes} routes");
     }
 
     /// Someone set the VTEP device down; the kernel dropped every route
@@ -1598,7 +1635,11 @@ impl Control {
             let status = v6.status(BTreeMap::new());
             self.state.update(|i| {
                 if let Some(s) = i.ipv6.as_mut() {
-                    s.device = status.device;
+                    let brought_up = s.device.brought_up;
+                    s.device = state::DeviceInfo {
+                        brought_up,
+                        ..status.device
+                    };
                 }
             });
             self.set_v6_statuses(statuses);
