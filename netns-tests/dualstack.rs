@@ -1240,3 +1240,66 @@ fn dualstack_leases_with_a_bad_ipv6_half_are_routed_over_ipv4_only() {
         );
     }
 }
+
+/// Someone sets `flannel-v6.1` down (the kernel drops its address and the
+/// routes through it): as for `flannel.1`, weftd brings it back up with its
+/// `/128` and IPv6 routes, counts it in `ipv6.device.brought_up`, and ping
+/// -6 works again; IPv4 is untouched.
+#[test]
+fn dualstack_a_v6_device_set_down_is_brought_back_up_with_its_routes() {
+    if skip_without_root() {
+        return;
+    }
+    let mut lab = Lab::new_dual(2);
+    lab.set_net_conf(&dual_net_conf(PORT));
+    let subnets: Vec<_> = (0..2)
+        .map(|n| lab.start_weftd_dual(n, WeftdOpts::default()))
+        .collect();
+    let (ns0, ns1) = (lab.ns(0).to_owned(), lab.ns(1).to_owned());
+    let ((s0, s06), (s1, s16)) = (subnets[0], subnets[1]);
+    lab.wait_ping6(&ns0, s16.network(), Duration::from_secs(5));
+    let device = v6_device(&lab, 0).expect("flannel-v6.1 on node 0");
+    let routes = lab.vtep6_routes(0);
+    let down = std::time::Instant::now();
+    lab.run(&ns0, &["ip", "link", "set", "flannel-v6.1", "down"]);
+    // Give it more than two resyncs (5 s each).
+    let back = wait_for_opt(Duration::from_secs(12), || {
+        let up = link_info(&lab, &ns0, "flannel-v6.1")
+            .is_some_and(|(_, _, f)| f.contains(",UP") || f.contains("<UP"));
+        (up && v6_device(&lab, 0).as_ref() == Some(&device) && lab.vtep6_routes(0) == routes)
+            .then_some(())
+    });
+    let status = lab.status(0);
+    assert!(
+        back.is_some(),
+        "flannel-v6.1 set down on node 0 is still down or without its address or routes after 12 s: link {:?}, addresses {:?}, routes {:?} (before: {routes:?}); ipv6.device {}",
+        link_info(&lab, &ns0, "flannel-v6.1"),
+        v6_device(&lab, 0).map(|d| d.2),
+        lab.vtep6_routes(0),
+        status["ipv6"]["device"]
+    );
+    let took = down.elapsed();
+    lab.wait_ping6(&ns0, s16.network(), Duration::from_secs(10));
+    lab.wait_ping6(&ns1, s06.network(), Duration::from_secs(10));
+    assert_eq!(status["ipv6"]["device"]["brought_up"], 1, "{status}");
+    assert_eq!(status["device"]["brought_up"], 0, "{status}");
+    assert!(lab.ping(&ns0, s1.network(), 3) && lab.ping(&ns1, s0.network(), 3));
+    println!(
+        "dualstack v6 device set down: up again with its routes after {} ms",
+        took.as_millis()
+    );
+}
+
+/// Polls `f` until it returns `Some`, or returns `None` after `timeout`.
+fn wait_for_opt<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if std::time::Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
