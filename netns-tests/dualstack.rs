@@ -405,7 +405,7 @@ fn dualstack_three_nodes_on_the_embedded_store() {
         .map(|n| lab.start_weftd_dual(n, WeftdOpts::default()))
         .collect();
     let store = lab.store_dir();
-    check_dual_nodes(&lab, &subnets, |n, key| {
+    let macs = check_dual_nodes(&lab, &subnets, |n, key| {
         std::fs::read_to_string(store.join(key)).unwrap_or_else(|e| {
             let names: Vec<_> = std::fs::read_dir(&store)
                 .map(|d| {
@@ -418,15 +418,14 @@ fn dualstack_three_nodes_on_the_embedded_store() {
         })
     });
     full_mesh_both_families(&lab, &subnets);
+    // The status of the IPv6 half, after ping -6 made every node's kernel
+    // solicit its peers' `S6::`.
+    for n in 0..3 {
+        assert_ipv6_status(&lab, n, &subnets, &macs);
+    }
     assert_outer_family(&mut lab, 0, 1, subnets[1].1.network().into());
     assert_outer_family(&mut lab, 0, 2, subnets[2].0.network().into());
-    let (ns0, ns1) = (lab.ns(0).to_owned(), lab.ns(1).to_owned());
-    let (bytes, gbps) = iperf3_bytes_gbps(&mut lab, &ns1, subnets[1].1.network().into(), &ns0, 2);
-    assert!(
-        bytes > 1e6,
-        "iperf3 over IPv6 node 0 -> node 1 moved only {bytes} bytes"
-    );
-    println!("dualstack embedded store: iperf3 over IPv6 node 0 -> node 1 {gbps:.2} Gbit/s");
+    iperf3_both_families(&mut lab, &subnets, 0, 1, "embedded store");
     for n in 0..3 {
         assert_eq!(lab.status(n)["ready"], true, "node {n}'s status");
     }
@@ -467,6 +466,29 @@ fn dualstack_on_etcd_keys_json_and_ping6() {
     });
     full_mesh_both_families(&lab, &subnets);
     assert_outer_family(&mut lab, 1, 0, subnets[0].1.network().into());
+    iperf3_both_families(&mut lab, &subnets, 1, 0, "etcd");
+}
+
+/// iperf3 (2 s) from node `from` to node `to` over the IPv4 overlay and over
+/// the IPv6 overlay: each moves more than 1 MB; prints Gbit/s.
+fn iperf3_both_families(
+    lab: &mut Lab,
+    subnets: &[(Ipv4Net, Ipv6Net)],
+    from: usize,
+    to: usize,
+    what: &str,
+) {
+    let (ns_from, ns_to) = (lab.ns(from).to_owned(), lab.ns(to).to_owned());
+    let (s4, s6) = subnets[to];
+    let (bytes4, gbps4) = iperf3_bytes_gbps(lab, &ns_to, s4.network().into(), &ns_from, 2);
+    let (bytes6, gbps6) = iperf3_bytes_gbps(lab, &ns_to, s6.network().into(), &ns_from, 2);
+    assert!(
+        bytes4 > 1e6 && bytes6 > 1e6,
+        "iperf3 node {from} -> node {to}: IPv4 moved {bytes4} bytes, IPv6 {bytes6} bytes"
+    );
+    println!(
+        "dualstack {what}: iperf3 node {from} -> node {to} over IPv4 {gbps4:.2} Gbit/s ({bytes4:.0} bytes), over IPv6 {gbps6:.2} Gbit/s ({bytes6:.0} bytes)"
+    );
 }
 
 /// A weft node and a node programmed as flannel's kernel backend programs
@@ -650,4 +672,634 @@ fn kernel_v6_pair_carries_dual_stack_pods() {
         assert_eq!(lab.subnet_v6(n), *s6);
     }
     dual_pods_reach_each_other(&lab, &subnets);
+}
+
+/// The tunables of a test that sets `[agent]` knobs: `agent` after the
+/// suite's forced offloads-off tunables when `WEFT_TEST_OFFLOADS=off`, so
+/// that run keeps its dataplane shape.
+fn agent_tunables(agent: &str) -> String {
+    let base = if offloads_forced_off() {
+        OFFLOADS_OFF
+    } else {
+        ""
+    };
+    format!("{base}[agent]\n{agent}\n")
+}
+
+/// `(MAC, MTU, IPv6 addresses)` of node's `flannel-v6.1`; none if it is gone.
+fn v6_device(lab: &Lab, node: usize) -> Option<(String, u32, Vec<String>)> {
+    let (mac, mtu, _) = link_info(lab, lab.ns(node), "flannel-v6.1")?;
+    let out = lab.exec(
+        lab.ns(node),
+        &["ip", "-6", "-o", "addr", "show", "dev", "flannel-v6.1"],
+    );
+    let addrs = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().skip_while(|w| *w != "inet6").nth(1))
+        .filter(|a| !a.starts_with("fe80:"))
+        .map(str::to_owned)
+        .collect();
+    Some((mac, mtu, addrs))
+}
+
+/// `(transmitted, received)` from a ping's summary line.
+fn ping_counts(log: &str) -> (u32, u32) {
+    let line = log
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .unwrap_or_else(|| panic!("no ping summary in {log}"));
+    let num = |after: &str| -> u32 {
+        let words: Vec<&str> = line.split([' ', ',']).collect();
+        words
+            .iter()
+            .position(|w| *w == after)
+            .and_then(|i| words.get(i.wrapping_sub(1)))
+            .and_then(|w| w.parse().ok())
+            .unwrap_or_else(|| panic!("cannot parse {after} in {line}"))
+    };
+    (num("packets"), num("received"))
+}
+
+/// Someone deletes `flannel-v6.1`: weftd recreates it in place (same MAC,
+/// `/128` address, MTU, and the IPv6 route to the peer), counts it in
+/// `ipv6.device.recreated`, ping -6 works again both ways, and the IPv4
+/// overlay, on its own device, loses not one ping meanwhile.
+#[test]
+fn dualstack_a_deleted_v6_device_is_recreated_with_its_mac_address_mtu_and_routes() {
+    if skip_without_root() {
+        return;
+    }
+    let mut lab = Lab::new_dual(2);
+    lab.set_net_conf(&dual_net_conf(PORT));
+    let subnets: Vec<_> = (0..2)
+        .map(|n| lab.start_weftd_dual(n, WeftdOpts::default()))
+        .collect();
+    let (ns0, ns1) = (lab.ns(0).to_owned(), lab.ns(1).to_owned());
+    let ((s0, s06), (s1, s16)) = (subnets[0], subnets[1]);
+    assert_v6_routes(&lab, 0, &[s16]);
+    lab.wait_ping6(&ns0, s16.network(), Duration::from_secs(5));
+    lab.wait_ping(&ns0, s1.network(), Duration::from_secs(5));
+    let pid = lab.status(0)["pid"].as_u64().expect("pid");
+    let device = v6_device(&lab, 0).expect("flannel-v6.1 on node 0");
+    assert_eq!(
+        device.2,
+        [format!("{}/128", s06.network())],
+        "flannel-v6.1's addresses before"
+    );
+    assert_eq!(device.1, 1430);
+    let routes = lab.vtep6_routes(0);
+    let v4_index = lab.status(0)["device"]["index"].clone();
+
+    // IPv4 pings all through the deletion and the recreation (10 s, 100 ms apart).
+    let v4_ping = lab.spawn(
+        &ns0,
+        &[
+            "ping",
+            "-c",
+            "100",
+            "-i",
+            "0.1",
+            "-W",
+            "2",
+            "-q",
+            &s1.network().to_string(),
+        ],
+        "ping-v4-during-v6-recreation.log",
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let deleted = std::time::Instant::now();
+    lab.run(&ns0, &["ip", "link", "del", "flannel-v6.1"]);
+    wait_for(
+        "flannel-v6.1 back on node 0 with its MAC, address, MTU and IPv6 route",
+        Duration::from_secs(15),
+        || {
+            (v6_device(&lab, 0).as_ref() == Some(&device) && lab.vtep6_routes(0) == routes)
+                .then_some(())
+        },
+    );
+    let took = deleted.elapsed();
+    lab.wait_ping6(&ns0, s16.network(), Duration::from_secs(10));
+    lab.wait_ping6(&ns1, s06.network(), Duration::from_secs(10));
+    let back = deleted.elapsed();
+    assert!(
+        lab.ping6(&ns0, s16.network(), 5),
+        "ping -6 node 0 -> node 1"
+    );
+    assert!(
+        lab.ping6(&ns1, s06.network(), 5),
+        "ping -6 node 1 -> node 0"
+    );
+    assert_v6_vtep(&lab, 0, s06);
+
+    assert!(
+        lab.wait_child(v4_ping, Duration::from_secs(20)),
+        "the IPv4 ping during the recreation failed or did not finish: {}",
+        lab.read_log("ping-v4-during-v6-recreation.log")
+    );
+    let (sent, received) = ping_counts(&lab.read_log("ping-v4-during-v6-recreation.log"));
+    assert_eq!(
+        (sent, received),
+        (100, 100),
+        "IPv4 pings during the recreation"
+    );
+    assert!(lab.ping(&ns1, s0.network(), 3), "ping node 1 -> node 0");
+
+    let status = lab.status(0);
+    assert_eq!(status["pid"].as_u64(), Some(pid), "weftd restarted");
+    assert_eq!(status["ready"], true, "{status}");
+    assert_eq!(status["ipv6"]["device"]["recreated"], 1, "{status}");
+    assert_eq!(status["ipv6"]["device"]["name"], "flannel-v6.1", "{status}");
+    assert_eq!(
+        status["device"]["recreated"], 0,
+        "flannel.1 was not touched: {status}"
+    );
+    assert_eq!(
+        status["device"]["index"], v4_index,
+        "flannel.1 was not touched: {status}"
+    );
+    assert_eq!(
+        status["ipv6"]["peers"][s16.to_string()]["route"],
+        true,
+        "{status}"
+    );
+    let log = lab.weftd_log(0);
+    assert!(
+        log.contains("flannel-v6.1 was deleted; recreated with its address, MAC and 1 IPv6 routes"),
+        "{log}"
+    );
+    println!(
+        "dualstack v6 device deleted: recreated with its route after {} ms, ping -6 both ways after {} ms; IPv4 lost 0 of 100 pings",
+        took.as_millis(),
+        back.as_millis()
+    );
+}
+
+/// The IPv6 routes of node 0's main table, as `ip -6 route` prints them.
+fn routes6(lab: &Lab, node: usize) -> Vec<String> {
+    lab.run(lab.ns(node), &["ip", "-6", "route", "show"])
+        .lines()
+        .map(|l| l.trim().to_owned())
+        .collect()
+}
+
+/// Whether `routes` has a route to `dst` (`ip -6 route` form).
+fn has_route(routes: &[String], dst: &str) -> bool {
+    routes.iter().any(|r| r.starts_with(&format!("{dst} ")))
+}
+
+/// Stale IPv6 routes of an earlier network (through `flannel-v6.1`, or with
+/// weft's proto 87 elsewhere) go at the next resync while weftd runs, and at
+/// start after a restart; the live peer's route, someone else's static route
+/// and the kernel's own routes stay.
+#[test]
+fn dualstack_stale_ipv6_routes_go_at_resync_and_at_start_and_others_stay() {
+    if skip_without_root() {
+        return;
+    }
+    let mut lab = Lab::new_dual(2);
+    lab.set_net_conf(&dual_net_conf(PORT));
+    let fast = WeftdOpts {
+        tunables: Some(agent_tunables("resync_seconds = 1")),
+        ..WeftdOpts::default()
+    };
+    let (_, s06) = lab.start_weftd_dual(0, fast);
+    let (s1, s16) = lab.start_weftd_dual(1, WeftdOpts::default());
+    let ns0 = lab.ns(0).to_owned();
+    assert_v6_routes(&lab, 0, &[s16]);
+    let live = format!("{s16} via {} dev flannel-v6.1 proto 87", s16.network());
+    let add_stale = |lab: &Lab, dev_ok: bool| {
+        if dev_ok {
+            lab.run(
+                &ns0,
+                &[
+                    "ip",
+                    "-6",
+                    "route",
+                    "add",
+                    "fd10:dead::/64",
+                    "via",
+                    "fd10:dead::",
+                    "dev",
+                    "flannel-v6.1",
+                    "onlink",
+                    "proto",
+                    "87",
+                ],
+            );
+        }
+        lab.run(
+            &ns0,
+            &[
+                "ip",
+                "-6",
+                "route",
+                "add",
+                "fd10:beef::/64",
+                "via",
+                &UNDERLAY_GW6.to_string(),
+                "dev",
+                "eth0",
+                "proto",
+                "87",
+            ],
+        );
+    };
+    // Someone else's route: not weft's to touch.
+    lab.run(
+        &ns0,
+        &[
+            "ip",
+            "-6",
+            "route",
+            "add",
+            "fd10:cafe::/64",
+            "via",
+            &UNDERLAY_GW6.to_string(),
+            "dev",
+            "eth0",
+            "proto",
+            "static",
+        ],
+    );
+    add_stale(&lab, true);
+    let before = routes6(&lab, 0);
+    assert!(
+        has_route(&before, "fd10:dead::/64") && has_route(&before, "fd10:beef::/64"),
+        "{before:?}"
+    );
+
+    // While weftd runs: the next resync (1 s) removes them.
+    let added = std::time::Instant::now();
+    let after = wait_for(
+        "node 0's resync to remove the stale IPv6 routes",
+        Duration::from_secs(10),
+        || {
+            let r = routes6(&lab, 0);
+            (!has_route(&r, "fd10:dead::/64") && !has_route(&r, "fd10:beef::/64")).then_some(r)
+        },
+    );
+    let swept = added.elapsed();
+    let check_others = |after: &[String]| {
+        assert!(
+            after
+                .iter()
+                .any(|r| r.starts_with(&live) && r.contains("onlink")),
+            "the live peer's route went: {after:?}"
+        );
+        assert!(
+            after
+                .iter()
+                .any(|r| r.starts_with("fd10:cafe::/64 via") && r.contains("proto static")),
+            "someone else's static route was touched: {after:?}"
+        );
+        assert!(
+            after
+                .iter()
+                .any(|r| r.starts_with("fd00:99::/64 dev eth0 proto kernel")),
+            "the underlay's kernel route went: {after:?}"
+        );
+    };
+    check_others(&after);
+    let log = lab.weftd_log(0);
+    assert!(
+        log.contains("removing a stale IPv6 route fd10:dead::/64")
+            && log.contains("removing a stale IPv6 route fd10:beef::/64"),
+        "{log}"
+    );
+    lab.wait_ping6(&ns0, s16.network(), Duration::from_secs(5));
+
+    // Across a restart (with a resync too slow to be the one that removes
+    // them): the sweep at start does.
+    lab.stop_weftd(0, nix::sys::signal::Signal::SIGTERM);
+    let device_kept = link_info(&lab, &ns0, "flannel-v6.1").is_some();
+    add_stale(&lab, device_kept);
+    let slow = WeftdOpts {
+        tunables: Some(agent_tunables("resync_seconds = 600")),
+        ..WeftdOpts::default()
+    };
+    let started = std::time::Instant::now();
+    let (_, again) = lab.start_weftd_dual(0, slow);
+    assert_eq!(again, s06, "node 0 kept its IPv6 subnet");
+    let after = wait_for(
+        "node 0's start to remove the stale IPv6 routes",
+        Duration::from_secs(10),
+        || {
+            let r = routes6(&lab, 0);
+            (!has_route(&r, "fd10:dead::/64")
+                && !has_route(&r, "fd10:beef::/64")
+                && r.iter().any(|l| l.starts_with(&live)))
+            .then_some(r)
+        },
+    );
+    let at_start = started.elapsed();
+    check_others(&after);
+    lab.wait_ping6(&ns0, s16.network(), Duration::from_secs(5));
+    lab.wait_ping(&ns0, s1.network(), Duration::from_secs(5));
+    assert_eq!(lab.status(0)["ready"], true);
+    println!(
+        "dualstack stale IPv6 routes: removed {} ms after they were added (resync 1 s); after a restart (device kept: {device_kept}) {} ms after the start",
+        swept.as_millis(),
+        at_start.as_millis()
+    );
+}
+
+/// Asserts node's `ipv6` status object against the lab: its subnet (from
+/// subnet.env), network, public IP, VtepMAC, device, and a routed peer entry
+/// per other node with that node's v4 lease, `fd00:99::` address and v6
+/// VtepMAC.
+fn assert_ipv6_status(
+    lab: &Lab,
+    node: usize,
+    subnets: &[(Ipv4Net, Ipv6Net)],
+    macs: &[(String, String)],
+) {
+    let status = lab.status(node);
+    let v6 = &status["ipv6"];
+    assert!(v6.is_object(), "node {node}: no ipv6 object: {status}");
+    assert_eq!(
+        v6["subnet"],
+        lab.subnet_v6(node).to_string(),
+        "node {node}: ipv6.subnet is FLANNEL_IPV6_SUBNET's: {v6}"
+    );
+    assert_eq!(
+        v6["subnet"],
+        subnets[node].1.to_string(),
+        "node {node}: {v6}"
+    );
+    assert_eq!(v6["network"], V6_NETWORK, "node {node}: {v6}");
+    assert_eq!(
+        v6["public_ip"],
+        lab.ip6(node).to_string(),
+        "node {node}: {v6}"
+    );
+    assert_eq!(
+        v6["interface_addr"],
+        lab.ip6(node).to_string(),
+        "node {node}: {v6}"
+    );
+    assert_eq!(v6["vtep_mac"], macs[node].1, "node {node}: {v6}");
+    let device = &v6["device"];
+    assert_eq!(device["name"], "flannel-v6.1", "node {node}: {v6}");
+    assert_eq!(device["mtu"], 1430, "node {node}: {v6}");
+    assert_eq!(device["recreated"], 0, "node {node}: {v6}");
+    let index = lab.run(
+        lab.ns(node),
+        &["cat", "/sys/class/net/flannel-v6.1/ifindex"],
+    );
+    assert_eq!(
+        device["index"].as_u64(),
+        index.trim().parse().ok(),
+        "node {node}: ipv6.device.index is flannel-v6.1's ifindex: {v6}"
+    );
+    let peers = v6["peers"]
+        .as_object()
+        .unwrap_or_else(|| panic!("node {node}: no ipv6.peers: {v6}"));
+    assert_eq!(
+        peers.len(),
+        subnets.len() - 1,
+        "node {node}: an ipv6.peers entry per other node: {v6}"
+    );
+    for (m, (s4, s6)) in subnets.iter().enumerate() {
+        if m == node {
+            continue;
+        }
+        let p = &peers.get(&s6.to_string()).unwrap_or_else(|| {
+            panic!("node {node}: no ipv6.peers entry for node {m}'s {s6}: {v6}")
+        });
+        assert_eq!(p["route"], true, "node {node} -> node {m}: {p}");
+        assert!(p["route_error"].is_null(), "node {node} -> node {m}: {p}");
+        assert_eq!(
+            p["public_ip"],
+            lab.ip6(m).to_string(),
+            "node {node} -> node {m}: {p}"
+        );
+        assert_eq!(p["subnet"], s4.to_string(), "node {node} -> node {m}: {p}");
+        assert_eq!(p["vtep_mac"], macs[m].1, "node {node} -> node {m}: {p}");
+    }
+    let ndp = status["counters"]["ndp_replies"].as_u64();
+    assert!(
+        ndp.is_some_and(|n| n > 0),
+        "node {node}: no neighbour solicitation answered after ping -6: counters {}",
+        status["counters"]
+    );
+}
+
+/// Puts a lease file into the embedded store whole (written beside it, then
+/// renamed in), as a node's store write would land.
+fn put_lease(lab: &Lab, key: &str, json: &str) {
+    let tmp = lab
+        .dir
+        .path()
+        .join(format!("lease-{}.tmp", key.replace(['/', ':', '&'], "_")));
+    std::fs::create_dir_all(lab.store_dir()).unwrap();
+    std::fs::write(&tmp, json).unwrap();
+    std::fs::rename(&tmp, lab.store_dir().join(key)).unwrap();
+}
+
+/// Whether node has an IPv4 route `S via S.0 dev flannel.1 … onlink` to `subnet`.
+fn has_v4_peer_route(lab: &Lab, node: usize, subnet: Ipv4Net) -> bool {
+    let want = format!("{subnet} via {} ", subnet.network());
+    lab.vtep_routes(node)
+        .iter()
+        .any(|r| r.starts_with(&want) && r.contains("onlink"))
+}
+
+/// Whether node has any IPv6 route to `subnet`.
+fn has_v6_route(lab: &Lab, node: usize, subnet: Ipv6Net) -> bool {
+    has_route(&routes6(lab, node), &subnet.to_string())
+}
+
+/// Leases whose IPv6 half is unusable — `BackendV6Data` missing, with a
+/// VtepMAC that is no MAC, not an object at all, or one that was good and
+/// turns bad — are IPv4-only peers: weftd routes their IPv4 subnet, installs
+/// (or keeps) no IPv6 route for them, lists them under `peers` and not under
+/// `ipv6.peers`, stays ready, and the two real nodes keep reaching each other
+/// both families; the same when weftd starts with those leases in the store.
+#[test]
+fn dualstack_leases_with_a_bad_ipv6_half_are_routed_over_ipv4_only() {
+    if skip_without_root() {
+        return;
+    }
+    let mut lab = Lab::new_dual(2);
+    lab.set_net_conf(&dual_net_conf(PORT));
+    let subnets: Vec<_> = (0..2)
+        .map(|n| lab.start_weftd_dual(n, WeftdOpts::default()))
+        .collect();
+    let taken4: Vec<Ipv4Net> = subnets.iter().map(|s| s.0).collect();
+    let taken6: Vec<Ipv6Net> = subnets.iter().map(|s| s.1).collect();
+    let mut free4 = spare_subnets(200, &taken4);
+    let mut free6 = (0xc8u16..=0xff)
+        .map(|x| Ipv6Net::new(Ipv6Addr::new(0xfd10, 0x244, 0, x, 0, 0, 0, 0), 64).unwrap())
+        .filter(|n| !taken6.contains(n));
+    let v4_data =
+        |n: u8| format!(r#""BackendData":{{"VNI":1,"VtepMAC":"0e:fa:00:00:05:{n:02x}"}}"#);
+    let head = |n: u8| {
+        format!(
+            r#"{{"PublicIP":"192.168.100.{}","PublicIPv6":"fd00:99::{}","BackendType":"vxlan",{}"#,
+            50 + n,
+            50 + n,
+            v4_data(n)
+        )
+    };
+    // (what is wrong, the lease JSON)
+    let bad: Vec<(&str, String)> = vec![
+        ("no BackendV6Data", format!("{}}}", head(0))),
+        (
+            "a VtepMAC that is no MAC",
+            format!(
+                r#"{},"BackendV6Data":{{"VNI":1,"VtepMAC":"not-a-mac"}}}}"#,
+                head(1)
+            ),
+        ),
+        (
+            "BackendV6Data not an object",
+            format!(r#"{},"BackendV6Data":"garbage"}}"#, head(2)),
+        ),
+    ];
+    let mut leases: Vec<(&str, Ipv4Net, Ipv6Net)> = Vec::new();
+    for (what, json) in &bad {
+        let (s4, s6) = (free4.next().unwrap(), free6.next().unwrap());
+        put_lease(&lab, &dual_lease_key(s4, s6), json);
+        leases.push((what, s4, s6));
+    }
+    // One that is good first, then loses its VtepMAC.
+    let (g4, g6) = (free4.next().unwrap(), free6.next().unwrap());
+    let good_key = dual_lease_key(g4, g6);
+    put_lease(
+        &lab,
+        &good_key,
+        &dual_lease_json(
+            Ipv4Addr::new(192, 168, 100, 53),
+            "fd00:99::53".parse().unwrap(),
+            1,
+            "0e:fa:00:00:05:03",
+            "0e:fa:00:00:06:03",
+        ),
+    );
+    for n in 0..2 {
+        wait_for(
+            &format!("node {n} routes the good lease {g4} and {g6}"),
+            Duration::from_secs(10),
+            || (has_v4_peer_route(&lab, n, g4) && has_v6_route(&lab, n, g6)).then_some(()),
+        );
+    }
+    put_lease(
+        &lab,
+        &good_key,
+        &format!(r#"{},"BackendV6Data":{{"VNI":1}}}}"#, head(3)),
+    );
+    leases.push(("a BackendV6Data that lost its VtepMAC", g4, g6));
+
+    let check = |lab: &Lab, when: &str| {
+        for n in 0..2 {
+            let other = subnets[1 - n];
+            for (what, s4, s6) in &leases {
+                wait_for(
+                    &format!(
+                        "node {n} {when}: the lease with {what}: IPv4 route to {s4}, none to {s6}"
+                    ),
+                    Duration::from_secs(10),
+                    || (has_v4_peer_route(lab, n, *s4) && !has_v6_route(lab, n, *s6)).then_some(()),
+                );
+            }
+            let status = lab.status(n);
+            assert_eq!(status["ready"], true, "node {n} {when}: {status}");
+            for (what, s4, s6) in &leases {
+                assert!(
+                    status["peers"][s4.to_string()].is_object(),
+                    "node {n} {when}: the lease with {what} is no IPv4 peer: {}",
+                    status["peers"]
+                );
+                assert!(
+                    status["ipv6"]["peers"].get(s6.to_string()).is_none(),
+                    "node {n} {when}: the lease with {what} is an IPv6 peer: {}",
+                    status["ipv6"]["peers"]
+                );
+            }
+            let v6_peers = status["ipv6"]["peers"].as_object().expect("ipv6.peers");
+            assert_eq!(
+                v6_peers.keys().collect::<Vec<_>>(),
+                [&other.1.to_string()],
+                "node {n} {when}: the only IPv6 peer is the other node"
+            );
+            assert_v6_routes(lab, n, &[other.1]);
+            lab.wait_ping(lab.ns(n), other.0.network(), Duration::from_secs(5));
+            lab.wait_ping6(lab.ns(n), other.1.network(), Duration::from_secs(5));
+        }
+    };
+    check(&lab, "with the leases written while it runs");
+    // Node 1 starts again with those leases in the store.
+    lab.stop_weftd(1, nix::sys::signal::Signal::SIGTERM);
+    let again = lab.start_weftd_dual(1, WeftdOpts::default());
+    assert_eq!(again, subnets[1], "node 1 kept its leases");
+    check(&lab, "after a restart");
+    for n in 0..2 {
+        assert!(
+            lab.weftd_pid(n).is_some() && lab.status(n)["ready"] == true,
+            "node {n}"
+        );
+    }
+}
+
+/// Someone sets `flannel-v6.1` down (the kernel drops its address and the
+/// routes through it): as for `flannel.1`, weftd brings it back up with its
+/// `/128` and IPv6 routes, counts it in `ipv6.device.brought_up`, and ping
+/// -6 works again; IPv4 is untouched.
+#[test]
+fn dualstack_a_v6_device_set_down_is_brought_back_up_with_its_routes() {
+    if skip_without_root() {
+        return;
+    }
+    let mut lab = Lab::new_dual(2);
+    lab.set_net_conf(&dual_net_conf(PORT));
+    let subnets: Vec<_> = (0..2)
+        .map(|n| lab.start_weftd_dual(n, WeftdOpts::default()))
+        .collect();
+    let (ns0, ns1) = (lab.ns(0).to_owned(), lab.ns(1).to_owned());
+    let ((s0, s06), (s1, s16)) = (subnets[0], subnets[1]);
+    lab.wait_ping6(&ns0, s16.network(), Duration::from_secs(5));
+    let device = v6_device(&lab, 0).expect("flannel-v6.1 on node 0");
+    let routes = lab.vtep6_routes(0);
+    let down = std::time::Instant::now();
+    lab.run(&ns0, &["ip", "link", "set", "flannel-v6.1", "down"]);
+    // Give it more than two resyncs (5 s each).
+    let back = wait_for_opt(Duration::from_secs(12), || {
+        let up = link_info(&lab, &ns0, "flannel-v6.1")
+            .is_some_and(|(_, _, f)| f.contains(",UP") || f.contains("<UP"));
+        (up && v6_device(&lab, 0).as_ref() == Some(&device) && lab.vtep6_routes(0) == routes)
+            .then_some(())
+    });
+    let status = lab.status(0);
+    assert!(
+        back.is_some(),
+        "flannel-v6.1 set down on node 0 is still down or without its address or routes after 12 s: link {:?}, addresses {:?}, routes {:?} (before: {routes:?}); ipv6.device {}",
+        link_info(&lab, &ns0, "flannel-v6.1"),
+        v6_device(&lab, 0).map(|d| d.2),
+        lab.vtep6_routes(0),
+        status["ipv6"]["device"]
+    );
+    let took = down.elapsed();
+    lab.wait_ping6(&ns0, s16.network(), Duration::from_secs(10));
+    lab.wait_ping6(&ns1, s06.network(), Duration::from_secs(10));
+    assert_eq!(status["ipv6"]["device"]["brought_up"], 1, "{status}");
+    assert_eq!(status["device"]["brought_up"], 0, "{status}");
+    assert!(lab.ping(&ns0, s1.network(), 3) && lab.ping(&ns1, s0.network(), 3));
+    println!(
+        "dualstack v6 device set down: up again with its routes after {} ms",
+        took.as_millis()
+    );
+}
+
+/// Polls `f` until it returns `Some`, or returns `None` after `timeout`.
+fn wait_for_opt<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if std::time::Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
