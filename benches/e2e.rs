@@ -11,6 +11,15 @@
 //! out of the medians (a loaded machine slows the reference too).
 //!
 //! Full run:   `cargo bench --bench e2e` (as root)   (WEFT_BENCH_ROUNDS, WEFT_BENCH_SECONDS)
+//! Address family: WEFT_BENCH_FAMILY=ipv4 (the default), ipv6 or both. ipv6
+//! runs the same three modes on a dual-stack underlay (`fd00:99::<n>`), all
+//! IPv6: ping -6 / iperf3 between the nodes' underlay addresses; flannel's
+//! kernel `flannel-v6.1` pair (VXLAN over the IPv6 underlay) measured between
+//! the VTEP addresses `<v6 subnet>::`; weftd with a dual-stack net-conf
+//! (`EnableIPv6`) measured between its `flannel-v6.1` addresses. `both` runs
+//! IPv4 first, then IPv6, each in its own lab with its own rounds, disturbed
+//! check and table. Files: `e2e.{json,svg}` for IPv4, `e2e-ipv6.{json,svg}`
+//! for IPv6, and with `both` also `e2e-both.json`, keyed by family.
 //! Only some modes: WEFT_BENCH_MODES=kernel,weft. weftd with a tunables file
 //! (to compare settings): WEFT_BENCH_TUNABLES=path/to/weftd.toml.
 //! In `cargo test --all-targets` (no `--bench` flag) it does one short round,
@@ -22,10 +31,10 @@
 #[allow(unreachable_pub)]
 mod harness;
 
-use harness::{KernelVtep, Lab, WeftdOpts, output_with_timeout};
+use harness::{KernelVtep, KernelVtep6, Lab, WeftdOpts, dual_net_conf, output_with_timeout};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::process::Command;
 use std::time::Duration;
 
@@ -68,6 +77,48 @@ impl Mode {
             Mode::Veth => "veth",
             Mode::Kernel => "kernel",
             Mode::Weft => "weft",
+        }
+    }
+}
+
+/// The address family of one table: underlay and overlay both IPv4, or both IPv6.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    /// The families named by WEFT_BENCH_FAMILY (ipv4, ipv6 or both), else IPv4.
+    fn selected() -> Vec<Family> {
+        match std::env::var("WEFT_BENCH_FAMILY").as_deref().map(str::trim) {
+            Err(_) | Ok("" | "ipv4") => vec![Family::V4],
+            Ok("ipv6") => vec![Family::V6],
+            Ok("both") => vec![Family::V4, Family::V6],
+            Ok(other) => panic!("WEFT_BENCH_FAMILY={other:?}: use ipv4, ipv6 or both"),
+        }
+    }
+
+    fn key(self) -> &'static str {
+        match self {
+            Family::V4 => "ipv4",
+            Family::V6 => "ipv6",
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        }
+    }
+
+    /// The file name stem of this family's JSON and SVG: IPv4 keeps the
+    /// names it had before there was a family.
+    fn file_tag(self, tag: &str) -> String {
+        match self {
+            Family::V4 => tag.to_owned(),
+            Family::V6 => format!("{tag}-ipv6"),
         }
     }
 }
@@ -166,7 +217,7 @@ fn iperf3(
     lab: &Lab,
     client_ns: &str,
     server_ns: &str,
-    server: Ipv4Addr,
+    server: IpAddr,
     args: &[&str],
     seconds: u64,
 ) -> serde_json::Value {
@@ -193,10 +244,11 @@ fn iperf3(
         .unwrap_or_else(|_| panic!("iperf3 output: {}", String::from_utf8_lossy(&out.stdout)))
 }
 
-fn rtts(lab: &Lab, ns: &str, target: Ipv4Addr, count: u32) -> Vec<f64> {
+fn rtts(lab: &Lab, ns: &str, target: IpAddr, count: u32) -> Vec<f64> {
     let c = count.to_string();
     let t = target.to_string();
-    let out = lab.exec(ns, &["ping", "-c", &c, "-i", "0.01", "-W", "1", &t]);
+    let family = if target.is_ipv6() { "-6" } else { "-4" };
+    let out = lab.exec(ns, &["ping", family, "-c", &c, "-i", "0.01", "-W", "1", &t]);
     let text = String::from_utf8_lossy(&out.stdout);
     let mut v: Vec<f64> = text
         .lines()
@@ -210,7 +262,7 @@ fn rtts(lab: &Lab, ns: &str, target: Ipv4Addr, count: u32) -> Vec<f64> {
 }
 
 /// Measures one mode between node 0 (client) and node 1 (server) addressed as `server`.
-fn measure(lab: &Lab, server: Ipv4Addr, seconds: u64, weftd: &[u32]) -> Sample {
+fn measure(lab: &Lab, server: IpAddr, seconds: u64, weftd: &[u32]) -> Sample {
     let (c, s) = (lab.ns(0).to_owned(), lab.ns(1).to_owned());
     let machine0 = machine_busy_ticks();
     let weftd0: u64 = weftd.iter().map(|p| process_ticks(*p)).sum();
@@ -244,10 +296,21 @@ fn measure(lab: &Lab, server: Ipv4Addr, seconds: u64, weftd: &[u32]) -> Sample {
     }
 }
 
-fn run_mode(lab: &mut Lab, mode: Mode, seconds: u64) -> Sample {
-    match mode {
-        Mode::Veth => measure(lab, lab.nodes[1].ip, seconds, &[]),
-        Mode::Kernel => {
+/// Waits until `target` answers a ping from node 0, in its family.
+fn wait_reachable(lab: &Lab, target: IpAddr) {
+    let timeout = Duration::from_secs(5);
+    match target {
+        IpAddr::V4(t) => lab.wait_ping(lab.ns(0), t, timeout),
+        IpAddr::V6(t) => lab.wait_ping6(lab.ns(0), t, timeout),
+    }
+}
+
+/// Programs nodes 0 and 1 as flannel's kernel backend does, in `family`, each
+/// the other's peer; returns node 1's VTEP address (the measured target) and
+/// the device to delete afterwards.
+fn kernel_pair(lab: &Lab, family: Family) -> (IpAddr, String) {
+    match family {
+        Family::V4 => {
             let vteps = [
                 KernelVtep {
                     vni: 1,
@@ -268,16 +331,56 @@ fn run_mode(lab: &mut Lab, mode: Mode, seconds: u64) -> Sample {
                 let o = &vteps[1 - i];
                 v.add_peer(lab, &ns, o.subnet, lab.nodes[1 - i].ip, &o.mac);
             }
-            let target = vteps[1].subnet.network();
-            lab.wait_ping(lab.ns(0), target, Duration::from_secs(5));
+            (vteps[1].subnet.network().into(), vteps[1].device())
+        }
+        Family::V6 => {
+            let vteps = [
+                KernelVtep6 {
+                    vni: 1,
+                    port: 4789,
+                    subnet: "fd10:244:0:1::/64".parse().expect("subnet"),
+                    mac: "0e:fa:00:00:06:01".into(),
+                },
+                KernelVtep6 {
+                    vni: 1,
+                    port: 4789,
+                    subnet: "fd10:244:0:2::/64".parse().expect("subnet"),
+                    mac: "0e:fa:00:00:06:02".into(),
+                },
+            ];
+            for (i, v) in vteps.iter().enumerate() {
+                let ns = lab.ns(i).to_owned();
+                v.create(lab, &ns, lab.ip6(i));
+                let o = &vteps[1 - i];
+                v.add_peer(lab, &ns, o.subnet, lab.ip6(1 - i), &o.mac);
+            }
+            (vteps[1].subnet.network().into(), vteps[1].device())
+        }
+    }
+}
+
+fn run_mode(lab: &mut Lab, family: Family, mode: Mode, seconds: u64) -> Sample {
+    match mode {
+        Mode::Veth => {
+            let target: IpAddr = match family {
+                Family::V4 => lab.nodes[1].ip.into(),
+                Family::V6 => lab.ip6(1).into(),
+            };
+            measure(lab, target, seconds, &[])
+        }
+        Mode::Kernel => {
+            let (target, device) = kernel_pair(lab, family);
+            wait_reachable(lab, target);
             let sample = measure(lab, target, seconds, &[]);
             for i in 0..2 {
                 let ns = lab.ns(i).to_owned();
-                lab.run(&ns, &["ip", "link", "del", "flannel.1"]);
+                lab.run(&ns, &["ip", "link", "del", &device]);
             }
             sample
         }
         Mode::Weft => {
+            // In the IPv6 family the lab's net-conf is dual stack
+            // (`dual_net_conf`): weftd runs both halves, the IPv6 one is measured.
             let opts = || WeftdOpts {
                 tunables: std::env::var("WEFT_BENCH_TUNABLES").ok().map(|path| {
                     std::fs::read_to_string(&path)
@@ -288,14 +391,20 @@ fn run_mode(lab: &mut Lab, mode: Mode, seconds: u64) -> Sample {
             lab.start_weftd_with(0, opts());
             lab.wait_ready(0);
             lab.start_weftd_with(1, opts());
-            let target = lab.wait_ready(1).network();
-            lab.wait_ping(lab.ns(0), target, Duration::from_secs(5));
+            let target: IpAddr = match family {
+                Family::V4 => lab.wait_ready(1).network().into(),
+                Family::V6 => lab.wait_ready_dual(1).1.network().into(),
+            };
+            wait_reachable(lab, target);
             let pids: Vec<u32> = (0..2).filter_map(|n| lab.weftd_pid(n)).collect();
             let sample = measure(lab, target, seconds, &pids);
             for i in 0..2 {
                 lab.stop_weftd(i, nix::sys::signal::Signal::SIGTERM);
                 let ns = lab.ns(i).to_owned();
                 lab.run(&ns, &["ip", "link", "del", "flannel.1"]);
+                if family == Family::V6 {
+                    lab.run(&ns, &["ip", "link", "del", "flannel-v6.1"]);
+                }
             }
             // Leases stay for the next round's weftd: same subnets, same MACs.
             sample
@@ -303,7 +412,7 @@ fn run_mode(lab: &mut Lab, mode: Mode, seconds: u64) -> Sample {
     }
 }
 
-fn svg_chart(medians: &BTreeMap<(Mode, &str), f64>) -> String {
+fn svg_chart(family: Family, medians: &BTreeMap<(Mode, &str), f64>) -> String {
     let panels: Vec<_> = METRICS
         .iter()
         .filter(|(k, _, _)| *k != "weftd_cpu_s_per_gb")
@@ -320,7 +429,8 @@ fn svg_chart(medians: &BTreeMap<(Mode, &str), f64>) -> String {
     let mut s = String::new();
     let _ = write!(
         s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12"><rect width="100%" height="100%" fill="white"/><text x="10" y="22" font-size="16">weft vs flannel's kernel VXLAN vs bare veth (medians)</text>"#
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12"><rect width="100%" height="100%" fill="white"/><text x="10" y="22" font-size="16">{}: weft vs flannel's kernel VXLAN vs bare veth (medians)</text>"#,
+        family.name()
     );
     for (i, (x, c)) in colors.iter().enumerate() {
         let lx = 10.0 + 160.0 * i as f64;
@@ -370,23 +480,35 @@ fn svg_chart(medians: &BTreeMap<(Mode, &str), f64>) -> String {
     s
 }
 
-fn main() {
-    let full = std::env::args().any(|a| a == "--bench");
-    let rounds: usize = std::env::var("WEFT_BENCH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(if full { 3 } else { 1 });
-    let seconds: u64 = std::env::var("WEFT_BENCH_SECONDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(if full { 5 } else { 1 });
-    let mut lab = Lab::new(2);
-    let modes = Mode::selected();
+/// One family's outcome: its printed table and its JSON report.
+#[derive(Debug)]
+struct FamilyResult {
+    table: String,
+    report: serde_json::Value,
+    medians: BTreeMap<(Mode, &'static str), f64>,
+}
+
+/// Runs every round of `modes` in `family` in a lab of its own (dual stack
+/// for IPv6) and summarises them.
+fn bench_family(family: Family, modes: &[Mode], rounds: usize, seconds: u64) -> FamilyResult {
+    let mut lab = match family {
+        Family::V4 => Lab::new(2),
+        Family::V6 => {
+            let lab = Lab::new_dual(2);
+            lab.set_net_conf(&dual_net_conf(4789));
+            lab
+        }
+    };
     let mut samples: BTreeMap<Mode, Vec<Sample>> = BTreeMap::new();
     for round in 0..rounds {
-        for &mode in &modes {
-            eprintln!("round {}/{rounds}: {}", round + 1, mode.name());
-            let sample = run_mode(&mut lab, mode, seconds);
+        for &mode in modes {
+            eprintln!(
+                "{} round {}/{rounds}: {}",
+                family.name(),
+                round + 1,
+                mode.name()
+            );
+            let sample = run_mode(&mut lab, family, mode, seconds);
             eprintln!("  {sample:?}");
             samples.entry(mode).or_default().push(sample);
         }
@@ -407,7 +529,11 @@ fn main() {
             _ => false,
         })
         .collect();
-    eprintln!("\nround  kernel/veth  weft/kernel  (TCP 1 stream)");
+    drop(lab);
+    eprintln!(
+        "\n{}: round  kernel/veth  weft/kernel  (TCP 1 stream)",
+        family.name()
+    );
     for (r, &bad) in disturbed.iter().enumerate() {
         let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
             (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
@@ -448,9 +574,10 @@ fn main() {
     }
     // The table.
     let mut table = String::new();
+    let _ = writeln!(table, "\n{} (underlay and overlay {0})", family.name());
     let _ = writeln!(
         table,
-        "\n{:<26} {:>12} {:>14} {:>12} {:>12} {:>12}",
+        "{:<26} {:>12} {:>14} {:>12} {:>12} {:>12}",
         "metric (median)", "bare veth", "kernel vxlan", "weft", "weft/kernel", "kernel/veth"
     );
     let mut json_modes = serde_json::Map::new();
@@ -472,7 +599,7 @@ fn main() {
             ratio(g(Mode::Kernel), g(Mode::Veth))
         );
     }
-    for &mode in &modes {
+    for &mode in modes {
         let runs: Vec<serde_json::Value> = samples[&mode]
             .iter()
             .map(|s| {
@@ -506,9 +633,8 @@ fn main() {
         "udp64_weft_over_kernel": ratio_of("udp64_kpps"),
         "rtt_p50_weft_over_kernel": ratio_of("rtt_p50_us"),
     });
-    println!("{table}");
-    println!("verdict (ratios, the figure that matters): {verdict}");
     let report = serde_json::json!({
+        "family": family.key(),
         "rounds": rounds,
         "disturbed_rounds": disturbed.iter().enumerate().filter(|(_, d)| **d).map(|(r, _)| r + 1).collect::<Vec<_>>(),
         "seconds": seconds,
@@ -517,24 +643,87 @@ fn main() {
         "modes": json_modes,
         "verdict": verdict,
     });
+    FamilyResult {
+        table,
+        report,
+        medians,
+    }
+}
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let rounds: usize = std::env::var("WEFT_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if full { 3 } else { 1 });
+    let seconds: u64 = std::env::var("WEFT_BENCH_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if full { 5 } else { 1 });
+    let modes = Mode::selected();
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench-results");
     std::fs::create_dir_all(&dir).expect("bench-results dir");
     let tag = if full { "e2e" } else { "e2e-smoke" };
-    std::fs::write(
-        dir.join(format!("{tag}.json")),
-        serde_json::to_string_pretty(&report).expect("json"),
-    )
-    .expect("write json");
-    std::fs::write(dir.join(format!("{tag}.svg")), svg_chart(&medians)).expect("write svg");
-    println!("wrote {0}/{tag}.json and {0}/{tag}.svg", dir.display());
-    // The smoke run must have moved traffic in every mode.
-    for &mode in &modes {
-        let tcp = medians.get(&(mode, "tcp1_gbps")).copied().unwrap_or(0.0);
-        assert!(tcp > 0.0, "{}: no TCP throughput", mode.name());
-        let rtt = medians
-            .get(&(mode, "rtt_p50_us"))
-            .copied()
-            .unwrap_or(f64::NAN);
-        assert!(rtt.is_finite(), "{}: no ping replies", mode.name());
+    // Each family's table and files as soon as it is done: a failure in the
+    // next family does not lose them.
+    let mut results: Vec<(Family, FamilyResult)> = Vec::new();
+    for family in Family::selected() {
+        let result = bench_family(family, &modes, rounds, seconds);
+        println!("{}", result.table);
+        println!(
+            "{} verdict (ratios, the figure that matters): {}",
+            family.name(),
+            result.report["verdict"]
+        );
+        let stem = family.file_tag(tag);
+        std::fs::write(
+            dir.join(format!("{stem}.json")),
+            serde_json::to_string_pretty(&result.report).expect("json"),
+        )
+        .expect("write json");
+        std::fs::write(
+            dir.join(format!("{stem}.svg")),
+            svg_chart(family, &result.medians),
+        )
+        .expect("write svg");
+        println!("wrote {0}/{stem}.json and {0}/{stem}.svg", dir.display());
+        results.push((family, result));
+    }
+    if results.len() > 1 {
+        let keyed: serde_json::Map<_, _> = results
+            .iter()
+            .map(|(f, r)| (f.key().to_owned(), r.report.clone()))
+            .collect();
+        let path = dir.join(format!("{tag}-both.json"));
+        std::fs::write(&path, serde_json::to_string_pretty(&keyed).expect("json"))
+            .expect("write json");
+        println!("wrote {} (keyed by family)", path.display());
+    }
+    // The smoke run must have moved traffic in every mode of every family.
+    for (family, result) in &results {
+        for &mode in &modes {
+            let tcp = result
+                .medians
+                .get(&(mode, "tcp1_gbps"))
+                .copied()
+                .unwrap_or(0.0);
+            assert!(
+                tcp > 0.0,
+                "{} {}: no TCP throughput",
+                family.name(),
+                mode.name()
+            );
+            let rtt = result
+                .medians
+                .get(&(mode, "rtt_p50_us"))
+                .copied()
+                .unwrap_or(f64::NAN);
+            assert!(
+                rtt.is_finite(),
+                "{} {}: no ping replies",
+                family.name(),
+                mode.name()
+            );
+        }
     }
 }
