@@ -15,14 +15,14 @@
 
 use super::state::{DeviceInfo, Ipv6Status, PeerV6Status};
 use super::tunables::Tunables;
-use super::{AgentError, Started, fit_tso_to_udp_gso, log_offloads};
+use super::{AgentError, Started, fit_tso_to_udp_gso, launch_dataplane};
 use crate::core::config::NetConfig;
 use crate::core::lease::Lease;
 use crate::core::mac::MacAddr;
 use crate::core::router::{LocalVtep, Peer, PeerV6, Router, Tables};
 use crate::core::watcher::PeerChange;
 use crate::dataplane::tap::Tap;
-use crate::dataplane::{Dataplane, DataplaneConfig, DataplaneError};
+use crate::dataplane::{Dataplane, DataplaneError};
 use crate::netlink::{LinkInfo, Netlink};
 use ipnet::Ipv6Net;
 use std::collections::BTreeMap;
@@ -165,24 +165,18 @@ pub async fn start_dataplane(
         public_ip: spec.addrs.public_ip.into(),
     };
     let router = Router::new(local, tunables.dataplane.source_check.into(), tables);
-    let dp_config = DataplaneConfig {
-        listen: SocketAddr::new(spec.addrs.listen.into(), spec.config.vxlan.port),
-        workers: tunables.workers(),
-        source_ports: tunables.dataplane.source_ports,
-        batch: tunables.dataplane.batch,
-        socket_buffer: tunables.dataplane.socket_buffer_bytes,
-        offloads: tunables.offloads(),
-        underlay_mtu: spec.underlay_mtu,
-        verify_checksums: tunables.dataplane.verify_checksums,
-        trust_outer_checksum: tunables.dataplane.trust_outer_checksum,
-        split_directions: tunables.dataplane.split_directions,
-        busy_poll: std::time::Duration::from_micros(tunables.dataplane.busy_poll_us),
-    };
-    let (fatal_tx, fatal_rx) = mpsc::unbounded_channel();
-    let dataplane = Dataplane::start(tap, &dp_config, router, fatal_tx)?;
-    log_offloads(&tunables.offloads(), &dataplane.offloads());
-    let gso_max_segs = fit_tso_to_udp_gso(nl, &link, &dataplane.offloads(), spec.mtu).await;
-    Ok((dataplane, link, fatal_rx, gso_max_segs))
+    let listen = SocketAddr::new(spec.addrs.listen.into(), spec.config.vxlan.port);
+    launch_dataplane(
+        nl,
+        tap,
+        link,
+        tunables,
+        listen,
+        spec.underlay_mtu,
+        spec.mtu,
+        router,
+    )
+    .await
 }
 
 /// The running IPv6 half, owned by the control loop.
@@ -399,7 +393,7 @@ impl V6Side {
     }
 
     async fn forget_neighbour(&self, nl: &Netlink, gateway: Ipv6Addr) {
-        if let Err(e) = nl.forget_neighbour_v6(self.link.index, gateway).await {
+        if let Err(e) = nl.forget_neighbour(self.link.index, gateway).await {
             warn!(gateway = %gateway, error = %e, "cannot drop the kernel's IPv6 neighbour entry; it ages out by itself");
         }
     }

@@ -621,14 +621,32 @@ async fn start_dataplane(
         public_ip: ext.public_ip.into(),
     };
     let router = Router::new(local, tunables.dataplane.source_check.into(), tables);
+    let listen = SocketAddr::new(ext.addr.into(), config.vxlan.port);
+    launch_dataplane(nl, tap, link, tunables, listen, ext.mtu, mtu, router).await
+}
+
+/// Starts the dataplane on a configured VTEP device (`flannel.<VNI>` or
+/// `flannel-v6.<VNI>`): sockets on `listen`, frames over `underlay_mtu`
+/// answered with a too-big error, TSO super-frames fitted to the device's `mtu`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn launch_dataplane(
+    nl: &Netlink,
+    tap: Tap,
+    link: LinkInfo,
+    tunables: &Tunables,
+    listen: SocketAddr,
+    underlay_mtu: u32,
+    mtu: u32,
+    router: Router,
+) -> Result<Started, AgentError> {
     let dp_config = DataplaneConfig {
-        listen: SocketAddr::new(ext.addr.into(), config.vxlan.port),
+        listen,
         workers: tunables.workers(),
         source_ports: tunables.dataplane.source_ports,
         batch: tunables.dataplane.batch,
         socket_buffer: tunables.dataplane.socket_buffer_bytes,
         offloads: tunables.offloads(),
-        underlay_mtu: ext.mtu,
+        underlay_mtu,
         verify_checksums: tunables.dataplane.verify_checksums,
         trust_outer_checksum: tunables.dataplane.trust_outer_checksum,
         split_directions: tunables.dataplane.split_directions,
@@ -980,11 +998,7 @@ impl Control {
         self.apply_events(events).await;
         self.remove_stale_routes().await;
         // The IPv6 sweep (and routes of peers that failed) likewise.
-        if let Some(v6) = self.v6.as_mut() {
-            let peers: Vec<Peer> = self.peers.iter().copied().collect();
-            let statuses = v6.resync(&self.nl, &peers).await;
-            self.set_v6_statuses(statuses);
-        }
+        self.resync_v6().await;
     }
 
     async fn apply_events(&mut self, events: Vec<LeaseEvent>) {
@@ -1572,12 +1586,17 @@ impl Control {
             self.add_route(&peer, SystemTime::now(), true).await;
         }
         self.remove_stale_routes().await;
+        self.resync_v6().await;
+        self.summarise_lease_log();
+    }
+
+    /// The IPv6 half's resync: address, missing peer routes, stale routes.
+    async fn resync_v6(&mut self) {
         if let Some(v6) = self.v6.as_mut() {
             let peers: Vec<Peer> = self.peers.iter().copied().collect();
             let statuses = v6.resync(&self.nl, &peers).await;
             self.set_v6_statuses(statuses);
         }
-        self.summarise_lease_log();
     }
 
     /// Records IPv6 peer statuses (`None`: the entry goes) in `weftd status`.

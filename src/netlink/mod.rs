@@ -437,16 +437,21 @@ impl Netlink {
     /// Forgets the kernel's neighbour entry for `ip` on the link, so the kernel
     /// resolves it again (weftd answers from its ARP table) — needed when a
     /// peer's VtepMAC changed or its lease went away. An absent entry is fine.
-    pub async fn forget_neighbour(&self, index: u32, ip: Ipv4Addr) -> Result<()> {
+    pub async fn forget_neighbour(&self, index: u32, ip: impl Into<IpAddr>) -> Result<()> {
         use netlink_packet_route::neighbour::{
             NeighbourAddress, NeighbourAttribute, NeighbourMessage,
         };
+        let ip = ip.into();
         let mut message = NeighbourMessage::default();
-        message.header.family = AddressFamily::Inet;
         message.header.ifindex = index;
+        let (family, address) = match ip {
+            IpAddr::V4(v4) => (AddressFamily::Inet, NeighbourAddress::Inet(v4)),
+            IpAddr::V6(v6) => (AddressFamily::Inet6, NeighbourAddress::Inet6(v6)),
+        };
+        message.header.family = family;
         message
             .attributes
-            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+            .push(NeighbourAttribute::Destination(address));
         match self.handle.neighbours().del(message).execute().await {
             Ok(()) => Ok(()),
             Err(rtnetlink::Error::NetlinkError(msg))
@@ -470,15 +475,7 @@ impl Netlink {
             .await
             .map_err(ctx(|| "list routes".into()))?
         {
-            let table = msg
-                .attributes
-                .iter()
-                .find_map(|a| match a {
-                    RouteAttribute::Table(t) => Some(*t),
-                    _ => None,
-                })
-                .unwrap_or(u32::from(msg.header.table));
-            if table == u32::from(netlink_packet_route::route::RouteHeader::RT_TABLE_MAIN) {
+            if in_main_table(&msg) {
                 out.push(msg);
             }
         }
@@ -501,6 +498,20 @@ impl Netlink {
         }
         Ok(None)
     }
+}
+
+/// Whether a route from a dump is in the main table (the table attribute
+/// when present, else the header's).
+fn in_main_table(msg: &RouteMessage) -> bool {
+    let table = msg
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(u32::from(msg.header.table));
+    table == u32::from(netlink_packet_route::route::RouteHeader::RT_TABLE_MAIN)
 }
 
 fn ignore_esrch(

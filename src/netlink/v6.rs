@@ -3,12 +3,11 @@
 //! to remote IPv6 subnets (`S6 via S6::0 dev flannel-v6.<VNI> onlink`, as
 //! flannel programs them).
 
-use super::{Netlink, NetlinkError, Result, WEFT_ROUTE_PROTOCOL, ctx, ignore_esrch};
+use super::{Netlink, Result, WEFT_ROUTE_PROTOCOL, ctx, ignore_esrch, in_main_table};
 use futures::TryStreamExt;
 use ipnet::Ipv6Net;
 use netlink_packet_route::AddressFamily;
 use netlink_packet_route::address::{AddressAttribute, AddressFlags};
-use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol};
 use rtnetlink::RouteMessageBuilder;
 use std::net::{IpAddr, Ipv6Addr};
@@ -207,15 +206,7 @@ impl Netlink {
             .await
             .map_err(ctx(|| "list IPv6 routes".into()))?
         {
-            let table = msg
-                .attributes
-                .iter()
-                .find_map(|a| match a {
-                    RouteAttribute::Table(t) => Some(*t),
-                    _ => None,
-                })
-                .unwrap_or(u32::from(msg.header.table));
-            if table != u32::from(netlink_packet_route::route::RouteHeader::RT_TABLE_MAIN) {
+            if !in_main_table(&msg) {
                 continue;
             }
             let dst = msg.attributes.iter().find_map(|a| match a {
@@ -298,29 +289,5 @@ impl Netlink {
             }),
             unicast: m.header.kind == netlink_packet_route::route::RouteType::Unicast,
         }))
-    }
-
-    /// Forgets the kernel's neighbour entry for `ip` on the link, so the
-    /// kernel solicits it again (weftd answers from its NDP table). An
-    /// absent entry is fine.
-    pub async fn forget_neighbour_v6(&self, index: u32, ip: Ipv6Addr) -> Result<()> {
-        let mut message = NeighbourMessage::default();
-        message.header.family = AddressFamily::Inet6;
-        message.header.ifindex = index;
-        message
-            .attributes
-            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet6(ip)));
-        match self.handle.neighbours().del(message).execute().await {
-            Ok(()) => Ok(()),
-            Err(rtnetlink::Error::NetlinkError(msg))
-                if msg.code.is_some_and(|c| -c.get() == libc::ENOENT) =>
-            {
-                Ok(())
-            }
-            Err(source) => Err(NetlinkError {
-                what: format!("delete neighbour {ip}"),
-                source,
-            }),
-        }
     }
 }
