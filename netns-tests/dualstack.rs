@@ -1303,3 +1303,106 @@ fn wait_for_opt<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Optio
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// The node's IPv6 underlay address changes (fd00:99::1 → ::11) while its
+/// IPv4 one stays. Its lease announces the old one, where peers can no
+/// longer reach its IPv6 VTEP: weftd logs the change and exits non-zero
+/// (as it does for IPv4); restarted, it keeps both subnets and VtepMACs,
+/// announces the new PublicIPv6, and the peer sends there.
+#[test]
+fn dualstack_underlay_ipv6_address_change_restarts_weftd_on_the_new_address() {
+    if skip_without_root() {
+        return;
+    }
+    let mut lab = Lab::new_dual(2);
+    lab.set_net_conf(&dual_net_conf(PORT));
+    let subnets: Vec<_> = (0..2)
+        .map(|n| lab.start_weftd_dual(n, WeftdOpts::default()))
+        .collect();
+    let (ns0, ns1) = (lab.ns(0).to_owned(), lab.ns(1).to_owned());
+    let ((s0, s06), (s1, s16)) = (subnets[0], subnets[1]);
+    lab.wait_ping6(&ns1, s06.network(), Duration::from_secs(10));
+    let before = lab.status(0);
+    let (old, new) = ("fd00:99::1", "fd00:99::11");
+    assert_eq!(before["ipv6"]["public_ip"], old, "{before}");
+
+    let started = std::time::Instant::now();
+    lab.run(
+        &ns0,
+        &[
+            "ip",
+            "-6",
+            "addr",
+            "del",
+            &format!("{old}/64"),
+            "dev",
+            "eth0",
+        ],
+    );
+    lab.run(
+        &ns0,
+        &[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            &format!("{new}/64"),
+            "dev",
+            "eth0",
+            "nodad",
+        ],
+    );
+    lab.run(
+        &ns0,
+        &[
+            "ip",
+            "-6",
+            "route",
+            "replace",
+            "default",
+            "via",
+            "fd00:99::fe",
+        ],
+    );
+    let code = lab.wait_weftd_exit(0, Duration::from_secs(10));
+    let exited = started.elapsed();
+    let log = lab.weftd_log(0);
+    assert!(code.is_some_and(|c| c != 0), "exit code {code:?}:\n{log}");
+    assert!(
+        log.contains(&format!("changed from {old} to {new}")),
+        "{log}"
+    );
+
+    // The supervisor restarts it.
+    let again = lab.start_weftd_dual(0, WeftdOpts::default());
+    assert_eq!(again, (s0, s06), "a subnet changed");
+    let after = lab.status(0);
+    assert_eq!(after["ipv6"]["public_ip"], new, "{after}");
+    assert_eq!(after["ipv6"]["vtep_mac"], before["ipv6"]["vtep_mac"]);
+    assert_eq!(after["lease"]["vtep_mac"], before["lease"]["vtep_mac"]);
+    let record = std::fs::read_to_string(lab.store_dir().join(format!(
+        "{}-{}&{}-{}",
+        s0.addr(),
+        s0.prefix_len(),
+        s06.addr(),
+        s06.prefix_len()
+    )))
+    .unwrap();
+    assert!(
+        record.contains(&format!("\"PublicIPv6\":\"{new}\"")),
+        "{record}"
+    );
+    wait_for(
+        "node 1 to follow the new IPv6 address",
+        Duration::from_secs(5),
+        || (lab.status(1)["ipv6"]["peers"][s06.to_string()]["public_ip"] == new).then_some(()),
+    );
+    lab.wait_ping6(&ns1, s06.network(), Duration::from_secs(5));
+    lab.wait_ping6(&ns0, s16.network(), Duration::from_secs(5));
+    assert!(lab.ping(&ns0, s1.network(), 3) && lab.ping(&ns1, s0.network(), 3));
+    println!(
+        "dualstack underlay IPv6 address change: weftd exited after {} ms (2 s grace)",
+        exited.as_millis()
+    );
+    assert!(exited < Duration::from_secs(5), "noticed after {exited:?}");
+}

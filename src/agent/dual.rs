@@ -573,6 +573,7 @@ mod tests {
             index,
             addr: a.parse().unwrap(),
             prefix_len: len,
+            tentative: false,
         }
     }
 

@@ -215,6 +215,7 @@ mod tests {
             index: 3,
             addr: "fd00:99::10".parse().unwrap(),
             prefix_len: 64,
+            tentative: false,
         }];
         let specs = vec![
             "fd00:99::7".to_string(),

@@ -29,6 +29,7 @@ pub mod routes;
 pub mod state;
 pub mod status;
 pub mod tunables;
+pub mod underlay;
 
 use crate::core::config::NetConfig;
 use crate::core::lease::{Lease, LeaseAttrs, LeaseEvent, VxlanBackendData};
@@ -47,7 +48,7 @@ use ipnet::Ipv4Net;
 use routes::RouteKind;
 use state::{AgentState, DeviceInfo, NodeInfo, OwnLease, PeerStatus, unix_secs};
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant, SystemTime};
@@ -55,6 +56,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 use tunables::Tunables;
+use underlay::UnderlayAddress;
 
 /// Why the agent stopped. Every message says what to do next.
 #[derive(Debug, thiserror::Error)]
@@ -144,9 +146,9 @@ pub enum AgentError {
         /// The external interface.
         iface: String,
         /// The address weftd listened on.
-        old: Ipv4Addr,
+        old: std::net::IpAddr,
         /// The address the interface has now.
-        new: Ipv4Addr,
+        new: std::net::IpAddr,
     },
     /// Kube mode: the first list of nodes did not arrive in time.
     #[error(
@@ -414,8 +416,10 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         device,
         recreate: Recreate::default(),
         subnet_env: None,
-        address_check: None,
-        underlay_address_present: true,
+        underlay: UnderlayAddress::new(&ext.name, ext.addr.into()),
+        underlay_v6: v6
+            .as_ref()
+            .map(|v6| UnderlayAddress::new(&ext.name, v6.spec.addrs.listen.into())),
         lease_log: LogBudget::new(LEASE_CHANGES_LOGGED, LEASE_LOG_WINDOW),
         v6,
     };
@@ -797,11 +801,10 @@ struct Control {
     recreate: Recreate,
     /// `subnet.env` as written at readiness (rewritten when the MTU changes).
     subnet_env: Option<(std::path::PathBuf, SubnetEnv)>,
-    /// When to look at the underlay interface's addresses again, after the
-    /// one weftd listens on was removed.
-    address_check: Option<tokio::time::Instant>,
-    /// Whether the underlay interface still has the address weftd listens on.
-    underlay_address_present: bool,
+    /// The IPv4 underlay address weftd listens on, watched.
+    underlay: UnderlayAddress,
+    /// The IPv6 one, in dual stack.
+    underlay_v6: Option<UnderlayAddress>,
     /// Lease changes logged one by one (the rest summed up: a churning store
     /// must not fill the node's disk with log lines).
     lease_log: LogBudget,
@@ -816,11 +819,6 @@ struct Control {
 const LEASE_CHANGES_LOGGED: usize = 100;
 /// See [`LEASE_CHANGES_LOGGED`].
 const LEASE_LOG_WINDOW: Duration = Duration::from_secs(60);
-
-/// How long the underlay address may be missing before weftd looks for a
-/// replacement: an address that is removed and added back (a DHCP renewal, an
-/// operator's `ip addr flush` and re-add) is not a change.
-const ADDRESS_GRACE: Duration = Duration::from_secs(2);
 
 /// The backoff of device recreation (flannel's: 1 s doubling to 30 s).
 #[derive(Debug, Default)]
@@ -891,7 +889,8 @@ async fn control_loop(
                     }
                 }
             }
-            _ = sleep_until_or_never(control.address_check) => control.check_underlay_address().await?,
+            _ = sleep_until_or_never(control.underlay.check) => control.check_underlay_address(false).await?,
+            _ = sleep_until_or_never(control.underlay_v6.as_ref().and_then(|u| u.check)) => control.check_underlay_address(true).await?,
             _ = sleep_until_or_never(control.recreate.next) => control.recreate_device(&mut fatal_rx).await,
             _ = resync.tick() => {
                 if control.dataplane.is_some() && control.device_gone(Duration::ZERO).await {
@@ -1490,60 +1489,65 @@ impl Control {
         );
     }
 
-    /// An IPv4 address came or went on some link: the removal of the one
-    /// weftd listens on starts a grace period before it looks again.
-    fn address_changed(&mut self, index: u32, addr: Ipv4Addr, added: bool) {
+    /// An address came, changed or went on some link: only the underlay
+    /// interface's count, in the family they belong to.
+    fn address_changed(&mut self, index: u32, addr: IpAddr, added: bool) {
         if index != self.device.ext.index {
             return;
         }
-        if !added && addr == self.device.ext.addr {
-            warn!(interface = %self.device.ext.name, addr = %addr, "the underlay address {addr} was removed from {}; looking again in {} s", self.device.ext.name, ADDRESS_GRACE.as_secs());
-            self.address_check = Some(tokio::time::Instant::now() + ADDRESS_GRACE);
-        } else if added && self.address_check.is_none() && !self.underlay_address_present {
-            self.address_check = Some(tokio::time::Instant::now() + ADDRESS_GRACE);
+        match addr {
+            IpAddr::V4(_) => self.underlay.event(addr, added),
+            IpAddr::V6(_) => {
+                if let Some(u) = self.underlay_v6.as_mut() {
+                    u.event(addr, added);
+                }
+            }
         }
     }
 
-    /// After the grace period: the address is back (nothing to do), gone
-    /// with no other (wait for one, the overlay is down meanwhile), or
-    /// replaced (exit: the lease must announce the new address).
-    async fn check_underlay_address(&mut self) -> Result<(), AgentError> {
-        self.address_check = None;
-        let ext = &self.device.ext;
-        let addrs = match self.nl.addresses(Some(ext.index)).await {
-            Ok(addrs) => addrs,
-            Err(e) => {
-                warn!(error = %e, "cannot list the underlay interface's addresses; looking again in 2 s");
-                self.address_check = Some(tokio::time::Instant::now() + ADDRESS_GRACE);
-                return Ok(());
-            }
+    /// After the grace period: is the address weftd listens on (in IPv6 when
+    /// `v6`) back, gone with no other, or replaced (exit: the lease must
+    /// announce the new address)?
+    async fn check_underlay_address(&mut self, v6: bool) -> Result<(), AgentError> {
+        let index = self.device.ext.index;
+        let listed = if v6 {
+            self.nl.addresses_v6(Some(index)).await.map(|addrs| {
+                let all: Vec<IpAddr> = addrs.iter().map(|a| a.addr.into()).collect();
+                // A tentative address (duplicate address detection running)
+                // cannot be bound yet: its end is announced and looked at.
+                let usable: Vec<IpAddr> = addrs
+                    .iter()
+                    .filter(|a| a.is_global() && !a.tentative)
+                    .map(|a| a.addr.into())
+                    .collect();
+                (all, usable)
+            })
+        } else {
+            self.nl.addresses(Some(index)).await.map(|addrs| {
+                let all: Vec<IpAddr> = addrs.iter().map(|a| a.addr.into()).collect();
+                let mut usable: Vec<Ipv4Addr> = addrs
+                    .iter()
+                    .map(|a| a.addr)
+                    .filter(|a| !a.is_loopback())
+                    .collect();
+                usable.sort_by_key(|a| a.is_link_local());
+                (all, usable.into_iter().map(IpAddr::V4).collect())
+            })
         };
-        if addrs.iter().any(|a| a.addr == ext.addr) {
-            if !self.underlay_address_present {
-                info!(interface = %ext.name, addr = %ext.addr, "the underlay address {} is back on {}", ext.addr, ext.name);
-            }
-            self.underlay_address_present = true;
+        let Some(underlay) = (if v6 {
+            self.underlay_v6.as_mut()
+        } else {
+            Some(&mut self.underlay)
+        }) else {
             return Ok(());
-        }
-        let mut candidates: Vec<Ipv4Addr> = addrs
-            .iter()
-            .map(|a| a.addr)
-            .filter(|a| !a.is_loopback())
-            .collect();
-        candidates.sort_by_key(|a| a.is_link_local());
-        match candidates.first() {
-            None => {
-                if self.underlay_address_present {
-                    error!(interface = %ext.name, addr = %ext.addr, "{} has no IPv4 address any more: pod traffic to and from other nodes is down until {} is back (or another address comes, then weftd restarts on it)", ext.name, ext.addr);
-                }
-                self.underlay_address_present = false;
+        };
+        match listed {
+            Ok((all, usable)) => underlay.verdict(all.contains(&underlay.listen()), &usable),
+            Err(e) => {
+                warn!(error = %e, "cannot list the underlay interface's addresses; looking again in {} s", underlay::ADDRESS_GRACE.as_secs());
+                underlay.look_again();
                 Ok(())
             }
-            Some(new) => Err(AgentError::UnderlayAddressChanged {
-                iface: ext.name.clone(),
-                old: ext.addr,
-                new: *new,
-            }),
         }
     }
 

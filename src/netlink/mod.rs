@@ -574,9 +574,9 @@ impl Netlink {
     }
 }
 
-/// What the kernel announces about links and IPv4 addresses
-/// (`RTNLGRP_LINK`, `RTNLGRP_IPV4_IFADDR`): the VTEP device deleted or set
-/// down, the underlay interface's MTU or addresses changed.
+/// What the kernel announces about links and addresses (`RTNLGRP_LINK`,
+/// `RTNLGRP_IPV4_IFADDR`, `RTNLGRP_IPV6_IFADDR`): the VTEP device deleted or
+/// set down, the underlay interface's MTU or addresses changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LinkEvent {
     /// `RTM_DELLINK`: the link with this index is gone.
@@ -588,8 +588,9 @@ pub enum LinkEvent {
         /// The link.
         index: u32,
         /// The address.
-        addr: Ipv4Addr,
-        /// Added (else removed).
+        addr: IpAddr,
+        /// Added or changed (else removed). An IPv6 address is announced
+        /// again when its duplicate address detection ends.
         added: bool,
     },
 }
@@ -609,6 +610,7 @@ impl LinkMonitor {
         let (connection, _handle, mut messages) = rtnetlink::new_multicast_connection(&[
             rtnetlink::MulticastGroup::Link,
             rtnetlink::MulticastGroup::Ipv4Ifaddr,
+            rtnetlink::MulticastGroup::Ipv6Ifaddr,
         ])?;
         tokio::spawn(connection);
         let (tx, events) = tokio::sync::mpsc::unbounded_channel();
@@ -620,11 +622,6 @@ impl LinkMonitor {
                 let event = match inner {
                     M::DelLink(link) => LinkEvent::Deleted(link.header.index),
                     M::NewLink(link) => LinkEvent::Changed(Netlink::link_info(&link)),
-                    M::NewAddress(a) | M::DelAddress(a)
-                        if a.header.family != AddressFamily::Inet =>
-                    {
-                        continue;
-                    }
                     M::NewAddress(a) => match address_of(&a) {
                         Some(addr) => LinkEvent::Address {
                             index: a.header.index,
@@ -657,14 +654,19 @@ impl LinkMonitor {
     }
 }
 
-/// The local IPv4 address of an address message.
-fn address_of(msg: &netlink_packet_route::address::AddressMessage) -> Option<Ipv4Addr> {
+/// The local address of an address message (IPv4 or IPv6).
+fn address_of(msg: &netlink_packet_route::address::AddressMessage) -> Option<IpAddr> {
+    let family_ok = |ip: &IpAddr| match msg.header.family {
+        AddressFamily::Inet => ip.is_ipv4(),
+        AddressFamily::Inet6 => ip.is_ipv6(),
+        _ => false,
+    };
     let local = msg.attributes.iter().find_map(|a| match a {
-        AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
+        AddressAttribute::Local(ip) if family_ok(ip) => Some(*ip),
         _ => None,
     });
     let address = msg.attributes.iter().find_map(|a| match a {
-        AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
+        AddressAttribute::Address(ip) if family_ok(ip) => Some(*ip),
         _ => None,
     });
     local.or(address)

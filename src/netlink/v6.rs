@@ -7,7 +7,7 @@ use super::{Netlink, Result, WEFT_ROUTE_PROTOCOL, ctx, ignore_esrch, in_main_tab
 use futures::TryStreamExt;
 use ipnet::Ipv6Net;
 use netlink_packet_route::AddressFamily;
-use netlink_packet_route::address::{AddressAttribute, AddressFlags};
+use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol};
 use rtnetlink::RouteMessageBuilder;
 use std::net::{IpAddr, Ipv6Addr};
@@ -21,6 +21,9 @@ pub struct LinkAddr6 {
     pub addr: Ipv6Addr,
     /// Its prefix length.
     pub prefix_len: u8,
+    /// Duplicate address detection has not ended (or failed): nothing can
+    /// bind to it yet.
+    pub tentative: bool,
 }
 
 impl LinkAddr6 {
@@ -86,6 +89,10 @@ impl Netlink {
                     index: msg.header.index,
                     addr,
                     prefix_len: msg.header.prefix_len,
+                    tentative: msg
+                        .header
+                        .flags
+                        .intersects(AddressHeaderFlags::Tentative | AddressHeaderFlags::Dadfailed),
                 });
             }
         }
