@@ -19,7 +19,7 @@ use weft::core::lease::{LeaseAttrs, LeaseEvent, VxlanBackendData};
 use weft::core::mac::MacAddr;
 use weft::subnet::kube::annotations::DEFAULT_PREFIX;
 use weft::subnet::kube::{KubeOptions, KubeStore, NodeIdentity, Patience};
-use weft::subnet::{AcquireRequest, StoreStats, StoreUpdate};
+use weft::subnet::{AcquireRequest, OwnAddress, StoreStats, StoreUpdate};
 
 const NET_CONF: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
 const P: &str = "flannel.alpha.coreos.com/";
@@ -124,7 +124,7 @@ async fn acquire_patches_annotations_once_and_not_again_after_a_restart() {
     let config = store.network_config().await.unwrap();
     assert!(
         store
-            .find_own("192.168.1.1".parse().unwrap())
+            .find_own(OwnAddress::Ipv4("192.168.1.1".parse().unwrap()))
             .await
             .unwrap()
             .is_none()
@@ -165,7 +165,7 @@ async fn acquire_patches_annotations_once_and_not_again_after_a_restart() {
     drop(store);
     let (store, _) = open(opts(&fake, "n1", dir.path())).await;
     let own = store
-        .find_own("192.168.1.1".parse().unwrap())
+        .find_own(OwnAddress::Ipv4("192.168.1.1".parse().unwrap()))
         .await
         .unwrap()
         .expect("the node's published lease");
@@ -209,7 +209,7 @@ async fn a_node_flannel_ran_keeps_its_vtep_mac_and_needs_no_patch() {
     ));
     let (store, _) = open(opts(&fake, "f1", dir.path())).await;
     let own = store
-        .find_own("192.168.1.5".parse().unwrap())
+        .find_own(OwnAddress::Ipv4("192.168.1.5".parse().unwrap()))
         .await
         .unwrap()
         .unwrap();
@@ -713,7 +713,7 @@ async fn kubeconfig_file_with_a_token_and_an_api_url_override() {
     let (store, _) = open(o).await;
     assert!(
         store
-            .find_own("192.168.1.1".parse().unwrap())
+            .find_own(OwnAddress::Ipv4("192.168.1.1".parse().unwrap()))
             .await
             .unwrap()
             .is_some()
@@ -855,7 +855,7 @@ async fn dual_stack_acquire_publishes_v6_annotations_and_the_watch_carries_v6() 
     drop(store);
     let (store, _) = open(o).await;
     let own = store
-        .find_own("192.168.1.1".parse().unwrap())
+        .find_own(OwnAddress::Ipv4("192.168.1.1".parse().unwrap()))
         .await
         .unwrap()
         .unwrap();

@@ -226,7 +226,9 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     let vni = config.vxlan.vni;
     let tap_name = format!("flannel.{vni}");
     let existing = nl.link_by_name(&tap_name).await?;
-    let previous_lease = store.find_own(ext.public_ip).await?;
+    let previous_lease = store
+        .find_own(crate::subnet::OwnAddress::Ipv4(ext.public_ip))
+        .await?;
     let mac = choose_mac(previous_lease.as_ref(), existing.as_ref());
     let mut attrs = LeaseAttrs::vxlan(
         ext.public_ip,

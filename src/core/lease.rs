@@ -82,7 +82,13 @@ impl LeaseError {
 /// make the agent parse megabytes per change).
 pub const MAX_RECORD_BYTES: u64 = 64 * 1024;
 
-/// flannel's subnet key: `10.5.34.0-24`, or `10.5.34.0-24&fc00::-64` in dual stack.
+/// The IPv4 subnet of an IPv6-only lease (`EnableIPv4: false`): flannel's
+/// zero `IP4Net`, written `0.0.0.0-0` in the key (`0.0.0.0-0&fd00:0:0:3::-64`).
+/// Never a route: a lease holding it has no IPv4 half.
+pub const NO_IPV4_SUBNET: Ipv4Net = Ipv4Net::new_assert(Ipv4Addr::UNSPECIFIED, 0);
+
+/// flannel's subnet key: `10.5.34.0-24`, or `10.5.34.0-24&fc00::-64` in dual
+/// stack, or `0.0.0.0-0&fc00::-64` when IPv6-only.
 pub fn subnet_key(subnet: Ipv4Net, ipv6: Option<Ipv6Net>) -> String {
     let mut key = format!("{}-{}", subnet.addr(), subnet.prefix_len());
     if let Some(v6) = ipv6 {
@@ -109,6 +115,8 @@ pub fn parse_subnet_key(key: &str) -> Result<(Ipv4Net, Option<Ipv6Net>), LeaseEr
         return Err(bad());
     }
     let ipv6 = match v6 {
+        // `0.0.0.0-0` alone names no subnet at all.
+        None if subnet == NO_IPV4_SUBNET => return Err(bad()),
         None => None,
         Some(v6) => {
             let (text, len) = v6.rsplit_once('-').ok_or_else(bad)?;
@@ -141,7 +149,8 @@ pub fn parse_subnet_key(key: &str) -> Result<(Ipv4Net, Option<Ipv6Net>), LeaseEr
 }
 
 /// A lease's identity in every store: its IPv4 subnet and, in dual stack,
-/// its IPv6 subnet. Displays as flannel's key (`10.244.3.0-24`).
+/// its IPv6 subnet; IPv6-only, [`NO_IPV4_SUBNET`] and its IPv6 subnet.
+/// Displays as flannel's key (`10.244.3.0-24`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SubnetKey {
     /// The IPv4 subnet.
@@ -159,6 +168,29 @@ impl SubnetKey {
         }
     }
 
+    /// The key of an IPv6-only lease.
+    pub const fn v6_only(ipv6_subnet: Ipv6Net) -> SubnetKey {
+        SubnetKey {
+            subnet: NO_IPV4_SUBNET,
+            ipv6_subnet: Some(ipv6_subnet),
+        }
+    }
+
+    /// Whether the lease has an IPv4 half (every lease but an IPv6-only one).
+    pub fn has_ipv4(&self) -> bool {
+        self.subnet != NO_IPV4_SUBNET
+    }
+
+    /// What tells leases apart in one cluster: the IPv4 subnet, or the IPv6
+    /// subnet of an IPv6-only lease (flannel's `sameSubnet`). Two leases of a
+    /// dual-stack cluster with one IPv4 subnet are one node's lease, renamed.
+    pub fn id(&self) -> LeaseId {
+        match self.ipv6_subnet {
+            Some(v6) if !self.has_ipv4() => LeaseId::V6(v6),
+            _ => LeaseId::V4(self.subnet),
+        }
+    }
+
     /// Parses flannel's key (see [`parse_subnet_key`]).
     pub fn parse(key: &str) -> Result<SubnetKey, LeaseError> {
         let (subnet, ipv6_subnet) = parse_subnet_key(key)?;
@@ -166,6 +198,24 @@ impl SubnetKey {
             subnet,
             ipv6_subnet,
         })
+    }
+}
+
+/// See [`SubnetKey::id`]: how the watcher and the set of peers key leases.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum LeaseId {
+    /// A lease with an IPv4 half, by its IPv4 subnet.
+    V4(Ipv4Net),
+    /// An IPv6-only lease, by its IPv6 subnet.
+    V6(Ipv6Net),
+}
+
+impl fmt::Display for LeaseId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LeaseId::V4(s) => s.fmt(f),
+            LeaseId::V6(s) => s.fmt(f),
+        }
     }
 }
 
@@ -356,6 +406,16 @@ impl Lease {
         subnet_key(self.subnet, self.ipv6_subnet)
     }
 
+    /// Whether the lease has an IPv4 half (every lease but an IPv6-only one).
+    pub fn has_ipv4(&self) -> bool {
+        self.subnet != NO_IPV4_SUBNET
+    }
+
+    /// See [`SubnetKey::id`].
+    pub fn id(&self) -> LeaseId {
+        self.subnet_key().id()
+    }
+
     /// The subnets that identify the lease.
     pub fn subnet_key(&self) -> SubnetKey {
         SubnetKey {
@@ -386,9 +446,14 @@ impl Lease {
 
 impl fmt::Display for Lease {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} (public IP {})", self.subnet, self.attrs.public_ip)?;
+        if self.has_ipv4() {
+            write!(f, "{} (public IP {})", self.subnet, self.attrs.public_ip)?;
+        }
         if let Some(v6) = self.ipv6_subnet {
-            write!(f, ", {v6}")?;
+            if self.has_ipv4() {
+                f.write_str(", ")?;
+            }
+            write!(f, "{v6}")?;
             if let Some(ip) = self.attrs.public_ipv6 {
                 write!(f, " (public IPv6 {ip})")?;
             }
@@ -414,6 +479,14 @@ impl LeaseEvent {
             LeaseEvent::Removed(k) => k.subnet,
         }
     }
+
+    /// The lease the event is about (see [`SubnetKey::id`]).
+    pub fn id(&self) -> LeaseId {
+        match self {
+            LeaseEvent::Added(l) => l.id(),
+            LeaseEvent::Removed(k) => k.id(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -433,6 +506,32 @@ mod tests {
         assert_eq!(
             LeaseAttrs::vxlan(attrs.public_ip, &data).to_json(),
             FLANNEL_DOC
+        );
+    }
+
+    #[test]
+    fn ipv6_only_keys_are_flannels_zero_ipv4_net_and_the_ipv6_subnet() {
+        let v6: Ipv6Net = "fd00:0:0:3::/64".parse().unwrap();
+        let key = SubnetKey::v6_only(v6);
+        assert_eq!(key.to_string(), "0.0.0.0-0&fd00:0:0:3::-64");
+        assert_eq!(SubnetKey::parse(&key.to_string()), Ok(key));
+        assert!(!key.has_ipv4());
+        assert_eq!(key.id(), LeaseId::V6(v6));
+        let dual = SubnetKey::parse("10.244.3.0-24&fd00:0:0:3::-64").unwrap();
+        assert!(dual.has_ipv4());
+        assert_eq!(dual.id(), LeaseId::V4("10.244.3.0/24".parse().unwrap()));
+        // The zero net alone names nothing.
+        assert!(SubnetKey::parse("0.0.0.0-0").is_err());
+        let lease = Lease::from_record(
+            "0.0.0.0-0&fd00:0:0:3::-64",
+            r#"{"PublicIP":"0.0.0.0","PublicIPv6":"fd00:99::1","BackendType":"vxlan","BackendV6Data":{"VNI":1,"VtepMAC":"0e:00:00:00:00:06"}}"#,
+            None,
+        )
+        .unwrap();
+        assert!(!lease.has_ipv4());
+        assert_eq!(
+            lease.to_string(),
+            "fd00:0:0:3::/64 (public IPv6 fd00:99::1)"
         );
     }
 

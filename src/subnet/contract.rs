@@ -23,6 +23,27 @@ pub enum StoreUpdate {
     OwnLeaseRevoked(String),
 }
 
+/// How a store recognises this node's lease from an earlier run: by
+/// `PublicIP`, or in an IPv6-only network (`EnableIPv4: false`, where every
+/// lease may carry `PublicIP` 0.0.0.0) by `PublicIPv6`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OwnAddress {
+    /// The node's `PublicIP`.
+    Ipv4(Ipv4Addr),
+    /// The node's `PublicIPv6` (IPv6-only networks).
+    Ipv6(std::net::Ipv6Addr),
+}
+
+impl OwnAddress {
+    /// Whether `lease` is the one this node published.
+    pub fn owns(&self, lease: &Lease) -> bool {
+        match *self {
+            OwnAddress::Ipv4(ip) => lease.has_ipv4() && lease.attrs.public_ip == ip,
+            OwnAddress::Ipv6(ip) => !lease.has_ipv4() && lease.attrs.public_ipv6 == Some(ip),
+        }
+    }
+}
+
 /// What the agent asks for when acquiring a lease.
 ///
 /// With `EnableIPv6` the attributes carry the node's IPv6 VTEP too

@@ -36,7 +36,9 @@
 //! are plain functions and types, tested without a server; [`EtcdStore`] is the
 //! thin shell that talks to etcd.
 
-use super::contract::{AcquireRequest, RenewPolicy, StoreUpdate, UpdateSender, renew_at};
+use super::contract::{
+    AcquireRequest, OwnAddress, RenewPolicy, StoreUpdate, UpdateSender, renew_at,
+};
 use super::error::StoreError;
 use super::stats::StoreStats;
 use crate::core::allocate::{self, Claim, Held};
@@ -49,7 +51,6 @@ use etcd_client::{
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::future::Future;
-use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -717,14 +718,14 @@ impl EtcdStore {
     }
 
     /// The lease this public IP holds, if any (to keep its VtepMAC).
-    pub async fn find_own(&self, public_ip: Ipv4Addr) -> Result<Option<Lease>, StoreError> {
+    pub async fn find_own(&self, own: OwnAddress) -> Result<Option<Lease>, StoreError> {
         Ok(self
             .list()
             .await?
             .leases
             .into_iter()
             .map(|s| s.lease)
-            .find(|l| l.attrs.public_ip == public_ip))
+            .find(|l| own.owns(l)))
     }
 
     /// Grants an etcd lease of the configured TTL: (id, granted TTL).
@@ -1199,6 +1200,7 @@ fn is_compacted_error(e: &etcd_client::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
     use crate::core::lease::VxlanBackendData;
     use crate::core::mac::MacAddr;
     use ipnet::Ipv4Net;

@@ -22,7 +22,7 @@ pub mod annotations;
 pub mod env;
 pub mod nodes;
 
-use super::contract::{AcquireRequest, StoreUpdate, UpdateSender};
+use super::contract::{AcquireRequest, OwnAddress, StoreUpdate, UpdateSender};
 use super::error::StoreError;
 use super::stats::StoreStats;
 use crate::core::config::NetConfig;
@@ -326,13 +326,35 @@ impl KubeStore {
     /// This node's previous lease as its annotations describe it: the VtepMAC
     /// in `backend-data` is what peers know, so a restart keeps it (and the
     /// IPv6 VtepMAC in `backend-v6-data`, with the IPv6 pod CIDR, when the
-    /// node has them).
-    pub async fn find_own(&self, public_ip: Ipv4Addr) -> Result<Option<Lease>, StoreError> {
+    /// node has them). In an IPv6-only network only the IPv6 half counts.
+    pub async fn find_own(&self, own: OwnAddress) -> Result<Option<Lease>, StoreError> {
         let node = match self.own_node().await {
             Ok(node) => node,
             Err(e) => {
                 warn!(node = %self.node_name, error = %describe_error(&e), "Failed to get node for backend data");
                 return Ok(None);
+            }
+        };
+        let public_ip = match own {
+            OwnAddress::Ipv4(ip) => ip,
+            OwnAddress::Ipv6(ip) => {
+                let Some(data) = nodes::stored_vxlan_v6_data(&node, &self.keys) else {
+                    return Ok(None);
+                };
+                let Ok((_, Some(ipv6_subnet))) = nodes::pod_cidrs(&node) else {
+                    return Ok(None);
+                };
+                debug!(vtep_mac = %data.vtep_mac, "found the IPv6 VtepMAC this node published before");
+                let mut attrs = LeaseAttrs::vxlan(Ipv4Addr::UNSPECIFIED, &data);
+                attrs.backend_data = None;
+                attrs.backend_v6_data = Some(data.to_json());
+                attrs.public_ipv6 = Some(ip);
+                return Ok(Some(Lease {
+                    subnet: crate::core::lease::NO_IPV4_SUBNET,
+                    ipv6_subnet: Some(ipv6_subnet),
+                    attrs,
+                    expiration: None,
+                }));
             }
         };
         let Some(data) = nodes::stored_vxlan_data(&node, &self.keys) else {

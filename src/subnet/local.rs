@@ -14,7 +14,9 @@
 //! not available. A scan that differs from the last one is handed to the
 //! agent as a snapshot, and the agent's lease watcher works out what changed.
 
-use super::contract::{AcquireRequest, RenewPolicy, StoreUpdate, UpdateSender, renew_at};
+use super::contract::{
+    AcquireRequest, OwnAddress, RenewPolicy, StoreUpdate, UpdateSender, renew_at,
+};
 use super::error::StoreError;
 use super::stats::StoreStats;
 use crate::core::allocate::{self, Held};
@@ -27,7 +29,6 @@ use crate::dataplane::sys::{InotifyFd, register};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
-use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -97,15 +98,12 @@ impl LocalStore {
     /// The lease this public IP held before, if it is still in the store.
     pub async fn find_own(
         &self,
-        public_ip: Ipv4Addr,
+        own: OwnAddress,
         now: SystemTime,
     ) -> Result<Option<Lease>, StoreError> {
         let dir = self.dir.clone();
         let scan = blocking(move || scan(&dir, now)).await?;
-        Ok(scan
-            .leases
-            .into_values()
-            .find(|l| l.attrs.public_ip == public_ip))
+        Ok(scan.leases.into_values().find(|l| own.owns(l)))
     }
 
     /// Acquires a lease with flannel's rules ([`allocate::plan`]), under the
@@ -533,6 +531,7 @@ pub fn record_for(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
     use crate::core::lease::VxlanBackendData;
     use crate::core::mac::MacAddr;
 
@@ -704,7 +703,7 @@ mod tests {
         assert_eq!(names, [a.key()]);
         // A restart finds and reuses the whole pair.
         assert_eq!(
-            s.find_own(Ipv4Addr::new(192, 168, 0, 1), later)
+            s.find_own(OwnAddress::Ipv4(Ipv4Addr::new(192, 168, 0, 1)), later)
                 .await
                 .unwrap()
                 .map(|l| l.subnet_key()),

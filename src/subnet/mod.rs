@@ -13,7 +13,9 @@ pub mod kube;
 pub mod local;
 mod stats;
 
-pub use contract::{AcquireRequest, RenewPolicy, StoreUpdate, UpdateSender, describe, renew_at};
+pub use contract::{
+    AcquireRequest, OwnAddress, RenewPolicy, StoreUpdate, UpdateSender, describe, renew_at,
+};
 pub use error::StoreError;
 pub use stats::{StoreStats, StoreStatsSnapshot};
 
@@ -62,11 +64,11 @@ impl Store {
     }
 
     /// The lease this public IP held, if the store still has it.
-    pub async fn find_own(&self, public_ip: Ipv4Addr) -> Result<Option<Lease>, StoreError> {
+    pub async fn find_own(&self, own: OwnAddress) -> Result<Option<Lease>, StoreError> {
         match self {
-            Store::Local(s) => s.find_own(public_ip, SystemTime::now()).await,
-            Store::Etcd(s) => s.find_own(public_ip).await,
-            Store::Kube(s) => s.find_own(public_ip).await,
+            Store::Local(s) => s.find_own(own, SystemTime::now()).await,
+            Store::Etcd(s) => s.find_own(own).await,
+            Store::Kube(s) => s.find_own(own).await,
         }
     }
 
