@@ -51,8 +51,6 @@ const MASQ_COMMENT: &str = "flanneld masq";
 const FORWARD_COMMENT: &str = "flanneld forward";
 const POSTRTG: &str = "FLANNEL-POSTRTG";
 const FWD: &str = "FLANNEL-FWD";
-const NFT_TABLE_V4: &str = "flannel-ipv4";
-const NFT_TABLE_V6: &str = "flannel-ipv6";
 
 /// Which tool manages the rules (net-conf `EnableNFTables`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,32 +157,66 @@ impl Rule {
     }
 }
 
-/// IPv4 multicast, never masqueraded.
-const MULTICAST_V4: &str = "224.0.0.0/4";
-/// IPv6 multicast, never masqueraded.
-const MULTICAST_V6: &str = "ff00::/8";
+/// What differs between flannel's IPv4 and IPv6 rules: the tools, the
+/// nftables table and the multicast range.
+#[derive(Debug, Clone, Copy)]
+struct Family {
+    /// `iptables` or `ip6tables`.
+    iptables: &'static str,
+    /// `iptables-restore` or `ip6tables-restore`.
+    restore: &'static str,
+    /// The nftables family, also the address match keyword (`ip saddr`, `ip6 saddr`).
+    nft_family: &'static str,
+    /// The nftables table (flannel's `knftables` interface per family).
+    nft_table: &'static str,
+    /// Multicast, never masqueraded.
+    multicast: &'static str,
+}
+
+const IPV4: Family = Family {
+    iptables: "iptables",
+    restore: "iptables-restore",
+    nft_family: "ip",
+    nft_table: "flannel-ipv4",
+    multicast: "224.0.0.0/4",
+};
+
+const IPV6: Family = Family {
+    iptables: "ip6tables",
+    restore: "ip6tables-restore",
+    nft_family: "ip6",
+    nft_table: "flannel-ipv6",
+    multicast: "ff00::/8",
+};
+
+/// A network of one address family ([`Ipv4Net`], [`Ipv6Net`]): the type picks
+/// the [`Family`], so IPv6 networks never meet the IPv4 tools.
+trait FamilyNet: Copy + PartialEq + std::fmt::Display {
+    const FAMILY: Family;
+}
+
+impl FamilyNet for Ipv4Net {
+    const FAMILY: Family = IPV4;
+}
+
+impl FamilyNet for Ipv6Net {
+    const FAMILY: Family = IPV6;
+}
 
 /// flannel's `masqRules`, in order.
 pub fn masq_rules(network: Ipv4Net, subnet: Ipv4Net, random_fully: bool) -> Vec<Rule> {
-    family_masq_rules(
-        &network.to_string(),
-        &subnet.to_string(),
-        MULTICAST_V4,
-        random_fully,
-    )
+    family_masq_rules(network, subnet, random_fully)
 }
 
 /// flannel's `masqIP6Rules` (for `ip6tables`), in order: [`masq_rules`] with `ff00::/8`.
 pub fn masq6_rules(network: Ipv6Net, subnet: Ipv6Net, random_fully: bool) -> Vec<Rule> {
-    family_masq_rules(
-        &network.to_string(),
-        &subnet.to_string(),
-        MULTICAST_V6,
-        random_fully,
-    )
+    family_masq_rules(network, subnet, random_fully)
 }
 
-fn family_masq_rules(cluster: &str, pod: &str, multicast: &str, random_fully: bool) -> Vec<Rule> {
+fn family_masq_rules<N: FamilyNet>(network: N, subnet: N, random_fully: bool) -> Vec<Rule> {
+    let (cluster, pod) = (network.to_string(), subnet.to_string());
+    let (cluster, pod) = (cluster.as_str(), pod.as_str());
+    let multicast = N::FAMILY.multicast;
     let comment = ["-m", "comment", "--comment", MASQ_COMMENT];
     let with = |head: &[&str], tail: &[&str]| {
         let mut spec: Vec<&str> = head.to_vec();
@@ -215,15 +247,17 @@ fn family_masq_rules(cluster: &str, pod: &str, multicast: &str, random_fully: bo
 
 /// flannel's `forwardRules`.
 pub fn forward_rules(network: Ipv4Net) -> Vec<Rule> {
-    family_forward_rules(&network.to_string())
+    family_forward_rules(network)
 }
 
 /// flannel's `forwardRules` for an IPv6 network (for `ip6tables`).
 pub fn forward6_rules(network: Ipv6Net) -> Vec<Rule> {
-    family_forward_rules(&network.to_string())
+    family_forward_rules(network)
 }
 
-fn family_forward_rules(cluster: &str) -> Vec<Rule> {
+fn family_forward_rules<N: FamilyNet>(network: N) -> Vec<Rule> {
+    let cluster = network.to_string();
+    let cluster = cluster.as_str();
     let comment = ["-m", "comment", "--comment", FORWARD_COMMENT];
     let mut jump = comment.to_vec();
     jump.extend_from_slice(&["-j", FWD]);
@@ -268,62 +302,32 @@ pub fn restore_input(rules: &[Rule], existing: &[bool]) -> String {
 /// The nftables transaction: table, then each wanted chain flushed and refilled
 /// (flannel's `initTable`, `SetupAndEnsureForwardRules`, `addMasqRules`).
 pub fn nft_script(config: &MasqConfig, fully_random: bool) -> String {
-    family_nft_script(
-        NftFamily::V4,
-        config,
-        &config.network.to_string(),
-        &config.subnet.to_string(),
-        fully_random,
-    )
+    family_nft_script(config, config.network, config.subnet, fully_random)
 }
 
 /// The IPv6 transaction (table `ip6 flannel-ipv6`, `ff00::/8`), empty
 /// without [`MasqConfig::ipv6`].
 pub fn nft6_script(config: &MasqConfig, fully_random: bool) -> String {
     match config.ipv6 {
-        Some((network, subnet)) => family_nft_script(
-            NftFamily::V6,
-            config,
-            &network.to_string(),
-            &subnet.to_string(),
-            fully_random,
-        ),
+        Some((network, subnet)) => family_nft_script(config, network, subnet, fully_random),
         None => String::new(),
     }
 }
 
-/// One nftables family's table (flannel's `knftables` interface per family).
-#[derive(Debug, Clone, Copy)]
-struct NftFamily {
-    /// The family, also the address match keyword (`ip saddr`, `ip6 saddr`).
-    family: &'static str,
-    table: &'static str,
-    multicast: &'static str,
-}
-
-impl NftFamily {
-    const V4: NftFamily = NftFamily {
-        family: "ip",
-        table: NFT_TABLE_V4,
-        multicast: MULTICAST_V4,
-    };
-    const V6: NftFamily = NftFamily {
-        family: "ip6",
-        table: NFT_TABLE_V6,
-        multicast: MULTICAST_V6,
-    };
-}
-
-fn family_nft_script(
-    f: NftFamily,
+fn family_nft_script<N: FamilyNet>(
     config: &MasqConfig,
-    cluster: &str,
-    pod: &str,
+    network: N,
+    subnet: N,
     fully_random: bool,
 ) -> String {
-    let (ip, name) = (f.family, f.table);
+    let Family {
+        nft_family: ip,
+        nft_table: name,
+        multicast,
+        ..
+    } = N::FAMILY;
+    let (cluster, pod) = (network.to_string(), subnet.to_string());
     let t = format!("{ip} {name}");
-    let multicast = f.multicast;
     let masquerade = if fully_random {
         "masquerade fully-random"
     } else {
@@ -422,23 +426,8 @@ fn capture(tool: &'static str, package: &'static str, args: &[&str]) -> Result<S
     }
 }
 
-/// The iptables tools of one address family.
-#[derive(Debug, Clone, Copy)]
-struct Iptables {
-    iptables: &'static str,
-    restore: &'static str,
-}
-
-const IPV4: Iptables = Iptables {
-    iptables: "iptables",
-    restore: "iptables-restore",
-};
-const IPV6: Iptables = Iptables {
-    iptables: "ip6tables",
-    restore: "ip6tables-restore",
-};
-
-impl Iptables {
+/// One family's iptables chains, through its `iptables` and `iptables-restore`.
+impl Family {
     fn cmd(&self, args: &[&str], one_is_no: bool) -> Result<bool, MasqError> {
         let mut full = vec!["--wait"];
         full.extend_from_slice(args);
@@ -592,18 +581,21 @@ fn nft(args: &[&str], stdin: Option<&str>) -> Result<bool, MasqError> {
     run("nft", "nftables", args, stdin, false)
 }
 
-fn nft_delete_table(family: &str, table: &str) -> Result<(), MasqError> {
-    // Listing first tells "absent" (fine) from a failure.
-    if run(
-        "nft",
-        "nftables",
-        &["list", "table", family, table],
-        None,
-        true,
-    )? {
-        nft(&["delete", "table", family, table], None)?;
+impl Family {
+    fn delete_nft_table(&self) -> Result<(), MasqError> {
+        let (family, table) = (self.nft_family, self.nft_table);
+        // Listing first tells "absent" (fine) from a failure.
+        if run(
+            "nft",
+            "nftables",
+            &["list", "table", family, table],
+            None,
+            true,
+        )? {
+            nft(&["delete", "table", family, table], None)?;
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// Whether this kernel and nft accept `masquerade fully-random` (flannel's
@@ -632,14 +624,14 @@ pub struct Masq {
 /// One applied nftables table and how nft listed it.
 #[derive(Debug)]
 struct NftTable {
-    family: NftFamily,
+    family: Family,
     script: String,
     /// `nft list table` right after applying.
     listing: String,
 }
 
 impl NftTable {
-    fn new(family: NftFamily) -> NftTable {
+    fn new(family: Family) -> NftTable {
         NftTable {
             family,
             script: String::new(),
@@ -651,7 +643,12 @@ impl NftTable {
         capture(
             "nft",
             "nftables",
-            &["list", "table", self.family.family, self.family.table],
+            &[
+                "list",
+                "table",
+                self.family.nft_family,
+                self.family.nft_table,
+            ],
         )
     }
 
@@ -672,7 +669,7 @@ impl NftTable {
         }
         warn!(
             "the nftables table {} was changed or deleted; applying it again",
-            self.family.table
+            self.family.nft_table
         );
         self.apply()?;
         Ok(true)
@@ -693,14 +690,15 @@ impl Masq {
         let mut masq = Masq {
             rules: Vec::new(),
             rules6: Vec::new(),
-            nft: NftTable::new(NftFamily::V4),
-            nft6: NftTable::new(NftFamily::V6),
+            nft: NftTable::new(IPV4),
+            nft6: NftTable::new(IPV6),
             config,
         };
         match masq.config.mode {
             Mode::Iptables => {
-                if let Err(e) = nft_delete_table("ip", NFT_TABLE_V4)
-                    .and_then(|()| nft_delete_table("ip6", NFT_TABLE_V6))
+                if let Err(e) = IPV4
+                    .delete_nft_table()
+                    .and_then(|()| IPV6.delete_nft_table())
                 {
                     info!(error = %e, "could not clean up nftables rules left by the nftables mode");
                 }
@@ -933,20 +931,18 @@ pub async fn start(
 /// `weftd cleanup-masq`: removes flannel's/weft's rules of both modes and both
 /// families. Returns what could not be removed (tools missing count as nothing to remove).
 pub fn cleanup_all() -> Vec<MasqError> {
-    let mut errors = Vec::new();
-    for family in [IPV4, IPV6] {
-        match family.remove_all() {
-            Ok(()) | Err(MasqError::Spawn { .. }) => {}
-            Err(e) => errors.push(e),
-        }
-    }
-    for (family, table) in [("ip", NFT_TABLE_V4), ("ip6", NFT_TABLE_V6)] {
-        match nft_delete_table(family, table) {
-            Ok(()) | Err(MasqError::Spawn { .. }) => {}
-            Err(e) => errors.push(e),
-        }
-    }
-    errors
+    [
+        IPV4.remove_all(),
+        IPV6.remove_all(),
+        IPV4.delete_nft_table(),
+        IPV6.delete_nft_table(),
+    ]
+    .into_iter()
+    .filter_map(|result| match result {
+        Ok(()) | Err(MasqError::Spawn { .. }) => None,
+        Err(e) => Some(e),
+    })
+    .collect()
 }
 
 #[cfg(test)]
