@@ -158,7 +158,7 @@ impl Rule {
 }
 
 /// What differs between flannel's IPv4 and IPv6 rules: the tools, the
-/// nftables table and the multicast range.
+/// nftables table, the multicast range and how log lines name the family.
 #[derive(Debug, Clone, Copy)]
 struct Family {
     /// `iptables` or `ip6tables`.
@@ -171,6 +171,10 @@ struct Family {
     nft_table: &'static str,
     /// Multicast, never masqueraded.
     multicast: &'static str,
+    /// How log lines name the family: nothing for IPv4, `IPv6 ` for IPv6.
+    label: &'static str,
+    /// How a warning names the FORWARD chain whose DROP policy would drop pod traffic.
+    forward_chain: &'static str,
 }
 
 const IPV4: Family = Family {
@@ -179,6 +183,8 @@ const IPV4: Family = Family {
     nft_family: "ip",
     nft_table: "flannel-ipv4",
     multicast: "224.0.0.0/4",
+    label: "",
+    forward_chain: "FORWARD",
 };
 
 const IPV6: Family = Family {
@@ -187,6 +193,8 @@ const IPV6: Family = Family {
     nft_family: "ip6",
     nft_table: "flannel-ipv6",
     multicast: "ff00::/8",
+    label: "IPv6 ",
+    forward_chain: "ip6tables FORWARD",
 };
 
 /// A network of one address family ([`Ipv4Net`], [`Ipv6Net`]): the type picks
@@ -639,6 +647,34 @@ impl NftTable {
         }
     }
 
+    /// Applies the table of `N`'s family for `config` (nftables mode). A
+    /// failure is an error when the table masquerades, else only a warning
+    /// (forward rules alone, as in flannel).
+    fn setup<N: FamilyNet>(
+        config: &MasqConfig,
+        network: N,
+        subnet: N,
+        fully_random: bool,
+    ) -> Result<NftTable, MasqError> {
+        let family = N::FAMILY;
+        info!(
+            %network, %subnet, masquerade = config.masquerade, forward = config.forward, fully_random,
+            "setting up {}nftables rules", family.label
+        );
+        let mut table = NftTable {
+            script: family_nft_script(config, network, subnet, fully_random),
+            ..NftTable::new(family)
+        };
+        match table.apply() {
+            Ok(()) => {}
+            Err(e) if !config.masquerade => {
+                warn!(error = %e, "cannot set up the {}forward-accept rules (nftables)", family.label);
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(table)
+    }
+
     fn list(&self) -> Result<String, MasqError> {
         capture(
             "nft",
@@ -673,6 +709,62 @@ impl NftTable {
         );
         self.apply()?;
         Ok(true)
+    }
+}
+
+/// Installs one family's masquerade rules (iptables mode), first deleting
+/// those of `previous` if it differs from (`network`, `subnet`). Returns the
+/// rules, for [`Masq::ensure`] to check.
+fn setup_masq_iptables<N: FamilyNet>(
+    (network, subnet): (N, N),
+    previous: Option<(N, N)>,
+    random_fully_disable: bool,
+) -> Result<Vec<Rule>, MasqError> {
+    let family = N::FAMILY;
+    let random_fully = !random_fully_disable && family.has_random_fully();
+    if let Some((old_network, old_subnet)) = previous
+        && (old_network, old_subnet) != (network, subnet)
+    {
+        info!(
+            %network, %subnet, %old_network, %old_subnet,
+            "{}network or subnet changed since the last run; removing the masquerade rules of the old ones",
+            family.label
+        );
+        for fully in [true, false] {
+            family.teardown(&family_masq_rules(old_network, old_subnet, fully))?;
+        }
+    }
+    info!(
+        %network, %subnet, random_fully,
+        "setting up {}masquerade rules ({})", family.label, family.iptables
+    );
+    let rules = family_masq_rules(network, subnet, random_fully);
+    family.clear_chain("nat", POSTRTG)?;
+    family.bootstrap(&rules)?;
+    Ok(rules)
+}
+
+/// Installs one family's forward-accept rules (iptables mode). Returns the
+/// rules, or none if they could not be set up: as in flannel, that is only a
+/// warning.
+fn setup_forward_iptables<N: FamilyNet>(network: N) -> Vec<Rule> {
+    let family = N::FAMILY;
+    info!(%network, "setting up {}forward-accept rules ({})", family.label, family.iptables);
+    let rules = family_forward_rules(network);
+    match family
+        .clear_chain("filter", FWD)
+        .and_then(|()| family.bootstrap(&rules))
+    {
+        Ok(()) => rules,
+        Err(e) => {
+            warn!(
+                error = %e,
+                "cannot set up the {label}forward-accept rules; {label}pod traffic is dropped if {}'s policy is DROP",
+                family.forward_chain,
+                label = family.label
+            );
+            Vec::new()
+        }
     }
 }
 
@@ -721,100 +813,31 @@ impl Masq {
         previous: Option<(Ipv4Net, Ipv4Net)>,
         previous6: Option<(Ipv6Net, Ipv6Net)>,
     ) -> Result<(), MasqError> {
-        let c = self.config.clone();
-        let random_fully = !c.random_fully_disable && IPV4.has_random_fully();
+        let c = &self.config;
         if c.masquerade {
-            if let Some((old_network, old_subnet)) = previous
-                && (old_network, old_subnet) != (c.network, c.subnet)
-            {
-                info!(
-                    network = %c.network, subnet = %c.subnet, old_network = %old_network, old_subnet = %old_subnet,
-                    "network or subnet changed since the last run; removing the masquerade rules of the old ones"
-                );
-                for fully in [true, false] {
-                    IPV4.teardown(&masq_rules(old_network, old_subnet, fully))?;
-                }
-            }
-            info!(network = %c.network, subnet = %c.subnet, random_fully, "setting up masquerade rules (iptables)");
-            let rules = masq_rules(c.network, c.subnet, random_fully);
-            IPV4.clear_chain("nat", POSTRTG)?;
-            IPV4.bootstrap(&rules)?;
+            let rules =
+                setup_masq_iptables((c.network, c.subnet), previous, c.random_fully_disable)?;
             self.rules.extend(rules);
-        }
-        if c.masquerade
-            && let Some((network, subnet)) = c.ipv6
-        {
-            let random_fully = !c.random_fully_disable && IPV6.has_random_fully();
-            if let Some((old_network, old_subnet)) = previous6
-                && (old_network, old_subnet) != (network, subnet)
-            {
-                info!(
-                    %network, %subnet, %old_network, %old_subnet,
-                    "IPv6 network or subnet changed since the last run; removing the masquerade rules of the old ones"
-                );
-                for fully in [true, false] {
-                    IPV6.teardown(&masq6_rules(old_network, old_subnet, fully))?;
-                }
+            if let Some(ipv6) = c.ipv6 {
+                let rules = setup_masq_iptables(ipv6, previous6, c.random_fully_disable)?;
+                self.rules6.extend(rules);
             }
-            info!(%network, %subnet, random_fully, "setting up IPv6 masquerade rules (ip6tables)");
-            let rules = masq6_rules(network, subnet, random_fully);
-            IPV6.clear_chain("nat", POSTRTG)?;
-            IPV6.bootstrap(&rules)?;
-            self.rules6.extend(rules);
         }
         if c.forward {
-            info!(network = %c.network, "setting up forward-accept rules (iptables)");
-            let rules = forward_rules(c.network);
-            match IPV4
-                .clear_chain("filter", FWD)
-                .and_then(|()| IPV4.bootstrap(&rules))
-            {
-                Ok(()) => self.rules.extend(rules),
-                Err(e) => {
-                    warn!(error = %e, "cannot set up the forward-accept rules; pod traffic is dropped if FORWARD's policy is DROP")
-                }
-            }
-        }
-        if c.forward
-            && let Some((network, _)) = c.ipv6
-        {
-            info!(%network, "setting up IPv6 forward-accept rules (ip6tables)");
-            let rules = forward6_rules(network);
-            match IPV6
-                .clear_chain("filter", FWD)
-                .and_then(|()| IPV6.bootstrap(&rules))
-            {
-                Ok(()) => self.rules6.extend(rules),
-                Err(e) => {
-                    warn!(error = %e, "cannot set up the IPv6 forward-accept rules; IPv6 pod traffic is dropped if ip6tables FORWARD's policy is DROP")
-                }
+            self.rules.extend(setup_forward_iptables(c.network));
+            if let Some((network, _)) = c.ipv6 {
+                self.rules6.extend(setup_forward_iptables(network));
             }
         }
         Ok(())
     }
 
     fn setup_nft(&mut self) -> Result<(), MasqError> {
-        let c = self.config.clone();
+        let c = &self.config;
         let fully_random = !c.random_fully_disable && nft_has_fully_random();
-        info!(network = %c.network, subnet = %c.subnet, masquerade = c.masquerade, forward = c.forward, fully_random, "setting up nftables rules");
-        self.nft.script = nft_script(&c, fully_random);
-        match self.nft.apply() {
-            Ok(()) => {}
-            Err(e) if !c.masquerade => {
-                warn!(error = %e, "cannot set up the forward-accept rules (nftables)");
-            }
-            Err(e) => return Err(e),
-        }
+        self.nft = NftTable::setup(c, c.network, c.subnet, fully_random)?;
         if let Some((network, subnet)) = c.ipv6 {
-            info!(%network, %subnet, masquerade = c.masquerade, forward = c.forward, fully_random, "setting up IPv6 nftables rules");
-            self.nft6.script = nft6_script(&c, fully_random);
-            match self.nft6.apply() {
-                Ok(()) => {}
-                Err(e) if !c.masquerade => {
-                    warn!(error = %e, "cannot set up the IPv6 forward-accept rules (nftables)");
-                }
-                Err(e) => return Err(e),
-            }
+            self.nft6 = NftTable::setup(c, network, subnet, fully_random)?;
         }
         Ok(())
     }
