@@ -41,7 +41,7 @@
 
 use ipnet::{Ipv4Net, Ipv6Net};
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 use tracing::{info, warn};
 
@@ -365,6 +365,47 @@ fn family_nft_script<N: FamilyNet>(
     s
 }
 
+/// Runs a tool to the end, feeding it `stdin`; its output goes to `stdout`
+/// (null or piped, to capture), its error output is kept for [`MasqError::Failed`].
+fn exec(
+    tool: &'static str,
+    package: &'static str,
+    args: &[&str],
+    stdin: Option<&str>,
+    stdout: Stdio,
+) -> Result<Output, MasqError> {
+    let cannot_run = |source| MasqError::Spawn {
+        tool,
+        package,
+        source,
+    };
+    let mut child = Command::new(tool)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(stdout)
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(cannot_run)?;
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        // The tools read all input before acting; a write error shows in the exit status.
+        let _ = pipe.write_all(text.as_bytes());
+    }
+    child.wait_with_output().map_err(cannot_run)
+}
+
+fn failed(tool: &'static str, args: &[&str], out: &Output) -> MasqError {
+    MasqError::Failed {
+        tool,
+        args: args.join(" "),
+        status: out.status.to_string(),
+        stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+    }
+}
+
 /// Runs a tool, feeding `stdin`; `Ok(true)` on exit 0, `Ok(false)` on exit 1
 /// when `one_is_no` (iptables -C: "no such rule"), else an error.
 fn run(
@@ -374,63 +415,21 @@ fn run(
     stdin: Option<&str>,
     one_is_no: bool,
 ) -> Result<bool, MasqError> {
-    let mut child = Command::new(tool)
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|source| MasqError::Spawn {
-            tool,
-            package,
-            source,
-        })?;
-    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        // The tools read all input before acting; a write error shows in the exit status.
-        let _ = pipe.write_all(text.as_bytes());
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|source| MasqError::Spawn {
-            tool,
-            package,
-            source,
-        })?;
+    let out = exec(tool, package, args, stdin, Stdio::null())?;
     match out.status.code() {
         Some(0) => Ok(true),
         Some(1) if one_is_no => Ok(false),
-        _ => Err(MasqError::Failed {
-            tool,
-            args: args.join(" "),
-            status: out.status.to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        }),
+        _ => Err(failed(tool, args, &out)),
     }
 }
 
+/// Runs a tool and returns what it printed.
 fn capture(tool: &'static str, package: &'static str, args: &[&str]) -> Result<String, MasqError> {
-    let out = Command::new(tool)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|source| MasqError::Spawn {
-            tool,
-            package,
-            source,
-        })?;
+    let out = exec(tool, package, args, None, Stdio::piped())?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
-        Err(MasqError::Failed {
-            tool,
-            args: args.join(" "),
-            status: out.status.to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        })
+        Err(failed(tool, args, &out))
     }
 }
 
@@ -590,6 +589,7 @@ fn nft(args: &[&str], stdin: Option<&str>) -> Result<bool, MasqError> {
 }
 
 impl Family {
+    /// Deletes the family's nftables table, if there is one.
     fn delete_nft_table(&self) -> Result<(), MasqError> {
         let (family, table) = (self.nft_family, self.nft_table);
         // Listing first tells "absent" (fine) from a failure.
