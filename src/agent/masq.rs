@@ -1126,6 +1126,23 @@ mod tests {
         assert!(plain.ends_with("ip daddr 10.244.0.0/16 masquerade\n"));
     }
 
+    /// Each network type reaches its own family's tools and nftables table.
+    #[test]
+    fn network_types_pick_their_family() {
+        let (v4, v6) = (
+            <Ipv4Net as FamilyNet>::FAMILY,
+            <Ipv6Net as FamilyNet>::FAMILY,
+        );
+        assert_eq!(
+            (v4.iptables, v4.restore, v4.nft_family, v4.nft_table),
+            ("iptables", "iptables-restore", "ip", "flannel-ipv4")
+        );
+        assert_eq!(
+            (v6.iptables, v6.restore, v6.nft_family, v6.nft_table),
+            ("ip6tables", "ip6tables-restore", "ip6", "flannel-ipv6")
+        );
+    }
+
     const NETWORK6: &str = "fd00:10::/48";
     const SUBNET6: &str = "fd00:10:0:3::/64";
 
