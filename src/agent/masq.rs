@@ -41,7 +41,7 @@
 
 use ipnet::{Ipv4Net, Ipv6Net};
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 use tracing::{info, warn};
 
@@ -51,8 +51,6 @@ const MASQ_COMMENT: &str = "flanneld masq";
 const FORWARD_COMMENT: &str = "flanneld forward";
 const POSTRTG: &str = "FLANNEL-POSTRTG";
 const FWD: &str = "FLANNEL-FWD";
-const NFT_TABLE_V4: &str = "flannel-ipv4";
-const NFT_TABLE_V6: &str = "flannel-ipv6";
 
 /// Which tool manages the rules (net-conf `EnableNFTables`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,32 +157,74 @@ impl Rule {
     }
 }
 
-/// IPv4 multicast, never masqueraded.
-const MULTICAST_V4: &str = "224.0.0.0/4";
-/// IPv6 multicast, never masqueraded.
-const MULTICAST_V6: &str = "ff00::/8";
+/// What differs between flannel's IPv4 and IPv6 rules: the tools, the
+/// nftables table, the multicast range and how log lines name the family.
+#[derive(Debug, Clone, Copy)]
+struct Family {
+    /// `iptables` or `ip6tables`.
+    iptables: &'static str,
+    /// `iptables-restore` or `ip6tables-restore`.
+    restore: &'static str,
+    /// The nftables family, also the address match keyword (`ip saddr`, `ip6 saddr`).
+    nft_family: &'static str,
+    /// The nftables table (flannel's `knftables` interface per family).
+    nft_table: &'static str,
+    /// Multicast, never masqueraded.
+    multicast: &'static str,
+    /// How log lines name the family: nothing for IPv4, `IPv6 ` for IPv6.
+    label: &'static str,
+    /// How a warning names the FORWARD chain whose DROP policy would drop pod traffic.
+    forward_chain: &'static str,
+}
+
+const IPV4: Family = Family {
+    iptables: "iptables",
+    restore: "iptables-restore",
+    nft_family: "ip",
+    nft_table: "flannel-ipv4",
+    multicast: "224.0.0.0/4",
+    label: "",
+    forward_chain: "FORWARD",
+};
+
+const IPV6: Family = Family {
+    iptables: "ip6tables",
+    restore: "ip6tables-restore",
+    nft_family: "ip6",
+    nft_table: "flannel-ipv6",
+    multicast: "ff00::/8",
+    label: "IPv6 ",
+    forward_chain: "ip6tables FORWARD",
+};
+
+/// A network of one address family ([`Ipv4Net`], [`Ipv6Net`]): the type picks
+/// the [`Family`], so IPv6 networks never meet the IPv4 tools.
+trait FamilyNet: Copy + PartialEq + std::fmt::Display {
+    const FAMILY: Family;
+}
+
+impl FamilyNet for Ipv4Net {
+    const FAMILY: Family = IPV4;
+}
+
+impl FamilyNet for Ipv6Net {
+    const FAMILY: Family = IPV6;
+}
 
 /// flannel's `masqRules`, in order.
 pub fn masq_rules(network: Ipv4Net, subnet: Ipv4Net, random_fully: bool) -> Vec<Rule> {
-    family_masq_rules(
-        &network.to_string(),
-        &subnet.to_string(),
-        MULTICAST_V4,
-        random_fully,
-    )
+    family_masq_rules(network, subnet, random_fully)
 }
 
 /// flannel's `masqIP6Rules` (for `ip6tables`), in order: [`masq_rules`] with `ff00::/8`.
 pub fn masq6_rules(network: Ipv6Net, subnet: Ipv6Net, random_fully: bool) -> Vec<Rule> {
-    family_masq_rules(
-        &network.to_string(),
-        &subnet.to_string(),
-        MULTICAST_V6,
-        random_fully,
-    )
+    family_masq_rules(network, subnet, random_fully)
 }
 
-fn family_masq_rules(cluster: &str, pod: &str, multicast: &str, random_fully: bool) -> Vec<Rule> {
+fn family_masq_rules<N: FamilyNet>(network: N, subnet: N, random_fully: bool) -> Vec<Rule> {
+    let (cluster, pod) = (network.to_string(), subnet.to_string());
+    let (cluster, pod) = (cluster.as_str(), pod.as_str());
+    let multicast = N::FAMILY.multicast;
     let comment = ["-m", "comment", "--comment", MASQ_COMMENT];
     let with = |head: &[&str], tail: &[&str]| {
         let mut spec: Vec<&str> = head.to_vec();
@@ -215,15 +255,17 @@ fn family_masq_rules(cluster: &str, pod: &str, multicast: &str, random_fully: bo
 
 /// flannel's `forwardRules`.
 pub fn forward_rules(network: Ipv4Net) -> Vec<Rule> {
-    family_forward_rules(&network.to_string())
+    family_forward_rules(network)
 }
 
 /// flannel's `forwardRules` for an IPv6 network (for `ip6tables`).
 pub fn forward6_rules(network: Ipv6Net) -> Vec<Rule> {
-    family_forward_rules(&network.to_string())
+    family_forward_rules(network)
 }
 
-fn family_forward_rules(cluster: &str) -> Vec<Rule> {
+fn family_forward_rules<N: FamilyNet>(network: N) -> Vec<Rule> {
+    let cluster = network.to_string();
+    let cluster = cluster.as_str();
     let comment = ["-m", "comment", "--comment", FORWARD_COMMENT];
     let mut jump = comment.to_vec();
     jump.extend_from_slice(&["-j", FWD]);
@@ -268,62 +310,32 @@ pub fn restore_input(rules: &[Rule], existing: &[bool]) -> String {
 /// The nftables transaction: table, then each wanted chain flushed and refilled
 /// (flannel's `initTable`, `SetupAndEnsureForwardRules`, `addMasqRules`).
 pub fn nft_script(config: &MasqConfig, fully_random: bool) -> String {
-    family_nft_script(
-        NftFamily::V4,
-        config,
-        &config.network.to_string(),
-        &config.subnet.to_string(),
-        fully_random,
-    )
+    family_nft_script(config, config.network, config.subnet, fully_random)
 }
 
 /// The IPv6 transaction (table `ip6 flannel-ipv6`, `ff00::/8`), empty
 /// without [`MasqConfig::ipv6`].
 pub fn nft6_script(config: &MasqConfig, fully_random: bool) -> String {
     match config.ipv6 {
-        Some((network, subnet)) => family_nft_script(
-            NftFamily::V6,
-            config,
-            &network.to_string(),
-            &subnet.to_string(),
-            fully_random,
-        ),
+        Some((network, subnet)) => family_nft_script(config, network, subnet, fully_random),
         None => String::new(),
     }
 }
 
-/// One nftables family's table (flannel's `knftables` interface per family).
-#[derive(Debug, Clone, Copy)]
-struct NftFamily {
-    /// The family, also the address match keyword (`ip saddr`, `ip6 saddr`).
-    family: &'static str,
-    table: &'static str,
-    multicast: &'static str,
-}
-
-impl NftFamily {
-    const V4: NftFamily = NftFamily {
-        family: "ip",
-        table: NFT_TABLE_V4,
-        multicast: MULTICAST_V4,
-    };
-    const V6: NftFamily = NftFamily {
-        family: "ip6",
-        table: NFT_TABLE_V6,
-        multicast: MULTICAST_V6,
-    };
-}
-
-fn family_nft_script(
-    f: NftFamily,
+fn family_nft_script<N: FamilyNet>(
     config: &MasqConfig,
-    cluster: &str,
-    pod: &str,
+    network: N,
+    subnet: N,
     fully_random: bool,
 ) -> String {
-    let (ip, name) = (f.family, f.table);
+    let Family {
+        nft_family: ip,
+        nft_table: name,
+        multicast,
+        ..
+    } = N::FAMILY;
+    let (cluster, pod) = (network.to_string(), subnet.to_string());
     let t = format!("{ip} {name}");
-    let multicast = f.multicast;
     let masquerade = if fully_random {
         "masquerade fully-random"
     } else {
@@ -353,6 +365,47 @@ fn family_nft_script(
     s
 }
 
+/// Runs a tool to the end, feeding it `stdin`; its output goes to `stdout`
+/// (null or piped, to capture), its error output is kept for [`MasqError::Failed`].
+fn exec(
+    tool: &'static str,
+    package: &'static str,
+    args: &[&str],
+    stdin: Option<&str>,
+    stdout: Stdio,
+) -> Result<Output, MasqError> {
+    let cannot_run = |source| MasqError::Spawn {
+        tool,
+        package,
+        source,
+    };
+    let mut child = Command::new(tool)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(stdout)
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(cannot_run)?;
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        // The tools read all input before acting; a write error shows in the exit status.
+        let _ = pipe.write_all(text.as_bytes());
+    }
+    child.wait_with_output().map_err(cannot_run)
+}
+
+fn failed(tool: &'static str, args: &[&str], out: &Output) -> MasqError {
+    MasqError::Failed {
+        tool,
+        args: args.join(" "),
+        status: out.status.to_string(),
+        stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+    }
+}
+
 /// Runs a tool, feeding `stdin`; `Ok(true)` on exit 0, `Ok(false)` on exit 1
 /// when `one_is_no` (iptables -C: "no such rule"), else an error.
 fn run(
@@ -362,83 +415,26 @@ fn run(
     stdin: Option<&str>,
     one_is_no: bool,
 ) -> Result<bool, MasqError> {
-    let mut child = Command::new(tool)
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|source| MasqError::Spawn {
-            tool,
-            package,
-            source,
-        })?;
-    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        // The tools read all input before acting; a write error shows in the exit status.
-        let _ = pipe.write_all(text.as_bytes());
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|source| MasqError::Spawn {
-            tool,
-            package,
-            source,
-        })?;
+    let out = exec(tool, package, args, stdin, Stdio::null())?;
     match out.status.code() {
         Some(0) => Ok(true),
         Some(1) if one_is_no => Ok(false),
-        _ => Err(MasqError::Failed {
-            tool,
-            args: args.join(" "),
-            status: out.status.to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        }),
+        _ => Err(failed(tool, args, &out)),
     }
 }
 
+/// Runs a tool and returns what it printed.
 fn capture(tool: &'static str, package: &'static str, args: &[&str]) -> Result<String, MasqError> {
-    let out = Command::new(tool)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|source| MasqError::Spawn {
-            tool,
-            package,
-            source,
-        })?;
+    let out = exec(tool, package, args, None, Stdio::piped())?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
-        Err(MasqError::Failed {
-            tool,
-            args: args.join(" "),
-            status: out.status.to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        })
+        Err(failed(tool, args, &out))
     }
 }
 
-/// The iptables tools of one address family.
-#[derive(Debug, Clone, Copy)]
-struct Iptables {
-    iptables: &'static str,
-    restore: &'static str,
-}
-
-const IPV4: Iptables = Iptables {
-    iptables: "iptables",
-    restore: "iptables-restore",
-};
-const IPV6: Iptables = Iptables {
-    iptables: "ip6tables",
-    restore: "ip6tables-restore",
-};
-
-impl Iptables {
+/// One family's iptables chains, through its `iptables` and `iptables-restore`.
+impl Family {
     fn cmd(&self, args: &[&str], one_is_no: bool) -> Result<bool, MasqError> {
         let mut full = vec!["--wait"];
         full.extend_from_slice(args);
@@ -592,18 +588,22 @@ fn nft(args: &[&str], stdin: Option<&str>) -> Result<bool, MasqError> {
     run("nft", "nftables", args, stdin, false)
 }
 
-fn nft_delete_table(family: &str, table: &str) -> Result<(), MasqError> {
-    // Listing first tells "absent" (fine) from a failure.
-    if run(
-        "nft",
-        "nftables",
-        &["list", "table", family, table],
-        None,
-        true,
-    )? {
-        nft(&["delete", "table", family, table], None)?;
+impl Family {
+    /// Deletes the family's nftables table, if there is one.
+    fn delete_nft_table(&self) -> Result<(), MasqError> {
+        let (family, table) = (self.nft_family, self.nft_table);
+        // Listing first tells "absent" (fine) from a failure.
+        if run(
+            "nft",
+            "nftables",
+            &["list", "table", family, table],
+            None,
+            true,
+        )? {
+            nft(&["delete", "table", family, table], None)?;
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// Whether this kernel and nft accept `masquerade fully-random` (flannel's
@@ -632,14 +632,14 @@ pub struct Masq {
 /// One applied nftables table and how nft listed it.
 #[derive(Debug)]
 struct NftTable {
-    family: NftFamily,
+    family: Family,
     script: String,
     /// `nft list table` right after applying.
     listing: String,
 }
 
 impl NftTable {
-    fn new(family: NftFamily) -> NftTable {
+    fn new(family: Family) -> NftTable {
         NftTable {
             family,
             script: String::new(),
@@ -647,11 +647,44 @@ impl NftTable {
         }
     }
 
+    /// Applies the table of `N`'s family for `config` (nftables mode). A
+    /// failure is an error when the table masquerades, else only a warning
+    /// (forward rules alone, as in flannel).
+    fn setup<N: FamilyNet>(
+        config: &MasqConfig,
+        network: N,
+        subnet: N,
+        fully_random: bool,
+    ) -> Result<NftTable, MasqError> {
+        let family = N::FAMILY;
+        info!(
+            %network, %subnet, masquerade = config.masquerade, forward = config.forward, fully_random,
+            "setting up {}nftables rules", family.label
+        );
+        let mut table = NftTable {
+            script: family_nft_script(config, network, subnet, fully_random),
+            ..NftTable::new(family)
+        };
+        match table.apply() {
+            Ok(()) => {}
+            Err(e) if !config.masquerade => {
+                warn!(error = %e, "cannot set up the {}forward-accept rules (nftables)", family.label);
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(table)
+    }
+
     fn list(&self) -> Result<String, MasqError> {
         capture(
             "nft",
             "nftables",
-            &["list", "table", self.family.family, self.family.table],
+            &[
+                "list",
+                "table",
+                self.family.nft_family,
+                self.family.nft_table,
+            ],
         )
     }
 
@@ -672,10 +705,66 @@ impl NftTable {
         }
         warn!(
             "the nftables table {} was changed or deleted; applying it again",
-            self.family.table
+            self.family.nft_table
         );
         self.apply()?;
         Ok(true)
+    }
+}
+
+/// Installs one family's masquerade rules (iptables mode), first deleting
+/// those of `previous` if it differs from (`network`, `subnet`). Returns the
+/// rules, for [`Masq::ensure`] to check.
+fn setup_masq_iptables<N: FamilyNet>(
+    (network, subnet): (N, N),
+    previous: Option<(N, N)>,
+    random_fully_disable: bool,
+) -> Result<Vec<Rule>, MasqError> {
+    let family = N::FAMILY;
+    let random_fully = !random_fully_disable && family.has_random_fully();
+    if let Some((old_network, old_subnet)) = previous
+        && (old_network, old_subnet) != (network, subnet)
+    {
+        info!(
+            %network, %subnet, %old_network, %old_subnet,
+            "{}network or subnet changed since the last run; removing the masquerade rules of the old ones",
+            family.label
+        );
+        for fully in [true, false] {
+            family.teardown(&family_masq_rules(old_network, old_subnet, fully))?;
+        }
+    }
+    info!(
+        %network, %subnet, random_fully,
+        "setting up {}masquerade rules ({})", family.label, family.iptables
+    );
+    let rules = family_masq_rules(network, subnet, random_fully);
+    family.clear_chain("nat", POSTRTG)?;
+    family.bootstrap(&rules)?;
+    Ok(rules)
+}
+
+/// Installs one family's forward-accept rules (iptables mode). Returns the
+/// rules, or none if they could not be set up: as in flannel, that is only a
+/// warning.
+fn setup_forward_iptables<N: FamilyNet>(network: N) -> Vec<Rule> {
+    let family = N::FAMILY;
+    info!(%network, "setting up {}forward-accept rules ({})", family.label, family.iptables);
+    let rules = family_forward_rules(network);
+    match family
+        .clear_chain("filter", FWD)
+        .and_then(|()| family.bootstrap(&rules))
+    {
+        Ok(()) => rules,
+        Err(e) => {
+            warn!(
+                error = %e,
+                "cannot set up the {label}forward-accept rules; {label}pod traffic is dropped if {}'s policy is DROP",
+                family.forward_chain,
+                label = family.label
+            );
+            Vec::new()
+        }
     }
 }
 
@@ -693,14 +782,15 @@ impl Masq {
         let mut masq = Masq {
             rules: Vec::new(),
             rules6: Vec::new(),
-            nft: NftTable::new(NftFamily::V4),
-            nft6: NftTable::new(NftFamily::V6),
+            nft: NftTable::new(IPV4),
+            nft6: NftTable::new(IPV6),
             config,
         };
         match masq.config.mode {
             Mode::Iptables => {
-                if let Err(e) = nft_delete_table("ip", NFT_TABLE_V4)
-                    .and_then(|()| nft_delete_table("ip6", NFT_TABLE_V6))
+                if let Err(e) = IPV4
+                    .delete_nft_table()
+                    .and_then(|()| IPV6.delete_nft_table())
                 {
                     info!(error = %e, "could not clean up nftables rules left by the nftables mode");
                 }
@@ -723,100 +813,31 @@ impl Masq {
         previous: Option<(Ipv4Net, Ipv4Net)>,
         previous6: Option<(Ipv6Net, Ipv6Net)>,
     ) -> Result<(), MasqError> {
-        let c = self.config.clone();
-        let random_fully = !c.random_fully_disable && IPV4.has_random_fully();
+        let c = &self.config;
         if c.masquerade {
-            if let Some((old_network, old_subnet)) = previous
-                && (old_network, old_subnet) != (c.network, c.subnet)
-            {
-                info!(
-                    network = %c.network, subnet = %c.subnet, old_network = %old_network, old_subnet = %old_subnet,
-                    "network or subnet changed since the last run; removing the masquerade rules of the old ones"
-                );
-                for fully in [true, false] {
-                    IPV4.teardown(&masq_rules(old_network, old_subnet, fully))?;
-                }
-            }
-            info!(network = %c.network, subnet = %c.subnet, random_fully, "setting up masquerade rules (iptables)");
-            let rules = masq_rules(c.network, c.subnet, random_fully);
-            IPV4.clear_chain("nat", POSTRTG)?;
-            IPV4.bootstrap(&rules)?;
+            let rules =
+                setup_masq_iptables((c.network, c.subnet), previous, c.random_fully_disable)?;
             self.rules.extend(rules);
-        }
-        if c.masquerade
-            && let Some((network, subnet)) = c.ipv6
-        {
-            let random_fully = !c.random_fully_disable && IPV6.has_random_fully();
-            if let Some((old_network, old_subnet)) = previous6
-                && (old_network, old_subnet) != (network, subnet)
-            {
-                info!(
-                    %network, %subnet, %old_network, %old_subnet,
-                    "IPv6 network or subnet changed since the last run; removing the masquerade rules of the old ones"
-                );
-                for fully in [true, false] {
-                    IPV6.teardown(&masq6_rules(old_network, old_subnet, fully))?;
-                }
+            if let Some(ipv6) = c.ipv6 {
+                let rules = setup_masq_iptables(ipv6, previous6, c.random_fully_disable)?;
+                self.rules6.extend(rules);
             }
-            info!(%network, %subnet, random_fully, "setting up IPv6 masquerade rules (ip6tables)");
-            let rules = masq6_rules(network, subnet, random_fully);
-            IPV6.clear_chain("nat", POSTRTG)?;
-            IPV6.bootstrap(&rules)?;
-            self.rules6.extend(rules);
         }
         if c.forward {
-            info!(network = %c.network, "setting up forward-accept rules (iptables)");
-            let rules = forward_rules(c.network);
-            match IPV4
-                .clear_chain("filter", FWD)
-                .and_then(|()| IPV4.bootstrap(&rules))
-            {
-                Ok(()) => self.rules.extend(rules),
-                Err(e) => {
-                    warn!(error = %e, "cannot set up the forward-accept rules; pod traffic is dropped if FORWARD's policy is DROP")
-                }
-            }
-        }
-        if c.forward
-            && let Some((network, _)) = c.ipv6
-        {
-            info!(%network, "setting up IPv6 forward-accept rules (ip6tables)");
-            let rules = forward6_rules(network);
-            match IPV6
-                .clear_chain("filter", FWD)
-                .and_then(|()| IPV6.bootstrap(&rules))
-            {
-                Ok(()) => self.rules6.extend(rules),
-                Err(e) => {
-                    warn!(error = %e, "cannot set up the IPv6 forward-accept rules; IPv6 pod traffic is dropped if ip6tables FORWARD's policy is DROP")
-                }
+            self.rules.extend(setup_forward_iptables(c.network));
+            if let Some((network, _)) = c.ipv6 {
+                self.rules6.extend(setup_forward_iptables(network));
             }
         }
         Ok(())
     }
 
     fn setup_nft(&mut self) -> Result<(), MasqError> {
-        let c = self.config.clone();
+        let c = &self.config;
         let fully_random = !c.random_fully_disable && nft_has_fully_random();
-        info!(network = %c.network, subnet = %c.subnet, masquerade = c.masquerade, forward = c.forward, fully_random, "setting up nftables rules");
-        self.nft.script = nft_script(&c, fully_random);
-        match self.nft.apply() {
-            Ok(()) => {}
-            Err(e) if !c.masquerade => {
-                warn!(error = %e, "cannot set up the forward-accept rules (nftables)");
-            }
-            Err(e) => return Err(e),
-        }
+        self.nft = NftTable::setup(c, c.network, c.subnet, fully_random)?;
         if let Some((network, subnet)) = c.ipv6 {
-            info!(%network, %subnet, masquerade = c.masquerade, forward = c.forward, fully_random, "setting up IPv6 nftables rules");
-            self.nft6.script = nft6_script(&c, fully_random);
-            match self.nft6.apply() {
-                Ok(()) => {}
-                Err(e) if !c.masquerade => {
-                    warn!(error = %e, "cannot set up the IPv6 forward-accept rules (nftables)");
-                }
-                Err(e) => return Err(e),
-            }
+            self.nft6 = NftTable::setup(c, network, subnet, fully_random)?;
         }
         Ok(())
     }
@@ -933,20 +954,18 @@ pub async fn start(
 /// `weftd cleanup-masq`: removes flannel's/weft's rules of both modes and both
 /// families. Returns what could not be removed (tools missing count as nothing to remove).
 pub fn cleanup_all() -> Vec<MasqError> {
-    let mut errors = Vec::new();
-    for family in [IPV4, IPV6] {
-        match family.remove_all() {
-            Ok(()) | Err(MasqError::Spawn { .. }) => {}
-            Err(e) => errors.push(e),
-        }
-    }
-    for (family, table) in [("ip", NFT_TABLE_V4), ("ip6", NFT_TABLE_V6)] {
-        match nft_delete_table(family, table) {
-            Ok(()) | Err(MasqError::Spawn { .. }) => {}
-            Err(e) => errors.push(e),
-        }
-    }
-    errors
+    [
+        IPV4.remove_all(),
+        IPV6.remove_all(),
+        IPV4.delete_nft_table(),
+        IPV6.delete_nft_table(),
+    ]
+    .into_iter()
+    .filter_map(|result| match result {
+        Ok(()) | Err(MasqError::Spawn { .. }) => None,
+        Err(e) => Some(e),
+    })
+    .collect()
 }
 
 #[cfg(test)]
@@ -1105,6 +1124,23 @@ mod tests {
         );
         assert!(!plain.contains("forward"));
         assert!(plain.ends_with("ip daddr 10.244.0.0/16 masquerade\n"));
+    }
+
+    /// Each network type reaches its own family's tools and nftables table.
+    #[test]
+    fn network_types_pick_their_family() {
+        let (v4, v6) = (
+            <Ipv4Net as FamilyNet>::FAMILY,
+            <Ipv6Net as FamilyNet>::FAMILY,
+        );
+        assert_eq!(
+            (v4.iptables, v4.restore, v4.nft_family, v4.nft_table),
+            ("iptables", "iptables-restore", "ip", "flannel-ipv4")
+        );
+        assert_eq!(
+            (v6.iptables, v6.restore, v6.nft_family, v6.nft_table),
+            ("ip6tables", "ip6tables-restore", "ip6", "flannel-ipv6")
+        );
     }
 
     const NETWORK6: &str = "fd00:10::/48";
