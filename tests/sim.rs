@@ -22,7 +22,7 @@ use ipnet::Ipv4Net;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use weft::core::batch::{Received, RxBatch, RxConfig, TxBatch, TxConfig};
 use weft::core::fixtures::{arp_request, tso_superframe, tso_vnet_hdr, udp4_frame};
-use weft::core::lease::{Lease, LeaseAttrs, LeaseEvent, VxlanBackendData};
+use weft::core::lease::{Lease, LeaseAttrs, LeaseEvent, LeaseId, VxlanBackendData};
 use weft::core::mac::MacAddr;
 use weft::core::offload::{VNET_HDR_LEN, VnetHdr, Write};
 use weft::core::router::{DropReason, LocalVtep, Router, SourceCheck, Tables};
@@ -88,7 +88,7 @@ impl Node {
             lease: lease(subnet, public_ip, mac),
             mac,
             vnet_hdr,
-            watcher: LeaseWatcher::new(Some(subnet)),
+            watcher: LeaseWatcher::new(Some(LeaseId::V4(subnet))),
             peers: Peers::new(),
             router: Router::new(local, SourceCheck::Strict, Tables::default()),
             tx: TxBatch::with_capacity(8),

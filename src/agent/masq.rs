@@ -39,6 +39,7 @@
 //! a restart does not interrupt pod traffic; `weftd cleanup-masq` removes all
 //! of them.
 
+use crate::core::lease::NO_IPV4_SUBNET;
 use ipnet::{Ipv4Net, Ipv6Net};
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
@@ -66,9 +67,10 @@ pub enum Mode {
 pub struct MasqConfig {
     /// Which tool.
     pub mode: Mode,
-    /// The cluster network (net-conf `Network`).
+    /// The cluster network (net-conf `Network`); in an IPv6-only network
+    /// [`NO_IPV4_SUBNET`], and no IPv4 rule is installed.
     pub network: Ipv4Net,
-    /// This node's pod subnet (the lease).
+    /// This node's pod subnet (the lease); [`NO_IPV4_SUBNET`] when IPv6-only.
     pub subnet: Ipv4Net,
     /// `--ip-masq`.
     pub masquerade: bool,
@@ -81,6 +83,13 @@ pub struct MasqConfig {
     /// IPv6 (net-conf `IPv6Network`, this node's IPv6 subnet), when the node
     /// has an IPv6 lease: flannel's IPv6 rules are installed beside the IPv4 ones.
     pub ipv6: Option<(Ipv6Net, Ipv6Net)>,
+}
+
+impl MasqConfig {
+    /// Whether IPv4 rules are wanted (all but IPv6-only networks).
+    pub fn has_ipv4(&self) -> bool {
+        self.network != NO_IPV4_SUBNET
+    }
 }
 
 /// A rules tool failed.
@@ -814,17 +823,22 @@ impl Masq {
         previous6: Option<(Ipv6Net, Ipv6Net)>,
     ) -> Result<(), MasqError> {
         let c = &self.config;
+        let ipv4 = c.has_ipv4();
         if c.masquerade {
-            let rules =
-                setup_masq_iptables((c.network, c.subnet), previous, c.random_fully_disable)?;
-            self.rules.extend(rules);
+            if ipv4 {
+                let rules =
+                    setup_masq_iptables((c.network, c.subnet), previous, c.random_fully_disable)?;
+                self.rules.extend(rules);
+            }
             if let Some(ipv6) = c.ipv6 {
                 let rules = setup_masq_iptables(ipv6, previous6, c.random_fully_disable)?;
                 self.rules6.extend(rules);
             }
         }
         if c.forward {
-            self.rules.extend(setup_forward_iptables(c.network));
+            if ipv4 {
+                self.rules.extend(setup_forward_iptables(c.network));
+            }
             if let Some((network, _)) = c.ipv6 {
                 self.rules6.extend(setup_forward_iptables(network));
             }
@@ -835,7 +849,9 @@ impl Masq {
     fn setup_nft(&mut self) -> Result<(), MasqError> {
         let c = &self.config;
         let fully_random = !c.random_fully_disable && nft_has_fully_random();
-        self.nft = NftTable::setup(c, c.network, c.subnet, fully_random)?;
+        if c.has_ipv4() {
+            self.nft = NftTable::setup(c, c.network, c.subnet, fully_random)?;
+        }
         if let Some((network, subnet)) = c.ipv6 {
             self.nft6 = NftTable::setup(c, network, subnet, fully_random)?;
         }
@@ -868,27 +884,29 @@ pub async fn start_from_flags(
     subnet: Ipv4Net,
     previous: Option<&crate::core::subnet_env::SubnetEnv>,
 ) -> Result<Option<tokio::task::JoinHandle<()>>, MasqError> {
-    start_from_flags_dual_stack(args, config, network, subnet, None, previous).await
+    start_from_flags_dual_stack(args, config, Some((network, subnet)), None, previous).await
 }
 
 /// What weftd's flags ask for: nothing unless `--ip-masq` or
 /// `--iptables-forward-rules` (default on, as in flannel); nftables when the
 /// net-conf says `EnableNFTables`. `ipv6` is (net-conf `IPv6Network`, this
 /// node's IPv6 lease subnet) when the node has an IPv6 lease: the IPv6 rules
-/// are set up beside the IPv4 ones. `previous` is the old `subnet.env`: the
+/// are set up beside the IPv4 ones; `ipv4` is (net-conf `Network`, the
+/// lease's subnet), `None` in an IPv6-only network (no IPv4 rule at all).
+/// `previous` is the old `subnet.env`: the
 /// rules of its `FLANNEL_NETWORK`/`FLANNEL_SUBNET` and
 /// `FLANNEL_IPV6_NETWORK`/`FLANNEL_IPV6_SUBNET` are deleted if they differ.
 pub async fn start_from_flags_dual_stack(
     args: &super::cli::RunArgs,
     config: &crate::core::config::NetConfig,
-    network: Ipv4Net,
-    subnet: Ipv4Net,
+    ipv4: Option<(Ipv4Net, Ipv4Net)>,
     ipv6: Option<(Ipv6Net, Ipv6Net)>,
     previous: Option<&crate::core::subnet_env::SubnetEnv>,
 ) -> Result<Option<tokio::task::JoinHandle<()>>, MasqError> {
     if !args.ip_masq && !args.iptables_forward_rules {
         return Ok(None);
     }
+    let (network, subnet) = ipv4.unwrap_or((NO_IPV4_SUBNET, NO_IPV4_SUBNET));
     let masq_config = MasqConfig {
         mode: if config.enable_nftables {
             Mode::Nftables

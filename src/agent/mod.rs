@@ -32,7 +32,9 @@ pub mod tunables;
 pub mod underlay;
 
 use crate::core::config::NetConfig;
-use crate::core::lease::{Lease, LeaseAttrs, LeaseEvent, VxlanBackendData};
+use crate::core::lease::{
+    Lease, LeaseAttrs, LeaseEvent, LeaseId, NO_IPV4_SUBNET, VxlanBackendData,
+};
 use crate::core::log_budget::LogBudget;
 use crate::core::mac::MacAddr;
 use crate::core::router::{LocalVtep, Peer, Router, Tables};
@@ -79,9 +81,11 @@ pub enum AgentError {
     /// The network config selects another backend, or a bad vxlan section.
     #[error("{0}")]
     NotVxlan(#[source] crate::core::config::ConfigError),
-    /// The network config has no IPv4 `Network`.
-    #[error("the config has no IPv4 Network")]
-    NoIpv4Network,
+    /// The network config enables neither family usably.
+    #[error(
+        "the config enables no usable network: set Network (EnableIPv4, the default), or EnableIPv6 with IPv6Network"
+    )]
+    NoNetwork,
     /// The store handed out a lease without the IPv6 subnet asked for.
     #[error(
         "EnableIPv6 is set but the lease {key} has no IPv6 subnet; check the store's IPv6Network (or the node's podCIDRs in kube mode) and restart weftd"
@@ -197,7 +201,13 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     let _http = start_http(&args, &state).await?;
 
     let config = network_config(&store, &stats).await?;
-    let network = config.network.ok_or(AgentError::NoIpv4Network)?;
+    // IPv6-only (`EnableIPv4: false`): no flannel.<VNI>, only the IPv6 half.
+    let ipv4 = config.enable_ipv4;
+    let network = match (ipv4, config.network) {
+        (true, Some(network)) => network,
+        (false, _) if config.enable_ipv6 && config.ipv6_network.is_some() => NO_IPV4_SUBNET,
+        _ => return Err(AgentError::NoNetwork),
+    };
 
     let nl = Netlink::connect().map_err(io_err("cannot open a netlink socket"))?;
     let selector = iface::Selector {
@@ -225,10 +235,30 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     let previous_subnet = previous_env.as_ref().and_then(|env| env.subnet);
     let vni = config.vxlan.vni;
     let tap_name = format!("flannel.{vni}");
-    let existing = nl.link_by_name(&tap_name).await?;
-    let previous_lease = store
-        .find_own(crate::subnet::OwnAddress::Ipv4(ext.public_ip))
-        .await?;
+    let existing = match ipv4 {
+        true => nl.link_by_name(&tap_name).await?,
+        false => None,
+    };
+    // Dual stack: the IPv6 VTEP's addresses and VtepMAC go into the same lease.
+    let tap6_name = dual::device_name(vni.get());
+    let addrs6 = match config.enable_ipv6 {
+        true => {
+            let explicit = match args.public_ipv6 {
+                Some(ip) => Some(ip),
+                None => store.stored_public_ipv6().await?,
+            };
+            let addrs = nl.addresses_v6(Some(ext.index)).await?;
+            let addrs = dual::choose_addresses(&ext.name, &addrs, &args.iface, explicit)
+                .map_err(|reason| AgentError::Interface { reason })?;
+            Some(addrs)
+        }
+        false => None,
+    };
+    let own_address = match (ipv4, addrs6) {
+        (false, Some(addrs)) => crate::subnet::OwnAddress::Ipv6(addrs.public_ip),
+        _ => crate::subnet::OwnAddress::Ipv4(ext.public_ip),
+    };
+    let previous_lease = store.find_own(own_address).await?;
     let mac = choose_mac(previous_lease.as_ref(), existing.as_ref());
     let mut attrs = LeaseAttrs::vxlan(
         ext.public_ip,
@@ -237,17 +267,13 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
             vtep_mac: mac,
         },
     );
-    // Dual stack: the IPv6 VTEP's addresses and VtepMAC go into the same lease.
-    let tap6_name = dual::device_name(vni.get());
+    if !ipv4 {
+        // An IPv6-only lease has no IPv4 half: PublicIP 0.0.0.0, no BackendData.
+        attrs.public_ip = Ipv4Addr::UNSPECIFIED;
+        attrs.backend_data = None;
+    }
     let mut v6_plan = None;
-    if config.enable_ipv6 {
-        let explicit = match args.public_ipv6 {
-            Some(ip) => Some(ip),
-            None => store.stored_public_ipv6().await?,
-        };
-        let addrs = nl.addresses_v6(Some(ext.index)).await?;
-        let addrs = dual::choose_addresses(&ext.name, &addrs, &args.iface, explicit)
-            .map_err(|reason| AgentError::Interface { reason })?;
+    if let Some(addrs) = addrs6 {
         let existing6 = nl.link_by_name(&tap6_name).await?;
         let mac6 = dual::choose_mac(previous_lease.as_ref(), existing6.as_ref(), mac);
         attrs.public_ipv6 = Some(addrs.public_ip);
@@ -272,7 +298,14 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         )
         .await
         .map_err(AgentError::Lease)?;
-    info!(subnet = %lease.subnet, ipv6_subnet = ?lease.ipv6_subnet, vtep_mac = %mac, "acquired lease");
+    if ipv4 {
+        info!(subnet = %lease.subnet, ipv6_subnet = ?lease.ipv6_subnet, vtep_mac = %mac, "acquired lease");
+    } else {
+        info!(ipv6_subnet = ?lease.ipv6_subnet, key = %lease.key(), "acquired lease (IPv6-only)");
+    }
+    if ipv4 != lease.has_ipv4() {
+        return Err(AgentError::NoIpv6Subnet { key: lease.key() });
+    }
     let v6_spec = match v6_plan {
         None => None,
         Some((addrs, mac6, created6)) => {
@@ -295,8 +328,11 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     };
 
     // From here on a failure removes the device if this run created it.
-    let created = existing.is_none();
-    let mtu = config.overlay_mtu(ext.mtu);
+    let created = ipv4 && existing.is_none();
+    let mtu = match &v6_spec {
+        Some((spec, _)) if !ipv4 => spec.mtu,
+        _ => config.overlay_mtu(ext.mtu),
+    };
     let device = DeviceSpec {
         tap_name: tap_name.clone(),
         tunables: tunables.clone(),
@@ -306,15 +342,20 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         mac,
         mtu,
     };
-    let started = start_dataplane(&nl, &device, Tables::default()).await;
-    let (dataplane, link, fatal_rx, gso_max_segs) = match started {
-        Ok(ok) => ok,
-        Err(e) => {
-            if created {
-                remove_device(&nl, &tap_name).await;
+    let (dataplane, link, fatal_rx, gso_max_segs) = if ipv4 {
+        match start_dataplane(&nl, &device, Tables::default()).await {
+            Ok((dataplane, link, fatal_rx, segs)) => (Some(dataplane), link, fatal_rx, segs),
+            Err(e) => {
+                if created {
+                    remove_device(&nl, &tap_name).await;
+                }
+                return Err(e);
             }
-            return Err(e);
         }
+    } else {
+        // No IPv4 device: nothing reports on this channel, and the control
+        // loop never looks at it without an IPv4 dataplane.
+        (None, LinkInfo::absent(), mpsc::unbounded_channel().1, None)
     };
     // Removes what this run created when a later step of the start fails.
     let undo = |nl: Netlink| {
@@ -353,27 +394,28 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         let status = v6.status(BTreeMap::new());
         state.update(|i| i.ipv6 = Some(status));
     }
-    state.dataplane.set(dataplane.shared().clone());
-    state.update(|i| {
-        i.lease = Some(own_lease(&lease, network, &config));
-        i.device = Some(DeviceInfo {
-            name: tap_name.clone(),
-            index: link.index,
-            mtu,
-            gso_max_segs,
-            recreated: 0,
-            brought_up: 0,
+    if let Some(dataplane) = &dataplane {
+        state.dataplane.set(dataplane.shared().clone());
+        state.update(|i| {
+            i.lease = Some(own_lease(&lease, network, &config));
+            i.device = Some(DeviceInfo {
+                name: tap_name.clone(),
+                index: link.index,
+                mtu,
+                gso_max_segs,
+                recreated: 0,
+                brought_up: 0,
+            });
+            i.source_ports = dataplane.source_ports().to_vec();
         });
-        i.source_ports = dataplane.source_ports().to_vec();
-    });
+    }
 
     // Masquerade and forward rules after the dataplane, before subnet.env (flannel's order).
     let masq_v6 = v6.as_ref().map(|v6| (v6.spec.network, v6.spec.subnet));
     let masq_task = match masq::start_from_flags_dual_stack(
         &args,
         &config,
-        network,
-        lease.subnet,
+        ipv4.then_some((network, lease.subnet)),
         masq_v6,
         previous_env.as_ref(),
     )
@@ -397,10 +439,14 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     let mut control = Control {
         nl,
         link,
+        ipv4,
         network,
         own: lease.subnet,
-        watcher: LeaseWatcher::new(Some(lease.subnet)),
+        watcher: LeaseWatcher::new(Some(lease.id())),
         peers: match &v6 {
+            Some(v6) if !ipv4 => {
+                Peers::for_v6_node(v6.spec.subnet, v6.spec.addrs.public_ip, v6.spec.network)
+            }
             Some(v6) => Peers::for_node(lease.subnet, lease.attrs.public_ip, network).with_v6(
                 v6.spec.subnet,
                 v6.spec.addrs.public_ip,
@@ -408,8 +454,20 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
             ),
             None => Peers::for_node(lease.subnet, lease.attrs.public_ip, network),
         },
-        router: dataplane.router(),
-        dataplane: Some(dataplane),
+        router: match &dataplane {
+            Some(dataplane) => dataplane.router(),
+            // Never handed to a dataplane: the peers' tables are kept in it all the same.
+            None => Arc::new(Router::new(
+                LocalVtep {
+                    vni,
+                    mac,
+                    public_ip: Ipv4Addr::UNSPECIFIED.into(),
+                },
+                crate::core::router::SourceCheck::default(),
+                Tables::default(),
+            )),
+        },
+        dataplane,
         state: state.clone(),
         stats,
         reported_conflicts: Vec::new(),
@@ -418,7 +476,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         device,
         recreate: Recreate::default(),
         subnet_env: None,
-        underlay: UnderlayAddress::new(&ext.name, ext.addr.into()),
+        underlay: ipv4.then(|| UnderlayAddress::new(&ext.name, ext.addr.into())),
         underlay_v6: v6
             .as_ref()
             .map(|v6| UnderlayAddress::new(&ext.name, v6.spec.addrs.listen.into())),
@@ -455,8 +513,8 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         first_snapshot.await?;
     }
     let env = SubnetEnv {
-        network: Some(network),
-        subnet: Some(lease.subnet),
+        network: ipv4.then_some(network),
+        subnet: ipv4.then_some(lease.subnet),
         ipv6_network: control.v6.as_ref().map(|v6| v6.spec.network),
         ipv6_subnet: control.v6.as_ref().map(|v6| v6.spec.subnet),
         mtu,
@@ -467,7 +525,10 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     ))?;
     control.subnet_env = Some((args.subnet_file.clone(), env));
     let blackhole_task = args.ip_blackhole_route.then(|| {
-        let mut subnets = vec![ipnet::IpNet::V4(lease.subnet)];
+        let mut subnets: Vec<ipnet::IpNet> = Vec::new();
+        if ipv4 {
+            subnets.push(ipnet::IpNet::V4(lease.subnet));
+        }
         if let Some(v6) = &control.v6 {
             subnets.push(ipnet::IpNet::V6(v6.spec.subnet));
         }
@@ -781,7 +842,12 @@ async fn start_http(
 /// The control plane after startup.
 struct Control {
     nl: Netlink,
+    /// The IPv4 VTEP device ([`LinkInfo::absent`] in an IPv6-only network).
     link: LinkInfo,
+    /// Whether the network has an IPv4 half (`EnableIPv4`): without one
+    /// there is no `flannel.<VNI>`, no IPv4 route, and `network`, `own` and
+    /// `device.subnet` are [`NO_IPV4_SUBNET`].
+    ipv4: bool,
     network: Ipv4Net,
     own: Ipv4Net,
     watcher: LeaseWatcher,
@@ -792,7 +858,7 @@ struct Control {
     router: Arc<Router>,
     state: Arc<AgentState>,
     stats: Arc<StoreStats>,
-    reported_conflicts: Vec<Vec<Ipv4Net>>,
+    reported_conflicts: Vec<Vec<LeaseId>>,
     /// `Backend.DirectRouting`.
     direct_routing: bool,
     /// The kind of route installed for each peer subnet.
@@ -803,8 +869,9 @@ struct Control {
     recreate: Recreate,
     /// `subnet.env` as written at readiness (rewritten when the MTU changes).
     subnet_env: Option<(std::path::PathBuf, SubnetEnv)>,
-    /// The IPv4 underlay address weftd listens on, watched.
-    underlay: UnderlayAddress,
+    /// The IPv4 underlay address weftd listens on, watched (not in an
+    /// IPv6-only network).
+    underlay: Option<UnderlayAddress>,
     /// The IPv6 one, in dual stack.
     underlay_v6: Option<UnderlayAddress>,
     /// Lease changes logged one by one (the rest summed up: a churning store
@@ -891,7 +958,7 @@ async fn control_loop(
                     }
                 }
             }
-            _ = sleep_until_or_never(control.underlay.check) => control.check_underlay_address(false).await?,
+            _ = sleep_until_or_never(control.underlay.as_ref().and_then(|u| u.check)) => control.check_underlay_address(false).await?,
             _ = sleep_until_or_never(control.underlay_v6.as_ref().and_then(|u| u.check)) => control.check_underlay_address(true).await?,
             _ = sleep_until_or_never(control.recreate.next) => control.recreate_device(&mut fatal_rx).await,
             _ = resync.tick() => {
@@ -917,6 +984,19 @@ async fn control_loop(
                 info!("SIGINT: stopping; the device, routes and lease stay for the next start");
                 return Ok(());
             }
+        }
+    }
+}
+
+/// A line for a peer added or removed: its IPv4 VTEP, or the IPv6 one of an
+/// IPv6-only peer.
+fn log_peer(what: &str, peer: &Peer) {
+    match peer.v6 {
+        Some(v6) if !peer.has_ipv4() => {
+            info!(ipv6_subnet = %v6.subnet, public_ipv6 = %v6.public_ip, vtep_mac = %v6.vtep_mac, "{what}")
+        }
+        _ => {
+            info!(subnet = %peer.subnet, public_ip = %peer.public_ip, vtep_mac = %peer.vtep_mac, "{what}")
         }
     }
 }
@@ -997,7 +1077,9 @@ impl Control {
     async fn apply_snapshot(&mut self, leases: Vec<Lease>) {
         let events = self.watcher.reset(leases);
         self.apply_events(events).await;
-        self.remove_stale_routes().await;
+        if self.ipv4 {
+            self.remove_stale_routes().await;
+        }
         // The IPv6 sweep (and routes of peers that failed) likewise.
         self.resync_v6().await;
     }
@@ -1076,9 +1158,17 @@ impl Control {
                 counts.added.fetch_add(1, Relaxed);
                 let log = self.lease_log.admit(Instant::now());
                 if log {
-                    info!(subnet = %peer.subnet, public_ip = %peer.public_ip, vtep_mac = %peer.vtep_mac, "lease added");
+                    log_peer("lease added", &peer);
                 }
-                self.add_route(&peer, now, log).await;
+                if self.ipv4 {
+                    self.add_route(&peer, now, log).await;
+                }
+            }
+            PeerChange::Changed { new, .. } if !self.ipv4 => {
+                counts.changed.fetch_add(1, Relaxed);
+                if self.lease_log.admit(Instant::now()) {
+                    log_peer("lease changed", &new);
+                }
             }
             PeerChange::Changed { old, new } => {
                 counts.changed.fetch_add(1, Relaxed);
@@ -1102,20 +1192,23 @@ impl Control {
                 counts.removed.fetch_add(1, Relaxed);
                 let log = self.lease_log.admit(Instant::now());
                 if log {
-                    info!(subnet = %peer.subnet, public_ip = %peer.public_ip, vtep_mac = %peer.vtep_mac, "lease removed");
+                    log_peer("lease removed", &peer);
                 }
-                self.delete_route(peer.subnet, log).await;
-                self.forget_neighbour(peer.gateway()).await;
+                if self.ipv4 {
+                    self.delete_route(peer.subnet, log).await;
+                    self.forget_neighbour(peer.gateway()).await;
+                }
             }
-            PeerChange::Unknown(subnet) => {
-                debug!(subnet = %subnet, "removal of a lease that was never programmed");
-                self.delete_route(subnet, false).await;
+            PeerChange::Unknown(key) => {
+                debug!(key = %key, "removal of a lease that was never programmed");
+                if self.ipv4 && key.has_ipv4() {
+                    self.delete_route(key.subnet, false).await;
+                }
             }
-            PeerChange::Ignored { subnet, reason } => {
+            PeerChange::Ignored { key, reason } => {
                 counts.ignored.fetch_add(1, Relaxed);
                 self.stats.bad_record(&reason);
-                let key = crate::core::lease::subnet_key(subnet, None);
-                warn!(key = %key, subnet = %subnet, kind = reason.kind(), reason = %reason, "ignoring lease the vxlan backend cannot use");
+                warn!(key = %key, kind = reason.kind(), reason = %reason, "ignoring lease the vxlan backend cannot use");
             }
         }
     }
@@ -1436,7 +1529,23 @@ impl Control {
                 if let Some(s) = i.ipv6.as_mut() {
                     s.device.mtu = mtu6;
                 }
+                if let Some(node) = i.node.as_mut() {
+                    node.interface_mtu = underlay_mtu;
+                }
             });
+            if !self.ipv4 {
+                // IPv6-only: subnet.env's FLANNEL_MTU is the IPv6 device's.
+                self.device.ext.mtu = underlay_mtu;
+                if let Some((path, env)) = self.subnet_env.as_mut()
+                    && env.mtu != mtu6
+                {
+                    env.mtu = mtu6;
+                    if let Err(e) = crate::files::write_atomic(path, &env.render(), 0o644) {
+                        error!(file = %path.display(), error = %e, "cannot rewrite the subnet file with the new MTU");
+                    }
+                }
+                return;
+            }
         }
         let old_underlay = self.device.ext.mtu;
         let old_mtu = self.device.mtu;
@@ -1498,7 +1607,11 @@ impl Control {
             return;
         }
         match addr {
-            IpAddr::V4(_) => self.underlay.event(addr, added),
+            IpAddr::V4(_) => {
+                if let Some(u) = self.underlay.as_mut() {
+                    u.event(addr, added);
+                }
+            }
             IpAddr::V6(_) => {
                 if let Some(u) = self.underlay_v6.as_mut() {
                     u.event(addr, added);
@@ -1539,7 +1652,7 @@ impl Control {
         let Some(underlay) = (if v6 {
             self.underlay_v6.as_mut()
         } else {
-            Some(&mut self.underlay)
+            self.underlay.as_mut()
         }) else {
             return Ok(());
         };
@@ -1555,9 +1668,15 @@ impl Control {
 
     /// Puts back what someone removed: the device address and peer routes.
     async fn resync(&mut self) {
-        if self.dataplane.is_none() {
-            return;
+        if self.dataplane.is_some() {
+            self.resync_v4().await;
         }
+        self.resync_v6().await;
+        self.summarise_lease_log();
+    }
+
+    /// The IPv4 half's resync: address, missing and changed peer routes, stale routes.
+    async fn resync_v4(&mut self) {
         if let Err(e) = self
             .nl
             .ensure_vtep_address(&self.link, self.own.network())
@@ -1592,8 +1711,6 @@ impl Control {
             self.add_route(&peer, SystemTime::now(), true).await;
         }
         self.remove_stale_routes().await;
-        self.resync_v6().await;
-        self.summarise_lease_log();
     }
 
     /// The IPv6 half's resync: address, missing peer routes, stale routes.

@@ -152,6 +152,20 @@ pub struct Peer {
 }
 
 impl Peer {
+    /// Whether the peer has an IPv4 VTEP (all but the peers of an IPv6-only
+    /// network, whose lease carries [`NO_IPV4_SUBNET`](super::lease::NO_IPV4_SUBNET)).
+    pub fn has_ipv4(&self) -> bool {
+        self.subnet != super::lease::NO_IPV4_SUBNET
+    }
+
+    /// The lease the peer comes from (see [`SubnetKey::id`](super::lease::SubnetKey::id)).
+    pub fn id(&self) -> super::lease::LeaseId {
+        match self.v6 {
+            Some(v6) if !self.has_ipv4() => super::lease::LeaseId::V6(v6.subnet),
+            _ => super::lease::LeaseId::V4(self.subnet),
+        }
+    }
+
     /// The address the kernel routes the peer's subnet through: `S.0`.
     pub fn gateway(&self) -> Ipv4Addr {
         self.subnet.network()
@@ -194,7 +208,7 @@ impl Tables {
     /// leases announce, the newer lease decides where frames go.
     pub fn from_peers<'a>(peers: impl IntoIterator<Item = &'a Peer>) -> Tables {
         let mut tables = Tables::default();
-        for peer in peers {
+        for peer in peers.into_iter().filter(|p| p.has_ipv4()) {
             tables.fdb.insert(peer.vtep_mac, peer.public_ip);
             tables.arp.insert(peer.gateway(), peer.vtep_mac);
         }

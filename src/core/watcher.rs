@@ -12,23 +12,24 @@
 //! changes across relists), and repeated identical `Added` events (renewals)
 //! are absorbed instead of re-programming the lease.
 
-use super::lease::{Lease, LeaseError, LeaseEvent};
+use super::lease::{Lease, LeaseError, LeaseEvent, LeaseId, NO_IPV4_SUBNET, SubnetKey};
 use super::mac::MacAddr;
 use super::router::{Peer, PeerV6};
 use ipnet::{Ipv4Net, Ipv6Net};
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-/// The leases this node knows of, keyed by IPv4 subnet.
+/// The leases this node knows of, keyed by [`LeaseId`]: the IPv4 subnet,
+/// or in an IPv6-only network the IPv6 subnet.
 #[derive(Debug, Clone, Default)]
 pub struct LeaseWatcher {
-    own: Option<Ipv4Net>,
-    leases: BTreeMap<Ipv4Net, Lease>,
+    own: Option<LeaseId>,
+    leases: BTreeMap<LeaseId, Lease>,
 }
 
 impl LeaseWatcher {
     /// A watcher for a node holding `own` (skipped in every result).
-    pub fn new(own: Option<Ipv4Net>) -> LeaseWatcher {
+    pub fn new(own: Option<LeaseId>) -> LeaseWatcher {
         LeaseWatcher {
             own,
             leases: BTreeMap::new(),
@@ -40,17 +41,18 @@ impl LeaseWatcher {
         let mut next = BTreeMap::new();
         let mut events = Vec::new();
         for lease in snapshot {
-            if Some(lease.subnet) == self.own {
+            let id = lease.id();
+            if Some(id) == self.own {
                 continue;
             }
-            match self.leases.get(&lease.subnet) {
+            match self.leases.get(&id) {
                 Some(known) if known.attrs == lease.attrs => {}
                 _ => events.push(LeaseEvent::Added(lease.clone())),
             }
-            next.insert(lease.subnet, lease);
+            next.insert(id, lease);
         }
-        for (subnet, lease) in &self.leases {
-            if !next.contains_key(subnet) {
+        for (id, lease) in &self.leases {
+            if !next.contains_key(id) {
                 events.push(LeaseEvent::Removed(lease.subnet_key()));
             }
         }
@@ -62,23 +64,23 @@ impl LeaseWatcher {
     pub fn update(&mut self, batch: Vec<LeaseEvent>) -> Vec<LeaseEvent> {
         let mut events = Vec::new();
         for event in batch {
-            let subnet = event.subnet();
-            if Some(subnet) == self.own {
+            let id = event.id();
+            if Some(id) == self.own {
                 continue;
             }
             match event {
                 LeaseEvent::Added(lease) => {
                     let unchanged = self
                         .leases
-                        .get(&subnet)
+                        .get(&id)
                         .is_some_and(|known| known.attrs == lease.attrs);
                     if !unchanged {
                         events.push(LeaseEvent::Added(lease.clone()));
                     }
-                    self.leases.insert(subnet, lease);
+                    self.leases.insert(id, lease);
                 }
                 LeaseEvent::Removed(key) => {
-                    self.leases.remove(&subnet);
+                    self.leases.remove(&id);
                     events.push(LeaseEvent::Removed(key));
                 }
             }
@@ -117,11 +119,11 @@ pub enum PeerChange {
     /// A peer that is gone.
     Removed(Peer),
     /// A removal for a peer we never had.
-    Unknown(Ipv4Net),
+    Unknown(SubnetKey),
     /// A lease the vxlan backend cannot use (another backend, bad data).
     Ignored {
-        /// The lease's subnet.
-        subnet: Ipv4Net,
+        /// The lease's key.
+        key: SubnetKey,
         /// Why it cannot be used.
         reason: LeaseError,
     },
@@ -132,21 +134,28 @@ pub enum PeerChange {
 pub struct Peers {
     /// This node, when known: leases that would take its traffic are refused.
     node: Option<OwnNode>,
-    peers: BTreeMap<Ipv4Net, Peer>,
+    peers: BTreeMap<LeaseId, Peer>,
     /// When each peer's current attributes arrived (a counter), for "newest wins".
-    ages: BTreeMap<Ipv4Net, u64>,
+    ages: BTreeMap<LeaseId, u64>,
     clock: u64,
 }
 
-/// What a lease must not claim: this node's subnet and public IP, and
-/// anything outside the cluster network.
+/// What a lease must not claim: this node's subnets and public IPs, and
+/// anything outside the cluster networks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct OwnNode {
+    /// `None` in an IPv6-only network.
+    v4: Option<OwnV4>,
+    /// In dual stack and IPv6-only: the same for IPv6, vetting the leases' IPv6 halves.
+    v6: Option<OwnV6>,
+}
+
+/// This node's IPv4 subnet, public IP and the cluster's `Network`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct OwnV4 {
     subnet: Ipv4Net,
     public_ip: Ipv4Addr,
     network: Ipv4Net,
-    /// In dual stack: the same for IPv6, vetting the leases' IPv6 halves.
-    v6: Option<OwnV6>,
 }
 
 /// This node's IPv6 subnet, public IPv6 address and the cluster's `IPv6Network`.
@@ -162,16 +171,34 @@ impl OwnNode {
     /// one overlapping our subnet (a longer prefix inside it would win over
     /// the pod bridge's route), one naming our public IP (frames for it would
     /// loop to ourselves), one outside the network.
+    ///
+    /// A node with an IPv4 half refuses leases without one (an IPv6-only
+    /// lease's zero subnet would be a default route); an IPv6-only node
+    /// refuses leases without an IPv6 half and looks at nothing else.
     fn vet(&self, lease: &Lease) -> Result<(), LeaseError> {
-        let s = lease.subnet;
-        if s.contains(&self.subnet) || self.subnet.contains(&s) {
-            return Err(LeaseError::ClaimsOwnSubnet(self.subnet));
-        }
-        if lease.attrs.public_ip == self.public_ip {
-            return Err(LeaseError::ClaimsOwnPublicIp(self.public_ip));
-        }
-        if !self.network.contains(&s) {
-            return Err(LeaseError::OutsideNetwork(self.network));
+        match self.v4 {
+            Some(own) => {
+                let s = lease.subnet;
+                if !lease.has_ipv4() {
+                    return Err(LeaseError::OutsideNetwork(own.network));
+                }
+                if s.contains(&own.subnet) || own.subnet.contains(&s) {
+                    return Err(LeaseError::ClaimsOwnSubnet(own.subnet));
+                }
+                if lease.attrs.public_ip == own.public_ip {
+                    return Err(LeaseError::ClaimsOwnPublicIp(own.public_ip));
+                }
+                if !own.network.contains(&s) {
+                    return Err(LeaseError::OutsideNetwork(own.network));
+                }
+            }
+            None => {
+                if let Some(own) = self.v6
+                    && lease.ipv6_subnet.is_none()
+                {
+                    return Err(LeaseError::OutsideIpv6Network(own.network));
+                }
+            }
         }
         if let (Some(own), Some(s6)) = (self.v6, lease.ipv6_subnet) {
             if s6.contains(&own.subnet) || own.subnet.contains(&s6) {
@@ -200,10 +227,29 @@ impl Peers {
     pub fn for_node(subnet: Ipv4Net, public_ip: Ipv4Addr, network: Ipv4Net) -> Peers {
         Peers {
             node: Some(OwnNode {
-                subnet,
-                public_ip,
-                network,
+                v4: Some(OwnV4 {
+                    subnet,
+                    public_ip,
+                    network,
+                }),
                 v6: None,
+            }),
+            ..Peers::default()
+        }
+    }
+
+    /// No peers, for a node of an IPv6-only network holding `subnet` with
+    /// `public_ip` in `network`: only the IPv6 half of leases counts, and a
+    /// lease without one is [`PeerChange::Ignored`].
+    pub fn for_v6_node(subnet: Ipv6Net, public_ip: Ipv6Addr, network: Ipv6Net) -> Peers {
+        Peers {
+            node: Some(OwnNode {
+                v4: None,
+                v6: Some(OwnV6 {
+                    subnet,
+                    public_ip,
+                    network,
+                }),
             }),
             ..Peers::default()
         }
@@ -225,8 +271,29 @@ impl Peers {
     /// The peer a lease describes, if the vxlan backend can use it. Its IPv6
     /// VTEP is known when the lease has an IPv6 subnet, a `PublicIPv6` and
     /// usable `BackendV6Data`; a lease missing any of them is an IPv4-only
-    /// peer (flannel skips the IPv6 half of such a lease the same way).
+    /// peer (flannel skips the IPv6 half of such a lease the same way). An
+    /// IPv6-only lease ([`NO_IPV4_SUBNET`]) is a peer only through its IPv6
+    /// half, which must then be complete; its `vtep_mac` is the IPv6 one.
     pub fn peer_of(lease: &Lease) -> Result<Peer, LeaseError> {
+        if !lease.has_ipv4() {
+            let data = lease.attrs.vxlan_v6_data()?;
+            let (Some(subnet), Some(public_ip)) = (lease.ipv6_subnet, lease.attrs.public_ipv6)
+            else {
+                return Err(LeaseError::BadPublicIp(
+                    "an IPv6-only lease without PublicIPv6".into(),
+                ));
+            };
+            return Ok(Peer {
+                subnet: NO_IPV4_SUBNET,
+                public_ip: lease.attrs.public_ip,
+                vtep_mac: data.vtep_mac,
+                v6: Some(PeerV6 {
+                    subnet,
+                    public_ip,
+                    vtep_mac: data.vtep_mac,
+                }),
+            });
+        }
         let data = lease.attrs.vxlan_data()?;
         let v6 = match (lease.ipv6_subnet, lease.attrs.public_ipv6) {
             (Some(subnet), Some(public_ip)) => lease.attrs.vxlan_v6_data().ok().map(|d| PeerV6 {
@@ -253,10 +320,11 @@ impl Peers {
                 .and_then(|()| Self::peer_of(lease))
             {
                 Ok(peer) => {
-                    let old = self.peers.insert(peer.subnet, peer);
+                    let id = lease.id();
+                    let old = self.peers.insert(id, peer);
                     if old != Some(peer) {
                         self.clock += 1;
-                        self.ages.insert(peer.subnet, self.clock);
+                        self.ages.insert(id, self.clock);
                     }
                     match old {
                         Some(old) if old != peer => PeerChange::Changed { old, new: peer },
@@ -265,26 +333,25 @@ impl Peers {
                 }
                 Err(reason) => {
                     // A lease that turned unusable is no longer a peer.
-                    self.ages.remove(&lease.subnet);
-                    match self.peers.remove(&lease.subnet) {
+                    match self.forget(&lease.id()) {
                         Some(old) => PeerChange::Removed(old),
                         None => PeerChange::Ignored {
-                            subnet: lease.subnet,
+                            key: lease.subnet_key(),
                             reason,
                         },
                     }
                 }
             },
-            LeaseEvent::Removed(key) => match self.forget(&key.subnet) {
+            LeaseEvent::Removed(key) => match self.forget(&key.id()) {
                 Some(peer) => PeerChange::Removed(peer),
-                None => PeerChange::Unknown(key.subnet),
+                None => PeerChange::Unknown(*key),
             },
         }
     }
 
-    fn forget(&mut self, subnet: &Ipv4Net) -> Option<Peer> {
-        self.ages.remove(subnet);
-        self.peers.remove(subnet)
+    fn forget(&mut self, id: &LeaseId) -> Option<Peer> {
+        self.ages.remove(id);
+        self.peers.remove(id)
     }
 
     /// The peers, oldest attributes first (build [`Tables`](super::router::Tables) from this).
@@ -292,22 +359,27 @@ impl Peers {
         let mut v: Vec<(u64, &Peer)> = self
             .peers
             .values()
-            .map(|p| (self.ages.get(&p.subnet).copied().unwrap_or(0), p))
+            .map(|p| (self.ages.get(&p.id()).copied().unwrap_or(0), p))
             .collect();
         v.sort_by_key(|(age, _)| *age);
         v.into_iter().map(|(_, p)| p).collect()
     }
 
-    /// Groups of peers (by subnet) that announce the same VtepMAC or the same
-    /// public IP: a node that moved, or a stale lease. Each group at most once.
-    pub fn conflicts(&self) -> Vec<Vec<Ipv4Net>> {
-        let mut by_mac: BTreeMap<MacAddr, Vec<Ipv4Net>> = BTreeMap::new();
-        let mut by_ip: BTreeMap<std::net::Ipv4Addr, Vec<Ipv4Net>> = BTreeMap::new();
-        for p in self.peers.values() {
-            by_mac.entry(p.vtep_mac).or_default().push(p.subnet);
-            by_ip.entry(p.public_ip).or_default().push(p.subnet);
+    /// Groups of peers (by lease) that announce the same VtepMAC or the same
+    /// public IP (IPv6-only peers: of their IPv6 VTEP): a node that moved, or
+    /// a stale lease. Each group at most once.
+    pub fn conflicts(&self) -> Vec<Vec<LeaseId>> {
+        let mut by_mac: BTreeMap<MacAddr, Vec<LeaseId>> = BTreeMap::new();
+        let mut by_ip: BTreeMap<std::net::IpAddr, Vec<LeaseId>> = BTreeMap::new();
+        for (id, p) in &self.peers {
+            let ip = match p.v6 {
+                Some(v6) if !p.has_ipv4() => v6.public_ip.into(),
+                _ => p.public_ip.into(),
+            };
+            by_mac.entry(p.vtep_mac).or_default().push(*id);
+            by_ip.entry(ip).or_default().push(*id);
         }
-        let mut groups: Vec<Vec<Ipv4Net>> = by_mac
+        let mut groups: Vec<Vec<LeaseId>> = by_mac
             .into_values()
             .chain(by_ip.into_values())
             .filter(|g| g.len() > 1)
@@ -317,9 +389,9 @@ impl Peers {
         groups
     }
 
-    /// The peer on `subnet`.
-    pub fn get(&self, subnet: &Ipv4Net) -> Option<&Peer> {
-        self.peers.get(subnet)
+    /// The peer of the lease `id`.
+    pub fn get(&self, id: &LeaseId) -> Option<&Peer> {
+        self.peers.get(id)
     }
 
     /// Every peer, by subnet.
@@ -335,13 +407,6 @@ impl Peers {
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.peers.is_empty()
-    }
-
-    /// Whether any peer other than the one for `subnet` uses `mac`.
-    pub fn mac_in_use_elsewhere(&self, mac: MacAddr, subnet: Ipv4Net) -> bool {
-        self.peers
-            .values()
-            .any(|p| p.vtep_mac == mac && p.subnet != subnet)
     }
 }
 
@@ -364,8 +429,90 @@ mod tests {
         }
     }
 
-    fn own() -> Option<Ipv4Net> {
-        Some("10.244.1.0/24".parse().unwrap())
+    /// An IPv6-only lease (flannel's `0.0.0.0-0&fd10:244:0:<n>::-64`).
+    fn lease6(n: u16, mac_last: u8) -> Lease {
+        let data = VxlanBackendData {
+            vni: 1,
+            vtep_mac: MacAddr([0x0e, 0, 0, 0, 6, mac_last]),
+        };
+        let mut attrs = LeaseAttrs::vxlan(Ipv4Addr::UNSPECIFIED, &data);
+        attrs.backend_data = None;
+        attrs.backend_v6_data = Some(data.to_json());
+        attrs.public_ipv6 = Some(Ipv6Addr::new(0xfd00, 0x99, 0, 0, 0, 0, 0, n));
+        Lease {
+            subnet: NO_IPV4_SUBNET,
+            ipv6_subnet: Some(
+                Ipv6Net::new(Ipv6Addr::new(0xfd10, 0x244, 0, n, 0, 0, 0, 0), 64).unwrap(),
+            ),
+            attrs,
+            expiration: None,
+        }
+    }
+
+    #[test]
+    fn ipv6_only_leases_are_told_apart_by_their_ipv6_subnet() {
+        let own = lease6(1, 1);
+        let mut w = LeaseWatcher::new(Some(own.id()));
+        let events = w.reset(vec![own.clone(), lease6(2, 2), lease6(3, 3)]);
+        assert_eq!(events.len(), 2, "{events:?}");
+        let mut peers = Peers::for_v6_node(
+            own.ipv6_subnet.unwrap(),
+            own.attrs.public_ipv6.unwrap(),
+            "fd10:244::/56".parse().unwrap(),
+        );
+        for e in &events {
+            assert!(
+                matches!(peers.apply(e), PeerChange::Added(p) if !p.has_ipv4() && p.v6.is_some())
+            );
+        }
+        assert_eq!(peers.len(), 2);
+        assert!(peers.conflicts().is_empty(), "{:?}", peers.conflicts());
+        // One goes, by its key alone.
+        let gone = lease6(2, 0).subnet_key();
+        let events = w.update(vec![LeaseEvent::Removed(gone)]);
+        assert!(
+            matches!(peers.apply(&events[0]), PeerChange::Removed(p) if p.v6.unwrap().subnet == gone.ipv6_subnet.unwrap())
+        );
+        assert_eq!(peers.len(), 1);
+        // An IPv4 lease has no IPv6 half: not a peer of an IPv6-only node.
+        assert!(matches!(
+            peers.apply(&LeaseEvent::Added(lease(5, 5))),
+            PeerChange::Ignored { .. }
+        ));
+        // The IPv6 half of a lease claiming our subnet is refused.
+        let mut claim = lease6(9, 9);
+        claim.ipv6_subnet = own.ipv6_subnet;
+        assert!(matches!(
+            peers.apply(&LeaseEvent::Added(claim)),
+            PeerChange::Ignored {
+                reason: LeaseError::ClaimsOwnIpv6Subnet(_),
+                ..
+            }
+        ));
+        // The router's IPv4 tables never see an IPv6-only peer (its zero
+        // subnet would be everything); the IPv6 tables do.
+        let tables = crate::core::router::Tables::from_peers(peers.by_age());
+        assert!(tables.arp.is_empty() && tables.fdb.is_empty());
+        let tables = crate::core::router::Tables::from_peers_v6(peers.by_age());
+        assert_eq!(tables.fdb.len(), 1);
+    }
+
+    #[test]
+    fn a_node_with_ipv4_ignores_ipv6_only_leases() {
+        let mut peers = Peers::for_node(
+            "10.244.1.0/24".parse().unwrap(),
+            Ipv4Addr::new(192, 168, 0, 1),
+            "10.244.0.0/16".parse().unwrap(),
+        );
+        assert!(matches!(
+            peers.apply(&LeaseEvent::Added(lease6(2, 2))),
+            PeerChange::Ignored { .. }
+        ));
+        assert!(peers.is_empty());
+    }
+
+    fn own() -> Option<LeaseId> {
+        Some(LeaseId::V4("10.244.1.0/24".parse().unwrap()))
     }
 
     #[test]

@@ -64,6 +64,20 @@ pub struct LinkInfo {
     pub up: bool,
 }
 
+impl LinkInfo {
+    /// No link (index 0, which the kernel never gives one): the IPv4 VTEP of
+    /// an IPv6-only node, which does not exist.
+    pub fn absent() -> LinkInfo {
+        LinkInfo {
+            index: 0,
+            name: String::new(),
+            mac: None,
+            mtu: 0,
+            up: false,
+        }
+    }
+}
+
 /// An IPv4 address on a link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LinkAddr {

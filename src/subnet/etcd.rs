@@ -1200,10 +1200,10 @@ fn is_compacted_error(e: &etcd_client::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::Ipv4Addr;
     use crate::core::lease::VxlanBackendData;
     use crate::core::mac::MacAddr;
     use ipnet::Ipv4Net;
+    use std::net::Ipv4Addr;
 
     const DOC: &str = r#"{"PublicIP":"192.168.64.3","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}}"#;
 

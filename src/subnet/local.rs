@@ -531,9 +531,9 @@ pub fn record_for(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::Ipv4Addr;
     use crate::core::lease::VxlanBackendData;
     use crate::core::mac::MacAddr;
+    use std::net::Ipv4Addr;
 
     fn attrs(last: u8) -> LeaseAttrs {
         LeaseAttrs::vxlan(
