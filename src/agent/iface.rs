@@ -33,6 +33,10 @@ pub struct Selector {
     pub can_reach: Option<Ipv4Addr>,
     /// `--public-ip`.
     pub public_ip: Option<Ipv4Addr>,
+    /// An IPv6-only network (`EnableIPv4: false`): an interface without an
+    /// IPv4 address will do (its `addr` is then 0.0.0.0), and without an
+    /// IPv4 default route the IPv6 one chooses.
+    pub ipv6_only: bool,
 }
 
 /// flannel's message when explicit options match nothing.
@@ -54,7 +58,9 @@ pub fn select(
             .collect();
         // Global addresses before link-local ones.
         mine.sort_by_key(|a| a.addr.is_link_local());
-        mine.first().map(|a| a.addr)
+        mine.first()
+            .map(|a| a.addr)
+            .or(sel.ipv6_only.then_some(Ipv4Addr::UNSPECIFIED))
     };
     let build = |link: &LinkInfo, addr: Ipv4Addr| -> Result<ExternalInterface, String> {
         if link.mtu == 0 {
@@ -115,7 +121,11 @@ pub fn select(
         return build(link, ip);
     }
     let link = default_route.and_then(by_index).ok_or_else(|| {
-        "no IPv4 default route to choose the interface from: pass --iface (a name or address) or --public-ip".to_string()
+        if sel.ipv6_only {
+            "no default route (IPv4 or IPv6) to choose the interface from: pass --iface (a name or address)".to_string()
+        } else {
+            "no IPv4 default route to choose the interface from: pass --iface (a name or address) or --public-ip".to_string()
+        }
     })?;
     let addr = first_addr(link.index).ok_or_else(|| {
         format!(
@@ -164,10 +174,19 @@ pub async fn choose(nl: &Netlink, sel: &Selector) -> Result<ExternalInterface, S
         };
         sel = &resolved;
     }
-    let default_route = nl
+    let mut default_route = nl
         .default_route_interface()
         .await
         .map_err(|e| e.to_string())?;
+    if default_route.is_none() && sel.ipv6_only {
+        default_route = nl
+            .main_table_routes_v6()
+            .await
+            .map_err(|e| e.to_string())?
+            .iter()
+            .find(|r| r.dst.prefix_len() == 0 && r.oif.is_some())
+            .and_then(|r| r.oif);
+    }
     let reach_route = match sel.can_reach {
         Some(ip) => nl.route_interface_to(ip).await.map_err(|e| e.to_string())?,
         None => None,
@@ -206,6 +225,39 @@ mod tests {
                 addr(3, [192, 168, 56, 10]),
             ],
         )
+    }
+
+    #[test]
+    fn an_ipv6_only_network_takes_an_interface_without_ipv4() {
+        let (links, _) = world();
+        let addrs = [addr(1, [127, 0, 0, 1])];
+        let sel = Selector {
+            ipv6_only: true,
+            ..Selector::default()
+        };
+        let ext = select(&sel, &links, &addrs, Some(2), None).unwrap();
+        assert_eq!(
+            (ext.name.as_str(), ext.addr),
+            ("eth0", Ipv4Addr::UNSPECIFIED)
+        );
+        let sel = Selector {
+            iface: vec!["eth1".into()],
+            ipv6_only: true,
+            ..Selector::default()
+        };
+        assert_eq!(
+            select(&sel, &links, &addrs, None, None).unwrap().name,
+            "eth1"
+        );
+        // With IPv4 on, such an interface is refused as before.
+        let err = select(&Selector::default(), &links, &addrs, Some(2), None).unwrap_err();
+        assert!(err.contains("has no IPv4 address"), "{err}");
+        let sel = Selector {
+            ipv6_only: true,
+            ..Selector::default()
+        };
+        let err = select(&sel, &links, &addrs, None, None).unwrap_err();
+        assert!(err.contains("IPv4 or IPv6"), "{err}");
     }
 
     #[test]

@@ -215,6 +215,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         iface_regex: args.iface_regex.clone(),
         can_reach: args.iface_can_reach,
         public_ip: store.stored_public_ip().await?.or(args.public_ip),
+        ipv6_only: !ipv4,
     };
     let ext = iface::choose(&nl, &selector)
         .await
