@@ -10,8 +10,8 @@
 //! both families. The kernel's Neighbor Solicitations for `S6::0` are
 //! answered from the leases, as ARP is on `flannel.<VNI>`.
 //!
-//! Not here yet: IPv6-only networks (`EnableIPv4: false`, refused when the
-//! config is read).
+//! In an IPv6-only network (`EnableIPv4: false`) this is the node's only
+//! half: the agent makes no `flannel.<VNI>` and every peer is an IPv6 one.
 
 use super::state::{DeviceInfo, Ipv6Status, PeerV6Status};
 use super::tunables::Tunables;
