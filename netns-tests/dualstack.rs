@@ -28,7 +28,7 @@ const V6_NETWORK: &str = "fd10:244::/56";
 
 /// Asserts node's `flannel-v6.1`: present, up, address `<v6 subnet>::/128`,
 /// MTU 1500 − 70; returns its MAC.
-fn assert_v6_vtep(lab: &Lab, node: usize, subnet6: Ipv6Net) -> String {
+pub(crate) fn assert_v6_vtep(lab: &Lab, node: usize, subnet6: Ipv6Net) -> String {
     let ns = lab.ns(node);
     let (mac, mtu, flags) = link_info(lab, ns, "flannel-v6.1").unwrap_or_else(|| {
         panic!(
@@ -79,7 +79,7 @@ fn assert_dual_subnet_env(lab: &Lab, node: usize, subnet: Ipv4Net, subnet6: Ipv6
 
 /// Waits until node has exactly the IPv6 routes of its peers on
 /// `flannel-v6.1`, `S6 via S6:: … onlink` each.
-fn assert_v6_routes(lab: &Lab, node: usize, peers: &[Ipv6Net]) {
+pub(crate) fn assert_v6_routes(lab: &Lab, node: usize, peers: &[Ipv6Net]) {
     let routes = wait_for(
         &format!(
             "node {node}: {} IPv6 peer routes on flannel-v6.1",
@@ -624,7 +624,7 @@ fn dual_pods_reach_each_other(lab: &Lab, subnets: &[(Ipv4Net, Ipv6Net)]) {
 
 /// weft-cni's delegate for a dual-stack node, as flannel's plugin renders it,
 /// with masquerading off: pod to pod is routed, not translated.
-fn pod_conf(lab: &Lab, node: usize) -> String {
+pub(crate) fn pod_conf(lab: &Lab, node: usize) -> String {
     let mut c: Value =
         serde_json::from_str(&crate::cni::conf(lab, node, "0.3.1")).expect("conf is JSON");
     c["delegate"]["ipMasq"] = json!(false);

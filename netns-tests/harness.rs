@@ -1930,3 +1930,82 @@ impl KernelVtep6 {
         );
     }
 }
+
+// ---------------------------------------------------------------------------
+// IPv6-only networks: `EnableIPv4: false` (netns-tests/ipv6only.rs)
+// ---------------------------------------------------------------------------
+
+/// flannel's lease key of an IPv6-only lease (`0.0.0.0-0&fd10:244:0:5::-64`):
+/// the zero IPv4 subnet, then the IPv6 one. The directory store's file name
+/// and the last part of the etcd key.
+pub fn v6only_lease_key(v6: ipnet::Ipv6Net) -> String {
+    format!("0.0.0.0-0&{}-{}", v6.network(), v6.prefix_len())
+}
+
+/// flannel's lease JSON of an IPv6-only vxlan node, byte for byte:
+/// `PublicIP` 0.0.0.0, no `BackendData`, the VTEP in `BackendV6Data`.
+pub fn v6only_lease_json(public_ipv6: Ipv6Addr, vni: u32, mac6: &str) -> String {
+    format!(
+        r#"{{"PublicIP":"0.0.0.0","PublicIPv6":"{public_ipv6}","BackendType":"vxlan","BackendV6Data":{{"VNI":{vni},"VtepMAC":"{mac6}"}}}}"#
+    )
+}
+
+impl Lab {
+    /// Waits until node's weftd of an IPv6-only network reports ready (it
+    /// has no IPv4 lease for [`Lab::wait_ready`] to read) and returns its
+    /// IPv6 subnet, from `FLANNEL_IPV6_SUBNET` of its subnet file. Panics
+    /// with weftd's log if it exits first or is not ready after 30 s.
+    pub fn wait_ready_v6only(&mut self, node: usize) -> ipnet::Ipv6Net {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let sock = self.status_socket(node).display().to_string();
+        loop {
+            let pid = self.weftd_pid(node);
+            if let Some(w) = self.weftds.get_mut(&node)
+                && let Some(status) = w.child.try_wait().expect("wait")
+            {
+                panic!(
+                    "weftd on node {node} exited ({status}) before it was ready:\n{}",
+                    self.weftd_log(node)
+                );
+            }
+            let out = output_with_timeout(
+                Command::new(WEFTD).args(["status", "--json", "--status-socket", &sock]),
+                Duration::from_secs(5),
+            );
+            if let Ok(s) = serde_json::from_slice::<serde_json::Value>(&out.stdout)
+                && s["ready"] == true
+                && s["pid"].as_u64() == pid.map(u64::from)
+            {
+                return self.subnet_v6(node);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "weftd on node {node} not ready after 30 s:\n{}",
+                self.weftd_log(node)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts weftd on `node` with `opts` in an IPv6-only network and waits
+    /// until it is ready; returns its IPv6 subnet.
+    pub fn start_weftd_v6only(&mut self, node: usize, opts: WeftdOpts) -> ipnet::Ipv6Net {
+        self.start_weftd_with(node, opts);
+        self.wait_ready_v6only(node)
+    }
+
+    /// The lease files in the embedded store (its lock and temporary files,
+    /// whose names start with a dot, left out), sorted.
+    pub fn lease_files(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.store_dir())
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| !n.starts_with('.'))
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+}

@@ -15,6 +15,7 @@ mod faults;
 mod faults_underlay;
 mod harness;
 mod interop;
+mod ipv6only;
 mod kube;
 mod masq6;
 mod offload;
