@@ -401,12 +401,7 @@ impl Listing {
     pub fn held(&self) -> Vec<Held> {
         self.leases
             .iter()
-            .map(|s| Held {
-                key: s.lease.subnet_key(),
-                public_ip: s.lease.attrs.public_ip,
-                reservation: s.lease_id == 0,
-                vtep_mac: s.lease.attrs.vxlan_data().ok().map(|d| d.vtep_mac),
-            })
+            .map(|s| Held::of(&s.lease, s.lease_id == 0))
             .collect()
     }
 

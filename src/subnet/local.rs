@@ -125,12 +125,7 @@ impl LocalStore {
             let held: Vec<Held> = scan
                 .leases
                 .values()
-                .map(|l| Held {
-                    key: l.subnet_key(),
-                    public_ip: l.attrs.public_ip,
-                    reservation: l.expiration.is_none(),
-                    vtep_mac: l.attrs.vxlan_data().ok().map(|d| d.vtep_mac),
-                })
+                .map(|l| Held::of(l, l.expiration.is_none()))
                 .collect();
             let unusable: Vec<SubnetKey> = scan
                 .bad
