@@ -2,7 +2,9 @@
 //! in a temporary directory on free ports; the test is skipped when the
 //! binary is missing): dual-stack acquisition writes flannel's key and JSON
 //! byte for byte, the watch carries peers' IPv6 subnets and attributes, a
-//! renewal keeps the IPv6 part, and a restart reuses the pair.
+//! renewal keeps the IPv6 part, and a restart reuses the pair; an IPv6-only
+//! lease is flannel's `0.0.0.0-0&<v6>-64` key with `PublicIP` 0.0.0.0 and no
+//! `BackendData`, found again by `PublicIPv6`, watched, renewed and revoked.
 
 #![allow(unreachable_pub)]
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
@@ -15,7 +17,7 @@ use weft::core::config::NetConfig;
 use weft::core::lease::{LeaseAttrs, LeaseEvent, SubnetKey, VxlanBackendData};
 use weft::core::mac::MacAddr;
 use weft::subnet::etcd::{DEFAULT_PREFIX, EtcdOptions, EtcdStore};
-use weft::subnet::{AcquireRequest, RenewPolicy, StoreUpdate};
+use weft::subnet::{AcquireRequest, OwnAddress, RenewPolicy, StoreUpdate};
 
 struct Etcd {
     child: Child,
@@ -229,6 +231,146 @@ async fn dual_stack_leases_in_a_real_etcd() {
             }))
         {
             break;
+        }
+    }
+    task.abort();
+}
+
+const V6_ONLY: &str = r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd10:244::/56","Backend":{"Type":"vxlan"}}"#;
+
+/// Node `last`'s IPv6-only attributes, as the agent sends them: PublicIP
+/// 0.0.0.0 (an IPv6-only lease has no IPv4 half), no BackendData.
+fn v6_only_attrs(last: u8) -> LeaseAttrs {
+    LeaseAttrs {
+        public_ip: Ipv4Addr::UNSPECIFIED,
+        backend_data: None,
+        ..dual_attrs(last)
+    }
+}
+
+#[tokio::test]
+async fn ipv6_only_leases_in_a_real_etcd() {
+    let Some(etcd) = etcd().await else { return };
+    let mut client = etcd_client::Client::connect([&etcd.url], None)
+        .await
+        .unwrap();
+    client
+        .put(format!("{DEFAULT_PREFIX}/config"), V6_ONLY, None)
+        .await
+        .unwrap();
+    let s = store(&etcd, Duration::from_secs(6));
+    let config: NetConfig = s.network_config().await.unwrap();
+    assert!(config.ipv6_only());
+    let req = |last| AcquireRequest {
+        attrs: v6_only_attrs(last),
+        previous_subnet: None,
+        previous_ipv6_subnet: None,
+    };
+    let own = s.acquire(&config, &req(1)).await.unwrap();
+    assert!(!own.has_ipv4());
+    let v6 = own.ipv6_subnet.expect("an IPv6 subnet");
+    assert!(weft::core::allocate::fits(&config, own.subnet_key()));
+    // flannel's key (its zero IP4Net, then the IPv6 subnet) and JSON, byte
+    // for byte, on an etcd lease.
+    assert_eq!(own.key(), format!("0.0.0.0-0&{}-64", v6.addr()));
+    let key = format!("{DEFAULT_PREFIX}/subnets/{}", own.key());
+    let got = client.get(key.clone(), None).await.unwrap();
+    let kv = &got.kvs()[0];
+    assert_eq!(
+        kv.value_str().unwrap(),
+        r#"{"PublicIP":"0.0.0.0","PublicIPv6":"fd00::1","BackendType":"vxlan","BackendV6Data":{"VNI":1,"VtepMAC":"0e:06:00:00:00:01"}}"#
+    );
+    assert_ne!(kv.lease(), 0, "attached to an etcd lease");
+    // A restart finds it by PublicIPv6 and reuses it.
+    let found = s
+        .find_own(OwnAddress::Ipv6("fd00::1".parse().unwrap()))
+        .await
+        .unwrap()
+        .expect("the own lease, by PublicIPv6");
+    assert_eq!(found.subnet_key(), own.subnet_key());
+    assert_eq!(
+        s.find_own(OwnAddress::Ipv6("fd00::2".parse().unwrap()))
+            .await
+            .unwrap(),
+        None,
+        "not another node's (every IPv6-only lease has PublicIP 0.0.0.0)"
+    );
+    let again = s.acquire(&config, &req(1)).await.unwrap();
+    assert_eq!(again.subnet_key(), own.subnet_key());
+
+    // The watch and renewal (TTL 6 s, margin 4 s); a second node, with the
+    // same PublicIP 0.0.0.0, gets a distinct IPv6 subnet.
+    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+    let renew = RenewPolicy {
+        margin: Duration::from_secs(4),
+        retry: Duration::from_secs(1),
+    };
+    let task = s.clone().spawn(again.clone(), renew, tx);
+    match next(&mut rx).await {
+        StoreUpdate::Snapshot(leases) => {
+            assert_eq!(leases.len(), 1);
+            assert_eq!(leases[0].subnet_key(), own.subnet_key());
+            assert_eq!(leases[0].attrs, v6_only_attrs(1));
+        }
+        other => panic!("{other:?}"),
+    }
+    let peer = s.acquire(&config, &req(2)).await.unwrap();
+    assert!(!peer.has_ipv4());
+    assert_ne!(peer.ipv6_subnet, own.ipv6_subnet);
+    let all = client
+        .get(
+            format!("{DEFAULT_PREFIX}/subnets/"),
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(all.kvs().len(), 2, "two keys, one per node");
+    let mut saw_peer = false;
+    let mut saw_renewal = false;
+    while !(saw_peer && saw_renewal) {
+        match next(&mut rx).await {
+            StoreUpdate::Events(events) => {
+                for e in events {
+                    match e {
+                        LeaseEvent::Added(l) if l.subnet_key() == peer.subnet_key() => {
+                            assert_eq!(l.attrs, v6_only_attrs(2));
+                            saw_peer = true;
+                        }
+                        LeaseEvent::Added(_) => {}
+                        other => panic!("{other:?}"),
+                    }
+                }
+            }
+            StoreUpdate::Renewed(l) => {
+                assert_eq!(l.subnet_key(), own.subnet_key());
+                assert_eq!(l.attrs, v6_only_attrs(1));
+                saw_renewal = true;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // The peer's key deleted: removed by its IPv6-only key.
+    client
+        .delete(format!("{DEFAULT_PREFIX}/subnets/{}", peer.key()), None)
+        .await
+        .unwrap();
+    loop {
+        if let StoreUpdate::Events(events) = next(&mut rx).await
+            && events.contains(&LeaseEvent::Removed(peer.subnet_key()))
+        {
+            break;
+        }
+    }
+    // The own key deleted: revoked.
+    client.delete(key, None).await.unwrap();
+    loop {
+        match next(&mut rx).await {
+            StoreUpdate::OwnLeaseRevoked(why) => {
+                assert!(why.contains(&own.key()), "{why}");
+                break;
+            }
+            StoreUpdate::Events(_) | StoreUpdate::Renewed(_) => {}
+            other => panic!("{other:?}"),
         }
     }
     task.abort();

@@ -1,7 +1,9 @@
 //! Kubernetes mode through kube-rs's real HTTP client against an in-test API
 //! server (`support/fake_kube.rs`): acquire, VtepMAC persistence, the node
 //! watch (appear / change / delete, 410 relist, bookmarks), malformed
-//! annotations, flannel's errors, NetworkUnavailable, node identity, auth.
+//! annotations, flannel's errors, NetworkUnavailable, node identity, auth;
+//! dual-stack and IPv6-only (flannel's IPv6-only annotations, leases on the
+//! zero IPv4 subnet).
 
 #![allow(unreachable_pub)]
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
@@ -935,4 +937,167 @@ async fn dual_stack_pod_cidr_errors_are_flannels() {
         assert!(err.to_string().contains("no public IPv6"), "{err}");
     }
     assert!(fake.annotation_patches("v4only").is_empty());
+}
+
+const V6_ONLY_NET_CONF: &str = r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/48","Backend":{"Type":"vxlan"}}"#;
+
+/// What the agent sends in an IPv6-only network: PublicIP 0.0.0.0, no BackendData.
+fn v6_only_req(ip6: &str, v6_mac: &str) -> AcquireRequest {
+    let mut r = dual_req("0.0.0.0", ip6, "0e:00:00:00:00:00", v6_mac);
+    r.attrs.backend_data = None;
+    r
+}
+
+/// An IPv6-only node as flannel publishes it: no public-ip, no backend-data.
+fn v6_only_published(
+    name: &str,
+    cidr: &str,
+    ip6: &str,
+    v6_mac: &str,
+) -> k8s_openapi::api::core::v1::Node {
+    let mut n = node(name, Some(cidr));
+    let a = n.metadata.annotations.as_mut().unwrap();
+    a.insert(format!("{P}backend-type"), "vxlan".into());
+    a.insert(format!("{P}kube-subnet-manager"), "true".into());
+    a.insert(format!("{P}public-ipv6"), ip6.into());
+    a.insert(
+        format!("{P}backend-v6-data"),
+        format!(r#"{{"VNI":1,"VtepMAC":"{v6_mac}"}}"#),
+    );
+    n
+}
+
+#[tokio::test]
+async fn ipv6_only_acquire_publishes_flannels_v6_annotations_and_the_watch_carries_v6_only_leases()
+{
+    let fake = FakeKube::start();
+    let dir = tempfile::tempdir().unwrap();
+    fake.add_node(node("n1", Some("fd00:0:0:1::/64")));
+    let o = opts(&fake, "n1", dir.path());
+    std::fs::write(&o.net_config_path, V6_ONLY_NET_CONF).unwrap();
+    let (store, _) = open(o.clone()).await;
+    let config = store.network_config().await.unwrap();
+    assert!(config.ipv6_only());
+    let me = OwnAddress::Ipv6("2001:db8::1".parse().unwrap());
+    assert_eq!(store.find_own(me).await.unwrap(), None);
+    let r = v6_only_req("2001:db8::1", "0e:06:00:00:00:01");
+    let lease = store.acquire(&config, &r).await.unwrap();
+    assert_eq!(lease.key(), "0.0.0.0-0&fd00:0:0:1::-64");
+    assert!(!lease.has_ipv4());
+    assert_eq!(lease.attrs, r.attrs);
+    // flannel's IPv6-only annotations: no public-ip, no backend-data.
+    assert_eq!(
+        fake.annotation_patches("n1"),
+        vec![json!({"metadata":{"annotations":{
+            "flannel.alpha.coreos.com/backend-type": "vxlan",
+            "flannel.alpha.coreos.com/backend-v6-data": r#"{"VNI":1,"VtepMAC":"0e:06:00:00:00:01"}"#,
+            "flannel.alpha.coreos.com/kube-subnet-manager": "true",
+            "flannel.alpha.coreos.com/public-ipv6": "2001:db8::1",
+        }}})]
+    );
+    // A restart: the IPv6 VtepMAC comes back on the IPv6-only lease, nothing is patched.
+    drop(store);
+    let (store, _) = open(o).await;
+    let own = store.find_own(me).await.unwrap().expect("the own lease");
+    assert_eq!(own.key(), lease.key());
+    assert_eq!(own.attrs, r.attrs);
+    let again = store.acquire(&config, &r).await.unwrap();
+    assert_eq!(again, lease);
+    assert_eq!(fake.annotation_patches("n1").len(), 1);
+
+    // The watch: a flannel IPv6-only peer (no public-ip at all) and a
+    // dual-stack node's IPv6 half are leases on the zero subnet.
+    let (tx, mut rx) = mpsc::channel(16);
+    let task = store.clone().spawn(tx);
+    match next(&mut rx).await {
+        StoreUpdate::Snapshot(leases) => {
+            assert_eq!(
+                leases.iter().map(|l| l.key()).collect::<Vec<_>>(),
+                ["0.0.0.0-0&fd00:0:0:1::-64"]
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    fake.add_node(v6_only_published(
+        "n2",
+        "fd00:0:0:2::/64",
+        "2001:db8::2",
+        "0e:06:00:00:00:02",
+    ));
+    match single_event(next(&mut rx).await) {
+        LeaseEvent::Added(l) => {
+            assert_eq!(l.key(), "0.0.0.0-0&fd00:0:0:2::-64");
+            assert_eq!(l.attrs.public_ip, Ipv4Addr::UNSPECIFIED);
+            assert_eq!(l.attrs.public_ipv6, Some("2001:db8::2".parse().unwrap()));
+            assert_eq!(l.attrs.backend_data, None);
+            assert_eq!(
+                l.attrs.vxlan_v6_data().unwrap().vtep_mac,
+                mac("0e:06:00:00:00:02")
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let mut dual = dual_node("n3", "10.244.3.0/24", "fd00:0:0:3::/64");
+    publish(&mut dual, "192.168.1.3", "0e:00:00:00:00:03");
+    let a = dual.metadata.annotations.as_mut().unwrap();
+    a.insert(format!("{P}public-ipv6"), "2001:db8::3".into());
+    a.insert(
+        format!("{P}backend-v6-data"),
+        r#"{"VNI":1,"VtepMAC":"0e:06:00:00:00:03"}"#.into(),
+    );
+    fake.add_node(dual);
+    match single_event(next(&mut rx).await) {
+        LeaseEvent::Added(l) => assert_eq!(l.key(), "0.0.0.0-0&fd00:0:0:3::-64"),
+        other => panic!("{other:?}"),
+    }
+    fake.delete_node("n2");
+    match single_event(next(&mut rx).await) {
+        LeaseEvent::Removed(k) => assert_eq!(k.to_string(), "0.0.0.0-0&fd00:0:0:2::-64"),
+        other => panic!("{other:?}"),
+    }
+    task.abort();
+    assert_flannel_rbac(&fake);
+}
+
+#[tokio::test]
+async fn ipv6_only_pod_cidr_and_request_errors_are_clear() {
+    let fake = FakeKube::start();
+    let dir = tempfile::tempdir().unwrap();
+    fake.add_node(node("v4only", Some("10.244.1.0/24")));
+    fake.add_node(node("outside", Some("fd09::/64")));
+    fake.add_node(node("none", None));
+    let r = v6_only_req("2001:db8::1", "0e:06:00:00:00:01");
+    for (name, want) in [
+        ("v4only", "has no IPv6 pod CIDR"),
+        (
+            "outside",
+            r#"subnet "fd00::/48" specified in the flannel net config doesn't contain "fd09::/64" IPv6 PodCIDR of the "outside" node"#,
+        ),
+        ("none", r#"node "none" pod cidr not assigned"#),
+    ] {
+        let o = opts(&fake, name, dir.path());
+        std::fs::write(&o.net_config_path, V6_ONLY_NET_CONF).unwrap();
+        let (store, _) = open(o).await;
+        let config = store.network_config().await.unwrap();
+        let err = store.acquire(&config, &r).await.unwrap_err();
+        assert!(err.to_string().contains(want), "{name}: {err}");
+        assert!(fake.annotation_patches(name).is_empty());
+    }
+    // A config with neither family, an IPv6-only request without BackendV6Data.
+    let o = opts(&fake, "v4only", dir.path());
+    std::fs::write(
+        &o.net_config_path,
+        r#"{"EnableIPv4":false,"Backend":{"Type":"vxlan"}}"#,
+    )
+    .unwrap();
+    let (store, _) = open(o.clone()).await;
+    let config = store.network_config().await.unwrap();
+    let err = store.acquire(&config, &r).await.unwrap_err();
+    assert!(err.to_string().contains("neither IPv4 nor IPv6"), "{err}");
+    std::fs::write(&o.net_config_path, V6_ONLY_NET_CONF).unwrap();
+    let config = store.network_config().await.unwrap();
+    let mut bare = r.clone();
+    bare.attrs.backend_v6_data = None;
+    let err = store.acquire(&config, &bare).await.unwrap_err();
+    assert!(err.to_string().contains("BackendV6Data"), "{err}");
 }

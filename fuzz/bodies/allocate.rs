@@ -121,6 +121,7 @@ pub fn run(data: &[u8]) {
         held.push(Held {
             key,
             public_ip: Ipv4Addr::new(192, 168, 0, owner % 8),
+            public_ipv6: None,
             reservation: flags & 1 != 0,
             vtep_mac: Some(if flags & 8 != 0 {
                 mac(me.octets()[3])
@@ -131,6 +132,7 @@ pub fn run(data: &[u8]) {
     }
     let request = Request {
         public_ip: me,
+        public_ipv6: None,
         previous_subnet: previous,
         previous_ipv6_subnet: previous_v6,
         vtep_mac: Some(mac(me.octets()[3])),

@@ -22,6 +22,17 @@ pub fn run(data: &[u8]) {
         }
     };
     assert!(parsed.is_ok(), "check accepted what parse refused");
+    assert!(
+        config.enable_ipv4 || config.enable_ipv6,
+        "check accepted a config with neither IPv4 nor IPv6"
+    );
+    if !config.enable_ipv4 {
+        assert_eq!(
+            config.subnets().count(),
+            0,
+            "IPv6-only walks no IPv4 subnet"
+        );
+    }
     if config.enable_ipv4 {
         let network = config.network.expect("IPv4 needs a network");
         let len = config.subnet_len;

@@ -20,10 +20,16 @@
 //!
 //! A subnet is taken by every lease in the store and by every record that
 //! names a subnet but is unusable (a bad value is still someone's claim).
-//! IPv6-only (`EnableIPv4: false`) is not supported: planning refuses it.
+//!
+//! IPv6-only (`EnableIPv4: false`, `EnableIPv6: true`): the same steps with
+//! the IPv6 half alone. A lease is [`NO_IPV4_SUBNET`] and an IPv6 subnet
+//! (key `0.0.0.0-0&fd00:0:0:3::-64`); the node's own lease is the one with
+//! its `PublicIPv6` (every IPv6-only lease has `PublicIP` 0.0.0.0), and the
+//! previous `subnet.env`'s `FLANNEL_IPV6_SUBNET` is reused when free. An
+//! IPv6-only lease takes no IPv4 subnet: its zero subnet never counts as taken.
 
 use super::config::NetConfig;
-use super::lease::SubnetKey;
+use super::lease::{Lease, LeaseAttrs, NO_IPV4_SUBNET, SubnetKey};
 use super::mac::MacAddr;
 use ipnet::{Ipv4Net, Ipv6Net};
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -36,25 +42,58 @@ const CHOICES: usize = 100;
 pub struct Held {
     /// The subnet(s) it holds.
     pub key: SubnetKey,
-    /// The node that holds it.
+    /// The node that holds it (0.0.0.0 for an IPv6-only lease).
     pub public_ip: Ipv4Addr,
+    /// The node's `PublicIPv6`, if the lease has one: what tells an IPv6-only
+    /// node's own lease.
+    pub public_ipv6: Option<Ipv6Addr>,
     /// It never expires (etcd: no etcd lease; directory store: no expiration).
     pub reservation: bool,
-    /// Its VtepMAC, when it is a vxlan lease.
+    /// Its VtepMAC, when it is a vxlan lease (of `BackendV6Data` for an
+    /// IPv6-only lease, which has no `BackendData`).
     pub vtep_mac: Option<MacAddr>,
+}
+
+impl Held {
+    /// A stored lease as allocation sees it.
+    pub fn of(lease: &Lease, reservation: bool) -> Held {
+        Held {
+            key: lease.subnet_key(),
+            public_ip: lease.attrs.public_ip,
+            public_ipv6: lease.attrs.public_ipv6,
+            reservation,
+            vtep_mac: vtep_mac(&lease.attrs),
+        }
+    }
+}
+
+/// The VtepMAC that tells a node's leases (allocation's "same node under
+/// another address" test): of `BackendData`, or of `BackendV6Data` when
+/// there is none (an IPv6-only lease).
+pub fn vtep_mac(attrs: &LeaseAttrs) -> Option<MacAddr> {
+    attrs
+        .vxlan_data()
+        .or_else(|_| attrs.vxlan_v6_data())
+        .ok()
+        .map(|d| d.vtep_mac)
 }
 
 /// What the node asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Request {
-    /// The node's public IP: a lease it holds is its own.
+    /// The node's public IP: a lease it holds is its own (not in an
+    /// IPv6-only network, where every lease has 0.0.0.0).
     pub public_ip: Ipv4Addr,
+    /// The node's public IPv6: in an IPv6-only network, a lease with it is
+    /// its own.
+    pub public_ipv6: Option<Ipv6Addr>,
     /// The IPv4 subnet of the previous `subnet.env` (`FLANNEL_SUBNET`), reused if still free.
     pub previous_subnet: Option<Ipv4Net>,
     /// The IPv6 subnet of the previous `subnet.env` (`FLANNEL_IPV6_SUBNET`):
     /// with IPv6 on, the pair is reused only with it.
     pub previous_ipv6_subnet: Option<Ipv6Net>,
-    /// The node's VtepMAC: a lease on the previous subnets with this MAC is its own.
+    /// The node's VtepMAC (IPv6-only: its IPv6 VtepMAC): a lease on the
+    /// previous subnets with this MAC is its own.
     pub vtep_mac: Option<MacAddr>,
 }
 
@@ -66,6 +105,17 @@ impl Request {
             subnet: subnet.trunc(),
             ipv6_subnet: self.previous_ipv6_subnet.map(|s| s.trunc()),
         })
+    }
+
+    /// The previous `subnet.env`'s subnets as the key `config` would hand
+    /// out: IPv6-only, the IPv6 subnet alone (an IPv4 one, left from an
+    /// earlier run, is ignored); else [`Request::previous`].
+    pub fn previous_for(&self, config: &NetConfig) -> Option<SubnetKey> {
+        if config.enable_ipv4 {
+            return self.previous();
+        }
+        self.previous_ipv6_subnet
+            .map(|s| SubnetKey::v6_only(s.trunc()))
     }
 }
 
@@ -113,11 +163,16 @@ pub enum AllocError {
     /// Every subnet of the network (IPv4, or IPv6 when enabled) is taken.
     #[error("out of subnets")]
     OutOfSubnets,
-    /// `EnableIPv4` is off or `Network` is missing or unchecked: weft needs an IPv4 network.
+    /// `EnableIPv4` is on but `Network` is missing or unchecked.
     #[error(
-        "the config has no usable IPv4 Network (EnableIPv4 false, Network missing or SubnetLen unset): weft does not support IPv6-only networks yet"
+        "EnableIPv4 is set (the default) but the config has no usable IPv4 Network (missing, or SubnetLen/Min/Max unset): set Network, or for an IPv6-only network set \"EnableIPv4\": false with EnableIPv6 and IPv6Network"
     )]
     NoIpv4Network,
+    /// Neither `EnableIPv4` nor `EnableIPv6`: nothing to allocate.
+    #[error(
+        "the config enables neither IPv4 nor IPv6 (EnableIPv4 false, EnableIPv6 not true): enable at least one, with its Network or IPv6Network"
+    )]
+    NoAddressFamily,
     /// `EnableIPv6` is on but `IPv6Network` is missing or unchecked.
     #[error(
         "EnableIPv6 is set but the config has no usable IPv6Network (missing, or IPv6SubnetLen/Min/Max unset): set IPv6Network or turn EnableIPv6 off"
@@ -142,18 +197,25 @@ pub fn fits_v6(config: &NetConfig, subnet: Option<Ipv6Net>) -> bool {
 }
 
 /// Whether a lease key fits the config in both families (what makes an own
-/// lease, or the previous `subnet.env`, reusable).
+/// lease, or the previous `subnet.env`, reusable). IPv6-only: the key has no
+/// IPv4 half ([`NO_IPV4_SUBNET`]) and its IPv6 subnet fits.
 pub fn fits(config: &NetConfig, key: SubnetKey) -> bool {
-    config.fits(key.subnet) && fits_v6(config, key.ipv6_subnet)
+    let v4 = match config.enable_ipv4 {
+        true => config.fits(key.subnet),
+        false => !key.has_ipv4(),
+    };
+    v4 && fits_v6(config, key.ipv6_subnet)
 }
 
-/// Refuses configs that plan cannot walk (not checked, or IPv6-only).
+/// Refuses configs that plan cannot walk (not checked, or no family at all).
 fn check_config(config: &NetConfig) -> Result<(), AllocError> {
-    let v4_ok = config.enable_ipv4
-        && config.network.is_some()
+    if !config.enable_ipv4 && !config.enable_ipv6 {
+        return Err(AllocError::NoAddressFamily);
+    }
+    let v4_ok = config.network.is_some()
         && (1..=32).contains(&config.subnet_len)
         && config.subnet_min <= config.subnet_max;
-    if !v4_ok {
+    if config.enable_ipv4 && !v4_ok {
         return Err(AllocError::NoIpv4Network);
     }
     if config.enable_ipv6 {
@@ -178,7 +240,7 @@ pub fn plan<R: rand::Rng + ?Sized>(
 ) -> Result<Plan, AllocError> {
     check_config(config)?;
     let mut delete = None;
-    if let Some(mine) = held.iter().find(|h| h.public_ip == request.public_ip) {
+    if let Some(mine) = own_lease(config, held, request) {
         if fits(config, mine.key) {
             return Ok(Plan {
                 delete: None,
@@ -190,7 +252,7 @@ pub fn plan<R: rand::Rng + ?Sized>(
         }
         delete = Some(mine.key);
     }
-    let previous = request.previous();
+    let previous = request.previous_for(config);
     // This node under another address: same subnet.env subnets, same VtepMAC.
     if let (Some(previous), Some(mac)) = (previous, request.vtep_mac)
         && let Some(moved) = held
@@ -213,12 +275,19 @@ pub fn plan<R: rand::Rng + ?Sized>(
         .filter(|k| Some(*k) != delete)
         .chain(unusable.iter().copied())
         .collect();
-    let taken: Vec<Ipv4Net> = others.iter().map(|k| k.subnet).collect();
+    // An IPv6-only lease's zero subnet is no IPv4 claim.
+    let taken: Vec<Ipv4Net> = others
+        .iter()
+        .filter(|k| k.has_ipv4())
+        .map(|k| k.subnet)
+        .collect();
     let taken_v6: Vec<Ipv6Net> = others.iter().filter_map(|k| k.ipv6_subnet).collect();
     let free = |s: &Ipv4Net| !taken.iter().any(|t| t.contains(s) || s.contains(t));
     let free_v6 = |s: &Ipv6Net| !taken_v6.iter().any(|t| t.contains(s) || s.contains(t));
     if let Some(previous) = previous.filter(|p| {
-        fits(config, *p) && free(&p.subnet) && p.ipv6_subnet.is_none_or(|s| free_v6(&s))
+        fits(config, *p)
+            && (!p.has_ipv4() || free(&p.subnet))
+            && p.ipv6_subnet.is_none_or(|s| free_v6(&s))
     }) {
         return Ok(Plan {
             delete,
@@ -228,7 +297,10 @@ pub fn plan<R: rand::Rng + ?Sized>(
             },
         });
     }
-    let subnet = choose_free_subnet(config, &taken, rng).ok_or(AllocError::OutOfSubnets)?;
+    let subnet = match config.enable_ipv4 {
+        true => choose_free_subnet(config, &taken, rng).ok_or(AllocError::OutOfSubnets)?,
+        false => NO_IPV4_SUBNET,
+    };
     let ipv6_subnet = if config.enable_ipv6 {
         Some(choose_free_ipv6_subnet(config, &taken_v6, rng).ok_or(AllocError::OutOfSubnets)?)
     } else {
@@ -244,6 +316,21 @@ pub fn plan<R: rand::Rng + ?Sized>(
             previous: false,
         },
     })
+}
+
+/// The lease `request`'s node holds: the one with its `PublicIP`, or in an
+/// IPv6-only network the one with its `PublicIPv6` (an IPv6-only lease
+/// first, then a dual-stack lease left from an earlier config, which then
+/// does not fit and is deleted first).
+fn own_lease<'a>(config: &NetConfig, held: &'a [Held], request: &Request) -> Option<&'a Held> {
+    if config.enable_ipv4 {
+        return held.iter().find(|h| h.public_ip == request.public_ip);
+    }
+    let ip = request.public_ipv6?;
+    let with_ip = || held.iter().filter(move |h| h.public_ipv6 == Some(ip));
+    with_ip()
+        .find(|h| !h.key.has_ipv4())
+        .or_else(|| with_ip().next())
 }
 
 /// The first (at most) [`CHOICES`] subnet starts in `min..=max` (stepping by
@@ -364,6 +451,7 @@ mod tests {
         Held {
             key: SubnetKey::v4(Ipv4Net::new(Ipv4Addr::new(10, 244, third, 0), 24).unwrap()),
             public_ip: Ipv4Addr::new(192, 168, 0, node),
+            public_ipv6: None,
             reservation,
             vtep_mac: Some(mac(node)),
         }
@@ -374,12 +462,44 @@ mod tests {
         let mut h = held(third, node, false);
         h.key.ipv6_subnet =
             Some(Ipv6Net::new(Ipv6Addr::new(0xfd00, 0, 0, v6, 0, 0, 0, 0), 64).unwrap());
+        h.public_ipv6 = Some(ip6(node));
         h
+    }
+
+    /// Node `node`'s public IPv6, fd01::`node`.
+    fn ip6(node: u8) -> Ipv6Addr {
+        Ipv6Addr::new(0xfd01, 0, 0, 0, 0, 0, 0, u16::from(node))
+    }
+
+    /// An IPv6-only lease on fd00:0:0:`v6`::/64 held by fd01::`node`
+    /// (PublicIP 0.0.0.0, VtepMAC of its BackendV6Data).
+    fn held_v6(v6: u16, node: u8) -> Held {
+        Held {
+            key: SubnetKey::v6_only(
+                Ipv6Net::new(Ipv6Addr::new(0xfd00, 0, 0, v6, 0, 0, 0, 0), 64).unwrap(),
+            ),
+            public_ip: Ipv4Addr::UNSPECIFIED,
+            public_ipv6: Some(ip6(node)),
+            reservation: false,
+            vtep_mac: Some(mac(node)),
+        }
+    }
+
+    /// Node `node`'s IPv6-only request, with a previous FLANNEL_IPV6_SUBNET.
+    fn request_v6(node: u8, previous: Option<&str>) -> Request {
+        Request {
+            public_ip: Ipv4Addr::UNSPECIFIED,
+            public_ipv6: Some(ip6(node)),
+            previous_subnet: None,
+            previous_ipv6_subnet: previous.map(net6),
+            vtep_mac: Some(mac(node)),
+        }
     }
 
     fn request(node: u8, previous: Option<&str>) -> Request {
         Request {
             public_ip: Ipv4Addr::new(192, 168, 0, node),
+            public_ipv6: None,
             previous_subnet: previous.map(net),
             previous_ipv6_subnet: None,
             vtep_mac: Some(mac(node)),
@@ -388,6 +508,7 @@ mod tests {
 
     fn request_dual(node: u8, previous: Option<(&str, &str)>) -> Request {
         Request {
+            public_ipv6: Some(ip6(node)),
             previous_subnet: previous.map(|p| net(p.0)),
             previous_ipv6_subnet: previous.map(|p| net6(p.1)),
             ..request(node, None)
@@ -674,6 +795,7 @@ mod tests {
             .map(|(i, s)| Held {
                 key: SubnetKey::v4(s),
                 public_ip: Ipv4Addr::new(192, 168, 1, i as u8),
+                public_ipv6: None,
                 reservation: false,
                 vtep_mac: None,
             })
@@ -789,24 +911,225 @@ mod tests {
 
     #[test]
     fn unplannable_configs_are_clear_errors() {
+        // IPv6-only parsed but not checked (no IPv6SubnetLen): refused.
         let no_v4 = NetConfig::parse(
             r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/48","Backend":{"Type":"vxlan"}}"#,
         )
         .unwrap();
-        let err = plan(&no_v4, &[], &[], &request(1, None), &mut rand::rng()).unwrap_err();
-        assert_eq!(err, AllocError::NoIpv4Network);
-        assert!(err.to_string().contains("IPv6-only"), "{err}");
+        let err = plan(&no_v4, &[], &[], &request_v6(1, None), &mut rand::rng()).unwrap_err();
+        assert_eq!(err, AllocError::NoIpv6Network);
+        // No family at all.
+        let mut neither = config(V4);
+        neither.enable_ipv4 = false;
+        let err = plan(&neither, &[], &[], &request(1, None), &mut rand::rng()).unwrap_err();
+        assert_eq!(err, AllocError::NoAddressFamily);
+        assert!(err.to_string().contains("neither IPv4 nor IPv6"), "{err}");
         // Parsed but not checked (no defaults filled in): refused, not walked.
         let unchecked = NetConfig::parse(V4).unwrap();
-        assert_eq!(
-            plan(&unchecked, &[], &[], &request(1, None), &mut rand::rng()).unwrap_err(),
-            AllocError::NoIpv4Network
-        );
+        let err = plan(&unchecked, &[], &[], &request(1, None), &mut rand::rng()).unwrap_err();
+        assert_eq!(err, AllocError::NoIpv4Network);
+        assert!(err.to_string().contains("\"EnableIPv4\": false"), "{err}");
         let mut v6_unchecked = config(V4);
         v6_unchecked.enable_ipv6 = true;
         let err = plan(&v6_unchecked, &[], &[], &request(1, None), &mut rand::rng()).unwrap_err();
         assert_eq!(err, AllocError::NoIpv6Network);
         assert!(err.to_string().contains("IPv6Network"), "{err}");
+    }
+
+    const V6_ONLY: &str = r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/48","Backend":{"Type":"vxlan"}}"#;
+
+    #[test]
+    fn ipv6_only_creates_a_zero_ipv4_subnet_and_a_free_v6_one() {
+        let c = config(V6_ONLY);
+        let (got, previous) = created(&plan_for(&c, &[], &[], &request_v6(1, None)));
+        assert!(!previous);
+        assert_eq!(got.subnet, NO_IPV4_SUBNET);
+        assert!(!got.has_ipv4());
+        let v6 = got.ipv6_subnet.expect("an IPv6 subnet");
+        assert!(fits(&c, got), "{got}");
+        assert_eq!(v6.prefix_len(), 64);
+        assert!(got.to_string().starts_with("0.0.0.0-0&fd00:0:0:"), "{got}");
+        // Other IPv6-only leases (all on 0.0.0.0/0) and a dual-stack record
+        // take their IPv6 subnets only: a random one of the first 100 free.
+        let mut leases: Vec<Held> = (1..=50u16).map(|i| held_v6(i, 100)).collect();
+        leases.push(held_dual(9, 51, 101));
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..300 {
+            let (got, _) = created(&plan_for(&c, &leases, &[], &request_v6(1, None)));
+            assert_eq!(got.subnet, NO_IPV4_SUBNET);
+            let n = got.ipv6_subnet.unwrap().network().segments()[3];
+            assert!(
+                (52..=151).contains(&n),
+                "{got} is not among the first 100 free"
+            );
+            seen.insert(n);
+        }
+        assert!(
+            seen.len() > 50,
+            "the choice is random: {} distinct",
+            seen.len()
+        );
+    }
+
+    #[test]
+    fn ipv6_only_reuses_the_lease_of_this_public_ipv6_never_of_public_ip_zero() {
+        let c = config(V6_ONLY);
+        // Every IPv6-only lease has PublicIP 0.0.0.0: node 2's is not node 1's.
+        let others = [held_v6(7, 2), held_v6(8, 3)];
+        let (got, _) = created(&plan_for(&c, &others, &[], &request_v6(1, None)));
+        assert!(
+            !others.iter().any(|h| h.key.ipv6_subnet == got.ipv6_subnet),
+            "{got}"
+        );
+        // Its own lease, by PublicIPv6: reused, a reservation stays one.
+        let mut mine = held_v6(5, 1);
+        mine.reservation = true;
+        let leases = [others[0], mine, others[1]];
+        assert_eq!(
+            plan_for(&c, &leases, &[], &request_v6(1, Some("fd00:0:0:9::/64"))),
+            Plan {
+                delete: None,
+                claim: Claim::Reuse {
+                    key: mine.key,
+                    reservation: true
+                }
+            }
+        );
+        // Dual stack knows its own lease by PublicIP only: an IPv6-only lease
+        // with the node's PublicIPv6 is not it.
+        let dual = config(DUAL);
+        let plan = plan_for(&dual, &[held_v6(5, 1)], &[], &request_dual(1, None));
+        assert!(created(&plan).0.has_ipv4(), "{plan:?}");
+    }
+
+    #[test]
+    fn ipv6_only_deletes_an_own_lease_that_does_not_fit_first() {
+        let c = config(
+            r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/48","IPv6SubnetMin":"fd00:0:0:10::","Backend":{"Type":"vxlan"}}"#,
+        );
+        // Below IPv6SubnetMin.
+        let low = held_v6(3, 1);
+        let plan = plan_for(&c, &[low], &[], &request_v6(1, None));
+        assert_eq!(plan.delete, Some(low.key));
+        assert!(fits(&c, created(&plan).0));
+        // The dual-stack lease of an earlier config, same PublicIPv6: deleted
+        // (the whole key), its IPv6 subnet is free again, an IPv6-only lease made.
+        let earlier = held_dual(3, 0x12, 1);
+        let plan = plan_for(
+            &c,
+            &[earlier],
+            &[],
+            &request_v6(1, Some("fd00:0:0:12::1/64")),
+        );
+        assert_eq!(plan.delete, Some(earlier.key));
+        assert_eq!(
+            created(&plan),
+            (SubnetKey::v6_only(net6("fd00:0:0:12::/64")), true)
+        );
+        // With an own IPv6-only lease too, that one is the node's.
+        let mine = held_v6(0x20, 1);
+        assert_eq!(
+            plan_for(&c, &[earlier, mine], &[], &request_v6(1, None)).claim,
+            Claim::Reuse {
+                key: mine.key,
+                reservation: false
+            }
+        );
+    }
+
+    #[test]
+    fn ipv6_only_reuses_the_previous_ipv6_subnet_when_free_and_fitting() {
+        let c = config(V6_ONLY);
+        let leases = [held_v6(3, 3), held_dual(4, 4, 4)];
+        let unusable = [SubnetKey::v6_only(net6("fd00:0:0:5::/64"))];
+        let create = |previous: &str| {
+            created(&plan_for(
+                &c,
+                &leases,
+                &unusable,
+                &request_v6(1, Some(previous)),
+            ))
+        };
+        // As subnet.env writes it (the gateway address): the subnet.
+        assert_eq!(
+            create("fd00:0:0:9::1/64"),
+            (SubnetKey::v6_only(net6("fd00:0:0:9::/64")), true)
+        );
+        for (taken_or_unfit, why) in [
+            ("fd00:0:0:3::/64", "an IPv6-only lease's"),
+            ("fd00:0:0:4::/64", "a dual-stack lease's"),
+            ("fd00:0:0:5::/64", "an unusable record's"),
+            ("fd00::/64", "below IPv6SubnetMin"),
+            ("fd00:0:0:9::/80", "not IPv6SubnetLen"),
+            ("fd01::/64", "outside IPv6Network"),
+        ] {
+            let (got, previous) = create(taken_or_unfit);
+            assert!(!previous, "{why}");
+            assert!(fits(&c, got), "{why}: {got}");
+            assert!(
+                ![3u16, 4, 5].contains(&got.ipv6_subnet.unwrap().network().segments()[3]),
+                "{why}: {got}"
+            );
+        }
+        // An IPv4 FLANNEL_SUBNET left from an earlier run is ignored.
+        let mut r = request_v6(1, Some("fd00:0:0:9::/64"));
+        r.previous_subnet = Some(net("10.244.9.0/24"));
+        assert_eq!(
+            created(&plan_for(&c, &[], &[], &r)),
+            (SubnetKey::v6_only(net6("fd00:0:0:9::/64")), true)
+        );
+    }
+
+    #[test]
+    fn an_ipv6_only_node_whose_address_changed_takes_its_lease_over() {
+        let c = config(V6_ONLY);
+        // Node 1's lease on fd00:0:0:3::/64 names its old address fd01::9.
+        let mut moved = held_v6(3, 9);
+        moved.vtep_mac = Some(mac(1));
+        assert_eq!(
+            plan_for(&c, &[moved], &[], &request_v6(1, Some("fd00:0:0:3::/64"))).claim,
+            Claim::Reuse {
+                key: moved.key,
+                reservation: false
+            }
+        );
+        // Another node's MAC on it: taken.
+        let theirs = held_v6(3, 9);
+        let (got, previous) = created(&plan_for(
+            &c,
+            &[theirs],
+            &[],
+            &request_v6(1, Some("fd00:0:0:3::/64")),
+        ));
+        assert!(!previous);
+        assert_ne!(got, theirs.key);
+    }
+
+    #[test]
+    fn ipv6_only_runs_out_of_v6_subnets_and_v4_ignores_ipv6_only_leases() {
+        let c = config(
+            r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/124","Backend":{"Type":"vxlan"}}"#,
+        );
+        let full: Vec<Held> = (1..=3u8)
+            .map(|i| Held {
+                key: SubnetKey::v6_only(
+                    Ipv6Net::new(
+                        Ipv6Addr::from((0xfd00u128 << 112) | (u128::from(i) * 4)),
+                        126,
+                    )
+                    .unwrap(),
+                ),
+                ..held_v6(0, i + 10)
+            })
+            .collect();
+        assert_eq!(
+            plan(&c, &full, &[], &request_v6(1, None), &mut rand::rng()).unwrap_err(),
+            AllocError::OutOfSubnets
+        );
+        // IPv4 planning: the zero subnet of IPv6-only leases takes no IPv4 subnet.
+        let v4 = config(V4);
+        let (got, _) = created(&plan_for(&v4, &[held_v6(1, 1)], &[], &request(1, None)));
+        assert!(v4.fits(got.subnet), "{got}");
     }
 
     #[test]

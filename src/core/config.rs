@@ -26,6 +26,11 @@ pub enum ConfigError {
     /// `EnableIPv6` without a usable `IPv6Network`.
     #[error("please define a correct IPv6Network parameter in the flannel config")]
     MissingIpv6Network,
+    /// `EnableIPv4: false` without `EnableIPv6: true`: no network at all.
+    #[error(
+        "the config enables neither IPv4 nor IPv6 (EnableIPv4 is false and EnableIPv6 is not true): for an IPv6-only network set \"EnableIPv6\": true and \"IPv6Network\", else remove \"EnableIPv4\": false and set \"Network\""
+    )]
+    NoAddressFamily,
     /// `SubnetLen` leaves no room for hosts.
     #[error("SubnetLen must be less than /31")]
     SubnetLenTooLong,
@@ -110,9 +115,10 @@ impl Default for VxlanConfig {
 /// A checked network configuration with every default filled in.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NetConfig {
-    /// `EnableIPv4`, default true.
+    /// `EnableIPv4`, default true; false with `EnableIPv6` is an IPv6-only
+    /// network (leases on [`NO_IPV4_SUBNET`](super::lease::NO_IPV4_SUBNET)).
     pub enable_ipv4: bool,
-    /// `EnableIPv6` (refused by the agent for now).
+    /// `EnableIPv6`: dual stack, or IPv6-only with `EnableIPv4` false.
     pub enable_ipv6: bool,
     /// `EnableNFTables`: masquerade with nftables instead of iptables.
     pub enable_nftables: bool,
@@ -242,8 +248,11 @@ impl NetConfig {
         })
     }
 
-    /// flannel's `CheckNetworkConfig`: fills SubnetLen/Min/Max defaults and validates.
+    /// flannel's `CheckNetworkConfig`: fills SubnetLen/Min/Max defaults and
+    /// validates. One check flannel lacks: at least one family is enabled
+    /// (IPv6-only needs `EnableIPv6` and `IPv6Network`).
     pub fn check(&mut self) -> Result<(), ConfigError> {
+        self.require_address_family()?;
         if self.enable_ipv4 {
             let network = self.network.ok_or(ConfigError::MissingNetwork)?;
             let prefix = network.prefix_len();
@@ -319,6 +328,20 @@ impl NetConfig {
         Ok(())
     }
 
+    /// Refuses a config that enables neither IPv4 nor IPv6 (the Kubernetes
+    /// store, which skips [`NetConfig::check`], asks this alone).
+    pub fn require_address_family(&self) -> Result<(), ConfigError> {
+        if !self.enable_ipv4 && !self.enable_ipv6 {
+            return Err(ConfigError::NoAddressFamily);
+        }
+        Ok(())
+    }
+
+    /// Whether this is an IPv6-only network (`EnableIPv4: false`, `EnableIPv6: true`).
+    pub fn ipv6_only(&self) -> bool {
+        !self.enable_ipv4 && self.enable_ipv6
+    }
+
     /// Refuses configurations weft cannot run: other backends.
     pub fn require_vxlan(&self) -> Result<(), ConfigError> {
         if self.backend_type != "vxlan" {
@@ -327,15 +350,17 @@ impl NetConfig {
         Ok(())
     }
 
-    /// Every IPv4 subnet from SubnetMin to SubnetMax, in order.
+    /// Every IPv4 subnet from SubnetMin to SubnetMax, in order (none in an
+    /// IPv6-only network, or before [`NetConfig::check`] filled them in).
     pub fn subnets(&self) -> impl Iterator<Item = Ipv4Net> + '_ {
         let len = self.subnet_len;
         let size = 1u64 << (32 - u32::from(len.min(32)));
         let min = u64::from(u32::from(self.subnet_min));
         let max = u64::from(u32::from(self.subnet_max));
+        let walk = self.enable_ipv4 && self.network.is_some() && len > 0;
         (0..)
             .map(move |i: u64| min + i * size)
-            .take_while(move |start| *start <= max)
+            .take_while(move |start| walk && *start <= max)
             .filter_map(move |start| Ipv4Net::new(Ipv4Addr::from(start as u32), len).ok())
     }
 
@@ -575,6 +600,76 @@ mod tests {
                 .unwrap();
         assert!(c.vxlan.direct_routing);
         assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    }
+
+    #[test]
+    fn ipv6_only_configs_are_checked_like_the_v6_half_of_dual_stack() {
+        let c = check(
+            r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd10:244::/56","Backend":{"Type":"vxlan"}}"#,
+        )
+        .unwrap();
+        assert!(c.ipv6_only());
+        assert_eq!(c.network, None);
+        assert_eq!(c.ipv6_subnet_len, 64);
+        assert_eq!(
+            c.ipv6_subnet_min,
+            "fd10:244:0:1::".parse::<Ipv6Addr>().unwrap()
+        );
+        assert_eq!(
+            c.ipv6_subnet_max,
+            "fd10:244:0:ff::".parse::<Ipv6Addr>().unwrap()
+        );
+        // No IPv4 default is filled in: nothing of IPv4 is walked.
+        assert_eq!((c.subnet_len, c.subnet_min), (0, Ipv4Addr::UNSPECIFIED));
+        assert_eq!(c.subnets().count(), 0);
+        c.require_vxlan().unwrap();
+        // A Network given anyway is kept but unused.
+        let c = check(
+            r#"{"EnableIPv4":false,"EnableIPv6":true,"Network":"10.244.0.0/16","IPv6Network":"fd10:244::/56"}"#,
+        )
+        .unwrap();
+        assert!(c.ipv6_only());
+        assert_eq!(c.subnet_len, 0);
+        // Dual stack and IPv4-only are not IPv6-only.
+        assert!(
+            !check(r#"{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/48"}"#)
+                .unwrap()
+                .ipv6_only()
+        );
+        assert!(!check(r#"{"Network":"10.0.0.0/16"}"#).unwrap().ipv6_only());
+    }
+
+    #[test]
+    fn ipv6_only_without_ipv6_network_or_without_any_family_is_refused() {
+        // EnableIPv4 false and IPv6 enabled without IPv6Network: flannel's message.
+        for text in [
+            r#"{"EnableIPv4":false,"EnableIPv6":true}"#,
+            r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":""}"#,
+            r#"{"EnableIPv4":false,"EnableIPv6":true,"Network":"10.0.0.0/16"}"#,
+        ] {
+            assert_eq!(
+                check(text).unwrap_err(),
+                "please define a correct IPv6Network parameter in the flannel config",
+                "{text}"
+            );
+        }
+        // Neither family: refused, saying what to set.
+        for text in [
+            r#"{"EnableIPv4":false}"#,
+            r#"{"EnableIPv4":false,"IPv6Network":"fd00::/48"}"#,
+            r#"{"EnableIPv4":false,"EnableIPv6":false,"Network":"10.0.0.0/16"}"#,
+        ] {
+            let err = NetConfig::parse_and_check(text).unwrap_err();
+            assert_eq!(err, ConfigError::NoAddressFamily, "{text}");
+            let msg = err.to_string();
+            assert!(msg.contains("neither IPv4 nor IPv6"), "{msg}");
+            assert!(msg.contains("\"EnableIPv6\": true"), "{msg}");
+            // The unchecked parse (Kubernetes mode) asks the same.
+            assert_eq!(
+                NetConfig::parse(text).unwrap().require_address_family(),
+                Err(ConfigError::NoAddressFamily)
+            );
+        }
     }
 
     #[test]

@@ -6,6 +6,9 @@
 //! FLANNEL_MTU=1450
 //! FLANNEL_IPMASQ=false
 //! ```
+//!
+//! Dual stack adds `FLANNEL_IPV6_NETWORK` and `FLANNEL_IPV6_SUBNET`; an
+//! IPv6-only network has those and no IPv4 lines.
 
 use ipnet::{Ipv4Net, Ipv6Net};
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -195,6 +198,34 @@ mod tests {
         );
         assert!(text.ends_with("FLANNEL_IPMASQ=true\n"));
         assert_eq!(SubnetEnv::parse(&text).unwrap(), env);
+    }
+
+    #[test]
+    fn ipv6_only_has_no_ipv4_lines_and_round_trips() {
+        // flannel writes FLANNEL_NETWORK/FLANNEL_SUBNET only with EnableIPv4.
+        let env = SubnetEnv {
+            ipv6_network: Some("fd10:244::/56".parse().unwrap()),
+            ipv6_subnet: Some("fd10:244:0:3::/64".parse().unwrap()),
+            mtu: 1430,
+            ip_masq: true,
+            ..Default::default()
+        };
+        let text = env.render();
+        assert_eq!(
+            text,
+            "FLANNEL_IPV6_NETWORK=fd10:244::/56\nFLANNEL_IPV6_SUBNET=fd10:244:0:3::1/64\nFLANNEL_MTU=1430\nFLANNEL_IPMASQ=true\n"
+        );
+        let back = SubnetEnv::parse(&text).unwrap();
+        assert_eq!(back, env);
+        // What the agent takes from it on restart: no IPv4 subnet, the IPv6 one.
+        assert_eq!(back.subnet, None);
+        assert_eq!(back.ipv6_subnet, env.ipv6_subnet);
+        assert_eq!(
+            SubnetEnv::parse("FLANNEL_IPV6_NETWORK=fd10:244::/56\nFLANNEL_MTU=1430\n")
+                .unwrap_err()
+                .to_string(),
+            "missing FLANNEL_IPV6_SUBNET"
+        );
     }
 
     #[test]

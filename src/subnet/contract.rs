@@ -48,7 +48,10 @@ impl OwnAddress {
 ///
 /// With `EnableIPv6` the attributes carry the node's IPv6 VTEP too
 /// (`attrs.public_ipv6`, `attrs.backend_v6_data`), and the lease returned
-/// has an `ipv6_subnet`.
+/// has an `ipv6_subnet`. In an IPv6-only network (`EnableIPv4: false`) they
+/// carry only that: `public_ip` 0.0.0.0, no `backend_data`; the lease
+/// returned is on [`NO_IPV4_SUBNET`](crate::core::lease::NO_IPV4_SUBNET),
+/// and only `previous_ipv6_subnet` is looked at.
 #[derive(Debug, Clone)]
 pub struct AcquireRequest {
     /// The attributes to publish: this node's public IP(s) and VTEP(s).
@@ -66,22 +69,44 @@ impl AcquireRequest {
     pub fn request(&self) -> crate::core::allocate::Request {
         crate::core::allocate::Request {
             public_ip: self.attrs.public_ip,
+            public_ipv6: self.attrs.public_ipv6,
             previous_subnet: self.previous_subnet,
             previous_ipv6_subnet: self.previous_ipv6_subnet,
-            vtep_mac: self.attrs.vxlan_data().ok().map(|d| d.vtep_mac),
+            // An IPv6-only lease has no BackendData: its VtepMAC is the IPv6 one.
+            vtep_mac: crate::core::allocate::vtep_mac(&self.attrs),
         }
     }
 
-    /// Refuses a request the config cannot serve: an IPv6-only config, or
-    /// IPv6 on without the node's public IPv6 (flanneld stops earlier,
-    /// finding no IPv6 address on the interface).
+    /// Refuses a request the config cannot serve: no family enabled, IPv4 on
+    /// without a `Network`, IPv6 on without an `IPv6Network` or without the
+    /// node's public IPv6 (flanneld stops earlier, finding no IPv6 address
+    /// on the interface), or IPv6-only without `BackendV6Data`.
     pub fn check(&self, config: &NetConfig) -> Result<(), StoreError> {
-        if !config.enable_ipv4 || config.network.is_none() {
+        if !config.enable_ipv4 && !config.enable_ipv6 {
+            return Err(StoreError::NoAddressFamily);
+        }
+        if config.enable_ipv4 && config.network.is_none() {
             return Err(StoreError::NoIpv4Network);
         }
+        if config.enable_ipv6 && config.ipv6_network.is_none() {
+            return Err(StoreError::NoIpv6Network);
+        }
         if config.enable_ipv6 && self.attrs.public_ipv6.is_none() {
+            let reason = match config.enable_ipv4 {
+                true => {
+                    "EnableIPv6 is set but the lease request has no public IPv6 address: give the interface an IPv6 address (or set --public-ipv6), or turn EnableIPv6 off"
+                }
+                false => {
+                    "the network is IPv6-only (EnableIPv4 false) but the lease request has no public IPv6 address: give the interface an IPv6 address (or set --public-ipv6)"
+                }
+            };
             return Err(StoreError::Ipv6Request {
-                reason: "EnableIPv6 is set but the lease request has no public IPv6 address: give the interface an IPv6 address (or set --public-ipv6), or turn EnableIPv6 off".into(),
+                reason: reason.into(),
+            });
+        }
+        if !config.enable_ipv4 && self.attrs.backend_v6_data.is_none() {
+            return Err(StoreError::Ipv6Request {
+                reason: "the network is IPv6-only (EnableIPv4 false) but the lease request has no BackendV6Data: the IPv6 VTEP (its VNI and VtepMAC) is all peers can reach".into(),
             });
         }
         Ok(())
@@ -129,6 +154,70 @@ pub fn describe(lease: &Lease) -> (Ipv4Net, Ipv4Addr) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::lease::VxlanBackendData;
+    use crate::core::mac::MacAddr;
+
+    /// What the agent sends in an IPv6-only network.
+    fn v6_only_request() -> AcquireRequest {
+        AcquireRequest {
+            attrs: LeaseAttrs {
+                public_ip: Ipv4Addr::UNSPECIFIED,
+                public_ipv6: Some("fd00:99::1".parse().unwrap()),
+                backend_type: "vxlan".into(),
+                backend_data: None,
+                backend_v6_data: Some(
+                    VxlanBackendData {
+                        vni: 1,
+                        vtep_mac: MacAddr([0x0e, 6, 0, 0, 0, 1]),
+                    }
+                    .to_json(),
+                ),
+            },
+            previous_subnet: None,
+            previous_ipv6_subnet: Some("fd10:244:0:3::1/64".parse().unwrap()),
+        }
+    }
+
+    const V6_ONLY: &str = r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd10:244::/56","Backend":{"Type":"vxlan"}}"#;
+
+    #[test]
+    fn ipv6_only_requests_need_a_public_ipv6_and_backend_v6_data() {
+        let config = NetConfig::parse(V6_ONLY).unwrap();
+        let req = v6_only_request();
+        req.check(&config).unwrap();
+        assert_eq!(
+            req.attrs.to_json(),
+            r#"{"PublicIP":"0.0.0.0","PublicIPv6":"fd00:99::1","BackendType":"vxlan","BackendV6Data":{"VNI":1,"VtepMAC":"0e:06:00:00:00:01"}}"#
+        );
+        // Planning sees the IPv6 address and the IPv6 VtepMAC.
+        let r = req.request();
+        assert_eq!(r.public_ipv6, req.attrs.public_ipv6);
+        assert_eq!(r.vtep_mac, Some(MacAddr([0x0e, 6, 0, 0, 0, 1])));
+        let mut no_ip = req.clone();
+        no_ip.attrs.public_ipv6 = None;
+        let err = no_ip.check(&config).unwrap_err().to_string();
+        assert!(
+            err.contains("IPv6-only") && err.contains("no public IPv6"),
+            "{err}"
+        );
+        let mut no_data = req.clone();
+        no_data.attrs.backend_v6_data = None;
+        let err = no_data.check(&config).unwrap_err().to_string();
+        assert!(err.contains("no BackendV6Data"), "{err}");
+        // No IPv6Network, no family at all: the config's fault, said so.
+        let mut no_net = config.clone();
+        no_net.ipv6_network = None;
+        assert!(matches!(req.check(&no_net), Err(StoreError::NoIpv6Network)));
+        let mut neither = config.clone();
+        neither.enable_ipv6 = false;
+        let err = req.check(&neither).unwrap_err();
+        assert!(matches!(err, StoreError::NoAddressFamily));
+        assert!(err.to_string().contains("neither IPv4 nor IPv6"), "{err}");
+        // IPv4 on without a Network says how to go IPv6-only.
+        let v4 = NetConfig::parse(r#"{"Backend":{"Type":"vxlan"}}"#).unwrap();
+        let err = req.check(&v4).unwrap_err().to_string();
+        assert!(err.contains("\"EnableIPv4\": false"), "{err}");
+    }
 
     #[test]
     fn renewal_time() {

@@ -33,11 +33,16 @@ pub enum StoreError {
         /// The config key read.
         key: String,
     },
-    /// The config has no IPv4 `Network` (or `EnableIPv4` is off).
+    /// `EnableIPv4` is on (the default) but the config has no IPv4 `Network`.
     #[error(
-        "the config has no IPv4 Network (EnableIPv4 false or Network missing): weft does not support IPv6-only networks yet"
+        "EnableIPv4 is set (the default) but the config has no usable IPv4 Network: set Network, or for an IPv6-only network set \"EnableIPv4\": false with \"EnableIPv6\": true and IPv6Network"
     )]
     NoIpv4Network,
+    /// Neither `EnableIPv4` nor `EnableIPv6`: the config names no network to use.
+    #[error(
+        "the config enables neither IPv4 nor IPv6 (EnableIPv4 false, EnableIPv6 not true): set \"EnableIPv6\": true and IPv6Network for an IPv6-only network, or remove \"EnableIPv4\": false and set Network"
+    )]
+    NoAddressFamily,
     /// `EnableIPv6` is on but the config has no usable `IPv6Network`.
     #[error(
         "EnableIPv6 is set but the config has no usable IPv6Network: set IPv6Network or turn EnableIPv6 off"
@@ -188,6 +193,7 @@ impl StoreError {
             StoreError::Io { .. } => "io",
             StoreError::ConfigNotText { .. }
             | StoreError::NoIpv4Network
+            | StoreError::NoAddressFamily
             | StoreError::NoIpv6Network
             | StoreError::Ipv6Request { .. }
             | StoreError::EtcdOptions { .. }
@@ -214,6 +220,7 @@ impl From<AllocError> for StoreError {
         match e {
             AllocError::OutOfSubnets => StoreError::OutOfSubnets,
             AllocError::NoIpv4Network => StoreError::NoIpv4Network,
+            AllocError::NoAddressFamily => StoreError::NoAddressFamily,
             AllocError::NoIpv6Network => StoreError::NoIpv6Network,
         }
     }

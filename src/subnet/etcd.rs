@@ -401,12 +401,7 @@ impl Listing {
     pub fn held(&self) -> Vec<Held> {
         self.leases
             .iter()
-            .map(|s| Held {
-                key: s.lease.subnet_key(),
-                public_ip: s.lease.attrs.public_ip,
-                reservation: s.lease_id == 0,
-                vtep_mac: s.lease.attrs.vxlan_data().ok().map(|d| d.vtep_mac),
-            })
+            .map(|s| Held::of(&s.lease, s.lease_id == 0))
             .collect()
     }
 
@@ -769,7 +764,7 @@ impl EtcdStore {
                 &mut rand::rng(),
             )?;
             if let Some(old) = plan.delete {
-                info!(key = %old, public_ip = %req.attrs.public_ip, "found a lease for this public IP that does not fit the current config; deleting it");
+                info!(key = %old, public_ip = %req.attrs.public_ip, public_ipv6 = ?req.attrs.public_ipv6, "found a lease for this public IP that does not fit the current config; deleting it");
                 let mut kv = self.client().await?.kv_client();
                 self.rpc(
                     "delete the old lease",
@@ -779,7 +774,7 @@ impl EtcdStore {
             }
             match plan.claim {
                 Claim::Reuse { key, reservation } => {
-                    info!(key = %key, public_ip = %req.attrs.public_ip, reservation, "found the lease of this public IP; reusing it");
+                    info!(key = %key, public_ip = %req.attrs.public_ip, public_ipv6 = ?req.attrs.public_ipv6, reservation, "found the lease of this public IP; reusing it");
                     return self.put_existing(key, &req.attrs, reservation).await;
                 }
                 Claim::Create { key, previous } => {
@@ -787,7 +782,7 @@ impl EtcdStore {
                         if previous {
                             info!(key = %key, "reusing the previous subnet from the subnet file");
                         } else {
-                            info!(key = %key, public_ip = %req.attrs.public_ip, "allocated a new lease");
+                            info!(key = %key, public_ip = %req.attrs.public_ip, public_ipv6 = ?req.attrs.public_ipv6, "allocated a new lease");
                         }
                         return Ok(lease);
                     }
@@ -1068,7 +1063,7 @@ impl EtcdStore {
 
     async fn renew_loop(&self, mut own: Lease, renew: RenewPolicy, tx: &UpdateSender) {
         let Some(mut at) = next_renewal(Some(&own), &renew, SystemTime::now()) else {
-            info!(subnet = %own.subnet, "the lease is a reservation (no etcd lease); it is never renewed");
+            info!(key = %own.key(), "the lease is a reservation (no etcd lease); it is never renewed");
             return std::future::pending().await;
         };
         loop {
@@ -1085,7 +1080,7 @@ impl EtcdStore {
                         .and_then(|t| jiff::Timestamp::try_from(t).ok())
                         .map(|t| t.to_string())
                         .unwrap_or_default();
-                    info!(subnet = %own.subnet, "Lease renewed, new expiration: {expires}");
+                    info!(key = %own.key(), "Lease renewed, new expiration: {expires}");
                     if tx.send(StoreUpdate::Renewed(own.clone())).await.is_err() {
                         return;
                     }
@@ -1350,6 +1345,92 @@ mod tests {
             [(net("10.244.3.0/24"), false), (net("10.244.4.0/24"), true)]
         );
         assert_eq!(listing.bad_subnets, [SubnetKey::v4(net("10.244.5.0/24"))]);
+    }
+
+    /// An IPv6-only lease on fd10:0:0:`n`::/64 of node fd00::`n`.
+    fn v6_only_kv(n: u8, lease: i64, rev: i64) -> Kv {
+        let attrs = LeaseAttrs {
+            public_ip: Ipv4Addr::UNSPECIFIED,
+            public_ipv6: Some(format!("fd00::{n}").parse().unwrap()),
+            backend_type: "vxlan".into(),
+            backend_data: None,
+            backend_v6_data: Some(
+                VxlanBackendData {
+                    vni: 1,
+                    vtep_mac: MacAddr([0x0e, 6, 0, 0, 0, n]),
+                }
+                .to_json(),
+            ),
+        };
+        kv(
+            &format!("0.0.0.0-0&fd10:0:0:{n}::-64"),
+            &attrs.to_json(),
+            lease,
+            rev,
+        )
+    }
+
+    #[test]
+    fn ipv6_only_records_are_held_by_public_ipv6_and_their_v6_vtep_mac() {
+        let listing = Listing::new(&keys(), 9, vec![v6_only_kv(1, 7, 2), v6_only_kv(2, 0, 3)]);
+        assert!(listing.bad.is_empty(), "{:?}", listing.bad);
+        let held = listing.held();
+        assert_eq!(held.len(), 2);
+        assert_eq!(held[0].key.to_string(), "0.0.0.0-0&fd10:0:0:1::-64");
+        assert_eq!(held[0].public_ip, Ipv4Addr::UNSPECIFIED);
+        assert_eq!(held[0].public_ipv6, Some("fd00::1".parse().unwrap()));
+        assert_eq!(held[0].vtep_mac, Some(MacAddr([0x0e, 6, 0, 0, 0, 1])));
+        assert!(!held[0].reservation && held[1].reservation);
+        assert_eq!(
+            keys().lease(&listing.leases[0].lease),
+            "/coreos.com/network/subnets/0.0.0.0-0&fd10:0:0:1::-64"
+        );
+    }
+
+    #[test]
+    fn an_ipv6_only_own_key_is_watched_and_its_deletion_revokes() {
+        let own = "/coreos.com/network/subnets/0.0.0.0-0&fd10:0:0:1::-64";
+        let mut s = WatchState::new(keys(), own.into());
+        match s
+            .reset(Listing::new(&keys(), 10, vec![v6_only_kv(1, 1, 2)]))
+            .update
+        {
+            Some(StoreUpdate::Snapshot(leases)) => assert_eq!(leases.len(), 1),
+            other => panic!("{other:?}"),
+        }
+        // Peers: added, then removed by their whole IPv6-only key.
+        match s.apply(vec![put(v6_only_kv(2, 1, 11))]).update {
+            Some(StoreUpdate::Events(e)) => assert!(
+                matches!(&e[..], [LeaseEvent::Added(l)] if !l.has_ipv4() && l.attrs.public_ipv6 == Some("fd00::2".parse().unwrap()))
+            ),
+            other => panic!("{other:?}"),
+        }
+        match s.apply(vec![del("0.0.0.0-0&fd10:0:0:2::-64", 12)]).update {
+            Some(StoreUpdate::Events(e)) => assert_eq!(
+                e,
+                [LeaseEvent::Removed(SubnetKey::v6_only(
+                    "fd10:0:0:2::/64".parse().unwrap()
+                ))]
+            ),
+            other => panic!("{other:?}"),
+        }
+        // Another node's IPv6-only key deleted is no revocation (all share 0.0.0.0-0).
+        s.apply(vec![put(v6_only_kv(3, 1, 13))]);
+        assert!(matches!(
+            s.apply(vec![del("0.0.0.0-0&fd10:0:0:3::-64", 14)]).update,
+            Some(StoreUpdate::Events(_))
+        ));
+        let applied = s.apply(vec![del("0.0.0.0-0&fd10:0:0:1::-64", 15)]);
+        assert!(
+            matches!(applied.update, Some(StoreUpdate::OwnLeaseRevoked(why)) if why.contains("0.0.0.0-0&fd10:0:0:1::-64"))
+        );
+        // A relist without it: revoked too.
+        let mut s = WatchState::new(keys(), own.into());
+        assert!(matches!(
+            s.reset(Listing::new(&keys(), 20, vec![v6_only_kv(2, 1, 3)]))
+                .update,
+            Some(StoreUpdate::OwnLeaseRevoked(_))
+        ));
     }
 
     fn state() -> WatchState {

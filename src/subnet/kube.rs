@@ -120,6 +120,9 @@ pub struct KubeStore {
     /// `EnableIPv6` of the config acquired with: the watch then reads the
     /// nodes' IPv6 pod CIDRs and annotations too.
     enable_ipv6: AtomicBool,
+    /// `EnableIPv4` of the config acquired with: false (IPv6-only), the
+    /// watch reads only the nodes' IPv6 halves.
+    enable_ipv4: AtomicBool,
 }
 
 /// A kube-rs error in a line an operator can read.
@@ -203,6 +206,7 @@ impl KubeStore {
             patience: opts.patience,
             stats,
             enable_ipv6: AtomicBool::new(false),
+            enable_ipv4: AtomicBool::new(true),
         })
     }
 
@@ -337,6 +341,9 @@ impl KubeStore {
         };
         let public_ip = match own {
             OwnAddress::Ipv4(ip) => ip,
+            // IPv6-only: the node is this node by name, so its IPv6 VtepMAC
+            // is ours whatever `public-ipv6` says now (the address may have
+            // changed); the lease is the IPv6 half alone, as acquire makes it.
             OwnAddress::Ipv6(ip) => {
                 let Some(data) = nodes::stored_vxlan_v6_data(&node, &self.keys) else {
                     return Ok(None);
@@ -345,14 +352,18 @@ impl KubeStore {
                     return Ok(None);
                 };
                 debug!(vtep_mac = %data.vtep_mac, "found the IPv6 VtepMAC this node published before");
-                let mut attrs = LeaseAttrs::vxlan(Ipv4Addr::UNSPECIFIED, &data);
-                attrs.backend_data = None;
-                attrs.backend_v6_data = Some(data.to_json());
-                attrs.public_ipv6 = Some(ip);
+                let backend_type = nodes::annotation(&node, &self.keys.backend_type)
+                    .unwrap_or(crate::core::lease::BACKEND_VXLAN);
                 return Ok(Some(Lease {
                     subnet: crate::core::lease::NO_IPV4_SUBNET,
                     ipv6_subnet: Some(ipv6_subnet),
-                    attrs,
+                    attrs: LeaseAttrs {
+                        public_ip: Ipv4Addr::UNSPECIFIED,
+                        public_ipv6: Some(ip),
+                        backend_type: backend_type.to_owned(),
+                        backend_data: None,
+                        backend_v6_data: Some(data.to_json()),
+                    },
                     expiration: None,
                 }));
             }
@@ -385,25 +396,45 @@ impl KubeStore {
 
     /// flannel's `AcquireLease`: the lease is the node's pod CIDR; the node's
     /// annotations are patched (through `nodes/status`) only when they differ.
+    /// IPv6-only (`EnableIPv4: false`): the lease is [`NO_IPV4_SUBNET`] and
+    /// the node's IPv6 pod CIDR (an IPv4 one beside it is ignored).
+    ///
+    /// [`NO_IPV4_SUBNET`]: crate::core::lease::NO_IPV4_SUBNET
     pub async fn acquire(
         &self,
         config: &NetConfig,
         req: &AcquireRequest,
     ) -> Result<Lease, StoreError> {
-        let network = config.network.ok_or(StoreError::NoIpv4Network)?;
         req.check(config)?;
+        let network = match (config.enable_ipv4, config.network) {
+            (false, _) => None,
+            (true, Some(net)) => Some(net),
+            (true, None) => return Err(StoreError::NoIpv4Network),
+        };
         let ipv6_network = match (config.enable_ipv6, config.ipv6_network) {
             (false, _) => None,
             (true, Some(net)) => Some(net),
             (true, None) => return Err(StoreError::NoIpv6Network),
         };
         let node = self.own_node_patiently().await?;
-        let subnet = nodes::own_subnet(&node, network).map_err(StoreError::OwnSubnet)?;
-        let ipv6_subnet = ipv6_network
-            .map(|net| nodes::own_ipv6_subnet(&node, net))
-            .transpose()
-            .map_err(StoreError::OwnSubnet)?;
+        let (subnet, ipv6_subnet) = match (network, ipv6_network) {
+            (Some(network), ipv6_network) => {
+                let subnet = nodes::own_subnet(&node, network).map_err(StoreError::OwnSubnet)?;
+                let ipv6_subnet = ipv6_network
+                    .map(|net| nodes::own_ipv6_subnet(&node, net))
+                    .transpose()
+                    .map_err(StoreError::OwnSubnet)?;
+                (subnet, ipv6_subnet)
+            }
+            (None, Some(ipv6_network)) => {
+                let ipv6_subnet = nodes::own_ipv6_only_subnet(&node, ipv6_network)
+                    .map_err(StoreError::OwnSubnet)?;
+                (crate::core::lease::NO_IPV4_SUBNET, Some(ipv6_subnet))
+            }
+            (None, None) => return Err(StoreError::NoAddressFamily),
+        };
         self.enable_ipv6.store(config.enable_ipv6, Relaxed);
+        self.enable_ipv4.store(config.enable_ipv4, Relaxed);
         let changes = nodes::annotation_changes(&node, &self.keys, &req.attrs)
             .map_err(StoreError::BadAnnotation)?;
         if changes.is_empty() {
@@ -493,7 +524,11 @@ impl KubeStore {
     }
 
     async fn run(&self, tx: UpdateSender) {
-        let mut table = NodeTable::with_ipv6(self.keys.clone(), self.enable_ipv6.load(Relaxed));
+        let mut table = NodeTable::with_families(
+            self.keys.clone(),
+            self.enable_ipv4.load(Relaxed),
+            self.enable_ipv6.load(Relaxed),
+        );
         // Lists with resourceVersion=0, served from the API server's watch
         // cache, as client-go's informers (and so flannel) do: every node of a
         // cluster relists after a desync, so the cheap list matters. The

@@ -125,12 +125,7 @@ impl LocalStore {
             let held: Vec<Held> = scan
                 .leases
                 .values()
-                .map(|l| Held {
-                    key: l.subnet_key(),
-                    public_ip: l.attrs.public_ip,
-                    reservation: l.expiration.is_none(),
-                    vtep_mac: l.attrs.vxlan_data().ok().map(|d| d.vtep_mac),
-                })
+                .map(|l| Held::of(l, l.expiration.is_none()))
                 .collect();
             let unusable: Vec<SubnetKey> = scan
                 .bad
@@ -842,6 +837,202 @@ mod tests {
         }
         drop(rx);
         task.abort();
+    }
+
+    /// Node `last`'s IPv6-only attributes, as the agent sends them:
+    /// PublicIP 0.0.0.0, no BackendData.
+    fn v6_only_attrs(last: u8) -> LeaseAttrs {
+        LeaseAttrs {
+            public_ip: Ipv4Addr::UNSPECIFIED,
+            backend_data: None,
+            ..dual_attrs(last)
+        }
+    }
+
+    const V6_ONLY: &str = r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd10::/56","Backend":{"Type":"vxlan"}}"#;
+
+    #[tokio::test]
+    async fn ipv6_only_acquire_writes_flannels_key_and_json_renews_and_is_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let c = config(V6_ONLY);
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let req = |last, previous: Option<ipnet::Ipv6Net>| AcquireRequest {
+            attrs: v6_only_attrs(last),
+            previous_subnet: None,
+            previous_ipv6_subnet: previous,
+        };
+        let a = s.acquire(&c, &req(1, None), now).await.unwrap();
+        assert!(!a.has_ipv4());
+        assert_eq!(a.subnet, crate::core::lease::NO_IPV4_SUBNET);
+        let v6 = a.ipv6_subnet.expect("an IPv6 subnet");
+        assert!(allocate::fits(&c, a.subnet_key()), "{}", a.key());
+        assert_eq!(a.key(), format!("0.0.0.0-0&{}-64", v6.addr()));
+        // On disk: flannel's key as the file name, flannel's JSON (+ Expiration).
+        let text = fs::read_to_string(dir.path().join(a.key())).unwrap();
+        assert_eq!(
+            text,
+            r#"{"PublicIP":"0.0.0.0","PublicIPv6":"fd00::1","BackendType":"vxlan","BackendV6Data":{"VNI":1,"VtepMAC":"0e:06:00:00:00:01"},"Expiration":"2027-01-16T08:00:00Z"}"#
+        );
+        assert_eq!(parse_record(&a.key(), &text).unwrap(), a);
+        // Renewal: the same file, a new expiration.
+        let later = now + Duration::from_secs(3600);
+        let renewed = s.renew(&a, later).await.unwrap().expect("still there");
+        assert_eq!(renewed.subnet_key(), a.subnet_key());
+        assert_eq!(renewed.expiration, Some(later + DEFAULT_TTL));
+        // A restart finds it by PublicIPv6 (not by PublicIP 0.0.0.0) and reuses it.
+        let ip6 =
+            |last: u16| OwnAddress::Ipv6(std::net::Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, last));
+        assert_eq!(
+            s.find_own(ip6(1), later)
+                .await
+                .unwrap()
+                .map(|l| l.subnet_key()),
+            Some(a.subnet_key())
+        );
+        assert_eq!(s.find_own(ip6(2), later).await.unwrap(), None);
+        assert_eq!(
+            s.find_own(OwnAddress::Ipv4(Ipv4Addr::UNSPECIFIED), later)
+                .await
+                .unwrap(),
+            None
+        );
+        let again = s.acquire(&c, &req(1, None), later).await.unwrap();
+        assert_eq!(again.subnet_key(), a.subnet_key());
+        // Other nodes, all with PublicIP 0.0.0.0, get subnets of their own.
+        let b = s.acquire(&c, &req(2, None), later).await.unwrap();
+        let d = s.acquire(&c, &req(3, a.ipv6_subnet), later).await.unwrap();
+        let mut v6s: Vec<_> = [&a, &b, &d]
+            .iter()
+            .map(|l| l.ipv6_subnet.unwrap())
+            .collect();
+        v6s.sort();
+        v6s.dedup();
+        assert_eq!(v6s.len(), 3, "{v6s:?}");
+        // After its lease expired, node 1 gets its FLANNEL_IPV6_SUBNET back.
+        let expired = later + DEFAULT_TTL + Duration::from_secs(1);
+        let first = a.ipv6_subnet.map(|n| {
+            ipnet::Ipv6Net::new(std::net::Ipv6Addr::from(u128::from(n.network()) + 1), 64).unwrap()
+        });
+        let back = s.acquire(&c, &req(1, first), expired).await.unwrap();
+        assert_eq!(back.subnet_key(), a.subnet_key());
+    }
+
+    #[tokio::test]
+    async fn ipv6_only_replaces_the_dual_stack_lease_of_an_earlier_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let now = SystemTime::now();
+        let dual = s
+            .acquire(
+                &config(DUAL),
+                &AcquireRequest {
+                    attrs: dual_attrs(1),
+                    previous_subnet: None,
+                    previous_ipv6_subnet: None,
+                },
+                now,
+            )
+            .await
+            .unwrap();
+        let v6 = s
+            .acquire(
+                &config(V6_ONLY),
+                &AcquireRequest {
+                    attrs: v6_only_attrs(1),
+                    previous_subnet: Some(dual.subnet),
+                    previous_ipv6_subnet: dual.ipv6_subnet,
+                },
+                now,
+            )
+            .await
+            .unwrap();
+        assert!(
+            !dir.path().join(dual.key()).exists(),
+            "the dual lease is deleted"
+        );
+        assert_eq!(
+            v6.subnet_key(),
+            SubnetKey::v6_only(dual.ipv6_subnet.unwrap())
+        );
+        // An IPv6-only request without BackendV6Data is refused before anything is written.
+        let mut bare = v6_only_attrs(2);
+        bare.backend_v6_data = None;
+        let err = s
+            .acquire(
+                &config(V6_ONLY),
+                &AcquireRequest {
+                    attrs: bare,
+                    previous_subnet: None,
+                    previous_ipv6_subnet: None,
+                },
+                now,
+            )
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("BackendV6Data"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn the_watch_carries_ipv6_only_leases_and_sees_the_own_one_revoked() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Arc::new(store(dir.path()));
+        let c = config(V6_ONLY);
+        let own = s
+            .acquire(
+                &c,
+                &AcquireRequest {
+                    attrs: v6_only_attrs(1),
+                    previous_subnet: None,
+                    previous_ipv6_subnet: None,
+                },
+                SystemTime::now(),
+            )
+            .await
+            .unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+        let task = s.clone().spawn(own.clone(), RenewPolicy::default(), tx);
+        match rx.recv().await.unwrap() {
+            StoreUpdate::Snapshot(leases) => assert_eq!(leases, vec![own.clone()]),
+            other => panic!("{other:?}"),
+        }
+        let peer = SubnetKey::v6_only(
+            if own.ipv6_subnet.unwrap().to_string() == "fd10:0:0:9::/64" {
+                "fd10:0:0:a::/64".parse().unwrap()
+            } else {
+                "fd10:0:0:9::/64".parse().unwrap()
+            },
+        );
+        fs::write(
+            dir.path().join(peer.to_string()),
+            record_for(peer, v6_only_attrs(9), None),
+        )
+        .unwrap();
+        match rx.recv().await.unwrap() {
+            StoreUpdate::Snapshot(leases) => {
+                assert_eq!(leases.len(), 2);
+                let got = leases.iter().find(|l| l.subnet_key() == peer).unwrap();
+                assert_eq!(got.attrs, v6_only_attrs(9));
+                assert_eq!(
+                    got.id(),
+                    crate::core::lease::LeaseId::V6(peer.ipv6_subnet.unwrap())
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // The peer's file removed: the next snapshot has only the own lease.
+        fs::remove_file(dir.path().join(peer.to_string())).unwrap();
+        match rx.recv().await.unwrap() {
+            StoreUpdate::Snapshot(leases) => assert_eq!(leases, vec![own.clone()]),
+            other => panic!("{other:?}"),
+        }
+        // The own file removed: revoked, naming the IPv6-only key.
+        fs::remove_file(dir.path().join(own.key())).unwrap();
+        match rx.recv().await.unwrap() {
+            StoreUpdate::OwnLeaseRevoked(why) => assert!(why.contains(&own.key()), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        task.await.unwrap();
     }
 
     #[test]

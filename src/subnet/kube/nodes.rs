@@ -5,12 +5,15 @@
 //! backend type or public IP changed; a relist is a snapshot).
 //!
 //! With `EnableIPv6` a lease also takes the node's first IPv6 pod CIDR and
-//! the `public-ipv6` and `backend-v6-data` annotations. One deliberate
+//! the `public-ipv6` and `backend-v6-data` annotations; in an IPv6-only
+//! network (`EnableIPv4: false`) it takes only those, on
+//! [`NO_IPV4_SUBNET`], and `public-ip`/`backend-data` are neither read nor
+//! (without IPv4 data) written, as flannel does. One deliberate
 //! difference: flannel's update handler lets an unchanged IPv6 triple mask a
 //! changed IPv4 one (and the reverse); here a change of either counts.
 
 use super::annotations::Annotations;
-use crate::core::lease::{Lease, LeaseAttrs, LeaseEvent, VxlanBackendData};
+use crate::core::lease::{Lease, LeaseAttrs, LeaseEvent, NO_IPV4_SUBNET, VxlanBackendData};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use k8s_openapi::api::core::v1::Node;
 use std::collections::BTreeMap;
@@ -68,7 +71,7 @@ pub enum NodeError {
     },
     /// Pod CIDRs of another family only.
     #[error(
-        "node {node:?} has no IPv4 pod CIDR (podCIDRs {cidrs:?}); weft carries IPv4 only: give the node an IPv4 podCIDR"
+        "node {node:?} has no IPv4 pod CIDR (podCIDRs {cidrs:?}) but EnableIPv4 is set (the default): give the node an IPv4 podCIDR, or for an IPv6-only network set \"EnableIPv4\": false with EnableIPv6 and IPv6Network"
     )]
     NoIpv4PodCidr {
         /// The node.
@@ -173,18 +176,24 @@ pub fn pod_cidrs(node: &Node) -> Result<(Option<Ipv4Net>, Option<Ipv6Net>), Node
     Ok((v4, v6))
 }
 
-/// This node's own subnet for `AcquireLease`: `spec.podCIDR` must be set and
-/// its IPv4 CIDR must lie inside the config's `Network`.
-pub fn own_subnet(node: &Node, network: Ipv4Net) -> Result<Ipv4Net, NodeError> {
-    let name = name_of(node);
+/// flannel's first `AcquireLease` check: `spec.podCIDR` is set.
+fn require_pod_cidr(node: &Node) -> Result<(), NodeError> {
     let spec = node.spec.as_ref();
     if spec
         .and_then(|s| s.pod_cidr.as_deref())
         .unwrap_or_default()
         .is_empty()
     {
-        return Err(NodeError::PodCidrNotAssigned(name));
+        return Err(NodeError::PodCidrNotAssigned(name_of(node)));
     }
+    Ok(())
+}
+
+/// This node's own subnet for `AcquireLease`: `spec.podCIDR` must be set and
+/// its IPv4 CIDR must lie inside the config's `Network`.
+pub fn own_subnet(node: &Node, network: Ipv4Net) -> Result<Ipv4Net, NodeError> {
+    let name = name_of(node);
+    require_pod_cidr(node)?;
     let cidr = match pod_cidrs(node)? {
         (Some(v4), _) => v4,
         (None, _) => {
@@ -235,6 +244,14 @@ pub fn own_ipv6_subnet(node: &Node, network: Ipv6Net) -> Result<Ipv6Net, NodeErr
     Ok(cidr)
 }
 
+/// This node's own IPv6 subnet for `AcquireLease` in an IPv6-only network:
+/// `spec.podCIDR` must be set (flannel's check) and the first IPv6 pod CIDR
+/// must lie inside `IPv6Network`; an IPv4 pod CIDR beside it is ignored.
+pub fn own_ipv6_only_subnet(node: &Node, network: Ipv6Net) -> Result<Ipv6Net, NodeError> {
+    require_pod_cidr(node)?;
+    own_ipv6_subnet(node, network)
+}
+
 /// A backend data annotation, kept as written (compacted as flannel's
 /// json.Marshal would), only validated; `null` or empty is none.
 fn backend_json(node: &Node, key: &str) -> Result<Option<String>, NodeError> {
@@ -282,6 +299,36 @@ pub fn node_to_lease_with(
     Ok(lease)
 }
 
+/// flannel's `nodeToLease` in an IPv6-only network: the public IPv6
+/// (`public-ipv6`, which must be there), `backend-v6-data`, backend type and
+/// the first IPv6 pod CIDR, on [`NO_IPV4_SUBNET`] with `PublicIP` 0.0.0.0.
+/// `public-ip` and `backend-data` are not read: a node without them (as
+/// flannel leaves an IPv6-only node) is usable.
+pub fn node_to_lease_v6_only(node: &Node, keys: &Annotations) -> Result<Lease, NodeError> {
+    let raw = annotation(node, &keys.public_ipv6).unwrap_or_default();
+    let public_ipv6: Ipv6Addr = raw.parse().map_err(|_| NodeError::BadPublicIpv6 {
+        node: name_of(node),
+        key: keys.public_ipv6.clone(),
+        value: raw.to_owned(),
+    })?;
+    let backend_v6_data = backend_json(node, &keys.backend_v6_data)?;
+    let ipv6_subnet = pod_cidrs(node)?.1.ok_or(NodeError::MissingIpv6PodCidr)?;
+    Ok(Lease {
+        subnet: NO_IPV4_SUBNET,
+        ipv6_subnet: Some(ipv6_subnet),
+        attrs: LeaseAttrs {
+            public_ip: Ipv4Addr::UNSPECIFIED,
+            public_ipv6: Some(public_ipv6),
+            backend_type: annotation(node, &keys.backend_type)
+                .unwrap_or_default()
+                .to_owned(),
+            backend_data: None,
+            backend_v6_data,
+        },
+        expiration: None,
+    })
+}
+
 fn node_to_lease_v4(node: &Node, keys: &Annotations) -> Result<Lease, NodeError> {
     let name = name_of(node);
     let raw_ip = annotation(node, &keys.public_ip).unwrap_or_default();
@@ -316,29 +363,37 @@ pub fn is_managed(node: &Node, keys: &Annotations) -> bool {
 /// The annotations this node must carry to publish `attrs`, minus those it
 /// already carries: empty when nothing changed. `public-ip` takes the value of
 /// `public-ip-overwrite` when that is set (flannel's NAT case).
+///
+/// Attributes without an IPv4 half (an IPv6-only network: `PublicIP`
+/// 0.0.0.0 and no `BackendData`) ask for neither `public-ip` nor
+/// `backend-data`: flannel writes both only with IPv4 backend data.
 pub fn annotation_changes(
     node: &Node,
     keys: &Annotations,
     attrs: &LeaseAttrs,
 ) -> Result<BTreeMap<String, String>, NodeError> {
-    let public_ip = match annotation(node, &keys.public_ip_overwrite).filter(|v| !v.is_empty()) {
-        Some(overwrite) => {
-            overwrite
-                .parse::<Ipv4Addr>()
-                .map_err(|_| NodeError::BadPublicIp {
-                    node: name_of(node),
-                    key: keys.public_ip_overwrite.clone(),
-                    value: overwrite.to_owned(),
-                })?;
-            overwrite.to_owned()
-        }
-        None => attrs.public_ip.to_string(),
-    };
     let mut wanted = vec![
         (keys.backend_type.clone(), attrs.backend_type.clone()),
-        (keys.public_ip.clone(), public_ip),
         (keys.subnet_kube_managed.clone(), "true".to_owned()),
     ];
+    let ipv4 = attrs.backend_data.is_some() || !attrs.public_ip.is_unspecified();
+    if ipv4 {
+        let overwrite = annotation(node, &keys.public_ip_overwrite).filter(|v| !v.is_empty());
+        let public_ip = match overwrite {
+            Some(overwrite) => {
+                overwrite
+                    .parse::<Ipv4Addr>()
+                    .map_err(|_| NodeError::BadPublicIp {
+                        node: name_of(node),
+                        key: keys.public_ip_overwrite.clone(),
+                        value: overwrite.to_owned(),
+                    })?;
+                overwrite.to_owned()
+            }
+            None => attrs.public_ip.to_string(),
+        };
+        wanted.push((keys.public_ip.clone(), public_ip));
+    }
     if let Some(data) = &attrs.backend_data {
         wanted.push((keys.backend_data.clone(), data.clone()));
     }
@@ -411,23 +466,34 @@ pub fn node_public_ip(node: &Node, keys: &Annotations) -> Result<Option<Ipv4Addr
 /// What flannel compares to decide whether an update changed a lease.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 struct LeaseFields {
-    backend_data: Option<String>,
     backend_type: Option<String>,
-    public_ip: Option<String>,
+    /// `backend-data` and `public-ip`, compared with IPv4 on only.
+    v4: Option<(Option<String>, Option<String>)>,
     /// `backend-v6-data` and `public-ipv6`, compared with IPv6 on only.
     v6: Option<(Option<String>, Option<String>)>,
 }
 
 impl LeaseFields {
-    fn of(node: &Node, keys: &Annotations, enable_ipv6: bool) -> LeaseFields {
+    fn of(node: &Node, keys: &Annotations, families: Families) -> LeaseFields {
         let get = |k: &str| annotation(node, k).map(str::to_owned);
         LeaseFields {
-            backend_data: get(&keys.backend_data),
             backend_type: get(&keys.backend_type),
-            public_ip: get(&keys.public_ip),
-            v6: enable_ipv6.then(|| (get(&keys.backend_v6_data), get(&keys.public_ipv6))),
+            v4: families
+                .ipv4
+                .then(|| (get(&keys.backend_data), get(&keys.public_ip))),
+            v6: families
+                .ipv6
+                .then(|| (get(&keys.backend_v6_data), get(&keys.public_ipv6))),
         }
     }
+}
+
+/// The address families of the network (`EnableIPv4`, `EnableIPv6`): which
+/// halves of a node's pod CIDRs and annotations make its lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Families {
+    ipv4: bool,
+    ipv6: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -472,7 +538,7 @@ pub struct Step {
 #[derive(Debug)]
 pub struct NodeTable {
     keys: Annotations,
-    enable_ipv6: bool,
+    families: Families,
     known: BTreeMap<String, Known>,
     /// Nodes of a (re)list in progress.
     listing: Option<BTreeMap<String, Known>>,
@@ -487,20 +553,34 @@ impl NodeTable {
     /// An empty table; with `enable_ipv6` leases carry the nodes' IPv6 pod
     /// CIDR and VTEP, and a node without them is skipped as bad.
     pub fn with_ipv6(keys: Annotations, enable_ipv6: bool) -> NodeTable {
+        NodeTable::with_families(keys, true, enable_ipv6)
+    }
+
+    /// An empty table for a network with `EnableIPv4` and `EnableIPv6` as
+    /// given (neither: as [`NodeTable::new`]). IPv6-only (`enable_ipv4` false): leases are the nodes' IPv6
+    /// halves on [`NO_IPV4_SUBNET`] ([`node_to_lease_v6_only`]), and only
+    /// `backend-v6-data`, `public-ipv6` and `backend-type` changes count.
+    pub fn with_families(keys: Annotations, enable_ipv4: bool, enable_ipv6: bool) -> NodeTable {
         NodeTable {
             keys,
-            enable_ipv6,
+            families: Families {
+                ipv4: enable_ipv4 || !enable_ipv6,
+                ipv6: enable_ipv6,
+            },
             known: BTreeMap::new(),
             listing: None,
         }
     }
 
     fn fields(&self, node: &Node) -> LeaseFields {
-        LeaseFields::of(node, &self.keys, self.enable_ipv6)
+        LeaseFields::of(node, &self.keys, self.families)
     }
 
     fn lease_of(&self, node: &Node) -> Result<Lease, NodeError> {
-        node_to_lease_with(node, &self.keys, self.enable_ipv6)
+        match self.families.ipv4 {
+            true => node_to_lease_with(node, &self.keys, self.families.ipv6),
+            false => node_to_lease_v6_only(node, &self.keys),
+        }
     }
 
     fn known_of(&self, node: &Node, previous: Option<&Known>) -> Known {
@@ -1096,6 +1176,226 @@ mod tests {
         v4_table.init_apply(&a);
         v4_table.init_done();
         assert!(v4_table.apply(&moved).change.is_none());
+    }
+
+    /// An IPv6-only peer as flannel publishes it: no `public-ip`, no `backend-data`.
+    fn v6_only_peer(name: &str, cidr: &str, ip6: &str, mac6: &str) -> Node {
+        let data6 = format!(r#"{{"VNI":1,"VtepMAC":"{mac6}"}}"#);
+        node(
+            name,
+            &[cidr],
+            &[
+                ("kube-subnet-manager", "true"),
+                ("backend-type", "vxlan"),
+                ("public-ipv6", ip6),
+                ("backend-v6-data", &data6),
+            ],
+        )
+    }
+
+    #[test]
+    fn ipv6_only_node_to_lease_reads_the_v6_half_on_the_zero_subnet() {
+        let keys = Annotations::default();
+        let n = v6_only_peer("b", "fd00:0:0:2::/64", "fd01::2", "0e:06:00:00:00:02");
+        let lease = node_to_lease_v6_only(&n, &keys).unwrap();
+        assert_eq!(lease.key(), "0.0.0.0-0&fd00:0:0:2::-64");
+        assert!(!lease.has_ipv4());
+        assert_eq!(
+            lease.attrs.to_json(),
+            r#"{"PublicIP":"0.0.0.0","PublicIPv6":"fd01::2","BackendType":"vxlan","BackendV6Data":{"VNI":1,"VtepMAC":"0e:06:00:00:00:02"}}"#
+        );
+        // podCIDR alone (no podCIDRs) works too.
+        let mut single = n.clone();
+        single.spec.as_mut().unwrap().pod_cidrs = None;
+        assert_eq!(node_to_lease_v6_only(&single, &keys).unwrap(), lease);
+        // A dual-stack node's IPv4 half and v4 annotations (even a bad
+        // public-ip) are ignored.
+        let mut dual = n.clone();
+        dual.spec.as_mut().unwrap().pod_cidrs =
+            Some(vec!["10.244.2.0/24".into(), "fd00:0:0:2::/64".into()]);
+        let ann = dual.metadata.annotations.as_mut().unwrap();
+        ann.insert(keys.public_ip.clone(), "bogus".into());
+        ann.insert(keys.backend_data.clone(), "{".into());
+        assert_eq!(node_to_lease_v6_only(&dual, &keys).unwrap(), lease);
+        // No IPv6 pod CIDR, a missing or bad public-ipv6: flannel's order and messages.
+        let v4_only = v6_only_peer("c", "10.244.3.0/24", "fd01::3", "0e:06:00:00:00:03");
+        assert_eq!(
+            node_to_lease_v6_only(&v4_only, &keys)
+                .unwrap_err()
+                .to_string(),
+            "missing IPv6 address on n.Spec.PodCIDRs"
+        );
+        let no_ip = node(
+            "d",
+            &["fd00:0:0:4::/64"],
+            &[("kube-subnet-manager", "true")],
+        );
+        assert_eq!(
+            node_to_lease_v6_only(&no_ip, &keys).unwrap_err().kind(),
+            "bad_public_ip"
+        );
+        let mut bad_data = n.clone();
+        bad_data
+            .metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert(keys.backend_v6_data.clone(), "{".into());
+        assert_eq!(
+            node_to_lease_v6_only(&bad_data, &keys).unwrap_err().kind(),
+            "invalid_json"
+        );
+        // The IPv4 reading of that node fails: it has no public-ip.
+        assert_eq!(
+            node_to_lease(&n, &keys).unwrap_err().kind(),
+            "bad_public_ip"
+        );
+    }
+
+    #[test]
+    fn ipv6_only_own_subnet_needs_a_pod_cidr_and_an_ipv6_one_inside_the_network() {
+        let net: Ipv6Net = "fd00::/48".parse().unwrap();
+        assert_eq!(
+            own_ipv6_only_subnet(&node("a", &["fd00:0:0:1::/64"], &[]), net)
+                .unwrap()
+                .to_string(),
+            "fd00:0:0:1::/64"
+        );
+        assert_eq!(
+            own_ipv6_only_subnet(&node("a", &["10.244.1.0/24", "fd00:0:0:1::/64"], &[]), net)
+                .unwrap()
+                .to_string(),
+            "fd00:0:0:1::/64"
+        );
+        assert_eq!(
+            own_ipv6_only_subnet(&node("a", &[], &[]), net)
+                .unwrap_err()
+                .to_string(),
+            r#"node "a" pod cidr not assigned"#
+        );
+        assert!(matches!(
+            own_ipv6_only_subnet(&node("a", &["10.244.1.0/24"], &[]), net),
+            Err(NodeError::NoIpv6PodCidr { .. })
+        ));
+        assert!(matches!(
+            own_ipv6_only_subnet(&node("a", &["fd09::/64"], &[]), net),
+            Err(NodeError::Ipv6OutsideNetwork { .. })
+        ));
+    }
+
+    #[test]
+    fn ipv6_only_attrs_publish_v6_annotations_and_neither_public_ip_nor_backend_data() {
+        let keys = Annotations::default();
+        let attrs = LeaseAttrs {
+            public_ip: Ipv4Addr::UNSPECIFIED,
+            public_ipv6: Some("fd01::2".parse().unwrap()),
+            backend_type: "vxlan".into(),
+            backend_data: None,
+            backend_v6_data: Some(r#"{"VNI":1,"VtepMAC":"0e:06:00:00:00:02"}"#.into()),
+        };
+        let fresh = node("b", &["fd00:0:0:2::/64"], &[]);
+        let all = annotation_changes(&fresh, &keys, &attrs).unwrap();
+        assert_eq!(
+            all.into_iter().collect::<Vec<_>>(),
+            vec![
+                (keys.backend_type.clone(), "vxlan".to_owned()),
+                (
+                    keys.backend_v6_data.clone(),
+                    r#"{"VNI":1,"VtepMAC":"0e:06:00:00:00:02"}"#.to_owned()
+                ),
+                (keys.subnet_kube_managed.clone(), "true".to_owned()),
+                (keys.public_ipv6.clone(), "fd01::2".to_owned()),
+            ]
+        );
+        // Published: nothing more to patch; a public-ip-overwrite (for IPv4)
+        // is neither written nor checked.
+        let mut done = v6_only_peer("b", "fd00:0:0:2::/64", "fd01::2", "0e:06:00:00:00:02");
+        assert!(annotation_changes(&done, &keys, &attrs).unwrap().is_empty());
+        done.metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert(keys.public_ip_overwrite.clone(), "not-an-ip".into());
+        assert!(annotation_changes(&done, &keys, &attrs).unwrap().is_empty());
+        // public-ipv6-overwrite is honoured.
+        done.metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert(keys.public_ipv6_overwrite.clone(), "2001:db8::9".into());
+        assert_eq!(
+            annotation_changes(&done, &keys, &attrs)
+                .unwrap()
+                .into_iter()
+                .collect::<Vec<_>>(),
+            vec![(keys.public_ipv6.clone(), "2001:db8::9".to_owned())]
+        );
+        // The own VtepMAC comes back from backend-v6-data.
+        assert_eq!(
+            stored_vxlan_v6_data(&done, &keys)
+                .unwrap()
+                .vtep_mac
+                .to_string(),
+            "0e:06:00:00:00:02"
+        );
+    }
+
+    #[test]
+    fn an_ipv6_only_table_carries_v6_only_leases_and_sees_only_v6_changes() {
+        let keys = Annotations::default();
+        let mut t = NodeTable::with_families(keys.clone(), false, true);
+        let a = v6_only_peer("a", "fd00:0:0:1::/64", "fd01::1", "0e:06:00:00:00:01");
+        // A dual-stack node: only its IPv6 half.
+        let d = dual_peer(
+            "d",
+            ["10.244.4.0/24", "fd00:0:0:4::/64"],
+            "192.168.1.4",
+            "fd01::4",
+            "0e:06:00:00:00:04",
+        );
+        let v4_only = peer("b", "10.244.2.0/24", "192.168.1.2", "0e:00:00:00:00:02");
+        t.init();
+        t.init_apply(&a);
+        t.init_apply(&d);
+        t.init_apply(&v4_only);
+        let step = t.init_done();
+        let Some(Change::Snapshot(leases)) = step.change else {
+            panic!("{step:?}")
+        };
+        assert_eq!(
+            leases.iter().map(Lease::key).collect::<Vec<_>>(),
+            ["0.0.0.0-0&fd00:0:0:1::-64", "0.0.0.0-0&fd00:0:0:4::-64"]
+        );
+        assert!(leases.iter().all(|l| l.attrs.public_ip.is_unspecified()));
+        assert_eq!(step.bad.len(), 1, "the IPv4-only node is skipped");
+        assert_eq!(step.bad[0].node, "b");
+        // A v4-only annotation change is no event.
+        let mut d2 = d.clone();
+        d2.metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert(keys.public_ip.clone(), "192.168.1.44".into());
+        assert!(t.apply(&d2).change.is_none());
+        // A new IPv6 VtepMAC is.
+        let moved = v6_only_peer("a", "fd00:0:0:1::/64", "fd01::1", "0e:06:00:00:00:11");
+        assert!(matches!(
+            t.apply(&moved).change,
+            Some(Change::Event(LeaseEvent::Added(l))) if l.attrs.vxlan_v6_data().unwrap().vtep_mac.to_string() == "0e:06:00:00:00:11"
+        ));
+        // Removal names the IPv6-only key.
+        assert!(matches!(
+            t.delete(&moved).change,
+            Some(Change::Event(LeaseEvent::Removed(k))) if k.to_string() == "0.0.0.0-0&fd00:0:0:1::-64"
+        ));
+        // IPv6 on and IPv4 on is the dual-stack table.
+        let mut dual = NodeTable::with_families(keys.clone(), true, true);
+        dual.init();
+        dual.init_apply(&d);
+        assert!(matches!(
+            dual.init_done().change,
+            Some(Change::Snapshot(l)) if l[0].key() == "10.244.4.0-24&fd00:0:0:4::-64"
+        ));
     }
 
     #[test]
