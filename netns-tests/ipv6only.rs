@@ -12,11 +12,8 @@
 //! flannel's `0.0.0.0-0&<S6>-64` with `PublicIP` 0.0.0.0, `PublicIPv6`, no
 //! `BackendData` and the VTEP in `BackendV6Data`; the overlay runs as
 //! IPv6/UDP between the nodes' `PublicIPv6`; `weftd status` shows the IPv6
-//! half and no IPv4 lease or device.
-//!
-//! Until weft supports IPv6-only networks the tests that start weftd with
-//! [`NET_CONF`] fail where it refuses the config at lease acquisition ("weft
-//! does not support IPv6-only networks yet").
+//! half and no IPv4 lease or device. Kubernetes mode's IPv6-only case is in
+//! `kube.rs`.
 
 use crate::dualstack::{assert_v6_routes, assert_v6_vtep, pod_conf};
 use crate::etcd::{CONFIG_KEY, EtcdServer, PREFIX, etcd_opts};
@@ -32,7 +29,7 @@ const PORT: u16 = 4789;
 /// The IPv6 network of [`NET_CONF`].
 const V6_NETWORK: &str = "fd10:244::/56";
 /// An IPv6-only net-conf: no IPv4 half, `fd10:244::/56` (a /64 per node), port [`PORT`].
-const NET_CONF: &str = r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd10:244::/56","Backend":{"Type":"vxlan","Port":4789}}"#;
+pub(crate) const NET_CONF: &str = r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd10:244::/56","Backend":{"Type":"vxlan","Port":4789}}"#;
 
 /// Asserts node's subnet.env: flannel's IPv6-only lines (no
 /// `FLANNEL_NETWORK`, no `FLANNEL_SUBNET`), `FLANNEL_MTU` of `flannel-v6.1`

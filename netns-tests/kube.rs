@@ -288,3 +288,61 @@ fn dual_stack_nodes_in_kubernetes_mode_pass_ipv6_traffic() {
     lab.wait_ping6(lab.ns(1), subnets[0].1.network(), Duration::from_secs(10));
     lab.wait_ping(lab.ns(0), subnets[1].0.network(), Duration::from_secs(10));
 }
+
+/// Kubernetes mode in an IPv6-only network: each node's podCIDR is an IPv6
+/// CIDR alone; weftd takes it (subnet.env without IPv4 lines, no
+/// `flannel.1`), publishes `public-ipv6` and `backend-v6-data` but no
+/// `backend-data` or `public-ip` (as flannel does without IPv4 data), and
+/// the nodes reach each other's subnets over the IPv6 underlay.
+#[test]
+fn ipv6_only_nodes_in_kubernetes_mode_pass_traffic() {
+    if skip_without_root() {
+        return;
+    }
+    let mut lab = Lab::new_dual(2);
+    lab.set_net_conf(crate::ipv6only::NET_CONF);
+    let api = start_api(&lab);
+    let cidr6 = |i: usize| format!("fd10:244:0:{}::/64", (i + 1) * 10);
+    for i in 0..2 {
+        let mut n = node(&format!("node-{i}"), Some(&cidr6(i)));
+        if let Some(spec) = n.spec.as_mut() {
+            spec.pod_cidrs = Some(vec![cidr6(i)]);
+        }
+        api.add_node(n);
+    }
+    let subnets: Vec<_> = (0..2)
+        .map(|i| lab.start_weftd_v6only(i, kube_opts(&api, i)))
+        .collect();
+    for (i, s6) in subnets.iter().enumerate() {
+        assert_eq!(s6.to_string(), cidr6(i), "node {i}'s IPv6 podCIDR");
+        let env = std::fs::read_to_string(lab.subnet_file(i)).unwrap();
+        assert!(
+            !env.contains("FLANNEL_SUBNET=") && !env.contains("FLANNEL_NETWORK="),
+            "{env}"
+        );
+        assert!(
+            link_info(&lab, lab.ns(i), "flannel.1").is_none(),
+            "node {i} has a flannel.1"
+        );
+        let status = lab.status(i);
+        let mac6 = status["ipv6"]["vtep_mac"]
+            .as_str()
+            .expect("IPv6 VtepMAC")
+            .to_owned();
+        let n = api.node(&format!("node-{i}")).unwrap();
+        let p = "flannel.alpha.coreos.com/";
+        assert_eq!(
+            annotation(&n, &format!("{p}public-ipv6")),
+            Some(lab.ip6(i).to_string().as_str())
+        );
+        assert_eq!(
+            annotation(&n, &format!("{p}backend-v6-data")),
+            Some(format!(r#"{{"VNI":1,"VtepMAC":"{mac6}"}}"#).as_str())
+        );
+        assert_eq!(annotation(&n, &format!("{p}backend-type")), Some("vxlan"));
+        assert_eq!(annotation(&n, &format!("{p}backend-data")), None);
+        assert_eq!(annotation(&n, &format!("{p}public-ip")), None);
+    }
+    lab.wait_ping6(lab.ns(0), subnets[1].network(), Duration::from_secs(10));
+    lab.wait_ping6(lab.ns(1), subnets[0].network(), Duration::from_secs(10));
+}
