@@ -72,7 +72,14 @@ pub fn choose_addresses(
         .iter()
         .filter_map(|s| s.parse::<Ipv6Addr>().ok())
         .find(|ip| addrs.iter().any(|a| a.addr == *ip));
-    let global = named.or_else(|| addrs.iter().find(|a| a.is_global()).map(|a| a.addr));
+    // A tentative address (duplicate address detection running, or failed)
+    // cannot be bound yet.
+    let global = named.or_else(|| {
+        addrs
+            .iter()
+            .find(|a| a.is_global() && !a.tentative)
+            .map(|a| a.addr)
+    });
     match (global, explicit) {
         (Some(listen), public) => Ok(Addresses {
             listen,

@@ -86,9 +86,11 @@ pub struct MasqConfig {
 }
 
 impl MasqConfig {
-    /// Whether IPv4 rules are wanted (all but IPv6-only networks).
+    /// Whether IPv4 rules are wanted (all but IPv6-only networks). Read
+    /// from the lease's subnet, never /0 in a network with IPv4 (a `Network`
+    /// of 0.0.0.0/0 is a network, its subnets are not).
     pub fn has_ipv4(&self) -> bool {
-        self.network != NO_IPV4_SUBNET
+        self.subnet != NO_IPV4_SUBNET
     }
 }
 

@@ -94,6 +94,17 @@ pub enum AgentError {
         /// The lease.
         key: String,
     },
+    /// The store handed out a lease of the other kind: IPv6-only for a
+    /// network with IPv4, or with IPv4 for an IPv6-only one.
+    #[error(
+        "the store handed out the lease {key}, but the net-conf has EnableIPv4 {enable_ipv4}: a lease with an IPv4 subnet is for networks with IPv4, one keyed 0.0.0.0-0&... for IPv6-only ones; check that every node reads the same net-conf (or the node's podCIDRs in kube mode) and restart weftd"
+    )]
+    LeaseFamily {
+        /// The lease.
+        key: String,
+        /// The config's `EnableIPv4`.
+        enable_ipv4: bool,
+    },
     /// No interface fits `--iface`, `--iface-regex`, `--iface-can-reach`, `--public-ip`.
     #[error("choosing the external interface: {reason}")]
     Interface {
@@ -305,7 +316,10 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         info!(ipv6_subnet = ?lease.ipv6_subnet, key = %lease.key(), "acquired lease (IPv6-only)");
     }
     if ipv4 != lease.has_ipv4() {
-        return Err(AgentError::NoIpv6Subnet { key: lease.key() });
+        return Err(AgentError::LeaseFamily {
+            key: lease.key(),
+            enable_ipv4: ipv4,
+        });
     }
     let v6_spec = match v6_plan {
         None => None,

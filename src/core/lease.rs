@@ -51,6 +51,19 @@ pub enum LeaseError {
     /// The lease names this node's own public IPv6 address (dual stack).
     #[error("PublicIPv6 {0} is this node's own address")]
     ClaimsOwnPublicIpv6(std::net::Ipv6Addr),
+    /// An IPv6-only lease (`0.0.0.0-0&…`) in a network with IPv4: a node of
+    /// an IPv6-only cluster writing to this one's store, or a stale record
+    /// from an earlier config.
+    #[error(
+        "the lease has no IPv4 subnet (an IPv6-only lease) but this network has IPv4; delete it or fix the node's net-conf"
+    )]
+    NoIpv4Half,
+    /// A lease without a complete IPv6 half (IPv6 subnet, `PublicIPv6`) in an
+    /// IPv6-only network.
+    #[error(
+        "the lease has no IPv6 subnet or no PublicIPv6, and this network is IPv6-only; delete it or fix the node's net-conf"
+    )]
+    NoIpv6Half,
     /// The IPv6 subnet is not inside the cluster's `IPv6Network`.
     #[error("IPv6 subnet is outside the cluster IPv6 network {0}")]
     OutsideIpv6Network(ipnet::Ipv6Net),
@@ -73,6 +86,7 @@ impl LeaseError {
             }
             LeaseError::OutsideNetwork(_) | LeaseError::OutsideIpv6Network(_) => "outside_network",
             LeaseError::TooLarge(_) => "too_large",
+            LeaseError::NoIpv4Half | LeaseError::NoIpv6Half => "wrong_family",
         }
     }
 }
@@ -472,14 +486,6 @@ pub enum LeaseEvent {
 }
 
 impl LeaseEvent {
-    /// The IPv4 subnet the event is about.
-    pub fn subnet(&self) -> Ipv4Net {
-        match self {
-            LeaseEvent::Added(l) => l.subnet,
-            LeaseEvent::Removed(k) => k.subnet,
-        }
-    }
-
     /// The lease the event is about (see [`SubnetKey::id`]).
     pub fn id(&self) -> LeaseId {
         match self {

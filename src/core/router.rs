@@ -158,14 +158,6 @@ impl Peer {
         self.subnet != super::lease::NO_IPV4_SUBNET
     }
 
-    /// The lease the peer comes from (see [`SubnetKey::id`](super::lease::SubnetKey::id)).
-    pub fn id(&self) -> super::lease::LeaseId {
-        match self.v6 {
-            Some(v6) if !self.has_ipv4() => super::lease::LeaseId::V6(v6.subnet),
-            _ => super::lease::LeaseId::V4(self.subnet),
-        }
-    }
-
     /// The address the kernel routes the peer's subnet through: `S.0`.
     pub fn gateway(&self) -> Ipv4Addr {
         self.subnet.network()

@@ -180,7 +180,7 @@ impl OwnNode {
             Some(own) => {
                 let s = lease.subnet;
                 if !lease.has_ipv4() {
-                    return Err(LeaseError::OutsideNetwork(own.network));
+                    return Err(LeaseError::NoIpv4Half);
                 }
                 if s.contains(&own.subnet) || own.subnet.contains(&s) {
                     return Err(LeaseError::ClaimsOwnSubnet(own.subnet));
@@ -193,10 +193,8 @@ impl OwnNode {
                 }
             }
             None => {
-                if let Some(own) = self.v6
-                    && lease.ipv6_subnet.is_none()
-                {
-                    return Err(LeaseError::OutsideIpv6Network(own.network));
+                if lease.ipv6_subnet.is_none() {
+                    return Err(LeaseError::NoIpv6Half);
                 }
             }
         }
@@ -276,23 +274,7 @@ impl Peers {
     /// half, which must then be complete; its `vtep_mac` is the IPv6 one.
     pub fn peer_of(lease: &Lease) -> Result<Peer, LeaseError> {
         if !lease.has_ipv4() {
-            let data = lease.attrs.vxlan_v6_data()?;
-            let (Some(subnet), Some(public_ip)) = (lease.ipv6_subnet, lease.attrs.public_ipv6)
-            else {
-                return Err(LeaseError::BadPublicIp(
-                    "an IPv6-only lease without PublicIPv6".into(),
-                ));
-            };
-            return Ok(Peer {
-                subnet: NO_IPV4_SUBNET,
-                public_ip: lease.attrs.public_ip,
-                vtep_mac: data.vtep_mac,
-                v6: Some(PeerV6 {
-                    subnet,
-                    public_ip,
-                    vtep_mac: data.vtep_mac,
-                }),
-            });
+            return Self::ipv6_peer_of(lease);
         }
         let data = lease.attrs.vxlan_data()?;
         let v6 = match (lease.ipv6_subnet, lease.attrs.public_ipv6) {
@@ -311,14 +293,36 @@ impl Peers {
         })
     }
 
+    /// The peer an IPv6-only node sees in a lease: its IPv6 half alone (an
+    /// IPv4 half, if any, is not used), which must be complete. Its
+    /// `subnet` is [`NO_IPV4_SUBNET`] and its `vtep_mac` the IPv6 one.
+    pub fn ipv6_peer_of(lease: &Lease) -> Result<Peer, LeaseError> {
+        let (Some(subnet), Some(public_ip)) = (lease.ipv6_subnet, lease.attrs.public_ipv6) else {
+            return Err(LeaseError::NoIpv6Half);
+        };
+        let data = lease.attrs.vxlan_v6_data()?;
+        Ok(Peer {
+            subnet: NO_IPV4_SUBNET,
+            public_ip: lease.attrs.public_ip,
+            vtep_mac: data.vtep_mac,
+            v6: Some(PeerV6 {
+                subnet,
+                public_ip,
+                vtep_mac: data.vtep_mac,
+            }),
+        })
+    }
+
     /// Applies one event from the [`LeaseWatcher`].
     pub fn apply(&mut self, event: &LeaseEvent) -> PeerChange {
         match event {
             LeaseEvent::Added(lease) => match self
                 .node
                 .map_or(Ok(()), |node| node.vet(lease))
-                .and_then(|()| Self::peer_of(lease))
-            {
+                .and_then(|()| match self.node {
+                    Some(OwnNode { v4: None, .. }) => Self::ipv6_peer_of(lease),
+                    _ => Self::peer_of(lease),
+                }) {
                 Ok(peer) => {
                     let id = lease.id();
                     let old = self.peers.insert(id, peer);
@@ -358,8 +362,8 @@ impl Peers {
     pub fn by_age(&self) -> Vec<&Peer> {
         let mut v: Vec<(u64, &Peer)> = self
             .peers
-            .values()
-            .map(|p| (self.ages.get(&p.id()).copied().unwrap_or(0), p))
+            .iter()
+            .map(|(id, p)| (self.ages.get(id).copied().unwrap_or(0), p))
             .collect();
         v.sort_by_key(|(age, _)| *age);
         v.into_iter().map(|(_, p)| p).collect()
@@ -477,7 +481,22 @@ mod tests {
         // An IPv4 lease has no IPv6 half: not a peer of an IPv6-only node.
         assert!(matches!(
             peers.apply(&LeaseEvent::Added(lease(5, 5))),
-            PeerChange::Ignored { .. }
+            PeerChange::Ignored {
+                reason: LeaseError::NoIpv6Half,
+                ..
+            }
+        ));
+        // A dual-stack lease is a peer through its IPv6 half alone (its
+        // IPv4 half unused, even unusable), and goes by its key.
+        let mut dual = lease6(7, 7);
+        dual.subnet = "10.244.7.0/24".parse().unwrap();
+        assert!(matches!(
+            peers.apply(&LeaseEvent::Added(dual.clone())),
+            PeerChange::Added(p) if !p.has_ipv4() && p.v6.is_some()
+        ));
+        assert!(matches!(
+            peers.apply(&LeaseEvent::Removed(dual.subnet_key())),
+            PeerChange::Removed(_)
         ));
         // The IPv6 half of a lease claiming our subnet is refused.
         let mut claim = lease6(9, 9);
@@ -506,7 +525,7 @@ mod tests {
         );
         assert!(matches!(
             peers.apply(&LeaseEvent::Added(lease6(2, 2))),
-            PeerChange::Ignored { .. }
+            PeerChange::Ignored { reason, .. } if reason.kind() == "wrong_family"
         ));
         assert!(peers.is_empty());
     }
