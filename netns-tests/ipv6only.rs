@@ -596,3 +596,69 @@ fn ipv6only_a_config_with_neither_family_is_refused() {
         std::fs::read_to_string(lab.subnet_file(0)).unwrap_or_default()
     );
 }
+
+/// A node switched from dual stack (with `--ip-masq`) to IPv6-only: what the
+/// IPv4 half left goes — its dual-stack lease (replaced by an IPv6-only one
+/// keeping the IPv6 subnet), `flannel.1` with its routes, and its IPv4
+/// masquerade chain — while the IPv6 rules stay and ping -6 works.
+#[test]
+fn ipv6only_a_node_switched_from_dual_stack_leaves_nothing_of_ipv4() {
+    if skip_without_root() {
+        return;
+    }
+    let mut lab = Lab::new_dual(2);
+    lab.set_net_conf(&dual_net_conf(PORT));
+    let masq = || WeftdOpts {
+        extra: vec!["--ip-masq".into()],
+        ..WeftdOpts::default()
+    };
+    let (_, s06) = lab.start_weftd_dual(0, masq());
+    let (_, s16) = lab.start_weftd_dual(1, WeftdOpts::default());
+    let ns0 = lab.ns(0).to_owned();
+    lab.wait_ping6(&ns0, s16.network(), Duration::from_secs(10));
+    let chain = |lab: &Lab, tool: &str| {
+        lab.exec(&ns0, &[tool, "-t", "nat", "-S", "FLANNEL-POSTRTG"])
+            .status
+            .success()
+    };
+    assert!(
+        chain(&lab, "iptables") && chain(&lab, "ip6tables"),
+        "dual stack with --ip-masq"
+    );
+    assert!(link_info(&lab, &ns0, "flannel.1").is_some());
+
+    lab.stop_weftd(0, nix::sys::signal::Signal::SIGTERM);
+    lab.stop_weftd(1, nix::sys::signal::Signal::SIGTERM);
+    lab.set_net_conf(NET_CONF);
+    let s0 = lab.start_weftd_v6only(0, masq());
+    let s1 = lab.start_weftd_v6only(1, WeftdOpts::default());
+    assert_eq!(
+        (s0, s1),
+        (s06, s16),
+        "the IPv6 subnets are kept (subnet.env)"
+    );
+    assert_no_v4_vtep(&lab, 0);
+    assert!(
+        !chain(&lab, "iptables"),
+        "the IPv4 masquerade chain is left"
+    );
+    assert!(
+        chain(&lab, "ip6tables"),
+        "the IPv6 masquerade chain is gone"
+    );
+    let mut want: Vec<String> = [s0, s1].iter().map(|s| v6only_lease_key(*s)).collect();
+    want.sort();
+    assert_eq!(
+        lab.lease_files(),
+        want,
+        "the dual-stack leases are replaced"
+    );
+    let v4_routes = lab.exec(&ns0, &["ip", "-4", "route", "show", "proto", "87"]);
+    assert!(
+        String::from_utf8_lossy(&v4_routes.stdout).trim().is_empty(),
+        "IPv4 routes left: {}",
+        String::from_utf8_lossy(&v4_routes.stdout)
+    );
+    lab.wait_ping6(&ns0, s1.network(), Duration::from_secs(10));
+    lab.wait_ping6(lab.ns(1), s0.network(), Duration::from_secs(10));
+}

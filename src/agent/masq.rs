@@ -816,6 +816,16 @@ impl Masq {
                 masq.setup_nft()?;
             }
         }
+        if !masq.config.has_ipv4() {
+            // IPv6-only: the IPv4 rules of an earlier config with IPv4 go.
+            let cleaned = match masq.config.mode {
+                Mode::Iptables => IPV4.remove_all(),
+                Mode::Nftables => IPV4.delete_nft_table(),
+            };
+            if let Err(e) = cleaned {
+                info!(error = %e, "could not clean up IPv4 rules left by an earlier config with IPv4");
+            }
+        }
         Ok(masq)
     }
 

@@ -409,6 +409,24 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         let status = v6.status(BTreeMap::new());
         state.update(|i| i.ipv6 = Some(status));
     }
+    if !ipv4 {
+        // IPv6-only: a flannel.<VNI> of an earlier config with IPv4 (weft's or
+        // flannel's) goes, and its routes to peers with it.
+        match nl.link_by_name(&tap_name).await {
+            Ok(Some(old)) => match nl.delete_link(old.index).await {
+                Ok(()) => {
+                    info!(device = %tap_name, "removed {tap_name}, left from an earlier config with IPv4 (this network is IPv6-only)")
+                }
+                Err(e) => {
+                    warn!(device = %tap_name, error = %e, "cannot remove {tap_name}, left from an earlier config with IPv4; its routes stay until it is deleted")
+                }
+            },
+            Ok(None) => {}
+            Err(e) => {
+                warn!(device = %tap_name, error = %e, "cannot look for a {tap_name} left from an earlier config")
+            }
+        }
+    }
     if let Some(dataplane) = &dataplane {
         state.dataplane.set(dataplane.shared().clone());
         state.update(|i| {

@@ -321,10 +321,20 @@ pub fn plan<R: rand::Rng + ?Sized>(
 /// The lease `request`'s node holds: the one with its `PublicIP`, or in an
 /// IPv6-only network the one with its `PublicIPv6` (an IPv6-only lease
 /// first, then a dual-stack lease left from an earlier config, which then
-/// does not fit and is deleted first).
+/// does not fit and is deleted first). Likewise in a network with IPv4, an
+/// IPv6-only lease with the node's `PublicIPv6` is its lease of an earlier
+/// IPv6-only config: it does not fit, and is deleted rather than left to
+/// hold its IPv6 subnet.
 fn own_lease<'a>(config: &NetConfig, held: &'a [Held], request: &Request) -> Option<&'a Held> {
     if config.enable_ipv4 {
-        return held.iter().find(|h| h.public_ip == request.public_ip);
+        return held
+            .iter()
+            .find(|h| h.key.has_ipv4() && h.public_ip == request.public_ip)
+            .or_else(|| {
+                let ip = request.public_ipv6?;
+                held.iter()
+                    .find(|h| !h.key.has_ipv4() && h.public_ipv6 == Some(ip))
+            });
     }
     let ip = request.public_ipv6?;
     let with_ip = || held.iter().filter(move |h| h.public_ipv6 == Some(ip));
@@ -995,11 +1005,17 @@ mod tests {
                 }
             }
         );
-        // Dual stack knows its own lease by PublicIP only: an IPv6-only lease
-        // with the node's PublicIPv6 is not it.
+        // In dual stack an IPv6-only lease with the node's PublicIPv6 is its
+        // lease of an earlier IPv6-only config: deleted, not left holding
+        // its IPv6 subnet, and a dual-stack lease made.
         let dual = config(DUAL);
-        let plan = plan_for(&dual, &[held_v6(5, 1)], &[], &request_dual(1, None));
+        let earlier = held_v6(5, 1);
+        let plan = plan_for(&dual, &[earlier], &[], &request_dual(1, None));
+        assert_eq!(plan.delete, Some(earlier.key), "{plan:?}");
         assert!(created(&plan).0.has_ipv4(), "{plan:?}");
+        // Another node's IPv6-only lease is left alone.
+        let plan = plan_for(&dual, &[held_v6(5, 2)], &[], &request_dual(1, None));
+        assert_eq!(plan.delete, None, "{plan:?}");
     }
 
     #[test]
