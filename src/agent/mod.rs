@@ -83,7 +83,7 @@ pub enum AgentError {
     NotVxlan(#[source] crate::core::config::ConfigError),
     /// The network config enables neither family usably.
     #[error(
-        "the config enables no usable network: set Network (EnableIPv4, the default), or EnableIPv6 with IPv6Network"
+        "the config enables no usable network: set Network (EnableIPv4 is on by default), or \"EnableIPv4\": false with \"EnableIPv6\": true and an IPv6Network for an IPv6-only network"
     )]
     NoNetwork,
     /// The store handed out a lease without the IPv6 subnet asked for.

@@ -387,7 +387,12 @@ pub fn render(r: &StatusReport) -> String {
                 out,
                 "{:<24} {:<20} {:<26} {:<18} {}",
                 subnet6.to_string(),
-                p.subnet.to_string(),
+                // An IPv6-only peer's lease has no IPv4 subnet.
+                if p.subnet == crate::core::lease::NO_IPV4_SUBNET {
+                    "(IPv6-only)".to_string()
+                } else {
+                    p.subnet.to_string()
+                },
                 p.public_ip.to_string(),
                 p.vtep_mac.to_string(),
                 route
