@@ -641,6 +641,15 @@ impl Lab {
 
     /// Waits until this node's current weftd reports ready and returns its subnet.
     pub fn wait_ready(&mut self, node: usize) -> ipnet::Ipv4Net {
+        let status = self.wait_ready_status(node);
+        let subnet = status["lease"]["subnet"].as_str().expect("lease subnet");
+        subnet.parse().expect("subnet")
+    }
+
+    /// Waits until this node's current weftd reports ready and returns its
+    /// `weftd status --json`. Panics with weftd's log if it exits first or
+    /// is not ready after 30 s.
+    pub fn wait_ready_status(&mut self, node: usize) -> serde_json::Value {
         let deadline = Instant::now() + Duration::from_secs(30);
         let sock = self.status_socket(node).display().to_string();
         loop {
@@ -661,8 +670,7 @@ impl Lab {
                 && s["ready"] == true
                 && s["pid"].as_u64() == pid.map(u64::from)
             {
-                let subnet = s["lease"]["subnet"].as_str().expect("lease subnet");
-                return subnet.parse().expect("subnet");
+                return s;
             }
             assert!(
                 Instant::now() < deadline,
@@ -1956,35 +1964,8 @@ impl Lab {
     /// IPv6 subnet, from `FLANNEL_IPV6_SUBNET` of its subnet file. Panics
     /// with weftd's log if it exits first or is not ready after 30 s.
     pub fn wait_ready_v6only(&mut self, node: usize) -> ipnet::Ipv6Net {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let sock = self.status_socket(node).display().to_string();
-        loop {
-            let pid = self.weftd_pid(node);
-            if let Some(w) = self.weftds.get_mut(&node)
-                && let Some(status) = w.child.try_wait().expect("wait")
-            {
-                panic!(
-                    "weftd on node {node} exited ({status}) before it was ready:\n{}",
-                    self.weftd_log(node)
-                );
-            }
-            let out = output_with_timeout(
-                Command::new(WEFTD).args(["status", "--json", "--status-socket", &sock]),
-                Duration::from_secs(5),
-            );
-            if let Ok(s) = serde_json::from_slice::<serde_json::Value>(&out.stdout)
-                && s["ready"] == true
-                && s["pid"].as_u64() == pid.map(u64::from)
-            {
-                return self.subnet_v6(node);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "weftd on node {node} not ready after 30 s:\n{}",
-                self.weftd_log(node)
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.wait_ready_status(node);
+        self.subnet_v6(node)
     }
 
     /// Starts weftd on `node` with `opts` in an IPv6-only network and waits
