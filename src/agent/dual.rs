@@ -73,11 +73,12 @@ pub fn choose_addresses(
         .filter_map(|s| s.parse::<Ipv6Addr>().ok())
         .find(|ip| addrs.iter().any(|a| a.addr == *ip));
     // A tentative address (duplicate address detection running, or failed)
-    // cannot be bound yet.
+    // cannot be bound yet; a temporary (privacy) one is replaced within hours.
     let global = named.or_else(|| {
         addrs
             .iter()
-            .find(|a| a.is_global() && !a.tentative)
+            .filter(|a| a.is_global() && !a.tentative)
+            .min_by_key(|a| a.temporary)
             .map(|a| a.addr)
     });
     match (global, explicit) {
@@ -581,6 +582,7 @@ mod tests {
             addr: a.parse().unwrap(),
             prefix_len: len,
             tentative: false,
+            temporary: false,
         }
     }
 
@@ -600,6 +602,15 @@ mod tests {
             (a.listen, a.public_ip),
             ("fd00:99::7".parse().unwrap(), public)
         );
+        // Not a tentative one, and a permanent one before a temporary one.
+        let mut busy = addrs;
+        busy[1].tentative = true;
+        let a = choose_addresses("eth0", &busy, &[], None).unwrap();
+        assert_eq!(a.listen, "fd00:99::8".parse::<Ipv6Addr>().unwrap());
+        let mut private = addrs;
+        private[1].temporary = true;
+        let a = choose_addresses("eth0", &private, &[], None).unwrap();
+        assert_eq!(a.listen, "fd00:99::8".parse::<Ipv6Addr>().unwrap());
         // `--iface fd00:99::8` picks that address of the interface.
         let a = choose_addresses("eth0", &addrs, &["fd00:99::8".into()], None).unwrap();
         let want: Ipv6Addr = "fd00:99::8".parse().unwrap();

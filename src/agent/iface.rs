@@ -268,6 +268,7 @@ mod tests {
             addr: "fd00:99::10".parse().unwrap(),
             prefix_len: 64,
             tentative: false,
+            temporary: false,
         }];
         let specs = vec![
             "fd00:99::7".to_string(),

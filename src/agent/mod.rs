@@ -1663,11 +1663,13 @@ impl Control {
                 let all: Vec<IpAddr> = addrs.iter().map(|a| a.addr.into()).collect();
                 // A tentative address (duplicate address detection running)
                 // cannot be bound yet: its end is announced and looked at.
-                let usable: Vec<IpAddr> = addrs
+                let mut usable: Vec<_> = addrs
                     .iter()
                     .filter(|a| a.is_global() && !a.tentative)
-                    .map(|a| a.addr.into())
                     .collect();
+                // As at start: a permanent address before a temporary one.
+                usable.sort_by_key(|a| a.temporary);
+                let usable: Vec<IpAddr> = usable.iter().map(|a| a.addr.into()).collect();
                 (all, usable)
             })
         } else {

@@ -24,6 +24,9 @@ pub struct LinkAddr6 {
     /// Duplicate address detection has not ended (or failed): nothing can
     /// bind to it yet.
     pub tentative: bool,
+    /// A temporary (privacy) address, which the kernel replaces every few
+    /// hours: a VTEP announced on it would move with it.
+    pub temporary: bool,
 }
 
 impl LinkAddr6 {
@@ -93,6 +96,8 @@ impl Netlink {
                         .header
                         .flags
                         .intersects(AddressHeaderFlags::Tentative | AddressHeaderFlags::Dadfailed),
+                    // IFA_F_TEMPORARY is IFA_F_SECONDARY's bit, for IPv6.
+                    temporary: msg.header.flags.contains(AddressHeaderFlags::Secondary),
                 });
             }
         }
