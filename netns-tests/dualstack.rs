@@ -26,6 +26,18 @@ const PORT: u16 = 4789;
 /// The IPv6 network of [`dual_net_conf`].
 const V6_NETWORK: &str = "fd10:244::/56";
 
+/// A dual-stack lab of `n` weft nodes on the embedded store with
+/// [`dual_net_conf`], each started and ready; with each node's (IPv4, IPv6)
+/// subnets.
+fn dual_nodes(n: usize) -> (Lab, Vec<(Ipv4Net, Ipv6Net)>) {
+    let mut lab = Lab::new_dual(n);
+    lab.set_net_conf(&dual_net_conf(PORT));
+    let subnets = (0..n)
+        .map(|node| lab.start_weftd_dual(node, WeftdOpts::default()))
+        .collect();
+    (lab, subnets)
+}
+
 /// Asserts node's `flannel-v6.1`: present, up, address `<v6 subnet>::/128`,
 /// MTU 1500 − 70; returns its MAC.
 pub(crate) fn assert_v6_vtep(lab: &Lab, node: usize, subnet6: Ipv6Net) -> String {
@@ -399,11 +411,7 @@ fn dualstack_three_nodes_on_the_embedded_store() {
     if skip_without_root() {
         return;
     }
-    let mut lab = Lab::new_dual(3);
-    lab.set_net_conf(&dual_net_conf(PORT));
-    let subnets: Vec<_> = (0..3)
-        .map(|n| lab.start_weftd_dual(n, WeftdOpts::default()))
-        .collect();
+    let (mut lab, subnets) = dual_nodes(3);
     let store = lab.store_dir();
     let macs = check_dual_nodes(&lab, &subnets, |n, key| {
         std::fs::read_to_string(store.join(key)).unwrap_or_else(|e| {
@@ -639,11 +647,7 @@ fn dualstack_pods_get_both_families_and_reach_each_other() {
     if skip_without_root() {
         return;
     }
-    let mut lab = Lab::new_dual(2);
-    lab.set_net_conf(&dual_net_conf(PORT));
-    let subnets: Vec<_> = (0..2)
-        .map(|n| lab.start_weftd_dual(n, WeftdOpts::default()))
-        .collect();
+    let (lab, subnets) = dual_nodes(2);
     dual_pods_reach_each_other(&lab, &subnets);
 }
 
@@ -729,11 +733,7 @@ fn dualstack_a_deleted_v6_device_is_recreated_with_its_mac_address_mtu_and_route
     if skip_without_root() {
         return;
     }
-    let mut lab = Lab::new_dual(2);
-    lab.set_net_conf(&dual_net_conf(PORT));
-    let subnets: Vec<_> = (0..2)
-        .map(|n| lab.start_weftd_dual(n, WeftdOpts::default()))
-        .collect();
+    let (mut lab, subnets) = dual_nodes(2);
     let (ns0, ns1) = (lab.ns(0).to_owned(), lab.ns(1).to_owned());
     let ((s0, s06), (s1, s16)) = (subnets[0], subnets[1]);
     assert_v6_routes(&lab, 0, &[s16]);
@@ -1120,11 +1120,7 @@ fn dualstack_leases_with_a_bad_ipv6_half_are_routed_over_ipv4_only() {
     if skip_without_root() {
         return;
     }
-    let mut lab = Lab::new_dual(2);
-    lab.set_net_conf(&dual_net_conf(PORT));
-    let subnets: Vec<_> = (0..2)
-        .map(|n| lab.start_weftd_dual(n, WeftdOpts::default()))
-        .collect();
+    let (mut lab, subnets) = dual_nodes(2);
     let taken4: Vec<Ipv4Net> = subnets.iter().map(|s| s.0).collect();
     let taken6: Vec<Ipv6Net> = subnets.iter().map(|s| s.1).collect();
     let mut free4 = spare_subnets(200, &taken4);
@@ -1250,11 +1246,7 @@ fn dualstack_a_v6_device_set_down_is_brought_back_up_with_its_routes() {
     if skip_without_root() {
         return;
     }
-    let mut lab = Lab::new_dual(2);
-    lab.set_net_conf(&dual_net_conf(PORT));
-    let subnets: Vec<_> = (0..2)
-        .map(|n| lab.start_weftd_dual(n, WeftdOpts::default()))
-        .collect();
+    let (lab, subnets) = dual_nodes(2);
     let (ns0, ns1) = (lab.ns(0).to_owned(), lab.ns(1).to_owned());
     let ((s0, s06), (s1, s16)) = (subnets[0], subnets[1]);
     lab.wait_ping6(&ns0, s16.network(), Duration::from_secs(5));
@@ -1314,11 +1306,7 @@ fn dualstack_underlay_ipv6_address_change_restarts_weftd_on_the_new_address() {
     if skip_without_root() {
         return;
     }
-    let mut lab = Lab::new_dual(2);
-    lab.set_net_conf(&dual_net_conf(PORT));
-    let subnets: Vec<_> = (0..2)
-        .map(|n| lab.start_weftd_dual(n, WeftdOpts::default()))
-        .collect();
+    let (mut lab, subnets) = dual_nodes(2);
     let (ns0, ns1) = (lab.ns(0).to_owned(), lab.ns(1).to_owned());
     let ((s0, s06), (s1, s16)) = (subnets[0], subnets[1]);
     lab.wait_ping6(&ns1, s06.network(), Duration::from_secs(10));

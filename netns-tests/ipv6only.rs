@@ -31,6 +31,17 @@ const V6_NETWORK: &str = "fd10:244::/56";
 /// An IPv6-only net-conf: no IPv4 half, `fd10:244::/56` (a /64 per node), port [`PORT`].
 pub(crate) const NET_CONF: &str = r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd10:244::/56","Backend":{"Type":"vxlan","Port":4789}}"#;
 
+/// A lab of `n` weft nodes of an IPv6-only network ([`NET_CONF`]) on the
+/// embedded store, each started and ready; with each node's IPv6 subnet.
+fn v6only_nodes(n: usize) -> (Lab, Vec<Ipv6Net>) {
+    let mut lab = Lab::new_dual(n);
+    lab.set_net_conf(NET_CONF);
+    let subnets = (0..n)
+        .map(|node| lab.start_weftd_v6only(node, WeftdOpts::default()))
+        .collect();
+    (lab, subnets)
+}
+
 /// Asserts node's subnet.env: flannel's IPv6-only lines (no
 /// `FLANNEL_NETWORK`, no `FLANNEL_SUBNET`), `FLANNEL_MTU` of `flannel-v6.1`
 /// (1500 − 70), and that its subnet is a /64 of [`V6_NETWORK`].
@@ -286,11 +297,7 @@ fn ipv6only_three_nodes_on_the_embedded_store() {
     if skip_without_root() {
         return;
     }
-    let mut lab = Lab::new_dual(3);
-    lab.set_net_conf(NET_CONF);
-    let subnets: Vec<Ipv6Net> = (0..3)
-        .map(|n| lab.start_weftd_v6only(n, WeftdOpts::default()))
-        .collect();
+    let (mut lab, subnets) = v6only_nodes(3);
     let macs = check_v6only_nodes(&lab, &subnets, |n, _| read_lease_file(&lab, n, subnets[n]));
     let mut want: Vec<String> = subnets.iter().map(|s| v6only_lease_key(*s)).collect();
     want.sort();
@@ -366,11 +373,7 @@ fn ipv6only_restart_keeps_the_subnet_and_vtep_mac() {
     if skip_without_root() {
         return;
     }
-    let mut lab = Lab::new_dual(2);
-    lab.set_net_conf(NET_CONF);
-    let subnets: Vec<Ipv6Net> = (0..2)
-        .map(|n| lab.start_weftd_v6only(n, WeftdOpts::default()))
-        .collect();
+    let (mut lab, subnets) = v6only_nodes(2);
     let (ns0, ns1) = (lab.ns(0).to_owned(), lab.ns(1).to_owned());
     lab.wait_ping6(&ns0, subnets[1].network(), Duration::from_secs(5));
     let mac_before = assert_v6_vtep(&lab, 0, subnets[0]);
@@ -492,11 +495,7 @@ fn ipv6only_pods_get_only_ipv6_and_reach_each_other() {
     if skip_without_root() {
         return;
     }
-    let mut lab = Lab::new_dual(2);
-    lab.set_net_conf(NET_CONF);
-    let subnets: Vec<Ipv6Net> = (0..2)
-        .map(|n| lab.start_weftd_v6only(n, WeftdOpts::default()))
-        .collect();
+    let (lab, subnets) = v6only_nodes(2);
     v6only_pods_reach_each_other(&lab, &subnets);
 }
 
