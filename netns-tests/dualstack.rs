@@ -1051,31 +1051,12 @@ fn assert_ipv6_status(
         index.trim().parse().ok(),
         "node {node}: ipv6.device.index is flannel-v6.1's ifindex: {v6}"
     );
-    let peers = v6["peers"]
-        .as_object()
-        .unwrap_or_else(|| panic!("node {node}: no ipv6.peers: {v6}"));
-    assert_eq!(
-        peers.len(),
-        subnets.len() - 1,
-        "node {node}: an ipv6.peers entry per other node: {v6}"
-    );
-    for (m, (s4, s6)) in subnets.iter().enumerate() {
-        if m == node {
-            continue;
-        }
-        let p = &peers.get(&s6.to_string()).unwrap_or_else(|| {
-            panic!("node {node}: no ipv6.peers entry for node {m}'s {s6}: {v6}")
-        });
-        assert_eq!(p["route"], true, "node {node} -> node {m}: {p}");
-        assert!(p["route_error"].is_null(), "node {node} -> node {m}: {p}");
-        assert_eq!(
-            p["public_ip"],
-            lab.ip6(m).to_string(),
-            "node {node} -> node {m}: {p}"
-        );
-        assert_eq!(p["subnet"], s4.to_string(), "node {node} -> node {m}: {p}");
-        assert_eq!(p["vtep_mac"], macs[m].1, "node {node} -> node {m}: {p}");
-    }
+    let nodes: Vec<_> = subnets
+        .iter()
+        .zip(macs)
+        .map(|((s4, s6), (_, mac6))| (*s6, Some(*s4), mac6.as_str()))
+        .collect();
+    assert_v6_peers(lab, node, v6, &nodes);
     let ndp = status["counters"]["ndp_replies"].as_u64();
     assert!(
         ndp.is_some_and(|n| n > 0),
@@ -1393,4 +1374,43 @@ fn dualstack_underlay_ipv6_address_change_restarts_weftd_on_the_new_address() {
         exited.as_millis()
     );
     assert!(exited < Duration::from_secs(5), "noticed after {exited:?}");
+}
+
+/// Asserts node's `ipv6.peers` status (`v6`): one routed entry per other
+/// node of `nodes` (each node's IPv6 subnet, the IPv4 subnet its lease
+/// column must show when given, and its IPv6 VtepMAC), with that node's
+/// public IPv6 address.
+pub(crate) fn assert_v6_peers(
+    lab: &Lab,
+    node: usize,
+    v6: &Value,
+    nodes: &[(Ipv6Net, Option<Ipv4Net>, &str)],
+) {
+    let peers = v6["peers"]
+        .as_object()
+        .unwrap_or_else(|| panic!("node {node}: no ipv6.peers: {v6}"));
+    assert_eq!(
+        peers.len(),
+        nodes.len() - 1,
+        "node {node}: an ipv6.peers entry per other node: {v6}"
+    );
+    for (m, (s6, s4, mac6)) in nodes.iter().enumerate() {
+        if m == node {
+            continue;
+        }
+        let p = peers.get(&s6.to_string()).unwrap_or_else(|| {
+            panic!("node {node}: no ipv6.peers entry for node {m}'s {s6}: {v6}")
+        });
+        assert_eq!(p["route"], true, "node {node} -> node {m}: {p}");
+        assert!(p["route_error"].is_null(), "node {node} -> node {m}: {p}");
+        assert_eq!(
+            p["public_ip"],
+            lab.ip6(m).to_string(),
+            "node {node} -> node {m}: {p}"
+        );
+        if let Some(s4) = s4 {
+            assert_eq!(p["subnet"], s4.to_string(), "node {node} -> node {m}: {p}");
+        }
+        assert_eq!(p["vtep_mac"], *mac6, "node {node} -> node {m}: {p}");
+    }
 }

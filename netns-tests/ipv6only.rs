@@ -15,7 +15,7 @@
 //! half and no IPv4 lease or device. Kubernetes mode's IPv6-only case is in
 //! `kube.rs`.
 
-use crate::dualstack::{assert_v6_routes, assert_v6_vtep, pod_conf};
+use crate::dualstack::{assert_v6_peers, assert_v6_routes, assert_v6_vtep, pod_conf};
 use crate::etcd::{CONFIG_KEY, EtcdServer, PREFIX, etcd_opts};
 use crate::harness::*;
 use ipnet::Ipv6Net;
@@ -179,30 +179,12 @@ fn assert_v6only_status(lab: &Lab, node: usize, subnets: &[Ipv6Net], macs: &[Str
     assert_eq!(v6["vtep_mac"], macs[node], "node {node}: {v6}");
     assert_eq!(v6["device"]["name"], "flannel-v6.1", "node {node}: {v6}");
     assert_eq!(v6["device"]["mtu"], 1430, "node {node}: {v6}");
-    let peers = v6["peers"]
-        .as_object()
-        .unwrap_or_else(|| panic!("node {node}: no ipv6.peers: {v6}"));
-    assert_eq!(
-        peers.len(),
-        subnets.len() - 1,
-        "node {node}: an ipv6.peers entry per other node: {v6}"
-    );
-    for (m, s6) in subnets.iter().enumerate() {
-        if m == node {
-            continue;
-        }
-        let p = peers.get(&s6.to_string()).unwrap_or_else(|| {
-            panic!("node {node}: no ipv6.peers entry for node {m}'s {s6}: {v6}")
-        });
-        assert_eq!(p["route"], true, "node {node} -> node {m}: {p}");
-        assert!(p["route_error"].is_null(), "node {node} -> node {m}: {p}");
-        assert_eq!(
-            p["public_ip"],
-            lab.ip6(m).to_string(),
-            "node {node} -> node {m}: {p}"
-        );
-        assert_eq!(p["vtep_mac"], macs[m], "node {node} -> node {m}: {p}");
-    }
+    let nodes: Vec<_> = subnets
+        .iter()
+        .zip(macs)
+        .map(|(s6, mac6)| (*s6, None, mac6.as_str()))
+        .collect();
+    assert_v6_peers(lab, node, v6, &nodes);
 }
 
 /// Checks every node of an IPv6-only cluster: subnet.env, no `flannel.1`,
