@@ -371,8 +371,12 @@ impl TxTask {
         }
     }
 
-    /// Sleeps until the TAP queue is readable, then handles a batch.
-    async fn wait(&mut self) -> Result<(), DataplaneError> {
+    /// Sleeps until the TAP queue is readable, then handles a batch. `empty`:
+    /// the pump has just read the queue empty (see [`forget_readiness`]).
+    async fn wait(&mut self, empty: bool) -> Result<(), DataplaneError> {
+        if empty {
+            forget_readiness(&self.tap).await;
+        }
         let how = FrameRead {
             head: self.head,
             vnet: self.vnet,
@@ -605,9 +609,11 @@ impl RxTask {
     }
 
     /// Handles a batch if the socket holds datagrams now, without sleeping.
+    /// False only when the socket was empty (`WouldBlock`): a transient error
+    /// counted instead of a batch may have more datagrams behind it.
     fn poll(&mut self) -> Result<bool, DataplaneError> {
         match self.recv_now() {
-            Ok(0) => Ok(false),
+            Ok(0) => Ok(true),
             Ok(n) => {
                 self.handle(n);
                 Ok(true)
@@ -617,18 +623,21 @@ impl RxTask {
         }
     }
 
-    /// Sleeps until the socket is readable, then handles a batch.
-    async fn wait(&mut self) -> Result<(), DataplaneError> {
+    /// Sleeps until the socket is readable, then handles a batch (none when
+    /// a transient error was counted instead: the pump polls again, as more
+    /// datagrams may be queued behind it). `empty`: the pump has just read the
+    /// socket empty (see [`forget_readiness`]).
+    async fn wait(&mut self, empty: bool) -> Result<(), DataplaneError> {
+        if empty {
+            forget_readiness(&self.socket).await;
+        }
         let (recv, bufs, meta) = (&mut self.recv, &mut self.bufs, &mut self.meta);
         let shared = &self.shared;
         let index = self.index;
         let n = self
             .socket
             .async_io(Interest::READABLE, |socket| {
-                match receive(socket, recv, bufs, meta, shared, index) {
-                    Ok(0) => Err(io::ErrorKind::WouldBlock.into()),
-                    r => r,
-                }
+                receive(socket, recv, bufs, meta, shared, index)
             })
             .await
             .map_err(|source| DataplaneError::SocketFailed { source })?;
@@ -768,6 +777,26 @@ impl SpinWindow {
     }
 }
 
+/// Clears tokio's record that `fd` is readable, without a syscall, for a
+/// descriptor the pump has just read until `WouldBlock`.
+///
+/// The pump reads its descriptors directly, past tokio, so the record is
+/// stale: left set, the wait that follows would first try a read that can
+/// only fail (one wasted syscall per descriptor per sleep, four per ping
+/// round trip). Clearing it loses nothing: this thread's runtime is
+/// current-thread, and its reactor only runs when the pump awaits, so no
+/// readiness newer than that last read can have been recorded yet; data that
+/// came since raised an edge that the reactor's next `epoll_wait` reports.
+async fn forget_readiness<T: std::os::fd::AsRawFd>(fd: &AsyncFd<T>) {
+    std::future::poll_fn(|cx| {
+        if let std::task::Poll::Ready(Ok(mut guard)) = fd.poll_read_ready(cx) {
+            guard.clear_ready();
+        }
+        std::task::Poll::Ready(())
+    })
+    .await;
+}
+
 /// What one dataplane thread runs: the TX task, the RX tasks, or both.
 ///
 /// After traffic the thread polls every descriptor it owns directly (a
@@ -812,7 +841,10 @@ impl Pump {
             // waker: an allocation mid-traffic); it yields on its own, so a
             // stop is still seen under endless traffic.
             rounds = rounds.wrapping_add(1);
-            if rounds.is_multiple_of(YIELD_EVERY) {
+            // A yield lets the runtime turn its reactor: readiness it records
+            // then may be news, so the descriptors no longer count as empty.
+            let yielded = rounds.is_multiple_of(YIELD_EVERY);
+            if yielded {
                 tokio::task::yield_now().await;
             }
             if busy {
@@ -828,7 +860,7 @@ impl Pump {
                 std::hint::spin_loop();
                 continue;
             }
-            self.sleep().await?;
+            self.sleep(!yielded).await?;
             self.spin.after_gap(last.elapsed());
             quiet = false;
             last = Instant::now();
@@ -836,25 +868,27 @@ impl Pump {
     }
 
     /// Sleeps until one descriptor is readable and handles that batch.
-    async fn sleep(&mut self) -> Result<(), DataplaneError> {
+    /// `empty`: every descriptor has just been read empty, with no await
+    /// since.
+    async fn sleep(&mut self, empty: bool) -> Result<(), DataplaneError> {
         let Pump { tx, rx, .. } = self;
         let [rx0, rx1] = rx;
         tokio::select! {
             r = async {
                 match tx {
-                    Some(tx) => tx.wait().await,
+                    Some(tx) => tx.wait(empty).await,
                     None => std::future::pending().await,
                 }
             } => r,
             r = async {
                 match rx0 {
-                    Some(rx) => rx.wait().await,
+                    Some(rx) => rx.wait(empty).await,
                     None => std::future::pending().await,
                 }
             } => r,
             r = async {
                 match rx1 {
-                    Some(rx) => rx.wait().await,
+                    Some(rx) => rx.wait(empty).await,
                     None => std::future::pending().await,
                 }
             } => r,
