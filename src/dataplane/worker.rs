@@ -139,11 +139,10 @@ pub(super) fn spawn(setup: WorkerSetup) -> Result<WorkerHandle, DataplaneError> 
             name: tap_name.clone(),
             source,
         })?;
-        let pool = pool
-            .into_iter()
-            .map(|s| sys::register(s.socket))
-            .collect::<io::Result<Vec<_>>>()
-            .map_err(|source| DataplaneError::SocketFailed { source })?;
+        // The sending sockets stay out of the reactor: registered, each send's
+        // buffers freed (at once on veth, at TX completion on a NIC) would
+        // raise a writable edge that wakes the sleeping thread for nothing.
+        let pool = pool.into_iter().map(|s| s.socket).collect();
         Ok(TxTask::new(index, tap_name, tap, pool, shared, batch))
     };
     let build_rx = move || -> Result<[Option<RxTask>; 2], DataplaneError> {
@@ -313,7 +312,8 @@ struct TxTask {
     index: usize,
     tap_name: String,
     tap: AsyncFd<File>,
-    pool: Vec<AsyncFd<Socket>>,
+    /// The sending sockets, one per source port (not in the reactor).
+    pool: Vec<Socket>,
     shared: Arc<Shared>,
     /// Where a frame is read: after room for the VXLAN header without a
     /// virtio header, at the start with one.
@@ -330,7 +330,7 @@ impl TxTask {
         index: usize,
         tap_name: String,
         tap: AsyncFd<File>,
-        pool: Vec<AsyncFd<Socket>>,
+        pool: Vec<Socket>,
         shared: Arc<Shared>,
         batch: usize,
     ) -> TxTask {
@@ -353,7 +353,7 @@ impl TxTask {
 
     /// Handles a batch if the TAP queue holds frames now; never sleeps for
     /// frames (it may wait for room in a socket's send buffer).
-    async fn poll(&mut self) -> Result<bool, DataplaneError> {
+    fn poll(&mut self) -> Result<bool, DataplaneError> {
         let how = FrameRead {
             head: self.head,
             vnet: self.vnet,
@@ -363,7 +363,7 @@ impl TxTask {
         match read_frames(self.tap.get_ref(), &mut self.bufs, &mut self.lens, how) {
             Ok(0) => Ok(false),
             Ok(n) => {
-                self.handle(n).await;
+                self.handle(n);
                 Ok(true)
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
@@ -394,13 +394,13 @@ impl TxTask {
             })
             .await;
         let n = read.map_err(|e| self.tap_failed(e))?;
-        self.handle(n).await;
+        self.handle(n);
         Ok(())
     }
 
     /// Plans the `n` frames read and performs the plan: replies to the TAP,
     /// messages to the underlay.
-    async fn handle(&mut self, n: usize) {
+    fn handle(&mut self, n: usize) {
         let config = TxConfig {
             vnet_hdr: self.vnet,
             port: self.shared.port,
@@ -434,8 +434,7 @@ impl TxTask {
             &self.shared,
             &mut self.send,
             &mut tally,
-        )
-        .await;
+        );
         self.shared.counters.worker(self.index).add(&tally);
     }
 
@@ -489,10 +488,10 @@ fn read_frames(
 
 /// Sends the planned messages: one `sendmmsg` per run of messages from one
 /// source socket.
-async fn send_planned(
+fn send_planned(
     plan: &TxBatch,
     bufs: &[Box<[u8]>],
-    pool: &[AsyncFd<Socket>],
+    pool: &[Socket],
     shared: &Shared,
     send: &mut SendBatch,
     tally: &mut Tally,
@@ -511,14 +510,14 @@ async fn send_planned(
             }
             let count = pieces.len().min(MAX_GSO_SEGMENTS);
             if !queue.has_room(count) {
-                failed_gso |= send_all(&pool[socket], &mut queue, tally).await;
+                failed_gso |= send_all(&pool[socket], &mut queue, tally);
             }
             if !queue.push(m.dst, &slices[..count], m.gso_size, m.frames) {
                 tally.unsent(u64::from(m.frames));
             }
             i += 1;
         }
-        failed_gso |= send_all(&pool[socket], &mut queue, tally).await;
+        failed_gso |= send_all(&pool[socket], &mut queue, tally);
         if failed_gso && shared.udp_gso.swap(false, Relaxed) {
             tracing::warn!(
                 "UDP GSO failed with EIO (the egress device cannot checksum); sending one datagram per segment from now on"
@@ -527,25 +526,27 @@ async fn send_planned(
     }
 }
 
-/// Sends every queued message, waiting while the socket buffer is full; a
-/// message the socket refuses is dropped and counted. Returns true when a GSO
-/// send failed with EIO (the caller turns GSO off).
-async fn send_all(
-    socket: &AsyncFd<Socket>,
-    queue: &mut SendQueue<'_, '_>,
-    tally: &mut Tally,
-) -> bool {
+/// Longest a thread waits for room in a sending socket's buffer before it
+/// drops what it could not send (and counts it as `socket_error`).
+const SEND_STALL: Duration = Duration::from_secs(1);
+
+/// Sends every queued message, waiting while the socket buffer is full (at
+/// most [`SEND_STALL`] at a time); a message the socket refuses is dropped
+/// and counted. Returns true when a GSO send failed with EIO (the caller
+/// turns GSO off).
+///
+/// The wait blocks the thread in `poll(2)` rather than awaiting the reactor:
+/// the sending sockets are not registered with it (see `spawn`), and the
+/// pump is the thread's one task, so an await would hold up the same work.
+fn send_all(socket: &Socket, queue: &mut SendQueue<'_, '_>, tally: &mut Tally) -> bool {
     let mut gso_eio = false;
     while !queue.is_empty() {
-        match queue.flush(socket.get_ref()) {
+        match queue.flush(socket) {
             Ok(_) => break,
             Err(e) if e.error.kind() == io::ErrorKind::WouldBlock => {
-                match socket.writable().await {
-                    Ok(mut guard) => guard.clear_ready(),
-                    Err(_) => {
-                        tally.unsent(u64::from(queue.skip_all()));
-                        break;
-                    }
+                if !wait_writable(socket, SEND_STALL) {
+                    tally.unsent(u64::from(queue.skip_all()));
+                    break;
                 }
             }
             Err(e) if e.error.kind() == io::ErrorKind::Interrupted => {}
@@ -777,6 +778,25 @@ impl SpinWindow {
     }
 }
 
+/// Blocks until `socket` has room in its send buffer (or a pending error to
+/// report), for at most `limit`. False when it had none by then.
+fn wait_writable(socket: &Socket, limit: Duration) -> bool {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::AsFd;
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ms = u16::try_from(left.as_micros().div_ceil(1000)).unwrap_or(u16::MAX);
+        let mut fds = [PollFd::new(socket.as_fd(), PollFlags::POLLOUT)];
+        match poll(&mut fds, PollTimeout::from(ms)) {
+            Ok(0) => return false,
+            Ok(_) => return true,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => return false,
+        }
+    }
+}
+
 /// Clears tokio's record that `fd` is readable, without a syscall, for a
 /// descriptor the pump has just read until `WouldBlock`.
 ///
@@ -831,7 +851,7 @@ impl Pump {
         loop {
             let mut busy = false;
             if let Some(tx) = &mut self.tx {
-                busy |= tx.poll().await?;
+                busy |= tx.poll()?;
             }
             for rx in self.rx.iter_mut().flatten() {
                 busy |= rx.poll()?;
