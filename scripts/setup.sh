@@ -25,7 +25,7 @@ build_packages=(
 # rootful podman for the container test (runc as its runtime, mmdebstrap for
 # the local base images, since none can be pulled on an offline machine).
 run_packages=(
-  iproute2 iputils-ping iperf3 tcpdump tshark ethtool procps
+  iproute2 iputils-ping iperf3 tcpdump tshark ethtool procps strace
   etcd-server etcd-client
   containernetworking-plugins
   nftables iptables
