@@ -376,8 +376,7 @@ fn a_ping_round_trip_costs_each_node_at_most_11_dataplane_syscalls() {
     };
     let (_, s1) = two_weft_nodes(&mut lab, opts);
     let ns0 = lab.ns(0).to_owned();
-    let target = s1.network().to_string();
-    lab.run(&ns0, &["ping", "-c", "3", "-i", "0.05", "-q", &target]);
+    ping_rtt_us(&lab, &ns0, s1.network(), 3, "0.05");
     let pings = 100;
     for node in 0..2 {
         let pid = lab.weftd_pid(node).expect("weftd runs");
@@ -401,18 +400,7 @@ fn a_ping_round_trip_costs_each_node_at_most_11_dataplane_syscalls() {
         let host = lab.underlay.clone();
         let tracer = lab.spawn(&host, &args, &format!("strace-{node}.log"));
         std::thread::sleep(Duration::from_millis(1000));
-        lab.run(
-            &ns0,
-            &[
-                "ping",
-                "-c",
-                &pings.to_string(),
-                "-i",
-                "0.02",
-                "-q",
-                &target,
-            ],
-        );
+        ping_rtt_us(&lab, &ns0, s1.network(), pings, "0.02");
         // timeout ends strace with SIGINT, which makes it write the summary.
         lab.wait_child(tracer, Duration::from_secs(15));
         let summary = std::fs::read_to_string(&out).expect("strace summary");
