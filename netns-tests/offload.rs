@@ -441,6 +441,7 @@ fn flows_spread_over_workers_of_a_multi_queue_tap() {
     lab.iperf3(0, s0.network(), 1, s1.network(), 2, &["-P", "16"]);
     for n in 0..2 {
         let workers = lab.status(n)["workers"].clone();
+        eprintln!("node {n} worker (encap, decap) frames: {workers}");
         let w = workers.as_array().unwrap();
         assert_eq!(w.len(), 2, "{workers}");
         for (i, counts) in w.iter().enumerate() {

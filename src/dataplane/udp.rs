@@ -94,6 +94,15 @@ pub fn bind_listeners(
             Err(e) => refused = Some(e),
         }
     }
+    if covered.is_empty() && workers > 1 {
+        // Without it the kernel hashes the 4-tuple with a random secret, and
+        // a weft peer's 16 source ports can land, say, 12 on one worker and
+        // 4 on the other. Refused, that hash is still a spread.
+        let program = flow_spread_program(workers as u32, addr.is_ipv6());
+        if let Err(e) = sys::attach_reuseport_cbpf(&verify[0], &program) {
+            tracing::debug!("flows spread by the kernel's hash: reuseport program refused ({e})");
+        }
+    }
     let mut covered = covered.into_iter();
     let listeners = verify
         .into_iter()
@@ -156,6 +165,50 @@ pub fn checksum_split_program(workers: u32) -> Vec<libc::sock_filter> {
         op(BPF_ALU | BPF_ADD | BPF_K, n),
         op(BPF_RET | libc::BPF_A, 0),
     ]
+}
+
+/// The classic BPF program that spreads datagrams over `workers` listeners
+/// when they are not sorted by checksum: socket `(source address ^ source
+/// port) % workers`, the worker [`checksum_split_program`] would pick. A weft
+/// peer's source ports step by an odd number (see [`bind_source_pools`]), so
+/// its ports, and with them its flows, spread evenly over the workers. Over
+/// IPv6 the UDP header is taken to follow the fixed header and the address's
+/// last word is used; a load past the packet ends the program with 0.
+pub fn flow_spread_program(workers: u32, ipv6: bool) -> Vec<libc::sock_filter> {
+    use libc::{
+        BPF_A, BPF_ABS, BPF_ALU, BPF_B, BPF_H, BPF_IND, BPF_LD, BPF_LDX, BPF_MEM, BPF_MOD, BPF_MSH,
+        BPF_RET, BPF_ST, BPF_W, BPF_X, BPF_XOR, SKF_NET_OFF,
+    };
+    let op = |code: u32, k: u32| libc::sock_filter {
+        code: code as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let net = |offset: i32| (SKF_NET_OFF + offset) as u32;
+    let mut program = if ipv6 {
+        vec![
+            // M[0] = the UDP source port; A = the source address's last word.
+            op(BPF_LD | BPF_H | BPF_ABS, net(40)),
+            op(BPF_ST, 0),
+            op(BPF_LD | BPF_W | BPF_ABS, net(20)),
+        ]
+    } else {
+        vec![
+            // X = the IPv4 header length; M[0] = the UDP source port.
+            op(BPF_LDX | BPF_B | BPF_MSH, net(0)),
+            op(BPF_LD | BPF_H | BPF_IND, net(0)),
+            op(BPF_ST, 0),
+            op(BPF_LD | BPF_W | BPF_ABS, net(12)),
+        ]
+    };
+    program.extend([
+        op(BPF_LDX | BPF_MEM, 0),
+        op(BPF_ALU | BPF_XOR | BPF_X, 0),
+        op(BPF_ALU | BPF_MOD | libc::BPF_K, workers.max(1)),
+        op(BPF_RET | BPF_A, 0),
+    ]);
+    program
 }
 
 /// One listening socket. Turns on UDP GRO if `offloads` wants it and the
@@ -288,6 +341,10 @@ mod tests {
                     Some(v) => a = v,
                     None => return 0,
                 },
+                c if c == BPF_LD | BPF_H | BPF_ABS => match load(signed, 2) {
+                    Some(v) => a = v,
+                    None => return 0,
+                },
                 c if c == BPF_LD | BPF_W | BPF_ABS => match load(signed, 4) {
                     Some(v) => a = v,
                     None => return 0,
@@ -363,5 +420,60 @@ mod tests {
             assert_eq!(run(&program, &full[..len]), 0, "{len} bytes");
         }
         assert_eq!(run(&program, &full) / 4, 1);
+    }
+
+    /// An IPv6 + UDP header from `src`:`sport`.
+    fn packet6(src: [u8; 16], sport: u16) -> Vec<u8> {
+        let mut p = vec![0x60, 0, 0, 0, 0, 8, 17, 64];
+        p.extend_from_slice(&src);
+        p.extend_from_slice(&[0xfd; 16]);
+        p.extend_from_slice(&sport.to_be_bytes());
+        p.extend_from_slice(&4789u16.to_be_bytes());
+        p.extend_from_slice(&[0, 8, 0xbe, 0xef]);
+        p
+    }
+
+    /// The source ports a weft peer at `.2` binds, when all are free.
+    fn peer_ports() -> Vec<u16> {
+        let span = u32::from(u16::MAX - SOURCE_PORT_MIN) + 1;
+        (0..16)
+            .map(|i| SOURCE_PORT_MIN + ((2 * 31 + i * 7919) % span) as u16)
+            .collect()
+    }
+
+    #[test]
+    fn the_spread_program_shares_a_peers_ports_evenly_and_agrees_with_the_split() {
+        for workers in [2u32, 4] {
+            let spread = flow_spread_program(workers, false);
+            let split = checksum_split_program(workers);
+            let mut per_worker = vec![0; workers as usize];
+            for port in peer_ports() {
+                let p = packet([192, 168, 100, 2], port, 0, 0);
+                let worker = run(&spread, &p);
+                assert_eq!(worker, run(&split, &p), "port {port}");
+                per_worker[worker as usize] += 1;
+            }
+            assert!(
+                per_worker.iter().all(|&n| n == 16 / workers),
+                "{workers} workers: {per_worker:?}"
+            );
+            let mut src = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+            let spread6 = flow_spread_program(workers, true);
+            per_worker.fill(0);
+            for port in peer_ports() {
+                per_worker[run(&spread6, &packet6(src, port)) as usize] += 1;
+            }
+            assert!(
+                per_worker.iter().all(|&n| n == 16 / workers),
+                "{per_worker:?}"
+            );
+            src[15] = 3;
+            let full = packet6(src, 50001);
+            assert_eq!(run(&spread6, &full), (3 ^ 50001) % workers);
+            // The program reads up to the source port's end, byte 42.
+            for len in 0..42 {
+                assert_eq!(run(&spread6, &full[..len]), 0, "{len} bytes");
+            }
+        }
     }
 }
