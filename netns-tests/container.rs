@@ -625,7 +625,7 @@ fn the_daemonset_runs_in_rootful_containers_on_three_nodes() {
 
     // tcpdump on the node's flannel.1 sees the pods' packets.
     let capture = lab.dir.path().join("flannel1.pcap");
-    let dump = lab.spawn(
+    let dump = lab.spawn_capture(
         &hosts[0].ns.clone(),
         &[
             "timeout",
@@ -642,7 +642,6 @@ fn the_daemonset_runs_in_rootful_containers_on_three_nodes() {
         ],
         "tcpdump.log",
     );
-    std::thread::sleep(Duration::from_millis(700));
     assert!(lab.ping(&pods[0].0, pods[1].1, 3));
     assert!(
         lab.wait_child(dump, Duration::from_secs(10)),
@@ -660,12 +659,7 @@ fn the_daemonset_runs_in_rootful_containers_on_three_nodes() {
 
     // Throughput pod to pod across the overlay.
     let server_ip = pods[1].1.to_string();
-    lab.spawn(
-        &pods[1].0.clone(),
-        &["iperf3", "-s", "-1", "-B", &server_ip],
-        "iperf3-s.log",
-    );
-    std::thread::sleep(Duration::from_millis(400));
+    lab.iperf3_server(&pods[1].0, &server_ip, "iperf3-s.log");
     let out = lab.run(&pods[0].0, &["iperf3", "-c", &server_ip, "-t", "3", "-J"]);
     let report: Value = serde_json::from_str(&out).unwrap();
     let gbps = report["end"]["sum_received"]["bits_per_second"]
@@ -688,12 +682,7 @@ fn the_daemonset_runs_in_rootful_containers_on_three_nodes() {
     // podman restart of node-1's container: same subnet and VtepMAC, and an
     // established TCP flow (pod 0 -> pod 1, rate-limited, 8 s) carries on.
     let mac1 = statuses[1]["lease"]["vtep_mac"].clone();
-    lab.spawn(
-        &pods[1].0.clone(),
-        &["iperf3", "-s", "-1", "-B", &server_ip],
-        "iperf3-s2.log",
-    );
-    std::thread::sleep(Duration::from_millis(400));
+    lab.iperf3_server(&pods[1].0, &server_ip, "iperf3-s2.log");
     let flow = lab.spawn(
         &pods[0].0.clone(),
         &["iperf3", "-c", &server_ip, "-t", "8", "-b", "50M"],

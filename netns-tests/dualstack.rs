@@ -171,12 +171,11 @@ fn assert_outer_family(lab: &mut Lab, from: usize, to: usize, target: IpAddr) {
     };
     let filter = format!("{family} and udp port {port}");
     let log = format!("tcpdump-{family}-{from}-{to}.log");
-    let dump = lab.spawn(
+    let dump = lab.spawn_capture(
         &ns,
         &["tcpdump", "-l", "-n", "-i", "eth0", "-c", "1", &filter],
         &log,
     );
-    std::thread::sleep(Duration::from_millis(800));
     let answered = match target {
         IpAddr::V4(t) => lab.ping(&ns, t, 3),
         IpAddr::V6(t) => lab.ping6(&ns, t, 3),

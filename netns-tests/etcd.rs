@@ -495,12 +495,7 @@ fn iperf3(lab: &Lab, ns: &str, server: Ipv4Addr, seconds: u32) -> f64 {
 
 /// Starts a one-shot iperf3 server on `addr` in `ns` and waits until it listens.
 pub fn iperf3_server(lab: &mut Lab, ns: &str, addr: Ipv4Addr, log: &str) {
-    lab.spawn(ns, &["iperf3", "-s", "-1", "-B", &addr.to_string()], log);
-    let a = addr.to_string();
-    wait_for("iperf3 server listening", Duration::from_secs(5), || {
-        let out = lab.exec(ns, &["ss", "-Hltn", "src", &a]);
-        (!String::from_utf8_lossy(&out.stdout).trim().is_empty()).then_some(())
-    });
+    lab.iperf3_server(ns, &addr.to_string(), log);
 }
 
 /// Cuts `ns` off etcd: new connections are refused and the current ones killed.

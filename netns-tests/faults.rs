@@ -395,8 +395,9 @@ fn etcd_down_60s_and_one_node_partitioned_lose_nothing_and_catch_up() {
         caught_up = caught_up.max(back.elapsed());
     }
     // ping exits non-zero when it lost any: the summary below says how many.
-    // A loaded machine sends slower than every 10 ms, so ping may run on.
-    let _ = lab.wait_child(pings, Duration::from_secs(90));
+    // A loaded machine sends slower than every 10 ms, so ping may run on
+    // (killed at the limit, it would leave no summary: the limit is wide).
+    let _ = lab.wait_child(pings, Duration::from_secs(240));
     assert!(lab.wait_child(flow, Duration::from_secs(30)), "iperf3 hung");
     let (sent, got) = ping_summary(&lab, "ping-outage.log");
     let report: serde_json::Value =
@@ -456,8 +457,9 @@ fn etcd_down_60s_and_one_node_partitioned_lose_nothing_and_catch_up() {
     );
     let caught_up = healed.elapsed();
     // ping exits non-zero when it lost any: the summary below says how many.
-    // A loaded machine sends slower than every 10 ms, so ping may run on.
-    let _ = lab.wait_child(pings, Duration::from_secs(90));
+    // A loaded machine sends slower than every 10 ms, so ping may run on
+    // (killed at the limit, it would leave no summary: the limit is wide).
+    let _ = lab.wait_child(pings, Duration::from_secs(240));
     let (sent, got) = ping_summary(&lab, "ping-partition.log");
     eprintln!(
         "fault etcd-partition: node cut off etcd 10 s: lost {} of {sent} pings (10 ms) to its peer; caught up on 1 add + 1 delete {} ms after the path healed",

@@ -545,6 +545,25 @@ impl Lab {
         self.children.len() - 1
     }
 
+    /// [`Lab::spawn`] for tcpdump: returns once it captures (it says
+    /// "listening on" when the capture is open), so no packet sent after is
+    /// missed; a fixed sleep could be too short on a loaded machine.
+    pub fn spawn_capture(&mut self, ns: &str, args: &[&str], log: &str) -> usize {
+        let id = self.spawn(ns, args, log);
+        wait_for(
+            &format!("{args:?} to capture"),
+            Duration::from_secs(10),
+            || self.read_log(log).contains("listening on").then_some(()),
+        );
+        id
+    }
+
+    /// The process id of a background process (`ip netns exec` execs the
+    /// command, so it is the command's own).
+    pub fn child_pid(&self, id: usize) -> u32 {
+        self.children[id].id()
+    }
+
     /// Waits for a background process to exit (with a limit) and returns whether it succeeded.
     pub fn wait_child(&mut self, id: usize, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
@@ -810,8 +829,7 @@ impl Lab {
         let (ns_c, ns_s) = (self.ns(client).to_owned(), self.ns(server).to_owned());
         let (ip, b, t) = (server_ip.to_string(), bind.to_string(), secs.to_string());
         let log = format!("iperf3-server-{}.log", self.children.len());
-        self.spawn(&ns_s, &["iperf3", "-s", "-1", "-B", &ip], &log);
-        std::thread::sleep(Duration::from_millis(400));
+        self.iperf3_server(&ns_s, &ip, &log);
         let mut args = vec!["iperf3", "-c", &ip, "-t", &t, "-J", "-B", &b];
         args.extend_from_slice(extra);
         let out = self.exec(&ns_c, &args);
@@ -821,6 +839,33 @@ impl Lab {
             String::from_utf8_lossy(&out.stdout)
         );
         serde_json::from_slice(&out.stdout).expect("iperf3 JSON")
+    }
+
+    /// Starts a one-shot iperf3 server on `addr` (either family) in `ns` and
+    /// returns its child id once it listens. It first waits for an earlier
+    /// one-shot server on that address to be gone (one exits a moment after
+    /// its client does), so neither the bind nor the wait races it; a fixed
+    /// sleep instead lost to a loaded machine.
+    pub fn iperf3_server(&mut self, ns: &str, addr: &str, log: &str) -> usize {
+        let listening = |lab: &Lab| {
+            let out = lab.exec(ns, &["ss", "-Hltn", "sport", "= :5201"]);
+            let (v4, v6) = (format!("{addr}:5201"), format!("[{addr}]:5201"));
+            String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .any(|w| w == v4 || w == v6)
+        };
+        wait_for(
+            "an earlier iperf3 server to exit",
+            Duration::from_secs(10),
+            || (!listening(self)).then_some(()),
+        );
+        let id = self.spawn(ns, &["iperf3", "-s", "-1", "-B", addr], log);
+        wait_for(
+            "the iperf3 server to listen",
+            Duration::from_secs(10),
+            || listening(self).then_some(()),
+        );
+        id
     }
 
     /// Pings `target` from namespace `ns`: `count` packets, true if all answered.
@@ -1561,13 +1606,7 @@ pub fn iperf3_gbps(
 ) -> f64 {
     let ip = server_ip.to_string();
     let log = format!("iperf3-{server_ns}-{streams}.log");
-    let server = lab.spawn(server_ns, &["iperf3", "-s", "-1", "-B", &ip], &log);
-    wait_for("the iperf3 server", Duration::from_secs(5), || {
-        let out = lab.exec(server_ns, &["ss", "-ltn", "sport", "= :5201"]);
-        String::from_utf8_lossy(&out.stdout)
-            .contains("5201")
-            .then_some(())
-    });
+    let server = lab.iperf3_server(server_ns, &ip, &log);
     let out = lab.exec(
         client_ns,
         &[
@@ -1781,13 +1820,7 @@ pub fn iperf3_bytes_gbps(
 ) -> (f64, f64) {
     let ip = server_ip.to_string();
     let log = format!("iperf3-{server_ns}-{}.log", lab.children.len());
-    let server = lab.spawn(server_ns, &["iperf3", "-s", "-1", "-B", &ip], &log);
-    wait_for("the iperf3 server", Duration::from_secs(5), || {
-        let out = lab.exec(server_ns, &["ss", "-ltn", "sport", "= :5201"]);
-        String::from_utf8_lossy(&out.stdout)
-            .contains("5201")
-            .then_some(())
-    });
+    let server = lab.iperf3_server(server_ns, &ip, &log);
     let out = lab.exec(
         client_ns,
         &["iperf3", "-c", &ip, "-t", &seconds.to_string(), "-J"],

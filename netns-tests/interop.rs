@@ -12,12 +12,7 @@ fn iperf3_between(
 ) -> f64 {
     let ns_s = lab.ns(server).to_owned();
     let ns_c = lab.ns(client).to_owned();
-    lab.spawn(
-        &ns_s,
-        &["iperf3", "-s", "-1", "-B", &server_ip.to_string()],
-        log,
-    );
-    std::thread::sleep(Duration::from_millis(400));
+    lab.iperf3_server(&ns_s, &server_ip.to_string(), log);
     let out = lab.exec(
         &ns_c,
         &["iperf3", "-c", &server_ip.to_string(), "-t", "2", "-J"],

@@ -248,12 +248,11 @@ fn assert_outer_ipv6(lab: &mut Lab, from: usize, to: usize, target: Ipv6Addr) {
     let (src, dst) = (lab.ip6(from), lab.ip6(to));
     let filter = format!("ip6 and udp port {PORT}");
     let log = format!("tcpdump-v6only-{from}-{to}.log");
-    let dump = lab.spawn(
+    let dump = lab.spawn_capture(
         &ns,
         &["tcpdump", "-l", "-n", "-i", "eth0", "-c", "1", &filter],
         &log,
     );
-    std::thread::sleep(Duration::from_millis(800));
     assert!(lab.ping6(&ns, target, 3), "ping -6 node {from} -> {target}");
     assert!(
         lab.wait_child(dump, Duration::from_secs(10)),

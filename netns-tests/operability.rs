@@ -86,8 +86,22 @@ fn metrics_move_by_the_right_amounts_and_parse() {
         target,
         vec![vxlan_datagram(1, our_mac, peer_mac); 3],
     );
-    std::thread::sleep(Duration::from_millis(500));
-
+    // The datagrams are counted once weftd has read them: wait for the
+    // counts to arrive, then check they are exact.
+    let dropped = |text: &prometheus_parse::Scrape, reason: &str| {
+        value(text, "weft_dropped_frames_total", Some(("reason", reason)))
+            - value(
+                &before,
+                "weft_dropped_frames_total",
+                Some(("reason", reason)),
+            )
+    };
+    wait_for("the drops counted", Duration::from_secs(5), || {
+        let now = scrape(&lab, 0);
+        (dropped(&now, "wrong_vni") >= 5.0 && dropped(&now, "unknown_vtep") >= 3.0).then_some(())
+    });
+    // A moment more, so that a count too high shows too.
+    std::thread::sleep(Duration::from_millis(300));
     let after = scrape(&lab, 0);
     let delta = |name: &str, label: Option<(&str, &str)>| {
         value(&after, name, label) - value(&before, name, label)

@@ -86,12 +86,11 @@ fn full_mesh_ping_iperf3_and_tcpdump_on_the_vtep() {
         }
     }
     // tcpdump on the receiver's flannel.1 sees the inner ICMP.
-    let dump = lab.spawn(
+    let dump = lab.spawn_capture(
         lab.ns(1).to_owned().as_str(),
         &["tcpdump", "-l", "-n", "-i", "flannel.1", "-c", "3", "icmp"],
         "tcpdump.log",
     );
-    std::thread::sleep(Duration::from_millis(800));
     let ns0 = lab.ns(0).to_owned();
     assert!(lab.ping(&ns0, subnets[1].network(), 3));
     assert!(
@@ -110,18 +109,7 @@ fn full_mesh_ping_iperf3_and_tcpdump_on_the_vtep() {
     );
     // iperf3 TCP across the overlay.
     let ns1 = lab.ns(1).to_owned();
-    lab.spawn(
-        &ns1,
-        &[
-            "iperf3",
-            "-s",
-            "-1",
-            "-B",
-            &subnets[1].network().to_string(),
-        ],
-        "iperf3-server.log",
-    );
-    std::thread::sleep(Duration::from_millis(500));
+    lab.iperf3_server(&ns1, &subnets[1].network().to_string(), "iperf3-server.log");
     let out = lab.exec(
         &ns0,
         &[
@@ -293,12 +281,7 @@ fn sigkill_and_restart_keeps_subnet_mac_and_established_tcp() {
         .to_owned();
     let ns0 = lab.ns(0).to_owned();
     let ns1 = lab.ns(1).to_owned();
-    lab.spawn(
-        &ns1,
-        &["iperf3", "-s", "-1", "-B", &s1.network().to_string()],
-        "iperf3-server.log",
-    );
-    std::thread::sleep(Duration::from_millis(500));
+    lab.iperf3_server(&ns1, &s1.network().to_string(), "iperf3-server.log");
     // A long transfer, rate-limited so the kill lands mid-stream.
     let client = lab.spawn(
         &ns0,
