@@ -476,4 +476,48 @@ mod tests {
             }
         }
     }
+
+    /// The kernel takes the spread program and follows it: datagrams from
+    /// 16 source ports on loopback land on listener `(address ^ port) % 2`,
+    /// over IPv4 and IPv6.
+    #[test]
+    fn the_kernel_spreads_datagrams_over_the_listeners_as_the_program_says() {
+        use std::net::{Ipv6Addr, UdpSocket};
+        for ip in [
+            IpAddr::from([127, 0, 0, 1]),
+            IpAddr::from(Ipv6Addr::LOCALHOST),
+        ] {
+            let port = UdpSocket::bind((ip, 0))
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let addr = SocketAddr::new(ip, port);
+            let mut offloads = ActiveOffloads::default();
+            let (listeners, _) = bind_listeners(addr, 2, 1 << 20, &mut offloads, false).unwrap();
+            let last_word = match ip {
+                IpAddr::V4(v4) => u32::from(v4),
+                IpAddr::V6(v6) => u32::from_be_bytes(v6.octets()[12..].try_into().unwrap()),
+            };
+            let mut expected = [0usize; 2];
+            for _ in 0..16 {
+                let sender = UdpSocket::bind((ip, 0)).unwrap();
+                let sport = sender.local_addr().unwrap().port();
+                expected[((last_word ^ u32::from(sport)) % 2) as usize] += 1;
+                sender.send_to(b"x", addr).unwrap();
+            }
+            let mut got = [0usize; 2];
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+            while got.iter().sum::<usize>() < 16 && std::time::Instant::now() < deadline {
+                for (n, listener) in got.iter_mut().zip(&listeners) {
+                    let mut buf = [std::mem::MaybeUninit::new(0u8); 16];
+                    while listener.verify.recv(&mut buf).is_ok() {
+                        *n += 1;
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            assert_eq!(got, expected, "{ip}: datagrams per listener");
+        }
+    }
 }
