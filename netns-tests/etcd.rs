@@ -493,11 +493,6 @@ fn iperf3(lab: &Lab, ns: &str, server: Ipv4Addr, seconds: u32) -> f64 {
         .expect("received bytes")
 }
 
-/// Starts a one-shot iperf3 server on `addr` in `ns` and waits until it listens.
-pub fn iperf3_server(lab: &mut Lab, ns: &str, addr: Ipv4Addr, log: &str) {
-    lab.iperf3_server(ns, &addr.to_string(), log);
-}
-
 /// Cuts `ns` off etcd: new connections are refused and the current ones killed.
 pub fn cut_from_etcd(lab: &Lab, ns: &str) {
     lab.run(ns, &["nft", "add", "table", "inet", "weft_etcd_cut"]);
@@ -739,12 +734,16 @@ fn interop_with_a_flannel_kernel_node(net_conf: &str, port: u16, vni: u32) {
         "kernel -> weft"
     );
 
-    iperf3_server(&mut lab, &ns1, kernel.subnet.network(), "iperf3-kernel.log");
+    lab.iperf3_server(
+        &ns1,
+        &kernel.subnet.network().to_string(),
+        "iperf3-kernel.log",
+    );
     assert!(
         iperf3(&lab, &ns0, kernel.subnet.network(), 1) > 0.0,
         "iperf3 weft -> kernel"
     );
-    iperf3_server(&mut lab, &ns0, weft_subnet.network(), "iperf3-weft.log");
+    lab.iperf3_server(&ns0, &weft_subnet.network().to_string(), "iperf3-weft.log");
     assert!(
         iperf3(&lab, &ns1, weft_subnet.network(), 1) > 0.0,
         "iperf3 kernel -> weft"
@@ -898,7 +897,7 @@ fn etcd_outage_keeps_traffic_and_recovers() {
     lab.wait_ping(&ns0, s1.network(), Duration::from_secs(5));
 
     // A TCP stream that runs across the moment etcd goes away.
-    iperf3_server(&mut lab, &ns1, s1.network(), "iperf3-server.log");
+    lab.iperf3_server(&ns1, &s1.network().to_string(), "iperf3-server.log");
     let client = Command::new("ip")
         .args(["netns", "exec", &ns0, "iperf3", "-c"])
         .arg(s1.network().to_string())

@@ -361,7 +361,7 @@ fn etcd_down_60s_and_one_node_partitioned_lose_nothing_and_catch_up() {
     lab.wait_ping(&ns0, s1.network(), Duration::from_secs(10));
 
     // 66 s of traffic: a rate-limited TCP flow and a ping every 10 ms.
-    iperf3_server(&mut lab, &ns1, s1.network(), "iperf3-server.log");
+    lab.iperf3_server(&ns1, &s1.network().to_string(), "iperf3-server.log");
     let (server, flow_secs) = (s1.network().to_string(), "66");
     let flow = lab.spawn(
         &ns0,

@@ -125,11 +125,6 @@ impl PingResult {
     }
 }
 
-/// Starts a one-shot iperf3 server on `addr` in `ns` and waits until it listens.
-fn iperf3_server(lab: &mut Lab, ns: &str, addr: Ipv4Addr, log: &str) {
-    lab.iperf3_server(ns, &addr.to_string(), log);
-}
-
 /// A rate-limited iperf3 flow of `secs` seconds from `ns` to `server`, in the background.
 fn background_flow(lab: &mut Lab, ns: &str, server: Ipv4Addr, secs: u32, log: &str) -> usize {
     let (s, t) = (server.to_string(), secs.to_string());
@@ -182,7 +177,7 @@ fn underlay_link_down_and_up_loses_only_the_outage() {
     let pid = weftd_pid(&lab, 0);
     let lines_before = lab.weftd_log(0).lines().count();
 
-    iperf3_server(&mut lab, &ns1, s1.network(), "iperf3-server.log");
+    lab.iperf3_server(&ns1, &s1.network().to_string(), "iperf3-server.log");
     let flow = background_flow(&mut lab, &ns0, s1.network(), 14, "flow.json");
     let ping = FastPing::start(&mut lab, &ns1, s0.network(), 13, "ping.log");
     std::thread::sleep(Duration::from_secs(3));
@@ -261,7 +256,7 @@ fn underlay_mtu_change_is_followed_by_the_device_and_subnet_env() {
     };
     assert_eq!(mtu_of(&lab, &ns0), 1450);
 
-    iperf3_server(&mut lab, &ns1, s1.network(), "iperf3-server.log");
+    lab.iperf3_server(&ns1, &s1.network().to_string(), "iperf3-server.log");
     let flow = background_flow(&mut lab, &ns0, s1.network(), 12, "flow.json");
     std::thread::sleep(Duration::from_secs(3));
     let changed = Instant::now();
@@ -976,7 +971,7 @@ fn hostile_underlay_floods_are_counted_and_cost_the_flow_little() {
     // the lease churn test, one run gave 0.85).
     const PHASES: u64 = 16;
     let server = s0.network().to_string();
-    iperf3_server(&mut lab, &ns0, s0.network(), "iperf3-server.log");
+    lab.iperf3_server(&ns0, &s0.network().to_string(), "iperf3-server.log");
     let secs = (PHASES * 3 + 1).to_string();
     let flow = lab.spawn(
         &ns1,
