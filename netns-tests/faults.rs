@@ -19,21 +19,6 @@ fn key(subnet: ipnet::Ipv4Net) -> String {
     format!("{}-{}", subnet.addr(), subnet.prefix_len())
 }
 
-/// Resident set (kB) and open descriptors of a process.
-fn rss_and_fds(pid: u32) -> (u64, usize) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0);
-    (rss, fds)
-}
-
 /// The weftd process itself (the lab's child is `ip netns exec`, which execs it).
 fn weftd_pid(lab: &Lab, node: usize) -> u32 {
     lab.status(node)["pid"].as_u64().expect("pid") as u32
@@ -123,7 +108,8 @@ fn hostile_store_records_are_skipped_counted_and_never_hijack_a_route() {
     assert_eq!(peers.as_object().unwrap().len(), 1, "{peers}");
     assert!(lab.ping(lab.ns(0), s1.network(), 3), "dataplane broken");
     assert!(lab.ping(lab.ns(1), s0.network(), 3), "dataplane broken");
-    let (rss_after, fds_after) = rss_and_fds(pid);
+    let (rss_after, _) = rss_and_fds(pid);
+    let fds_after = settled_fds(pid, fds_before + 2, Duration::from_secs(5));
     let new_lines = lab.weftd_log(0).lines().count() - lines_before;
     eprintln!(
         "fault hostile-store: 100000 junk keys + 1 MB lease + 3 hijack attempts: all skipped and counted ({bad}) within {} ms; routes hijacked 0; weftd RSS {rss_before} -> {rss_after} kB, fds {fds_before} -> {fds_after}, {new_lines} new log lines",

@@ -16,21 +16,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 // helpers
 // ---------------------------------------------------------------------------
 
-/// Resident set (kB) and open descriptors of a process.
-fn rss_and_fds(pid: u32) -> (u64, usize) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0);
-    (rss, fds)
-}
-
 /// CPU time (user + system) a process has used so far.
 fn cpu_time(pid: u32) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/<pid>/stat");
@@ -720,7 +705,8 @@ fn lease_churn_of_10000_events_through_etcd_leaves_exact_tables_and_flat_resourc
         );
     }
     assert!(lab.ping(&ns0, s1.network(), 3) && lab.ping(&ns1, s0.network(), 3));
-    let (rss_after, fds_after) = rss_and_fds(pid);
+    let (rss_after, _) = rss_and_fds(pid);
+    let fds_after = settled_fds(pid, fds_before + 2, Duration::from_secs(5));
     let stats = lab.status(0)["store_stats"].clone();
     let log_lines = new_log_lines(&lab, 0, lines_before);
     eprintln!(

@@ -2023,3 +2023,33 @@ impl Lab {
         names
     }
 }
+
+/// A process's resident set (kB) and open descriptors.
+pub fn rss_and_fds(pid: u32) -> (u64, usize) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    (rss, fds)
+}
+
+/// A process's open descriptors once they are at most `bound`, or after
+/// `limit` what they are then. Descriptors a moment's work holds (a status
+/// connection being answered, a directory being read) go back down; a leak
+/// stays up.
+pub fn settled_fds(pid: u32, bound: usize, limit: Duration) -> usize {
+    let deadline = Instant::now() + limit;
+    loop {
+        let fds = rss_and_fds(pid).1;
+        if fds <= bound || Instant::now() > deadline {
+            return fds;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
