@@ -33,7 +33,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-cargo build --release --quiet --manifest-path probes/afxdp/Cargo.toml
+cargo build --release --quiet --locked --manifest-path probes/afxdp/Cargo.toml
 
 ip netns add "$NSA"
 ip netns add "$NSB"

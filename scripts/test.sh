@@ -29,6 +29,16 @@ cargo test --locked --no-fail-fast --lib --bins --tests -- --test-threads="${WEF
 # The benchmarks as smoke tests: each criterion bench once, one short e2e round.
 step "benches (smoke)"
 cargo test --locked --benches
+# The io_uring and AF_XDP probes (README, Performance): lint-clean, and a
+# short run of each, whose own checks (the bytes read or received are the
+# bytes sent) must pass, so that the figures they gave can be reproduced.
+step "probes (smoke)"
+for probe in uring afxdp; do
+  cargo fmt --check --manifest-path "probes/$probe/Cargo.toml"
+  cargo clippy --release --locked --manifest-path "probes/$probe/Cargo.toml" -- -D warnings
+done
+bash scripts/uring-probe.sh 512 2 32 64
+bash scripts/afxdp-probe.sh 1 0.3
 # The netns suite again with every dataplane offload forced off: both paths
 # must work. Left out: the container test (it runs the DaemonSet's spec,
 # which has no tunables) and the control-plane suites whose traffic is only

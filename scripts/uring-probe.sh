@@ -8,7 +8,7 @@
 set -euo pipefail
 [ "$(id -u)" = 0 ] || { echo "run as root: it creates a network namespace and a TAP" >&2; exit 1; }
 cd "$(dirname "$0")/.."
-cargo build --release --quiet --manifest-path probes/uring/Cargo.toml
+cargo build --release --quiet --locked --manifest-path probes/uring/Cargo.toml
 NS=urp$$
 cleanup() { ip netns del "$NS" 2>/dev/null || true; }
 trap cleanup EXIT
