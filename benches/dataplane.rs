@@ -13,9 +13,11 @@
 
 use criterion::{BenchmarkId, Criterion, Throughput, black_box};
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 use weft::core::batch::{Received, RxBatch, RxConfig, TxBatch, TxConfig};
 use weft::core::checksum;
 use weft::core::fixtures::{arp_request, tso_superframe, tso_vnet_hdr, udp4_frame};
+use weft::core::flow::FlowSockets;
 use weft::core::lease::{Lease, LeaseAttrs, VxlanBackendData};
 use weft::core::mac::MacAddr;
 use weft::core::offload::{self, Coalescer, FrameRef, VnetHdr};
@@ -54,12 +56,18 @@ fn router(peers: u32) -> Router {
 }
 
 /// TX as the worker configures it: 16 source sockets, UDP GSO, MTU 1500.
+/// A TX batch as a worker has it: sockets handed to flows in turn.
+fn tx_batch(frames: usize) -> TxBatch {
+    TxBatch::with_capacity(frames).spreading_flows(Arc::new(FlowSockets::new(4096)))
+}
+
 fn tx_config(vnet_hdr: bool) -> TxConfig {
     TxConfig {
         vnet_hdr,
         port: 4789,
         underlay_mtu: 1500,
         sockets: 16,
+        tick: 0,
         udp_gso: true,
         ipv6_underlay: false,
     }
@@ -173,7 +181,7 @@ fn assert_no_allocations() {
         tx_buffer(&super_frame, Some(tso_hdr())),
     ];
     let tx_lens = [frame.len(), arp.len(), super_frame.len()];
-    let mut tx = TxBatch::with_capacity(tx_bufs.len());
+    let mut tx = tx_batch(tx_bufs.len());
     let d = datagram_from(&dst, 1450);
     let (run, stride) = gro_run(&dst);
     let mut rx_bufs = vec![d.clone(), run.clone()];
@@ -220,7 +228,7 @@ fn benches(c: &mut Criterion) {
 
     // TX of one frame as the worker plans it: decide, VXLAN header in front,
     // the message to send.
-    let mut tx = TxBatch::with_capacity(1);
+    let mut tx = tx_batch(1);
     let mut g = c.benchmark_group("encap");
     for len in [64usize, 1450] {
         let frame = udp4_frame(dst.vtep_mac.0, OUR_MAC.0, len);
@@ -236,7 +244,7 @@ fn benches(c: &mut Criterion) {
     // A 64 KiB TSO super-frame: segmentation, per-segment headers and checksums included.
     let super_frame = to(&dst, tso_superframe(&vec![3u8; 65535 - 66]));
     let mut bufs = [tx_buffer(&super_frame, Some(tso_hdr()))];
-    let mut tx = TxBatch::with_capacity(1);
+    let mut tx = tx_batch(1);
     tx.plan(&r, &tx_config(true), &mut bufs, &[super_frame.len()]);
     assert_eq!(
         tx.tally().tso_frames,
@@ -308,7 +316,7 @@ fn benches(c: &mut Criterion) {
         .collect();
     let mut bufs: Vec<Vec<u8>> = frames.iter().map(|f| tx_buffer(f, None)).collect();
     let lens = vec![1450; 64];
-    let mut tx = TxBatch::with_capacity(64);
+    let mut tx = tx_batch(64);
     g.throughput(Throughput::Elements(64));
     g.bench_function("encap_1450", |b| {
         b.iter(|| {

@@ -464,6 +464,46 @@ fn flows_spread_over_workers_of_a_multi_queue_tap() {
     }
 }
 
+/// Four streams started one after another split two and two over the
+/// receiver's two workers, round after round: the sender hands each new flow
+/// the next socket of its pool, whose ports alternate the receiving worker.
+/// By flow hash alone, all four would land on one worker one round in eight
+/// and three on one every other round (each stream is capped at the same
+/// rate, so a worker's share of the frames is its share of the streams).
+#[test]
+fn four_streams_split_two_and_two_over_the_receivers_workers() {
+    if skip_without_root() {
+        return;
+    }
+    let mut lab = Lab::new(2);
+    let (s0, s1) = two_weft_nodes(&mut lab, dataplane_tunables("workers = 2"));
+    for round in 0..3 {
+        let before = worker_frames(&lab, 1);
+        lab.iperf3(
+            0,
+            s0.network(),
+            1,
+            s1.network(),
+            2,
+            &["-P", "4", "-b", "100M"],
+        );
+        let after = worker_frames(&lab, 1);
+        let decap: Vec<u64> = after
+            .iter()
+            .zip(&before)
+            .map(|(a, b)| a[1] - b[1])
+            .collect();
+        let total: u64 = decap.iter().sum();
+        let share = decap[0] as f64 / total as f64;
+        eprintln!("round {round}: receiver's workers decapsulated {decap:?}, share {share:.2}");
+        assert!(total > 1000, "round {round}: only {total} frames");
+        assert!(
+            (0.4..=0.6).contains(&share),
+            "round {round}: worker 0 took {share:.2} of the frames {decap:?}: not two streams each"
+        );
+    }
+}
+
 /// Per-worker (encap, decap) frame counts of a node.
 fn worker_frames(lab: &Lab, node: usize) -> Vec<[u64; 2]> {
     let status = lab.status(node);

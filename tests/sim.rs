@@ -123,6 +123,7 @@ impl Node {
             port: PORT,
             underlay_mtu: UNDERLAY_MTU,
             sockets: 4,
+            tick: 0,
             udp_gso: true,
             ipv6_underlay: false,
         };

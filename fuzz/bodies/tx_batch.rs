@@ -18,6 +18,7 @@ use super::input::{Builder, Input};
 use super::wire::{self, ETH_LEN};
 use weft::core::batch::{MAX_GSO_SEGMENTS, MAX_UDP_PAYLOAD, TxBatch, TxConfig};
 use weft::core::fixtures;
+use weft::core::flow::FlowSockets;
 use weft::core::offload::{VNET_HDR_LEN, VnetHdr};
 use weft::core::router::SourceCheck;
 use weft::core::wire::vxlan::{self, Vni};
@@ -25,7 +26,7 @@ use weft::core::wire::vxlan::{self, Vni};
 const PORT: u16 = 4789;
 
 /// Plans the batch and checks it; returns every datagram on the wire with its destination.
-fn plan(config: &TxConfig, frames: &[&[u8]]) -> Vec<(std::net::SocketAddr, Vec<u8>)> {
+fn plan(config: &TxConfig, spread: bool, frames: &[&[u8]]) -> Vec<(std::net::SocketAddr, Vec<u8>)> {
     // The buffers as the reader fills them: with the virtio flag each chunk
     // is what one read returned (header and frame; a read shorter than a
     // virtio header still reaches the plan, which must refuse it); without,
@@ -48,6 +49,10 @@ fn plan(config: &TxConfig, frames: &[&[u8]]) -> Vec<(std::net::SocketAddr, Vec<u
         wire::lab_router(SourceCheck::Strict)
     };
     let mut batch = TxBatch::with_capacity(frames.len());
+    if spread {
+        // A small table, so that flows collide in it too.
+        batch = batch.spreading_flows(std::sync::Arc::new(FlowSockets::new(4)));
+    }
     batch.plan(&router, config, &mut bufs, &lens);
     let tally = *batch.tally();
     let header = vxlan::header_bytes(Vni::new(1).expect("1 fits"));
@@ -115,6 +120,7 @@ pub fn run(data: &[u8]) {
     let flags = input.u8();
     let sockets = 1 + usize::from(input.u8() % 16);
     let mtu = [1500, 1280, 9000, 576][usize::from(flags >> 2) & 3];
+    let tick = u16::from(flags >> 6);
     let mut frames = Vec::new();
     while !input.is_empty() && frames.len() < 16 {
         frames.push(input.chunk());
@@ -124,11 +130,14 @@ pub fn run(data: &[u8]) {
         port: PORT,
         underlay_mtu: mtu,
         sockets,
+        tick,
         udp_gso,
         ipv6_underlay: flags & 0x10 != 0,
     };
-    let with = plan(&config(true), &frames);
-    let without = plan(&config(false), &frames);
+    // Sockets handed out in turn, or picked by hash: the same datagrams.
+    let spread = flags & 0x20 != 0;
+    let with = plan(&config(true), spread, &frames);
+    let without = plan(&config(false), spread, &frames);
     assert_eq!(with, without, "the same datagrams with and without GSO");
 }
 

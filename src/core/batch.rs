@@ -19,6 +19,7 @@
 //! planning allocates nothing per packet; the worker in
 //! `crate::dataplane` only reads, sends, writes and counts.
 
+use super::flow::FlowSockets;
 use super::offload::{
     self, Checked, Coalescer, F_NEEDS_CSUM, FrameRef, GsoType, Segment, VNET_HDR_LEN, VnetHdr,
     Write,
@@ -27,6 +28,7 @@ use super::router::{DropReason, Egress, Ingress, Router};
 use super::wire::{ethernet, vxlan};
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
+use std::sync::Arc;
 
 /// Largest frame (or super-frame) read from the TAP — an IP packet of 64 KiB
 /// plus its Ethernet header and a VLAN tag — and largest GRO run received.
@@ -117,8 +119,12 @@ pub struct TxConfig {
     pub port: u16,
     /// MTU of the underlay: larger datagrams get ICMP back, or are fragmented.
     pub underlay_mtu: u32,
-    /// Sending sockets in the pool; the flow hash picks one (≥ 1).
+    /// Sending sockets in the pool (≥ 1): handed to flows in turn (see
+    /// [`TxBatch::spreading_flows`]), else the flow hash picks one.
     pub sockets: usize,
+    /// Seconds on a clock the TX workers share (wrapping): when each flow
+    /// last sent, for [`FlowSockets`].
+    pub tick: u16,
     /// UDP GSO is in use.
     pub udp_gso: bool,
     /// The underlay is IPv6: each datagram carries a 40-byte outer IP header
@@ -211,6 +217,8 @@ pub struct TxBatch {
     pieces: Vec<Piece>,
     messages: Vec<Message>,
     tally: Tally,
+    /// Hands sockets to flows in turn; without it a flow's hash picks.
+    flows: Option<Arc<FlowSockets>>,
 }
 
 impl TxBatch {
@@ -227,7 +235,15 @@ impl TxBatch {
             pieces: Vec::with_capacity(frames * MAX_GSO_SEGMENTS),
             messages: Vec::with_capacity(frames * 4),
             tally: Tally::default(),
+            flows: None,
         }
+    }
+
+    /// Picks each flow's sending socket from `flows` (shared by the TX
+    /// workers), which hands them out in turn, instead of by flow hash.
+    pub fn spreading_flows(mut self, flows: Arc<FlowSockets>) -> TxBatch {
+        self.flows = Some(flows);
+        self
     }
 
     /// Plans the batch: `bufs[i]` holds frame `i` of `lens[i]` bytes at
@@ -360,7 +376,10 @@ impl TxBatch {
             return Plan::Skip;
         };
         let dst = SocketAddr::new(dst, config.port);
-        let socket = flow % config.sockets.max(1);
+        let socket = match &self.flows {
+            Some(flows) => flows.socket(flow, config.sockets, config.tick),
+            None => flow as usize % config.sockets.max(1),
+        };
         match super_frame {
             None => self.plan_whole(config, header, buf, len, dst, socket),
             Some(hdr) => self.plan_split(
@@ -455,9 +474,9 @@ impl TxBatch {
     /// The router's decision for `frame`: where to send it and its flow hash,
     /// or `None` when it was answered (the reply queued) or dropped (counted).
     #[inline]
-    fn egress(&mut self, router: &Router, frame: &[u8]) -> Option<(IpAddr, usize)> {
+    fn egress(&mut self, router: &Router, frame: &[u8]) -> Option<(IpAddr, u32)> {
         match router.egress(frame, &mut self.scratch) {
-            Egress::Encap { dst, flow } => Some((dst, flow as usize)),
+            Egress::Encap { dst, flow } => Some((dst, flow)),
             Egress::ArpReply { len } => {
                 self.keep_reply(len);
                 self.tally.arp_replies += 1;
@@ -822,6 +841,7 @@ mod tests {
             port: PORT,
             underlay_mtu: 1500,
             sockets: 4,
+            tick: 0,
             udp_gso,
             ipv6_underlay: false,
         }
@@ -872,6 +892,43 @@ mod tests {
             let t = batch.tally();
             assert_eq!((t.encap_frames, t.encap_bytes), (1, frame.len() as u64));
         }
+    }
+
+    #[test]
+    fn spreading_hands_each_new_flow_the_next_socket_and_keeps_it() {
+        let flows = Arc::new(FlowSockets::new(64));
+        let frame = |port: u16| {
+            let mut f = tcp4_frame(&payload(100), 1, 0x18, 1);
+            f[34..36].copy_from_slice(&port.to_be_bytes());
+            plain(f)
+        };
+        let ports = [1000u16, 1002, 1004, 1006];
+        let config = tx_config(false, true);
+        let mut batch = TxBatch::with_capacity(8).spreading_flows(flows.clone());
+        let mut socket_of = std::collections::HashMap::new();
+        for round in 0..2 {
+            // Two frames of each flow, interleaved; the second round in
+            // another order, later.
+            let order: Vec<u16> = match round {
+                0 => ports.iter().chain(&ports).copied().collect(),
+                _ => ports.iter().rev().chain(&ports).copied().collect(),
+            };
+            let (mut bufs, lens) = read(&order.iter().map(|p| frame(*p)).collect::<Vec<_>>());
+            let config = TxConfig {
+                tick: round,
+                ..config
+            };
+            batch.plan(&router(), &config, &mut bufs, &lens);
+            for m in batch.messages() {
+                for d in batch.datagrams(&bufs, m) {
+                    let port = u16::from_be_bytes([d[8 + 34], d[8 + 35]]);
+                    let first = *socket_of.entry(port).or_insert(m.socket);
+                    assert_eq!(m.socket, first, "flow {port} moved to another socket");
+                }
+            }
+        }
+        let sockets: Vec<usize> = ports.iter().map(|p| socket_of[p]).collect();
+        assert_eq!(sockets, [0, 1, 2, 3], "in the order the flows came");
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub mod udp;
 mod worker;
 
 use crate::core::batch::{MAX_GSO_SEGMENTS, MAX_UDP_PAYLOAD};
+use crate::core::flow::FlowSockets;
 use crate::core::router::Router;
 use arc_swap::ArcSwap;
 pub use counters::{Counters, WorkerCounters};
@@ -88,6 +89,11 @@ impl Default for DataplaneConfig {
 
 /// The default of `busy_poll_us`.
 pub const DEFAULT_BUSY_POLL_US: u64 = 0;
+
+/// Slots of the table that hands sending sockets to flows (32 KiB): room
+/// for a few thousand flows active at once before newcomers fall back to
+/// their hash.
+const FLOW_SLOTS: usize = 4096;
 
 /// The most TCP segments a TSO super-frame from the TAP should carry so that
 /// all of them, each with its VXLAN, Ethernet and IP headers, leave in one UDP
@@ -160,6 +166,8 @@ impl Dataplane {
             busy_poll: config.busy_poll,
             outer_checksum_trusted,
             ipv6_underlay,
+            flow_sockets: Arc::new(FlowSockets::new(FLOW_SLOTS)),
+            epoch: std::time::Instant::now(),
         });
         let mut tasks = Vec::new();
         for (index, (queue, (rx, pool))) in tap.queues.into_iter().zip(sockets).enumerate() {

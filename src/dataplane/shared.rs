@@ -32,6 +32,11 @@ pub struct Shared {
     pub outer_checksum_trusted: bool,
     /// The underlay is IPv6 (the dataplane of `flannel-v6.<VNI>`).
     pub ipv6_underlay: bool,
+    /// Which sending socket (so outer source port, so receiving worker at
+    /// the peer) each flow has, handed out in turn by all TX workers.
+    pub flow_sockets: std::sync::Arc<crate::core::flow::FlowSockets>,
+    /// The clock of `flow_sockets`' ticks.
+    pub epoch: std::time::Instant,
 }
 
 impl Shared {

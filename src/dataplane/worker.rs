@@ -336,6 +336,7 @@ impl TxTask {
     ) -> TxTask {
         let vnet = shared.offloads.tap_vnet_hdr;
         let head = if vnet { 0 } else { vxlan::HEADER_LEN };
+        let flows = shared.flow_sockets.clone();
         TxTask {
             index,
             tap_name,
@@ -346,7 +347,7 @@ impl TxTask {
             vnet,
             bufs: buffers(batch, head + VNET_HDR_LEN + MAX_FRAME),
             lens: vec![0; batch],
-            plan: TxBatch::with_capacity(batch),
+            plan: TxBatch::with_capacity(batch).spreading_flows(flows),
             send: SendBatch::new(batch * 4, batch * 4 + MAX_GSO_SEGMENTS),
         }
     }
@@ -406,6 +407,8 @@ impl TxTask {
             port: self.shared.port,
             underlay_mtu: self.shared.underlay_mtu.load(Relaxed),
             sockets: self.pool.len(),
+            // Wraps after 18 hours; FlowSockets compares ticks wrapping.
+            tick: self.shared.epoch.elapsed().as_secs() as u16,
             udp_gso: self.shared.udp_gso.load(Relaxed),
             ipv6_underlay: self.shared.ipv6_underlay,
         };
