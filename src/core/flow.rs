@@ -49,11 +49,15 @@ pub fn source_port(hash: u32) -> u16 {
 /// A fixed table indexed by flow hash, shared by the TX workers (a flow the
 /// kernel moves to another TAP queue keeps its port) and without locks: a
 /// slot is one atomic word holding the flow's 32-bit hash, its socket and
-/// the tick (seconds, 15 bits) it last sent in. A slot that another flow
-/// used within the last [`FlowSockets::IDLE_TICKS`] ticks is not taken: the
+/// the tick (seconds, 15 bits) it last sent in; a flow may sit in one of
+/// two slots. A slot that another flow used within the last
+/// [`FlowSockets::IDLE_TICKS`] ticks is not taken: when both are, the
 /// newcomer falls back to its hash, as stable as the table. A flow idle for
 /// longer may lose its slot and come back on another port, which reorders
-/// nothing: its last datagram left more than a second before.
+/// nothing: its last datagram left more than a second before. One that fell
+/// back and later finds a slot free moves to the socket it is handed there,
+/// once; with two places per flow that takes a table holding thousands of
+/// active flows.
 #[derive(Debug)]
 pub struct FlowSockets {
     slots: Box<[AtomicU64]>,
@@ -84,37 +88,51 @@ impl FlowSockets {
             return 0;
         }
         let tick = tick & TICK_MASK;
-        let slot = &self.slots[flow as usize & (self.slots.len() - 1)];
-        let mut seen = slot.load(Relaxed);
+        let mask = self.slots.len() - 1;
+        // Two places a flow may sit, from two parts of its hash: a newcomer
+        // falls back to its hash only when both hold active flows.
+        let places = [flow as usize & mask, flow.rotate_right(16) as usize & mask];
         loop {
-            if seen & SLOT_USED != 0 {
-                let tag = (seen >> 32) as u32;
-                let index = ((seen >> 16) & 0xffff) as usize;
-                let last = seen as u16 & TICK_MASK;
-                if tag == flow && index < sockets {
-                    if last != tick {
+            let seen = places.map(|p| self.slots[p].load(Relaxed));
+            for (place, word) in places.iter().zip(seen) {
+                if let Some(index) = holder(word, flow, sockets) {
+                    if word as u16 & TICK_MASK != tick {
                         // Once a tick; losing the race to a newcomer is harmless.
-                        let _ = slot.compare_exchange(
-                            seen,
-                            slot_word(flow, index, tick),
-                            Relaxed,
-                            Relaxed,
-                        );
+                        let fresh = slot_word(flow, index, tick);
+                        let _ = self.slots[*place].compare_exchange(word, fresh, Relaxed, Relaxed);
                     }
                     return index;
                 }
-                if tag != flow && tick.wrapping_sub(last) & TICK_MASK < Self::IDLE_TICKS {
-                    return flow as usize % sockets;
-                }
             }
+            let Some(k) = (0..2).find(|&k| free(seen[k], flow, tick)) else {
+                return flow as usize % sockets;
+            };
             let index = self.next.fetch_add(1, Relaxed) as usize % sockets;
-            match slot.compare_exchange(seen, slot_word(flow, index, tick), Relaxed, Relaxed) {
-                Ok(_) => return index,
-                // Another worker wrote the slot meanwhile: decide again on what it wrote.
-                Err(now) => seen = now,
+            let word = slot_word(flow, index, tick);
+            if self.slots[places[k]]
+                .compare_exchange(seen[k], word, Relaxed, Relaxed)
+                .is_ok()
+            {
+                return index;
             }
+            // Another worker wrote the slot meanwhile: look again.
         }
     }
+}
+
+/// The socket a slot holds for `flow`, if it holds one of the pool's.
+fn holder(word: u64, flow: u32, sockets: usize) -> Option<usize> {
+    let index = ((word >> 16) & 0xffff) as usize;
+    (word & SLOT_USED != 0 && (word >> 32) as u32 == flow && index < sockets).then_some(index)
+}
+
+/// A slot a flow may take: empty, its own (with a socket beyond the pool),
+/// or held by a flow idle for [`FlowSockets::IDLE_TICKS`].
+fn free(word: u64, flow: u32, tick: u16) -> bool {
+    let last = word as u16 & TICK_MASK;
+    word & SLOT_USED == 0
+        || (word >> 32) as u32 == flow
+        || tick.wrapping_sub(last) & TICK_MASK >= FlowSockets::IDLE_TICKS
 }
 
 fn slot_word(flow: u32, index: usize, tick: u16) -> u64 {
@@ -274,6 +292,28 @@ mod tests {
         assert_eq!(table.socket(a, 16, TICK_MASK), 2);
         assert_eq!(table.socket(b, 16, 0), b as usize % 16);
         assert_eq!(table.socket(a, 16, 0), 2);
+    }
+
+    #[test]
+    fn two_places_per_flow_keep_a_quarter_full_table_taking_newcomers() {
+        let table = FlowSockets::new(1024);
+        let flows: Vec<u32> = (0..256).map(|p| hash(&tcp4(p, 1))).collect();
+        let first: Vec<usize> = flows.iter().map(|f| table.socket(*f, 16, 3)).collect();
+        let held = flows
+            .iter()
+            .filter(|f| {
+                table
+                    .slots
+                    .iter()
+                    .any(|w| holder(w.load(Relaxed), **f, 16).is_some())
+            })
+            .count();
+        // One place per flow would hold about 226 of 256 (1024 x (1 - e^-0.25));
+        // with two (249 here), a newcomer is turned away only when both are
+        // taken.
+        assert!(held >= 245, "only {held} of 256 flows got a slot");
+        let again: Vec<usize> = flows.iter().map(|f| table.socket(*f, 16, 4)).collect();
+        assert_eq!(again, first);
     }
 
     #[test]
