@@ -36,8 +36,9 @@ pub fn source_port(hash: u32) -> u16 {
 /// evenly over the peer's workers instead of by hash luck.
 ///
 /// The outer source port picks the worker at the receiver: its
-/// `SO_REUSEPORT` program takes the port modulo its worker count, and the
-/// pool's ports run through every residue in order (see
+/// `SO_REUSEPORT` program takes the port (with the sender's address) modulo
+/// its worker count, and the pool's ports, stepping by an odd number, run
+/// through every residue of a power of two in order (see
 /// `dataplane::udp::bind_source_pools`). With the socket picked by flow hash,
 /// four TCP streams all land on one of two receiving workers one time in
 /// eight, and then one thread carries them all (measured: 9.7-9.9 Gbit/s and
