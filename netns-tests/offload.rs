@@ -487,12 +487,7 @@ fn four_streams_split_two_and_two_over_the_receivers_workers() {
             2,
             &["-P", "4", "-b", "100M"],
         );
-        let after = worker_frames(&lab, 1);
-        let decap: Vec<u64> = after
-            .iter()
-            .zip(&before)
-            .map(|(a, b)| a[1] - b[1])
-            .collect();
+        let decap = frames_moved(&worker_frames(&lab, 1), &before, 1);
         let total: u64 = decap.iter().sum();
         let share = decap[0] as f64 / total as f64;
         eprintln!("round {round}: receiver's workers decapsulated {decap:?}, share {share:.2}");
@@ -514,6 +509,16 @@ fn worker_frames(lab: &Lab, node: usize) -> Vec<[u64; 2]> {
         .collect()
 }
 
+/// Frames each worker moved in direction `dir` (0 encap, 1 decap) between
+/// two [`worker_frames`] readings.
+fn frames_moved(after: &[[u64; 2]], before: &[[u64; 2]], dir: usize) -> Vec<u64> {
+    after
+        .iter()
+        .zip(before)
+        .map(|(a, b)| a[dir] - b[dir])
+        .collect()
+}
+
 /// With two workers, one TCP stream keeps to one worker on each node in both
 /// directions (data and ACKs), stream after stream. Were the outer source
 /// port chosen per worker, the TAP's steering (a flow's sends go to the
@@ -532,11 +537,7 @@ fn a_tcp_stream_keeps_to_one_worker_on_both_nodes() {
         for (node, before) in before.iter().enumerate() {
             let after = worker_frames(&lab, node);
             for dir in 0..2 {
-                let moved: Vec<u64> = after
-                    .iter()
-                    .zip(before)
-                    .map(|(a, b)| a[dir] - b[dir])
-                    .collect();
+                let moved = frames_moved(&after, before, dir);
                 let total: u64 = moved.iter().sum();
                 let most = moved.iter().max().copied().unwrap_or(0);
                 let what = ["encap", "decap"][dir];
