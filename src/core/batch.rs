@@ -719,6 +719,7 @@ impl RxBatch {
         self.coalescer.clear();
         self.singles.clear();
         let verify = self.config.verify_checksums;
+        let mut passed = None;
         for (k, (buf, m)) in bufs.iter_mut().zip(received).enumerate() {
             let m: Received = (*m).into();
             let buf = buf.as_mut();
@@ -746,7 +747,7 @@ impl RxBatch {
             while off < len {
                 let end = (off + stride).min(len);
                 let datagram = &mut buf[off..end];
-                match router.ingress(src, datagram) {
+                match router.ingress_remembering(src, datagram, &mut passed) {
                     Ingress::Deliver => {
                         let frame = &mut datagram[vxlan::HEADER_LEN..];
                         if offload::check_checksums(frame, verify) == Checked::Invalid {
