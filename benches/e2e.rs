@@ -20,6 +20,10 @@
 //! IPv4 first, then IPv6, each in its own lab with its own rounds, disturbed
 //! check and table. Files: `e2e.{json,svg}` for IPv4, `e2e-ipv6.{json,svg}`
 //! for IPv6, and with `both` also `e2e-both.json`, keyed by family.
+//! TCP congestion control: the namespaces' default (inherited from the host's
+//! `net.ipv4.tcp_congestion_control`, printed and recorded), or the one named
+//! by WEFT_BENCH_CC (`cubic`, `bbr`, ...; iperf3 `-C`), the same for every
+//! mode. The figures depend on it: BBR paces, cubic does not.
 //! Only some modes: WEFT_BENCH_MODES=kernel,weft. weftd with a tunables file
 //! (to compare settings): WEFT_BENCH_TUNABLES=path/to/weftd.toml.
 //! In `cargo test --all-targets` (no `--bench` flag) it does one short round,
@@ -236,12 +240,34 @@ fn iperf3(
         "netns", "exec", client_ns, "iperf3", "-c", &s, "-t", &t, "-J",
     ])
     .args(args);
+    // UDP runs have no congestion control to pick.
+    if let Some(cc) = congestion_control_override().filter(|_| !args.contains(&"-u")) {
+        cmd.args(["-C", &cc]);
+    }
     let out = output_with_timeout(&mut cmd, Duration::from_secs(seconds + 20));
     let _ = child.kill();
     let _ = child.wait();
     let _ = lab;
     serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|_| panic!("iperf3 output: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// The congestion control WEFT_BENCH_CC names, if any.
+fn congestion_control_override() -> Option<String> {
+    std::env::var("WEFT_BENCH_CC")
+        .ok()
+        .map(|cc| cc.trim().to_owned())
+        .filter(|cc| !cc.is_empty())
+}
+
+/// The congestion control the TCP runs use: WEFT_BENCH_CC, else the
+/// namespaces' default, which a new namespace takes from the host.
+fn congestion_control() -> String {
+    congestion_control_override().unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control")
+            .map(|s| format!("{} (host default)", s.trim()))
+            .unwrap_or_else(|_| "unknown".to_owned())
+    })
 }
 
 fn rtts(lab: &Lab, ns: &str, target: IpAddr, count: u32) -> Vec<f64> {
@@ -574,7 +600,12 @@ fn bench_family(family: Family, modes: &[Mode], rounds: usize, seconds: u64) -> 
     }
     // The table.
     let mut table = String::new();
-    let _ = writeln!(table, "\n{} (underlay and overlay {0})", family.name());
+    let _ = writeln!(
+        table,
+        "\n{} (underlay and overlay {0}; TCP congestion control {})",
+        family.name(),
+        congestion_control()
+    );
     let _ = writeln!(
         table,
         "{:<26} {:>12} {:>14} {:>12} {:>12} {:>12}",
@@ -638,6 +669,7 @@ fn bench_family(family: Family, modes: &[Mode], rounds: usize, seconds: u64) -> 
         "rounds": rounds,
         "disturbed_rounds": disturbed.iter().enumerate().filter(|(_, d)| **d).map(|(r, _)| r + 1).collect::<Vec<_>>(),
         "seconds": seconds,
+        "congestion_control": congestion_control(),
         "kernel": String::from_utf8_lossy(&Command::new("uname").arg("-r").output().map(|o| o.stdout).unwrap_or_default()).trim(),
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         "modes": json_modes,
