@@ -792,6 +792,16 @@ impl Lab {
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("status JSON: {e}: {text}"))
     }
 
+    /// Node `node`'s `weftd status` as an operator reads it.
+    pub fn status_text(&self, node: usize) -> String {
+        let sock = self.status_socket(node).display().to_string();
+        let out = output_with_timeout(
+            Command::new(WEFTD).args(["status", "--status-socket", &sock]),
+            Duration::from_secs(10),
+        );
+        must(out, "weftd status")
+    }
+
     /// `(node's own VtepMAC, the VtepMAC node has for the peer leasing `peer`)`, from its status.
     pub fn vtep_macs(&self, node: usize, peer: ipnet::Ipv4Net) -> ([u8; 6], [u8; 6]) {
         let status = self.status(node);

@@ -617,6 +617,16 @@ fn after_a_socket_queue_overflow_gro_runs_still_split() {
         "the overflow was not counted: {}",
         lab.status(1)["counters"]
     );
+    // The operator's view names it among the drops, with what to do.
+    let text = lab.status_text(1);
+    let dropped = text
+        .lines()
+        .find(|l| l.starts_with("dropped"))
+        .unwrap_or_default();
+    assert!(
+        dropped.contains("socket_overflows=") && text.contains("raise socket_buffer_bytes"),
+        "weftd status does not show the overflow:\n{text}"
+    );
     // A second try when the first falls short: a neighbouring test can halve
     // one 2-s run, while the bug this catches (every datagram carries the
     // overflow count from then on) lasts and fails both.

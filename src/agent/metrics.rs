@@ -282,7 +282,7 @@ impl Collector for WeftCollector {
         counter(
             &mut e,
             "weft_socket_receive_overflows",
-            "Datagrams the kernel dropped because a listening socket's queue was full (SO_RXQ_OVFL).",
+            "Packets the kernel dropped because a listening socket's queue was full (SO_RXQ_OVFL); with UDP GRO each is a run of up to 44 datagrams.",
             c.socket_overflows,
         )?;
         counter(

@@ -444,7 +444,7 @@ pub fn render(r: &StatusReport) -> String {
             "checksums     {} received frames covered by the outer UDP checksum",
             n("checksum_trusted")
         );
-        let drops: Vec<String> = c["drops"]
+        let mut drops: Vec<String> = c["drops"]
             .as_object()
             .map(|m| {
                 m.iter()
@@ -453,6 +453,11 @@ pub fn render(r: &StatusReport) -> String {
                     .collect()
             })
             .unwrap_or_default();
+        // Dropped by the kernel before weft read them, so in no drop reason.
+        let overflows = n("socket_overflows");
+        if overflows > 0 {
+            drops.push(format!("socket_overflows={overflows}"));
+        }
         let _ = writeln!(
             out,
             "dropped       {}",
@@ -462,6 +467,14 @@ pub fn render(r: &StatusReport) -> String {
                 drops.join("  ")
             }
         );
+        if overflows > 0 {
+            let _ = writeln!(
+                out,
+                "              (socket_overflows: packets the kernel dropped because a receiving \
+                 socket was full, each a GRO run of up to 44 datagrams; the dataplane \
+                 fell behind: raise socket_buffer_bytes or workers in the tunables)"
+            );
+        }
     }
     let bad: Vec<String> = s["bad_records"]
         .as_object()

@@ -34,8 +34,8 @@ pub struct WorkerCounters {
     /// Decapsulated frames whose inner checksums were not checked again: a
     /// nonzero outer UDP checksum, verified by the kernel, covered them.
     pub checksum_trusted: AtomicU64,
-    /// Datagrams the kernel dropped on the listening sockets because their
-    /// queue was full (`SO_RXQ_OVFL`, a running total the kernel reports per
+    /// Packets the kernel dropped on the listening sockets because their
+    /// queue was full (with UDP GRO each is a run of up to 44 datagrams) (`SO_RXQ_OVFL`, a running total the kernel reports per
     /// socket): the socket for zero outer checksums, and the other.
     pub socket_overflows: [AtomicU64; 2],
     /// Frames and datagrams dropped, by [`DropReason::index`].
