@@ -641,6 +641,61 @@ fn after_a_socket_queue_overflow_gro_runs_still_split() {
     );
 }
 
+/// Frames the kernel cannot queue for weft (its TAP queue full while weftd
+/// is stopped) are not lost silently: `weftd status` counts them from the
+/// device's own TX drops, the same number `ip -s link` shows, and names them
+/// among the drops with what they mean.
+#[test]
+fn frames_the_kernel_drops_on_a_full_tap_queue_are_shown() {
+    if skip_without_root() {
+        return;
+    }
+    let mut lab = Lab::new(2);
+    let (s0, s1) = two_weft_nodes(&mut lab, WeftdOpts::default());
+    let kernel_drops = |lab: &Lab| -> u64 {
+        let out = lab.exec(lab.ns(0), &["cat", "/proc/net/dev"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines()
+            .find_map(|l| {
+                let (name, fields) = l.split_once(':')?;
+                (name.trim() == "flannel.1").then(|| fields.split_whitespace().nth(11))?
+            })
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no flannel.1 in /proc/net/dev:\n{text}"))
+    };
+    let before = kernel_drops(&lab);
+    // Stop node 0's weftd and send more frames through its TAP than one
+    // queue holds (1000): the kernel drops the rest.
+    let pid = nix::unistd::Pid::from_raw(lab.weftd_pid(0).unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    send_udp(
+        lab.ns(0),
+        SocketAddrV4::new(s0.network(), 0),
+        SocketAddrV4::new(s1.network(), 9),
+        vec![vec![0u8; 64]; 3000],
+    );
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    let after = kernel_drops(&lab);
+    assert!(
+        after >= before + 1000,
+        "the kernel dropped only {} frames on the full TAP queue",
+        after - before
+    );
+    let shown = lab.status(0)["counters"]["tap_queue_drops"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(shown, after, "weftd status against the kernel's count");
+    let text = lab.status_text(0);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("dropped") && l.contains(&format!("tap_queue_drops={after}")))
+            && text.contains("weftd was not running"),
+        "weftd status does not show the TAP drops:\n{text}"
+    );
+    // Traffic flows again once weftd runs.
+    lab.wait_ping(lab.ns(0), s1.network(), Duration::from_secs(5));
+}
+
 /// Small datagrams of one flow that the TAP hands over back to back leave in
 /// UDP GSO runs (one buffer through the underlay stack instead of one per
 /// datagram), and the receiver writes runs of them to its TAP as one UDP GSO

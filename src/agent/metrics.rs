@@ -287,6 +287,12 @@ impl Collector for WeftCollector {
         )?;
         counter(
             &mut e,
+            "weft_tap_queue_drops",
+            "Frames the kernel dropped on the TAP device instead of queueing them for weft (the device's TX drops since it was created: weft fell behind, or was not attached).",
+            c.tap_queue_drops,
+        )?;
+        counter(
+            &mut e,
             "weft_dataplane_allocations",
             "Heap allocations made on dataplane threads (zero per packet in steady state).",
             crate::dataplane::sys::dataplane_allocations(),

@@ -296,9 +296,9 @@ impl AgentState {
     /// The dataplane's counters, once it runs: in dual stack, both
     /// devices' summed.
     pub fn counters(&self) -> Option<CounterSnapshot> {
-        let mut sum = self.dataplane.get().map(|d| d.counters.snapshot())?;
+        let mut sum = self.dataplane.get().map(|d| d.counters())?;
         if let Some(v6) = self.dataplane_v6.get() {
-            sum.merge(&v6.counters.snapshot());
+            sum.merge(&v6.counters());
         }
         Some(sum)
     }

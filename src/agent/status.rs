@@ -458,6 +458,10 @@ pub fn render(r: &StatusReport) -> String {
         if overflows > 0 {
             drops.push(format!("socket_overflows={overflows}"));
         }
+        let tap_drops = n("tap_queue_drops");
+        if tap_drops > 0 {
+            drops.push(format!("tap_queue_drops={tap_drops}"));
+        }
         let _ = writeln!(
             out,
             "dropped       {}",
@@ -473,6 +477,15 @@ pub fn render(r: &StatusReport) -> String {
                 "              (socket_overflows: packets the kernel dropped because a receiving \
                  socket was full, each a GRO run of up to 44 datagrams; the dataplane \
                  fell behind: raise socket_buffer_bytes or workers in the tunables)"
+            );
+        }
+        if tap_drops > 0 {
+            let _ = writeln!(
+                out,
+                "              (tap_queue_drops: frames the kernel dropped on the TAP device \
+                 instead of queueing them for weft, since the device was created: weft's \
+                 TX threads fell behind, or weftd was not running; `ip -s link` counts \
+                 them as TX dropped)"
             );
         }
     }

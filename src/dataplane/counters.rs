@@ -82,8 +82,13 @@ pub struct CounterSnapshot {
     pub frames: Tally,
     /// Heap allocations on dataplane threads since start (with weftd's counting allocator).
     pub dataplane_allocations: u64,
-    /// Datagrams the kernel dropped for a full socket queue.
+    /// Packets the kernel dropped for a full socket queue.
     pub socket_overflows: u64,
+    /// Frames the kernel dropped on the TAP device instead of queueing them
+    /// for weft (its TX drops since the device was created: a queue full
+    /// because weft fell behind, or no weft attached). Read from
+    /// `/proc/net/dev` when the snapshot is taken, see [`tap_queue_drops`].
+    pub tap_queue_drops: u64,
 }
 
 impl CounterSnapshot {
@@ -116,6 +121,7 @@ impl CounterSnapshot {
             *sum += d;
         }
         self.socket_overflows += other.socket_overflows;
+        self.tap_queue_drops += other.tap_queue_drops;
         self.dataplane_allocations = self.dataplane_allocations.max(other.dataplane_allocations);
     }
 }
@@ -174,9 +180,51 @@ impl Counters {
     }
 }
 
+/// The TX drops of `device` in `/proc/net/dev` (this thread's network
+/// namespace): frames the kernel could not queue for weft. Zero when the
+/// file or the device cannot be read (the count is for operators; a failed
+/// read must not fail the status).
+pub fn tap_queue_drops(device: &str) -> u64 {
+    std::fs::read_to_string("/proc/net/dev")
+        .ok()
+        .and_then(|text| tx_drops_in_proc_net_dev(&text, device))
+        .unwrap_or(0)
+}
+
+/// The transmit `drop` column of `device`'s line in the text of
+/// `/proc/net/dev`: after `name:` come 8 receive fields (bytes, packets,
+/// errs, drop, fifo, frame, compressed, multicast), then transmit bytes,
+/// packets, errs, drop.
+fn tx_drops_in_proc_net_dev(text: &str, device: &str) -> Option<u64> {
+    text.lines().find_map(|line| {
+        let (name, fields) = line.split_once(':')?;
+        (name.trim() == device).then(|| fields.split_whitespace().nth(11)?.parse().ok())?
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tx_drops_come_from_the_devices_own_line() {
+        let text = "\
+Inter-|   Receive                                                |  Transmit
+ face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed
+    lo:     100       2    0    0    0     0          0         0      100       2    0    0    0     0       0          0
+flannel.1: 25436332  385370    0    7    0     0          0         0 28895041270  548135    0 4093    0     0       0          0
+flannel.10:       0       0    0    0    0     0          0         0        0       0    0   99    0     0       0          0
+";
+        assert_eq!(tx_drops_in_proc_net_dev(text, "flannel.1"), Some(4093));
+        assert_eq!(tx_drops_in_proc_net_dev(text, "flannel.10"), Some(99));
+        assert_eq!(tx_drops_in_proc_net_dev(text, "lo"), Some(0));
+        assert_eq!(tx_drops_in_proc_net_dev(text, "flannel.2"), None);
+        assert_eq!(
+            tx_drops_in_proc_net_dev("flannel.1: 1 2 3", "flannel.1"),
+            None
+        );
+        assert_eq!(tx_drops_in_proc_net_dev("", "flannel.1"), None);
+    }
 
     #[test]
     fn snapshot_sums_workers() {

@@ -168,6 +168,7 @@ impl Dataplane {
             ipv6_underlay,
             flow_sockets: Arc::new(FlowSockets::new(FLOW_SLOTS)),
             epoch: std::time::Instant::now(),
+            device: tap.name.clone(),
         });
         let mut tasks = Vec::new();
         for (index, (queue, (rx, pool))) in tap.queues.into_iter().zip(sockets).enumerate() {

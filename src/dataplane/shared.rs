@@ -37,9 +37,20 @@ pub struct Shared {
     pub flow_sockets: std::sync::Arc<crate::core::flow::FlowSockets>,
     /// The clock of `flow_sockets`' ticks.
     pub epoch: std::time::Instant,
+    /// The TAP device's name (`flannel.<VNI>`).
+    pub device: String,
 }
 
 impl Shared {
+    /// The counters summed over workers, with the kernel's drops on the
+    /// TAP device read now.
+    pub fn counters(&self) -> super::counters::CounterSnapshot {
+        super::counters::CounterSnapshot {
+            tap_queue_drops: super::counters::tap_queue_drops(&self.device),
+            ..self.counters.snapshot()
+        }
+    }
+
     /// The offloads in use now.
     pub fn active_offloads(&self) -> offload::ActiveOffloads {
         offload::ActiveOffloads {
