@@ -35,8 +35,9 @@ pub struct WorkerCounters {
     /// nonzero outer UDP checksum, verified by the kernel, covered them.
     pub checksum_trusted: AtomicU64,
     /// Packets the kernel dropped on the listening sockets because their
-    /// queue was full (with UDP GRO each is a run of up to 44 datagrams) (`SO_RXQ_OVFL`, a running total the kernel reports per
-    /// socket): the socket for zero outer checksums, and the other.
+    /// queue was full (`SO_RXQ_OVFL`, a running total the kernel reports per
+    /// socket; with UDP GRO each is a run of up to 44 datagrams): the socket
+    /// for zero outer checksums, and the other.
     pub socket_overflows: [AtomicU64; 2],
     /// Frames and datagrams dropped, by [`DropReason::index`].
     pub drops: [AtomicU64; DropReason::COUNT],
@@ -86,8 +87,8 @@ pub struct CounterSnapshot {
     pub socket_overflows: u64,
     /// Frames the kernel dropped on the TAP device instead of queueing them
     /// for weft (its TX drops since the device was created: a queue full
-    /// because weft fell behind, or no weft attached). Read from
-    /// `/proc/net/dev` when the snapshot is taken, see [`tap_queue_drops`].
+    /// because weft fell behind, or no weft attached). Not the workers':
+    /// `Shared::counters` reads it with [`tap_queue_drops`].
     pub tap_queue_drops: u64,
 }
 
